@@ -1,0 +1,2 @@
+//! Load benchmark (placeholder until the bench lands).
+fn main() {}

@@ -1,0 +1,22 @@
+//! The supervision tree. Every actor lives in the file that matches its place
+//! in the tree:
+//!
+//! ```text
+//! root                          actors/root.rs         supervisor; the policy table
+//! ├── llm_pool                  root/llm_pool.rs       permanent
+//! ├── outbox                    root/outbox.rs         permanent
+//! ├── session_sup               root/session_sup.rs    permanent; supervisor
+//! │   └── session (one a chat)  root/session_sup/session.rs   temporary, redelivered
+//! └── ingress                   root/ingress.rs        permanent
+//!     (to come: persistence, rate_limiter, breaker — rows in root's table)
+//! ```
+//!
+//! Long-lived actors are registered under fixed names (see [`directory`]) and
+//! looked up on use, so a caller never holds a reference to an actor that has
+//! been restarted. Sessions are not named: only the session supervisor routes
+//! to them. `supervision.md` at the repository root explains the policy.
+
+pub mod directory;
+pub mod root;
+
+pub use directory::{Child, Directory};

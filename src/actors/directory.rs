@@ -1,0 +1,147 @@
+//! Names of the long-lived actors, and typed lookups that wait out a restart.
+//!
+//! Each running service has an instance name (several can share a process in
+//! tests); an actor's registered name is `<instance>.<child>`. Callers look an
+//! actor up for every use and, when it is restarting, wait up to
+//! `supervisor.lookup_timeout` for the replacement, so no message is sent to
+//! a dead actor's reference.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{ActorRef, MessagingErr, RpcReplyPort, rpc::CallResult};
+use tokio::time::Instant;
+
+use crate::config::SupervisorConfig;
+
+/// The long-lived children of the root supervisor, in start order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Child {
+    /// `root/llm_pool.rs`: chat-completion requests.
+    LlmPool,
+    /// `root/outbox.rs`: every Bot API send.
+    Outbox,
+    /// `root/session_sup.rs`: one session actor per chat.
+    SessionSup,
+    /// `root/ingress.rs`: long polling.
+    Ingress,
+}
+
+impl Child {
+    /// The name used in the registry, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LlmPool => "llm_pool",
+            Self::Outbox => "outbox",
+            Self::SessionSup => "session_sup",
+            Self::Ingress => "ingress",
+        }
+    }
+}
+
+/// The actor was not reachable within `supervisor.lookup_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("actor {0:?} is unavailable")]
+pub struct Unavailable(pub Child);
+
+/// Resolves children by name. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    instance: Arc<str>,
+    lookup_timeout: Duration,
+    lookup_interval: Duration,
+}
+
+impl Directory {
+    /// A directory for the service instance `instance`.
+    pub fn new(instance: &str, config: &SupervisorConfig) -> Self {
+        Self {
+            instance: instance.into(),
+            lookup_timeout: config.lookup_timeout,
+            lookup_interval: config.lookup_interval,
+        }
+    }
+
+    /// The instance name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The registered name of the root supervisor.
+    pub fn root_name(&self) -> String {
+        format!("{}.root", self.instance)
+    }
+
+    /// The registered name of `child`.
+    pub fn name(&self, child: Child) -> String {
+        format!("{}.{}", self.instance, child.as_str())
+    }
+
+    /// Whether `child` is registered (running) now.
+    pub fn is_running(&self, child: Child) -> bool {
+        ractor::registry::where_is(self.name(child)).is_some()
+    }
+
+    /// The child as it is registered now, if it is running.
+    pub fn get<M: ractor::Message>(&self, child: Child) -> Option<ActorRef<M>> {
+        ractor::registry::where_is(self.name(child)).map(ActorRef::from)
+    }
+
+    /// The child, waiting up to the lookup timeout while it is restarting.
+    pub async fn wait_for<M: ractor::Message>(
+        &self,
+        child: Child,
+    ) -> Result<ActorRef<M>, Unavailable> {
+        let deadline = Instant::now() + self.lookup_timeout;
+        loop {
+            if let Some(actor) = self.get(child) {
+                return Ok(actor);
+            }
+            if Instant::now() >= deadline {
+                return Err(Unavailable(child));
+            }
+            tokio::time::sleep(self.lookup_interval).await;
+        }
+    }
+
+    /// Sends a request to `child` and waits for its answer. When the actor is
+    /// gone before answering (restarting, or it dropped the reply port while
+    /// dying), the request is built again and sent to the replacement, until
+    /// the lookup timeout has passed without one.
+    pub async fn call<M, R>(
+        &self,
+        child: Child,
+        build: impl Fn(RpcReplyPort<R>) -> M,
+    ) -> Result<R, Unavailable>
+    where
+        M: ractor::Message,
+        R: Send + 'static,
+    {
+        let mut deadline = Instant::now() + self.lookup_timeout;
+        loop {
+            if let Some(actor) = self.get::<M>(child) {
+                match actor.call(&build, None).await {
+                    Ok(CallResult::Success(answer)) => return Ok(answer),
+                    // The actor died with our request: give its successor a
+                    // full lookup period to come up.
+                    Ok(CallResult::SenderError | CallResult::Timeout) => {
+                        deadline = Instant::now() + self.lookup_timeout;
+                    }
+                    Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {}
+                    Err(MessagingErr::InvalidActorType) => return Err(Unavailable(child)),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Unavailable(child));
+            }
+            tokio::time::sleep(self.lookup_interval).await;
+        }
+    }
+
+    /// Sends a message to `child` if it is running now; best effort, for
+    /// messages whose loss is harmless (a typing indicator).
+    pub fn cast_now<M: ractor::Message>(&self, child: Child, message: M) -> bool {
+        self.get::<M>(child)
+            .is_some_and(|actor| actor.cast(message).is_ok())
+    }
+}

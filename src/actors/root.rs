@@ -1,0 +1,412 @@
+//! Root supervisor: starts the long-lived actors, restarts each one alone when
+//! it fails, and stops the service when one fails too often.
+//!
+//! - **Supervised by:** nobody; `app` spawns it and waits for it.
+//! - **Children:** the rows of [`POLICY`], started in order, stopped in
+//!   reverse order.
+//! - **Messages:** [`RootMsg::Shutdown`] (graceful stop), [`RootMsg::Status`]
+//!   (children and their restart counts).
+//! - **State:** the running children and each one's recent restarts.
+//! - **On a child's failure:** a permanent child is restarted at once under
+//!   the same name with the same arguments; more than
+//!   `supervisor.max_restarts` restarts within `supervisor.restart_window`
+//!   escalate: the root reports [`Fatal::RestartBudgetExhausted`] and stops,
+//!   and the process exits non-zero so its service manager starts it afresh.
+//! - **On its own failure:** the process exits (nobody restarts the root).
+
+pub mod ingress;
+pub mod llm_pool;
+pub mod outbox;
+pub mod session_sup;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use teloxide::Bot;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
+
+use super::directory::{Child, Directory};
+use crate::config::Config;
+use crate::llm::LlmClient;
+use crate::texts::Locales;
+use session_sup::{SessionStats, SessionSupMsg};
+
+/// How a child is treated when it exits (the OTP restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Always restarted, whether it failed or stopped.
+    Permanent,
+    /// Restarted only when it failed.
+    Transient,
+    /// Never restarted.
+    Temporary,
+}
+
+/// One row of the supervision policy.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildSpec {
+    /// Which child.
+    pub child: Child,
+    /// Its restart type.
+    pub restart: Restart,
+}
+
+/// The supervision policy of the root: one row per child, in start order.
+/// `supervision.md` mirrors this table. Persistence, the rate limiter and the
+/// circuit breakers join it as rows before `SessionSup`, which depends on them.
+pub const POLICY: [ChildSpec; 4] = [
+    ChildSpec {
+        child: Child::LlmPool,
+        restart: Restart::Permanent,
+    },
+    ChildSpec {
+        child: Child::Outbox,
+        restart: Restart::Permanent,
+    },
+    ChildSpec {
+        child: Child::SessionSup,
+        restart: Restart::Permanent,
+    },
+    ChildSpec {
+        child: Child::Ingress,
+        restart: Restart::Permanent,
+    },
+];
+
+/// Why the root stopped the service on its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// A child failed more often than the restart budget allows.
+    #[error("{child} failed {restarts} times within {window:?}: {last_error}")]
+    RestartBudgetExhausted {
+        /// The child's name.
+        child: &'static str,
+        /// Restarts counted within the window.
+        restarts: usize,
+        /// `supervisor.restart_window`.
+        window: Duration,
+        /// The last failure.
+        last_error: String,
+    },
+    /// A child could not be started at all.
+    #[error("cannot start {child}: {reason}")]
+    StartFailed {
+        /// The child's name.
+        child: &'static str,
+        /// The spawn error.
+        reason: String,
+    },
+}
+
+/// Messages of the root supervisor.
+pub enum RootMsg {
+    /// Stop taking updates, let in-flight answers finish within
+    /// `shutdown.grace`, then stop every child in reverse start order.
+    Shutdown {
+        /// Answered when every child has stopped.
+        reply: RpcReplyPort<()>,
+    },
+    /// Which children run and how often each was restarted.
+    Status {
+        /// The answer.
+        reply: RpcReplyPort<TreeStatus>,
+    },
+}
+
+/// A snapshot of the tree for health checks and tests.
+#[derive(Debug, Clone)]
+pub struct TreeStatus {
+    /// Per child: its name, whether it runs now, and its restarts so far.
+    pub children: Vec<ChildStatus>,
+}
+
+/// One child's line of a [`TreeStatus`].
+#[derive(Debug, Clone)]
+pub struct ChildStatus {
+    /// The child.
+    pub child: Child,
+    /// Whether it is registered and running now.
+    pub alive: bool,
+    /// Restarts since the service started.
+    pub restarts: u64,
+}
+
+/// Everything children are built from. Created once by `app` and kept by the
+/// root, so a restarted child gets the same shared client and limits.
+#[derive(Clone)]
+pub struct Deps {
+    /// The whole configuration.
+    pub config: Arc<Config>,
+    /// Name lookups of this instance.
+    pub directory: Directory,
+    /// The Bot API client (one connection pool for Telegram).
+    pub bot: Bot,
+    /// The bot's username from getMe, when known at start.
+    pub bot_username: Option<String>,
+    /// The LLM client (one connection pool per provider).
+    pub llm: LlmClient,
+    /// Request slots of the LLM pool; outlives pool restarts so the bound
+    /// holds while a replaced pool's requests finish.
+    pub llm_slots: Arc<Semaphore>,
+    /// Send slots of the outbox, likewise shared across restarts.
+    pub send_slots: Arc<Semaphore>,
+    /// Reply texts.
+    pub locales: Locales,
+}
+
+/// Arguments of the root.
+pub struct RootArgs {
+    /// Shared dependencies for the children.
+    pub deps: Deps,
+    /// Where the root reports why it stopped the service on its own.
+    pub fatal: oneshot::Sender<Fatal>,
+}
+
+/// The root supervisor.
+pub struct Root;
+
+/// The root's state.
+pub struct RootState {
+    deps: Deps,
+    running: HashMap<Child, ActorCell>,
+    by_id: HashMap<ActorId, Child>,
+    /// Restart times within the current window, per child.
+    recent_restarts: HashMap<Child, VecDeque<Instant>>,
+    total_restarts: HashMap<Child, u64>,
+    fatal: Option<oneshot::Sender<Fatal>>,
+    shutting_down: bool,
+}
+
+impl Actor for Root {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let mut state = RootState {
+            deps: args.deps,
+            running: HashMap::new(),
+            by_id: HashMap::new(),
+            recent_restarts: HashMap::new(),
+            total_restarts: HashMap::new(),
+            fatal: Some(args.fatal),
+            shutting_down: false,
+        };
+        for spec in POLICY {
+            // A child that cannot start at all fails the whole start: the
+            // error reaches `app::start` and the process exits non-zero.
+            start_child(&myself, &mut state, spec.child).await?;
+        }
+        tracing::info!(children = POLICY.len(), "supervision tree started");
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        message: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RootMsg::Shutdown { reply } => on_shutdown(&myself, state, reply).await,
+            RootMsg::Status { reply } => on_status(state, reply),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, exit) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Exit::Failed(error.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                Exit::Stopped(reason.unwrap_or_else(|| "no reason".into())),
+            ),
+            _ => return Ok(()),
+        };
+        let Some(child) = state.by_id.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        state.running.remove(&child);
+        if state.shutting_down {
+            return Ok(());
+        }
+        on_child_exited(&myself, state, child, exit).await;
+        Ok(())
+    }
+}
+
+/// How a child ended.
+enum Exit {
+    /// It returned an error or panicked.
+    Failed(String),
+    /// It stopped normally, with this reason.
+    Stopped(String),
+}
+
+async fn start_child(
+    myself: &ActorRef<RootMsg>,
+    state: &mut RootState,
+    child: Child,
+) -> Result<(), ActorProcessingErr> {
+    let deps = state.deps.clone();
+    let name = Some(deps.directory.name(child));
+    let supervisor = myself.get_cell();
+    let cell = match child {
+        Child::LlmPool => Actor::spawn_linked(name, llm_pool::LlmPool, deps, supervisor)
+            .await?
+            .0
+            .get_cell(),
+        Child::Outbox => Actor::spawn_linked(name, outbox::Outbox, deps, supervisor)
+            .await?
+            .0
+            .get_cell(),
+        Child::SessionSup => Actor::spawn_linked(name, session_sup::SessionSup, deps, supervisor)
+            .await?
+            .0
+            .get_cell(),
+        Child::Ingress => Actor::spawn_linked(name, ingress::Ingress, deps, supervisor)
+            .await?
+            .0
+            .get_cell(),
+    };
+    state.by_id.insert(cell.get_id(), child);
+    state.running.insert(child, cell);
+    Ok(())
+}
+
+async fn on_child_exited(
+    myself: &ActorRef<RootMsg>,
+    state: &mut RootState,
+    child: Child,
+    exit: Exit,
+) {
+    let restart = POLICY
+        .iter()
+        .find(|spec| spec.child == child)
+        .map_or(Restart::Temporary, |spec| spec.restart);
+    let wanted = match restart {
+        Restart::Permanent => true,
+        Restart::Transient => matches!(exit, Exit::Failed(_)),
+        Restart::Temporary => false,
+    };
+    let last_error = match exit {
+        Exit::Failed(error) => error,
+        Exit::Stopped(reason) => format!("stopped: {reason}"),
+    };
+    if !wanted {
+        tracing::info!(child = child.as_str(), "child exited, not restarted");
+        return;
+    }
+
+    let config = &state.deps.config.supervisor;
+    let now = Instant::now();
+    let recent = state.recent_restarts.entry(child).or_default();
+    while recent
+        .front()
+        .is_some_and(|at| now.duration_since(*at) > config.restart_window)
+    {
+        recent.pop_front();
+    }
+    if recent.len() >= config.max_restarts as usize {
+        let fatal = Fatal::RestartBudgetExhausted {
+            child: child.as_str(),
+            restarts: recent.len(),
+            window: config.restart_window,
+            last_error,
+        };
+        escalate(myself, state, fatal);
+        return;
+    }
+    recent.push_back(now);
+    *state.total_restarts.entry(child).or_default() += 1;
+    tracing::warn!(child = child.as_str(), error = %last_error, "restarting child");
+    if let Err(error) = start_child(myself, state, child).await {
+        escalate(
+            myself,
+            state,
+            Fatal::StartFailed {
+                child: child.as_str(),
+                reason: error.to_string(),
+            },
+        );
+    }
+}
+
+fn escalate(myself: &ActorRef<RootMsg>, state: &mut RootState, fatal: Fatal) {
+    tracing::error!(error = %fatal, "supervision gives up; stopping the service");
+    state.shutting_down = true;
+    if let Some(sender) = state.fatal.take() {
+        // The receiver is gone only if `app` stopped waiting: nothing to tell.
+        let _ = sender.send(fatal.clone());
+    }
+    myself.stop(Some(fatal.to_string()));
+}
+
+async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: RpcReplyPort<()>) {
+    state.shutting_down = true;
+    let grace = state.deps.config.shutdown.grace;
+    // The ingress may be inside a long poll; killing it is safe because
+    // Telegram keeps every update it has not seen confirmed.
+    if let Some(ingress) = state.running.get(&Child::Ingress) {
+        ingress.kill();
+    }
+    if let Some(sessions) = state.deps.directory.get::<SessionSupMsg>(Child::SessionSup) {
+        let drained = sessions
+            .call(|reply| SessionSupMsg::Drain { reply }, Some(grace))
+            .await;
+        if !matches!(drained, Ok(ractor::rpc::CallResult::Success(()))) {
+            tracing::warn!(
+                ?grace,
+                "in-flight answers did not finish within the grace period"
+            );
+        }
+    }
+    for spec in POLICY.iter().rev() {
+        if let Some(cell) = state.running.remove(&spec.child)
+            && let Err(error) = cell
+                .stop_and_wait(Some("shutdown".into()), Some(grace))
+                .await
+        {
+            tracing::warn!(child = spec.child.as_str(), %error, "child did not stop in time");
+            cell.kill();
+        }
+    }
+    state.by_id.clear();
+    tracing::info!("supervision tree stopped");
+    let _ = reply.send(());
+    myself.stop(Some("shutdown".into()));
+}
+
+fn on_status(state: &RootState, reply: RpcReplyPort<TreeStatus>) {
+    let children = POLICY
+        .iter()
+        .map(|spec| ChildStatus {
+            child: spec.child,
+            alive: state.deps.directory.is_running(spec.child),
+            restarts: state.total_restarts.get(&spec.child).copied().unwrap_or(0),
+        })
+        .collect();
+    let _ = reply.send(TreeStatus { children });
+}
+
+/// Asks the session supervisor for its counters; `None` while it restarts.
+pub async fn session_stats(directory: &Directory) -> Option<SessionStats> {
+    directory
+        .call(Child::SessionSup, |reply| SessionSupMsg::Stats { reply })
+        .await
+        .ok()
+}

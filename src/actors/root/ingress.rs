@@ -1,0 +1,193 @@
+//! Ingress: long-polls the Bot API and hands each update to the session
+//! supervisor without waiting for it to be answered.
+//!
+//! - **Supervised by:** root, permanent; started last, stopped (killed) first.
+//! - **Messages:** [`IngressMsg::Poll`], which it sends itself after each
+//!   round, so the actor is a loop that can still be stopped between rounds.
+//! - **State:** the next `offset` to ask for, the bot's username (from getMe,
+//!   used to ignore `/command@other_bot`), and the backoff after failures.
+//! - **Per round:** getUpdates with the offset (which confirms every earlier
+//!   update to Telegram) and `telegram.poll_timeout`; each message update
+//!   becomes an [`Inbound`] cast to the session supervisor. Casting never
+//!   blocks, so a slow chat cannot delay another.
+//! - **Failures:** a failed getUpdates waits with backoff and tries again;
+//!   a rejected token or a session supervisor that stays away past
+//!   `supervisor.lookup_timeout` fails the actor. After a restart the offset
+//!   starts unknown, so Telegram sends again every update not yet confirmed:
+//!   nothing is lost, and the updates of the last batch may be handed over a
+//!   second time (the persistence work records answered updates to skip them).
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use teloxide::Bot;
+use teloxide::payloads::GetUpdatesSetters as _;
+use teloxide::prelude::Requester;
+use teloxide::types::AllowedUpdate;
+use teloxide::{ApiError, RequestError};
+
+use super::Deps;
+use super::session_sup::SessionSupMsg;
+use crate::actors::{Child, Directory};
+use crate::config::TelegramConfig;
+use crate::retry::Backoff;
+use crate::telegram::TelegramError;
+use crate::telegram::inbound::Inbound;
+
+/// Messages of the ingress.
+pub enum IngressMsg {
+    /// Run one polling round, then poll again.
+    Poll,
+}
+
+/// The ingress actor.
+pub struct Ingress;
+
+/// The ingress's state.
+pub struct IngressState {
+    bot: Bot,
+    config: Arc<TelegramConfig>,
+    directory: Directory,
+    /// The next update id to ask for; 0 until the first batch.
+    offset: i32,
+    bot_username: Option<String>,
+    webhook_removed: bool,
+    backoff: Backoff,
+}
+
+/// Why polling cannot go on.
+#[derive(Debug, thiserror::Error)]
+enum IngressError {
+    #[error("Telegram rejected the bot token (TELEGRAM_BOT_TOKEN)")]
+    TokenRejected,
+    #[error("the session supervisor is unavailable")]
+    SessionsUnavailable,
+}
+
+impl Actor for Ingress {
+    type Msg = IngressMsg;
+    type State = IngressState;
+    type Arguments = Deps;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<IngressMsg>,
+        deps: Deps,
+    ) -> Result<IngressState, ActorProcessingErr> {
+        let config = &deps.config.telegram;
+        myself.cast(IngressMsg::Poll)?;
+        Ok(IngressState {
+            backoff: Backoff::new(config.retry_min, config.retry_max),
+            config: Arc::new(config.clone()),
+            bot: deps.bot,
+            directory: deps.directory,
+            offset: 0,
+            bot_username: deps.bot_username,
+            webhook_removed: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<IngressMsg>,
+        message: IngressMsg,
+        state: &mut IngressState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            IngressMsg::Poll => {
+                on_poll(state).await?;
+                myself.cast(IngressMsg::Poll)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn on_poll(state: &mut IngressState) -> Result<(), IngressError> {
+    let round = prepare(state).await;
+    let round = match round {
+        Ok(username) => poll_once(state, &username).await,
+        Err(error) => Err(error),
+    };
+    match round {
+        Ok(()) => {
+            state.backoff.reset();
+            Ok(())
+        }
+        Err(Failure::Fatal(error)) => Err(error),
+        Err(Failure::Retry(error)) => {
+            let wait = state.backoff.next_delay();
+            tracing::warn!(class = error.class(), %error, ?wait, "polling failed; retrying");
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+    }
+}
+
+enum Failure {
+    Retry(TelegramError),
+    Fatal(IngressError),
+}
+
+impl From<RequestError> for Failure {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::Api(ApiError::InvalidToken) => Self::Fatal(IngressError::TokenRejected),
+            other => Self::Retry(other.into()),
+        }
+    }
+}
+
+/// Learns the bot's username and removes any webhook (getUpdates is refused
+/// while one is set), once.
+async fn prepare(state: &mut IngressState) -> Result<String, Failure> {
+    let username = match &state.bot_username {
+        Some(name) => name.clone(),
+        None => {
+            let me = state.bot.get_me().await?;
+            let name = me.username().to_owned();
+            tracing::info!(bot = %name, "connected to the Bot API");
+            state.bot_username = Some(name.clone());
+            name
+        }
+    };
+    if !state.webhook_removed {
+        state.bot.delete_webhook().await?;
+        state.webhook_removed = true;
+    }
+    Ok(username)
+}
+
+async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), Failure> {
+    let updates = state
+        .bot
+        .get_updates()
+        .offset(state.offset)
+        .limit(state.config.poll_limit)
+        .timeout(u32::try_from(state.config.poll_timeout.as_secs()).unwrap_or(u32::MAX))
+        .allowed_updates([AllowedUpdate::Message])
+        .await?;
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let sessions = state
+        .directory
+        .wait_for::<SessionSupMsg>(Child::SessionSup)
+        .await
+        .map_err(|_| Failure::Fatal(IngressError::SessionsUnavailable))?;
+    tracing::debug!(count = updates.len(), "updates received");
+    for update in &updates {
+        // Update ids fit in i32 (Telegram's offset type) for the lifetime of a bot.
+        state.offset = i32::try_from(update.id.0)
+            .unwrap_or(i32::MAX)
+            .saturating_add(1);
+        let Some(inbound) = Inbound::from_update(update, bot_username) else {
+            tracing::debug!(update_id = update.id.0, "update ignored");
+            continue;
+        };
+        sessions
+            .cast(SessionSupMsg::Route(inbound))
+            .map_err(|_| Failure::Fatal(IngressError::SessionsUnavailable))?;
+    }
+    Ok(())
+}

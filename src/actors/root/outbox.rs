@@ -1,0 +1,238 @@
+//! Outbox: every Bot API send goes through here. Each chat's messages leave
+//! one at a time and in order; different chats send in parallel up to
+//! `telegram.max_concurrent_sends`.
+//!
+//! - **Supervised by:** root, permanent.
+//! - **Messages:** [`OutboxMsg::Deliver`] (send these parts, in order, and say
+//!   when done), [`OutboxMsg::ShowTyping`] (best effort), and
+//!   [`OutboxMsg::JobFinished`] (from its own send tasks).
+//! - **State:** a queue per chat with something to send (removed when empty,
+//!   so idle chats cost nothing), and whether that chat's head job is running.
+//! - **Retries:** network errors and timeouts are retried with backoff, a 429
+//!   waits the `retry_after` Telegram asks for (up to
+//!   `telegram.max_retry_after`), all within `telegram.max_send_attempts`; a
+//!   rejection (4xx) is returned at once. The flood limits of the protection
+//!   work (per-chat and global rates) will sit in front of the same queues.
+//! - **Failures:** a send error is returned to the caller, who logs it. If
+//!   this actor dies, running send tasks still finish and answer; queued jobs
+//!   are lost with the mailbox and their callers, seeing the reply port
+//!   dropped, hand them to the restarted outbox.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use teloxide::Bot;
+use teloxide::payloads::SendMessageSetters as _;
+use teloxide::prelude::Requester;
+use teloxide::types::{ChatAction, LinkPreviewOptions};
+use tokio::sync::Semaphore;
+
+use super::Deps;
+use crate::config::TelegramConfig;
+use crate::retry::Backoff;
+use crate::telegram::TelegramError;
+use crate::telegram::inbound::ChatId;
+
+/// Messages of the outbox.
+pub enum OutboxMsg {
+    /// Send these texts to the chat as separate messages, in order.
+    Deliver {
+        /// The chat.
+        chat_id: ChatId,
+        /// Message texts, each within Telegram's size limit.
+        parts: Vec<String>,
+        /// `Ok` once every part is sent, or the first error.
+        reply: RpcReplyPort<Result<(), TelegramError>>,
+    },
+    /// Show "typing…" in the chat, unless it is busy sending already.
+    ShowTyping {
+        /// The chat.
+        chat_id: ChatId,
+    },
+    /// A send task of this chat ended; start the next job.
+    JobFinished {
+        /// The chat.
+        chat_id: ChatId,
+    },
+}
+
+/// The outbox actor.
+pub struct Outbox;
+
+enum Job {
+    Deliver {
+        parts: Vec<String>,
+        reply: RpcReplyPort<Result<(), TelegramError>>,
+    },
+    Typing,
+}
+
+/// Per-chat queue; exists only while the chat has something to send.
+struct ChatQueue {
+    waiting: VecDeque<Job>,
+}
+
+/// The outbox's state.
+pub struct OutboxState {
+    bot: Bot,
+    config: Arc<TelegramConfig>,
+    /// Chats with a job running; the head of each queue waits for it.
+    chats: HashMap<ChatId, ChatQueue>,
+    slots: Arc<Semaphore>,
+}
+
+impl Actor for Outbox {
+    type Msg = OutboxMsg;
+    type State = OutboxState;
+    type Arguments = Deps;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<OutboxMsg>,
+        deps: Deps,
+    ) -> Result<OutboxState, ActorProcessingErr> {
+        Ok(OutboxState {
+            bot: deps.bot,
+            config: Arc::new(deps.config.telegram.clone()),
+            chats: HashMap::new(),
+            slots: deps.send_slots,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<OutboxMsg>,
+        message: OutboxMsg,
+        state: &mut OutboxState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            OutboxMsg::Deliver {
+                chat_id,
+                parts,
+                reply,
+            } => on_job(&myself, state, chat_id, Job::Deliver { parts, reply }),
+            OutboxMsg::ShowTyping { chat_id } => {
+                // A chat that is sending shows its message soon anyway.
+                if !state.chats.contains_key(&chat_id) {
+                    on_job(&myself, state, chat_id, Job::Typing);
+                }
+            }
+            OutboxMsg::JobFinished { chat_id } => on_job_finished(&myself, state, chat_id),
+        }
+        Ok(())
+    }
+}
+
+fn on_job(myself: &ActorRef<OutboxMsg>, state: &mut OutboxState, chat_id: ChatId, job: Job) {
+    match state.chats.get_mut(&chat_id) {
+        Some(queue) => queue.waiting.push_back(job),
+        None => {
+            state.chats.insert(
+                chat_id,
+                ChatQueue {
+                    waiting: VecDeque::new(),
+                },
+            );
+            run(myself, state, chat_id, job);
+        }
+    }
+}
+
+fn on_job_finished(myself: &ActorRef<OutboxMsg>, state: &mut OutboxState, chat_id: ChatId) {
+    let next = state
+        .chats
+        .get_mut(&chat_id)
+        .and_then(|queue| queue.waiting.pop_front());
+    match next {
+        Some(job) => run(myself, state, chat_id, job),
+        None => {
+            state.chats.remove(&chat_id);
+        }
+    }
+}
+
+/// Runs one job in its own task, then reports back so the chat's next job
+/// can start.
+fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: Job) {
+    let bot = state.bot.clone();
+    let config = Arc::clone(&state.config);
+    let slots = Arc::clone(&state.slots);
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        // The semaphore is never closed, so acquiring only waits.
+        let _slot = slots.acquire_owned().await;
+        match job {
+            Job::Deliver { parts, reply } => {
+                let mut result = Ok(());
+                for part in parts {
+                    result = send_text(&bot, &config, chat_id, part).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Job::Typing => {
+                let typing = bot.send_chat_action(chat_id, ChatAction::Typing);
+                match tokio::time::timeout(config.send_timeout, typing).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::debug!(%error, "typing indicator not shown"),
+                    Err(_) => tracing::debug!("typing indicator timed out"),
+                }
+            }
+        }
+        // If the outbox was restarted meanwhile, its successor has no queue
+        // for this chat and the message is simply dropped.
+        let _ = myself.cast(OutboxMsg::JobFinished { chat_id });
+    });
+}
+
+/// Sends one message, retrying what can succeed later.
+async fn send_text(
+    bot: &Bot,
+    config: &TelegramConfig,
+    chat_id: ChatId,
+    text: String,
+) -> Result<(), TelegramError> {
+    let mut backoff = Backoff::new(config.retry_min, config.retry_max);
+    let mut attempt = 1;
+    loop {
+        let request = bot
+            .send_message(chat_id, text.clone())
+            .link_preview_options(no_link_preview());
+        let error = match tokio::time::timeout(config.send_timeout, request).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => TelegramError::from(error),
+            Err(_) => TelegramError::Timeout,
+        };
+        if !error.is_retryable() || attempt >= config.max_send_attempts {
+            return Err(error);
+        }
+        let wait = match error {
+            TelegramError::RetryAfter(wait) if wait > config.max_retry_after => return Err(error),
+            TelegramError::RetryAfter(wait) => wait,
+            _ => backoff.next_delay(),
+        };
+        tracing::debug!(
+            attempt,
+            class = error.class(),
+            ?wait,
+            "send failed; retrying"
+        );
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+/// Link previews would turn an answer quoting a URL into a card the user did
+/// not ask for.
+fn no_link_preview() -> LinkPreviewOptions {
+    LinkPreviewOptions {
+        is_disabled: true,
+        url: None,
+        prefer_small_media: false,
+        prefer_large_media: false,
+        show_above_text: false,
+    }
+}

@@ -1,0 +1,385 @@
+//! Session supervisor: routes each update to its chat's session actor,
+//! creating the session on the chat's first message and evicting it when the
+//! chat goes idle.
+//!
+//! - **Supervised by:** root, permanent.
+//! - **Children:** one [`session::Session`] per active chat, unnamed, linked.
+//! - **Messages:** [`SessionSupMsg::Route`] (an update from the ingress),
+//!   [`SessionSupMsg::TurnFinished`] (a session answered an update),
+//!   [`SessionSupMsg::SessionDied`] (a session crashed; queued behind the
+//!   session's own earlier messages), [`SessionSupMsg::SweepIdle`] (timer),
+//!   [`SessionSupMsg::Stats`], [`SessionSupMsg::Drain`] (shutdown).
+//! - **State:** per chat: the session's reference, the updates routed to it
+//!   and not yet answered (`pending`), and when it was last active. This map
+//!   is the only place user state is indexed, and only this actor touches it.
+//! - **Ordering:** updates of one chat go to one session whose mailbox handles
+//!   them one at a time, so they are answered in order; different chats run
+//!   in parallel.
+//! - **Eviction:** a session is stopped only when its `pending` queue is empty
+//!   and it has been idle for `session.idle_timeout`. Because this actor is the
+//!   only sender to sessions and decides eviction while handling one message,
+//!   no update can be in a mailbox that eviction throws away.
+//! - **On a session's failure:** a new session is spawned and every pending
+//!   update is handed to it again in order; the update it crashed on is
+//!   dropped with an apology after `session.max_redeliveries` attempts. The
+//!   history kept in the dead session's memory is lost (durable history
+//!   arrives with the persistence actor).
+//! - **On its own failure:** root restarts it with an empty map; sessions die
+//!   with it (ractor stops linked children) and the updates they had not
+//!   answered are lost — the remaining window the persistence work closes.
+
+pub mod session;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::Deps;
+use super::outbox::OutboxMsg;
+use crate::actors::Child;
+use crate::telegram::inbound::{ChatId, Inbound};
+use session::{Session, SessionArgs, SessionMsg};
+
+/// Messages of the session supervisor.
+pub enum SessionSupMsg {
+    /// Hand this update to its chat's session (creating it if needed).
+    Route(Inbound),
+    /// A session finished an update: answered and delivered, or gave up.
+    TurnFinished {
+        /// The chat.
+        chat_id: ChatId,
+        /// The update that was finished.
+        update_id: u32,
+    },
+    /// A session actor ended without being evicted. Sent by this actor to
+    /// itself so it is handled after anything the session sent before dying.
+    SessionDied {
+        /// The chat.
+        chat_id: ChatId,
+        /// The session that died (a newer one may exist already).
+        session: ActorId,
+        /// Its error or stop reason.
+        reason: String,
+    },
+    /// Timer: evict sessions idle for `session.idle_timeout`.
+    SweepIdle,
+    /// Counters for health checks and tests.
+    Stats {
+        /// The answer.
+        reply: RpcReplyPort<SessionStats>,
+    },
+    /// Answer once no update is pending (shutdown waits on this).
+    Drain {
+        /// Answered when the last pending update is finished.
+        reply: RpcReplyPort<()>,
+    },
+}
+
+/// Counters of the session supervisor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Sessions alive now.
+    pub live: usize,
+    /// Updates routed and not yet finished.
+    pub pending: usize,
+    /// Sessions evicted for idleness since start.
+    pub evicted: u64,
+    /// Sessions re-created after a crash since start.
+    pub restarted: u64,
+    /// Updates dropped after crashing their session too often.
+    pub dropped: u64,
+}
+
+/// The session supervisor.
+pub struct SessionSup;
+
+/// One chat's entry.
+struct Entry {
+    session: ActorRef<SessionMsg>,
+    /// Updates handed to the session and not finished, oldest first.
+    pending: VecDeque<Arc<Inbound>>,
+    last_active: Instant,
+    /// How many sessions have crashed on the oldest pending update.
+    head_crashes: u32,
+}
+
+/// The session supervisor's state.
+pub struct SessionSupState {
+    deps: Deps,
+    chats: HashMap<ChatId, Entry>,
+    chat_of: HashMap<ActorId, ChatId>,
+    /// Sum of `pending.len()` over all chats.
+    pending: usize,
+    stats: SessionStats,
+    drain_waiters: Vec<RpcReplyPort<()>>,
+    sweep_timer: JoinHandle<()>,
+}
+
+impl Actor for SessionSup {
+    type Msg = SessionSupMsg;
+    type State = SessionSupState;
+    type Arguments = Deps;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionSupMsg>,
+        deps: Deps,
+    ) -> Result<SessionSupState, ActorProcessingErr> {
+        let sweep_timer = myself.send_interval(deps.config.session.sweep_interval, || {
+            SessionSupMsg::SweepIdle
+        });
+        Ok(SessionSupState {
+            deps,
+            chats: HashMap::new(),
+            chat_of: HashMap::new(),
+            pending: 0,
+            stats: SessionStats::default(),
+            drain_waiters: Vec::new(),
+            sweep_timer,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionSupMsg>,
+        state: &mut SessionSupState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.sweep_timer.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionSupMsg>,
+        message: SessionSupMsg,
+        state: &mut SessionSupState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionSupMsg::Route(inbound) => on_route(&myself, state, inbound).await?,
+            SessionSupMsg::TurnFinished { chat_id, update_id } => {
+                on_turn_finished(state, chat_id, update_id);
+            }
+            SessionSupMsg::SessionDied {
+                chat_id,
+                session,
+                reason,
+            } => on_session_died(&myself, state, chat_id, session, reason).await?,
+            SessionSupMsg::SweepIdle => on_sweep_idle(state),
+            SessionSupMsg::Stats { reply } => {
+                let stats = SessionStats {
+                    live: state.chats.len(),
+                    pending: state.pending,
+                    ..state.stats
+                };
+                let _ = reply.send(stats);
+            }
+            SessionSupMsg::Drain { reply } => {
+                state.drain_waiters.push(reply);
+                answer_drain_waiters(state);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SessionSupMsg>,
+        event: SupervisionEvent,
+        state: &mut SessionSupState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never fall back to ractor's default, which would stop this
+        // supervisor whenever a session exits (including every eviction).
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let session = cell.get_id();
+        // Evicted sessions were removed from `chat_of` before being stopped.
+        if let Some(chat_id) = state.chat_of.remove(&session) {
+            // Handle it behind whatever the session sent before dying (a
+            // `TurnFinished` must not be overtaken, or a finished update
+            // would be delivered twice).
+            myself.cast(SessionSupMsg::SessionDied {
+                chat_id,
+                session,
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+async fn on_route(
+    myself: &ActorRef<SessionSupMsg>,
+    state: &mut SessionSupState,
+    inbound: Inbound,
+) -> Result<(), ActorProcessingErr> {
+    let chat_id = inbound.chat_id;
+    let inbound = Arc::new(inbound);
+    if !state.chats.contains_key(&chat_id) {
+        let session = spawn_session(myself, state, chat_id).await?;
+        state.chats.insert(
+            chat_id,
+            Entry {
+                session,
+                pending: VecDeque::new(),
+                last_active: Instant::now(),
+                head_crashes: 0,
+            },
+        );
+    }
+    let Some(entry) = state.chats.get_mut(&chat_id) else {
+        return Ok(());
+    };
+    entry.pending.push_back(Arc::clone(&inbound));
+    entry.last_active = Instant::now();
+    state.pending += 1;
+    // If the session has just died, the update stays pending and is handed
+    // to its successor by `on_session_died`.
+    let _ = entry.session.cast(SessionMsg::Handle(inbound));
+    Ok(())
+}
+
+async fn spawn_session(
+    myself: &ActorRef<SessionSupMsg>,
+    state: &mut SessionSupState,
+    chat_id: ChatId,
+) -> Result<ActorRef<SessionMsg>, ActorProcessingErr> {
+    let args = SessionArgs {
+        chat_id,
+        deps: state.deps.clone(),
+        supervisor: myself.clone(),
+    };
+    // Session start-up does no I/O, so waiting for it here is short.
+    let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
+    state.chat_of.insert(session.get_id(), chat_id);
+    tracing::debug!(chat_id = chat_id.0, "session started");
+    Ok(session)
+}
+
+fn on_turn_finished(state: &mut SessionSupState, chat_id: ChatId, update_id: u32) {
+    let Some(entry) = state.chats.get_mut(&chat_id) else {
+        tracing::error!(
+            chat_id = chat_id.0,
+            update_id,
+            "turn finished for an unknown chat"
+        );
+        return;
+    };
+    match entry.pending.front() {
+        Some(head) if head.update_id == update_id => {
+            entry.pending.pop_front();
+            entry.head_crashes = 0;
+            entry.last_active = Instant::now();
+            state.pending -= 1;
+            answer_drain_waiters(state);
+        }
+        head => tracing::error!(
+            chat_id = chat_id.0,
+            update_id,
+            head = head.map(|h| h.update_id),
+            "turn finished out of order"
+        ),
+    }
+}
+
+async fn on_session_died(
+    myself: &ActorRef<SessionSupMsg>,
+    state: &mut SessionSupState,
+    chat_id: ChatId,
+    session: ActorId,
+    reason: String,
+) -> Result<(), ActorProcessingErr> {
+    let Some(entry) = state.chats.get_mut(&chat_id) else {
+        return Ok(());
+    };
+    if entry.session.get_id() != session {
+        return Ok(());
+    }
+    tracing::warn!(chat_id = chat_id.0, %reason, pending = entry.pending.len(), "session died");
+    if entry.pending.is_empty() {
+        state.chats.remove(&chat_id);
+        return Ok(());
+    }
+
+    entry.head_crashes += 1;
+    if entry.head_crashes > state.deps.config.session.max_redeliveries
+        && let Some(poison) = entry.pending.pop_front()
+    {
+        state.pending -= 1;
+        state.stats.dropped += 1;
+        entry.head_crashes = 0;
+        tracing::error!(
+            chat_id = chat_id.0,
+            update_id = poison.update_id,
+            "update crashed its session too often; dropped"
+        );
+        apologise(&state.deps, &poison);
+    }
+    let pending: Vec<Arc<Inbound>> = entry.pending.iter().cloned().collect();
+    state.stats.restarted += 1;
+    let replacement = spawn_session(myself, state, chat_id).await?;
+    for inbound in pending {
+        let _ = replacement.cast(SessionMsg::Handle(inbound));
+    }
+    if let Some(entry) = state.chats.get_mut(&chat_id) {
+        entry.session = replacement;
+    }
+    answer_drain_waiters(state);
+    Ok(())
+}
+
+fn apologise(deps: &Deps, inbound: &Inbound) {
+    let texts = deps.locales.for_language(inbound.language_code.as_deref());
+    let text = texts.internal_error.clone();
+    let chat_id = inbound.chat_id;
+    let directory = deps.directory.clone();
+    // Not awaited: this actor must not wait on Telegram.
+    tokio::spawn(async move {
+        let sent = directory
+            .call(Child::Outbox, |reply| OutboxMsg::Deliver {
+                chat_id,
+                parts: vec![text.clone()],
+                reply,
+            })
+            .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!(chat_id = chat_id.0, "could not send the apology");
+        }
+    });
+}
+
+fn on_sweep_idle(state: &mut SessionSupState) {
+    let idle_timeout = state.deps.config.session.idle_timeout;
+    let now = Instant::now();
+    let idle: Vec<ChatId> = state
+        .chats
+        .iter()
+        .filter(|(_, entry)| {
+            entry.pending.is_empty() && now.duration_since(entry.last_active) >= idle_timeout
+        })
+        .map(|(chat_id, _)| *chat_id)
+        .collect();
+    for chat_id in idle {
+        if let Some(entry) = state.chats.remove(&chat_id) {
+            state.chat_of.remove(&entry.session.get_id());
+            entry.session.stop(Some("idle".into()));
+            state.stats.evicted += 1;
+            tracing::debug!(chat_id = chat_id.0, "session evicted");
+        }
+    }
+}
+
+fn answer_drain_waiters(state: &mut SessionSupState) {
+    if state.pending == 0 {
+        for waiter in state.drain_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Session: one chat's conversation. Answers the chat's updates one at a
+//! time, in order, and owns its bounded history.
+//!
+//! - **Supervised by:** the session supervisor; temporary (evicted when idle,
+//!   re-created on the next message), redelivered on failure.
+//! - **Messages:** [`SessionMsg::Handle`], one update of this chat.
+//! - **State:** the chat id and its [`History`]. Nobody else reads or writes it.
+//! - **Per update:** commands and bad input are answered from the locale
+//!   texts without an LLM call; text goes to the LLM pool with the system
+//!   prompt and the history, while "typing…" is shown; the answer is split to
+//!   Telegram's size and handed to the outbox, and only once the outbox has
+//!   delivered it does the session report `TurnFinished`.
+//! - **Failures:** LLM errors are expected: the user gets a fallback reply and
+//!   the user message stays in the history. A panic is a bug: the supervisor
+//!   hands the unanswered updates to a new session (whose history starts
+//!   empty until the persistence actor exists).
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::SessionSupMsg;
+use crate::actors::Child;
+use crate::actors::root::Deps;
+use crate::actors::root::llm_pool::LlmPoolMsg;
+use crate::actors::root::outbox::OutboxMsg;
+use crate::history::History;
+use crate::llm::{LlmError, Role};
+use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
+use crate::telegram::split::split_message;
+use crate::texts::{Texts, fill};
+
+/// Messages of a session.
+pub enum SessionMsg {
+    /// Answer this update (sent only by the session supervisor).
+    Handle(Arc<Inbound>),
+}
+
+/// Arguments of a session.
+pub struct SessionArgs {
+    /// The chat this session serves.
+    pub chat_id: ChatId,
+    /// Shared dependencies.
+    pub deps: Deps,
+    /// Where `TurnFinished` goes.
+    pub supervisor: ActorRef<SessionSupMsg>,
+}
+
+/// The session actor.
+pub struct Session;
+
+/// A session's state.
+pub struct SessionState {
+    chat_id: ChatId,
+    history: History,
+    deps: Deps,
+    supervisor: ActorRef<SessionSupMsg>,
+    system_prompt: Arc<str>,
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let session = &args.deps.config.session;
+        Ok(SessionState {
+            chat_id: args.chat_id,
+            history: History::new(session.max_messages, session.max_history_chars),
+            system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
+            deps: args.deps,
+            supervisor: args.supervisor,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        message: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Handle(inbound) => {
+                let span = tracing::info_span!(
+                    "update",
+                    update_id = inbound.update_id,
+                    chat_id = state.chat_id.0
+                );
+                on_handle(state, &inbound).instrument(span).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), ActorProcessingErr> {
+    let texts = Arc::clone(
+        state
+            .deps
+            .locales
+            .for_language(inbound.language_code.as_deref()),
+    );
+    let reply = match &inbound.kind {
+        InboundKind::Command { name, .. } => on_command(state, &texts, name),
+        InboundKind::NonText => texts.non_text.clone(),
+        InboundKind::Text(text) => match check_text(text, state.deps.config.input.max_chars) {
+            Err(TextProblem::Empty) => texts.empty_text.clone(),
+            Err(TextProblem::TooLong { length, limit }) => fill(
+                &texts.too_long,
+                &[
+                    ("length", &length.to_string()),
+                    ("limit", &limit.to_string()),
+                ],
+            ),
+            Ok(()) => answer(state, &texts, text).await,
+        },
+    };
+    deliver(state, reply).await;
+    tracing::debug!(
+        latency_ms = inbound.received_at.elapsed().as_millis() as u64,
+        "update finished"
+    );
+    state.supervisor.cast(SessionSupMsg::TurnFinished {
+        chat_id: state.chat_id,
+        update_id: inbound.update_id,
+    })?;
+    Ok(())
+}
+
+fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
+    match name {
+        "start" => texts.start.clone(),
+        "help" => texts.help.clone(),
+        "reset" => {
+            state.history.clear();
+            texts.reset_done.clone()
+        }
+        other => fill(&texts.unknown_command, &[("command", &format!("/{other}"))]),
+    }
+}
+
+/// Why a text is not sent to the LLM.
+#[derive(Debug, PartialEq, Eq)]
+enum TextProblem {
+    Empty,
+    TooLong { length: usize, limit: usize },
+}
+
+fn check_text(text: &str, max_chars: usize) -> Result<(), TextProblem> {
+    if text.trim().is_empty() {
+        return Err(TextProblem::Empty);
+    }
+    let length = text.chars().count();
+    if length > max_chars {
+        return Err(TextProblem::TooLong {
+            length,
+            limit: max_chars,
+        });
+    }
+    Ok(())
+}
+
+/// Asks the LLM, showing "typing…" while it works; returns the text to send.
+async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
+    let user_text: Arc<str> = text.into();
+    let prompt = state.history.prompt(&state.system_prompt, &user_text);
+    let deps = &state.deps;
+    let call = deps
+        .directory
+        .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
+            messages: prompt.clone(),
+            reply,
+        });
+    tokio::pin!(call);
+
+    let telegram = &deps.config.telegram;
+    let started = Instant::now();
+    let mut next_typing = started + telegram.typing_after;
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break result,
+            () = tokio::time::sleep_until(next_typing) => {
+                deps.directory.cast_now(Child::Outbox, OutboxMsg::ShowTyping { chat_id: state.chat_id });
+                next_typing += telegram.typing_interval;
+            }
+        }
+    };
+    let result = result.unwrap_or(Err(LlmError::PoolUnavailable));
+    let llm_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(completion) => {
+            tracing::info!(llm_ms, chars = completion.text.chars().count(), "answered");
+            state.history.push(Role::User, user_text);
+            state
+                .history
+                .push(Role::Assistant, completion.text.as_str().into());
+            completion.text
+        }
+        Err(error) => {
+            tracing::warn!(llm_ms, class = error.class(), %error, "llm call failed");
+            // Kept so the conversation stays coherent and a later retry can
+            // answer it.
+            state.history.push(Role::User, user_text);
+            match error {
+                LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
+                _ => texts.llm_unavailable.clone(),
+            }
+        }
+    }
+}
+
+/// Hands the reply to the outbox and waits until it is delivered or given up.
+async fn deliver(state: &SessionState, text: String) {
+    let parts = split_message(&text, state.deps.config.telegram.max_message_chars);
+    if parts.is_empty() {
+        return;
+    }
+    let chat_id = state.chat_id;
+    let parts_count = parts.len();
+    let sent = state
+        .deps
+        .directory
+        .call(Child::Outbox, |reply| OutboxMsg::Deliver {
+            chat_id,
+            parts: parts.clone(),
+            reply,
+        })
+        .await;
+    match sent {
+        Ok(Ok(())) => tracing::debug!(parts = parts_count, "delivered"),
+        Ok(Err(error)) => {
+            tracing::warn!(class = error.class(), %error, "reply not delivered");
+        }
+        Err(error) => tracing::error!(%error, "reply not delivered"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_checks_count_characters() {
+        assert_eq!(check_text(" \n\t", 10), Err(TextProblem::Empty));
+        assert_eq!(check_text("жжжжж", 5), Ok(()));
+        assert_eq!(
+            check_text("жжжжжж", 5),
+            Err(TextProblem::TooLong {
+                length: 6,
+                limit: 5
+            })
+        );
+    }
+}

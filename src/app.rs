@@ -1,0 +1,211 @@
+//! Builds the supervision tree from a configuration and runs it until a
+//! shutdown signal or a fatal supervision error. Both the binary and the
+//! tests start the service through [`start`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorRef};
+use teloxide::prelude::Requester;
+use teloxide::{ApiError, RequestError};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::actors::Directory;
+use crate::actors::root::session_sup::SessionStats;
+use crate::actors::root::{self, Deps, Fatal, Root, RootArgs, RootMsg, TreeStatus};
+use crate::config::{Config, Secrets};
+use crate::llm::{LlmClient, LlmError};
+use crate::telegram::{self, TelegramError};
+use crate::texts::{LocaleError, Locales};
+
+/// Why the service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// `storage.path` cannot be created or is not a directory.
+    #[error("storage.path {path}: {reason}")]
+    Storage {
+        /// The configured path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Telegram answered getMe with "Unauthorized".
+    #[error("Telegram rejected the bot token: check TELEGRAM_BOT_TOKEN")]
+    TokenRejected,
+    /// The Bot API client could not be built.
+    #[error("telegram client: {0}")]
+    Telegram(#[from] TelegramError),
+    /// The LLM client could not be built.
+    #[error("llm client: {0}")]
+    Llm(#[from] LlmError),
+    /// A locale file is broken.
+    #[error(transparent)]
+    Locale(#[from] LocaleError),
+    /// The supervision tree did not start.
+    #[error("cannot start the supervision tree: {0}")]
+    Spawn(String),
+    /// The root supervisor gave up.
+    #[error("supervision: {0}")]
+    Fatal(#[from] Fatal),
+}
+
+impl AppError {
+    /// Whether the error is the operator's configuration (exit code 2) rather
+    /// than a runtime failure (exit code 1).
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Self::Storage { .. } | Self::TokenRejected | Self::Locale(_)
+        )
+    }
+}
+
+/// A running service.
+pub struct Service {
+    root: ActorRef<RootMsg>,
+    root_task: JoinHandle<()>,
+    directory: Directory,
+    fatal: oneshot::Receiver<Fatal>,
+}
+
+/// Starts the service: checks the storage directory and the bot token, then
+/// spawns the supervision tree. `instance` names this service's actors (one
+/// process may run several in tests).
+pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<Service, AppError> {
+    let config = Arc::new(config);
+    prepare_storage(&config).await?;
+    let bot = telegram::build_bot(&config.telegram, &secrets.telegram_token)?;
+    let bot_username = check_token(&bot).await?;
+    let llm = LlmClient::new(&config.llm, secrets.llm_api_key.clone())?;
+    let directory = Directory::new(instance, &config.supervisor);
+    let deps = Deps {
+        directory: directory.clone(),
+        bot,
+        bot_username,
+        llm,
+        llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
+        send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
+        locales: Locales::load()?,
+        config: Arc::clone(&config),
+    };
+    let (fatal_tx, fatal) = oneshot::channel();
+    let (root, root_task) = Actor::spawn(
+        Some(directory.root_name()),
+        Root,
+        RootArgs {
+            deps,
+            fatal: fatal_tx,
+        },
+    )
+    .await
+    .map_err(|e| AppError::Spawn(e.to_string()))?;
+    tracing::info!(
+        instance,
+        model = %config.llm.model,
+        llm = %config.llm.base_url,
+        "llmgram started"
+    );
+    Ok(Service {
+        root,
+        root_task,
+        directory,
+        fatal,
+    })
+}
+
+/// Runs the service until `shutdown` completes (then stops it gracefully) or
+/// the supervision tree gives up.
+pub async fn run(
+    config: Config,
+    secrets: Secrets,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let service = start(config, secrets, "llmgram").await?;
+    service.run_until(shutdown).await
+}
+
+impl Service {
+    /// The name directory of this instance.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The session supervisor's counters, `None` while it restarts.
+    pub async fn session_stats(&self) -> Option<SessionStats> {
+        root::session_stats(&self.directory).await
+    }
+
+    /// Which children run and their restart counts.
+    pub async fn tree_status(&self) -> Option<TreeStatus> {
+        // The root is never restarted, so holding its reference is safe.
+        match self
+            .root
+            .call(|reply| RootMsg::Status { reply }, None)
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Runs until `shutdown` completes or the tree gives up.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutdown requested");
+                self.shutdown().await
+            }
+            _ = &mut self.root_task => Err(self.fatal.try_recv().map_or_else(
+                |_| AppError::Spawn("the root supervisor stopped unexpectedly".into()),
+                AppError::Fatal,
+            )),
+        }
+    }
+
+    /// Stops taking updates, lets in-flight answers finish within
+    /// `shutdown.grace`, and stops every actor.
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        // The root answers after stopping every child; if it is already gone
+        // there is nothing left to stop.
+        let _ = self
+            .root
+            .call(|reply| RootMsg::Shutdown { reply }, None)
+            .await;
+        let _ = (&mut self.root_task).await;
+        match self.fatal.try_recv() {
+            Ok(fatal) => Err(AppError::Fatal(fatal)),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+async fn prepare_storage(config: &Config) -> Result<(), AppError> {
+    let path = config.storage.path.clone();
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || std::fs::create_dir_all(&path))
+        .await
+        .map_err(|e| AppError::Storage {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| AppError::Storage {
+            path: shown,
+            reason: e.to_string(),
+        })
+}
+
+/// One getMe before anything starts: a rejected token is a configuration
+/// error worth exiting for; an unreachable Telegram is not (the ingress keeps
+/// trying), so then the username is learnt later.
+async fn check_token(bot: &teloxide::Bot) -> Result<Option<String>, AppError> {
+    match bot.get_me().await {
+        Ok(me) => Ok(Some(me.username().to_owned())),
+        Err(RequestError::Api(ApiError::InvalidToken)) => Err(AppError::TokenRejected),
+        Err(error) => {
+            let error = TelegramError::from(error);
+            tracing::warn!(class = error.class(), %error, "Bot API unreachable at start; will keep trying");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Configuration: the typed form of `config/default.toml`, loaded in layers.
+//!
+//! Layers, later ones winning: the embedded `config/default.toml`, an optional
+//! file given with `--config`, then environment variables
+//! `LLMGRAM_<SECTION>__<KEY>`. Secrets ([`Secrets`]) come only from
+//! `TELEGRAM_BOT_TOKEN` and `LLM_API_KEY` and are never printed.
+//!
+//! Every error names the key (and the variable, when one is to blame) in one
+//! line, so a bad deployment fails at start with exit code 2 and a message an
+//! operator can act on.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use url::Url;
+
+/// The embedded default configuration, the base layer of every load.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "LLMGRAM_";
+/// Environment variable holding the Telegram bot token.
+pub const TOKEN_VAR: &str = "TELEGRAM_BOT_TOKEN";
+/// Environment variable holding the LLM provider's API key.
+pub const LLM_KEY_VAR: &str = "LLM_API_KEY";
+
+/// The whole configuration. See `config/default.toml` for every knob's unit
+/// and the reason for its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each section is documented on its type and in default.toml
+pub struct Config {
+    pub telegram: TelegramConfig,
+    pub llm: LlmConfig,
+    pub session: SessionConfig,
+    pub input: InputConfig,
+    pub supervisor: SupervisorConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[telegram]`: the Bot API endpoint, long polling and sending.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TelegramConfig {
+    pub api_url: Url,
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    pub poll_limit: u8,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    pub max_message_chars: usize,
+    #[serde(with = "humantime_serde")]
+    pub typing_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub typing_interval: Duration,
+    pub max_concurrent_sends: usize,
+    pub max_send_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+/// `[llm]`: the OpenAI-compatible provider and the pool in front of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LlmConfig {
+    pub base_url: Url,
+    pub model: String,
+    pub max_concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub system_prompt: String,
+}
+
+/// `[session]`: per-chat history bounds and idle eviction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct SessionConfig {
+    pub max_messages: usize,
+    pub max_history_chars: usize,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    pub max_redeliveries: u32,
+}
+
+/// `[input]`: what user text is accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct InputConfig {
+    pub max_chars: usize,
+}
+
+/// `[supervisor]`: restart budget and how callers wait for restarting actors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct SupervisorConfig {
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lookup_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lookup_interval: Duration,
+}
+
+/// `[storage]`: where the embedded store lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+}
+
+/// `[log]`: level filter and output format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, one event per line with fields.
+    Pretty,
+    /// One JSON object per event, for log shippers.
+    Json,
+}
+
+/// `[shutdown]`: graceful stop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ShutdownConfig {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+/// A secret string: shown as `***` by `Debug` and `Display`, so it cannot leak
+/// through a log line or an error message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Secrets, read only from their environment variables.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    /// The Telegram bot token (`TELEGRAM_BOT_TOKEN`).
+    pub telegram_token: Secret,
+    /// The LLM provider's API key (`LLM_API_KEY`); local servers such as
+    /// Ollama need none.
+    pub llm_api_key: Option<Secret>,
+}
+
+/// A configuration that cannot be used. Its `Display` is the one line printed
+/// before exiting with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file does not exist or cannot be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file given with `--config`.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key has a value of the wrong type or shape, or is unknown.
+    #[error("config key `{key}`{source_hint}: {reason}")]
+    Parse {
+        /// Dotted key path, e.g. `llm.base_url`.
+        key: String,
+        /// Where the bad value came from (`` (from LLMGRAM_LLM__BASE_URL)``), or empty.
+        source_hint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A value parses but cannot work (zero limit, wrong URL scheme, …).
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A required secret variable is missing or empty.
+    #[error("environment variable {var} is not set: {reason}")]
+    MissingSecret {
+        /// The variable to set.
+        var: &'static str,
+        /// Why it is needed.
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// Loads the layered configuration from the embedded defaults, the
+    /// optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::extract(figment)
+    }
+
+    /// Builds a configuration from the embedded defaults with `overrides`
+    /// (TOML text) merged over them; no file or environment is read. Used by
+    /// tests and benchmarks to pass settings without touching the process.
+    pub fn from_defaults_with(overrides: &str) -> Result<Self, ConfigError> {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(overrides));
+        Self::extract(figment)
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(parse_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+            Ok(())
+        }
+        fn http_url(key: &'static str, url: &Url) -> Result<(), ConfigError> {
+            if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("`{url}` is not an http(s) URL"),
+                });
+            }
+            Ok(())
+        }
+        fn millis(d: Duration) -> u64 {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        }
+
+        let t = &self.telegram;
+        http_url("telegram.api_url", &t.api_url)?;
+        positive("telegram.poll_timeout", t.poll_timeout.as_secs())?;
+        if !(1..=100).contains(&t.poll_limit) {
+            return Err(ConfigError::Invalid {
+                key: "telegram.poll_limit",
+                reason: format!("{} is outside 1..=100", t.poll_limit),
+            });
+        }
+        positive("telegram.retry_min", millis(t.retry_min))?;
+        if t.retry_max < t.retry_min {
+            return Err(ConfigError::Invalid {
+                key: "telegram.retry_max",
+                reason: "must not be shorter than telegram.retry_min".into(),
+            });
+        }
+        positive("telegram.connect_timeout", millis(t.connect_timeout))?;
+        positive("telegram.send_timeout", millis(t.send_timeout))?;
+        positive("telegram.max_message_chars", t.max_message_chars as u64)?;
+        positive("telegram.typing_interval", millis(t.typing_interval))?;
+        positive(
+            "telegram.max_concurrent_sends",
+            t.max_concurrent_sends as u64,
+        )?;
+        positive("telegram.max_send_attempts", u64::from(t.max_send_attempts))?;
+
+        let l = &self.llm;
+        http_url("llm.base_url", &l.base_url)?;
+        if l.model.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "llm.model",
+                reason: "must not be empty".into(),
+            });
+        }
+        positive("llm.max_concurrency", l.max_concurrency as u64)?;
+        positive("llm.queue_timeout", millis(l.queue_timeout))?;
+        positive("llm.request_timeout", millis(l.request_timeout))?;
+        positive("llm.connect_timeout", millis(l.connect_timeout))?;
+        positive(
+            "llm.pool_max_idle_per_host",
+            l.pool_max_idle_per_host as u64,
+        )?;
+        positive("llm.max_tokens", u64::from(l.max_tokens))?;
+        if !(0.0..=2.0).contains(&l.temperature) {
+            return Err(ConfigError::Invalid {
+                key: "llm.temperature",
+                reason: format!("{} is outside 0.0..=2.0", l.temperature),
+            });
+        }
+
+        let s = &self.session;
+        positive("session.max_messages", s.max_messages as u64)?;
+        positive("session.max_history_chars", s.max_history_chars as u64)?;
+        positive("session.idle_timeout", millis(s.idle_timeout))?;
+        positive("session.sweep_interval", millis(s.sweep_interval))?;
+        positive("input.max_chars", self.input.max_chars as u64)?;
+
+        let sup = &self.supervisor;
+        positive("supervisor.restart_window", millis(sup.restart_window))?;
+        positive("supervisor.lookup_timeout", millis(sup.lookup_timeout))?;
+        positive("supervisor.lookup_interval", millis(sup.lookup_interval))?;
+
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "storage.path",
+                reason: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Secrets {
+    /// Reads the secrets through `lookup` (the process environment in `main`,
+    /// a map in tests). The bot token is required; the LLM key is optional
+    /// because local OpenAI-compatible servers need none.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let non_empty = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        let token = non_empty(TOKEN_VAR).ok_or(ConfigError::MissingSecret {
+            var: TOKEN_VAR,
+            reason: "the bot token from @BotFather is required",
+        })?;
+        Ok(Self {
+            telegram_token: Secret::new(token),
+            llm_api_key: non_empty(LLM_KEY_VAR).map(Secret::new),
+        })
+    }
+}
+
+/// Turns figment's error into one line naming the key and, for a value that
+/// came from the environment, the variable to fix.
+fn parse_error(error: figment::Error) -> ConfigError {
+    let key = error.path.join(".");
+    let from_env = error
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains(ENV_PREFIX));
+    let source_hint = if from_env && !error.path.is_empty() {
+        format!(
+            " (from {ENV_PREFIX}{})",
+            error
+                .path
+                .iter()
+                .map(|p| p.to_uppercase())
+                .collect::<Vec<_>>()
+                .join("__")
+        )
+    } else {
+        String::new()
+    };
+    ConfigError::Parse {
+        key: if key.is_empty() { "<root>".into() } else { key },
+        source_hint,
+        reason: error.kind.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load_and_validate() {
+        let config = Config::from_defaults_with("").unwrap();
+        assert_eq!(config.llm.model, "llama-3.1-8b-instant");
+        assert_eq!(
+            config.llm.base_url.as_str(),
+            "https://api.groq.com/openai/v1"
+        );
+        assert_eq!(config.telegram.max_message_chars, 4096);
+        assert_eq!(config.session.max_messages, 50);
+    }
+
+    #[test]
+    fn overrides_replace_single_keys() {
+        let config = Config::from_defaults_with("[llm]\nmodel = \"other\"\n").unwrap();
+        assert_eq!(config.llm.model, "other");
+        assert_eq!(config.llm.max_concurrency, 16);
+    }
+
+    #[test]
+    fn zero_limit_names_the_key() {
+        let err = Config::from_defaults_with("[llm]\nmax_concurrency = 0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `llm.max_concurrency`: must be greater than zero"
+        );
+    }
+
+    #[test]
+    fn bad_url_names_the_key() {
+        let err = Config::from_defaults_with("[telegram]\napi_url = \"not a url\"\n").unwrap_err();
+        let line = err.to_string();
+        assert!(line.starts_with("config key `telegram.api_url`"), "{line}");
+        let err = Config::from_defaults_with("[llm]\nbase_url = \"ftp://x/v1\"\n").unwrap_err();
+        assert!(err.to_string().contains("llm.base_url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Config::from_defaults_with("[llm]\nmodle = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let err = Config::from_defaults_with("[session]\nidle_timeout = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("session.idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn secrets_require_a_token_and_never_print() {
+        let err = Secrets::from_lookup(|_| None).unwrap_err();
+        assert!(err.to_string().contains(TOKEN_VAR));
+        let secrets = Secrets::from_lookup(|var| match var {
+            TOKEN_VAR => Some("123:SECRET".into()),
+            LLM_KEY_VAR => Some("sk-SECRET".into()),
+            _ => None,
+        })
+        .unwrap();
+        let shown = format!("{secrets:?} {}", secrets.telegram_token);
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert_eq!(secrets.telegram_token.expose(), "123:SECRET");
+    }
+}

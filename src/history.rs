@@ -1,0 +1,152 @@
+//! One chat's conversation history, bounded in messages and characters.
+//!
+//! Owned by exactly one session actor. The oldest messages go first when a
+//! bound is exceeded; the history never starts with an assistant message
+//! (some chat templates require a user turn first). The system prompt is not
+//! part of the history: it is prepended to every prompt, so it is always kept.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::llm::{ChatMessage, Role};
+
+/// Bounded chat history.
+#[derive(Debug, Clone)]
+pub struct History {
+    messages: VecDeque<ChatMessage>,
+    /// Sum of `chars().count()` over `messages`, kept to avoid rescanning.
+    chars: usize,
+    max_messages: usize,
+    max_chars: usize,
+}
+
+impl History {
+    /// An empty history with the given bounds.
+    pub fn new(max_messages: usize, max_chars: usize) -> Self {
+        Self {
+            messages: VecDeque::new(),
+            chars: 0,
+            max_messages,
+            max_chars,
+        }
+    }
+
+    /// Messages, oldest first.
+    pub fn messages(&self) -> impl ExactSizeIterator<Item = &ChatMessage> {
+        self.messages.iter()
+    }
+
+    /// Number of messages kept.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether no message is kept.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Characters kept, over all messages.
+    pub fn chars(&self) -> usize {
+        self.chars
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+        self.chars = 0;
+    }
+
+    /// Appends a message, then drops the oldest until both bounds hold.
+    pub fn push(&mut self, role: Role, content: Arc<str>) {
+        self.chars += content.chars().count();
+        self.messages.push_back(ChatMessage { role, content });
+        self.enforce_bounds();
+    }
+
+    /// The prompt for a new user message: the system prompt, the history,
+    /// then `user_text`. Content is shared, not copied.
+    pub fn prompt(&self, system_prompt: &Arc<str>, user_text: &Arc<str>) -> Vec<ChatMessage> {
+        let mut prompt = Vec::with_capacity(self.messages.len() + 2);
+        prompt.push(ChatMessage {
+            role: Role::System,
+            content: Arc::clone(system_prompt),
+        });
+        prompt.extend(self.messages.iter().cloned());
+        prompt.push(ChatMessage {
+            role: Role::User,
+            content: Arc::clone(user_text),
+        });
+        prompt
+    }
+
+    fn enforce_bounds(&mut self) {
+        while self.messages.len() > self.max_messages
+            || self.chars > self.max_chars
+            || self
+                .messages
+                .front()
+                .is_some_and(|m| m.role == Role::Assistant)
+        {
+            let Some(oldest) = self.messages.pop_front() else {
+                break;
+            };
+            self.chars -= oldest.content.chars().count();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(history: &History) -> Vec<String> {
+        history.messages().map(|m| m.content.to_string()).collect()
+    }
+
+    #[test]
+    fn message_bound_drops_the_oldest_turn() {
+        let mut history = History::new(4, 1000);
+        for i in 0..3 {
+            history.push(Role::User, format!("q{i}").into());
+            history.push(Role::Assistant, format!("a{i}").into());
+        }
+        assert_eq!(text(&history), ["q1", "a1", "q2", "a2"]);
+    }
+
+    #[test]
+    fn char_bound_counts_characters_not_bytes() {
+        let mut history = History::new(100, 6);
+        history.push(Role::User, "ééé".into());
+        history.push(Role::Assistant, "жжж".into());
+        assert_eq!(history.chars(), 6);
+        assert_eq!(history.len(), 2);
+        history.push(Role::User, "x".into());
+        // dropping "ééé" leaves an assistant message first, which goes too
+        assert_eq!(text(&history), ["x"]);
+        assert_eq!(history.chars(), 1);
+    }
+
+    #[test]
+    fn an_oversized_message_empties_the_history() {
+        let mut history = History::new(10, 5);
+        history.push(Role::User, "123456".into());
+        assert!(history.is_empty());
+        assert_eq!(history.chars(), 0);
+    }
+
+    #[test]
+    fn prompt_starts_with_the_system_prompt_and_ends_with_the_user() {
+        let mut history = History::new(10, 100);
+        history.push(Role::User, "q".into());
+        history.push(Role::Assistant, "a".into());
+        let prompt = history.prompt(&"sys".into(), &"new".into());
+        let roles: Vec<Role> = prompt.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [Role::System, Role::User, Role::Assistant, Role::User]
+        );
+        assert_eq!(&*prompt[0].content, "sys");
+        assert_eq!(&*prompt[3].content, "new");
+    }
+}

@@ -1,0 +1,29 @@
+//! llmgram: a Telegram assistant bot that answers with a large language
+//! model, built as a supervised tree of actors.
+//!
+//! # Layout
+//!
+//! - [`app`]: builds the tree from a [`config::Config`] and runs it; the
+//!   binary and the tests both start the service here.
+//! - [`actors`]: the supervision tree, one actor per file, placed as in the
+//!   tree (`actors/root/session_sup/session.rs` is supervised by
+//!   `session_sup`, which root supervises).
+//! - [`telegram`]: updates in ([`telegram::inbound`]), long answers split
+//!   ([`telegram::split`]), Bot API errors classified.
+//! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call.
+//! - [`history`]: a chat's bounded history, owned by its session.
+//! - [`config`], [`texts`], [`retry`], [`telemetry`]: knobs, reply texts,
+//!   backoff, logging.
+//!
+//! `supervision.md` at the repository root draws the tree and states, for
+//! each actor, what it owns and what survives its failure.
+
+pub mod actors;
+pub mod app;
+pub mod config;
+pub mod history;
+pub mod llm;
+pub mod retry;
+pub mod telegram;
+pub mod telemetry;
+pub mod texts;

@@ -1,0 +1,174 @@
+//! One chat-completion call over the shared pooled HTTP client, with every
+//! failure classified into an [`LlmError`].
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::RETRY_AFTER;
+use url::Url;
+
+use super::error::LlmError;
+use super::wire::{ChatMessage, ChatRequest, ChatResponse, Completion};
+use crate::config::{LlmConfig, Secret};
+
+/// Longest part of an error body kept in an [`LlmError::Rejected`] (bytes);
+/// enough to read the provider's message, short enough for one log line.
+const ERROR_DETAIL_BYTES: usize = 300;
+
+/// The provider endpoint and the one pooled client that talks to it.
+/// Cloning is cheap and shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct LlmClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    api_key: Option<Secret>,
+    model: std::sync::Arc<str>,
+    max_tokens: u32,
+    temperature: f32,
+}
+
+impl LlmClient {
+    /// Builds the client: rustls, connection pooling, connect and request
+    /// timeouts from config.
+    pub fn new(config: &LlmConfig, api_key: Option<Secret>) -> Result<Self, LlmError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| LlmError::Connect(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            endpoint: completions_url(&config.base_url)?,
+            api_key,
+            model: config.model.as_str().into(),
+            max_tokens: config.max_tokens,
+            temperature: config.temperature,
+        })
+    }
+
+    /// The model requests are sent to.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Sends one chat-completion request and returns the answer.
+    pub async fn complete(&self, messages: &[ChatMessage]) -> Result<Completion, LlmError> {
+        let body = ChatRequest {
+            model: &self.model,
+            messages,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            stream: false,
+        };
+        let mut request = self.http.post(self.endpoint.clone()).json(&body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(LlmError::RateLimited {
+                retry_after: retry_after(response.headers()),
+            });
+        }
+        if status.is_server_error() {
+            return Err(LlmError::Server {
+                status: status.as_u16(),
+            });
+        }
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            let end = body.len().min(ERROR_DETAIL_BYTES);
+            return Err(LlmError::Rejected {
+                status: status.as_u16(),
+                detail: String::from_utf8_lossy(&body[..end]).into_owned(),
+            });
+        }
+        let bytes = response.bytes().await?;
+        parse_completion(&bytes)
+    }
+}
+
+/// `{base_url}/chat/completions`, keeping every segment of the base path
+/// (`Url::join` would drop the last one of `.../openai/v1`).
+fn completions_url(base: &Url) -> Result<Url, LlmError> {
+    let joined = format!("{}/chat/completions", base.as_str().trim_end_matches('/'));
+    Url::parse(&joined).map_err(|e| LlmError::Connect(format!("bad endpoint {joined}: {e}")))
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Reads the first choice's text; a body that is not JSON, has no choices or
+/// only blank text is an [`LlmError::InvalidResponse`].
+pub fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
+    let response: ChatResponse = serde_json::from_slice(bytes)
+        .map_err(|e| LlmError::InvalidResponse(format!("not a chat completion: {e}")))?;
+    let choice = response
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| LlmError::InvalidResponse("no choices".into()))?;
+    let text = choice
+        .message
+        .and_then(|m| m.content)
+        .filter(|text| !text.trim().is_empty())
+        .ok_or_else(|| LlmError::InvalidResponse("empty answer".into()))?;
+    Ok(Completion {
+        text,
+        usage: response.usage,
+        finish_reason: choice.finish_reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keeps_the_base_path() {
+        let base = Url::parse("https://api.groq.com/openai/v1").unwrap();
+        assert_eq!(
+            completions_url(&base).unwrap().as_str(),
+            "https://api.groq.com/openai/v1/chat/completions"
+        );
+        let base = Url::parse("http://127.0.0.1:11434/v1/").unwrap();
+        assert_eq!(
+            completions_url(&base).unwrap().as_str(),
+            "http://127.0.0.1:11434/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn garbage_bodies_are_invalid_responses() {
+        for body in [
+            &b"{\"choices\": [ this is not json"[..],
+            b"{\"choices\": []}",
+            b"{\"choices\": [{\"message\": {\"content\": \"  \"}}]}",
+            b"{\"choices\": [{\"message\": {\"content\": null}}]}",
+            b"<html>502</html>",
+        ] {
+            let err = parse_completion(body).unwrap_err();
+            assert_eq!(err.class(), "invalid_response", "{err}");
+        }
+    }
+
+    #[test]
+    fn a_normal_body_parses() {
+        let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+        let completion = parse_completion(body).unwrap();
+        assert_eq!(completion.text, "hi");
+        assert_eq!(completion.usage.unwrap().completion_tokens, 1);
+    }
+}

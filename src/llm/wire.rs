@@ -1,0 +1,102 @@
+//! OpenAI-compatible chat-completions types: exactly the fields llmgram sends
+//! and reads, so any compatible server (OpenAI, Groq, Ollama, vLLM,
+//! llama.cpp) works.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a message of the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions from the operator's config; never user text.
+    System,
+    /// The Telegram user.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One message of a prompt. Content is shared, so building a request from a
+/// long history copies pointers, not text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The author.
+    pub role: Role,
+    /// The text.
+    pub content: Arc<str>,
+}
+
+impl ChatMessage {
+    /// A message with the given role and text.
+    pub fn new(role: Role, content: impl Into<Arc<str>>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// The request body of `POST /chat/completions`.
+#[derive(Debug, Serialize)]
+pub struct ChatRequest<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// System prompt, history, and the new user message.
+    pub messages: &'a [ChatMessage],
+    /// Upper bound on generated tokens.
+    pub max_tokens: u32,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Whether to stream the answer as server-sent events.
+    pub stream: bool,
+}
+
+/// The parts of the response body llmgram reads.
+#[derive(Debug, Deserialize)]
+pub struct ChatResponse {
+    /// Candidate answers; llmgram reads the first.
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    /// Token accounting, when the provider reports it.
+    pub usage: Option<Usage>,
+}
+
+/// One candidate answer.
+#[derive(Debug, Deserialize)]
+pub struct Choice {
+    /// The answer message.
+    pub message: Option<ChoiceMessage>,
+    /// Why generation stopped (`stop`, `length`, …).
+    pub finish_reason: Option<String>,
+}
+
+/// The message inside a [`Choice`].
+#[derive(Debug, Deserialize)]
+pub struct ChoiceMessage {
+    /// The answer text; some providers send `null` on refusals.
+    pub content: Option<String>,
+}
+
+/// Token counts reported by the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens in the answer.
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The answer text, never blank.
+    pub text: String,
+    /// Token counts, when reported.
+    pub usage: Option<Usage>,
+    /// Why generation stopped, when reported.
+    pub finish_reason: Option<String>,
+}

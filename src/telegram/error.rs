@@ -1,0 +1,73 @@
+//! Classified Bot API errors: what the outbox retries, waits on, or gives up on.
+
+use std::time::Duration;
+
+use teloxide::RequestError;
+
+/// A failed Bot API call, classified by what the caller should do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TelegramError {
+    /// 429: Telegram asks to wait before the next call.
+    #[error("flood limit: retry after {0:?}")]
+    RetryAfter(Duration),
+    /// The request could not reach Telegram or the connection broke; retryable.
+    #[error("network error: {0}")]
+    Network(String),
+    /// No answer within the send timeout; retryable.
+    #[error("timed out")]
+    Timeout,
+    /// Telegram rejected the request (4xx such as "message is too long", or
+    /// "bot was blocked by the user"); retrying the same request cannot help.
+    #[error("rejected by the Bot API: {0}")]
+    Rejected(String),
+    /// The answer could not be parsed; the call may or may not have happened.
+    #[error("invalid answer from the Bot API: {0}")]
+    InvalidAnswer(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    /// The outbox did not answer (it was restarting); the caller may resend.
+    #[error("the outbox is unavailable")]
+    OutboxUnavailable,
+}
+
+impl TelegramError {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::RetryAfter(_) | Self::Network(_) | Self::Timeout | Self::OutboxUnavailable
+        )
+    }
+
+    /// A short stable name for logs and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::RetryAfter(_) => "retry_after",
+            Self::Network(_) => "network",
+            Self::Timeout => "timeout",
+            Self::Rejected(_) => "rejected",
+            Self::InvalidAnswer(_) => "invalid_answer",
+            Self::Client(_) => "client",
+            Self::OutboxUnavailable => "outbox_unavailable",
+        }
+    }
+}
+
+impl From<RequestError> for TelegramError {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::RetryAfter(seconds) => {
+                Self::RetryAfter(Duration::from_secs(u64::from(seconds.seconds())))
+            }
+            RequestError::Network(e) if e.is_timeout() => Self::Timeout,
+            RequestError::Network(e) => Self::Network(e.to_string()),
+            RequestError::Io(e) => Self::Network(e.to_string()),
+            RequestError::InvalidJson { source, .. } => Self::InvalidAnswer(source.to_string()),
+            RequestError::Api(api) => Self::Rejected(api.to_string()),
+            RequestError::MigrateToChatId(chat) => {
+                Self::Rejected(format!("group migrated to supergroup {chat}"))
+            }
+        }
+    }
+}

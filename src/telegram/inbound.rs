@@ -1,0 +1,142 @@
+//! What a user sent, in the form the actors work with.
+//!
+//! The ingress turns each Telegram update into an [`Inbound`]; nothing past the
+//! ingress sees teloxide's update types. Updates that are not for us (edited
+//! messages, channel posts, commands addressed to another bot) become `None`.
+
+use std::time::Instant;
+
+use teloxide::types::{Message, Update, UpdateKind};
+
+pub use teloxide::types::ChatId;
+
+/// One message from a user, addressed to one chat's session.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Telegram's update id: increasing, unique per bot.
+    pub update_id: u32,
+    /// The chat to answer in; also the session key.
+    pub chat_id: ChatId,
+    /// The sender, when Telegram names one.
+    pub user_id: Option<u64>,
+    /// The sender's `language_code`, which picks the reply language.
+    pub language_code: Option<String>,
+    /// What was sent.
+    pub kind: InboundKind,
+    /// When the ingress received it, for end-to-end latency.
+    pub received_at: Instant,
+}
+
+/// The content of an [`Inbound`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundKind {
+    /// Plain text for the assistant.
+    Text(String),
+    /// `/name args`: `name` is lower-case without the leading `/` and without
+    /// an `@bot` suffix.
+    Command {
+        /// The command's name, e.g. `reset`.
+        name: String,
+        /// Everything after the command word, trimmed.
+        args: String,
+    },
+    /// A sticker, photo, voice note or other message without text.
+    NonText,
+}
+
+impl Inbound {
+    /// Converts an update; `None` when it is not a message for this bot.
+    /// `bot_username` is used to ignore `/command@other_bot`.
+    pub fn from_update(update: &Update, bot_username: &str) -> Option<Self> {
+        let UpdateKind::Message(message) = &update.kind else {
+            return None;
+        };
+        let kind = classify(message, bot_username)?;
+        let user = message.from.as_ref();
+        Some(Self {
+            update_id: update.id.0,
+            chat_id: message.chat.id,
+            user_id: user.map(|u| u.id.0),
+            language_code: user.and_then(|u| u.language_code.clone()),
+            kind,
+            received_at: Instant::now(),
+        })
+    }
+}
+
+fn classify(message: &Message, bot_username: &str) -> Option<InboundKind> {
+    let Some(text) = message.text() else {
+        return Some(InboundKind::NonText);
+    };
+    Some(match parse_command(text, bot_username) {
+        Parsed::Command { name, args } => InboundKind::Command { name, args },
+        Parsed::ForAnotherBot => return None,
+        Parsed::Text => InboundKind::Text(text.to_owned()),
+    })
+}
+
+enum Parsed {
+    Command { name: String, args: String },
+    ForAnotherBot,
+    Text,
+}
+
+fn parse_command(text: &str, bot_username: &str) -> Parsed {
+    let Some(rest) = text.strip_prefix('/') else {
+        return Parsed::Text;
+    };
+    let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let (name, mention) = match word.split_once('@') {
+        Some((name, mention)) => (name, Some(mention)),
+        None => (word, None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        // "/ hello" or "/😀" is text that happens to start with a slash.
+        return Parsed::Text;
+    }
+    if mention.is_some_and(|m| !m.eq_ignore_ascii_case(bot_username)) {
+        return Parsed::ForAnotherBot;
+    }
+    Parsed::Command {
+        name: name.to_ascii_lowercase(),
+        args: args.trim().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(text: &str) -> Option<(String, String)> {
+        match parse_command(text, "llmgram_bot") {
+            Parsed::Command { name, args } => Some((name, args)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn commands_are_parsed() {
+        assert_eq!(command("/start"), Some(("start".into(), String::new())));
+        assert_eq!(
+            command("/Reset@LLMgram_bot  now "),
+            Some(("reset".into(), "now".into()))
+        );
+        assert_eq!(command("/help\nmore"), Some(("help".into(), "more".into())));
+    }
+
+    #[test]
+    fn slash_text_is_text() {
+        assert!(matches!(parse_command("hello", "b"), Parsed::Text));
+        assert!(matches!(parse_command("/ hello", "b"), Parsed::Text));
+        assert!(matches!(parse_command("/😀", "b"), Parsed::Text));
+        assert!(matches!(parse_command("/", "b"), Parsed::Text));
+    }
+
+    #[test]
+    fn commands_for_other_bots_are_ignored() {
+        assert!(matches!(
+            parse_command("/start@other_bot", "llmgram_bot"),
+            Parsed::ForAnotherBot
+        ));
+    }
+}

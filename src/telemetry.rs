@@ -1,0 +1,30 @@
+//! Logging: `tracing` with a non-blocking writer, pretty or JSON, and the
+//! `log` records of teloxide and other crates bridged in.
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. `RUST_LOG`, when set, replaces
+/// `log.level`. Keep the returned guard alive: dropping it flushes and stops
+/// the writer thread.
+pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .map_err(|e| format!("config key `log.level`: {e}"))?;
+    // Writing happens on a dedicated thread, so a slow terminal or pipe never
+    // stalls an actor.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_span_events(FmtSpan::NONE);
+    let installed = match config.format {
+        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+    installed.map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(guard)
+}

@@ -1,0 +1,157 @@
+//! The texts the bot writes itself, in every supported language.
+//!
+//! The locale files live in `config/locales/` and are compiled in. A locale is
+//! chosen from Telegram's `language_code` (`ru`, `ru-RU` → Russian), English
+//! otherwise. Placeholders are filled by [`fill`], a single pass that never
+//! re-reads what it inserted, so a value containing `{limit}` stays literal.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+/// One language's texts. Deserialising fails when a key is missing, so a
+/// locale file without a text cannot load (see the tests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each text is described by its key and its use in en.toml
+pub struct Texts {
+    pub start: String,
+    pub help: String,
+    pub reset_done: String,
+    /// Placeholder: `{command}`.
+    pub unknown_command: String,
+    pub non_text: String,
+    pub empty_text: String,
+    /// Placeholders: `{length}`, `{limit}`.
+    pub too_long: String,
+    pub llm_unavailable: String,
+    pub llm_busy: String,
+    pub internal_error: String,
+}
+
+/// Errors loading the compiled-in locale files.
+#[derive(Debug, thiserror::Error)]
+#[error("locale `{locale}`: {reason}")]
+pub struct LocaleError {
+    locale: &'static str,
+    reason: String,
+}
+
+/// All locales, loaded once at start and shared read-only.
+#[derive(Debug, Clone)]
+pub struct Locales {
+    english: Arc<Texts>,
+    russian: Arc<Texts>,
+}
+
+const EN: &str = include_str!("../config/locales/en.toml");
+const RU: &str = include_str!("../config/locales/ru.toml");
+
+impl Locales {
+    /// Parses the compiled-in locale files.
+    pub fn load() -> Result<Self, LocaleError> {
+        let parse = |locale: &'static str, text: &str| {
+            toml_texts(text).map_err(|reason| LocaleError { locale, reason })
+        };
+        Ok(Self {
+            english: Arc::new(parse("en", EN)?),
+            russian: Arc::new(parse("ru", RU)?),
+        })
+    }
+
+    /// The texts for a Telegram `language_code`; English when absent or unknown.
+    pub fn for_language(&self, language_code: Option<&str>) -> &Arc<Texts> {
+        let primary = language_code
+            .and_then(|code| code.split(['-', '_']).next())
+            .map(str::to_ascii_lowercase);
+        match primary.as_deref() {
+            Some("ru") => &self.russian,
+            _ => &self.english,
+        }
+    }
+}
+
+fn toml_texts(text: &str) -> Result<Texts, String> {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+    Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| e.to_string())
+}
+
+/// Fills `{name}` placeholders in `template` in one left-to-right pass.
+/// Inserted values are never scanned again, and unknown placeholders stay as
+/// written.
+pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let replaced = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            values
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value, close))
+        });
+        match replaced {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_locale_has_every_key() {
+        // deny_unknown_fields + required fields: a missing or extra key fails here.
+        let locales = Locales::load().unwrap();
+        assert!(locales.for_language(Some("ru")).help.contains("/reset"));
+        assert!(locales.for_language(None).help.contains("/reset"));
+    }
+
+    #[test]
+    fn a_missing_key_fails_to_load() {
+        let without_reset_done: String = EN
+            .lines()
+            .filter(|line| !line.starts_with("reset_done"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(toml_texts(&without_reset_done).is_err());
+    }
+
+    #[test]
+    fn language_codes_pick_the_locale() {
+        let locales = Locales::load().unwrap();
+        let ru = locales.for_language(Some("ru-RU"));
+        assert!(Arc::ptr_eq(ru, &locales.russian));
+        assert!(Arc::ptr_eq(
+            locales.for_language(Some("de")),
+            &locales.english
+        ));
+    }
+
+    #[test]
+    fn fill_is_single_pass() {
+        assert_eq!(
+            fill(
+                "{command} is unknown, limit {limit}",
+                &[("command", "{limit}"), ("limit", "9")]
+            ),
+            "{limit} is unknown, limit 9"
+        );
+        assert_eq!(fill("{x} and {", &[]), "{x} and {");
+    }
+}

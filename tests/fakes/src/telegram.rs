@@ -1,0 +1,760 @@
+//! A fake Telegram Bot API server.
+//!
+//! [`FakeTelegram::start`] serves `/{bot<TOKEN>}/{method}` (GET and POST, any
+//! token, method names matched case-insensitively) on `127.0.0.1`. Parameters
+//! are read from a JSON body, a form-urlencoded body and the query string.
+//!
+//! Supported methods: `getMe`, `deleteWebhook`, `setMyCommands`,
+//! `deleteMyCommands`, `getUpdates` (with confirmation by `offset` and long
+//! polling by `timeout`), `sendMessage`, `editMessageText` and
+//! `sendChatAction`. Anything else answers `404 Not Found: method not found`.
+//!
+//! Tests push user updates with [`FakeTelegram::push_text`] and friends and
+//! observe what the bot did with [`FakeTelegram::sent`],
+//! [`FakeTelegram::edits`], [`FakeTelegram::chat_actions`], etc. Faults are
+//! injected with [`FakeTelegram::fail_next_sends`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::{lock, serve, unix_now, wait_until};
+
+/// The fake bot's user id, as returned by `getMe` and used as `from` of sent
+/// messages.
+pub const BOT_USER_ID: i64 = 7_000_000_001;
+/// The fake bot's username (without `@`).
+pub const BOT_USERNAME: &str = "llmgram_test_bot";
+/// The fake bot's first name.
+pub const BOT_FIRST_NAME: &str = "llmgram";
+
+/// Maximum message length in UTF-16 code units, as enforced by Telegram.
+const MAX_TEXT_UTF16: usize = 4096;
+/// Upper bound on a single long poll, whatever the client asks for.
+const MAX_POLL_TIMEOUT_SECS: u64 = 60;
+
+/// An error to return instead of performing the next send/edit calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TelegramFault {
+    /// HTTP 429 `Too Many Requests: retry after S` with
+    /// `parameters.retry_after = S` (seconds).
+    RetryAfter(u32),
+    /// An arbitrary HTTP status with the given `description`
+    /// (e.g. `Status(400, "Bad Request: chat not found".into())`).
+    Status(u16, String),
+}
+
+/// A message successfully sent by the bot through `sendMessage`.
+#[derive(Clone, Debug)]
+pub struct SentMessage {
+    /// Target chat.
+    pub chat_id: i64,
+    /// Message id assigned by the fake (per chat, increasing).
+    pub message_id: i64,
+    /// The message text as sent.
+    pub text: String,
+    /// All request parameters as a JSON object (`parse_mode`,
+    /// `reply_parameters`, `entities`, …).
+    pub body: Value,
+    /// When the fake received the call.
+    pub at: Instant,
+}
+
+/// A `sendChatAction` call.
+#[derive(Clone, Debug)]
+pub struct ChatActionRecord {
+    /// Target chat.
+    pub chat_id: i64,
+    /// The action, e.g. `"typing"`.
+    pub action: String,
+    /// When the fake received the call.
+    pub at: Instant,
+}
+
+/// A successful `editMessageText` call.
+#[derive(Clone, Debug)]
+pub struct EditRecord {
+    /// Target chat.
+    pub chat_id: i64,
+    /// Edited message.
+    pub message_id: i64,
+    /// The new text.
+    pub text: String,
+    /// When the fake received the call.
+    pub at: Instant,
+}
+
+/// Handle to a running fake Telegram Bot API server. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct FakeTelegram {
+    shared: Arc<Shared>,
+    port: u16,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Signalled whenever an update is pushed.
+    updates: Notify,
+    /// Signalled whenever a message is sent.
+    sent: Notify,
+    /// Signalled whenever `getUpdates` is called.
+    polls: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Unconfirmed updates in id order, pre-serialised.
+    queue: VecDeque<(i64, String)>,
+    next_update_id: i64,
+    delivered_at: HashMap<i64, Instant>,
+    get_updates_calls: usize,
+    confirmed_offset: i64,
+    /// Last message id used per chat (user and bot messages share it).
+    last_message_id: HashMap<i64, i64>,
+    sent: Vec<SentMessage>,
+    sent_by_chat: HashMap<i64, Vec<usize>>,
+    subscribers: Vec<UnboundedSender<SentMessage>>,
+    actions: Vec<ChatActionRecord>,
+    edits: Vec<EditRecord>,
+    my_commands: Vec<Value>,
+    method_calls: HashMap<String, usize>,
+    faults: VecDeque<TelegramFault>,
+}
+
+impl Inner {
+    fn next_message_id(&mut self, chat_id: i64) -> i64 {
+        let id = self.last_message_id.entry(chat_id).or_insert(0);
+        *id += 1;
+        *id
+    }
+}
+
+impl FakeTelegram {
+    /// Binds `127.0.0.1:0` and serves the fake API on the current tokio
+    /// runtime.
+    ///
+    /// # Panics
+    ///
+    /// If the loopback interface cannot be bound.
+    pub async fn start() -> FakeTelegram {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                next_update_id: 1,
+                ..Inner::default()
+            }),
+            ..Shared::default()
+        });
+        let router = Router::new()
+            .route("/{bot_token}/{method}", get(handle).post(handle))
+            .fallback(not_found)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(shared.clone());
+        let port = serve(router).await;
+        FakeTelegram { shared, port }
+    }
+
+    /// Base URL to give to `teloxide::Bot::set_api_url`, e.g.
+    /// `http://127.0.0.1:PORT/`.
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    // ---------------------------------------------------------------- faults
+
+    /// Makes the next `n` `sendMessage`/`editMessageText` calls fail with
+    /// `fault` (queued after any faults still pending). Failed calls are not
+    /// recorded as sent or edited.
+    pub fn fail_next_sends(&self, n: usize, fault: TelegramFault) {
+        let mut inner = lock(&self.shared.inner);
+        inner.faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    // --------------------------------------------------------------- pushing
+
+    /// Pushes a private-chat text message from user `user_id` (language
+    /// `en`). A leading `/word` gets a `bot_command` entity. Returns the new
+    /// update id.
+    pub fn push_text(&self, chat_id: i64, user_id: u64, text: &str) -> i64 {
+        self.push_text_lang(chat_id, user_id, text, "en")
+    }
+
+    /// Like [`push_text`](Self::push_text) with the sender's
+    /// `language_code`.
+    pub fn push_text_lang(
+        &self,
+        chat_id: i64,
+        user_id: u64,
+        text: &str,
+        language_code: &str,
+    ) -> i64 {
+        let mut extra = Map::new();
+        extra.insert("text".into(), Value::String(text.to_owned()));
+        if text.starts_with('/') {
+            let first_word = text.split_whitespace().next().unwrap_or(text);
+            let length = first_word.encode_utf16().count();
+            extra.insert(
+                "entities".into(),
+                json!([{"type": "bot_command", "offset": 0, "length": length}]),
+            );
+        }
+        self.push_user_message(chat_id, user_id, language_code, extra)
+    }
+
+    /// Pushes a private-chat sticker message. Returns the new update id.
+    pub fn push_sticker(&self, chat_id: i64, user_id: u64) -> i64 {
+        let mut extra = Map::new();
+        extra.insert(
+            "sticker".into(),
+            json!({
+                "file_id": "CAACAgIAAxkBAAEBfakeStickerFileId",
+                "file_unique_id": "AgADfakeSticker",
+                "file_size": 12345,
+                "type": "regular",
+                "width": 512,
+                "height": 512,
+                "is_animated": false,
+                "is_video": false,
+                "emoji": "\u{1F44D}",
+                "set_name": "FakeStickers",
+            }),
+        );
+        self.push_user_message(chat_id, user_id, "en", extra)
+    }
+
+    /// Pushes a private-chat photo message (one `PhotoSize`). Returns the new
+    /// update id.
+    pub fn push_photo(&self, chat_id: i64, user_id: u64) -> i64 {
+        let mut extra = Map::new();
+        extra.insert(
+            "photo".into(),
+            json!([{
+                "file_id": "AgACAgIAAxkBAAEBfakePhotoFileId",
+                "file_unique_id": "AQADfakePhoto",
+                "file_size": 23456,
+                "width": 320,
+                "height": 240,
+            }]),
+        );
+        self.push_user_message(chat_id, user_id, "en", extra)
+    }
+
+    /// Wraps `message` (a Telegram `Message` object, used verbatim) into an
+    /// update with the next update id. Returns that id.
+    pub fn push_raw_message(&self, message: Value) -> i64 {
+        let mut inner = lock(&self.shared.inner);
+        self.enqueue(&mut inner, message)
+    }
+
+    fn push_user_message(
+        &self,
+        chat_id: i64,
+        user_id: u64,
+        language_code: &str,
+        extra: Map<String, Value>,
+    ) -> i64 {
+        let mut inner = lock(&self.shared.inner);
+        let message_id = inner.next_message_id(chat_id);
+        let mut message = Map::new();
+        message.insert("message_id".into(), json!(message_id));
+        message.insert("date".into(), json!(unix_now()));
+        message.insert("chat".into(), private_chat(chat_id));
+        message.insert(
+            "from".into(),
+            json!({
+                "id": user_id,
+                "is_bot": false,
+                "first_name": "User",
+                "language_code": language_code,
+            }),
+        );
+        message.extend(extra);
+        self.enqueue(&mut inner, Value::Object(message))
+    }
+
+    fn enqueue(&self, inner: &mut Inner, message: Value) -> i64 {
+        let update_id = inner.next_update_id;
+        inner.next_update_id += 1;
+        let update = json!({"update_id": update_id, "message": message});
+        inner.queue.push_back((update_id, update.to_string()));
+        self.shared.updates.notify_waiters();
+        update_id
+    }
+
+    // ----------------------------------------------------------- observation
+
+    /// When update `update_id` was first returned by `getUpdates`.
+    pub fn delivered_at(&self, update_id: i64) -> Option<Instant> {
+        lock(&self.shared.inner)
+            .delivered_at
+            .get(&update_id)
+            .copied()
+    }
+
+    /// Number of `getUpdates` calls so far.
+    pub fn get_updates_calls(&self) -> usize {
+        lock(&self.shared.inner).get_updates_calls
+    }
+
+    /// Highest `offset` passed to `getUpdates` so far (0 if none).
+    pub fn confirmed_offset(&self) -> i64 {
+        lock(&self.shared.inner).confirmed_offset
+    }
+
+    /// Waits until `getUpdates` has been called at least `n` times in total;
+    /// returns whether that happened within `timeout`.
+    pub async fn wait_for_get_updates(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(&self.shared.polls, timeout, || {
+            self.get_updates_calls() >= n
+        })
+        .await
+    }
+
+    /// Every message sent with `sendMessage`, in arrival order.
+    pub fn sent(&self) -> Vec<SentMessage> {
+        lock(&self.shared.inner).sent.clone()
+    }
+
+    /// Messages sent to `chat_id`, in arrival order.
+    pub fn sent_to(&self, chat_id: i64) -> Vec<SentMessage> {
+        let inner = lock(&self.shared.inner);
+        inner
+            .sent_by_chat
+            .get(&chat_id)
+            .map(|ix| ix.iter().map(|&i| inner.sent[i].clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of messages sent with `sendMessage`.
+    pub fn sent_count(&self) -> usize {
+        lock(&self.shared.inner).sent.len()
+    }
+
+    fn sent_count_to(&self, chat_id: i64) -> usize {
+        lock(&self.shared.inner)
+            .sent_by_chat
+            .get(&chat_id)
+            .map_or(0, Vec::len)
+    }
+
+    /// Waits until at least `n` messages were sent to `chat_id` (or `timeout`
+    /// passes) and returns the messages sent to that chat.
+    pub async fn wait_for_sent_to(
+        &self,
+        chat_id: i64,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<SentMessage> {
+        wait_until(&self.shared.sent, timeout, || {
+            self.sent_count_to(chat_id) >= n
+        })
+        .await;
+        self.sent_to(chat_id)
+    }
+
+    /// Waits until at least `n` messages were sent in total (or `timeout`
+    /// passes) and returns the total.
+    pub async fn wait_for_sent_count(&self, n: usize, timeout: Duration) -> usize {
+        wait_until(&self.shared.sent, timeout, || self.sent_count() >= n).await;
+        self.sent_count()
+    }
+
+    /// A channel receiving every message successfully sent from now on.
+    pub fn subscribe_sent(&self) -> UnboundedReceiver<SentMessage> {
+        let (tx, rx) = unbounded_channel();
+        lock(&self.shared.inner).subscribers.push(tx);
+        rx
+    }
+
+    /// Every `sendChatAction` call, in arrival order.
+    pub fn chat_actions(&self) -> Vec<ChatActionRecord> {
+        lock(&self.shared.inner).actions.clone()
+    }
+
+    /// `sendChatAction` calls for `chat_id`, in arrival order.
+    pub fn chat_actions_to(&self, chat_id: i64) -> Vec<ChatActionRecord> {
+        lock(&self.shared.inner)
+            .actions
+            .iter()
+            .filter(|a| a.chat_id == chat_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Every successful `editMessageText` call, in arrival order.
+    pub fn edits(&self) -> Vec<EditRecord> {
+        lock(&self.shared.inner).edits.clone()
+    }
+
+    /// The parameters of every `setMyCommands` call (a JSON object with
+    /// `commands` and optionally `language_code`, `scope`), in order.
+    pub fn my_commands(&self) -> Vec<Value> {
+        lock(&self.shared.inner).my_commands.clone()
+    }
+
+    /// Number of calls of `method` (case-insensitive), failed ones included.
+    pub fn method_calls(&self, method: &str) -> usize {
+        lock(&self.shared.inner)
+            .method_calls
+            .get(&method.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+// ------------------------------------------------------------------ server
+
+fn private_chat(chat_id: i64) -> Value {
+    json!({"id": chat_id, "type": "private", "first_name": "User"})
+}
+
+fn bot_user() -> Value {
+    json!({
+        "id": BOT_USER_ID,
+        "is_bot": true,
+        "first_name": BOT_FIRST_NAME,
+        "username": BOT_USERNAME,
+    })
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn ok(result: &Value) -> Response {
+    ok_raw(&result.to_string())
+}
+
+fn ok_raw(result: &str) -> Response {
+    let mut body = String::with_capacity(result.len() + 24);
+    body.push_str(r#"{"ok":true,"result":"#);
+    body.push_str(result);
+    body.push('}');
+    json_response(StatusCode::OK, body)
+}
+
+fn error(code: u16, description: &str) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"ok": false, "error_code": code, "description": description});
+    json_response(status, body.to_string())
+}
+
+fn fault_response(fault: &TelegramFault) -> Response {
+    match fault {
+        TelegramFault::RetryAfter(secs) => {
+            let body = json!({
+                "ok": false,
+                "error_code": 429,
+                "description": format!("Too Many Requests: retry after {secs}"),
+                "parameters": {"retry_after": secs},
+            });
+            json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string())
+        }
+        TelegramFault::Status(code, description) => error(*code, description),
+    }
+}
+
+/// A Telegram API error (`error_code`, `description`), cheap to return.
+struct ApiFailure(u16, &'static str);
+
+impl ApiFailure {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+async fn not_found() -> Response {
+    error(404, "Not Found")
+}
+
+/// Turns a string parameter from a query string or form into JSON: embedded
+/// objects/arrays are parsed, everything else stays a string.
+fn form_value(s: String) -> Value {
+    if s.starts_with('{') || s.starts_with('[') {
+        serde_json::from_str(&s).unwrap_or(Value::String(s))
+    } else {
+        Value::String(s)
+    }
+}
+
+/// Collects the call's parameters from the query string and the body.
+fn parse_params(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Map<String, Value>, ApiFailure> {
+    let mut params = Map::new();
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
+            .map_err(|_| ApiFailure(400, "Bad Request: invalid query string"))?;
+        params.extend(pairs.into_iter().map(|(k, v)| (k, form_value(v))));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(params);
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.contains("application/x-www-form-urlencoded") {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| ApiFailure(400, "Bad Request: invalid form body"))?;
+        params.extend(pairs.into_iter().map(|(k, v)| (k, form_value(v))));
+    } else if content_type.starts_with("multipart/") {
+        return Err(ApiFailure(
+            400,
+            "Bad Request: multipart bodies are not supported by the fake",
+        ));
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => params.extend(map),
+            _ => return Err(ApiFailure(400, "Bad Request: can't parse JSON body")),
+        }
+    }
+    Ok(params)
+}
+
+fn param_i64(params: &Map<String, Value>, key: &str) -> Option<i64> {
+    match params.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn param_str<'a>(params: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    params.get(key)?.as_str()
+}
+
+/// Telegram's text checks shared by `sendMessage` and `editMessageText`.
+fn check_text(text: &str) -> Result<(), ApiFailure> {
+    if text.trim().is_empty() {
+        return Err(ApiFailure(400, "Bad Request: message text is empty"));
+    }
+    if text.encode_utf16().count() > MAX_TEXT_UTF16 {
+        return Err(ApiFailure(400, "Bad Request: message is too long"));
+    }
+    Ok(())
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    Path((bot_token, method)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !bot_token.starts_with("bot") {
+        return error(404, "Not Found");
+    }
+    let method = method.to_ascii_lowercase();
+    {
+        let mut inner = lock(&shared.inner);
+        match inner.method_calls.get_mut(&method) {
+            Some(n) => *n += 1,
+            None => {
+                inner.method_calls.insert(method.clone(), 1);
+            }
+        }
+    }
+    let params = match parse_params(query.as_deref(), &headers, &body) {
+        Ok(p) => p,
+        Err(failure) => return failure.into_response(),
+    };
+    match method.as_str() {
+        "getme" => ok(&json!({
+            "id": BOT_USER_ID,
+            "is_bot": true,
+            "first_name": BOT_FIRST_NAME,
+            "username": BOT_USERNAME,
+            "can_join_groups": true,
+            "can_read_all_group_messages": false,
+            "supports_inline_queries": false,
+            "can_connect_to_business": false,
+            "has_main_web_app": false,
+        })),
+        "deletewebhook" | "deletemycommands" => ok(&Value::Bool(true)),
+        "setmycommands" => {
+            if !params.get("commands").is_some_and(Value::is_array) {
+                return error(400, "Bad Request: parameter \"commands\" is required");
+            }
+            lock(&shared.inner).my_commands.push(Value::Object(params));
+            ok(&Value::Bool(true))
+        }
+        "getupdates" => get_updates(&shared, &params).await,
+        "sendmessage" => send_message(&shared, params),
+        "editmessagetext" => edit_message_text(&shared, &params),
+        "sendchataction" => {
+            let Some(chat_id) = param_i64(&params, "chat_id") else {
+                return error(400, "Bad Request: chat not found");
+            };
+            let action = param_str(&params, "action").unwrap_or_default().to_owned();
+            if action.is_empty() {
+                return error(400, "Bad Request: wrong parameter action in request");
+            }
+            lock(&shared.inner).actions.push(ChatActionRecord {
+                chat_id,
+                action,
+                at: Instant::now(),
+            });
+            ok(&Value::Bool(true))
+        }
+        _ => error(404, "Not Found: method not found"),
+    }
+}
+
+async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Response {
+    let offset = param_i64(params, "offset").unwrap_or(0);
+    let limit = param_i64(params, "limit").unwrap_or(100).clamp(1, 100) as usize;
+    let timeout_secs = param_i64(params, "timeout")
+        .unwrap_or(0)
+        .clamp(0, MAX_POLL_TIMEOUT_SECS as i64) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+
+    {
+        let mut inner = lock(&shared.inner);
+        inner.get_updates_calls += 1;
+        inner.confirmed_offset = inner.confirmed_offset.max(offset);
+        if offset > 0 {
+            while inner.queue.front().is_some_and(|(id, _)| *id < offset) {
+                inner.queue.pop_front();
+            }
+        }
+    }
+    shared.polls.notify_waiters();
+
+    loop {
+        let notified = shared.updates.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(resp) = take_updates(shared, offset, limit) {
+            return resp;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return take_updates(shared, offset, limit).unwrap_or_else(|| ok_raw("[]"));
+        }
+    }
+}
+
+/// Serialises up to `limit` queued updates with id >= `offset`, or `None` if
+/// there are none.
+fn take_updates(shared: &Shared, offset: i64, limit: usize) -> Option<Response> {
+    let mut guard = lock(&shared.inner);
+    let inner = &mut *guard;
+    let now = Instant::now();
+    let mut result = String::from("[");
+    let mut count = 0;
+    for (id, update) in inner
+        .queue
+        .iter()
+        .filter(|(id, _)| *id >= offset)
+        .take(limit)
+    {
+        if count > 0 {
+            result.push(',');
+        }
+        result.push_str(update);
+        inner.delivered_at.entry(*id).or_insert(now);
+        count += 1;
+    }
+    if count == 0 {
+        return None;
+    }
+    result.push(']');
+    drop(guard);
+    Some(ok_raw(&result))
+}
+
+fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
+    let now = Instant::now();
+    let mut inner = lock(&shared.inner);
+    if let Some(fault) = inner.faults.pop_front() {
+        return fault_response(&fault);
+    }
+    let Some(chat_id) = param_i64(&params, "chat_id") else {
+        return error(400, "Bad Request: chat not found");
+    };
+    let text = param_str(&params, "text").unwrap_or_default().to_owned();
+    if let Err(failure) = check_text(&text) {
+        return failure.into_response();
+    }
+    let message_id = inner.next_message_id(chat_id);
+    let mut message = json!({
+        "message_id": message_id,
+        "date": unix_now(),
+        "chat": private_chat(chat_id),
+        "from": bot_user(),
+        "text": text,
+    });
+    if let (Some(entities), Some(obj)) = (params.get("entities"), message.as_object_mut()) {
+        obj.insert("entities".into(), entities.clone());
+    }
+    let record = SentMessage {
+        chat_id,
+        message_id,
+        text,
+        body: Value::Object(params),
+        at: now,
+    };
+    if !inner.subscribers.is_empty() {
+        inner
+            .subscribers
+            .retain(|tx| tx.send(record.clone()).is_ok());
+    }
+    let index = inner.sent.len();
+    inner.sent.push(record);
+    inner.sent_by_chat.entry(chat_id).or_default().push(index);
+    drop(inner);
+    shared.sent.notify_waiters();
+    ok(&message)
+}
+
+fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
+    let now = Instant::now();
+    let mut inner = lock(&shared.inner);
+    if let Some(fault) = inner.faults.pop_front() {
+        return fault_response(&fault);
+    }
+    if params.contains_key("inline_message_id") {
+        return error(
+            400,
+            "Bad Request: inline messages are not supported by the fake",
+        );
+    }
+    let Some(chat_id) = param_i64(params, "chat_id") else {
+        return error(400, "Bad Request: chat not found");
+    };
+    let Some(message_id) = param_i64(params, "message_id") else {
+        return error(400, "Bad Request: message identifier is not specified");
+    };
+    let text = param_str(params, "text").unwrap_or_default().to_owned();
+    if let Err(failure) = check_text(&text) {
+        return failure.into_response();
+    }
+    inner.edits.push(EditRecord {
+        chat_id,
+        message_id,
+        text: text.clone(),
+        at: now,
+    });
+    drop(inner);
+    let date = unix_now();
+    ok(&json!({
+        "message_id": message_id,
+        "date": date,
+        "edit_date": date,
+        "chat": private_chat(chat_id),
+        "from": bot_user(),
+        "text": text,
+    }))
+}
