@@ -1,0 +1,109 @@
+//! Starting the service against the loopback fakes, and small waiting helpers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use llmgram::app::{self, Service};
+use llmgram::config::{Config, Secrets, TOKEN_VAR};
+use llmgram_fakes::{FakeLlm, FakeTelegram, SentMessage};
+use tempfile::TempDir;
+
+/// A running service with its fakes and its storage directory.
+pub struct Harness {
+    pub telegram: FakeTelegram,
+    pub llm: FakeLlm,
+    pub service: Service,
+    _storage: TempDir,
+}
+
+/// Generous upper bound for anything the tests wait for; a healthy run takes
+/// a small fraction of it.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+impl Harness {
+    /// Starts fakes and the service with the default configuration.
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Starts fakes and the service; `overrides` holds extra configuration as
+    /// TOML dotted keys (`session.idle_timeout = "300ms"`).
+    pub async fn start_with(overrides: &str) -> Self {
+        init_logging();
+        let telegram = FakeTelegram::start().await;
+        let llm = FakeLlm::start().await;
+        let storage = tempfile::tempdir().expect("temp dir");
+        let config = Config::from_defaults_with(&format!(
+            "telegram.api_url = \"{}\"\n\
+             telegram.poll_timeout = \"1s\"\n\
+             llm.base_url = \"{}\"\n\
+             storage.path = \"{}\"\n\
+             {overrides}",
+            telegram.api_url(),
+            llm.base_url(),
+            storage.path().display(),
+        ))
+        .expect("test config");
+        let secrets = Secrets::from_lookup(|var| (var == TOKEN_VAR).then(|| "123456:test".into()))
+            .expect("secrets");
+        let instance = format!("test{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
+        let service = app::start(config, secrets, &instance)
+            .await
+            .expect("service starts");
+        Self {
+            telegram,
+            llm,
+            service,
+            _storage: storage,
+        }
+    }
+
+    /// Sends a text as a user of a private chat (chat id = user id).
+    pub fn say(&self, chat_id: i64, text: &str) -> i64 {
+        self.telegram.push_text(chat_id, chat_id as u64, text)
+    }
+
+    /// Waits until `chat_id` has received `n` messages; fails the test if not.
+    pub async fn replies(&self, chat_id: i64, n: usize) -> Vec<SentMessage> {
+        let sent = self.telegram.wait_for_sent_to(chat_id, n, WAIT).await;
+        assert!(
+            sent.len() >= n,
+            "chat {chat_id}: expected {n} replies, got {}: {:?}",
+            sent.len(),
+            sent.iter().map(|m| &m.text).collect::<Vec<_>>()
+        );
+        sent
+    }
+
+    /// Stops the service gracefully and checks it stopped cleanly.
+    pub async fn stop(self) {
+        self.service.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// Waits until `check` holds, polling every 20 ms, up to [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,119 @@
+//! A user gets the LLM's answer; the next request carries the earlier turns;
+//! `/reset` clears them.
+
+use crate::common::Harness;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_remember_earlier_turns_until_reset() {
+    let h = Harness::start().await;
+
+    h.say(10, "hello there");
+    let replies = h.replies(10, 1).await;
+    assert_eq!(replies[0].text, "answer to: hello there");
+
+    h.say(10, "and again");
+    h.replies(10, 2).await;
+    let requests = h.llm.requests();
+    assert_eq!(requests.len(), 2);
+    let second: Vec<(&str, &str)> = requests[1]
+        .messages
+        .iter()
+        .map(|(role, content)| (role.as_str(), content.as_str()))
+        .collect();
+    assert_eq!(second[0].0, "system");
+    assert_eq!(
+        &second[1..],
+        [
+            ("user", "hello there"),
+            ("assistant", "answer to: hello there"),
+            ("user", "and again"),
+        ]
+    );
+    assert_eq!(requests[1].model, "llama-3.1-8b-instant");
+
+    h.say(10, "/reset");
+    let replies = h.replies(10, 3).await;
+    assert!(replies[2].text.contains("forgotten"), "{}", replies[2].text);
+    assert_eq!(h.llm.request_count(), 2, "/reset must not call the LLM");
+
+    h.say(10, "fresh start");
+    h.replies(10, 4).await;
+    let third = &h.llm.requests()[2];
+    assert_eq!(third.messages.len(), 2, "system + the new message only");
+    assert_eq!(third.messages[1], ("user".into(), "fresh start".into()));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_and_help_answer_without_the_llm_in_the_users_language() {
+    let h = Harness::start().await;
+    h.say(11, "/start");
+    h.telegram.push_text_lang(12, 12, "/help", "ru");
+    let start = h.replies(11, 1).await;
+    let help = h.replies(12, 1).await;
+    assert!(start[0].text.contains("/help"), "{}", start[0].text);
+    assert!(help[0].text.contains("Напишите"), "{}", help[0].text);
+    assert_eq!(h.llm.request_count(), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_llm_gets_a_fallback_reply_not_silence() {
+    use llmgram_fakes::{LlmReply, LlmReplyKind};
+    let h = Harness::start().await;
+    h.llm.script(vec![
+        LlmReply::status(500, None),
+        LlmReply::now(LlmReplyKind::InvalidJson),
+        LlmReply::status(429, Some(7)),
+    ]);
+    for text in ["one", "two", "three"] {
+        h.say(13, text);
+    }
+    let replies = h.replies(13, 3).await;
+    assert!(
+        replies[0].text.contains("can't answer"),
+        "{}",
+        replies[0].text
+    );
+    assert!(
+        replies[1].text.contains("can't answer"),
+        "{}",
+        replies[1].text
+    );
+    assert!(replies[2].text.contains("busy"), "{}", replies[2].text);
+
+    // The failed messages stay in the history as user turns.
+    h.say(13, "four");
+    h.replies(13, 4).await;
+    let last = h.llm.requests().pop().unwrap();
+    let users: Vec<&str> = last
+        .messages
+        .iter()
+        .filter(|(role, _)| role == "user")
+        .map(|(_, content)| content.as_str())
+        .collect();
+    assert_eq!(users, ["one", "two", "three", "four"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_shows_typing() {
+    let h = Harness::start_with("telegram.typing_interval = \"300ms\"\n").await;
+    h.llm.set_latency(std::time::Duration::from_millis(1200));
+    h.say(14, "take your time");
+    h.replies(14, 1).await;
+    let typing = h.telegram.chat_actions_to(14);
+    assert!(
+        typing.len() >= 2,
+        "expected repeated typing, got {}",
+        typing.len()
+    );
+    assert!(typing.iter().all(|a| a.action == "typing"));
+
+    // A fast answer does not bother with the indicator.
+    h.llm.set_latency(std::time::Duration::ZERO);
+    h.say(15, "quick");
+    h.replies(15, 1).await;
+    assert!(h.telegram.chat_actions_to(15).is_empty());
+    h.stop().await;
+}

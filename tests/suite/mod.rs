@@ -1,0 +1,11 @@
+//! One file per behaviour.
+
+mod bad_input;
+mod binary;
+mod conversation;
+mod eviction;
+mod isolation;
+mod long_answer;
+mod ordering;
+mod restarts;
+mod slow_chat;
