@@ -12,8 +12,8 @@
 //!   ([`telegram::split`]), Bot API errors classified.
 //! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call.
 //! - [`history`]: a chat's bounded history, owned by its session.
-//! - [`config`], [`texts`], [`retry`], [`telemetry`]: knobs, reply texts,
-//!   backoff, logging.
+//! - [`config`], [`texts`], [`retry`], [`telemetry`], [`error`]: knobs,
+//!   reply texts, backoff, logging, error helpers.
 //!
 //! `supervision.md` at the repository root draws the tree and states, for
 //! each actor, what it owns and what survives its failure.
@@ -21,6 +21,7 @@
 pub mod actors;
 pub mod app;
 pub mod config;
+pub mod error;
 pub mod history;
 pub mod llm;
 pub mod retry;

@@ -361,7 +361,7 @@ async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: R
     let grace = state.deps.config.shutdown.grace;
     // The ingress may be inside a long poll; killing it is safe because
     // Telegram keeps every update it has not seen confirmed.
-    if let Some(ingress) = state.running.get(&Child::Ingress) {
+    if let Some(ingress) = state.running.remove(&Child::Ingress) {
         ingress.kill();
     }
     if let Some(sessions) = state.deps.directory.get::<SessionSupMsg>(Child::SessionSup) {

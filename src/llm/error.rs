@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::error::error_chain;
+
 /// A failed chat-completion call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
@@ -70,24 +72,11 @@ impl From<reqwest::Error> for LlmError {
         if error.is_timeout() {
             Self::Timeout
         } else if error.is_connect() {
-            Self::Connect(source_chain(&error))
+            Self::Connect(error_chain(&error))
         } else if error.is_decode() || error.is_body() {
-            Self::InvalidResponse(source_chain(&error))
+            Self::InvalidResponse(error_chain(&error))
         } else {
-            Self::Network(source_chain(&error))
+            Self::Network(error_chain(&error))
         }
     }
-}
-
-/// The error and its causes in one line; reqwest's own message alone hides
-/// whether DNS, TLS or the connection failed.
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use teloxide::RequestError;
 
+use crate::error::error_chain;
+
 /// A failed Bot API call, classified by what the caller should do about it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TelegramError {
@@ -61,8 +63,8 @@ impl From<RequestError> for TelegramError {
                 Self::RetryAfter(Duration::from_secs(u64::from(seconds.seconds())))
             }
             RequestError::Network(e) if e.is_timeout() => Self::Timeout,
-            RequestError::Network(e) => Self::Network(e.to_string()),
-            RequestError::Io(e) => Self::Network(e.to_string()),
+            RequestError::Network(e) => Self::Network(error_chain(&*e)),
+            RequestError::Io(e) => Self::Network(error_chain(&*e)),
             RequestError::InvalidJson { source, .. } => Self::InvalidAnswer(source.to_string()),
             RequestError::Api(api) => Self::Rejected(api.to_string()),
             RequestError::MigrateToChatId(chat) => {
