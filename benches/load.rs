@@ -1,2 +1,972 @@
-//! Load benchmark (placeholder until the bench lands).
-fn main() {}
+//! Load benchmark: the real `llmgram` binary against loopback fakes.
+//!
+//! # Scenario
+//!
+//! The benchmark starts the fake Telegram Bot API and the fake
+//! OpenAI-compatible LLM (crate `llmgram-fakes`) in its own process, then
+//! spawns the release build of the bot (`CARGO_BIN_EXE_llmgram`) as a child
+//! process configured through environment variables only: both fakes'
+//! URLs, a fresh storage directory, `llm.max_concurrency` raised to
+//! `--llm-concurrency` and `log.level = warn` (the bot's stderr goes to a file
+//! in the temporary directory).
+//!
+//! Once the bot polls `getUpdates`, `U` chats (ids `1..=U`, user id = chat id)
+//! run concurrently in a closed loop, one tokio task each: chat `c` pushes its
+//! message `k` with the unique text `c{c}-m{k}`, waits for the bot's reply
+//! carrying that marker (the fake LLM answers `answer to: c{c}-m{k}`), then
+//! pushes message `k + 1`, until it has sent `K` messages. A single dispatcher
+//! task reads every `sendMessage` the fake receives and routes it to its
+//! chat's task. Every reply must carry the marker of the message it answers,
+//! in order per chat, with no duplicates; anything else is a violation.
+//!
+//! # Running
+//!
+//! ```text
+//! cargo bench --bench load -- --chats 1000 --messages 10 --llm-latency-ms 0
+//! cargo bench --bench load -- --chats 200 --messages 5 --llm-latency-ms 200
+//! ```
+//!
+//! Options (defaults in brackets):
+//!
+//! * `--chats U` [1000], `--messages K` [10];
+//! * `--llm-latency-ms MS` [0]: delay of every fake LLM answer;
+//! * `--llm-concurrency N` [256]: the bot's `llm.max_concurrency` (its
+//!   default of 16 would throttle a 0 ms LLM);
+//! * `--timeout-secs S` [120]: limit of the measured phase;
+//! * `--think-ms MS` [0]: pause of a chat between a reply and its next
+//!   message, with the chats' first messages spread over one pause. The
+//!   default 0 saturates the bot (every chat always has a message in flight);
+//!   a pause paces the load instead, e.g. 1000 chats with `--think-ms 1000`
+//!   offer about 1,000 messages/s, to see the overhead below saturation;
+//! * `--set section.key=value` (repeatable): any other bot setting, passed
+//!   as `LLMGRAM_SECTION__KEY=value`, e.g.
+//!   `--set llm.pool_max_idle_per_host=256`.
+//!
+//! Run it on an otherwise idle machine: the `cpu during run` line shows how
+//! much CPU other processes took while it ran.
+//!
+//! # Figures
+//!
+//! * `replies/s`: `U × K` divided by the time from the first push to the
+//!   arrival of the last reply at the fake Telegram.
+//! * `overhead`: per message, the time from the fake's `getUpdates` first
+//!   returning the update to the fake receiving the bot's `sendMessage`, minus
+//!   the fake LLM's delay; i.e. what the bot adds around the LLM call
+//!   (decoding, actor hops, history, the LLM HTTP round trip without the
+//!   delay, the send, and any queueing inside the bot). Reported as p50 /
+//!   p99 / p99.9 / max in milliseconds. It excludes the wait of an update in
+//!   the fake's queue for the next poll. In a saturating closed loop it is
+//!   mostly queueing inside the bot. It is split at the moment the fake LLM received the request (`delivery
+//!   -> LLM request` and `LLM request -> sendMessage`), and shown per message
+//!   number `k` (the first messages also pay for connections and new
+//!   sessions).
+//! * `end to end`: per message, from its push to the fake receiving the
+//!   reply, minus the LLM delay: the overhead plus the wait in the fake's
+//!   update queue for the bot's next `getUpdates`. In a saturating closed
+//!   loop it is about `U / replies per second` (Little's law), wherever the
+//!   queue forms.
+//! * `cpu during run`: CPU seconds of the bot, of this process (load
+//!   generator and both fakes) and of everything else, from `/proc`.
+//! * `peak RSS`: `VmHWM` of the bot process read from `/proc/<pid>/status`
+//!   just before it is stopped, with `VmRSS` at that moment.
+//! * `LLM requests` seen by the fake (should be `U × K`) and the largest
+//!   number it served at once.
+//! * `telegram calls`: Bot API calls per method received by the fake.
+//! * `tcp connections the bot opened to the fakes`, counted in
+//!   `/proc/net/tcp` after the bot exited (from the sockets in TIME_WAIT,
+//!   which Linux keeps for 60 s; longer runs undercount). Many more LLM
+//!   connections than `llm.max_concurrency` mean the connection pool keeps
+//!   too few idle connections.
+//! * The bot's exit status after SIGTERM (0 is a clean shutdown) and the
+//!   lines it logged at level warn or above.
+//!
+//! Both fakes run in this process, on the same cores as the bot, so the
+//! figures are a lower bound of what the bot alone can do.
+//!
+//! The process exits non-zero when a reply is missing, a violation was seen or
+//! the bot did not shut down cleanly (the temporary directory with the bot's
+//! log is then kept and its path printed). The last line is a one-line
+//! summary.
+
+// A benchmark aborts with a clear message when its setup fails (no loopback,
+// no temporary directory, no binary); `expect` is the way to say why.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use llmgram_fakes::{FakeLlm, FakeTelegram, SentMessage};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::task::JoinSet;
+
+/// How long the bot may take to start polling `getUpdates`.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+/// How long the bot may take to exit after SIGTERM before it is killed.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
+/// How often the child process is checked while waiting.
+const CHILD_POLL: Duration = Duration::from_millis(50);
+/// Quiet time after the last expected reply, to catch late duplicates.
+const SETTLE: Duration = Duration::from_millis(300);
+/// Most rounds (messages per chat) for which overhead is printed per round.
+const MAX_ROUNDS_SHOWN: usize = 20;
+/// Most violations and log lines printed one by one.
+const SHOW_MAX: usize = 20;
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+struct Options {
+    chats: u32,
+    messages: u32,
+    llm_latency: Duration,
+    llm_concurrency: u32,
+    timeout: Duration,
+    think: Duration,
+    /// Extra `LLMGRAM_*` variables for the bot, from `--set section.key=value`.
+    extra_env: Vec<(String, String)>,
+}
+
+impl Options {
+    const USAGE: &'static str = "usage: cargo bench --bench load -- [--chats U] [--messages K] \
+         [--llm-latency-ms MS] [--llm-concurrency N] [--timeout-secs S] [--think-ms MS] [--set section.key=value]...";
+
+    /// Parses `--name value` pairs; ignores the `--bench` flag cargo adds.
+    fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+        let mut options = Options {
+            chats: 1000,
+            messages: 10,
+            llm_latency: Duration::ZERO,
+            llm_concurrency: 256,
+            timeout: Duration::from_secs(120),
+            think: Duration::ZERO,
+            extra_env: Vec::new(),
+        };
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            if flag == "--bench" {
+                continue;
+            }
+            if flag == "--help" || flag == "-h" {
+                return Err(Self::USAGE.to_owned());
+            }
+            let value = args
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n{}", Self::USAGE))?;
+            let number = |min: u64| -> Result<u64, String> {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= min)
+                    .ok_or_else(|| format!("{flag}: expected an integer >= {min}, got {value:?}"))
+            };
+            let small = |n: u64| u32::try_from(n).map_err(|_| format!("{flag}: {n} is too large"));
+            match flag.as_str() {
+                "--chats" => options.chats = small(number(1)?)?,
+                "--messages" => options.messages = small(number(1)?)?,
+                "--llm-latency-ms" => options.llm_latency = Duration::from_millis(number(0)?),
+                "--llm-concurrency" => options.llm_concurrency = small(number(1)?)?,
+                "--timeout-secs" => options.timeout = Duration::from_secs(number(1)?),
+                "--think-ms" => options.think = Duration::from_millis(number(0)?),
+                "--set" => options.extra_env.push(Self::config_env(&value)?),
+                _ => return Err(format!("unknown option {flag}\n{}", Self::USAGE)),
+            }
+        }
+        Ok(options)
+    }
+
+    /// The bot's environment variable for `section.key=value`.
+    fn config_env(setting: &str) -> Result<(String, String), String> {
+        let parsed = setting
+            .split_once('=')
+            .and_then(|(key, value)| Some((key.split_once('.')?, value)));
+        let Some(((section, key), value)) = parsed else {
+            return Err(format!(
+                "--set: expected section.key=value, got {setting:?}"
+            ));
+        };
+        let name = format!("LLMGRAM_{section}__{key}").to_ascii_uppercase();
+        Ok((name, value.to_owned()))
+    }
+
+    fn total(&self) -> usize {
+        self.chats as usize * self.messages as usize
+    }
+}
+
+/// One answered message: which update it answered and when the reply came.
+#[derive(Debug, Clone)]
+struct Answered {
+    /// Which message of its chat this was (1-based).
+    round: u32,
+    marker: String,
+    update_id: i64,
+    pushed_at: Instant,
+    replied_at: Instant,
+}
+
+/// What one chat's closed loop observed.
+#[derive(Debug, Default)]
+struct ChatOutcome {
+    answered: Vec<Answered>,
+    /// Messages pushed or not yet pushed that got no reply before the limit.
+    missing: usize,
+    /// Replies that were not the expected one (wrong marker, duplicate, out
+    /// of order), described.
+    violations: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "load: chats={} messages={} llm_latency_ms={} llm_concurrency={} timeout_secs={} \
+         think_ms={}",
+        options.chats,
+        options.messages,
+        options.llm_latency.as_millis(),
+        options.llm_concurrency,
+        options.timeout.as_secs(),
+        options.think.as_millis()
+    );
+
+    // Set-up: both fakes here, the bot as a child process.
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    llm.set_latency(options.llm_latency);
+    let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    let log_path = dir.path().join("llmgram.stderr.log");
+    println!(
+        "fakes: telegram {} llm {}",
+        telegram.api_url(),
+        llm.base_url()
+    );
+    for (name, value) in &options.extra_env {
+        println!("bot config: {name}={value}");
+    }
+    let spawned_at = Instant::now();
+    let mut child = spawn_bot(
+        &options,
+        &telegram,
+        &llm,
+        &dir.path().join("storage"),
+        &log_path,
+    );
+    let pid = child.id();
+    if let Err(why) = wait_for_polling(&telegram, &mut child).await {
+        eprintln!("load: {why}");
+        let _ = child.kill();
+        let _ = child.wait();
+        dump_log(&log_path);
+        let _ = dir.keep();
+        return ExitCode::FAILURE;
+    }
+    let startup = spawned_at.elapsed();
+    println!(
+        "bot pid {pid} polling after {:.0} ms",
+        startup.as_secs_f64() * 1e3
+    );
+
+    // The measured run.
+    let run = match run_load(&options, &telegram, &mut child).await {
+        Ok(run) => run,
+        Err(status) => {
+            eprintln!("load: the bot exited during the run ({status})");
+            dump_log(&log_path);
+            let _ = dir.keep();
+            return ExitCode::FAILURE;
+        }
+    };
+
+    // Figures only the running bot and the fakes know.
+    let (vm_hwm, vm_rss) = read_memory(pid);
+    let llm_requests = llm.request_count();
+    let llm_max_in_flight = llm.max_in_flight();
+    let telegram_calls = [
+        "getUpdates",
+        "sendMessage",
+        "sendChatAction",
+        "editMessageText",
+    ]
+    .map(|m| (m, telegram.method_calls(m)));
+
+    let stop_started = Instant::now();
+    let exit = stop_bot(&mut child).await;
+    let stop_took = stop_started.elapsed();
+    let connections = [("telegram", telegram.api_url()), ("llm", llm.base_url())]
+        .map(|(name, url)| (name, port_of(&url).and_then(connections_to)));
+
+    // Report.
+    let total = options.total();
+    let analysis = Analysis::of(run, &options, &telegram, &llm);
+    println!(
+        "replies: {}/{total} in {:.3} s (first push to last reply)",
+        analysis.answered,
+        analysis.elapsed.as_secs_f64()
+    );
+    println!("throughput: {:.1} replies/s", analysis.replies_per_s);
+    println!(
+        "overhead ms (sendMessage at - getUpdates delivery - {} ms LLM): {}",
+        options.llm_latency.as_millis(),
+        analysis.overhead
+    );
+    println!("  of which delivery -> LLM request ms: {}", analysis.to_llm);
+    println!(
+        "  of which LLM request -> sendMessage (- LLM delay) ms: {}",
+        analysis.after_llm
+    );
+    println!(
+        "end to end ms (sendMessage at - push - {} ms LLM): {}",
+        options.llm_latency.as_millis(),
+        analysis.end_to_end
+    );
+    if analysis.by_round.len() <= MAX_ROUNDS_SHOWN {
+        println!("  overhead by message number in its chat, ms:");
+        for (round, percentiles) in &analysis.by_round {
+            println!("    #{round:<3} {percentiles}");
+        }
+    }
+    println!("{}", analysis.cpu);
+    println!(
+        "bot memory: peak RSS (VmHWM) {} / RSS now (VmRSS) {}",
+        show_kib(vm_hwm),
+        show_kib(vm_rss)
+    );
+    println!("llm: requests={llm_requests} (expected {total}) max_in_flight={llm_max_in_flight}");
+    let calls = telegram_calls.iter().fold(String::new(), |mut s, (m, n)| {
+        let _ = write!(s, " {m}={n}");
+        s
+    });
+    println!("telegram calls:{calls}");
+    let opened = connections.iter().fold(String::new(), |mut s, (name, n)| {
+        match n {
+            Some(n) => {
+                let _ = write!(s, " {name}={n}");
+            }
+            None => {
+                let _ = write!(s, " {name}=unknown");
+            }
+        }
+        s
+    });
+    println!("tcp connections the bot opened to the fakes:{opened}");
+    println!(
+        "phases: startup {:.0} ms, run {:.3} s, shutdown {:.0} ms",
+        startup.as_secs_f64() * 1e3,
+        analysis.run_secs,
+        stop_took.as_secs_f64() * 1e3
+    );
+    println!("bot exit: {}", show_exit(&exit));
+    let log_lines = report_log(&log_path);
+
+    if analysis.missing > 0 {
+        println!(
+            "MISSING: {} of {total} replies did not arrive within {} s",
+            analysis.missing,
+            options.timeout.as_secs()
+        );
+    }
+    println!("violations: {}", analysis.violations.len());
+    for v in analysis.violations.iter().take(SHOW_MAX) {
+        println!("  {v}");
+    }
+    if analysis.violations.len() > SHOW_MAX {
+        println!("  … and {} more", analysis.violations.len() - SHOW_MAX);
+    }
+    if llm_requests != total {
+        println!("note: the fake LLM saw {llm_requests} requests for {total} messages");
+    }
+
+    let clean_exit = matches!(&exit, Exit::Exited(status) if status.success());
+    let errors = analysis.missing + analysis.violations.len();
+    let peak_mib = vm_hwm.map_or(f64::NAN, |kib| kib as f64 / 1024.0);
+    let overhead = analysis.overhead;
+    println!(
+        "summary chats={} messages={} llm_latency_ms={} replies_per_s={:.1} \
+         p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2} peak_rss_mib={peak_mib:.1} \
+         llm_requests={llm_requests} llm_max_in_flight={llm_max_in_flight} \
+         e2e_p99_ms={:.2} bot_log_lines={log_lines} bot_exit={} errors={errors}",
+        options.chats,
+        options.messages,
+        options.llm_latency.as_millis(),
+        analysis.replies_per_s,
+        overhead.p50,
+        overhead.p99,
+        overhead.p999,
+        overhead.max,
+        analysis.end_to_end.p99,
+        show_exit(&exit),
+    );
+    if errors > 0 || !clean_exit {
+        // Keep the log for inspection.
+        println!("bot log: {}", log_path.display());
+        let _ = dir.keep();
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// What the measured run produced.
+struct Run {
+    outcomes: Vec<ChatOutcome>,
+    /// Messages sent to a chat whose loop had finished, or to no known chat.
+    strays: usize,
+    started: Instant,
+    ended: Instant,
+    cpu_before: CpuSample,
+    cpu_after: CpuSample,
+}
+
+/// Runs every chat's closed loop until all are done or the time limit passes.
+/// Fails with the bot's exit status if it exits meanwhile.
+async fn run_load(
+    options: &Options,
+    telegram: &FakeTelegram,
+    child: &mut Child,
+) -> Result<Run, ExitStatus> {
+    // One dispatcher routes every sent message to its chat's task.
+    let mut sent = telegram.subscribe_sent();
+    let (routes, inboxes): (Vec<_>, Vec<_>) =
+        (0..options.chats).map(|_| unbounded_channel()).unzip();
+    let strays = Arc::new(AtomicUsize::new(0));
+    let dispatcher = {
+        let strays = Arc::clone(&strays);
+        tokio::spawn(async move {
+            let routes: Vec<UnboundedSender<SentMessage>> = routes;
+            while let Some(message) = sent.recv().await {
+                let route = usize::try_from(message.chat_id - 1)
+                    .ok()
+                    .and_then(|i| routes.get(i));
+                // A failed send means the chat's loop has finished.
+                if route.is_none_or(|tx| tx.send(message).is_err()) {
+                    strays.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let pid = child.id();
+    let cpu_before = CpuSample::take(pid);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + options.timeout);
+    let mut chats = JoinSet::new();
+    for (index, inbox) in inboxes.into_iter().enumerate() {
+        let chat_id = i64::try_from(index + 1).expect("chat ids fit in i64");
+        // Paced chats start spread over one think time, not in lockstep.
+        let start_after = options
+            .think
+            .mul_f64(index as f64 / f64::from(options.chats));
+        chats.spawn(run_chat(
+            telegram.clone(),
+            chat_id,
+            options.messages,
+            options.think,
+            start_after,
+            inbox,
+            deadline,
+        ));
+    }
+
+    let mut outcomes = Vec::with_capacity(options.chats as usize);
+    let mut check_child = tokio::time::interval(CHILD_POLL * 4);
+    check_child.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !chats.is_empty() {
+        tokio::select! {
+            joined = chats.join_next() => {
+                if let Some(joined) = joined {
+                    outcomes.push(joined.expect("a chat task panicked"));
+                }
+            }
+            _ = check_child.tick() => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    chats.abort_all();
+                    dispatcher.abort();
+                    return Err(status);
+                }
+            }
+        }
+    }
+    let ended = Instant::now();
+    let cpu_after = CpuSample::take(pid);
+    // Late duplicates arrive after the loop of their chat has finished.
+    tokio::time::sleep(SETTLE).await;
+    dispatcher.abort();
+    Ok(Run {
+        outcomes,
+        strays: strays.load(Ordering::Relaxed),
+        started,
+        ended,
+        cpu_before,
+        cpu_after,
+    })
+}
+
+/// The figures computed from a run.
+struct Analysis {
+    answered: usize,
+    missing: usize,
+    violations: Vec<String>,
+    /// First push to last reply.
+    elapsed: Duration,
+    run_secs: f64,
+    replies_per_s: f64,
+    overhead: Percentiles,
+    end_to_end: Percentiles,
+    to_llm: Percentiles,
+    after_llm: Percentiles,
+    by_round: BTreeMap<u32, Percentiles>,
+    cpu: String,
+}
+
+impl Analysis {
+    fn of(run: Run, options: &Options, telegram: &FakeTelegram, llm: &FakeLlm) -> Analysis {
+        let mut answered = Vec::with_capacity(options.total());
+        let mut violations = Vec::new();
+        // Every chat loop ran to its end, so each message is answered or
+        // missing.
+        let mut missing = 0;
+        for outcome in run.outcomes {
+            answered.extend(outcome.answered);
+            violations.extend(outcome.violations);
+            missing += outcome.missing;
+        }
+        if run.strays > 0 {
+            violations.push(format!(
+                "{} message(s) sent after their chat finished or to an unknown chat",
+                run.strays
+            ));
+        }
+
+        let last_reply = answered.iter().map(|a| a.replied_at).max();
+        let elapsed = last_reply.map_or(run.ended - run.started, |at| {
+            at.saturating_duration_since(run.started)
+        });
+
+        // Per message: getUpdates delivery -> LLM request -> sendMessage.
+        let mut llm_arrivals: HashMap<String, Instant> = HashMap::new();
+        for request in llm.requests() {
+            llm_arrivals
+                .entry(request.last_user_message().to_owned())
+                .or_insert(request.at);
+        }
+        let latency_ms = options.llm_latency.as_secs_f64() * 1e3;
+        let mut overheads = Vec::with_capacity(answered.len());
+        let mut end_to_end = Vec::with_capacity(answered.len());
+        let mut to_llm = Vec::with_capacity(answered.len());
+        let mut after_llm = Vec::with_capacity(answered.len());
+        let mut by_round: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        let mut undelivered = 0usize;
+        for a in &answered {
+            end_to_end.push(ms_between(a.pushed_at, a.replied_at) - latency_ms);
+            let Some(delivered) = telegram.delivered_at(a.update_id) else {
+                undelivered += 1;
+                continue;
+            };
+            let ms = ms_between(delivered, a.replied_at) - latency_ms;
+            overheads.push(ms);
+            by_round.entry(a.round).or_default().push(ms);
+            if let Some(&asked) = llm_arrivals.get(&a.marker) {
+                to_llm.push(ms_between(delivered, asked));
+                after_llm.push(ms_between(asked, a.replied_at) - latency_ms);
+            }
+        }
+        if undelivered > 0 {
+            violations.push(format!(
+                "{undelivered} answered update(s) never returned by getUpdates"
+            ));
+        }
+
+        let run_secs = (run.ended - run.started).as_secs_f64();
+        Analysis {
+            answered: answered.len(),
+            missing,
+            violations,
+            elapsed,
+            run_secs,
+            replies_per_s: answered.len() as f64 / elapsed.as_secs_f64(),
+            overhead: Percentiles::of(overheads),
+            end_to_end: Percentiles::of(end_to_end),
+            to_llm: Percentiles::of(to_llm),
+            after_llm: Percentiles::of(after_llm),
+            by_round: by_round
+                .into_iter()
+                .map(|(round, values)| (round, Percentiles::of(values)))
+                .collect(),
+            cpu: run.cpu_after.since(&run.cpu_before, run_secs),
+        }
+    }
+}
+
+/// Spawns the bot binary configured for the fakes.
+fn spawn_bot(
+    options: &Options,
+    telegram: &FakeTelegram,
+    llm: &FakeLlm,
+    storage: &Path,
+    log_path: &Path,
+) -> Child {
+    let log = std::fs::File::create(log_path).expect("cannot create the bot's log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llmgram"));
+    // Only the variables below configure the bot, whatever the shell has.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LLMGRAM_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env_remove("RUST_LOG")
+        .env("TELEGRAM_BOT_TOKEN", "123456:bench")
+        .env("LLM_API_KEY", "bench")
+        .env("LLMGRAM_TELEGRAM__API_URL", telegram.api_url())
+        .env("LLMGRAM_LLM__BASE_URL", llm.base_url())
+        .env("LLMGRAM_STORAGE__PATH", storage)
+        .env(
+            "LLMGRAM_LLM__MAX_CONCURRENCY",
+            options.llm_concurrency.to_string(),
+        )
+        .env("LLMGRAM_LOG__LEVEL", "warn")
+        .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("cannot spawn the llmgram binary")
+}
+
+/// Waits until the bot has called `getUpdates` once, failing if it exits or
+/// takes longer than [`STARTUP_LIMIT`].
+async fn wait_for_polling(telegram: &FakeTelegram, child: &mut Child) -> Result<(), String> {
+    let limit = Instant::now() + STARTUP_LIMIT;
+    loop {
+        if telegram.method_calls("getUpdates") >= 1 {
+            return Ok(());
+        }
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("cannot check the bot process: {e}"))?
+        {
+            return Err(format!("the bot exited before polling ({status})"));
+        }
+        if Instant::now() >= limit {
+            return Err(format!(
+                "the bot did not call getUpdates within {} s",
+                STARTUP_LIMIT.as_secs()
+            ));
+        }
+        tokio::time::sleep(CHILD_POLL / 5).await;
+    }
+}
+
+/// One chat's closed loop: push message `k`, wait for its reply, repeat.
+async fn run_chat(
+    telegram: FakeTelegram,
+    chat_id: i64,
+    messages: u32,
+    think: Duration,
+    start_after: Duration,
+    mut inbox: UnboundedReceiver<SentMessage>,
+    deadline: tokio::time::Instant,
+) -> ChatOutcome {
+    let user_id = chat_id.unsigned_abs();
+    let mut outcome = ChatOutcome {
+        answered: Vec::with_capacity(messages as usize),
+        ..ChatOutcome::default()
+    };
+    if !start_after.is_zero() {
+        tokio::time::sleep(start_after).await;
+    }
+    for k in 1..=messages {
+        if k > 1 && !think.is_zero() {
+            tokio::time::sleep(think).await;
+        }
+        let marker = format!("c{chat_id}-m{k}");
+        let pushed_at = Instant::now();
+        let update_id = telegram.push_text(chat_id, user_id, &marker);
+        loop {
+            let Ok(Some(reply)) = tokio::time::timeout_at(deadline, inbox.recv()).await else {
+                outcome.missing += (messages - k + 1) as usize;
+                return outcome;
+            };
+            if carries_marker(&reply.text, &marker) {
+                outcome.answered.push(Answered {
+                    round: k,
+                    marker,
+                    update_id,
+                    pushed_at,
+                    replied_at: reply.at,
+                });
+                break;
+            }
+            outcome.violations.push(format!(
+                "chat {chat_id}: waiting for {marker:?}, got message {} {:?}",
+                reply.message_id, reply.text
+            ));
+        }
+    }
+    outcome
+}
+
+/// Whether `text` contains `marker` as a whole token (`c1-m1` does not match
+/// inside `c1-m10` or `c11-m1`).
+fn carries_marker(text: &str, marker: &str) -> bool {
+    text.match_indices(marker).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + marker.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// Milliseconds from `from` to `to` (0 if `to` is earlier).
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1e3
+}
+
+/// Nearest-rank percentiles of a sample, in milliseconds (`NaN` if empty).
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut values: Vec<f64>) -> Percentiles {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if values.is_empty() {
+                return f64::NAN;
+            }
+            let rank = (q * values.len() as f64).ceil() as usize;
+            values[rank.clamp(1, values.len()) - 1]
+        };
+        Percentiles {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+            self.p50, self.p99, self.p999, self.max
+        )
+    }
+}
+
+/// Clock ticks per second of `/proc` CPU times (`getconf CLK_TCK`; 100 on
+/// every common Linux build).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Cumulative CPU seconds (user + system) of the bot, of this process (the
+/// load generator and both fakes) and of the whole machine.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    bot: Option<f64>,
+    own: Option<f64>,
+    machine: Option<f64>,
+}
+
+impl CpuSample {
+    fn take(bot_pid: u32) -> CpuSample {
+        CpuSample {
+            bot: process_cpu(&format!("/proc/{bot_pid}/stat")),
+            own: process_cpu("/proc/self/stat"),
+            machine: machine_cpu(),
+        }
+    }
+
+    /// Describes the CPU used since `earlier` over `wall_secs` seconds; the
+    /// rest of the machine's use is other processes (a concurrent build
+    /// makes the run's figures unreliable).
+    fn since(&self, earlier: &CpuSample, wall_secs: f64) -> String {
+        let delta = |now: Option<f64>, then: Option<f64>| Some(now? - then?);
+        let share =
+            |secs: f64| format!("{secs:.2} s ({:.0}% of one core)", secs / wall_secs * 100.0);
+        let bot = delta(self.bot, earlier.bot);
+        let own = delta(self.own, earlier.own);
+        let machine = delta(self.machine, earlier.machine);
+        let mut line = String::from("cpu during run:");
+        if let Some(bot) = bot {
+            let _ = write!(line, " bot {}", share(bot));
+        }
+        if let Some(own) = own {
+            let _ = write!(line, ", benchmark + fakes {}", share(own));
+        }
+        if let (Some(machine), Some(bot), Some(own)) = (machine, bot, own) {
+            let _ = write!(
+                line,
+                ", other processes {}",
+                share((machine - bot - own).max(0.0))
+            );
+        }
+        line
+    }
+}
+
+/// User + system CPU seconds from a `/proc/<pid>/stat` file.
+fn process_cpu(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which may contain spaces) start with
+    // field 3 (state); utime and stime are fields 14 and 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SECOND)
+}
+
+/// Busy CPU seconds of all cores (everything but idle and iowait) from
+/// `/proc/stat`.
+fn machine_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let total = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = total
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice],
+    // guests being already counted in user and nice.
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy / TICKS_PER_SECOND)
+}
+
+/// The port of a `http://127.0.0.1:PORT/...` URL.
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://127.0.0.1:")?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// Number of TCP connections to `127.0.0.1:port` that `/proc/net/tcp` still
+/// knows of, once the bot has exited: every client socket (open or in
+/// TIME_WAIT) plus the server side in TIME_WAIT of connections the server
+/// closed first. TIME_WAIT lasts 60 s on Linux, so a longer run undercounts.
+fn connections_to(port: u16) -> Option<usize> {
+    const TIME_WAIT: &str = "06";
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port_hex = format!(":{port:04X}");
+    let count = table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (Some(local), Some(remote), Some(state)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            (remote.ends_with(&port_hex) && state != LISTEN)
+                || (local.ends_with(&port_hex) && state == TIME_WAIT)
+        })
+        .count();
+    Some(count)
+}
+
+/// `VmHWM` and `VmRSS` of process `pid` in KiB, if readable.
+fn read_memory(pid: u32) -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn show_kib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "unknown".to_owned(),
+        |kib| format!("{:.1} MiB", kib as f64 / 1024.0),
+    )
+}
+
+/// How the bot process ended.
+#[derive(Debug)]
+enum Exit {
+    /// It exited by itself after SIGTERM.
+    Exited(ExitStatus),
+    /// It was still running after [`SHUTDOWN_LIMIT`] and was killed.
+    Killed,
+    /// Signalling or waiting failed.
+    Unknown(String),
+}
+
+fn show_exit(exit: &Exit) -> String {
+    match exit {
+        Exit::Exited(status) => match status.code() {
+            Some(code) => code.to_string(),
+            None => format!("{status}"),
+        },
+        Exit::Killed => format!("killed (no exit within {} s)", SHUTDOWN_LIMIT.as_secs()),
+        Exit::Unknown(why) => format!("unknown ({why})"),
+    }
+}
+
+/// Sends SIGTERM, waits up to [`SHUTDOWN_LIMIT`], kills the bot if needed.
+async fn stop_bot(child: &mut Child) -> Exit {
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    if let Err(e) = signalled {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Exit::Unknown(format!("cannot run kill: {e}"));
+    }
+    let limit = Instant::now() + SHUTDOWN_LIMIT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Exit::Exited(status),
+            Ok(None) if Instant::now() >= limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Exit::Killed;
+            }
+            Ok(None) => tokio::time::sleep(CHILD_POLL / 5).await,
+            Err(e) => return Exit::Unknown(e.to_string()),
+        }
+    }
+}
+
+/// Prints the number of lines the bot logged (warnings and errors only) and
+/// the first few; returns the count.
+fn report_log(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    println!("bot log: {} line(s) at level warn or above", lines.len());
+    for line in lines.iter().take(SHOW_MAX) {
+        println!("  | {line}");
+    }
+    lines.len()
+}
+
+/// Prints the bot's stderr after a failed start or run.
+fn dump_log(path: &Path) {
+    eprintln!("bot stderr ({}):", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            for line in text.lines().rev().take(50).collect::<Vec<_>>().iter().rev() {
+                eprintln!("  | {line}");
+            }
+        }
+        Err(e) => eprintln!("  (cannot read it: {e})"),
+    }
+}
