@@ -284,10 +284,12 @@ async fn start_child(
     let name = Some(deps.directory.name(child));
     let supervisor = myself.get_cell();
     let cell = match child {
-        Child::Persistence => Actor::spawn_linked(name, persistence::Persistence, deps, supervisor)
-            .await?
-            .0
-            .get_cell(),
+        Child::Persistence => {
+            Actor::spawn_linked(name, persistence::Persistence, deps.store, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
         Child::LlmPool => Actor::spawn_linked(name, llm_pool::LlmPool, deps, supervisor)
             .await?
             .0

@@ -86,7 +86,10 @@ async fn the_session_supervisor_is_restarted_and_serves_again() {
     // Killed once the turn is committed: a kill between sending and
     // committing may repeat that one answer (see supervision.md).
     eventually("the turn to be committed", || async {
-        h.service.session_stats().await.is_some_and(|s| s.pending == 0)
+        h.service
+            .session_stats()
+            .await
+            .is_some_and(|s| s.pending == 0)
     })
     .await;
     cell(&h, Child::SessionSup).kill();

@@ -38,7 +38,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::Deps;
 use crate::config::{PersistModeConfig, StorageConfig};
 use crate::store::record::{self, ChatRecord, UpdateEntry};
 use crate::store::{
@@ -156,15 +155,15 @@ pub struct PersistenceState {
 impl Actor for Persistence {
     type Msg = PersistenceMsg;
     type State = PersistenceState;
-    type Arguments = Deps;
+    type Arguments = StoreWriter;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PersistenceMsg>,
-        deps: Deps,
+        writer: StoreWriter,
     ) -> Result<PersistenceState, ActorProcessingErr> {
-        deps.store.set_failure_listener(myself);
-        Ok(PersistenceState { writer: deps.store })
+        writer.set_failure_listener(myself);
+        Ok(PersistenceState { writer })
     }
 
     async fn handle(
