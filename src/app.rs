@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::actors::Directory;
+use crate::actors::root::persistence::StoreWriter;
 use crate::actors::root::session_sup::SessionStats;
 use crate::actors::root::{self, Deps, Fatal, Root, RootArgs, RootMsg, TreeStatus};
 use crate::config::{Config, Secrets};
@@ -22,7 +23,8 @@ use crate::texts::{LocaleError, Locales};
 /// Why the service could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// `storage.path` cannot be created or is not a directory.
+    /// The store at `storage.path` cannot be opened: not creatable, not a
+    /// directory, or locked by another process.
     #[error("storage.path {path}: {reason}")]
     Storage {
         /// The configured path.
@@ -67,6 +69,9 @@ pub struct Service {
     root_task: JoinHandle<()>,
     directory: Directory,
     fatal: oneshot::Receiver<Fatal>,
+    /// The store's writer thread; it ends once the tree has stopped.
+    store_thread: Option<std::thread::JoinHandle<()>>,
+    grace: std::time::Duration,
 }
 
 /// Starts the service: checks the storage directory and the bot token, then
@@ -74,7 +79,14 @@ pub struct Service {
 /// process may run several in tests).
 pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<Service, AppError> {
     let config = Arc::new(config);
-    prepare_storage(&config).await?;
+    let storage = config.storage.clone();
+    let (store, store_thread) = tokio::task::spawn_blocking(move || StoreWriter::start(&storage))
+        .await
+        .map_err(|e| AppError::Spawn(e.to_string()))?
+        .map_err(|error| AppError::Storage {
+            path: config.storage.path.display().to_string(),
+            reason: error.to_string(),
+        })?;
     let bot = telegram::build_bot(&config.telegram, &secrets.telegram_token)?;
     let bot_username = check_token(&bot).await?;
     let llm = LlmClient::new(&config.llm, secrets.llm_api_key.clone())?;
@@ -87,6 +99,7 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
         send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
         locales: Locales::load()?,
+        store,
         config: Arc::clone(&config),
     };
     let (fatal_tx, fatal) = oneshot::channel();
@@ -111,6 +124,8 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         root_task,
         directory,
         fatal,
+        store_thread: Some(store_thread),
+        grace: config.shutdown.grace,
     })
 }
 
@@ -156,10 +171,26 @@ impl Service {
                 tracing::info!("shutdown requested");
                 self.shutdown().await
             }
-            _ = &mut self.root_task => Err(self.fatal.try_recv().map_or_else(
-                |_| AppError::Spawn("the root supervisor stopped unexpectedly".into()),
-                AppError::Fatal,
-            )),
+            _ = &mut self.root_task => {
+                self.wait_for_store().await;
+                Err(self.fatal.try_recv().map_or_else(
+                    |_| AppError::Spawn("the root supervisor stopped unexpectedly".into()),
+                    AppError::Fatal,
+                ))
+            }
+        }
+    }
+
+    /// Waits (up to `shutdown.grace`) for the store's writer to commit what
+    /// it holds and persist the journal. It ends once every actor holding a
+    /// handle to it has stopped.
+    async fn wait_for_store(&mut self) {
+        let Some(thread) = self.store_thread.take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(self.grace, joined).await.is_err() {
+            tracing::warn!("the store writer did not finish within the grace period");
         }
     }
 
@@ -173,26 +204,12 @@ impl Service {
             .call(|reply| RootMsg::Shutdown { reply }, None)
             .await;
         let _ = (&mut self.root_task).await;
+        self.wait_for_store().await;
         match self.fatal.try_recv() {
             Ok(fatal) => Err(AppError::Fatal(fatal)),
             Err(_) => Ok(()),
         }
     }
-}
-
-async fn prepare_storage(config: &Config) -> Result<(), AppError> {
-    let path = config.storage.path.clone();
-    let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || std::fs::create_dir_all(&path))
-        .await
-        .map_err(|e| AppError::Storage {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?
-        .map_err(|e| AppError::Storage {
-            path: shown,
-            reason: e.to_string(),
-        })
 }
 
 /// One getMe before anything starts: a rejected token is a configuration

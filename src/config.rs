@@ -136,6 +136,21 @@ pub struct SupervisorConfig {
 #[allow(missing_docs)]
 pub struct StorageConfig {
     pub path: PathBuf,
+    pub persist_mode: PersistModeConfig,
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    pub commit_max_batch: usize,
+}
+
+/// How far a commit is pushed to disk before writers are told it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PersistModeConfig {
+    /// `fsync`: data and metadata on disk.
+    SyncAll,
+    /// `fdatasync`: data on disk; survives power loss.
+    SyncData,
+    /// Handed to the OS: survives a process crash, not a power loss.
+    Buffer,
 }
 
 /// `[log]`: level filter and output format.
@@ -361,6 +376,10 @@ impl Config {
         positive("supervisor.lookup_timeout", millis(sup.lookup_timeout))?;
         positive("supervisor.lookup_interval", millis(sup.lookup_interval))?;
 
+        positive(
+            "storage.commit_max_batch",
+            self.storage.commit_max_batch as u64,
+        )?;
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "storage.path",

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::llm::{ChatMessage, Role};
+use crate::store::record::{StoredMessage, StoredRole};
 
 /// Bounded chat history.
 #[derive(Debug, Clone)]
@@ -49,6 +50,42 @@ impl History {
     /// Characters kept, over all messages.
     pub fn chars(&self) -> usize {
         self.chars
+    }
+
+    /// A history holding `messages` (oldest first), trimmed to the bounds.
+    pub fn from_stored(
+        messages: Vec<StoredMessage>,
+        max_messages: usize,
+        max_chars: usize,
+    ) -> Self {
+        let mut history = Self::new(max_messages, max_chars);
+        for message in messages {
+            let role = match message.role {
+                StoredRole::User => Role::User,
+                StoredRole::Assistant => Role::Assistant,
+            };
+            history.push(role, message.content.into());
+        }
+        history
+    }
+
+    /// The messages in their stored form.
+    pub fn to_stored(&self) -> Vec<StoredMessage> {
+        self.messages
+            .iter()
+            .filter_map(|m| {
+                let role = match m.role {
+                    Role::User => StoredRole::User,
+                    Role::Assistant => StoredRole::Assistant,
+                    // Never pushed: the system prompt is not history.
+                    Role::System => return None,
+                };
+                Some(StoredMessage {
+                    role,
+                    content: m.content.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// Forgets everything.
@@ -133,6 +170,18 @@ mod tests {
         history.push(Role::User, "123456".into());
         assert!(history.is_empty());
         assert_eq!(history.chars(), 0);
+    }
+
+    #[test]
+    fn stored_form_round_trips_and_is_trimmed_on_load() {
+        let mut history = History::new(10, 100);
+        history.push(Role::User, "q".into());
+        history.push(Role::Assistant, "a".into());
+        let stored = history.to_stored();
+        let again = History::from_stored(stored.clone(), 10, 100);
+        assert_eq!(again.to_stored(), stored);
+        // Tighter bounds after a config change apply on load.
+        assert!(History::from_stored(stored, 1, 100).is_empty());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   ([`telegram::split`]), Bot API errors classified.
 //! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call.
 //! - [`history`]: a chat's bounded history, owned by its session.
+//! - [`store`]: versioned records and their encoding; only the persistence
+//!   actor opens the database.
 //! - [`config`], [`texts`], [`retry`], [`telemetry`], [`error`]: knobs,
 //!   reply texts, backoff, logging, error helpers.
 //!
@@ -25,6 +27,7 @@ pub mod error;
 pub mod history;
 pub mod llm;
 pub mod retry;
+pub mod store;
 pub mod telegram;
 pub mod telemetry;
 pub mod texts;

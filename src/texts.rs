@@ -18,6 +18,7 @@ pub struct Texts {
     pub start: String,
     pub help: String,
     pub reset_done: String,
+    pub forgotten: String,
     /// Placeholder: `{command}`.
     pub unknown_command: String,
     pub non_text: String,

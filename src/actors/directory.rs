@@ -17,6 +17,8 @@ use crate::config::SupervisorConfig;
 /// The long-lived children of the root supervisor, in start order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
+    /// `root/persistence.rs`: the only door to the store.
+    Persistence,
     /// `root/llm_pool.rs`: chat-completion requests.
     LlmPool,
     /// `root/outbox.rs`: every Bot API send.
@@ -31,6 +33,7 @@ impl Child {
     /// The name used in the registry, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Persistence => "persistence",
             Self::LlmPool => "llm_pool",
             Self::Outbox => "outbox",
             Self::SessionSup => "session_sup",

@@ -17,6 +17,7 @@
 pub mod ingress;
 pub mod llm_pool;
 pub mod outbox;
+pub mod persistence;
 pub mod session_sup;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +34,7 @@ use tokio::time::Instant;
 use super::directory::{Child, Directory};
 use crate::config::Config;
 use crate::llm::LlmClient;
+use crate::store::StoreError;
 use crate::texts::Locales;
 use session_sup::{SessionStats, SessionSupMsg};
 
@@ -57,9 +59,13 @@ pub struct ChildSpec {
 }
 
 /// The supervision policy of the root: one row per child, in start order.
-/// `supervision.md` mirrors this table. Persistence, the rate limiter and the
-/// circuit breakers join it as rows before `SessionSup`, which depends on them.
-pub const POLICY: [ChildSpec; 4] = [
+/// `supervision.md` mirrors this table. The rate limiter and the circuit
+/// breakers join it as rows before `SessionSup`, which depends on them.
+pub const POLICY: [ChildSpec; 5] = [
+    ChildSpec {
+        child: Child::Persistence,
+        restart: Restart::Permanent,
+    },
     ChildSpec {
         child: Child::LlmPool,
         restart: Restart::Permanent,
@@ -93,6 +99,10 @@ pub enum Fatal {
         /// The last failure.
         last_error: String,
     },
+    /// The store reported a failed write to disk; writing on could corrupt
+    /// data, so the process must start afresh.
+    #[error("the store is poisoned: {0}")]
+    StorePoisoned(String),
     /// A child could not be started at all.
     #[error("cannot start {child}: {reason}")]
     StartFailed {
@@ -157,6 +167,8 @@ pub struct Deps {
     pub send_slots: Arc<Semaphore>,
     /// Reply texts.
     pub locales: Locales,
+    /// The store's writer; only the persistence actor can use it.
+    pub store: persistence::StoreWriter,
 }
 
 /// Arguments of the root.
@@ -230,7 +242,13 @@ impl Actor for Root {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, exit) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, Exit::Failed(error.to_string())),
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if let Some(StoreError::Poisoned(reason)) = error.downcast_ref::<StoreError>() {
+                    escalate(&myself, state, Fatal::StorePoisoned(reason.clone()));
+                    return Ok(());
+                }
+                (cell, Exit::Failed(error.to_string()))
+            }
             SupervisionEvent::ActorTerminated(cell, _, reason) => (
                 cell,
                 Exit::Stopped(reason.unwrap_or_else(|| "no reason".into())),
@@ -266,6 +284,12 @@ async fn start_child(
     let name = Some(deps.directory.name(child));
     let supervisor = myself.get_cell();
     let cell = match child {
+        Child::Persistence => {
+            Actor::spawn_linked(name, persistence::Persistence, deps.store, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
         Child::LlmPool => Actor::spawn_linked(name, llm_pool::LlmPool, deps, supervisor)
             .await?
             .0

@@ -28,6 +28,9 @@ pub enum TelegramError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// Storing received updates failed; polling retries the same batch.
+    #[error("cannot store received updates: {0}")]
+    Store(crate::store::StoreError),
     /// The outbox did not answer (it was restarting); the caller may resend.
     #[error("the outbox is unavailable")]
     OutboxUnavailable,
@@ -38,7 +41,11 @@ impl TelegramError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::RetryAfter(_) | Self::Network(_) | Self::Timeout | Self::OutboxUnavailable
+            Self::RetryAfter(_)
+                | Self::Network(_)
+                | Self::Timeout
+                | Self::Store(_)
+                | Self::OutboxUnavailable
         )
     }
 
@@ -51,6 +58,7 @@ impl TelegramError {
             Self::Rejected(_) => "rejected",
             Self::InvalidAnswer(_) => "invalid_answer",
             Self::Client(_) => "client",
+            Self::Store(_) => "store",
             Self::OutboxUnavailable => "outbox_unavailable",
         }
     }

@@ -1,5 +1,7 @@
 //! Starting the service against the loopback fakes, and small waiting helpers.
 
+pub mod process;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ pub struct Harness {
     pub telegram: FakeTelegram,
     pub llm: FakeLlm,
     pub service: Service,
-    _storage: TempDir,
+    storage: TempDir,
 }
 
 /// Generous upper bound for anything the tests wait for; a healthy run takes
@@ -31,10 +33,15 @@ impl Harness {
     /// Starts fakes and the service; `overrides` holds extra configuration as
     /// TOML dotted keys (`session.idle_timeout = "300ms"`).
     pub async fn start_with(overrides: &str) -> Self {
+        let storage = tempfile::tempdir().expect("temp dir");
+        Self::start_in(storage, overrides).await
+    }
+
+    /// Starts fakes and the service with its store in `storage`.
+    pub async fn start_in(storage: TempDir, overrides: &str) -> Self {
         init_logging();
         let telegram = FakeTelegram::start().await;
         let llm = FakeLlm::start().await;
-        let storage = tempfile::tempdir().expect("temp dir");
         let config = Config::from_defaults_with(&format!(
             "telegram.api_url = \"{}\"\n\
              telegram.poll_timeout = \"1s\"\n\
@@ -56,7 +63,7 @@ impl Harness {
             telegram,
             llm,
             service,
-            _storage: storage,
+            storage,
         }
     }
 
@@ -80,6 +87,12 @@ impl Harness {
     /// Stops the service gracefully and checks it stopped cleanly.
     pub async fn stop(self) {
         self.service.shutdown().await.expect("clean shutdown");
+    }
+
+    /// Stops the service and hands back its store directory.
+    pub async fn stop_keeping_store(self) -> TempDir {
+        self.service.shutdown().await.expect("clean shutdown");
+        self.storage
     }
 }
 

@@ -7,5 +7,6 @@ mod eviction;
 mod isolation;
 mod long_answer;
 mod ordering;
+mod persistence;
 mod restarts;
 mod slow_chat;

@@ -83,6 +83,15 @@ async fn the_session_supervisor_is_restarted_and_serves_again() {
     let h = Harness::start().await;
     h.say(63, "before");
     h.replies(63, 1).await;
+    // Killed once the turn is committed: a kill between sending and
+    // committing may repeat that one answer (see supervision.md).
+    eventually("the turn to be committed", || async {
+        h.service
+            .session_stats()
+            .await
+            .is_some_and(|s| s.pending == 0)
+    })
+    .await;
     cell(&h, Child::SessionSup).kill();
     eventually("session supervisor restarted", || async {
         restarts_of(&h, Child::SessionSup).await == (true, 1)

@@ -7,15 +7,16 @@
 //! - **State:** the next `offset` to ask for, the bot's username (from getMe,
 //!   used to ignore `/command@other_bot`), and the backoff after failures.
 //! - **Per round:** getUpdates with the offset (which confirms every earlier
-//!   update to Telegram) and `telegram.poll_timeout`; each message update
-//!   becomes an [`Inbound`] cast to the session supervisor. Casting never
-//!   blocks, so a slow chat cannot delay another.
+//!   update to Telegram) and `telegram.poll_timeout`; the message updates
+//!   become [`Inbound`]s, are admitted durably by the persistence actor
+//!   (which drops any it has seen before), and only then cast to the session
+//!   supervisor and the offset advanced. Casting never blocks, so a slow chat
+//!   cannot delay another.
 //! - **Failures:** a failed getUpdates waits with backoff and tries again;
 //!   a rejected token or a session supervisor that stays away past
 //!   `supervisor.lookup_timeout` fails the actor. After a restart the offset
-//!   starts unknown, so Telegram sends again every update not yet confirmed:
-//!   nothing is lost, and the updates of the last batch may be handed over a
-//!   second time (the persistence work records answered updates to skip them).
+//!   starts unknown, so Telegram sends again every update not yet confirmed;
+//!   the store recognises the ones it has and they are not routed twice.
 
 use std::sync::Arc;
 
@@ -27,10 +28,12 @@ use teloxide::types::AllowedUpdate;
 use teloxide::{ApiError, RequestError};
 
 use super::Deps;
+use super::persistence::PersistenceMsg;
 use super::session_sup::SessionSupMsg;
 use crate::actors::{Child, Directory};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
+use crate::store::StoreError;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::Inbound;
 
@@ -50,6 +53,8 @@ pub struct IngressState {
     directory: Directory,
     /// The next update id to ask for; 0 until the first batch.
     offset: i32,
+    /// The offset whose confirmation was last reported to persistence.
+    confirmed: i32,
     bot_username: Option<String>,
     webhook_removed: bool,
     backoff: Backoff,
@@ -62,6 +67,8 @@ enum IngressError {
     TokenRejected,
     #[error("the session supervisor is unavailable")]
     SessionsUnavailable,
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 impl Actor for Ingress {
@@ -82,6 +89,7 @@ impl Actor for Ingress {
             bot: deps.bot,
             directory: deps.directory,
             offset: 0,
+            confirmed: 0,
             bot_username: deps.bot_username,
             webhook_removed: false,
         })
@@ -167,27 +175,65 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
         .timeout(u32::try_from(state.config.poll_timeout.as_secs()).unwrap_or(u32::MAX))
         .allowed_updates([AllowedUpdate::Message])
         .await?;
-    if updates.is_empty() {
-        return Ok(());
+    // This call confirmed every update below `offset` to Telegram.
+    if state.offset > state.confirmed {
+        state.confirmed = state.offset;
+        let below = u32::try_from(state.offset).unwrap_or_default();
+        state
+            .directory
+            .cast_now(Child::Persistence, PersistenceMsg::Confirmed { below });
     }
+    let Some(last) = updates.last() else {
+        return Ok(());
+    };
+    // Update ids fit in i32 (Telegram's offset type) for the lifetime of a bot.
+    let next_offset = i32::try_from(last.id.0)
+        .unwrap_or(i32::MAX)
+        .saturating_add(1);
+    let inbound: Vec<Inbound> = updates
+        .iter()
+        .filter_map(|update| {
+            let converted = Inbound::from_update(update, bot_username);
+            if converted.is_none() {
+                tracing::debug!(update_id = update.id.0, "update ignored");
+            }
+            converted
+        })
+        .collect();
+    tracing::debug!(
+        received = updates.len(),
+        messages = inbound.len(),
+        "updates received"
+    );
+
+    // Durable before routing: once the next getUpdates confirms them to
+    // Telegram, the store is the only copy of an unanswered update.
+    let admitted = state
+        .directory
+        .call(Child::Persistence, |reply| PersistenceMsg::AdmitUpdates {
+            updates: inbound.clone(),
+            reply,
+        })
+        .await
+        .map_err(|_| Failure::Retry(TelegramError::Store(StoreError::Unavailable)))?
+        .map_err(|error| match error {
+            StoreError::Poisoned(_) => Failure::Fatal(IngressError::Store(error)),
+            other => Failure::Retry(TelegramError::Store(other)),
+        })?;
+
     let sessions = state
         .directory
         .wait_for::<SessionSupMsg>(Child::SessionSup)
         .await
         .map_err(|_| Failure::Fatal(IngressError::SessionsUnavailable))?;
-    tracing::debug!(count = updates.len(), "updates received");
-    for update in &updates {
-        // Update ids fit in i32 (Telegram's offset type) for the lifetime of a bot.
-        state.offset = i32::try_from(update.id.0)
-            .unwrap_or(i32::MAX)
-            .saturating_add(1);
-        let Some(inbound) = Inbound::from_update(update, bot_username) else {
-            tracing::debug!(update_id = update.id.0, "update ignored");
-            continue;
-        };
-        sessions
-            .cast(SessionSupMsg::Route(inbound))
-            .map_err(|_| Failure::Fatal(IngressError::SessionsUnavailable))?;
+    for inbound in admitted {
+        // A lost cast is not a lost update: it is pending in the store and
+        // the restarted session supervisor replays it.
+        if sessions.cast(SessionSupMsg::Route(inbound)).is_err() {
+            tracing::warn!("session supervisor gone while routing; it replays from the store");
+            break;
+        }
     }
+    state.offset = next_offset;
     Ok(())
 }

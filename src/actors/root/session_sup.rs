@@ -25,8 +25,8 @@
 //!   history kept in the dead session's memory is lost (durable history
 //!   arrives with the persistence actor).
 //! - **On its own failure:** root restarts it with an empty map; sessions die
-//!   with it (ractor stops linked children) and the updates they had not
-//!   answered are lost — the remaining window the persistence work closes.
+//!   with it (ractor stops linked children). The new supervisor replays every
+//!   update the store holds as unanswered, so none is lost.
 
 pub mod session;
 
@@ -39,7 +39,9 @@ use tokio::time::Instant;
 
 use super::Deps;
 use super::outbox::OutboxMsg;
+use super::persistence::PersistenceMsg;
 use crate::actors::Child;
+use crate::store::StoreError;
 use crate::telegram::inbound::{ChatId, Inbound};
 use session::{Session, SessionArgs, SessionMsg};
 
@@ -142,6 +144,31 @@ impl Actor for SessionSup {
         })
     }
 
+    /// Replays every update received and not yet answered (after a crash of
+    /// the process or of this actor). Runs before any `Route` in the mailbox
+    /// is handled, so replayed updates keep their place in each chat's order.
+    async fn post_start(
+        &self,
+        myself: ActorRef<SessionSupMsg>,
+        state: &mut SessionSupState,
+    ) -> Result<(), ActorProcessingErr> {
+        let pending = state
+            .deps
+            .directory
+            .call(Child::Persistence, |reply| PersistenceMsg::PendingUpdates {
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)??;
+        if !pending.is_empty() {
+            tracing::info!(count = pending.len(), "replaying unanswered updates");
+        }
+        for inbound in pending {
+            on_route(&myself, state, inbound).await?;
+        }
+        Ok(())
+    }
+
     async fn post_stop(
         &self,
         _myself: ActorRef<SessionSupMsg>,
@@ -237,6 +264,15 @@ async fn on_route(
     let Some(entry) = state.chats.get_mut(&chat_id) else {
         return Ok(());
     };
+    // Replay and the ingress can both hand over an update admitted just
+    // before a restart; one copy is enough.
+    if entry
+        .pending
+        .iter()
+        .any(|p| p.update_id == inbound.update_id)
+    {
+        return Ok(());
+    }
     entry.pending.push_back(Arc::clone(&inbound));
     entry.last_active = Instant::now();
     state.pending += 1;

@@ -4,16 +4,21 @@
 //! - **Supervised by:** the session supervisor; temporary (evicted when idle,
 //!   re-created on the next message), redelivered on failure.
 //! - **Messages:** [`SessionMsg::Handle`], one update of this chat.
-//! - **State:** the chat id and its [`History`]. Nobody else reads or writes it.
-//! - **Per update:** commands and bad input are answered from the locale
-//!   texts without an LLM call; text goes to the LLM pool with the system
-//!   prompt and the history, while "typing…" is shown; the answer is split to
-//!   Telegram's size and handed to the outbox, and only once the outbox has
-//!   delivered it does the session report `TurnFinished`.
+//! - **State:** the chat id, its [`History`], settings and counters, and the
+//!   newest update applied. Loaded from the persistence actor when the
+//!   session starts; nobody else reads or writes it while the session lives.
+//! - **Per update:** an update at or below the newest applied one was
+//!   answered before (Telegram or a restart delivered it again) and is
+//!   skipped. Commands and bad input are answered from the locale texts
+//!   without an LLM call; text goes to the LLM pool with the system prompt
+//!   and the history, while "typing…" is shown; the answer is split to
+//!   Telegram's size and handed to the outbox. Once delivered, the turn (new
+//!   record and the update marked answered) is committed durably, and only
+//!   then does the session report `TurnFinished`. A crash between delivery
+//!   and commit can repeat one answer; nothing is ever left unanswered.
 //! - **Failures:** LLM errors are expected: the user gets a fallback reply and
 //!   the user message stays in the history. A panic is a bug: the supervisor
-//!   hands the unanswered updates to a new session (whose history starts
-//!   empty until the persistence actor exists).
+//!   hands the unanswered updates to a new session, which reloads the record.
 
 use std::sync::Arc;
 
@@ -26,8 +31,11 @@ use crate::actors::Child;
 use crate::actors::root::Deps;
 use crate::actors::root::llm_pool::LlmPoolMsg;
 use crate::actors::root::outbox::OutboxMsg;
+use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
 use crate::history::History;
 use crate::llm::{LlmError, Role};
+use crate::store::StoreError;
+use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 use crate::telegram::split::split_message;
 use crate::texts::{Texts, fill};
@@ -55,6 +63,10 @@ pub struct Session;
 pub struct SessionState {
     chat_id: ChatId,
     history: History,
+    settings: ChatSettings,
+    counters: ChatCounters,
+    /// The newest update applied to this chat.
+    last_update_id: u32,
     deps: Deps,
     supervisor: ActorRef<SessionSupMsg>,
     system_prompt: Arc<str>,
@@ -74,10 +86,45 @@ impl Actor for Session {
         Ok(SessionState {
             chat_id: args.chat_id,
             history: History::new(session.max_messages, session.max_history_chars),
+            settings: ChatSettings::default(),
+            counters: ChatCounters::default(),
+            last_update_id: 0,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
             supervisor: args.supervisor,
         })
+    }
+
+    /// Loads the stored record. Runs in the session's own task, after the
+    /// supervisor's `spawn` has returned, so the supervisor never waits on
+    /// storage; updates queue in the mailbox meanwhile.
+    async fn post_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let chat_id = state.chat_id;
+        let loaded = state
+            .deps
+            .directory
+            .call(Child::Persistence, |reply| PersistenceMsg::LoadChat {
+                chat_id,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)??;
+        if let Some(stored) = loaded {
+            let session = &state.deps.config.session;
+            state.history = History::from_stored(
+                stored.history,
+                session.max_messages,
+                session.max_history_chars,
+            );
+            state.settings = stored.settings;
+            state.counters = stored.counters;
+            state.last_update_id = stored.last_update_id;
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -101,13 +148,28 @@ impl Actor for Session {
 }
 
 async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), ActorProcessingErr> {
+    if inbound.update_id <= state.last_update_id {
+        tracing::info!("update answered before; skipped");
+        return finish(state, inbound);
+    }
+    if inbound.language_code.is_some() {
+        state
+            .settings
+            .language_code
+            .clone_from(&inbound.language_code);
+    }
     let texts = Arc::clone(
         state
             .deps
             .locales
             .for_language(inbound.language_code.as_deref()),
     );
+    let mut change = Change::Update;
     let reply = match &inbound.kind {
+        InboundKind::Command { name, .. } if name == "forget" => {
+            change = Change::Forget;
+            texts.forgotten.clone()
+        }
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
         InboundKind::Text(text) => match check_text(text, state.deps.config.input.max_chars) {
@@ -123,15 +185,75 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         },
     };
     deliver(state, reply).await;
+    state.counters.answered += 1;
+    commit(state, inbound.update_id, change).await;
     tracing::debug!(
         latency_ms = inbound.received_at.elapsed().as_millis() as u64,
         "update finished"
     );
+    finish(state, inbound)
+}
+
+fn finish(state: &SessionState, inbound: &Inbound) -> Result<(), ActorProcessingErr> {
     state.supervisor.cast(SessionSupMsg::TurnFinished {
         chat_id: state.chat_id,
         update_id: inbound.update_id,
     })?;
     Ok(())
+}
+
+/// What a turn does to the stored record.
+enum Change {
+    /// Store the session's current record.
+    Update,
+    /// Delete everything stored about the chat (`/forget`).
+    Forget,
+}
+
+/// Commits the turn durably: the chat's record and the update marked
+/// answered, in one atomic write. A failure is logged: the update then stays
+/// pending in the store and is answered again after a restart (a duplicate,
+/// never a loss).
+async fn commit(state: &mut SessionState, update_id: u32, change: Change) {
+    state.last_update_id = update_id;
+    let change = match change {
+        Change::Forget => {
+            state.history.clear();
+            state.settings = ChatSettings::default();
+            state.counters = ChatCounters::default();
+            RecordChange::Delete
+        }
+        Change::Update => {
+            let record = ChatRecord {
+                history: state.history.to_stored(),
+                settings: state.settings.clone(),
+                counters: state.counters,
+                last_update_id: update_id,
+            };
+            match record::encode_chat(&record) {
+                Ok(bytes) => RecordChange::Put(bytes),
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode the chat record; turn not stored");
+                    return;
+                }
+            }
+        }
+    };
+    let chat_id = state.chat_id;
+    let committed = state
+        .deps
+        .directory
+        .call(Child::Persistence, |reply| PersistenceMsg::CommitTurn {
+            chat_id,
+            update_id,
+            change: change.clone(),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Unavailable));
+    if let Err(error) = committed {
+        tracing::error!(class = error.class(), %error, "turn not stored");
+    }
 }
 
 fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
@@ -205,6 +327,7 @@ async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
         }
         Err(error) => {
             tracing::warn!(llm_ms, class = error.class(), %error, "llm call failed");
+            state.counters.llm_failures += 1;
             // Kept so the conversation stays coherent and a later retry can
             // answer it.
             state.history.push(Role::User, user_text);

@@ -1,0 +1,673 @@
+//! Persistence: the only door to the fjall database. Loads chat records,
+//! admits received updates durably before they are routed, commits each
+//! answered turn, and replays unanswered updates after a restart.
+//!
+//! - **Supervised by:** root, permanent; started first, stopped last.
+//! - **Messages:** [`PersistenceMsg::LoadChat`], [`PersistenceMsg::AdmitUpdates`],
+//!   [`PersistenceMsg::CommitTurn`], [`PersistenceMsg::PendingUpdates`],
+//!   [`PersistenceMsg::Confirmed`], [`PersistenceMsg::Stats`], and
+//!   [`PersistenceMsg::WriterFailed`] from its writer.
+//! - **State:** the sending end of the [`StoreWriter`]'s queue and shared
+//!   counters. The actor never touches the disk: it forwards each request to
+//!   the writer thread and returns, so its mailbox never waits on I/O.
+//! - **The writer** is one dedicated OS thread, created once per process by
+//!   [`StoreWriter::start`] (the database is opened once), that outlives
+//!   restarts of this actor. It runs requests strictly in arrival order,
+//!   group-committing: it gathers requests for up to `storage.commit_interval`
+//!   or `storage.commit_max_batch` requests, applies every write as one atomic
+//!   batch persisted with `storage.persist_mode`, answers the writers (their
+//!   data is now durable), then serves the reads of that batch, which so see
+//!   every earlier write.
+//! - **Bad data:** a chat record that does not decode is moved to the `failed`
+//!   keyspace (logged, counted) and the chat starts fresh.
+//! - **Failures:** if fjall reports itself poisoned (a failed fsync) the
+//!   writer stops for good and the actor fails with
+//!   [`StoreError::Poisoned`], which root escalates at once: the process
+//!   exits non-zero rather than write into a poisoned store. Any other
+//!   failure of the actor restarts it; requests in its mailbox are lost and
+//!   their callers send them again.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::config::{PersistModeConfig, StorageConfig};
+use crate::store::record::{self, ChatRecord, UpdateEntry};
+use crate::store::{
+    self, CHATS, FAILED, StoreError, UPDATES, chat_key, failed_chat_key, failed_update_key,
+    update_from_key, update_key,
+};
+use crate::telegram::inbound::{ChatId, Inbound};
+
+/// Messages of the persistence actor.
+pub enum PersistenceMsg {
+    /// The chat's record; `None` for a new chat (or one whose record was
+    /// corrupt and has been quarantined).
+    LoadChat {
+        /// The chat.
+        chat_id: ChatId,
+        /// The record, once every earlier write is applied.
+        reply: RpcReplyPort<Result<Option<ChatRecord>, StoreError>>,
+    },
+    /// Record these received updates durably; answers with the ones not seen
+    /// before (to be routed), in order.
+    AdmitUpdates {
+        /// A getUpdates batch, in update id order.
+        updates: Vec<Inbound>,
+        /// The new ones, durable once answered.
+        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+    },
+    /// An update was answered: store the chat's new record (or delete it)
+    /// and mark the update answered, atomically.
+    CommitTurn {
+        /// The chat.
+        chat_id: ChatId,
+        /// The answered update.
+        update_id: u32,
+        /// The chat record after the turn.
+        change: RecordChange,
+        /// `Ok` once durable.
+        reply: RpcReplyPort<Result<(), StoreError>>,
+    },
+    /// Every update received and not yet answered, in id order.
+    PendingUpdates {
+        /// The updates.
+        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+    },
+    /// Telegram will not deliver updates below `below` again (the ingress
+    /// confirmed them), so their answered markers can go.
+    Confirmed {
+        /// The confirmed offset.
+        below: u32,
+    },
+    /// Counters for health checks, tests and benchmarks.
+    Stats {
+        /// The answer.
+        reply: RpcReplyPort<StoreStats>,
+    },
+    /// The writer thread stopped for good (sent by the writer).
+    WriterFailed {
+        /// Why.
+        error: StoreError,
+    },
+}
+
+/// The new state of a chat record after a turn.
+#[derive(Debug, Clone)]
+pub enum RecordChange {
+    /// Store this encoded record.
+    Put(Vec<u8>),
+    /// Delete the record (the user asked to be forgotten).
+    Delete,
+}
+
+/// Store counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Atomic batches committed.
+    pub commits: u64,
+    /// Turns committed.
+    pub turns: u64,
+    /// Requests in the most recent batch.
+    pub last_batch: u64,
+    /// Duration of the most recent commit, in microseconds.
+    pub last_commit_micros: u64,
+    /// Records moved to the failed keyspace.
+    pub quarantined: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    turns: AtomicU64,
+    last_batch: AtomicU64,
+    last_commit_micros: AtomicU64,
+    quarantined: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            turns: self.turns.load(Ordering::Relaxed),
+            last_batch: self.last_batch.load(Ordering::Relaxed),
+            last_commit_micros: self.last_commit_micros.load(Ordering::Relaxed),
+            quarantined: self.quarantined.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The persistence actor.
+pub struct Persistence;
+
+/// The persistence actor's state.
+pub struct PersistenceState {
+    writer: StoreWriter,
+}
+
+impl Actor for Persistence {
+    type Msg = PersistenceMsg;
+    type State = PersistenceState;
+    type Arguments = StoreWriter;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PersistenceMsg>,
+        writer: StoreWriter,
+    ) -> Result<PersistenceState, ActorProcessingErr> {
+        writer.set_failure_listener(myself);
+        Ok(PersistenceState { writer })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<PersistenceMsg>,
+        message: PersistenceMsg,
+        state: &mut PersistenceState,
+    ) -> Result<(), ActorProcessingErr> {
+        let writer = &state.writer;
+        match message {
+            PersistenceMsg::LoadChat { chat_id, reply } => {
+                writer.submit(Op::Load { chat_id, reply })
+            }
+            PersistenceMsg::AdmitUpdates { updates, reply } => {
+                writer.submit(Op::Admit { updates, reply });
+            }
+            PersistenceMsg::CommitTurn {
+                chat_id,
+                update_id,
+                change,
+                reply,
+            } => writer.submit(Op::Commit {
+                chat_id,
+                update_id,
+                change,
+                reply,
+            }),
+            PersistenceMsg::PendingUpdates { reply } => writer.submit(Op::Pending { reply }),
+            PersistenceMsg::Confirmed { below } => writer.submit(Op::Prune { below }),
+            PersistenceMsg::Stats { reply } => {
+                let _ = reply.send(writer.counters.snapshot());
+            }
+            PersistenceMsg::WriterFailed { error } => return Err(Box::new(error)),
+        }
+        Ok(())
+    }
+}
+
+/// One request to the writer thread.
+enum Op {
+    Load {
+        chat_id: ChatId,
+        reply: RpcReplyPort<Result<Option<ChatRecord>, StoreError>>,
+    },
+    Admit {
+        updates: Vec<Inbound>,
+        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+    },
+    Commit {
+        chat_id: ChatId,
+        update_id: u32,
+        change: RecordChange,
+        reply: RpcReplyPort<Result<(), StoreError>>,
+    },
+    Pending {
+        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+    },
+    Prune {
+        below: u32,
+    },
+}
+
+impl Op {
+    /// Answers the request with `error` (used when its batch failed).
+    fn fail(self, error: &StoreError) {
+        match self {
+            Self::Load { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::Admit { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::Commit { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::Pending { reply } => drop(reply.send(Err(error.clone()))),
+            Self::Prune { .. } => {}
+        }
+    }
+}
+
+/// The handle of the writer thread: cheap to clone; the thread ends once
+/// every handle is dropped, after committing what it was given and
+/// persisting the journal.
+#[derive(Clone)]
+pub struct StoreWriter {
+    ops: Sender<Op>,
+    counters: Arc<Counters>,
+    listener: Arc<std::sync::Mutex<Option<ActorRef<PersistenceMsg>>>>,
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter").finish_non_exhaustive()
+    }
+}
+
+impl StoreWriter {
+    /// Opens (or creates) the database at `storage.path` and starts the
+    /// writer thread. Blocking: call it from a blocking context. Fails when
+    /// the directory cannot be used or another process holds it.
+    pub fn start(config: &StorageConfig) -> Result<(Self, JoinHandle<()>), StoreError> {
+        let store = OpenStore::open(&config.path)?;
+        let (ops, receiver) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let listener = Arc::new(std::sync::Mutex::new(None));
+        let thread = Thread {
+            store,
+            receiver,
+            mode: persist_mode(config.persist_mode),
+            commit_interval: config.commit_interval,
+            max_batch: config.commit_max_batch.max(1),
+            counters: Arc::clone(&counters),
+            listener: Arc::clone(&listener),
+        };
+        let handle = std::thread::Builder::new()
+            .name("llmgram-store".into())
+            .spawn(move || thread.run())
+            .map_err(|e| StoreError::Storage(format!("cannot start the store thread: {e}")))?;
+        Ok((
+            Self {
+                ops,
+                counters,
+                listener,
+            },
+            handle,
+        ))
+    }
+
+    fn submit(&self, op: Op) {
+        if let Err(mpsc::SendError(op)) = self.ops.send(op) {
+            op.fail(&StoreError::Unavailable);
+        }
+    }
+
+    /// The actor that hears when the writer stops for good.
+    fn set_failure_listener(&self, actor: ActorRef<PersistenceMsg>) {
+        *self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(actor);
+    }
+}
+
+fn persist_mode(mode: PersistModeConfig) -> PersistMode {
+    match mode {
+        PersistModeConfig::SyncAll => PersistMode::SyncAll,
+        PersistModeConfig::SyncData => PersistMode::SyncData,
+        PersistModeConfig::Buffer => PersistMode::Buffer,
+    }
+}
+
+struct OpenStore {
+    db: Database,
+    chats: Keyspace,
+    updates: Keyspace,
+    failed: Keyspace,
+}
+
+impl OpenStore {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Storage(e.to_string()))?;
+        // The journal is persisted by each commit with the configured mode,
+        // so fjall's own background fsync is not needed.
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .open()?;
+        Ok(Self {
+            chats: db.keyspace(CHATS, KeyspaceCreateOptions::default)?,
+            updates: db.keyspace(UPDATES, KeyspaceCreateOptions::default)?,
+            failed: db.keyspace(FAILED, KeyspaceCreateOptions::default)?,
+            db,
+        })
+    }
+}
+
+struct Thread {
+    store: OpenStore,
+    receiver: Receiver<Op>,
+    mode: PersistMode,
+    commit_interval: Duration,
+    max_batch: usize,
+    counters: Arc<Counters>,
+    listener: Arc<std::sync::Mutex<Option<ActorRef<PersistenceMsg>>>>,
+}
+
+impl Thread {
+    fn run(self) {
+        while let Ok(first) = self.receiver.recv() {
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.commit_interval;
+            while batch.len() < self.max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.receiver.recv_timeout(left) {
+                    Ok(op) => batch.push(op),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            if let Err(error) = self.execute(batch) {
+                tracing::error!(%error, "store writer stops: no further writes");
+                self.report_failure(error);
+                return;
+            }
+        }
+        if let Err(error) = self.store.db.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %StoreError::from(error), "final persist failed");
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn report_failure(&self, error: StoreError) {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(actor) = listener {
+            let _ = actor.cast(PersistenceMsg::WriterFailed { error });
+        }
+        // Answer everything still queued, so no caller waits forever.
+        while let Ok(op) = self.receiver.try_recv() {
+            op.fail(&StoreError::Unavailable);
+        }
+    }
+
+    /// Runs one batch: writes as one atomic commit, then the reads. Only a
+    /// poisoned store is returned as an error (the thread must stop); other
+    /// errors fail the batch's requests and the thread goes on.
+    fn execute(&self, batch: Vec<Op>) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let size = batch.len() as u64;
+        let mut write = self.store.db.batch().durability(Some(self.mode));
+        let mut admitted_now: HashSet<u32> = HashSet::new();
+        let mut after_commit = Vec::new();
+        let mut turns = 0;
+        let mut prepared: Vec<Result<Op, StoreError>> = Vec::with_capacity(batch.len());
+        for op in batch {
+            match op {
+                Op::Commit {
+                    chat_id,
+                    update_id,
+                    change,
+                    reply,
+                } => match record::encode_update(&UpdateEntry::Answered) {
+                    Ok(answered) => {
+                        write.insert(&self.store.updates, update_key(update_id), answered);
+                        match change {
+                            RecordChange::Put(bytes) => {
+                                write.insert(&self.store.chats, chat_key(chat_id), bytes);
+                            }
+                            RecordChange::Delete => {
+                                write.remove(&self.store.chats, chat_key(chat_id))
+                            }
+                        }
+                        turns += 1;
+                        after_commit.push(Done::Commit(reply));
+                    }
+                    Err(e) => drop(reply.send(Err(StoreError::Storage(e.to_string())))),
+                },
+                Op::Admit { updates, reply } => {
+                    match self.admit(&mut write, &mut admitted_now, updates) {
+                        Ok(new) => after_commit.push(Done::Admit(reply, new)),
+                        Err(error) => drop(reply.send(Err(error))),
+                    }
+                }
+                Op::Prune { below } => {
+                    if let Err(error) = self.prune(&mut write, below) {
+                        tracing::warn!(%error, "pruning answered updates failed");
+                    }
+                }
+                read @ (Op::Load { .. } | Op::Pending { .. }) => prepared.push(Ok(read)),
+            }
+        }
+
+        if !write.is_empty() {
+            if let Err(error) = write.commit() {
+                let error = StoreError::from(error);
+                for done in after_commit {
+                    done.fail(&error);
+                }
+                for op in prepared.into_iter().flatten() {
+                    op.fail(&error);
+                }
+                return match error {
+                    StoreError::Poisoned(_) => Err(error),
+                    other => {
+                        tracing::error!(error = %other, "commit failed");
+                        Ok(())
+                    }
+                };
+            }
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.counters.turns.fetch_add(turns, Ordering::Relaxed);
+            self.counters.last_batch.store(size, Ordering::Relaxed);
+            self.counters
+                .last_commit_micros
+                .store(micros, Ordering::Relaxed);
+        }
+        for done in after_commit {
+            done.succeed();
+        }
+        for op in prepared.into_iter().flatten() {
+            self.read(op)?;
+        }
+        Ok(())
+    }
+
+    fn admit(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        admitted_now: &mut HashSet<u32>,
+        updates: Vec<Inbound>,
+    ) -> Result<Vec<Inbound>, StoreError> {
+        let mut new = Vec::with_capacity(updates.len());
+        for inbound in updates {
+            let id = inbound.update_id;
+            if admitted_now.contains(&id) || self.store.updates.contains_key(update_key(id))? {
+                tracing::debug!(update_id = id, "update already received; skipped");
+                continue;
+            }
+            let entry = UpdateEntry::Pending((&inbound).into());
+            let bytes =
+                record::encode_update(&entry).map_err(|e| StoreError::Storage(e.to_string()))?;
+            write.insert(&self.store.updates, update_key(id), bytes);
+            admitted_now.insert(id);
+            new.push(inbound);
+        }
+        Ok(new)
+    }
+
+    fn prune(&self, write: &mut fjall::OwnedWriteBatch, below: u32) -> Result<(), StoreError> {
+        for item in self.store.updates.range(..update_key(below)) {
+            let (key, value) = item.into_inner()?;
+            if matches!(record::decode_update(&value), Ok(UpdateEntry::Answered)) {
+                write.remove(&self.store.updates, key);
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, op: Op) -> Result<(), StoreError> {
+        match op {
+            Op::Load { chat_id, reply } => {
+                let loaded = self.load(chat_id);
+                let poisoned = matches!(loaded, Err(StoreError::Poisoned(_)));
+                let _ = reply.send(loaded.clone());
+                if poisoned {
+                    return loaded.map(|_| ());
+                }
+            }
+            Op::Pending { reply } => {
+                let _ = reply.send(self.pending());
+            }
+            other => other.fail(&StoreError::Storage("not a read".into())),
+        }
+        Ok(())
+    }
+
+    fn load(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StoreError> {
+        let Some(bytes) = self.store.chats.get(chat_key(chat_id))? else {
+            return Ok(None);
+        };
+        match record::decode_chat(&bytes) {
+            Ok(record) => Ok(Some(record)),
+            Err(error) => {
+                tracing::error!(chat_id = chat_id.0, %error, "chat record does not decode; quarantined, chat starts fresh");
+                let mut write = self.store.db.batch().durability(Some(self.mode));
+                write.insert(
+                    &self.store.failed,
+                    failed_chat_key(chat_id, unix_millis()),
+                    bytes,
+                );
+                write.remove(&self.store.chats, chat_key(chat_id));
+                write.commit()?;
+                self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    fn pending(&self) -> Result<Vec<Inbound>, StoreError> {
+        let mut pending = Vec::new();
+        let mut corrupt = Vec::new();
+        for item in self.store.updates.iter() {
+            let (key, value) = item.into_inner()?;
+            match record::decode_update(&value) {
+                Ok(UpdateEntry::Pending(update)) => pending.push(update.into_inbound()),
+                Ok(UpdateEntry::Answered) => {}
+                Err(error) => {
+                    tracing::error!(update_id = update_from_key(&key), %error, "stored update does not decode; quarantined");
+                    corrupt.push((key, value));
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            let mut write = self.store.db.batch().durability(Some(self.mode));
+            for (key, value) in corrupt {
+                let id = update_from_key(&key).unwrap_or_default();
+                write.insert(
+                    &self.store.failed,
+                    failed_update_key(id, unix_millis()),
+                    value,
+                );
+                write.remove(&self.store.updates, key);
+                self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+            }
+            write.commit()?;
+        }
+        Ok(pending)
+    }
+}
+
+/// A write request whose answer waits for the commit.
+enum Done {
+    Commit(RpcReplyPort<Result<(), StoreError>>),
+    Admit(RpcReplyPort<Result<Vec<Inbound>, StoreError>>, Vec<Inbound>),
+}
+
+impl Done {
+    fn succeed(self) {
+        match self {
+            Self::Commit(reply) => drop(reply.send(Ok(()))),
+            Self::Admit(reply, new) => drop(reply.send(Ok(new))),
+        }
+    }
+
+    fn fail(self, error: &StoreError) {
+        match self {
+            Self::Commit(reply) => drop(reply.send(Err(error.clone()))),
+            Self::Admit(reply, _) => drop(reply.send(Err(error.clone()))),
+        }
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Test and benchmark access to the raw store, bypassing the actor: used to
+/// plant corrupt bytes and to inspect what is stored after the service has
+/// stopped. Never used by the service itself.
+pub mod inspect {
+    use super::*;
+
+    /// Opens the database at `path` (the service must not be running).
+    pub fn open(path: &Path) -> Result<Inspector, StoreError> {
+        Ok(Inspector(OpenStore::open(path)?))
+    }
+
+    /// A directly opened store.
+    pub struct Inspector(OpenStore);
+
+    impl Inspector {
+        /// The decoded record of a chat.
+        pub fn chat(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StoreError> {
+            let Some(bytes) = self.0.chats.get(chat_key(chat_id))? else {
+                return Ok(None);
+            };
+            record::decode_chat(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Storage(e.to_string()))
+        }
+
+        /// Raw bytes under a chat's key.
+        pub fn raw_chat(&self, chat_id: ChatId) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.chats.get(chat_key(chat_id))?.map(|v| v.to_vec()))
+        }
+
+        /// Writes raw bytes under a chat's key, durably.
+        pub fn put_raw_chat(&self, chat_id: ChatId, bytes: &[u8]) -> Result<(), StoreError> {
+            self.0.chats.insert(chat_key(chat_id), bytes)?;
+            self.0.db.persist(PersistMode::SyncAll)?;
+            Ok(())
+        }
+
+        /// Every quarantined value.
+        pub fn failed(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+            self.0
+                .failed
+                .iter()
+                .map(|item| Ok(item.into_inner()?.1.to_vec()))
+                .collect()
+        }
+
+        /// Number of chat records.
+        pub fn chat_count(&self) -> Result<usize, StoreError> {
+            let mut count = 0;
+            for item in self.0.chats.iter() {
+                item.into_inner()?;
+                count += 1;
+            }
+            Ok(count)
+        }
+
+        /// Ids of updates received and not answered.
+        pub fn pending_update_ids(&self) -> Result<Vec<u32>, StoreError> {
+            let mut ids = Vec::new();
+            for item in self.0.updates.iter() {
+                let (key, value) = item.into_inner()?;
+                if let Ok(UpdateEntry::Pending(_)) = record::decode_update(&value) {
+                    ids.extend(update_from_key(&key));
+                }
+            }
+            Ok(ids)
+        }
+    }
+
+    /// Keys of the store, re-exported for tests that plant data.
+    pub use store::chat_key as key_of_chat;
+}

@@ -1,0 +1,96 @@
+//! The real `llmgram` binary as a child process, for crash tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use llmgram_fakes::{FakeLlm, FakeTelegram};
+use tokio::process::{Child, Command};
+
+use super::WAIT;
+
+/// A running bot process.
+pub struct BotProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl BotProcess {
+    /// Starts the binary against the fakes with its store in `data`, and
+    /// waits until it polls.
+    pub async fn start(telegram: &FakeTelegram, llm: &FakeLlm, data: &Path) -> Self {
+        let polls_before = telegram.get_updates_calls();
+        let process = Self::spawn(telegram, llm, data);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while telegram.get_updates_calls() <= polls_before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bot did not poll; log:\n{}",
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        process
+    }
+
+    /// Starts the binary without waiting for anything.
+    pub fn spawn(telegram: &FakeTelegram, llm: &FakeLlm, data: &Path) -> Self {
+        let log = data.with_extension(format!("{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_llmgram"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TELEGRAM_BOT_TOKEN", "123456:test")
+            .env("LLMGRAM_TELEGRAM__API_URL", telegram.api_url())
+            .env("LLMGRAM_TELEGRAM__POLL_TIMEOUT", "1s")
+            .env("LLMGRAM_LLM__BASE_URL", llm.base_url())
+            .env("LLMGRAM_LLM__REQUEST_TIMEOUT", "30s")
+            .env("LLMGRAM_STORAGE__PATH", data)
+            .env("LLMGRAM_LOG__LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        Self { child, log }
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("SIGKILL");
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("stops in time")
+            .expect("wait");
+        status.code()
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub async fn exit_code(mut self) -> Option<i32> {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("wait")
+            .code()
+    }
+}
