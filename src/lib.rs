@@ -22,6 +22,8 @@
 
 pub mod actors;
 pub mod app;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 pub mod config;
 pub mod error;
 pub mod history;

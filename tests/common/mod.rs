@@ -53,8 +53,10 @@ impl Harness {
             storage.path().display(),
         ))
         .expect("test config");
-        let secrets = Secrets::from_lookup(|var| (var == TOKEN_VAR).then(|| "123456:test".into()))
-            .expect("secrets");
+        let secrets = Secrets::from_lookup(&config, |var| {
+            (var == TOKEN_VAR).then(|| "123456:test".into())
+        })
+        .expect("secrets");
         let instance = format!("test{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let service = app::start(config, secrets, &instance)
             .await

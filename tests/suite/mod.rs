@@ -8,5 +8,6 @@ mod isolation;
 mod long_answer;
 mod ordering;
 mod persistence;
+mod resilience;
 mod restarts;
 mod slow_chat;

@@ -14,7 +14,7 @@
 //!   cannot delay another.
 //! - **Failures:** a failed getUpdates waits with backoff and tries again;
 //!   a rejected token or a session supervisor that stays away past
-//!   `supervisor.lookup_timeout` fails the actor. After a restart the offset
+//!   `supervision.lookup_timeout` fails the actor. After a restart the offset
 //!   starts unknown, so Telegram sends again every update not yet confirmed;
 //!   the store recognises the ones it has and they are not routed twice.
 
@@ -39,6 +39,9 @@ use crate::telegram::inbound::Inbound;
 
 /// Messages of the ingress.
 pub enum IngressMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Run one polling round, then poll again.
     Poll,
 }
@@ -102,6 +105,8 @@ impl Actor for Ingress {
         state: &mut IngressState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            IngressMsg::Panic => panic!("chaos: ordered to panic"),
             IngressMsg::Poll => {
                 on_poll(state).await?;
                 myself.cast(IngressMsg::Poll)?;

@@ -3,9 +3,15 @@
 //! `telegram.max_concurrent_sends`.
 //!
 //! - **Supervised by:** root, permanent.
-//! - **Messages:** [`OutboxMsg::Deliver`] (send these parts, in order, and say
-//!   when done), [`OutboxMsg::ShowTyping`] (best effort), and
-//!   [`OutboxMsg::JobFinished`] (from its own send tasks).
+//! - **Messages:** [`OutboxMsg::Deliver`] (send these parts, in order, commit
+//!   the turn, and say when done), [`OutboxMsg::Flush`] (answer when the
+//!   chat's earlier jobs are done), [`OutboxMsg::ShowTyping`] (best effort),
+//!   and [`OutboxMsg::JobFinished`] (from its own send tasks).
+//! - **Send, then commit:** a delivery carries its turn's commit, which the
+//!   send task makes right after sending. The task is detached from every
+//!   actor, so a session (or its supervisor) dying after handing over an
+//!   answer cannot leave that answer sent but uncommitted, to be answered
+//!   twice; only a process crash inside that gap can.
 //! - **State:** a queue per chat with something to send (removed when empty,
 //!   so idle chats cost nothing), and whether that chat's head job is running.
 //! - **Retries:** network errors and timeouts are retried with backoff, a 429
@@ -29,21 +35,41 @@ use teloxide::types::{ChatAction, LinkPreviewOptions};
 use tokio::sync::Semaphore;
 
 use super::Deps;
+use super::persistence::{PersistenceMsg, RecordChange};
+use crate::actors::{Child, Directory};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
+use crate::store::StoreError;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::ChatId;
 
 /// Messages of the outbox.
 pub enum OutboxMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Send these texts to the chat as separate messages, in order.
     Deliver {
         /// The chat.
         chat_id: ChatId,
         /// Message texts, each within Telegram's size limit.
         parts: Vec<String>,
-        /// `Ok` once every part is sent, or the first error.
+        /// The turn to commit once the parts are sent (or sending gave up).
+        /// Committed by the send task itself, so a session that dies after
+        /// handing over its answer cannot leave it sent but uncommitted.
+        commit: Option<TurnCommit>,
+        /// `Ok` once every part is sent (and the turn committed), or the
+        /// first send error.
         reply: RpcReplyPort<Result<(), TelegramError>>,
+    },
+    /// Answer once every job of this chat queued before it has finished
+    /// (a new session waits on this before loading the chat's record, so it
+    /// sees the commits of its predecessor's deliveries).
+    Flush {
+        /// The chat.
+        chat_id: ChatId,
+        /// Answered when the chat's earlier jobs are done.
+        reply: RpcReplyPort<()>,
     },
     /// Show "typing…" in the chat, unless it is busy sending already.
     ShowTyping {
@@ -60,12 +86,23 @@ pub enum OutboxMsg {
 /// The outbox actor.
 pub struct Outbox;
 
+/// A turn to commit after its answer is sent.
+#[derive(Debug, Clone)]
+pub struct TurnCommit {
+    /// The answered update.
+    pub update_id: u32,
+    /// The chat record after the turn.
+    pub change: RecordChange,
+}
+
 enum Job {
     Deliver {
         parts: Vec<String>,
+        commit: Option<TurnCommit>,
         reply: RpcReplyPort<Result<(), TelegramError>>,
     },
     Typing,
+    Flush(RpcReplyPort<()>),
 }
 
 /// Per-chat queue; exists only while the chat has something to send.
@@ -76,6 +113,7 @@ struct ChatQueue {
 /// The outbox's state.
 pub struct OutboxState {
     bot: Bot,
+    directory: Directory,
     config: Arc<TelegramConfig>,
     /// Chats with a job running; the head of each queue waits for it.
     chats: HashMap<ChatId, ChatQueue>,
@@ -94,6 +132,7 @@ impl Actor for Outbox {
     ) -> Result<OutboxState, ActorProcessingErr> {
         Ok(OutboxState {
             bot: deps.bot,
+            directory: deps.directory,
             config: Arc::new(deps.config.telegram.clone()),
             chats: HashMap::new(),
             slots: deps.send_slots,
@@ -107,11 +146,30 @@ impl Actor for Outbox {
         state: &mut OutboxState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            OutboxMsg::Panic => panic!("chaos: ordered to panic"),
             OutboxMsg::Deliver {
                 chat_id,
                 parts,
+                commit,
                 reply,
-            } => on_job(&myself, state, chat_id, Job::Deliver { parts, reply }),
+            } => on_job(
+                &myself,
+                state,
+                chat_id,
+                Job::Deliver {
+                    parts,
+                    commit,
+                    reply,
+                },
+            ),
+            OutboxMsg::Flush { chat_id, reply } => {
+                if state.chats.contains_key(&chat_id) {
+                    on_job(&myself, state, chat_id, Job::Flush(reply));
+                } else {
+                    let _ = reply.send(());
+                }
+            }
             OutboxMsg::ShowTyping { chat_id } => {
                 // A chat that is sending shows its message soon anyway.
                 if !state.chats.contains_key(&chat_id) {
@@ -159,11 +217,16 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     let config = Arc::clone(&state.config);
     let slots = Arc::clone(&state.slots);
     let myself = myself.clone();
+    let directory = state.directory.clone();
     tokio::spawn(async move {
         // The semaphore is never closed, so acquiring only waits.
         let _slot = slots.acquire_owned().await;
         match job {
-            Job::Deliver { parts, reply } => {
+            Job::Deliver {
+                parts,
+                commit,
+                reply,
+            } => {
                 let mut result = Ok(());
                 for part in parts {
                     result = send_text(&bot, &config, chat_id, part).await;
@@ -171,7 +234,13 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                         break;
                     }
                 }
+                if let Some(commit) = commit {
+                    commit_turn(&directory, chat_id, commit).await;
+                }
                 let _ = reply.send(result);
+            }
+            Job::Flush(reply) => {
+                let _ = reply.send(());
             }
             Job::Typing => {
                 let typing = bot.send_chat_action(chat_id, ChatAction::Typing);
@@ -186,6 +255,26 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
         // for this chat and the message is simply dropped.
         let _ = myself.cast(OutboxMsg::JobFinished { chat_id });
     });
+}
+
+/// Commits an answered turn: the chat's record and the update marked
+/// answered, atomically and durably. Committed even when sending failed, so
+/// an update Telegram rejected is not replayed forever. A failure is logged:
+/// the update then stays pending and is answered again after a restart (a
+/// duplicate, never a loss).
+async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit) {
+    let committed = directory
+        .call(Child::Persistence, |reply| PersistenceMsg::CommitTurn {
+            chat_id,
+            update_id: commit.update_id,
+            change: commit.change.clone(),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Unavailable));
+    if let Err(error) = committed {
+        tracing::error!(chat_id = chat_id.0, update_id = commit.update_id, class = error.class(), %error, "turn not stored");
+    }
 }
 
 /// Sends one message, retrying what can succeed later.

@@ -48,6 +48,9 @@ use crate::telegram::inbound::{ChatId, Inbound};
 
 /// Messages of the persistence actor.
 pub enum PersistenceMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// The chat's record; `None` for a new chat (or one whose record was
     /// corrupt and has been quarantined).
     LoadChat {
@@ -106,6 +109,8 @@ pub enum RecordChange {
     Put(Vec<u8>),
     /// Delete the record (the user asked to be forgotten).
     Delete,
+    /// Leave the record as it is; only mark the update answered.
+    Keep,
 }
 
 /// Store counters.
@@ -174,6 +179,8 @@ impl Actor for Persistence {
     ) -> Result<(), ActorProcessingErr> {
         let writer = &state.writer;
         match message {
+            #[cfg(feature = "chaos")]
+            PersistenceMsg::Panic => panic!("chaos: ordered to panic"),
             PersistenceMsg::LoadChat { chat_id, reply } => {
                 writer.submit(Op::Load { chat_id, reply })
             }
@@ -411,6 +418,7 @@ impl Thread {
                             RecordChange::Delete => {
                                 write.remove(&self.store.chats, chat_key(chat_id))
                             }
+                            RecordChange::Keep => {}
                         }
                         turns += 1;
                         after_commit.push(Done::Commit(reply));

@@ -38,8 +38,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Deps;
-use super::outbox::OutboxMsg;
-use super::persistence::PersistenceMsg;
+use super::outbox::{OutboxMsg, TurnCommit};
+use super::persistence::{PersistenceMsg, RecordChange};
 use crate::actors::Child;
 use crate::store::StoreError;
 use crate::telegram::inbound::{ChatId, Inbound};
@@ -47,6 +47,9 @@ use session::{Session, SessionArgs, SessionMsg};
 
 /// Messages of the session supervisor.
 pub enum SessionSupMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Hand this update to its chat's session (creating it if needed).
     Route(Inbound),
     /// A session finished an update: answered and delivered, or gave up.
@@ -185,6 +188,8 @@ impl Actor for SessionSup {
         state: &mut SessionSupState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            SessionSupMsg::Panic => panic!("chaos: ordered to panic"),
             SessionSupMsg::Route(inbound) => on_route(&myself, state, inbound).await?,
             SessionSupMsg::TurnFinished { chat_id, update_id } => {
                 on_turn_finished(state, chat_id, update_id);
@@ -375,6 +380,11 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
     let texts = deps.locales.for_language(inbound.language_code.as_deref());
     let text = texts.internal_error.clone();
     let chat_id = inbound.chat_id;
+    // Marked answered, so a restart does not replay it into another crash.
+    let commit = TurnCommit {
+        update_id: inbound.update_id,
+        change: RecordChange::Keep,
+    };
     let directory = deps.directory.clone();
     // Not awaited: this actor must not wait on Telegram.
     tokio::spawn(async move {
@@ -382,6 +392,7 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
             .call(Child::Outbox, |reply| OutboxMsg::Deliver {
                 chat_id,
                 parts: vec![text.clone()],
+                commit: Some(commit.clone()),
                 reply,
             })
             .await;

@@ -12,10 +12,11 @@
 //!   skipped. Commands and bad input are answered from the locale texts
 //!   without an LLM call; text goes to the LLM pool with the system prompt
 //!   and the history, while "typing…" is shown; the answer is split to
-//!   Telegram's size and handed to the outbox. Once delivered, the turn (new
-//!   record and the update marked answered) is committed durably, and only
-//!   then does the session report `TurnFinished`. A crash between delivery
-//!   and commit can repeat one answer; nothing is ever left unanswered.
+//!   Telegram's size and handed to the outbox with the turn's commit (new
+//!   record and the update marked answered), which the outbox's send task
+//!   makes durably right after sending; only then does the session report
+//!   `TurnFinished`. Only a process crash between sending and committing can
+//!   repeat an answer; nothing is ever left unanswered.
 //! - **Failures:** LLM errors are expected: the user gets a fallback reply and
 //!   the user message stays in the history. A panic is a bug: the supervisor
 //!   hands the unanswered updates to a new session, which reloads the record.
@@ -30,7 +31,7 @@ use super::SessionSupMsg;
 use crate::actors::Child;
 use crate::actors::root::Deps;
 use crate::actors::root::llm_pool::LlmPoolMsg;
-use crate::actors::root::outbox::OutboxMsg;
+use crate::actors::root::outbox::{OutboxMsg, TurnCommit};
 use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
 use crate::history::History;
 use crate::llm::{LlmError, Role};
@@ -42,6 +43,9 @@ use crate::texts::{Texts, fill};
 
 /// Messages of a session.
 pub enum SessionMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Answer this update (sent only by the session supervisor).
     Handle(Arc<Inbound>),
 }
@@ -104,6 +108,14 @@ impl Actor for Session {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         let chat_id = state.chat_id;
+        // A predecessor's deliveries commit their turns when sent; wait for
+        // them so the record below includes them.
+        state
+            .deps
+            .directory
+            .call(Child::Outbox, |reply| OutboxMsg::Flush { chat_id, reply })
+            .await
+            .map_err(|_| crate::telegram::TelegramError::OutboxUnavailable)?;
         let loaded = state
             .deps
             .directory
@@ -134,6 +146,8 @@ impl Actor for Session {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            SessionMsg::Panic => panic!("chaos: ordered to panic"),
             SessionMsg::Handle(inbound) => {
                 let span = tracing::info_span!(
                     "update",
@@ -148,6 +162,10 @@ impl Actor for Session {
 }
 
 async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), ActorProcessingErr> {
+    #[cfg(feature = "chaos")]
+    if crate::chaos::take_session_panic(&state.deps.directory, state.chat_id) {
+        panic!("chaos: session ordered to panic");
+    }
     if inbound.update_id <= state.last_update_id {
         tracing::info!("update answered before; skipped");
         return finish(state, inbound);
@@ -170,6 +188,12 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
             change = Change::Forget;
             texts.forgotten.clone()
         }
+        InboundKind::Command { name, .. } if name == "retry" => {
+            match state.history.take_last_question() {
+                Some(question) => answer(state, &texts, &question).await,
+                None => texts.nothing_to_retry.clone(),
+            }
+        }
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
         InboundKind::Text(text) => match check_text(text, state.deps.config.input.max_chars) {
@@ -184,9 +208,9 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
             Ok(()) => answer(state, &texts, text).await,
         },
     };
-    deliver(state, reply).await;
     state.counters.answered += 1;
-    commit(state, inbound.update_id, change).await;
+    let commit = prepare_commit(state, inbound.update_id, change);
+    deliver(state, reply, commit).await;
     tracing::debug!(
         latency_ms = inbound.received_at.elapsed().as_millis() as u64,
         "update finished"
@@ -210,11 +234,9 @@ enum Change {
     Forget,
 }
 
-/// Commits the turn durably: the chat's record and the update marked
-/// answered, in one atomic write. A failure is logged: the update then stays
-/// pending in the store and is answered again after a restart (a duplicate,
-/// never a loss).
-async fn commit(state: &mut SessionState, update_id: u32, change: Change) {
+/// The turn's commit: the chat's record after it (or its deletion) with the
+/// update marked answered. The outbox makes it right after sending the reply.
+fn prepare_commit(state: &mut SessionState, update_id: u32, change: Change) -> Option<TurnCommit> {
     state.last_update_id = update_id;
     let change = match change {
         Change::Forget => {
@@ -234,26 +256,12 @@ async fn commit(state: &mut SessionState, update_id: u32, change: Change) {
                 Ok(bytes) => RecordChange::Put(bytes),
                 Err(error) => {
                     tracing::error!(%error, "cannot encode the chat record; turn not stored");
-                    return;
+                    return None;
                 }
             }
         }
     };
-    let chat_id = state.chat_id;
-    let committed = state
-        .deps
-        .directory
-        .call(Child::Persistence, |reply| PersistenceMsg::CommitTurn {
-            chat_id,
-            update_id,
-            change: change.clone(),
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Unavailable));
-    if let Err(error) = committed {
-        tracing::error!(class = error.class(), %error, "turn not stored");
-    }
+    Some(TurnCommit { update_id, change })
 }
 
 fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
@@ -326,25 +334,42 @@ async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
             completion.text
         }
         Err(error) => {
-            tracing::warn!(llm_ms, class = error.class(), %error, "llm call failed");
+            // Provider failures were logged by the pool where it handled
+            // them; this is the user-facing outcome.
+            tracing::info!(llm_ms, class = error.class(), "fallback reply");
             state.counters.llm_failures += 1;
-            // Kept so the conversation stays coherent and a later retry can
-            // answer it.
+            // Kept so the conversation stays coherent and /retry can answer it.
             state.history.push(Role::User, user_text);
-            match error {
-                LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
-                _ => texts.llm_unavailable.clone(),
-            }
+            fallback_text(texts, &error)
         }
     }
 }
 
-/// Hands the reply to the outbox and waits until it is delivered or given up.
-async fn deliver(state: &SessionState, text: String) {
-    let parts = split_message(&text, state.deps.config.telegram.max_message_chars);
-    if parts.is_empty() {
-        return;
+/// The localised reply when no answer could be had.
+fn fallback_text(texts: &Texts, error: &LlmError) -> String {
+    match error {
+        LlmError::NoProvider {
+            retry_in: Some(wait),
+            ..
+        } => {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            fill(
+                &texts.llm_unavailable_retry,
+                &[("seconds", &seconds.to_string())],
+            )
+        }
+        LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
+        LlmError::NoProvider {
+            last: Some(last), ..
+        } if matches!(**last, LlmError::RateLimited { .. }) => texts.llm_busy.clone(),
+        _ => texts.llm_unavailable.clone(),
     }
+}
+
+/// Hands the reply (and the turn's commit) to the outbox and waits until it
+/// is delivered or given up, and committed.
+async fn deliver(state: &SessionState, text: String, commit: Option<TurnCommit>) {
+    let parts = split_message(&text, state.deps.config.telegram.max_message_chars);
     let chat_id = state.chat_id;
     let parts_count = parts.len();
     let sent = state
@@ -353,6 +378,7 @@ async fn deliver(state: &SessionState, text: String) {
         .call(Child::Outbox, |reply| OutboxMsg::Deliver {
             chat_id,
             parts: parts.clone(),
+            commit: commit.clone(),
             reply,
         })
         .await;
