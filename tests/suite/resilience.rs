@@ -248,3 +248,38 @@ async fn chaos_every_long_lived_actor_panics_five_times_and_no_message_is_lost()
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_failures_are_classified() {
+    use llmgram::config::Config;
+    use llmgram::llm::error::TimeoutPhase;
+    use llmgram::llm::{ChatMessage, LlmClient, LlmError, Role};
+
+    let config = Config::from_defaults_with("llm.request_timeout = \"500ms\"\n").unwrap();
+    let prompt = [ChatMessage::new(Role::User, "hi")];
+    let client =
+        |url: &str| LlmClient::new("test", &url.parse().unwrap(), "m", &config.llm, None).unwrap();
+
+    // A plain-HTTP server behind an https:// URL: the TLS handshake fails.
+    let plain = FakeLlm::start().await;
+    let https = plain.base_url().replace("http://", "https://");
+    let error = client(&https).complete(&prompt).await.unwrap_err();
+    assert_eq!(error.class(), "tls", "{error}");
+    assert!(!error.is_retryable());
+
+    // Nothing listens: connection refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("http://{}/v1", listener.local_addr().unwrap());
+    drop(listener);
+    let error = client(&closed).complete(&prompt).await.unwrap_err();
+    assert!(matches!(error, LlmError::Connect(_)), "{error}");
+    assert!(error.is_retryable());
+
+    // The server accepts and never answers: a read timeout.
+    plain.set_responder(|_| LlmReply::now(LlmReplyKind::Hang));
+    let error = client(&plain.base_url())
+        .complete(&prompt)
+        .await
+        .unwrap_err();
+    assert_eq!(error, LlmError::Timeout(TimeoutPhase::Read));
+}
