@@ -4,6 +4,7 @@
 
 use crate::actors::root::breaker::BreakerMsg;
 use crate::actors::root::ingress::IngressMsg;
+use crate::actors::root::limiter::LimiterMsg;
 use crate::actors::root::llm_pool::LlmPoolMsg;
 use crate::actors::root::outbox::OutboxMsg;
 use crate::actors::root::persistence::PersistenceMsg;
@@ -18,6 +19,7 @@ pub fn panic_child(directory: &Directory, child: Child) -> bool {
     match child {
         Child::Persistence => directory.cast_now(child, PersistenceMsg::Panic),
         Child::Breaker(_) => directory.cast_now(child, BreakerMsg::Panic),
+        Child::Limiter => directory.cast_now(child, LimiterMsg::Panic),
         Child::LlmPool => directory.cast_now(child, LlmPoolMsg::Panic),
         Child::Outbox => directory.cast_now(child, OutboxMsg::Panic),
         Child::SessionSup => directory.cast_now(child, SessionSupMsg::Panic),

@@ -37,6 +37,7 @@ pub struct Config {
     pub telegram: TelegramConfig,
     pub llm: LlmConfig,
     pub breaker: BreakerConfig,
+    pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub input: InputConfig,
     pub supervision: SupervisionConfig,
@@ -127,6 +128,19 @@ pub struct FallbackConfig {
     pub model: String,
     /// The environment variable holding this provider's key, if it needs one.
     pub api_key_env: Option<String>,
+}
+
+/// `[limits]`: rate limits on arriving updates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LimitsConfig {
+    pub user_messages_per_minute: u32,
+    pub user_llm_per_minute: u32,
+    pub global_llm_per_second: u32,
+    pub new_chats_per_minute: u32,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 /// `[breaker]`: the circuit breaker of each provider.
@@ -430,6 +444,24 @@ impl Config {
             }
             names.push(&fallback.name);
         }
+        let lim = &self.limits;
+        positive(
+            "limits.user_messages_per_minute",
+            u64::from(lim.user_messages_per_minute),
+        )?;
+        positive(
+            "limits.user_llm_per_minute",
+            u64::from(lim.user_llm_per_minute),
+        )?;
+        positive(
+            "limits.global_llm_per_second",
+            u64::from(lim.global_llm_per_second),
+        )?;
+        positive(
+            "limits.new_chats_per_minute",
+            u64::from(lim.new_chats_per_minute),
+        )?;
+        positive("limits.sweep_interval", millis(lim.sweep_interval))?;
         let b = &self.breaker;
         positive("breaker.window", b.window as u64)?;
         positive("breaker.min_calls", b.min_calls as u64)?;

@@ -27,6 +27,7 @@ pub mod chaos;
 pub mod config;
 pub mod error;
 pub mod history;
+pub mod input;
 pub mod llm;
 pub mod retry;
 pub mod store;

@@ -30,6 +30,10 @@ pub struct Texts {
     /// Placeholder: `{seconds}`.
     pub llm_unavailable_retry: String,
     pub llm_busy: String,
+    /// Placeholder: `{seconds}`.
+    pub slow_down: String,
+    /// Placeholder: `{seconds}`.
+    pub new_users_busy: String,
     pub internal_error: String,
 }
 

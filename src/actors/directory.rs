@@ -19,6 +19,8 @@ use crate::config::SupervisionConfig;
 pub enum Child {
     /// `root/persistence.rs`: the only door to the store.
     Persistence,
+    /// `root/limiter.rs`: rate limits on arriving updates.
+    Limiter,
     /// `root/llm_pool.rs`: chat-completion requests.
     LlmPool,
     /// `root/breaker.rs`: the circuit breaker of the provider at this index
@@ -37,6 +39,7 @@ impl Child {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Persistence => "persistence",
+            Self::Limiter => "limiter",
             Self::LlmPool => "llm_pool",
             Self::Breaker(_) => "breaker",
             Self::Outbox => "outbox",

@@ -22,6 +22,7 @@
 
 pub mod breaker;
 pub mod ingress;
+pub mod limiter;
 pub mod llm_pool;
 pub mod outbox;
 pub mod persistence;
@@ -64,6 +65,8 @@ pub enum Kind {
     Persistence,
     /// One [`Child::Breaker`] per provider.
     Breakers,
+    /// [`Child::Limiter`].
+    Limiter,
     /// [`Child::LlmPool`].
     LlmPool,
     /// [`Child::Outbox`].
@@ -79,6 +82,7 @@ impl Kind {
         match child {
             Child::Persistence => Self::Persistence,
             Child::Breaker(_) => Self::Breakers,
+            Child::Limiter => Self::Limiter,
             Child::LlmPool => Self::LlmPool,
             Child::Outbox => Self::Outbox,
             Child::SessionSup => Self::SessionSup,
@@ -93,6 +97,7 @@ impl Kind {
             Self::Breakers => (0..providers)
                 .map(|i| Child::Breaker(u8::try_from(i).unwrap_or(u8::MAX)))
                 .collect(),
+            Self::Limiter => vec![Child::Limiter],
             Self::LlmPool => vec![Child::LlmPool],
             Self::Outbox => vec![Child::Outbox],
             Self::SessionSup => vec![Child::SessionSup],
@@ -111,15 +116,18 @@ pub struct ChildSpec {
 }
 
 /// The supervision policy of the root: one row per child, in start order.
-/// `supervision.md` mirrors this table. The rate limiter joins it as a row
-/// before `SessionSup`, which depends on it.
-pub const POLICY: [ChildSpec; 6] = [
+/// `supervision.md` mirrors this table.
+pub const POLICY: [ChildSpec; 7] = [
     ChildSpec {
         kind: Kind::Persistence,
         restart: Restart::Permanent,
     },
     ChildSpec {
         kind: Kind::Breakers,
+        restart: Restart::Permanent,
+    },
+    ChildSpec {
+        kind: Kind::Limiter,
         restart: Restart::Permanent,
     },
     ChildSpec {
@@ -378,6 +386,15 @@ async fn start_child(
                 .0
                 .get_cell()
         }
+        Child::Limiter => Actor::spawn_linked(
+            name,
+            limiter::Limiter,
+            deps.config.limits.clone(),
+            supervisor,
+        )
+        .await?
+        .0
+        .get_cell(),
         Child::LlmPool => Actor::spawn_linked(name, llm_pool::LlmPool, deps, supervisor)
             .await?
             .0

@@ -22,6 +22,12 @@ pub struct Harness {
 /// a small fraction of it.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Rate limits no test reaches by accident.
+pub const GENEROUS_LIMITS: &str = "limits.user_messages_per_minute = 1000000\n\
+     limits.user_llm_per_minute = 1000000\n\
+     limits.global_llm_per_second = 1000000\n\
+     limits.new_chats_per_minute = 1000000\n";
+
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
 impl Harness {
@@ -42,8 +48,15 @@ impl Harness {
         init_logging();
         let telegram = FakeTelegram::start().await;
         let llm = FakeLlm::start().await;
+        // Tests send bursts far beyond a person's pace: the rate limits are
+        // raised by config unless the test is about them.
+        let limits = if overrides.contains("limits.") {
+            ""
+        } else {
+            GENEROUS_LIMITS
+        };
         let config = Config::from_defaults_with(&format!(
-            "telegram.api_url = \"{}\"\n\
+            "{limits}telegram.api_url = \"{}\"\n\
              telegram.poll_timeout = \"1s\"\n\
              llm.base_url = \"{}\"\n\
              storage.path = \"{}\"\n\

@@ -193,6 +193,7 @@ async fn chaos_every_long_lived_actor_panics_five_times_and_no_message_is_lost()
     let victims = [
         Child::Persistence,
         Child::Breaker(0),
+        Child::Limiter,
         Child::LlmPool,
         Child::Outbox,
         Child::SessionSup,

@@ -30,10 +30,12 @@ use tracing::Instrument;
 use super::SessionSupMsg;
 use crate::actors::Child;
 use crate::actors::root::Deps;
+use crate::actors::root::limiter::{LimiterMsg, Verdict};
 use crate::actors::root::llm_pool::LlmPoolMsg;
 use crate::actors::root::outbox::{OutboxMsg, TurnCommit};
 use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
 use crate::history::History;
+use crate::input::{self, Rejection};
 use crate::llm::{LlmError, Role};
 use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
@@ -71,6 +73,9 @@ pub struct SessionState {
     counters: ChatCounters,
     /// The newest update applied to this chat.
     last_update_id: u32,
+    /// The store has no record of this chat yet: its first answer waits for
+    /// the new-chat admission limit.
+    is_new: bool,
     deps: Deps,
     supervisor: ActorRef<SessionSupMsg>,
     system_prompt: Arc<str>,
@@ -93,6 +98,7 @@ impl Actor for Session {
             settings: ChatSettings::default(),
             counters: ChatCounters::default(),
             last_update_id: 0,
+            is_new: true,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
             supervisor: args.supervisor,
@@ -126,6 +132,7 @@ impl Actor for Session {
             .await
             .map_err(|_| StoreError::Unavailable)??;
         if let Some(stored) = loaded {
+            state.is_new = false;
             let session = &state.deps.config.session;
             state.history = History::from_stored(
                 stored.history,
@@ -170,6 +177,11 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         tracing::info!("update answered before; skipped");
         return finish(state, inbound);
     }
+    if let Some(refusal) = refusal(state, inbound).await {
+        let commit = prepare_commit(state, inbound.update_id, Change::Keep);
+        deliver(state, refusal, commit).await;
+        return finish(state, inbound);
+    }
     if inbound.language_code.is_some() {
         state
             .settings
@@ -196,16 +208,23 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         }
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
-        InboundKind::Text(text) => match check_text(text, state.deps.config.input.max_chars) {
-            Err(TextProblem::Empty) => texts.empty_text.clone(),
-            Err(TextProblem::TooLong { length, limit }) => fill(
+        InboundKind::Text(text) => match input::validate(text, state.deps.config.input.max_chars) {
+            Err(Rejection::Empty) => texts.empty_text.clone(),
+            Err(Rejection::TooLong { length, limit }) => fill(
                 &texts.too_long,
                 &[
                     ("length", &length.to_string()),
                     ("limit", &limit.to_string()),
                 ],
             ),
-            Ok(()) => answer(state, &texts, text).await,
+            Ok(cleaned) => {
+                if input::looks_like_injection(&cleaned) {
+                    // Answered as ordinary user text all the same: it only
+                    // ever travels as a user message.
+                    security_event("injection_phrase");
+                }
+                answer(state, &texts, &cleaned).await
+            }
         },
     };
     state.counters.answered += 1;
@@ -226,12 +245,57 @@ fn finish(state: &SessionState, inbound: &Inbound) -> Result<(), ActorProcessing
     Ok(())
 }
 
+/// The reply (possibly none) when the update is not to be answered now: its
+/// sender is over a rate limit, or the chat is new and new chats are being
+/// admitted slowly. `None` when it is to be answered.
+async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> {
+    let texts = state
+        .deps
+        .locales
+        .for_language(inbound.language_code.as_deref());
+    let seconds =
+        |wait: std::time::Duration| (wait.as_secs_f64().ceil().max(1.0) as u64).to_string();
+    if let Some(limited) = inbound.limited {
+        tracing::info!(notify = limited.notify, "rate limited");
+        // One notice per window; later limited updates get no reply at all.
+        return Some(if limited.notify {
+            fill(&texts.slow_down, &[("seconds", &seconds(limited.retry_in))])
+        } else {
+            String::new()
+        });
+    }
+    if !state.is_new {
+        return None;
+    }
+    let verdict = state
+        .deps
+        .directory
+        .call(Child::Limiter, |reply| LimiterMsg::AdmitNewChat { reply })
+        .await
+        .unwrap_or(Verdict::Allowed);
+    match verdict {
+        Verdict::Allowed => {
+            state.is_new = false;
+            None
+        }
+        Verdict::Limited { retry_in, .. } => {
+            security_event("new_chat_flood");
+            Some(fill(
+                &texts.new_users_busy,
+                &[("seconds", &seconds(retry_in))],
+            ))
+        }
+    }
+}
+
 /// What a turn does to the stored record.
 enum Change {
     /// Store the session's current record.
     Update,
     /// Delete everything stored about the chat (`/forget`).
     Forget,
+    /// Leave the record alone (the update was refused, not answered).
+    Keep,
 }
 
 /// The turn's commit: the chat's record after it (or its deletion) with the
@@ -239,6 +303,7 @@ enum Change {
 fn prepare_commit(state: &mut SessionState, update_id: u32, change: Change) -> Option<TurnCommit> {
     state.last_update_id = update_id;
     let change = match change {
+        Change::Keep => RecordChange::Keep,
         Change::Forget => {
             state.history.clear();
             state.settings = ChatSettings::default();
@@ -276,25 +341,10 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
     }
 }
 
-/// Why a text is not sent to the LLM.
-#[derive(Debug, PartialEq, Eq)]
-enum TextProblem {
-    Empty,
-    TooLong { length: usize, limit: usize },
-}
-
-fn check_text(text: &str, max_chars: usize) -> Result<(), TextProblem> {
-    if text.trim().is_empty() {
-        return Err(TextProblem::Empty);
-    }
-    let length = text.chars().count();
-    if length > max_chars {
-        return Err(TextProblem::TooLong {
-            length,
-            limit: max_chars,
-        });
-    }
-    Ok(())
+/// Counts and logs a security event (never with the user's text).
+fn security_event(kind: &'static str) {
+    tracing::warn!(kind, "security event");
+    metrics::counter!("llmgram_security_events_total", "kind" => kind).increment(1);
 }
 
 /// Asks the LLM, showing "typing…" while it works; returns the text to send.
@@ -388,23 +438,5 @@ async fn deliver(state: &SessionState, text: String, commit: Option<TurnCommit>)
             tracing::warn!(class = error.class(), %error, "reply not delivered");
         }
         Err(error) => tracing::error!(%error, "reply not delivered"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_checks_count_characters() {
-        assert_eq!(check_text(" \n\t", 10), Err(TextProblem::Empty));
-        assert_eq!(check_text("жжжжж", 5), Ok(()));
-        assert_eq!(
-            check_text("жжжжжж", 5),
-            Err(TextProblem::TooLong {
-                length: 6,
-                limit: 5
-            })
-        );
     }
 }
