@@ -98,6 +98,7 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         llm,
         llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
         send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
+        pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,
         config: Arc::clone(&config),

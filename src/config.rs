@@ -70,6 +70,10 @@ pub struct TelegramConfig {
     pub typing_interval: Duration,
     pub max_concurrent_sends: usize,
     pub max_send_attempts: u32,
+    pub max_flood_waits: u32,
+    pub per_chat_rate: u32,
+    pub per_chat_burst: u32,
+    pub global_rate: u32,
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
 }
@@ -412,6 +416,9 @@ impl Config {
             t.max_concurrent_sends as u64,
         )?;
         positive("telegram.max_send_attempts", u64::from(t.max_send_attempts))?;
+        positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
+        positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
+        positive("telegram.global_rate", u64::from(t.global_rate))?;
 
         let l = &self.llm;
         http_url("llm.base_url", &l.base_url)?;

@@ -234,6 +234,8 @@ pub struct Deps {
     pub llm_slots: Arc<Semaphore>,
     /// Send slots of the outbox, likewise shared across restarts.
     pub send_slots: Arc<Semaphore>,
+    /// Telegram's flood limits, shared across outbox restarts.
+    pub pacing: Arc<crate::telegram::SendPacing>,
     /// Reply texts.
     pub locales: Locales,
     /// The store's writer; only the persistence actor can use it.

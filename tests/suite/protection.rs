@@ -36,7 +36,10 @@ async fn a_burst_is_answered_up_to_the_limit_with_one_slow_down_reply() {
         .iter()
         .map(|r| r.last_user_message().to_owned())
         .collect();
-    assert_eq!(asked, (0..5).map(|i| format!("burst {i}")).collect::<Vec<_>>());
+    assert_eq!(
+        asked,
+        (0..5).map(|i| format!("burst {i}")).collect::<Vec<_>>()
+    );
 
     // Another user is unaffected.
     h.say(2, "hello");
@@ -99,10 +102,18 @@ async fn injection_bypasses_stay_literal_user_text() {
     let requests = h.llm.requests();
     assert_eq!(requests.len(), BYPASSES.len());
     for (request, attempt) in requests.iter().zip(BYPASSES) {
-        assert_eq!(request.messages.len(), 2, "only the system and the user message");
+        assert_eq!(
+            request.messages.len(),
+            2,
+            "only the system and the user message"
+        );
         let (role, content) = &request.messages[0];
         assert_eq!(role, "system");
-        assert_eq!(content.as_bytes(), system_prompt.as_bytes(), "system prompt untouched");
+        assert_eq!(
+            content.as_bytes(),
+            system_prompt.as_bytes(),
+            "system prompt untouched"
+        );
         let (role, content) = &request.messages[1];
         assert_eq!(role, "user");
         assert_eq!(content, &clean(attempt), "the text, cleaned, nothing else");
@@ -120,11 +131,42 @@ async fn oversized_empty_zero_width_and_bidi_only_inputs_get_replies_and_no_llm_
     h.say(3, "\u{200B}\u{200C}\u{200D}\u{FEFF}\u{2060}");
     h.say(4, "\u{202E}\u{202D}\u{2066}\u{2069}\u{200F}");
     let too_long = &h.replies(1, 1).await[0].text;
-    assert!(too_long.contains("10001") && too_long.contains("4096"), "{too_long}");
+    assert!(
+        too_long.contains("10001") && too_long.contains("4096"),
+        "{too_long}"
+    );
     for chat in 2..=4 {
         let reply = &h.replies(chat, 1).await[0].text;
         assert!(reply.contains("empty"), "chat {chat}: {reply}");
     }
     assert_eq!(h.llm.request_count(), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_telegram_flood_limits_every_reply_arrives_once_in_order() {
+    use std::time::Duration;
+    let h = Harness::start().await;
+    // Telegram's per-chat limit, enforced by the fake: a chat getting more
+    // than one message a second is answered 429 "retry after 1".
+    h.telegram
+        .set_chat_flood_limit(Some((Duration::from_secs(1), 1)));
+    for message in 0..5 {
+        for chat in 1..=30 {
+            h.say(chat, &format!("c{chat} m{message}"));
+        }
+    }
+    for chat in 1..=30 {
+        let replies = h.replies(chat, 5).await;
+        let texts: Vec<&str> = replies.iter().map(|r| r.text.as_str()).collect();
+        let want: Vec<String> = (0..5).map(|m| format!("answer to: c{chat} m{m}")).collect();
+        assert_eq!(texts, want, "chat {chat}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.telegram.sent_count(), 150, "each reply exactly once");
+    assert!(
+        h.telegram.flood_rejections() > 0,
+        "the 429 path was exercised"
+    );
     h.stop().await;
 }

@@ -14,11 +14,16 @@
 //!   twice; only a process crash inside that gap can.
 //! - **State:** a queue per chat with something to send (removed when empty,
 //!   so idle chats cost nothing), and whether that chat's head job is running.
-//! - **Retries:** network errors and timeouts are retried with backoff, a 429
-//!   waits the `retry_after` Telegram asks for (up to
-//!   `telegram.max_retry_after`), all within `telegram.max_send_attempts`; a
-//!   rejection (4xx) is returned at once. The flood limits of the protection
-//!   work (per-chat and global rates) will sit in front of the same queues.
+//! - **Flood control:** every send first waits for Telegram's published
+//!   limits (`telegram.per_chat_rate` with `per_chat_burst` per chat,
+//!   `telegram.global_rate` overall; GCRA limiters created once by `app`).
+//!   A 429 waits the `retry_after` Telegram asks for (up to
+//!   `telegram.max_retry_after`) and sends the same message again in its
+//!   place, up to `telegram.max_flood_waits` times: never dropped, never
+//!   reordered. Network errors and timeouts are retried with backoff within
+//!   `telegram.max_send_attempts`; a rejection (4xx) is returned at once; a
+//!   403 "blocked" marks the chat inactive (logged, counted) and is not
+//!   retried.
 //! - **Failures:** a send error is returned to the caller, who logs it. If
 //!   this actor dies, running send tasks still finish and answer; queued jobs
 //!   are lost with the mailbox and their callers, seeing the reply port
@@ -40,8 +45,8 @@ use crate::actors::{Child, Directory};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
 use crate::store::StoreError;
-use crate::telegram::TelegramError;
 use crate::telegram::inbound::ChatId;
+use crate::telegram::{SendPacing, TelegramError};
 
 /// Messages of the outbox.
 pub enum OutboxMsg {
@@ -76,6 +81,8 @@ pub enum OutboxMsg {
         /// The chat.
         chat_id: ChatId,
     },
+    /// Timer: drop the flood-control state of chats that went quiet.
+    Reclaim,
     /// A send task of this chat ended; start the next job.
     JobFinished {
         /// The chat.
@@ -112,7 +119,9 @@ struct ChatQueue {
 
 /// The outbox's state.
 pub struct OutboxState {
+    reclaim_timer: tokio::task::JoinHandle<()>,
     bot: Bot,
+    pacing: Arc<SendPacing>,
     directory: Directory,
     config: Arc<TelegramConfig>,
     /// Chats with a job running; the head of each queue waits for it.
@@ -127,16 +136,29 @@ impl Actor for Outbox {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<OutboxMsg>,
+        myself: ActorRef<OutboxMsg>,
         deps: Deps,
     ) -> Result<OutboxState, ActorProcessingErr> {
+        let reclaim_timer =
+            myself.send_interval(deps.config.limits.sweep_interval, || OutboxMsg::Reclaim);
         Ok(OutboxState {
+            reclaim_timer,
             bot: deps.bot,
+            pacing: deps.pacing,
             directory: deps.directory,
             config: Arc::new(deps.config.telegram.clone()),
             chats: HashMap::new(),
             slots: deps.send_slots,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<OutboxMsg>,
+        state: &mut OutboxState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.reclaim_timer.abort();
+        Ok(())
     }
 
     async fn handle(
@@ -177,6 +199,7 @@ impl Actor for Outbox {
                 }
             }
             OutboxMsg::JobFinished { chat_id } => on_job_finished(&myself, state, chat_id),
+            OutboxMsg::Reclaim => state.pacing.reclaim(),
         }
         Ok(())
     }
@@ -218,6 +241,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     let slots = Arc::clone(&state.slots);
     let myself = myself.clone();
     let directory = state.directory.clone();
+    let pacing = Arc::clone(&state.pacing);
     tokio::spawn(async move {
         // The semaphore is never closed, so acquiring only waits.
         let _slot = slots.acquire_owned().await;
@@ -229,10 +253,19 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
             } => {
                 let mut result = Ok(());
                 for part in parts {
-                    result = send_text(&bot, &config, chat_id, part).await;
+                    result = send_text(&bot, &config, &pacing, chat_id, part).await;
                     if result.is_err() {
                         break;
                     }
+                }
+                if let Err(TelegramError::Blocked) = result {
+                    // Retrying cannot help until the user unblocks the bot
+                    // (and writes again).
+                    tracing::info!(
+                        chat_id = chat_id.0,
+                        "the user blocked the bot; chat inactive"
+                    );
+                    metrics::counter!("llmgram_chats_blocked_total").increment(1);
                 }
                 if let Some(commit) = commit {
                     commit_turn(&directory, chat_id, commit).await;
@@ -281,12 +314,15 @@ async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit)
 async fn send_text(
     bot: &Bot,
     config: &TelegramConfig,
+    pacing: &SendPacing,
     chat_id: ChatId,
     text: String,
 ) -> Result<(), TelegramError> {
     let mut backoff = Backoff::new(config.retry_min, config.retry_max);
     let mut attempt = 1;
+    let mut flood_waits = 0;
     loop {
+        pacing.until_ready(chat_id).await;
         let request = bot
             .send_message(chat_id, text.clone())
             .link_preview_options(no_link_preview());
@@ -295,22 +331,33 @@ async fn send_text(
             Ok(Err(error)) => TelegramError::from(error),
             Err(_) => TelegramError::Timeout,
         };
-        if !error.is_retryable() || attempt >= config.max_send_attempts {
-            return Err(error);
-        }
         let wait = match error {
-            TelegramError::RetryAfter(wait) if wait > config.max_retry_after => return Err(error),
-            TelegramError::RetryAfter(wait) => wait,
-            _ => backoff.next_delay(),
+            // Telegram asked to wait: the same message goes again after the
+            // wait, in its place; it is not a failed attempt.
+            TelegramError::RetryAfter(wait)
+                if wait <= config.max_retry_after && flood_waits < config.max_flood_waits =>
+            {
+                flood_waits += 1;
+                metrics::counter!("llmgram_telegram_flood_waits_total").increment(1);
+                wait
+            }
+            TelegramError::RetryAfter(_) => return Err(error),
+            _ if !error.is_retryable() || attempt >= config.max_send_attempts => {
+                return Err(error);
+            }
+            _ => {
+                attempt += 1;
+                backoff.next_delay()
+            }
         };
         tracing::debug!(
             attempt,
+            flood_waits,
             class = error.class(),
             ?wait,
             "send failed; retrying"
         );
         tokio::time::sleep(wait).await;
-        attempt += 1;
     }
 }
 
