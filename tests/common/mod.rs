@@ -22,11 +22,16 @@ pub struct Harness {
 /// a small fraction of it.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// Rate limits no test reaches by accident.
-pub const GENEROUS_LIMITS: &str = "limits.user_messages_per_minute = 1000000\n\
-     limits.user_llm_per_minute = 1000000\n\
-     limits.global_llm_per_second = 1000000\n\
-     limits.new_chats_per_minute = 1000000\n";
+/// Rate and flood limits no test reaches by accident.
+pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
+    ("limits.user_messages_per_minute", "1000000"),
+    ("limits.user_llm_per_minute", "1000000"),
+    ("limits.global_llm_per_second", "1000000"),
+    ("limits.new_chats_per_minute", "1000000"),
+    ("telegram.per_chat_rate", "1000000"),
+    ("telegram.per_chat_burst", "1000000"),
+    ("telegram.global_rate", "1000000"),
+];
 
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
@@ -48,13 +53,13 @@ impl Harness {
         init_logging();
         let telegram = FakeTelegram::start().await;
         let llm = FakeLlm::start().await;
-        // Tests send bursts far beyond a person's pace: the rate limits are
-        // raised by config unless the test is about them.
-        let limits = if overrides.contains("limits.") {
-            ""
-        } else {
-            GENEROUS_LIMITS
-        };
+        // Tests send bursts far beyond a person's pace (and Telegram's): the
+        // limits are raised by config, except those the test sets itself.
+        let limits: String = GENEROUS_LIMITS
+            .iter()
+            .filter(|(key, _)| !overrides.contains(key))
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect();
         let config = Config::from_defaults_with(&format!(
             "{limits}telegram.api_url = \"{}\"\n\
              telegram.poll_timeout = \"1s\"\n\

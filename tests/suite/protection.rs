@@ -3,7 +3,7 @@
 use llmgram::config::Config;
 use llmgram::input::clean;
 
-use crate::common::{GENEROUS_LIMITS, Harness};
+use crate::common::Harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_answered_up_to_the_limit_with_one_slow_down_reply() {
@@ -91,10 +91,7 @@ const BYPASSES: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injection_bypasses_stay_literal_user_text() {
     let h = Harness::start().await;
-    let system_prompt = Config::from_defaults_with(GENEROUS_LIMITS)
-        .unwrap()
-        .llm
-        .system_prompt;
+    let system_prompt = Config::from_defaults_with("").unwrap().llm.system_prompt;
     for (chat, attempt) in (100..).zip(BYPASSES) {
         h.say(chat, attempt);
         h.replies(chat, 1).await;
@@ -146,8 +143,12 @@ async fn oversized_empty_zero_width_and_bidi_only_inputs_get_replies_and_no_llm_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_telegram_flood_limits_every_reply_arrives_once_in_order() {
     use std::time::Duration;
-    let h = Harness::start().await;
-    // Telegram's per-chat limit, enforced by the fake: a chat getting more
+    // The outbox paces with Telegram's published limits (the defaults)...
+    let h = Harness::start_with(
+        "telegram.per_chat_rate = 1\ntelegram.per_chat_burst = 3\ntelegram.global_rate = 30\n",
+    )
+    .await;
+    // ...and the fake enforces the per-chat one: a chat getting more
     // than one message a second is answered 429 "retry after 1".
     h.telegram
         .set_chat_flood_limit(Some((Duration::from_secs(1), 1)));

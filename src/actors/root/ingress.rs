@@ -274,6 +274,7 @@ async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<I
         .await;
     match verdicts {
         Ok(verdicts) => {
+            tracing::debug!(?verdicts, "rate limits checked");
             for (inbound, verdict) in updates.iter_mut().zip(verdicts) {
                 if let Verdict::Limited { retry_in, notify } = verdict {
                     inbound.limited = Some(Limited { retry_in, notify });

@@ -273,6 +273,7 @@ impl StoreWriter {
         let listener = Arc::new(std::sync::Mutex::new(None));
         let thread = Thread {
             store,
+            pruned_below: std::cell::Cell::new(0),
             receiver,
             mode: persist_mode(config.persist_mode),
             commit_interval: config.commit_interval,
@@ -343,6 +344,9 @@ impl OpenStore {
 
 struct Thread {
     store: OpenStore,
+    /// Updates below this id have been confirmed to Telegram (it will not
+    /// send them again) and their answered markers removed.
+    pruned_below: std::cell::Cell<u32>,
     receiver: Receiver<Op>,
     mode: PersistMode,
     commit_interval: Duration,
@@ -410,7 +414,12 @@ impl Thread {
                     reply,
                 } => match record::encode_update(&UpdateEntry::Answered) {
                     Ok(answered) => {
-                        write.insert(&self.store.updates, update_key(update_id), answered);
+                        if update_id < self.pruned_below.get() {
+                            // Telegram will not send it again: no marker needed.
+                            write.remove(&self.store.updates, update_key(update_id));
+                        } else {
+                            write.insert(&self.store.updates, update_key(update_id), answered);
+                        }
                         match change {
                             RecordChange::Put(bytes) => {
                                 write.insert(&self.store.chats, chat_key(chat_id), bytes);
@@ -497,13 +506,26 @@ impl Thread {
         Ok(new)
     }
 
+    /// Removes the answered markers between the previous prune point and
+    /// `below`. Scanning only that stretch keeps each prune proportional to
+    /// the updates since the last one, instead of walking every deleted
+    /// entry since the store was created. Entries still pending stay.
     fn prune(&self, write: &mut fjall::OwnedWriteBatch, below: u32) -> Result<(), StoreError> {
-        for item in self.store.updates.range(..update_key(below)) {
+        let from = self.pruned_below.get();
+        if below <= from {
+            return Ok(());
+        }
+        for item in self
+            .store
+            .updates
+            .range(update_key(from)..update_key(below))
+        {
             let (key, value) = item.into_inner()?;
             if matches!(record::decode_update(&value), Ok(UpdateEntry::Answered)) {
                 write.remove(&self.store.updates, key);
             }
         }
+        self.pruned_below.set(below);
         Ok(())
     }
 

@@ -121,6 +121,8 @@ pub struct SessionSupState {
     stats: SessionStats,
     drain_waiters: Vec<RpcReplyPort<()>>,
     sweep_timer: JoinHandle<()>,
+    /// Unanswered updates read from the store at start, routed in post_start.
+    replay: Vec<Inbound>,
 }
 
 impl Actor for SessionSup {
@@ -133,6 +135,17 @@ impl Actor for SessionSup {
         myself: ActorRef<SessionSupMsg>,
         deps: Deps,
     ) -> Result<SessionSupState, ActorProcessingErr> {
+        // Read here, not in post_start: root waits for pre_start before it
+        // starts the ingress, so on a fresh start the replay holds only
+        // updates from before it, never one the ingress has just admitted
+        // (whose rate-limit verdict the stored copy lacks).
+        let replay = deps
+            .directory
+            .call(Child::Persistence, |reply| PersistenceMsg::PendingUpdates {
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)??;
         let sweep_timer = myself.send_interval(deps.config.session.sweep_interval, || {
             SessionSupMsg::SweepIdle
         });
@@ -144,29 +157,22 @@ impl Actor for SessionSup {
             stats: SessionStats::default(),
             drain_waiters: Vec::new(),
             sweep_timer,
+            replay,
         })
     }
 
-    /// Replays every update received and not yet answered (after a crash of
-    /// the process or of this actor). Runs before any `Route` in the mailbox
-    /// is handled, so replayed updates keep their place in each chat's order.
+    /// Routes the updates read by `pre_start`, before any `Route` in the
+    /// mailbox, so replayed updates keep their place in each chat's order.
     async fn post_start(
         &self,
         myself: ActorRef<SessionSupMsg>,
         state: &mut SessionSupState,
     ) -> Result<(), ActorProcessingErr> {
-        let pending = state
-            .deps
-            .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::PendingUpdates {
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable)??;
-        if !pending.is_empty() {
-            tracing::info!(count = pending.len(), "replaying unanswered updates");
+        let replay = std::mem::take(&mut state.replay);
+        if !replay.is_empty() {
+            tracing::info!(count = replay.len(), "replaying unanswered updates");
         }
-        for inbound in pending {
+        for inbound in replay {
             on_route(&myself, state, inbound).await?;
         }
         Ok(())
