@@ -16,7 +16,7 @@ use crate::actors::root::persistence::StoreWriter;
 use crate::actors::root::session_sup::SessionStats;
 use crate::actors::root::{self, Deps, Fatal, Root, RootArgs, RootMsg, TreeStatus};
 use crate::config::{Config, Secrets};
-use crate::llm::{LlmClient, LlmError};
+use crate::llm::{self, LlmClient, LlmError};
 use crate::telegram::{self, TelegramError};
 use crate::texts::{LocaleError, Locales};
 
@@ -89,8 +89,8 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         })?;
     let bot = telegram::build_bot(&config.telegram, &secrets.telegram_token)?;
     let bot_username = check_token(&bot).await?;
-    let llm = LlmClient::new(&config.llm, secrets.llm_api_key.clone())?;
-    let directory = Directory::new(instance, &config.supervisor);
+    let llm: Arc<[LlmClient]> = llm::client::providers(&config, &secrets)?.into();
+    let directory = Directory::new(instance, &config.supervision);
     let deps = Deps {
         directory: directory.clone(),
         bot,
@@ -98,6 +98,7 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         llm,
         llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
         send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
+        pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,
         config: Arc::clone(&config),

@@ -36,9 +36,11 @@ pub const LLM_KEY_VAR: &str = "LLM_API_KEY";
 pub struct Config {
     pub telegram: TelegramConfig,
     pub llm: LlmConfig,
+    pub breaker: BreakerConfig,
+    pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub input: InputConfig,
-    pub supervisor: SupervisorConfig,
+    pub supervision: SupervisionConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -68,6 +70,10 @@ pub struct TelegramConfig {
     pub typing_interval: Duration,
     pub max_concurrent_sends: usize,
     pub max_send_attempts: u32,
+    pub max_flood_waits: u32,
+    pub per_chat_rate: u32,
+    pub per_chat_burst: u32,
+    pub global_rate: u32,
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
 }
@@ -77,6 +83,7 @@ pub struct TelegramConfig {
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct LlmConfig {
+    pub name: String,
     pub base_url: Url,
     pub model: String,
     pub max_concurrency: usize,
@@ -92,6 +99,68 @@ pub struct LlmConfig {
     pub max_tokens: u32,
     pub temperature: f32,
     pub system_prompt: String,
+    #[serde(with = "humantime_serde")]
+    pub fallback_after: Duration,
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub fallback: Vec<FallbackConfig>,
+}
+
+/// `[llm.retry]`: retries of one provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+/// One `[[llm.fallback]]` provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FallbackConfig {
+    pub name: String,
+    pub base_url: Url,
+    pub model: String,
+    /// The environment variable holding this provider's key, if it needs one.
+    pub api_key_env: Option<String>,
+}
+
+/// `[limits]`: rate limits on arriving updates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LimitsConfig {
+    pub user_messages_per_minute: u32,
+    pub user_llm_per_minute: u32,
+    pub global_llm_per_second: u32,
+    pub new_chats_per_minute: u32,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+/// `[breaker]`: the circuit breaker of each provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct BreakerConfig {
+    pub window: usize,
+    pub min_calls: usize,
+    pub failure_rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub slow_call: Duration,
+    pub count_slow_calls: bool,
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    pub half_open_probes: usize,
 }
 
 /// `[session]`: per-chat history bounds and idle eviction.
@@ -116,14 +185,19 @@ pub struct InputConfig {
     pub max_chars: usize,
 }
 
-/// `[supervisor]`: restart budget and how callers wait for restarting actors.
+/// `[supervision]`: restart budget and backoff, and how callers wait for
+/// restarting actors.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct SupervisorConfig {
+pub struct SupervisionConfig {
     pub max_restarts: u32,
     #[serde(with = "humantime_serde")]
-    pub restart_window: Duration,
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
     #[serde(with = "humantime_serde")]
     pub lookup_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -218,6 +292,9 @@ pub struct Secrets {
     /// The LLM provider's API key (`LLM_API_KEY`); local servers such as
     /// Ollama need none.
     pub llm_api_key: Option<Secret>,
+    /// Keys of the fallback providers, by provider name, read from each one's
+    /// `api_key_env`.
+    pub fallback_keys: std::collections::HashMap<String, Secret>,
 }
 
 /// A configuration that cannot be used. Its `Display` is the one line printed
@@ -339,6 +416,9 @@ impl Config {
             t.max_concurrent_sends as u64,
         )?;
         positive("telegram.max_send_attempts", u64::from(t.max_send_attempts))?;
+        positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
+        positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
+        positive("telegram.global_rate", u64::from(t.global_rate))?;
 
         let l = &self.llm;
         http_url("llm.base_url", &l.base_url)?;
@@ -357,6 +437,55 @@ impl Config {
             l.pool_max_idle_per_host as u64,
         )?;
         positive("llm.max_tokens", u64::from(l.max_tokens))?;
+        positive("llm.fallback_after", millis(l.fallback_after))?;
+        positive("llm.retry.max_attempts", u64::from(l.retry.max_attempts))?;
+        positive("llm.retry.initial_backoff", millis(l.retry.initial_backoff))?;
+        let mut names = vec![l.name.as_str()];
+        for (index, fallback) in l.fallback.iter().enumerate() {
+            http_url("llm.fallback.base_url", &fallback.base_url)?;
+            if names.contains(&fallback.name.as_str()) || fallback.name.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "llm.fallback.name",
+                    reason: format!("entry {} needs a unique, non-empty name", index + 1),
+                });
+            }
+            names.push(&fallback.name);
+        }
+        let lim = &self.limits;
+        positive(
+            "limits.user_messages_per_minute",
+            u64::from(lim.user_messages_per_minute),
+        )?;
+        positive(
+            "limits.user_llm_per_minute",
+            u64::from(lim.user_llm_per_minute),
+        )?;
+        positive(
+            "limits.global_llm_per_second",
+            u64::from(lim.global_llm_per_second),
+        )?;
+        positive(
+            "limits.new_chats_per_minute",
+            u64::from(lim.new_chats_per_minute),
+        )?;
+        positive("limits.sweep_interval", millis(lim.sweep_interval))?;
+        let b = &self.breaker;
+        positive("breaker.window", b.window as u64)?;
+        positive("breaker.min_calls", b.min_calls as u64)?;
+        positive("breaker.open_for", millis(b.open_for))?;
+        positive("breaker.half_open_probes", b.half_open_probes as u64)?;
+        if b.min_calls > b.window {
+            return Err(ConfigError::Invalid {
+                key: "breaker.min_calls",
+                reason: "must not exceed breaker.window".into(),
+            });
+        }
+        if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "breaker.failure_rate",
+                reason: format!("{} is outside (0.0, 1.0]", b.failure_rate),
+            });
+        }
         if !(0.0..=2.0).contains(&l.temperature) {
             return Err(ConfigError::Invalid {
                 key: "llm.temperature",
@@ -371,10 +500,14 @@ impl Config {
         positive("session.sweep_interval", millis(s.sweep_interval))?;
         positive("input.max_chars", self.input.max_chars as u64)?;
 
-        let sup = &self.supervisor;
-        positive("supervisor.restart_window", millis(sup.restart_window))?;
-        positive("supervisor.lookup_timeout", millis(sup.lookup_timeout))?;
-        positive("supervisor.lookup_interval", millis(sup.lookup_interval))?;
+        let sup = &self.supervision;
+        positive("supervision.window", millis(sup.window))?;
+        positive(
+            "supervision.restart_backoff_min",
+            millis(sup.restart_backoff_min),
+        )?;
+        positive("supervision.lookup_timeout", millis(sup.lookup_timeout))?;
+        positive("supervision.lookup_interval", millis(sup.lookup_interval))?;
 
         positive(
             "storage.commit_max_batch",
@@ -394,15 +527,28 @@ impl Secrets {
     /// Reads the secrets through `lookup` (the process environment in `main`,
     /// a map in tests). The bot token is required; the LLM key is optional
     /// because local OpenAI-compatible servers need none.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(
+        config: &Config,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let non_empty = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
         let token = non_empty(TOKEN_VAR).ok_or(ConfigError::MissingSecret {
             var: TOKEN_VAR,
             reason: "the bot token from @BotFather is required",
         })?;
+        let fallback_keys = config
+            .llm
+            .fallback
+            .iter()
+            .filter_map(|provider| {
+                let var = provider.api_key_env.as_deref()?;
+                Some((provider.name.clone(), Secret::new(non_empty(var)?)))
+            })
+            .collect();
         Ok(Self {
             telegram_token: Secret::new(token),
             llm_api_key: non_empty(LLM_KEY_VAR).map(Secret::new),
+            fallback_keys,
         })
     }
 }
@@ -490,9 +636,10 @@ mod tests {
 
     #[test]
     fn secrets_require_a_token_and_never_print() {
-        let err = Secrets::from_lookup(|_| None).unwrap_err();
+        let config = Config::from_defaults_with("").unwrap();
+        let err = Secrets::from_lookup(&config, |_| None).unwrap_err();
         assert!(err.to_string().contains(TOKEN_VAR));
-        let secrets = Secrets::from_lookup(|var| match var {
+        let secrets = Secrets::from_lookup(&config, |var| match var {
             TOKEN_VAR => Some("123:SECRET".into()),
             LLM_KEY_VAR => Some("sk-SECRET".into()),
             _ => None,

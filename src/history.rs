@@ -88,6 +88,19 @@ impl History {
             .collect()
     }
 
+    /// Removes the last exchange (the last user message and the answer after
+    /// it, if any) and returns the user message, so it can be asked again:
+    /// `/retry` regenerates the last answer or answers a message that failed.
+    pub fn take_last_question(&mut self) -> Option<Arc<str>> {
+        let last_user = self.messages.iter().rposition(|m| m.role == Role::User)?;
+        let removed: Vec<ChatMessage> = self.messages.drain(last_user..).collect();
+        self.chars -= removed
+            .iter()
+            .map(|m| m.content.chars().count())
+            .sum::<usize>();
+        removed.into_iter().next().map(|m| m.content)
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.messages.clear();
@@ -182,6 +195,21 @@ mod tests {
         assert_eq!(again.to_stored(), stored);
         // Tighter bounds after a config change apply on load.
         assert!(History::from_stored(stored, 1, 100).is_empty());
+    }
+
+    #[test]
+    fn take_last_question_removes_the_last_exchange() {
+        let mut history = History::new(10, 100);
+        assert_eq!(history.take_last_question(), None);
+        history.push(Role::User, "q1".into());
+        history.push(Role::Assistant, "a1".into());
+        history.push(Role::User, "q2".into());
+        // q2 failed: no answer after it
+        assert_eq!(history.take_last_question().as_deref(), Some("q2"));
+        assert_eq!(history.chars(), 4);
+        assert_eq!(history.take_last_question().as_deref(), Some("q1"));
+        assert!(history.is_empty());
+        assert_eq!(history.chars(), 0);
     }
 
     #[test]

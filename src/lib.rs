@@ -22,9 +22,12 @@
 
 pub mod actors;
 pub mod app;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 pub mod config;
 pub mod error;
 pub mod history;
+pub mod input;
 pub mod llm;
 pub mod retry;
 pub mod store;

@@ -27,7 +27,7 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let args = Args::parse();
     let loaded = Config::load(args.config.as_deref()).and_then(|config| {
-        Secrets::from_lookup(|var| std::env::var(var).ok()).map(|s| (config, s))
+        Secrets::from_lookup(&config, |var| std::env::var(var).ok()).map(|s| (config, s))
     });
     let (config, secrets) = match loaded {
         Ok(loaded) => loaded,

@@ -9,7 +9,11 @@ pub mod error;
 pub mod inbound;
 pub mod split;
 
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use teloxide::Bot;
+use teloxide::types::ChatId;
 
 use crate::config::{Secret, TelegramConfig};
 pub use error::TelegramError;
@@ -27,4 +31,40 @@ pub fn build_bot(config: &TelegramConfig, token: &Secret) -> Result<Bot, Telegra
         .build()
         .map_err(|e| TelegramError::Client(e.to_string()))?;
     Ok(Bot::with_client(token.expose(), client).set_api_url(config.api_url.clone()))
+}
+
+/// Telegram's flood limits, applied to every send: per chat and overall.
+/// Created once by `app` and shared, so they hold across outbox restarts.
+#[derive(Debug)]
+pub struct SendPacing {
+    per_chat: DefaultKeyedRateLimiter<i64>,
+    global: DefaultDirectRateLimiter,
+}
+
+impl SendPacing {
+    /// Limiters from `telegram.per_chat_rate`/`per_chat_burst` and
+    /// `telegram.global_rate`.
+    pub fn new(config: &TelegramConfig) -> Self {
+        let nonzero = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let per_chat = Quota::per_second(nonzero(config.per_chat_rate))
+            .allow_burst(nonzero(config.per_chat_burst));
+        let global = Quota::per_second(nonzero(config.global_rate))
+            .allow_burst(nonzero(config.global_rate.max(config.per_chat_burst)));
+        Self {
+            per_chat: RateLimiter::keyed(per_chat),
+            global: RateLimiter::direct(global),
+        }
+    }
+
+    /// Waits until a message may go to `chat`.
+    pub async fn until_ready(&self, chat: ChatId) {
+        self.per_chat.until_key_ready(&chat.0).await;
+        self.global.until_ready().await;
+    }
+
+    /// Drops the state of chats that have fully recovered.
+    pub fn reclaim(&self) {
+        self.per_chat.retain_recent();
+        self.per_chat.shrink_to_fit();
+    }
 }

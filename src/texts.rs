@@ -18,6 +18,7 @@ pub struct Texts {
     pub start: String,
     pub help: String,
     pub reset_done: String,
+    pub nothing_to_retry: String,
     pub forgotten: String,
     /// Placeholder: `{command}`.
     pub unknown_command: String,
@@ -26,7 +27,13 @@ pub struct Texts {
     /// Placeholders: `{length}`, `{limit}`.
     pub too_long: String,
     pub llm_unavailable: String,
+    /// Placeholder: `{seconds}`.
+    pub llm_unavailable_retry: String,
     pub llm_busy: String,
+    /// Placeholder: `{seconds}`.
+    pub slow_down: String,
+    /// Placeholder: `{seconds}`.
+    pub new_users_busy: String,
     pub internal_error: String,
 }
 

@@ -3,7 +3,7 @@
 //! Each running service has an instance name (several can share a process in
 //! tests); an actor's registered name is `<instance>.<child>`. Callers look an
 //! actor up for every use and, when it is restarting, wait up to
-//! `supervisor.lookup_timeout` for the replacement, so no message is sent to
+//! `supervision.lookup_timeout` for the replacement, so no message is sent to
 //! a dead actor's reference.
 
 use std::sync::Arc;
@@ -12,15 +12,20 @@ use std::time::Duration;
 use ractor::{ActorRef, MessagingErr, RpcReplyPort, rpc::CallResult};
 use tokio::time::Instant;
 
-use crate::config::SupervisorConfig;
+use crate::config::SupervisionConfig;
 
 /// The long-lived children of the root supervisor, in start order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
     /// `root/persistence.rs`: the only door to the store.
     Persistence,
+    /// `root/limiter.rs`: rate limits on arriving updates.
+    Limiter,
     /// `root/llm_pool.rs`: chat-completion requests.
     LlmPool,
+    /// `root/breaker.rs`: the circuit breaker of the provider at this index
+    /// of the provider list (0 is the primary).
+    Breaker(u8),
     /// `root/outbox.rs`: every Bot API send.
     Outbox,
     /// `root/session_sup.rs`: one session actor per chat.
@@ -34,7 +39,9 @@ impl Child {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Persistence => "persistence",
+            Self::Limiter => "limiter",
             Self::LlmPool => "llm_pool",
+            Self::Breaker(_) => "breaker",
             Self::Outbox => "outbox",
             Self::SessionSup => "session_sup",
             Self::Ingress => "ingress",
@@ -42,7 +49,7 @@ impl Child {
     }
 }
 
-/// The actor was not reachable within `supervisor.lookup_timeout`.
+/// The actor was not reachable within `supervision.lookup_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("actor {0:?} is unavailable")]
 pub struct Unavailable(pub Child);
@@ -57,7 +64,7 @@ pub struct Directory {
 
 impl Directory {
     /// A directory for the service instance `instance`.
-    pub fn new(instance: &str, config: &SupervisorConfig) -> Self {
+    pub fn new(instance: &str, config: &SupervisionConfig) -> Self {
         Self {
             instance: instance.into(),
             lookup_timeout: config.lookup_timeout,
@@ -77,7 +84,10 @@ impl Directory {
 
     /// The registered name of `child`.
     pub fn name(&self, child: Child) -> String {
-        format!("{}.{}", self.instance, child.as_str())
+        match child {
+            Child::Breaker(index) => format!("{}.breaker.{index}", self.instance),
+            other => format!("{}.{}", self.instance, other.as_str()),
+        }
     }
 
     /// Whether `child` is registered (running) now.

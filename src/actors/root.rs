@@ -7,14 +7,22 @@
 //! - **Messages:** [`RootMsg::Shutdown`] (graceful stop), [`RootMsg::Status`]
 //!   (children and their restart counts).
 //! - **State:** the running children and each one's recent restarts.
-//! - **On a child's failure:** a permanent child is restarted at once under
-//!   the same name with the same arguments; more than
-//!   `supervisor.max_restarts` restarts within `supervisor.restart_window`
+//! - **On a child's exit:** one-for-one, by its restart type (OTP's
+//!   permanent / transient / temporary, see [`wants_restart`]): it is started
+//!   again under the same name with the same arguments after a backoff that
+//!   starts at `supervision.restart_backoff_min` and doubles with jitter for
+//!   each further restart within the window. More than
+//!   `supervision.max_restarts` restarts within `supervision.window`
 //!   escalate: the root reports [`Fatal::RestartBudgetExhausted`] and stops,
 //!   and the process exits non-zero so its service manager starts it afresh.
+//!   A poisoned store escalates at once.
+//! - **Graceful stop:** children stop in reverse start order, each given
+//!   `shutdown.grace` before it is killed.
 //! - **On its own failure:** the process exits (nobody restarts the root).
 
+pub mod breaker;
 pub mod ingress;
+pub mod limiter;
 pub mod llm_pool;
 pub mod outbox;
 pub mod persistence;
@@ -34,6 +42,7 @@ use tokio::time::Instant;
 use super::directory::{Child, Directory};
 use crate::config::Config;
 use crate::llm::LlmClient;
+use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::texts::Locales;
 use session_sup::{SessionStats, SessionSupMsg};
@@ -49,37 +58,92 @@ pub enum Restart {
     Temporary,
 }
 
+/// A kind of child; `Breakers` stands for one breaker per provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// [`Child::Persistence`].
+    Persistence,
+    /// One [`Child::Breaker`] per provider.
+    Breakers,
+    /// [`Child::Limiter`].
+    Limiter,
+    /// [`Child::LlmPool`].
+    LlmPool,
+    /// [`Child::Outbox`].
+    Outbox,
+    /// [`Child::SessionSup`].
+    SessionSup,
+    /// [`Child::Ingress`].
+    Ingress,
+}
+
+impl Kind {
+    fn of(child: Child) -> Self {
+        match child {
+            Child::Persistence => Self::Persistence,
+            Child::Breaker(_) => Self::Breakers,
+            Child::Limiter => Self::Limiter,
+            Child::LlmPool => Self::LlmPool,
+            Child::Outbox => Self::Outbox,
+            Child::SessionSup => Self::SessionSup,
+            Child::Ingress => Self::Ingress,
+        }
+    }
+
+    /// The children of this kind for `providers` LLM providers.
+    fn children(self, providers: usize) -> Vec<Child> {
+        match self {
+            Self::Persistence => vec![Child::Persistence],
+            Self::Breakers => (0..providers)
+                .map(|i| Child::Breaker(u8::try_from(i).unwrap_or(u8::MAX)))
+                .collect(),
+            Self::Limiter => vec![Child::Limiter],
+            Self::LlmPool => vec![Child::LlmPool],
+            Self::Outbox => vec![Child::Outbox],
+            Self::SessionSup => vec![Child::SessionSup],
+            Self::Ingress => vec![Child::Ingress],
+        }
+    }
+}
+
 /// One row of the supervision policy.
 #[derive(Debug, Clone, Copy)]
 pub struct ChildSpec {
-    /// Which child.
-    pub child: Child,
-    /// Its restart type.
+    /// Which children.
+    pub kind: Kind,
+    /// Their restart type.
     pub restart: Restart,
 }
 
 /// The supervision policy of the root: one row per child, in start order.
-/// `supervision.md` mirrors this table. The rate limiter and the circuit
-/// breakers join it as rows before `SessionSup`, which depends on them.
-pub const POLICY: [ChildSpec; 5] = [
+/// `supervision.md` mirrors this table.
+pub const POLICY: [ChildSpec; 7] = [
     ChildSpec {
-        child: Child::Persistence,
+        kind: Kind::Persistence,
         restart: Restart::Permanent,
     },
     ChildSpec {
-        child: Child::LlmPool,
+        kind: Kind::Breakers,
         restart: Restart::Permanent,
     },
     ChildSpec {
-        child: Child::Outbox,
+        kind: Kind::Limiter,
         restart: Restart::Permanent,
     },
     ChildSpec {
-        child: Child::SessionSup,
+        kind: Kind::LlmPool,
         restart: Restart::Permanent,
     },
     ChildSpec {
-        child: Child::Ingress,
+        kind: Kind::Outbox,
+        restart: Restart::Permanent,
+    },
+    ChildSpec {
+        kind: Kind::SessionSup,
+        restart: Restart::Permanent,
+    },
+    ChildSpec {
+        kind: Kind::Ingress,
         restart: Restart::Permanent,
     },
 ];
@@ -94,7 +158,7 @@ pub enum Fatal {
         child: &'static str,
         /// Restarts counted within the window.
         restarts: usize,
-        /// `supervisor.restart_window`.
+        /// `supervision.window`.
         window: Duration,
         /// The last failure.
         last_error: String,
@@ -125,6 +189,11 @@ pub enum RootMsg {
     Status {
         /// The answer.
         reply: RpcReplyPort<TreeStatus>,
+    },
+    /// Timer: a failed child's restart backoff has passed.
+    RestartDue {
+        /// The child to start again.
+        child: Child,
     },
 }
 
@@ -158,13 +227,15 @@ pub struct Deps {
     pub bot: Bot,
     /// The bot's username from getMe, when known at start.
     pub bot_username: Option<String>,
-    /// The LLM client (one connection pool per provider).
-    pub llm: LlmClient,
+    /// The LLM providers in fallback order (one connection pool each).
+    pub llm: Arc<[LlmClient]>,
     /// Request slots of the LLM pool; outlives pool restarts so the bound
     /// holds while a replaced pool's requests finish.
     pub llm_slots: Arc<Semaphore>,
     /// Send slots of the outbox, likewise shared across restarts.
     pub send_slots: Arc<Semaphore>,
+    /// Telegram's flood limits, shared across outbox restarts.
+    pub pacing: Arc<crate::telegram::SendPacing>,
     /// Reply texts.
     pub locales: Locales,
     /// The store's writer; only the persistence actor can use it.
@@ -190,6 +261,8 @@ pub struct RootState {
     /// Restart times within the current window, per child.
     recent_restarts: HashMap<Child, VecDeque<Instant>>,
     total_restarts: HashMap<Child, u64>,
+    /// Delay before each child's next restart, growing within the window.
+    restart_backoff: HashMap<Child, Backoff>,
     fatal: Option<oneshot::Sender<Fatal>>,
     shutting_down: bool,
 }
@@ -210,13 +283,14 @@ impl Actor for Root {
             by_id: HashMap::new(),
             recent_restarts: HashMap::new(),
             total_restarts: HashMap::new(),
+            restart_backoff: HashMap::new(),
             fatal: Some(args.fatal),
             shutting_down: false,
         };
-        for spec in POLICY {
+        for child in all_children(&state.deps) {
             // A child that cannot start at all fails the whole start: the
             // error reaches `app::start` and the process exits non-zero.
-            start_child(&myself, &mut state, spec.child).await?;
+            start_child(&myself, &mut state, child).await?;
         }
         tracing::info!(children = POLICY.len(), "supervision tree started");
         Ok(state)
@@ -231,6 +305,7 @@ impl Actor for Root {
         match message {
             RootMsg::Shutdown { reply } => on_shutdown(&myself, state, reply).await,
             RootMsg::Status { reply } => on_status(state, reply),
+            RootMsg::RestartDue { child } => on_restart_due(&myself, state, child).await,
         }
         Ok(())
     }
@@ -267,6 +342,14 @@ impl Actor for Root {
     }
 }
 
+/// Every child of the policy, in start order.
+fn all_children(deps: &Deps) -> Vec<Child> {
+    POLICY
+        .iter()
+        .flat_map(|spec| spec.kind.children(deps.llm.len()))
+        .collect()
+}
+
 /// How a child ended.
 enum Exit {
     /// It returned an error or panicked.
@@ -290,6 +373,30 @@ async fn start_child(
                 .0
                 .get_cell()
         }
+        Child::Breaker(index) => {
+            let provider = deps
+                .llm
+                .get(usize::from(index))
+                .map(|p| Arc::<str>::from(p.name()))
+                .ok_or("no provider for this breaker")?;
+            let args = breaker::BreakerArgs {
+                provider,
+                config: deps.config.breaker.clone(),
+            };
+            Actor::spawn_linked(name, breaker::Breaker, args, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
+        Child::Limiter => Actor::spawn_linked(
+            name,
+            limiter::Limiter,
+            deps.config.limits.clone(),
+            supervisor,
+        )
+        .await?
+        .0
+        .get_cell(),
         Child::LlmPool => Actor::spawn_linked(name, llm_pool::LlmPool, deps, supervisor)
             .await?
             .0
@@ -320,13 +427,9 @@ async fn on_child_exited(
 ) {
     let restart = POLICY
         .iter()
-        .find(|spec| spec.child == child)
+        .find(|spec| spec.kind == Kind::of(child))
         .map_or(Restart::Temporary, |spec| spec.restart);
-    let wanted = match restart {
-        Restart::Permanent => true,
-        Restart::Transient => matches!(exit, Exit::Failed(_)),
-        Restart::Temporary => false,
-    };
+    let wanted = wants_restart(restart, &exit);
     let last_error = match exit {
         Exit::Failed(error) => error,
         Exit::Stopped(reason) => format!("stopped: {reason}"),
@@ -336,12 +439,12 @@ async fn on_child_exited(
         return;
     }
 
-    let config = &state.deps.config.supervisor;
+    let config = &state.deps.config.supervision;
     let now = Instant::now();
     let recent = state.recent_restarts.entry(child).or_default();
     while recent
         .front()
-        .is_some_and(|at| now.duration_since(*at) > config.restart_window)
+        .is_some_and(|at| now.duration_since(*at) > config.window)
     {
         recent.pop_front();
     }
@@ -349,15 +452,42 @@ async fn on_child_exited(
         let fatal = Fatal::RestartBudgetExhausted {
             child: child.as_str(),
             restarts: recent.len(),
-            window: config.restart_window,
+            window: config.window,
             last_error,
         };
         escalate(myself, state, fatal);
         return;
     }
+    let backoff = state
+        .restart_backoff
+        .entry(child)
+        .or_insert_with(|| Backoff::new(config.restart_backoff_min, config.restart_backoff_max));
+    if recent.is_empty() {
+        // The first failure after a quiet window starts the backoff over.
+        backoff.reset();
+    }
+    let delay = backoff.next_delay();
     recent.push_back(now);
     *state.total_restarts.entry(child).or_default() += 1;
-    tracing::warn!(child = child.as_str(), error = %last_error, "restarting child");
+    metrics::counter!("llmgram_actor_restarts_total", "actor" => child.as_str()).increment(1);
+    tracing::warn!(child = child.as_str(), error = %last_error, ?delay, "restarting child");
+    myself.send_after(delay, move || RootMsg::RestartDue { child });
+}
+
+/// The OTP rule: whether a child of this restart type is restarted after
+/// this kind of exit. A panic reaches the supervisor as a failure.
+fn wants_restart(restart: Restart, exit: &Exit) -> bool {
+    match restart {
+        Restart::Permanent => true,
+        Restart::Transient => matches!(exit, Exit::Failed(_)),
+        Restart::Temporary => false,
+    }
+}
+
+async fn on_restart_due(myself: &ActorRef<RootMsg>, state: &mut RootState, child: Child) {
+    if state.shutting_down || state.running.contains_key(&child) {
+        return;
+    }
     if let Err(error) = start_child(myself, state, child).await {
         escalate(
             myself,
@@ -399,13 +529,13 @@ async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: R
             );
         }
     }
-    for spec in POLICY.iter().rev() {
-        if let Some(cell) = state.running.remove(&spec.child)
+    for child in all_children(&state.deps).into_iter().rev() {
+        if let Some(cell) = state.running.remove(&child)
             && let Err(error) = cell
                 .stop_and_wait(Some("shutdown".into()), Some(grace))
                 .await
         {
-            tracing::warn!(child = spec.child.as_str(), %error, "child did not stop in time");
+            tracing::warn!(child = child.as_str(), %error, "child did not stop in time");
             cell.kill();
         }
     }
@@ -416,12 +546,12 @@ async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: R
 }
 
 fn on_status(state: &RootState, reply: RpcReplyPort<TreeStatus>) {
-    let children = POLICY
-        .iter()
-        .map(|spec| ChildStatus {
-            child: spec.child,
-            alive: state.deps.directory.is_running(spec.child),
-            restarts: state.total_restarts.get(&spec.child).copied().unwrap_or(0),
+    let children = all_children(&state.deps)
+        .into_iter()
+        .map(|child| ChildStatus {
+            child,
+            alive: state.deps.directory.is_running(child),
+            restarts: state.total_restarts.get(&child).copied().unwrap_or(0),
         })
         .collect();
     let _ = reply.send(TreeStatus { children });
@@ -433,4 +563,53 @@ pub async fn session_stats(directory: &Directory) -> Option<SessionStats> {
         .call(Child::SessionSup, |reply| SessionSupMsg::Stats { reply })
         .await
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_type_by_exit_kind_matrix() {
+        let stopped = Exit::Stopped("normal".into());
+        let failed = Exit::Failed("returned an error".into());
+        let panicked = Exit::Failed("panicked: chaos".into());
+        let expected = [
+            (Restart::Permanent, [true, true, true]),
+            (Restart::Transient, [false, true, true]),
+            (Restart::Temporary, [false, false, false]),
+        ];
+        for (restart, [on_stop, on_failure, on_panic]) in expected {
+            assert_eq!(
+                wants_restart(restart, &stopped),
+                on_stop,
+                "{restart:?} stop"
+            );
+            assert_eq!(
+                wants_restart(restart, &failed),
+                on_failure,
+                "{restart:?} failure"
+            );
+            assert_eq!(
+                wants_restart(restart, &panicked),
+                on_panic,
+                "{restart:?} panic"
+            );
+        }
+    }
+
+    #[test]
+    fn every_long_lived_child_is_permanent() {
+        assert!(POLICY.iter().all(|spec| spec.restart == Restart::Permanent));
+        assert_eq!(
+            POLICY[0].kind,
+            Kind::Persistence,
+            "storage starts first, stops last"
+        );
+        assert_eq!(
+            POLICY[POLICY.len() - 1].kind,
+            Kind::Ingress,
+            "updates flow in last"
+        );
+    }
 }

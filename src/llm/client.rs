@@ -1,15 +1,20 @@
-//! One chat-completion call over the shared pooled HTTP client, with every
-//! failure classified into an [`LlmError`].
+//! One provider: chat-completion calls over its own pooled HTTP client, every
+//! failure classified into an [`LlmError`], and the retry loop that honours
+//! `Retry-After` and backs off with jitter.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
+use tokio::time::Instant;
 use url::Url;
 
-use super::error::LlmError;
+use super::error::{LlmError, TimeoutPhase};
 use super::wire::{ChatMessage, ChatRequest, ChatResponse, Completion};
-use crate::config::{LlmConfig, Secret};
+use crate::config::{Config, LlmConfig, RetryConfig, Secret, Secrets};
+use crate::retry::Backoff;
 
 /// Longest part of an error body kept in an [`LlmError::Rejected`] (bytes);
 /// enough to read the provider's message, short enough for one log line.
@@ -19,18 +24,48 @@ const ERROR_DETAIL_BYTES: usize = 300;
 /// Cloning is cheap and shares the connection pool.
 #[derive(Debug, Clone)]
 pub struct LlmClient {
+    name: Arc<str>,
     http: reqwest::Client,
     endpoint: Url,
     api_key: Option<Secret>,
-    model: std::sync::Arc<str>,
+    model: Arc<str>,
     max_tokens: u32,
     temperature: f32,
 }
 
+/// The primary provider then every `[[llm.fallback]]`, in the order calls
+/// try them; each with its own client.
+pub fn providers(config: &Config, secrets: &Secrets) -> Result<Vec<LlmClient>, LlmError> {
+    let llm = &config.llm;
+    let mut providers = vec![LlmClient::new(
+        &llm.name,
+        &llm.base_url,
+        &llm.model,
+        llm,
+        secrets.llm_api_key.clone(),
+    )?];
+    for fallback in &llm.fallback {
+        providers.push(LlmClient::new(
+            &fallback.name,
+            &fallback.base_url,
+            &fallback.model,
+            llm,
+            secrets.fallback_keys.get(&fallback.name).cloned(),
+        )?);
+    }
+    Ok(providers)
+}
+
 impl LlmClient {
-    /// Builds the client: rustls, connection pooling, connect and request
-    /// timeouts from config.
-    pub fn new(config: &LlmConfig, api_key: Option<Secret>) -> Result<Self, LlmError> {
+    /// Builds the client of one provider: rustls, connection pooling, connect
+    /// and request timeouts from config.
+    pub fn new(
+        name: &str,
+        base_url: &Url,
+        model: &str,
+        config: &LlmConfig,
+        api_key: Option<Secret>,
+    ) -> Result<Self, LlmError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -40,10 +75,11 @@ impl LlmClient {
             .build()
             .map_err(|e| LlmError::Connect(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
+            name: name.into(),
             http,
-            endpoint: completions_url(&config.base_url)?,
+            endpoint: completions_url(base_url)?,
             api_key,
-            model: config.model.as_str().into(),
+            model: model.into(),
             max_tokens: config.max_tokens,
             temperature: config.temperature,
         })
@@ -52,6 +88,59 @@ impl LlmClient {
     /// The model requests are sent to.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// The provider's name from config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Calls the provider, retrying what may succeed later, until an answer,
+    /// a final error, `policy`'s limits, or `deadline`. Returns the result and
+    /// the number of calls made.
+    pub async fn complete_with_retries(
+        &self,
+        messages: &[ChatMessage],
+        policy: &RetryConfig,
+        deadline: Instant,
+    ) -> (Result<Completion, LlmError>, u32) {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
+        let mut attempt = 1;
+        loop {
+            let result = match tokio::time::timeout_at(deadline, self.complete(messages)).await {
+                Ok(result) => result,
+                Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+            };
+            let error = match result {
+                Ok(completion) => return (Ok(completion), attempt),
+                Err(error) => error,
+            };
+            metrics::counter!(
+                "llmgram_llm_errors_total",
+                "provider" => self.name.to_string(),
+                "class" => error.class()
+            )
+            .increment(1);
+            if let LlmError::Rejected { status, detail } = &error {
+                // A config or request error: say it loudly, once, here.
+                tracing::error!(provider = %self.name, status, %detail, "provider rejected the request; check llm config and key");
+            }
+            if !error.is_retryable() || attempt >= policy.max_attempts {
+                return (Err(error), attempt);
+            }
+            let wait = match error.retry_after() {
+                Some(wait) if wait > policy.max_retry_after => return (Err(error), attempt),
+                Some(wait) => wait,
+                None => backoff.next_delay(),
+            };
+            if started.elapsed() + wait > policy.max_elapsed || Instant::now() + wait >= deadline {
+                return (Err(error), attempt);
+            }
+            tracing::debug!(provider = %self.name, attempt, class = error.class(), ?wait, "retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
     }
 
     /// Sends one chat-completion request and returns the answer.

@@ -1,20 +1,34 @@
-//! Classified LLM call failures. The class decides what happens next: which
-//! reply the user gets, and (with the resilience work) retries and the
-//! circuit breaker.
+//! Classified LLM call failures. The class decides what happens next: whether
+//! the call is retried, whether it counts against the provider's circuit
+//! breaker, and which reply the user gets.
 
 use std::time::Duration;
 
 use crate::error::error_chain;
 
+/// Which phase of a request ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Establishing the TCP/TLS connection (`llm.connect_timeout`).
+    Connect,
+    /// Waiting for or reading the answer (`llm.request_timeout`).
+    Read,
+}
+
 /// A failed chat-completion call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
-    /// DNS, TCP or TLS failure: nothing reached the provider.
+    /// DNS resolution or the TCP connection failed: nothing reached the
+    /// provider.
     #[error("cannot connect to the provider: {0}")]
     Connect(String),
-    /// No complete answer within `llm.request_timeout`.
-    #[error("the provider did not answer in time")]
-    Timeout,
+    /// The TLS handshake failed (certificate, protocol): usually a wrong URL
+    /// or an intercepting proxy, so it is not retried.
+    #[error("TLS failure talking to the provider: {0}")]
+    Tls(String),
+    /// No connection or no complete answer in time.
+    #[error("the provider did not answer in time ({0:?})")]
+    Timeout(TimeoutPhase),
     /// HTTP 429.
     #[error("rate limited by the provider (retry after {retry_after:?})")]
     RateLimited {
@@ -48,6 +62,15 @@ pub enum LlmError {
     /// The pool actor was not there to take the request (it was restarting).
     #[error("the LLM pool is unavailable")]
     PoolUnavailable,
+    /// Every provider's circuit breaker is open or every provider failed;
+    /// `retry_in` is when the first breaker lets a call through again.
+    #[error("no provider can answer now (retry in {retry_in:?})")]
+    NoProvider {
+        /// Time until a provider may be tried again, when known.
+        retry_in: Option<Duration>,
+        /// The last provider error, if any provider was tried.
+        last: Option<Box<LlmError>>,
+    },
 }
 
 impl LlmError {
@@ -55,7 +78,9 @@ impl LlmError {
     pub fn class(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
-            Self::Timeout => "timeout",
+            Self::Tls(_) => "tls",
+            Self::Timeout(TimeoutPhase::Connect) => "connect_timeout",
+            Self::Timeout(TimeoutPhase::Read) => "read_timeout",
             Self::RateLimited { .. } => "rate_limited",
             Self::Server { .. } => "server",
             Self::Rejected { .. } => "rejected",
@@ -63,20 +88,105 @@ impl LlmError {
             Self::Network(_) => "network",
             Self::Overloaded => "overloaded",
             Self::PoolUnavailable => "pool_unavailable",
+            Self::NoProvider { .. } => "no_provider",
+        }
+    }
+
+    /// Whether the same request may succeed if sent again shortly: network
+    /// trouble, timeouts, 429, 5xx and garbage bodies. TLS failures and other
+    /// 4xx are configuration or request errors.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_)
+                | Self::Timeout(_)
+                | Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::InvalidResponse(_)
+                | Self::Network(_)
+        )
+    }
+
+    /// Whether the failure says the provider is unhealthy (counts against
+    /// its circuit breaker). A 4xx for one request (too long, bad input) does
+    /// not; a rejected key or unknown model (401, 403, 404) does, so traffic
+    /// moves to a fallback that works.
+    pub fn counts_against_provider(&self) -> bool {
+        match self {
+            Self::Rejected { status, .. } => matches!(status, 401 | 403 | 404),
+            Self::Overloaded | Self::PoolUnavailable | Self::NoProvider { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// The provider's requested wait, for a 429.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } => *retry_after,
+            _ => None,
         }
     }
 }
 
 impl From<reqwest::Error> for LlmError {
     fn from(error: reqwest::Error) -> Self {
+        let chain = error_chain(&error);
         if error.is_timeout() {
-            Self::Timeout
+            if error.is_connect() {
+                Self::Timeout(TimeoutPhase::Connect)
+            } else {
+                Self::Timeout(TimeoutPhase::Read)
+            }
         } else if error.is_connect() {
-            Self::Connect(error_chain(&error))
+            if looks_like_tls(&chain) {
+                Self::Tls(chain)
+            } else {
+                Self::Connect(chain)
+            }
         } else if error.is_decode() || error.is_body() {
-            Self::InvalidResponse(error_chain(&error))
+            Self::InvalidResponse(chain)
         } else {
-            Self::Network(error_chain(&error))
+            Self::Network(chain)
         }
+    }
+}
+
+/// reqwest reports a failed TLS handshake as a connect error; the cause
+/// chain names rustls' complaint.
+fn looks_like_tls(chain: &str) -> bool {
+    let lower = chain.to_ascii_lowercase();
+    [
+        "tls",
+        "certificate",
+        "handshake",
+        "invalidcontenttype",
+        "corrupt message",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_and_breaker_rules() {
+        assert!(LlmError::Server { status: 502 }.is_retryable());
+        assert!(LlmError::RateLimited { retry_after: None }.is_retryable());
+        assert!(LlmError::Timeout(TimeoutPhase::Read).is_retryable());
+        assert!(!LlmError::Tls("bad cert".into()).is_retryable());
+        let unauthorized = LlmError::Rejected {
+            status: 401,
+            detail: String::new(),
+        };
+        assert!(!unauthorized.is_retryable());
+        assert!(unauthorized.counts_against_provider());
+        let too_long = LlmError::Rejected {
+            status: 400,
+            detail: String::new(),
+        };
+        assert!(!too_long.counts_against_provider());
+        assert!(!LlmError::Overloaded.counts_against_provider());
     }
 }

@@ -203,6 +203,7 @@ impl StoredUpdate {
                 StoredKind::NonText => InboundKind::NonText,
             },
             received_at: std::time::Instant::now(),
+            limited: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use teloxide::RequestError;
+use teloxide::{ApiError, RequestError};
 
 use crate::error::error_chain;
 
@@ -31,6 +31,10 @@ pub enum TelegramError {
     /// Storing received updates failed; polling retries the same batch.
     #[error("cannot store received updates: {0}")]
     Store(crate::store::StoreError),
+    /// 403: the user blocked the bot. Nothing more can be sent to the chat
+    /// until the user writes again.
+    #[error("the user blocked the bot")]
+    Blocked,
     /// The outbox did not answer (it was restarting); the caller may resend.
     #[error("the outbox is unavailable")]
     OutboxUnavailable,
@@ -59,6 +63,7 @@ impl TelegramError {
             Self::InvalidAnswer(_) => "invalid_answer",
             Self::Client(_) => "client",
             Self::Store(_) => "store",
+            Self::Blocked => "blocked",
             Self::OutboxUnavailable => "outbox_unavailable",
         }
     }
@@ -74,6 +79,7 @@ impl From<RequestError> for TelegramError {
             RequestError::Network(e) => Self::Network(error_chain(&*e)),
             RequestError::Io(e) => Self::Network(error_chain(&*e)),
             RequestError::InvalidJson { source, .. } => Self::InvalidAnswer(source.to_string()),
+            RequestError::Api(ApiError::BotBlocked | ApiError::UserDeactivated) => Self::Blocked,
             RequestError::Api(api) => Self::Rejected(api.to_string()),
             RequestError::MigrateToChatId(chat) => {
                 Self::Rejected(format!("group migrated to supergroup {chat}"))

@@ -25,6 +25,17 @@ pub struct Inbound {
     pub kind: InboundKind,
     /// When the ingress received it, for end-to-end latency.
     pub received_at: Instant,
+    /// Set by the ingress when the rate limiter says not to answer it now.
+    pub limited: Option<Limited>,
+}
+
+/// A rate limiter's "not now" for an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    /// When the sender may try again.
+    pub retry_in: std::time::Duration,
+    /// Whether to tell the sender (once per window).
+    pub notify: bool,
 }
 
 /// The content of an [`Inbound`].
@@ -45,6 +56,15 @@ pub enum InboundKind {
 }
 
 impl Inbound {
+    /// Whether answering it takes an LLM call (text, or `/retry`).
+    pub fn costs_llm_call(&self) -> bool {
+        match &self.kind {
+            InboundKind::Text(_) => true,
+            InboundKind::Command { name, .. } => name == "retry",
+            InboundKind::NonText => false,
+        }
+    }
+
     /// Converts an update; `None` when it is not a message for this bot.
     /// `bot_username` is used to ignore `/command@other_bot`.
     pub fn from_update(update: &Update, bot_username: &str) -> Option<Self> {
@@ -60,6 +80,7 @@ impl Inbound {
             language_code: user.and_then(|u| u.language_code.clone()),
             kind,
             received_at: Instant::now(),
+            limited: None,
         })
     }
 }

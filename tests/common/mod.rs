@@ -22,6 +22,17 @@ pub struct Harness {
 /// a small fraction of it.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Rate and flood limits no test reaches by accident.
+pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
+    ("limits.user_messages_per_minute", "1000000"),
+    ("limits.user_llm_per_minute", "1000000"),
+    ("limits.global_llm_per_second", "1000000"),
+    ("limits.new_chats_per_minute", "1000000"),
+    ("telegram.per_chat_rate", "1000000"),
+    ("telegram.per_chat_burst", "1000000"),
+    ("telegram.global_rate", "1000000"),
+];
+
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
 impl Harness {
@@ -42,8 +53,15 @@ impl Harness {
         init_logging();
         let telegram = FakeTelegram::start().await;
         let llm = FakeLlm::start().await;
+        // Tests send bursts far beyond a person's pace (and Telegram's): the
+        // limits are raised by config, except those the test sets itself.
+        let limits: String = GENEROUS_LIMITS
+            .iter()
+            .filter(|(key, _)| !overrides.contains(key))
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect();
         let config = Config::from_defaults_with(&format!(
-            "telegram.api_url = \"{}\"\n\
+            "{limits}telegram.api_url = \"{}\"\n\
              telegram.poll_timeout = \"1s\"\n\
              llm.base_url = \"{}\"\n\
              storage.path = \"{}\"\n\
@@ -53,8 +71,10 @@ impl Harness {
             storage.path().display(),
         ))
         .expect("test config");
-        let secrets = Secrets::from_lookup(|var| (var == TOKEN_VAR).then(|| "123456:test".into()))
-            .expect("secrets");
+        let secrets = Secrets::from_lookup(&config, |var| {
+            (var == TOKEN_VAR).then(|| "123456:test".into())
+        })
+        .expect("secrets");
         let instance = format!("test{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let service = app::start(config, secrets, &instance)
             .await

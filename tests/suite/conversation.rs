@@ -61,11 +61,11 @@ async fn start_and_help_answer_without_the_llm_in_the_users_language() {
 async fn a_failing_llm_gets_a_fallback_reply_not_silence() {
     use llmgram_fakes::{LlmReply, LlmReplyKind};
     let h = Harness::start().await;
-    h.llm.script(vec![
-        LlmReply::status(500, None),
-        LlmReply::now(LlmReplyKind::InvalidJson),
-        LlmReply::status(429, Some(7)),
-    ]);
+    // Each message exhausts its 3 attempts, or meets a Retry-After past the cap.
+    let mut script = vec![LlmReply::status(500, None); 3];
+    script.extend(vec![LlmReply::now(LlmReplyKind::InvalidJson); 3]);
+    script.push(LlmReply::status(429, Some(60)));
+    h.llm.script(script);
     for text in ["one", "two", "three"] {
         h.say(13, text);
     }
@@ -81,6 +81,7 @@ async fn a_failing_llm_gets_a_fallback_reply_not_silence() {
         replies[1].text
     );
     assert!(replies[2].text.contains("busy"), "{}", replies[2].text);
+    assert_eq!(h.llm.request_count(), 7);
 
     // The failed messages stay in the history as user turns.
     h.say(13, "four");
@@ -93,6 +94,16 @@ async fn a_failing_llm_gets_a_fallback_reply_not_silence() {
         .map(|(_, content)| content.as_str())
         .collect();
     assert_eq!(users, ["one", "two", "three", "four"]);
+
+    // /retry answers the last message again, replacing its answer.
+    h.say(13, "/retry");
+    let replies = h.replies(13, 5).await;
+    assert_eq!(replies[4].text, "answer to: four");
+    let again = h.llm.requests().pop().unwrap();
+    assert_eq!(
+        again.messages, last.messages,
+        "the same question, same context"
+    );
     h.stop().await;
 }
 

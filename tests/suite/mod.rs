@@ -8,5 +8,7 @@ mod isolation;
 mod long_answer;
 mod ordering;
 mod persistence;
+mod protection;
+mod resilience;
 mod restarts;
 mod slow_chat;

@@ -105,8 +105,7 @@ async fn the_session_supervisor_is_restarted_and_serves_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_storm_stops_the_service_with_an_error() {
     let h =
-        Harness::start_with("supervisor.max_restarts = 2\nsupervisor.restart_window = \"1m\"\n")
-            .await;
+        Harness::start_with("supervision.max_restarts = 2\nsupervision.window = \"1m\"\n").await;
     for round in 1..=2 {
         cell(&h, Child::LlmPool).kill();
         eventually("pool back", || async {

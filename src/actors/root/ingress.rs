@@ -14,7 +14,7 @@
 //!   cannot delay another.
 //! - **Failures:** a failed getUpdates waits with backoff and tries again;
 //!   a rejected token or a session supervisor that stays away past
-//!   `supervisor.lookup_timeout` fails the actor. After a restart the offset
+//!   `supervision.lookup_timeout` fails the actor. After a restart the offset
 //!   starts unknown, so Telegram sends again every update not yet confirmed;
 //!   the store recognises the ones it has and they are not routed twice.
 
@@ -28,6 +28,7 @@ use teloxide::types::AllowedUpdate;
 use teloxide::{ApiError, RequestError};
 
 use super::Deps;
+use super::limiter::{Cost, LimitRequest, LimiterMsg, Verdict};
 use super::persistence::PersistenceMsg;
 use super::session_sup::SessionSupMsg;
 use crate::actors::{Child, Directory};
@@ -35,10 +36,13 @@ use crate::config::TelegramConfig;
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::telegram::TelegramError;
-use crate::telegram::inbound::Inbound;
+use crate::telegram::inbound::{Inbound, Limited};
 
 /// Messages of the ingress.
 pub enum IngressMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Run one polling round, then poll again.
     Poll,
 }
@@ -102,6 +106,8 @@ impl Actor for Ingress {
         state: &mut IngressState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            IngressMsg::Panic => panic!("chaos: ordered to panic"),
             IngressMsg::Poll => {
                 on_poll(state).await?;
                 myself.cast(IngressMsg::Poll)?;
@@ -221,6 +227,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
             other => Failure::Retry(TelegramError::Store(other)),
         })?;
 
+    let admitted = apply_limits(&state.directory, admitted).await;
     let sessions = state
         .directory
         .wait_for::<SessionSupMsg>(Child::SessionSup)
@@ -236,4 +243,45 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
     }
     state.offset = next_offset;
     Ok(())
+}
+
+/// Asks the rate limiter about the batch and marks the updates it limits.
+/// A limiter that is away (restarting) lets everything through: better an
+/// unlimited minute than unanswered users.
+async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<Inbound> {
+    if updates.is_empty() {
+        return updates;
+    }
+    let requests: Vec<LimitRequest> = updates
+        .iter()
+        .map(|inbound| LimitRequest {
+            user: inbound
+                .user_id
+                .and_then(|id| i64::try_from(id).ok())
+                .unwrap_or(inbound.chat_id.0),
+            cost: if inbound.costs_llm_call() {
+                Cost::Llm
+            } else {
+                Cost::Free
+            },
+        })
+        .collect();
+    let verdicts = directory
+        .call(Child::Limiter, |reply| LimiterMsg::Check {
+            requests: requests.clone(),
+            reply,
+        })
+        .await;
+    match verdicts {
+        Ok(verdicts) => {
+            tracing::debug!(?verdicts, "rate limits checked");
+            for (inbound, verdict) in updates.iter_mut().zip(verdicts) {
+                if let Verdict::Limited { retry_in, notify } = verdict {
+                    inbound.limited = Some(Limited { retry_in, notify });
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "rate limiter unavailable; updates not limited"),
+    }
+    updates
 }

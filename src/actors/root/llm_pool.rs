@@ -1,17 +1,21 @@
 //! LLM pool: every chat-completion request goes through here, at most
-//! `llm.max_concurrency` at a time, over one pooled HTTP client.
+//! `llm.max_concurrency` at a time, to the first provider whose circuit
+//! breaker admits it, with retries, and falling back along the provider list.
 //!
 //! - **Supervised by:** root, permanent.
 //! - **Messages:** [`LlmPoolMsg::Complete`] — a prompt in, an answer or a
 //!   classified [`LlmError`] out.
-//! - **State:** the shared [`LlmClient`] and the request slots, both created
-//!   once by `app` so they outlive restarts of this actor.
-//! - **Concurrency:** the handler never awaits a request. Each request runs in
-//!   its own task that first takes a slot (waiting at most
-//!   `llm.queue_timeout`, else [`LlmError::Overloaded`]), so one slow request
-//!   never holds up another and the mailbox drains at once. A factory of
-//!   worker actors would add a hop and a second queue for no gain: the slots
-//!   are the bound, the tasks are the workers.
+//! - **State:** the providers' [`LlmClient`]s (one pooled HTTP client each)
+//!   and the request slots, all created once by `app` so they outlive
+//!   restarts of this actor.
+//! - **Per request** (in its own task, so the handler never awaits a call and
+//!   one slow request never holds up another): take a slot (at most
+//!   `llm.queue_timeout`, else [`LlmError::Overloaded`]); then for each
+//!   provider in order: ask its breaker, skip it while open, else call it
+//!   with retries (`llm.retry`) and report the outcome to the breaker; the
+//!   first answer wins. All within `llm.fallback_after`: past it, or when no
+//!   provider could answer, the caller gets [`LlmError::NoProvider`] with the
+//!   time until a breaker lets calls through again.
 //! - **Failures:** call errors are values returned to the session, which logs
 //!   them once. If this actor dies, requests already running still answer
 //!   their callers (the tasks own the reply ports); requests in its mailbox
@@ -23,12 +27,19 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::Deps;
+use super::breaker::{Admission, BreakerMsg, CallOutcome};
+use crate::actors::{Child, Directory};
+use crate::config::LlmConfig;
 use crate::llm::{ChatMessage, Completion, LlmClient, LlmError};
 
 /// Messages of the LLM pool.
 pub enum LlmPoolMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Answer this prompt.
     Complete {
         /// System prompt, history and the new user message.
@@ -43,9 +54,10 @@ pub struct LlmPool;
 
 /// The pool's state.
 pub struct LlmPoolState {
-    client: LlmClient,
+    providers: Arc<[LlmClient]>,
     slots: Arc<Semaphore>,
-    queue_timeout: Duration,
+    config: Arc<LlmConfig>,
+    directory: Directory,
 }
 
 impl Actor for LlmPool {
@@ -59,14 +71,15 @@ impl Actor for LlmPool {
         deps: Deps,
     ) -> Result<LlmPoolState, ActorProcessingErr> {
         tracing::debug!(
-            model = deps.llm.model(),
+            providers = deps.llm.len(),
             slots = deps.config.llm.max_concurrency,
             "llm pool started"
         );
         Ok(LlmPoolState {
-            client: deps.llm,
+            providers: deps.llm,
             slots: deps.llm_slots,
-            queue_timeout: deps.config.llm.queue_timeout,
+            config: Arc::new(deps.config.llm.clone()),
+            directory: deps.directory,
         })
     }
 
@@ -77,6 +90,8 @@ impl Actor for LlmPool {
         state: &mut LlmPoolState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            LlmPoolMsg::Panic => panic!("chaos: ordered to panic"),
             LlmPoolMsg::Complete { messages, reply } => on_complete(state, messages, reply),
         }
         Ok(())
@@ -88,12 +103,16 @@ fn on_complete(
     messages: Vec<ChatMessage>,
     reply: RpcReplyPort<Result<Completion, LlmError>>,
 ) {
-    let client = state.client.clone();
+    let providers = Arc::clone(&state.providers);
     let slots = Arc::clone(&state.slots);
-    let queue_timeout = state.queue_timeout;
+    let config = Arc::clone(&state.config);
+    let directory = state.directory.clone();
     tokio::spawn(async move {
-        let result = match tokio::time::timeout(queue_timeout, slots.acquire_owned()).await {
-            Ok(Ok(_slot)) => client.complete(&messages).await,
+        let deadline = Instant::now() + config.fallback_after;
+        let result = match tokio::time::timeout(config.queue_timeout, slots.acquire_owned()).await {
+            Ok(Ok(_slot)) => {
+                complete_with_fallback(&providers, &directory, &config, &messages, deadline).await
+            }
             // The semaphore is never closed; treat it like a missing pool.
             Ok(Err(_closed)) => Err(LlmError::PoolUnavailable),
             Err(_elapsed) => Err(LlmError::Overloaded),
@@ -101,4 +120,54 @@ fn on_complete(
         // The caller may have given up (its session stopped): nothing to do.
         let _ = reply.send(result);
     });
+}
+
+async fn complete_with_fallback(
+    providers: &[LlmClient],
+    directory: &Directory,
+    config: &LlmConfig,
+    messages: &[ChatMessage],
+    deadline: Instant,
+) -> Result<Completion, LlmError> {
+    let mut retry_in: Option<Duration> = None;
+    let mut last = None;
+    for (index, provider) in providers.iter().enumerate() {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let breaker = Child::Breaker(u8::try_from(index).unwrap_or(u8::MAX));
+        let admission = directory
+            .call(breaker, |reply| BreakerMsg::Acquire { reply })
+            .await
+            // A breaker that is restarting must not leave users unanswered.
+            .unwrap_or(Admission::Admitted);
+        if let Admission::Rejected { retry_in: wait } = admission {
+            tracing::debug!(provider = provider.name(), ?wait, "breaker open; skipped");
+            retry_in = Some(retry_in.map_or(wait, |known| known.min(wait)));
+            continue;
+        }
+        let started = Instant::now();
+        let (result, attempts) = provider
+            .complete_with_retries(messages, &config.retry, deadline)
+            .await;
+        let outcome = CallOutcome {
+            failed: result
+                .as_ref()
+                .err()
+                .is_some_and(LlmError::counts_against_provider),
+            duration: started.elapsed(),
+        };
+        directory.cast_now(breaker, BreakerMsg::Record { outcome });
+        match result {
+            Ok(completion) => {
+                tracing::debug!(provider = provider.name(), attempts, "answered");
+                return Ok(completion);
+            }
+            Err(error) => {
+                tracing::warn!(provider = provider.name(), attempts, class = error.class(), %error, "provider failed");
+                last = Some(Box::new(error));
+            }
+        }
+    }
+    Err(LlmError::NoProvider { retry_in, last })
 }

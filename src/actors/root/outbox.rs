@@ -3,16 +3,27 @@
 //! `telegram.max_concurrent_sends`.
 //!
 //! - **Supervised by:** root, permanent.
-//! - **Messages:** [`OutboxMsg::Deliver`] (send these parts, in order, and say
-//!   when done), [`OutboxMsg::ShowTyping`] (best effort), and
-//!   [`OutboxMsg::JobFinished`] (from its own send tasks).
+//! - **Messages:** [`OutboxMsg::Deliver`] (send these parts, in order, commit
+//!   the turn, and say when done), [`OutboxMsg::Flush`] (answer when the
+//!   chat's earlier jobs are done), [`OutboxMsg::ShowTyping`] (best effort),
+//!   and [`OutboxMsg::JobFinished`] (from its own send tasks).
+//! - **Send, then commit:** a delivery carries its turn's commit, which the
+//!   send task makes right after sending. The task is detached from every
+//!   actor, so a session (or its supervisor) dying after handing over an
+//!   answer cannot leave that answer sent but uncommitted, to be answered
+//!   twice; only a process crash inside that gap can.
 //! - **State:** a queue per chat with something to send (removed when empty,
 //!   so idle chats cost nothing), and whether that chat's head job is running.
-//! - **Retries:** network errors and timeouts are retried with backoff, a 429
-//!   waits the `retry_after` Telegram asks for (up to
-//!   `telegram.max_retry_after`), all within `telegram.max_send_attempts`; a
-//!   rejection (4xx) is returned at once. The flood limits of the protection
-//!   work (per-chat and global rates) will sit in front of the same queues.
+//! - **Flood control:** every send first waits for Telegram's published
+//!   limits (`telegram.per_chat_rate` with `per_chat_burst` per chat,
+//!   `telegram.global_rate` overall; GCRA limiters created once by `app`).
+//!   A 429 waits the `retry_after` Telegram asks for (up to
+//!   `telegram.max_retry_after`) and sends the same message again in its
+//!   place, up to `telegram.max_flood_waits` times: never dropped, never
+//!   reordered. Network errors and timeouts are retried with backoff within
+//!   `telegram.max_send_attempts`; a rejection (4xx) is returned at once; a
+//!   403 "blocked" marks the chat inactive (logged, counted) and is not
+//!   retried.
 //! - **Failures:** a send error is returned to the caller, who logs it. If
 //!   this actor dies, running send tasks still finish and answer; queued jobs
 //!   are lost with the mailbox and their callers, seeing the reply port
@@ -29,27 +40,49 @@ use teloxide::types::{ChatAction, LinkPreviewOptions};
 use tokio::sync::Semaphore;
 
 use super::Deps;
+use super::persistence::{PersistenceMsg, RecordChange};
+use crate::actors::{Child, Directory};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
-use crate::telegram::TelegramError;
+use crate::store::StoreError;
 use crate::telegram::inbound::ChatId;
+use crate::telegram::{SendPacing, TelegramError};
 
 /// Messages of the outbox.
 pub enum OutboxMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Send these texts to the chat as separate messages, in order.
     Deliver {
         /// The chat.
         chat_id: ChatId,
         /// Message texts, each within Telegram's size limit.
         parts: Vec<String>,
-        /// `Ok` once every part is sent, or the first error.
+        /// The turn to commit once the parts are sent (or sending gave up).
+        /// Committed by the send task itself, so a session that dies after
+        /// handing over its answer cannot leave it sent but uncommitted.
+        commit: Option<TurnCommit>,
+        /// `Ok` once every part is sent (and the turn committed), or the
+        /// first send error.
         reply: RpcReplyPort<Result<(), TelegramError>>,
+    },
+    /// Answer once every job of this chat queued before it has finished
+    /// (a new session waits on this before loading the chat's record, so it
+    /// sees the commits of its predecessor's deliveries).
+    Flush {
+        /// The chat.
+        chat_id: ChatId,
+        /// Answered when the chat's earlier jobs are done.
+        reply: RpcReplyPort<()>,
     },
     /// Show "typing…" in the chat, unless it is busy sending already.
     ShowTyping {
         /// The chat.
         chat_id: ChatId,
     },
+    /// Timer: drop the flood-control state of chats that went quiet.
+    Reclaim,
     /// A send task of this chat ended; start the next job.
     JobFinished {
         /// The chat.
@@ -60,12 +93,23 @@ pub enum OutboxMsg {
 /// The outbox actor.
 pub struct Outbox;
 
+/// A turn to commit after its answer is sent.
+#[derive(Debug, Clone)]
+pub struct TurnCommit {
+    /// The answered update.
+    pub update_id: u32,
+    /// The chat record after the turn.
+    pub change: RecordChange,
+}
+
 enum Job {
     Deliver {
         parts: Vec<String>,
+        commit: Option<TurnCommit>,
         reply: RpcReplyPort<Result<(), TelegramError>>,
     },
     Typing,
+    Flush(RpcReplyPort<()>),
 }
 
 /// Per-chat queue; exists only while the chat has something to send.
@@ -75,7 +119,10 @@ struct ChatQueue {
 
 /// The outbox's state.
 pub struct OutboxState {
+    reclaim_timer: tokio::task::JoinHandle<()>,
     bot: Bot,
+    pacing: Arc<SendPacing>,
+    directory: Directory,
     config: Arc<TelegramConfig>,
     /// Chats with a job running; the head of each queue waits for it.
     chats: HashMap<ChatId, ChatQueue>,
@@ -89,15 +136,29 @@ impl Actor for Outbox {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<OutboxMsg>,
+        myself: ActorRef<OutboxMsg>,
         deps: Deps,
     ) -> Result<OutboxState, ActorProcessingErr> {
+        let reclaim_timer =
+            myself.send_interval(deps.config.limits.sweep_interval, || OutboxMsg::Reclaim);
         Ok(OutboxState {
+            reclaim_timer,
             bot: deps.bot,
+            pacing: deps.pacing,
+            directory: deps.directory,
             config: Arc::new(deps.config.telegram.clone()),
             chats: HashMap::new(),
             slots: deps.send_slots,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<OutboxMsg>,
+        state: &mut OutboxState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.reclaim_timer.abort();
+        Ok(())
     }
 
     async fn handle(
@@ -107,11 +168,30 @@ impl Actor for Outbox {
         state: &mut OutboxState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            OutboxMsg::Panic => panic!("chaos: ordered to panic"),
             OutboxMsg::Deliver {
                 chat_id,
                 parts,
+                commit,
                 reply,
-            } => on_job(&myself, state, chat_id, Job::Deliver { parts, reply }),
+            } => on_job(
+                &myself,
+                state,
+                chat_id,
+                Job::Deliver {
+                    parts,
+                    commit,
+                    reply,
+                },
+            ),
+            OutboxMsg::Flush { chat_id, reply } => {
+                if state.chats.contains_key(&chat_id) {
+                    on_job(&myself, state, chat_id, Job::Flush(reply));
+                } else {
+                    let _ = reply.send(());
+                }
+            }
             OutboxMsg::ShowTyping { chat_id } => {
                 // A chat that is sending shows its message soon anyway.
                 if !state.chats.contains_key(&chat_id) {
@@ -119,6 +199,7 @@ impl Actor for Outbox {
                 }
             }
             OutboxMsg::JobFinished { chat_id } => on_job_finished(&myself, state, chat_id),
+            OutboxMsg::Reclaim => state.pacing.reclaim(),
         }
         Ok(())
     }
@@ -159,19 +240,40 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     let config = Arc::clone(&state.config);
     let slots = Arc::clone(&state.slots);
     let myself = myself.clone();
+    let directory = state.directory.clone();
+    let pacing = Arc::clone(&state.pacing);
     tokio::spawn(async move {
         // The semaphore is never closed, so acquiring only waits.
         let _slot = slots.acquire_owned().await;
         match job {
-            Job::Deliver { parts, reply } => {
+            Job::Deliver {
+                parts,
+                commit,
+                reply,
+            } => {
                 let mut result = Ok(());
                 for part in parts {
-                    result = send_text(&bot, &config, chat_id, part).await;
+                    result = send_text(&bot, &config, &pacing, chat_id, part).await;
                     if result.is_err() {
                         break;
                     }
                 }
+                if let Err(TelegramError::Blocked) = result {
+                    // Retrying cannot help until the user unblocks the bot
+                    // (and writes again).
+                    tracing::info!(
+                        chat_id = chat_id.0,
+                        "the user blocked the bot; chat inactive"
+                    );
+                    metrics::counter!("llmgram_chats_blocked_total").increment(1);
+                }
+                if let Some(commit) = commit {
+                    commit_turn(&directory, chat_id, commit).await;
+                }
                 let _ = reply.send(result);
+            }
+            Job::Flush(reply) => {
+                let _ = reply.send(());
             }
             Job::Typing => {
                 let typing = bot.send_chat_action(chat_id, ChatAction::Typing);
@@ -188,16 +290,39 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     });
 }
 
+/// Commits an answered turn: the chat's record and the update marked
+/// answered, atomically and durably. Committed even when sending failed, so
+/// an update Telegram rejected is not replayed forever. A failure is logged:
+/// the update then stays pending and is answered again after a restart (a
+/// duplicate, never a loss).
+async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit) {
+    let committed = directory
+        .call(Child::Persistence, |reply| PersistenceMsg::CommitTurn {
+            chat_id,
+            update_id: commit.update_id,
+            change: commit.change.clone(),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Unavailable));
+    if let Err(error) = committed {
+        tracing::error!(chat_id = chat_id.0, update_id = commit.update_id, class = error.class(), %error, "turn not stored");
+    }
+}
+
 /// Sends one message, retrying what can succeed later.
 async fn send_text(
     bot: &Bot,
     config: &TelegramConfig,
+    pacing: &SendPacing,
     chat_id: ChatId,
     text: String,
 ) -> Result<(), TelegramError> {
     let mut backoff = Backoff::new(config.retry_min, config.retry_max);
     let mut attempt = 1;
+    let mut flood_waits = 0;
     loop {
+        pacing.until_ready(chat_id).await;
         let request = bot
             .send_message(chat_id, text.clone())
             .link_preview_options(no_link_preview());
@@ -206,22 +331,33 @@ async fn send_text(
             Ok(Err(error)) => TelegramError::from(error),
             Err(_) => TelegramError::Timeout,
         };
-        if !error.is_retryable() || attempt >= config.max_send_attempts {
-            return Err(error);
-        }
         let wait = match error {
-            TelegramError::RetryAfter(wait) if wait > config.max_retry_after => return Err(error),
-            TelegramError::RetryAfter(wait) => wait,
-            _ => backoff.next_delay(),
+            // Telegram asked to wait: the same message goes again after the
+            // wait, in its place; it is not a failed attempt.
+            TelegramError::RetryAfter(wait)
+                if wait <= config.max_retry_after && flood_waits < config.max_flood_waits =>
+            {
+                flood_waits += 1;
+                metrics::counter!("llmgram_telegram_flood_waits_total").increment(1);
+                wait
+            }
+            TelegramError::RetryAfter(_) => return Err(error),
+            _ if !error.is_retryable() || attempt >= config.max_send_attempts => {
+                return Err(error);
+            }
+            _ => {
+                attempt += 1;
+                backoff.next_delay()
+            }
         };
         tracing::debug!(
             attempt,
+            flood_waits,
             class = error.class(),
             ?wait,
             "send failed; retrying"
         );
         tokio::time::sleep(wait).await;
-        attempt += 1;
     }
 }
 

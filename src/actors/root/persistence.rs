@@ -48,6 +48,9 @@ use crate::telegram::inbound::{ChatId, Inbound};
 
 /// Messages of the persistence actor.
 pub enum PersistenceMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// The chat's record; `None` for a new chat (or one whose record was
     /// corrupt and has been quarantined).
     LoadChat {
@@ -106,6 +109,8 @@ pub enum RecordChange {
     Put(Vec<u8>),
     /// Delete the record (the user asked to be forgotten).
     Delete,
+    /// Leave the record as it is; only mark the update answered.
+    Keep,
 }
 
 /// Store counters.
@@ -174,6 +179,8 @@ impl Actor for Persistence {
     ) -> Result<(), ActorProcessingErr> {
         let writer = &state.writer;
         match message {
+            #[cfg(feature = "chaos")]
+            PersistenceMsg::Panic => panic!("chaos: ordered to panic"),
             PersistenceMsg::LoadChat { chat_id, reply } => {
                 writer.submit(Op::Load { chat_id, reply })
             }
@@ -266,6 +273,7 @@ impl StoreWriter {
         let listener = Arc::new(std::sync::Mutex::new(None));
         let thread = Thread {
             store,
+            pruned_below: std::cell::Cell::new(0),
             receiver,
             mode: persist_mode(config.persist_mode),
             commit_interval: config.commit_interval,
@@ -336,6 +344,9 @@ impl OpenStore {
 
 struct Thread {
     store: OpenStore,
+    /// Updates below this id have been confirmed to Telegram (it will not
+    /// send them again) and their answered markers removed.
+    pruned_below: std::cell::Cell<u32>,
     receiver: Receiver<Op>,
     mode: PersistMode,
     commit_interval: Duration,
@@ -403,7 +414,12 @@ impl Thread {
                     reply,
                 } => match record::encode_update(&UpdateEntry::Answered) {
                     Ok(answered) => {
-                        write.insert(&self.store.updates, update_key(update_id), answered);
+                        if update_id < self.pruned_below.get() {
+                            // Telegram will not send it again: no marker needed.
+                            write.remove(&self.store.updates, update_key(update_id));
+                        } else {
+                            write.insert(&self.store.updates, update_key(update_id), answered);
+                        }
                         match change {
                             RecordChange::Put(bytes) => {
                                 write.insert(&self.store.chats, chat_key(chat_id), bytes);
@@ -411,6 +427,7 @@ impl Thread {
                             RecordChange::Delete => {
                                 write.remove(&self.store.chats, chat_key(chat_id))
                             }
+                            RecordChange::Keep => {}
                         }
                         turns += 1;
                         after_commit.push(Done::Commit(reply));
@@ -489,13 +506,26 @@ impl Thread {
         Ok(new)
     }
 
+    /// Removes the answered markers between the previous prune point and
+    /// `below`. Scanning only that stretch keeps each prune proportional to
+    /// the updates since the last one, instead of walking every deleted
+    /// entry since the store was created. Entries still pending stay.
     fn prune(&self, write: &mut fjall::OwnedWriteBatch, below: u32) -> Result<(), StoreError> {
-        for item in self.store.updates.range(..update_key(below)) {
+        let from = self.pruned_below.get();
+        if below <= from {
+            return Ok(());
+        }
+        for item in self
+            .store
+            .updates
+            .range(update_key(from)..update_key(below))
+        {
             let (key, value) = item.into_inner()?;
             if matches!(record::decode_update(&value), Ok(UpdateEntry::Answered)) {
                 write.remove(&self.store.updates, key);
             }
         }
+        self.pruned_below.set(below);
         Ok(())
     }
 

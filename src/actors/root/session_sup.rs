@@ -38,8 +38,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Deps;
-use super::outbox::OutboxMsg;
-use super::persistence::PersistenceMsg;
+use super::outbox::{OutboxMsg, TurnCommit};
+use super::persistence::{PersistenceMsg, RecordChange};
 use crate::actors::Child;
 use crate::store::StoreError;
 use crate::telegram::inbound::{ChatId, Inbound};
@@ -47,6 +47,9 @@ use session::{Session, SessionArgs, SessionMsg};
 
 /// Messages of the session supervisor.
 pub enum SessionSupMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Hand this update to its chat's session (creating it if needed).
     Route(Inbound),
     /// A session finished an update: answered and delivered, or gave up.
@@ -118,6 +121,8 @@ pub struct SessionSupState {
     stats: SessionStats,
     drain_waiters: Vec<RpcReplyPort<()>>,
     sweep_timer: JoinHandle<()>,
+    /// Unanswered updates read from the store at start, routed in post_start.
+    replay: Vec<Inbound>,
 }
 
 impl Actor for SessionSup {
@@ -130,6 +135,17 @@ impl Actor for SessionSup {
         myself: ActorRef<SessionSupMsg>,
         deps: Deps,
     ) -> Result<SessionSupState, ActorProcessingErr> {
+        // Read here, not in post_start: root waits for pre_start before it
+        // starts the ingress, so on a fresh start the replay holds only
+        // updates from before it, never one the ingress has just admitted
+        // (whose rate-limit verdict the stored copy lacks).
+        let replay = deps
+            .directory
+            .call(Child::Persistence, |reply| PersistenceMsg::PendingUpdates {
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)??;
         let sweep_timer = myself.send_interval(deps.config.session.sweep_interval, || {
             SessionSupMsg::SweepIdle
         });
@@ -141,29 +157,22 @@ impl Actor for SessionSup {
             stats: SessionStats::default(),
             drain_waiters: Vec::new(),
             sweep_timer,
+            replay,
         })
     }
 
-    /// Replays every update received and not yet answered (after a crash of
-    /// the process or of this actor). Runs before any `Route` in the mailbox
-    /// is handled, so replayed updates keep their place in each chat's order.
+    /// Routes the updates read by `pre_start`, before any `Route` in the
+    /// mailbox, so replayed updates keep their place in each chat's order.
     async fn post_start(
         &self,
         myself: ActorRef<SessionSupMsg>,
         state: &mut SessionSupState,
     ) -> Result<(), ActorProcessingErr> {
-        let pending = state
-            .deps
-            .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::PendingUpdates {
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable)??;
-        if !pending.is_empty() {
-            tracing::info!(count = pending.len(), "replaying unanswered updates");
+        let replay = std::mem::take(&mut state.replay);
+        if !replay.is_empty() {
+            tracing::info!(count = replay.len(), "replaying unanswered updates");
         }
-        for inbound in pending {
+        for inbound in replay {
             on_route(&myself, state, inbound).await?;
         }
         Ok(())
@@ -185,6 +194,8 @@ impl Actor for SessionSup {
         state: &mut SessionSupState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            SessionSupMsg::Panic => panic!("chaos: ordered to panic"),
             SessionSupMsg::Route(inbound) => on_route(&myself, state, inbound).await?,
             SessionSupMsg::TurnFinished { chat_id, update_id } => {
                 on_turn_finished(state, chat_id, update_id);
@@ -375,6 +386,11 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
     let texts = deps.locales.for_language(inbound.language_code.as_deref());
     let text = texts.internal_error.clone();
     let chat_id = inbound.chat_id;
+    // Marked answered, so a restart does not replay it into another crash.
+    let commit = TurnCommit {
+        update_id: inbound.update_id,
+        change: RecordChange::Keep,
+    };
     let directory = deps.directory.clone();
     // Not awaited: this actor must not wait on Telegram.
     tokio::spawn(async move {
@@ -382,6 +398,7 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
             .call(Child::Outbox, |reply| OutboxMsg::Deliver {
                 chat_id,
                 parts: vec![text.clone()],
+                commit: Some(commit.clone()),
                 reply,
             })
             .await;

@@ -130,6 +130,13 @@ struct Inner {
     my_commands: Vec<Value>,
     method_calls: HashMap<String, usize>,
     faults: VecDeque<TelegramFault>,
+    /// Telegram's per-chat flood limit, when enabled: the shortest interval
+    /// between two messages to one chat, and the `retry_after` to answer.
+    flood: Option<(Duration, u32)>,
+    /// Successful sends per chat, most recent.
+    last_sent_at: HashMap<i64, Instant>,
+    /// 429s answered because of the flood limit.
+    flood_rejections: usize,
 }
 
 impl Inner {
@@ -171,6 +178,18 @@ impl FakeTelegram {
     }
 
     // ---------------------------------------------------------------- faults
+
+    /// Enables Telegram's per-chat flood limit: a sendMessage to a chat less
+    /// than `min_interval` after the previous successful one gets 429 with
+    /// `retry_after` seconds, and is not recorded. `None` disables it.
+    pub fn set_chat_flood_limit(&self, limit: Option<(Duration, u32)>) {
+        lock(&self.shared.inner).flood = limit;
+    }
+
+    /// 429s answered because of the per-chat flood limit.
+    pub fn flood_rejections(&self) -> usize {
+        lock(&self.shared.inner).flood_rejections
+    }
 
     /// Makes the next `n` `sendMessage`/`editMessageText` calls fail with
     /// `fault` (queued after any faults still pending). Failed calls are not
@@ -688,6 +707,17 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
     if let Err(failure) = check_text(&text) {
         return failure.into_response();
     }
+    if let Some((min_interval, retry_after)) = inner.flood {
+        let too_soon = inner
+            .last_sent_at
+            .get(&chat_id)
+            .is_some_and(|last| now.duration_since(*last) < min_interval);
+        if too_soon {
+            inner.flood_rejections += 1;
+            return fault_response(&TelegramFault::RetryAfter(retry_after));
+        }
+    }
+    inner.last_sent_at.insert(chat_id, now);
     let message_id = inner.next_message_id(chat_id);
     let mut message = json!({
         "message_id": message_id,

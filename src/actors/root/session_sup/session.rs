@@ -12,10 +12,11 @@
 //!   skipped. Commands and bad input are answered from the locale texts
 //!   without an LLM call; text goes to the LLM pool with the system prompt
 //!   and the history, while "typing…" is shown; the answer is split to
-//!   Telegram's size and handed to the outbox. Once delivered, the turn (new
-//!   record and the update marked answered) is committed durably, and only
-//!   then does the session report `TurnFinished`. A crash between delivery
-//!   and commit can repeat one answer; nothing is ever left unanswered.
+//!   Telegram's size and handed to the outbox with the turn's commit (new
+//!   record and the update marked answered), which the outbox's send task
+//!   makes durably right after sending; only then does the session report
+//!   `TurnFinished`. Only a process crash between sending and committing can
+//!   repeat an answer; nothing is ever left unanswered.
 //! - **Failures:** LLM errors are expected: the user gets a fallback reply and
 //!   the user message stays in the history. A panic is a bug: the supervisor
 //!   hands the unanswered updates to a new session, which reloads the record.
@@ -29,10 +30,12 @@ use tracing::Instrument;
 use super::SessionSupMsg;
 use crate::actors::Child;
 use crate::actors::root::Deps;
+use crate::actors::root::limiter::{LimiterMsg, Verdict};
 use crate::actors::root::llm_pool::LlmPoolMsg;
-use crate::actors::root::outbox::OutboxMsg;
+use crate::actors::root::outbox::{OutboxMsg, TurnCommit};
 use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
 use crate::history::History;
+use crate::input::{self, Rejection};
 use crate::llm::{LlmError, Role};
 use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
@@ -42,6 +45,9 @@ use crate::texts::{Texts, fill};
 
 /// Messages of a session.
 pub enum SessionMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
     /// Answer this update (sent only by the session supervisor).
     Handle(Arc<Inbound>),
 }
@@ -67,6 +73,9 @@ pub struct SessionState {
     counters: ChatCounters,
     /// The newest update applied to this chat.
     last_update_id: u32,
+    /// The store has no record of this chat yet: its first answer waits for
+    /// the new-chat admission limit.
+    is_new: bool,
     deps: Deps,
     supervisor: ActorRef<SessionSupMsg>,
     system_prompt: Arc<str>,
@@ -89,6 +98,7 @@ impl Actor for Session {
             settings: ChatSettings::default(),
             counters: ChatCounters::default(),
             last_update_id: 0,
+            is_new: true,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
             supervisor: args.supervisor,
@@ -104,6 +114,14 @@ impl Actor for Session {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         let chat_id = state.chat_id;
+        // A predecessor's deliveries commit their turns when sent; wait for
+        // them so the record below includes them.
+        state
+            .deps
+            .directory
+            .call(Child::Outbox, |reply| OutboxMsg::Flush { chat_id, reply })
+            .await
+            .map_err(|_| crate::telegram::TelegramError::OutboxUnavailable)?;
         let loaded = state
             .deps
             .directory
@@ -114,6 +132,7 @@ impl Actor for Session {
             .await
             .map_err(|_| StoreError::Unavailable)??;
         if let Some(stored) = loaded {
+            state.is_new = false;
             let session = &state.deps.config.session;
             state.history = History::from_stored(
                 stored.history,
@@ -134,6 +153,8 @@ impl Actor for Session {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            #[cfg(feature = "chaos")]
+            SessionMsg::Panic => panic!("chaos: ordered to panic"),
             SessionMsg::Handle(inbound) => {
                 let span = tracing::info_span!(
                     "update",
@@ -148,8 +169,17 @@ impl Actor for Session {
 }
 
 async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), ActorProcessingErr> {
+    #[cfg(feature = "chaos")]
+    if crate::chaos::take_session_panic(&state.deps.directory, state.chat_id) {
+        panic!("chaos: session ordered to panic");
+    }
     if inbound.update_id <= state.last_update_id {
         tracing::info!("update answered before; skipped");
+        return finish(state, inbound);
+    }
+    if let Some(refusal) = refusal(state, inbound).await {
+        let commit = prepare_commit(state, inbound.update_id, Change::Keep);
+        deliver(state, refusal, commit).await;
         return finish(state, inbound);
     }
     if inbound.language_code.is_some() {
@@ -170,23 +200,36 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
             change = Change::Forget;
             texts.forgotten.clone()
         }
+        InboundKind::Command { name, .. } if name == "retry" => {
+            match state.history.take_last_question() {
+                Some(question) => answer(state, &texts, &question).await,
+                None => texts.nothing_to_retry.clone(),
+            }
+        }
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
-        InboundKind::Text(text) => match check_text(text, state.deps.config.input.max_chars) {
-            Err(TextProblem::Empty) => texts.empty_text.clone(),
-            Err(TextProblem::TooLong { length, limit }) => fill(
+        InboundKind::Text(text) => match input::validate(text, state.deps.config.input.max_chars) {
+            Err(Rejection::Empty) => texts.empty_text.clone(),
+            Err(Rejection::TooLong { length, limit }) => fill(
                 &texts.too_long,
                 &[
                     ("length", &length.to_string()),
                     ("limit", &limit.to_string()),
                 ],
             ),
-            Ok(()) => answer(state, &texts, text).await,
+            Ok(cleaned) => {
+                if input::looks_like_injection(&cleaned) {
+                    // Answered as ordinary user text all the same: it only
+                    // ever travels as a user message.
+                    security_event("injection_phrase");
+                }
+                answer(state, &texts, &cleaned).await
+            }
         },
     };
-    deliver(state, reply).await;
     state.counters.answered += 1;
-    commit(state, inbound.update_id, change).await;
+    let commit = prepare_commit(state, inbound.update_id, change);
+    deliver(state, reply, commit).await;
     tracing::debug!(
         latency_ms = inbound.received_at.elapsed().as_millis() as u64,
         "update finished"
@@ -202,21 +245,65 @@ fn finish(state: &SessionState, inbound: &Inbound) -> Result<(), ActorProcessing
     Ok(())
 }
 
+/// The reply (possibly none) when the update is not to be answered now: its
+/// sender is over a rate limit, or the chat is new and new chats are being
+/// admitted slowly. `None` when it is to be answered.
+async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> {
+    let texts = state
+        .deps
+        .locales
+        .for_language(inbound.language_code.as_deref());
+    let seconds =
+        |wait: std::time::Duration| (wait.as_secs_f64().ceil().max(1.0) as u64).to_string();
+    if let Some(limited) = inbound.limited {
+        tracing::info!(notify = limited.notify, "rate limited");
+        // One notice per window; later limited updates get no reply at all.
+        return Some(if limited.notify {
+            fill(&texts.slow_down, &[("seconds", &seconds(limited.retry_in))])
+        } else {
+            String::new()
+        });
+    }
+    if !state.is_new {
+        return None;
+    }
+    let verdict = state
+        .deps
+        .directory
+        .call(Child::Limiter, |reply| LimiterMsg::AdmitNewChat { reply })
+        .await
+        .unwrap_or(Verdict::Allowed);
+    match verdict {
+        Verdict::Allowed => {
+            state.is_new = false;
+            None
+        }
+        Verdict::Limited { retry_in, .. } => {
+            security_event("new_chat_flood");
+            Some(fill(
+                &texts.new_users_busy,
+                &[("seconds", &seconds(retry_in))],
+            ))
+        }
+    }
+}
+
 /// What a turn does to the stored record.
 enum Change {
     /// Store the session's current record.
     Update,
     /// Delete everything stored about the chat (`/forget`).
     Forget,
+    /// Leave the record alone (the update was refused, not answered).
+    Keep,
 }
 
-/// Commits the turn durably: the chat's record and the update marked
-/// answered, in one atomic write. A failure is logged: the update then stays
-/// pending in the store and is answered again after a restart (a duplicate,
-/// never a loss).
-async fn commit(state: &mut SessionState, update_id: u32, change: Change) {
+/// The turn's commit: the chat's record after it (or its deletion) with the
+/// update marked answered. The outbox makes it right after sending the reply.
+fn prepare_commit(state: &mut SessionState, update_id: u32, change: Change) -> Option<TurnCommit> {
     state.last_update_id = update_id;
     let change = match change {
+        Change::Keep => RecordChange::Keep,
         Change::Forget => {
             state.history.clear();
             state.settings = ChatSettings::default();
@@ -234,26 +321,12 @@ async fn commit(state: &mut SessionState, update_id: u32, change: Change) {
                 Ok(bytes) => RecordChange::Put(bytes),
                 Err(error) => {
                     tracing::error!(%error, "cannot encode the chat record; turn not stored");
-                    return;
+                    return None;
                 }
             }
         }
     };
-    let chat_id = state.chat_id;
-    let committed = state
-        .deps
-        .directory
-        .call(Child::Persistence, |reply| PersistenceMsg::CommitTurn {
-            chat_id,
-            update_id,
-            change: change.clone(),
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Unavailable));
-    if let Err(error) = committed {
-        tracing::error!(class = error.class(), %error, "turn not stored");
-    }
+    Some(TurnCommit { update_id, change })
 }
 
 fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
@@ -268,25 +341,10 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
     }
 }
 
-/// Why a text is not sent to the LLM.
-#[derive(Debug, PartialEq, Eq)]
-enum TextProblem {
-    Empty,
-    TooLong { length: usize, limit: usize },
-}
-
-fn check_text(text: &str, max_chars: usize) -> Result<(), TextProblem> {
-    if text.trim().is_empty() {
-        return Err(TextProblem::Empty);
-    }
-    let length = text.chars().count();
-    if length > max_chars {
-        return Err(TextProblem::TooLong {
-            length,
-            limit: max_chars,
-        });
-    }
-    Ok(())
+/// Counts and logs a security event (never with the user's text).
+fn security_event(kind: &'static str) {
+    tracing::warn!(kind, "security event");
+    metrics::counter!("llmgram_security_events_total", "kind" => kind).increment(1);
 }
 
 /// Asks the LLM, showing "typing…" while it works; returns the text to send.
@@ -326,25 +384,42 @@ async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
             completion.text
         }
         Err(error) => {
-            tracing::warn!(llm_ms, class = error.class(), %error, "llm call failed");
+            // Provider failures were logged by the pool where it handled
+            // them; this is the user-facing outcome.
+            tracing::info!(llm_ms, class = error.class(), "fallback reply");
             state.counters.llm_failures += 1;
-            // Kept so the conversation stays coherent and a later retry can
-            // answer it.
+            // Kept so the conversation stays coherent and /retry can answer it.
             state.history.push(Role::User, user_text);
-            match error {
-                LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
-                _ => texts.llm_unavailable.clone(),
-            }
+            fallback_text(texts, &error)
         }
     }
 }
 
-/// Hands the reply to the outbox and waits until it is delivered or given up.
-async fn deliver(state: &SessionState, text: String) {
-    let parts = split_message(&text, state.deps.config.telegram.max_message_chars);
-    if parts.is_empty() {
-        return;
+/// The localised reply when no answer could be had.
+fn fallback_text(texts: &Texts, error: &LlmError) -> String {
+    match error {
+        LlmError::NoProvider {
+            retry_in: Some(wait),
+            ..
+        } => {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            fill(
+                &texts.llm_unavailable_retry,
+                &[("seconds", &seconds.to_string())],
+            )
+        }
+        LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
+        LlmError::NoProvider {
+            last: Some(last), ..
+        } if matches!(**last, LlmError::RateLimited { .. }) => texts.llm_busy.clone(),
+        _ => texts.llm_unavailable.clone(),
     }
+}
+
+/// Hands the reply (and the turn's commit) to the outbox and waits until it
+/// is delivered or given up, and committed.
+async fn deliver(state: &SessionState, text: String, commit: Option<TurnCommit>) {
+    let parts = split_message(&text, state.deps.config.telegram.max_message_chars);
     let chat_id = state.chat_id;
     let parts_count = parts.len();
     let sent = state
@@ -353,6 +428,7 @@ async fn deliver(state: &SessionState, text: String) {
         .call(Child::Outbox, |reply| OutboxMsg::Deliver {
             chat_id,
             parts: parts.clone(),
+            commit: commit.clone(),
             reply,
         })
         .await;
@@ -362,23 +438,5 @@ async fn deliver(state: &SessionState, text: String) {
             tracing::warn!(class = error.class(), %error, "reply not delivered");
         }
         Err(error) => tracing::error!(%error, "reply not delivered"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_checks_count_characters() {
-        assert_eq!(check_text(" \n\t", 10), Err(TextProblem::Empty));
-        assert_eq!(check_text("жжжжж", 5), Ok(()));
-        assert_eq!(
-            check_text("жжжжжж", 5),
-            Err(TextProblem::TooLong {
-                length: 6,
-                limit: 5
-            })
-        );
     }
 }

@@ -1,0 +1,53 @@
+//! The chaos hook: make any actor panic on command, to test supervision under
+//! real failures. Compiled only with the `chaos` feature (the tests enable
+//! it; a release build never has it).
+
+use crate::actors::root::breaker::BreakerMsg;
+use crate::actors::root::ingress::IngressMsg;
+use crate::actors::root::limiter::LimiterMsg;
+use crate::actors::root::llm_pool::LlmPoolMsg;
+use crate::actors::root::outbox::OutboxMsg;
+use crate::actors::root::persistence::PersistenceMsg;
+use std::sync::Mutex;
+
+use crate::actors::root::session_sup::SessionSupMsg;
+use crate::actors::{Child, Directory};
+use crate::telegram::inbound::ChatId;
+
+/// Makes a long-lived actor panic; `false` if it is not running now.
+pub fn panic_child(directory: &Directory, child: Child) -> bool {
+    match child {
+        Child::Persistence => directory.cast_now(child, PersistenceMsg::Panic),
+        Child::Breaker(_) => directory.cast_now(child, BreakerMsg::Panic),
+        Child::Limiter => directory.cast_now(child, LimiterMsg::Panic),
+        Child::LlmPool => directory.cast_now(child, LlmPoolMsg::Panic),
+        Child::Outbox => directory.cast_now(child, OutboxMsg::Panic),
+        Child::SessionSup => directory.cast_now(child, SessionSupMsg::Panic),
+        Child::Ingress => directory.cast_now(child, IngressMsg::Panic),
+    }
+}
+
+/// Sessions told to panic when they start their next update, by instance
+/// and chat. A message would queue behind the updates already in the
+/// session's mailbox; this flag lets a test crash a session that has
+/// several updates waiting.
+static DOOMED_SESSIONS: Mutex<Vec<(String, ChatId)>> = Mutex::new(Vec::new());
+
+/// Makes the session of `chat_id` panic when it starts its next update.
+pub fn panic_session(directory: &Directory, chat_id: ChatId) {
+    lock().push((directory.instance().to_owned(), chat_id));
+}
+
+/// Whether the session of `chat_id` was told to panic (the flag is taken).
+pub fn take_session_panic(directory: &Directory, chat_id: ChatId) -> bool {
+    let mut doomed = lock();
+    let before = doomed.len();
+    doomed.retain(|(instance, chat)| !(instance == directory.instance() && *chat == chat_id));
+    doomed.len() != before
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Vec<(String, ChatId)>> {
+    DOOMED_SESSIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
