@@ -634,6 +634,22 @@ fn spawn_bot(
             options.llm_concurrency.to_string(),
         )
         .env("LLMGRAM_LOG__LEVEL", "warn")
+        // The benchmark is one user per chat sending as fast as it is
+        // answered: raise the protective limits by config (never by code).
+        // Telegram's flood limits are the real API's; the fake has none.
+        .envs(
+            [
+                ("LLMGRAM_LIMITS__USER_MESSAGES_PER_MINUTE", "1000000"),
+                ("LLMGRAM_LIMITS__USER_LLM_PER_MINUTE", "1000000"),
+                ("LLMGRAM_LIMITS__GLOBAL_LLM_PER_SECOND", "1000000"),
+                ("LLMGRAM_LIMITS__NEW_CHATS_PER_MINUTE", "1000000"),
+                ("LLMGRAM_TELEGRAM__PER_CHAT_RATE", "1000000"),
+                ("LLMGRAM_TELEGRAM__PER_CHAT_BURST", "1000000"),
+                ("LLMGRAM_TELEGRAM__GLOBAL_RATE", "1000000"),
+            ]
+            .iter()
+            .copied(),
+        )
         .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

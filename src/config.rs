@@ -93,7 +93,6 @@ pub struct LlmConfig {
     pub request_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    pub pool_max_idle_per_host: usize,
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     pub max_tokens: u32,
@@ -432,10 +431,6 @@ impl Config {
         positive("llm.queue_timeout", millis(l.queue_timeout))?;
         positive("llm.request_timeout", millis(l.request_timeout))?;
         positive("llm.connect_timeout", millis(l.connect_timeout))?;
-        positive(
-            "llm.pool_max_idle_per_host",
-            l.pool_max_idle_per_host as u64,
-        )?;
         positive("llm.max_tokens", u64::from(l.max_tokens))?;
         positive("llm.fallback_after", millis(l.fallback_after))?;
         positive("llm.retry.max_attempts", u64::from(l.retry.max_attempts))?;

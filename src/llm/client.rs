@@ -69,7 +69,7 @@ impl LlmClient {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_max_idle_per_host(config.max_concurrency)
             .pool_idle_timeout(config.pool_idle_timeout)
             .tcp_nodelay(true)
             .build()
