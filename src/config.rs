@@ -34,6 +34,11 @@ pub const LLM_KEY_VAR: &str = "LLM_API_KEY";
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)] // each section is documented on its type and in default.toml
 pub struct Config {
+    /// Telegram user ids with admin rights; a list, or `"1,2"` from the
+    /// environment.
+    #[serde(deserialize_with = "ids")]
+    pub admin_ids: Vec<i64>,
+    pub access: AccessConfig,
     pub telegram: TelegramConfig,
     pub llm: LlmConfig,
     pub breaker: BreakerConfig,
@@ -44,6 +49,51 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+}
+
+/// `[access]`: who may chat.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct AccessConfig {
+    pub allowlist_only: bool,
+    #[serde(deserialize_with = "ids")]
+    pub allowed_ids: Vec<i64>,
+    #[serde(with = "humantime_serde")]
+    pub notice_interval: Duration,
+}
+
+/// A list of Telegram ids, written as a TOML array or as a comma-separated
+/// string (the form an environment variable takes).
+fn ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        List(Vec<i64>),
+        One(i64),
+        Text(String),
+    }
+    match Ids::deserialize(deserializer)? {
+        Ids::List(ids) => Ok(ids),
+        Ids::One(id) => Ok(vec![id]),
+        Ids::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse()
+                    .map_err(|_| serde::de::Error::custom(format!("`{part}` is not a user id")))
+            })
+            .collect(),
+    }
+}
+
+impl Config {
+    /// Whether `user` may use the admin commands.
+    pub fn is_admin(&self, user: Option<u64>) -> bool {
+        user.and_then(|id| i64::try_from(id).ok())
+            .is_some_and(|id| self.admin_ids.contains(&id))
+    }
 }
 
 /// `[telegram]`: the Bot API endpoint, long polling and sending.
@@ -86,6 +136,7 @@ pub struct LlmConfig {
     pub name: String,
     pub base_url: Url,
     pub model: String,
+    pub allowed_models: Vec<String>,
     pub max_concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
@@ -627,6 +678,17 @@ mod tests {
     fn bad_duration_names_the_key() {
         let err = Config::from_defaults_with("[session]\nidle_timeout = \"soon\"\n").unwrap_err();
         assert!(err.to_string().contains("session.idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn admin_ids_come_as_a_list_or_a_comma_separated_string() {
+        let config = Config::from_defaults_with("admin_ids = [1, 2]\n").unwrap();
+        assert_eq!(config.admin_ids, [1, 2]);
+        let config = Config::from_defaults_with("admin_ids = \"7, 8,9\"\n").unwrap();
+        assert_eq!(config.admin_ids, [7, 8, 9]);
+        assert!(config.is_admin(Some(8)) && !config.is_admin(Some(1)) && !config.is_admin(None));
+        let err = Config::from_defaults_with("admin_ids = \"7,x\"\n").unwrap_err();
+        assert!(err.to_string().contains("admin_ids"), "{err}");
     }
 
     #[test]

@@ -16,9 +16,32 @@ pub const CHATS: &str = "chats";
 /// [`record::UpdateEntry`] (the update while unanswered, a marker once
 /// answered, until Telegram can no longer send it again).
 pub const UPDATES: &str = "updates";
+/// Keyspace of bot-wide settings owned by one actor each (the banned users
+/// by the rate limiter, the default model by the LLM pool): key a
+/// [`BotKey`] name, value that owner's versioned encoding.
+pub const BOT: &str = "bot";
 /// Keyspace of records that failed to decode: key [`failed_key`], value the
 /// raw bytes, kept for inspection.
 pub const FAILED: &str = "failed";
+
+/// Keys of the `bot` keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotKey {
+    /// The banned user ids (owner: the rate limiter).
+    Bans,
+    /// The default model set by an admin (owner: the LLM pool).
+    DefaultModel,
+}
+
+impl BotKey {
+    /// The key bytes.
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            Self::Bans => b"bans",
+            Self::DefaultModel => b"default_model",
+        }
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

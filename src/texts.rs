@@ -35,6 +35,25 @@ pub struct Texts {
     /// Placeholder: `{seconds}`.
     pub new_users_busy: String,
     pub internal_error: String,
+    pub not_allowed: String,
+    pub banned: String,
+    pub private_bot: String,
+    /// Placeholder: `{user}`.
+    pub ban_done: String,
+    /// Placeholder: `{user}`.
+    pub unban_done: String,
+    /// Placeholder: `{command}`.
+    pub usage_user_id: String,
+    /// Placeholders: `{model}`, `{models}`.
+    pub model_current: String,
+    /// Placeholder: `{model}`.
+    pub model_set: String,
+    /// Placeholders: `{model}`, `{models}`.
+    pub model_unknown: String,
+    /// Placeholders: `{live}`, `{pending}`, `{evicted}`, `{session_restarts}`,
+    /// `{commits}`, `{turns}`, `{quarantined}`, `{restarts}`, `{providers}`,
+    /// `{model}`.
+    pub stats: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -388,15 +388,16 @@ async fn start_child(
                 .0
                 .get_cell()
         }
-        Child::Limiter => Actor::spawn_linked(
-            name,
-            limiter::Limiter,
-            deps.config.limits.clone(),
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
+        Child::Limiter => {
+            let args = limiter::LimiterArgs {
+                config: Arc::clone(&deps.config),
+                directory: deps.directory.clone(),
+            };
+            Actor::spawn_linked(name, limiter::Limiter, args, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
         Child::LlmPool => Actor::spawn_linked(name, llm_pool::LlmPool, deps, supervisor)
             .await?
             .0

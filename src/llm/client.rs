@@ -101,14 +101,17 @@ impl LlmClient {
     pub async fn complete_with_retries(
         &self,
         messages: &[ChatMessage],
+        model: Option<&str>,
         policy: &RetryConfig,
         deadline: Instant,
     ) -> (Result<Completion, LlmError>, u32) {
+        let model = model.unwrap_or(&self.model);
         let started = Instant::now();
         let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
         let mut attempt = 1;
         loop {
-            let result = match tokio::time::timeout_at(deadline, self.complete(messages)).await {
+            let call = self.complete_with(messages, model);
+            let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
                 Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
             };
@@ -143,10 +146,20 @@ impl LlmClient {
         }
     }
 
-    /// Sends one chat-completion request and returns the answer.
+    /// Sends one chat-completion request to the provider's configured model
+    /// and returns the answer.
     pub async fn complete(&self, messages: &[ChatMessage]) -> Result<Completion, LlmError> {
+        self.complete_with(messages, &self.model).await
+    }
+
+    /// Sends one chat-completion request to `model` and returns the answer.
+    pub async fn complete_with(
+        &self,
+        messages: &[ChatMessage],
+        model: &str,
+    ) -> Result<Completion, LlmError> {
         let body = ChatRequest {
-            model: &self.model,
+            model,
             messages,
             max_tokens: self.max_tokens,
             temperature: self.temperature,

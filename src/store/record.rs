@@ -106,6 +106,33 @@ pub enum StoredKind {
     NonText,
 }
 
+/// Schema version of [`BotSetting`] written by this build.
+pub const BOT_SETTING_VERSION: u8 = 1;
+
+/// A bot-wide setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BotSetting {
+    /// Users who get no answers.
+    Bans(Vec<i64>),
+    /// The model admins chose for everyone.
+    DefaultModel(String),
+}
+
+/// Encodes a bot setting with its version byte.
+pub fn encode_setting(setting: &BotSetting) -> Result<Vec<u8>, CodecError> {
+    with_version(BOT_SETTING_VERSION, codec::encode(setting)?)
+}
+
+/// Decodes a bot setting of any known version.
+pub fn decode_setting(bytes: &[u8]) -> Result<BotSetting, RecordError> {
+    match split_version(bytes)? {
+        (1, body) => {
+            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 1, source })
+        }
+        (version, _) => Err(RecordError::UnknownVersion(version)),
+    }
+}
+
 /// A stored value that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -203,7 +230,7 @@ impl StoredUpdate {
                 StoredKind::NonText => InboundKind::NonText,
             },
             received_at: std::time::Instant::now(),
-            limited: None,
+            refused: None,
         }
     }
 }

@@ -25,17 +25,31 @@ pub struct Inbound {
     pub kind: InboundKind,
     /// When the ingress received it, for end-to-end latency.
     pub received_at: Instant,
-    /// Set by the ingress when the rate limiter says not to answer it now.
-    pub limited: Option<Limited>,
+    /// Set by the ingress when the rate limiter says not to answer it.
+    pub refused: Option<Refused>,
 }
 
-/// A rate limiter's "not now" for an update.
+/// The rate limiter's "no" for an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limited {
-    /// When the sender may try again.
-    pub retry_in: std::time::Duration,
-    /// Whether to tell the sender (once per window).
+pub struct Refused {
+    /// Why.
+    pub reason: RefusalReason,
+    /// Whether to tell the sender (once per window); otherwise no reply.
     pub notify: bool,
+}
+
+/// Why an update is not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// Over a rate limit; may try again after `retry_in`.
+    RateLimited {
+        /// When.
+        retry_in: std::time::Duration,
+    },
+    /// The sender is banned.
+    Banned,
+    /// Allowlist mode, and the sender is not on the list.
+    NotAllowed,
 }
 
 /// The content of an [`Inbound`].
@@ -80,7 +94,7 @@ impl Inbound {
             language_code: user.and_then(|u| u.language_code.clone()),
             kind,
             received_at: Instant::now(),
-            limited: None,
+            refused: None,
         })
     }
 }

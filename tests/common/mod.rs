@@ -50,9 +50,25 @@ impl Harness {
 
     /// Starts fakes and the service with its store in `storage`.
     pub async fn start_in(storage: TempDir, overrides: &str) -> Self {
-        init_logging();
         let telegram = FakeTelegram::start().await;
         let llm = FakeLlm::start().await;
+        Self::start_with_fakes(telegram, llm, storage, overrides).await
+    }
+
+    /// Stops the service and starts a new one on the same store and fakes,
+    /// as a process restart would (Telegram's update ids keep counting).
+    pub async fn restart(self, overrides: &str) -> Self {
+        self.service.shutdown().await.expect("clean shutdown");
+        Self::start_with_fakes(self.telegram, self.llm, self.storage, overrides).await
+    }
+
+    async fn start_with_fakes(
+        telegram: FakeTelegram,
+        llm: FakeLlm,
+        storage: TempDir,
+        overrides: &str,
+    ) -> Self {
+        init_logging();
         // Tests send bursts far beyond a person's pace (and Telegram's): the
         // limits are raised by config, except those the test sets itself.
         let limits: String = GENEROUS_LIMITS

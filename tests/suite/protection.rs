@@ -171,3 +171,91 @@ async fn under_telegram_flood_limits_every_reply_arrives_once_in_order() {
     );
     h.stop().await;
 }
+
+const ADMIN: i64 = 900;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_work_for_admins_are_refused_to_others_and_bans_persist() {
+    let overrides = format!("admin_ids = [{ADMIN}]\n");
+    let h = Harness::start_with(&overrides).await;
+
+    // A non-admin is refused (and it is counted as a security event).
+    h.say(902, "/ban 1");
+    h.say(902, "/stats");
+    h.say(902, "/model llama-3.3-70b-versatile");
+    for reply in h.replies(902, 3).await {
+        assert!(reply.text.contains("not allowed"), "{}", reply.text);
+    }
+
+    // The admin bans 901: one notice, then silence, and no LLM call.
+    h.say(ADMIN, "/ban 901");
+    assert!(h.replies(ADMIN, 1).await[0].text.contains("901 is banned"));
+    h.say(901, "hello?");
+    h.say(901, "anyone?");
+    let notice = h.replies(901, 1).await;
+    assert!(notice[0].text.contains("no longer"), "{}", notice[0].text);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(h.telegram.sent_to(901).len(), 1, "one notice only");
+    assert_eq!(h.llm.request_count(), 0);
+
+    // /model switches the model for everyone; without arguments it shows it.
+    h.say(ADMIN, "/model llama-3.3-70b-versatile");
+    assert!(
+        h.replies(ADMIN, 2).await[1]
+            .text
+            .contains("set to llama-3.3-70b-versatile")
+    );
+    h.say(903, "/model");
+    assert!(
+        h.replies(903, 1).await[0]
+            .text
+            .contains("Current model: llama-3.3-70b-versatile")
+    );
+    h.say(903, "which model?");
+    h.replies(903, 2).await;
+    assert_eq!(h.llm.requests()[0].model, "llama-3.3-70b-versatile");
+
+    h.say(ADMIN, "/stats");
+    let stats = &h.replies(ADMIN, 3).await[2].text;
+    assert!(
+        stats.contains("Sessions:") && stats.contains("groq closed"),
+        "{stats}"
+    );
+
+    // The ban and the model survive a restart on the same store.
+    let h = h.restart(&overrides).await;
+    let requests_before = h.llm.request_count();
+    h.say(901, "still banned?");
+    // The restart forgot who was notified, so the banned user hears it once more.
+    assert!(h.replies(901, 2).await[1].text.contains("no longer"));
+    h.say(ADMIN, "/unban 901");
+    assert!(
+        h.replies(ADMIN, 4).await[3]
+            .text
+            .contains("no longer banned")
+    );
+    h.say(901, "back");
+    let replies = h.replies(901, 3).await;
+    assert_eq!(replies[2].text, "answer to: back");
+    assert_eq!(
+        h.llm.requests()[requests_before].model,
+        "llama-3.3-70b-versatile"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_mode_answers_only_listed_users_and_admins() {
+    let h = Harness::start_with(&format!(
+        "admin_ids = [{ADMIN}]\naccess.allowlist_only = true\naccess.allowed_ids = [5]\n"
+    ))
+    .await;
+    h.say(5, "listed");
+    h.say(6, "stranger");
+    h.say(ADMIN, "admin");
+    assert_eq!(h.replies(5, 1).await[0].text, "answer to: listed");
+    assert!(h.replies(6, 1).await[0].text.contains("private bot"));
+    assert_eq!(h.replies(ADMIN, 1).await[0].text, "answer to: admin");
+    assert_eq!(h.llm.request_count(), 2);
+    h.stop().await;
+}

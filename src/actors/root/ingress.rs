@@ -36,7 +36,7 @@ use crate::config::TelegramConfig;
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::telegram::TelegramError;
-use crate::telegram::inbound::{Inbound, Limited};
+use crate::telegram::inbound::{Inbound, RefusalReason, Refused};
 
 /// Messages of the ingress.
 pub enum IngressMsg {
@@ -276,9 +276,21 @@ async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<I
         Ok(verdicts) => {
             tracing::debug!(?verdicts, "rate limits checked");
             for (inbound, verdict) in updates.iter_mut().zip(verdicts) {
-                if let Verdict::Limited { retry_in, notify } = verdict {
-                    inbound.limited = Some(Limited { retry_in, notify });
-                }
+                inbound.refused = match verdict {
+                    Verdict::Allowed => None,
+                    Verdict::Limited { retry_in, notify } => Some(Refused {
+                        reason: RefusalReason::RateLimited { retry_in },
+                        notify,
+                    }),
+                    Verdict::Banned { notify } => Some(Refused {
+                        reason: RefusalReason::Banned,
+                        notify,
+                    }),
+                    Verdict::NotAllowed { notify } => Some(Refused {
+                        reason: RefusalReason::NotAllowed,
+                        notify,
+                    }),
+                };
             }
         }
         Err(error) => tracing::warn!(%error, "rate limiter unavailable; updates not limited"),

@@ -4,7 +4,9 @@
 //!
 //! - **Supervised by:** root, permanent.
 //! - **Messages:** [`LlmPoolMsg::Complete`] — a prompt in, an answer or a
-//!   classified [`LlmError`] out.
+//!   classified [`LlmError`] out; [`LlmPoolMsg::SetModel`] (admin `/model`,
+//!   stored as the `default_model` setting and reloaded on start) and
+//!   [`LlmPoolMsg::CurrentModel`].
 //! - **State:** the providers' [`LlmClient`]s (one pooled HTTP client each)
 //!   and the request slots, all created once by `app` so they outlive
 //!   restarts of this actor.
@@ -31,12 +33,28 @@ use tokio::time::Instant;
 
 use super::Deps;
 use super::breaker::{Admission, BreakerMsg, CallOutcome};
+use super::persistence::PersistenceMsg;
 use crate::actors::{Child, Directory};
 use crate::config::LlmConfig;
 use crate::llm::{ChatMessage, Completion, LlmClient, LlmError};
+use crate::store::record::BotSetting;
+use crate::store::{BotKey, StoreError};
 
 /// Messages of the LLM pool.
 pub enum LlmPoolMsg {
+    /// Use `model` on the primary provider for everyone (admin `/model`);
+    /// answered once the choice is stored.
+    SetModel {
+        /// One of `llm.allowed_models`.
+        model: String,
+        /// `Ok` once durable.
+        reply: RpcReplyPort<Result<(), StoreError>>,
+    },
+    /// The model the primary provider is asked for now.
+    CurrentModel {
+        /// Its name.
+        reply: RpcReplyPort<String>,
+    },
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -55,6 +73,8 @@ pub struct LlmPool;
 /// The pool's state.
 pub struct LlmPoolState {
     providers: Arc<[LlmClient]>,
+    /// The admin's choice for the primary provider, if any.
+    model: Option<Arc<str>>,
     slots: Arc<Semaphore>,
     config: Arc<LlmConfig>,
     directory: Directory,
@@ -75,7 +95,20 @@ impl Actor for LlmPool {
             slots = deps.config.llm.max_concurrency,
             "llm pool started"
         );
+        let model = match deps
+            .directory
+            .call(Child::Persistence, |reply| PersistenceMsg::LoadSetting {
+                key: BotKey::DefaultModel,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)??
+        {
+            Some(BotSetting::DefaultModel(model)) => Some(Arc::from(model.as_str())),
+            _ => None,
+        };
         Ok(LlmPoolState {
+            model,
             providers: deps.llm,
             slots: deps.llm_slots,
             config: Arc::new(deps.config.llm.clone()),
@@ -93,6 +126,30 @@ impl Actor for LlmPool {
             #[cfg(feature = "chaos")]
             LlmPoolMsg::Panic => panic!("chaos: ordered to panic"),
             LlmPoolMsg::Complete { messages, reply } => on_complete(state, messages, reply),
+            LlmPoolMsg::SetModel { model, reply } => {
+                let stored = state
+                    .directory
+                    .call(Child::Persistence, |reply| PersistenceMsg::SaveSetting {
+                        key: BotKey::DefaultModel,
+                        setting: BotSetting::DefaultModel(model.clone()),
+                        reply,
+                    })
+                    .await
+                    .unwrap_or(Err(StoreError::Unavailable));
+                if stored.is_ok() {
+                    tracing::info!(%model, "default model changed");
+                    state.model = Some(Arc::from(model.as_str()));
+                }
+                let _ = reply.send(stored);
+            }
+            LlmPoolMsg::CurrentModel { reply } => {
+                let current = state
+                    .model
+                    .as_deref()
+                    .or_else(|| state.providers.first().map(LlmClient::model))
+                    .unwrap_or_default();
+                let _ = reply.send(current.to_owned());
+            }
         }
         Ok(())
     }
@@ -107,11 +164,17 @@ fn on_complete(
     let slots = Arc::clone(&state.slots);
     let config = Arc::clone(&state.config);
     let directory = state.directory.clone();
+    let model = state.model.clone();
     tokio::spawn(async move {
         let deadline = Instant::now() + config.fallback_after;
         let result = match tokio::time::timeout(config.queue_timeout, slots.acquire_owned()).await {
             Ok(Ok(_slot)) => {
-                complete_with_fallback(&providers, &directory, &config, &messages, deadline).await
+                let call = Call {
+                    messages: &messages,
+                    primary_model: model.as_deref(),
+                    deadline,
+                };
+                complete_with_fallback(&providers, &directory, &config, call).await
             }
             // The semaphore is never closed; treat it like a missing pool.
             Ok(Err(_closed)) => Err(LlmError::PoolUnavailable),
@@ -122,13 +185,25 @@ fn on_complete(
     });
 }
 
+/// One request's prompt and limits.
+struct Call<'a> {
+    messages: &'a [ChatMessage],
+    /// The admin's model choice, for the primary provider only.
+    primary_model: Option<&'a str>,
+    deadline: Instant,
+}
+
 async fn complete_with_fallback(
     providers: &[LlmClient],
     directory: &Directory,
     config: &LlmConfig,
-    messages: &[ChatMessage],
-    deadline: Instant,
+    call: Call<'_>,
 ) -> Result<Completion, LlmError> {
+    let Call {
+        messages,
+        primary_model,
+        deadline,
+    } = call;
     let mut retry_in: Option<Duration> = None;
     let mut last = None;
     for (index, provider) in providers.iter().enumerate() {
@@ -148,7 +223,12 @@ async fn complete_with_fallback(
         }
         let started = Instant::now();
         let (result, attempts) = provider
-            .complete_with_retries(messages, &config.retry, deadline)
+            .complete_with_retries(
+                messages,
+                if index == 0 { primary_model } else { None },
+                &config.retry,
+                deadline,
+            )
             .await;
         let outcome = CallOutcome {
             failed: result

@@ -39,10 +39,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::{PersistModeConfig, StorageConfig};
-use crate::store::record::{self, ChatRecord, UpdateEntry};
+use crate::store::record::{self, BotSetting, ChatRecord, UpdateEntry};
 use crate::store::{
-    self, CHATS, FAILED, StoreError, UPDATES, chat_key, failed_chat_key, failed_update_key,
-    update_from_key, update_key,
+    self, BOT, BotKey, CHATS, FAILED, StoreError, UPDATES, chat_key, failed_chat_key,
+    failed_update_key, update_from_key, update_key,
 };
 use crate::telegram::inbound::{ChatId, Inbound};
 
@@ -89,6 +89,22 @@ pub enum PersistenceMsg {
     Confirmed {
         /// The confirmed offset.
         below: u32,
+    },
+    /// A bot-wide setting; `None` if never set (or unreadable: logged).
+    LoadSetting {
+        /// Which.
+        key: BotKey,
+        /// The setting.
+        reply: RpcReplyPort<Result<Option<BotSetting>, StoreError>>,
+    },
+    /// Store a bot-wide setting durably.
+    SaveSetting {
+        /// Which.
+        key: BotKey,
+        /// The new value.
+        setting: BotSetting,
+        /// `Ok` once durable.
+        reply: RpcReplyPort<Result<(), StoreError>>,
     },
     /// Counters for health checks, tests and benchmarks.
     Stats {
@@ -199,6 +215,18 @@ impl Actor for Persistence {
                 reply,
             }),
             PersistenceMsg::PendingUpdates { reply } => writer.submit(Op::Pending { reply }),
+            PersistenceMsg::LoadSetting { key, reply } => {
+                writer.submit(Op::LoadSetting { key, reply })
+            }
+            PersistenceMsg::SaveSetting {
+                key,
+                setting,
+                reply,
+            } => writer.submit(Op::SaveSetting {
+                key,
+                setting,
+                reply,
+            }),
             PersistenceMsg::Confirmed { below } => writer.submit(Op::Prune { below }),
             PersistenceMsg::Stats { reply } => {
                 let _ = reply.send(writer.counters.snapshot());
@@ -231,6 +259,15 @@ enum Op {
     Prune {
         below: u32,
     },
+    LoadSetting {
+        key: BotKey,
+        reply: RpcReplyPort<Result<Option<BotSetting>, StoreError>>,
+    },
+    SaveSetting {
+        key: BotKey,
+        setting: BotSetting,
+        reply: RpcReplyPort<Result<(), StoreError>>,
+    },
 }
 
 impl Op {
@@ -241,6 +278,8 @@ impl Op {
             Self::Admit { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Commit { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Pending { reply } => drop(reply.send(Err(error.clone()))),
+            Self::LoadSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::SaveSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Prune { .. } => {}
         }
     }
@@ -320,6 +359,7 @@ fn persist_mode(mode: PersistModeConfig) -> PersistMode {
 
 struct OpenStore {
     db: Database,
+    bot: Keyspace,
     chats: Keyspace,
     updates: Keyspace,
     failed: Keyspace,
@@ -335,6 +375,7 @@ impl OpenStore {
             .open()?;
         Ok(Self {
             chats: db.keyspace(CHATS, KeyspaceCreateOptions::default)?,
+            bot: db.keyspace(BOT, KeyspaceCreateOptions::default)?,
             updates: db.keyspace(UPDATES, KeyspaceCreateOptions::default)?,
             failed: db.keyspace(FAILED, KeyspaceCreateOptions::default)?,
             db,
@@ -445,7 +486,20 @@ impl Thread {
                         tracing::warn!(%error, "pruning answered updates failed");
                     }
                 }
-                read @ (Op::Load { .. } | Op::Pending { .. }) => prepared.push(Ok(read)),
+                Op::SaveSetting {
+                    key,
+                    setting,
+                    reply,
+                } => match record::encode_setting(&setting) {
+                    Ok(bytes) => {
+                        write.insert(&self.store.bot, key.as_bytes(), bytes);
+                        after_commit.push(Done::Commit(reply));
+                    }
+                    Err(e) => drop(reply.send(Err(StoreError::Storage(e.to_string())))),
+                },
+                read @ (Op::Load { .. } | Op::Pending { .. } | Op::LoadSetting { .. }) => {
+                    prepared.push(Ok(read));
+                }
             }
         }
 
@@ -542,6 +596,9 @@ impl Thread {
             Op::Pending { reply } => {
                 let _ = reply.send(self.pending());
             }
+            Op::LoadSetting { key, reply } => {
+                let _ = reply.send(self.setting(key));
+            }
             other => other.fail(&StoreError::Storage("not a read".into())),
         }
         Ok(())
@@ -563,6 +620,22 @@ impl Thread {
                 );
                 write.remove(&self.store.chats, chat_key(chat_id));
                 write.commit()?;
+                self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    fn setting(&self, key: BotKey) -> Result<Option<BotSetting>, StoreError> {
+        let Some(bytes) = self.store.bot.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        match record::decode_setting(&bytes) {
+            Ok(setting) => Ok(Some(setting)),
+            Err(error) => {
+                // Kept where it is for inspection; the owner starts from its
+                // default and its next save replaces it.
+                tracing::error!(key = ?key, %error, "bot setting does not decode; ignored");
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }

@@ -21,6 +21,8 @@
 //!   the user message stays in the history. A panic is a bug: the supervisor
 //!   hands the unanswered updates to a new session, which reloads the record.
 
+mod admin;
+
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -39,7 +41,7 @@ use crate::input::{self, Rejection};
 use crate::llm::{LlmError, Role};
 use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
-use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
+use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
 use crate::telegram::split::split_message;
 use crate::texts::{Texts, fill};
 
@@ -206,6 +208,9 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
                 None => texts.nothing_to_retry.clone(),
             }
         }
+        InboundKind::Command { name, args } if ADMIN_COMMANDS.contains(&name.as_str()) => {
+            admin::on_admin_command(state, inbound, &texts, name, args).await
+        }
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
         InboundKind::Text(text) => match input::validate(text, state.deps.config.input.max_chars) {
@@ -255,13 +260,18 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
         .for_language(inbound.language_code.as_deref());
     let seconds =
         |wait: std::time::Duration| (wait.as_secs_f64().ceil().max(1.0) as u64).to_string();
-    if let Some(limited) = inbound.limited {
-        tracing::info!(notify = limited.notify, "rate limited");
-        // One notice per window; later limited updates get no reply at all.
-        return Some(if limited.notify {
-            fill(&texts.slow_down, &[("seconds", &seconds(limited.retry_in))])
-        } else {
-            String::new()
+    if let Some(refused) = inbound.refused {
+        tracing::info!(reason = ?refused.reason, notify = refused.notify, "refused");
+        // One notice per window; later refused updates get no reply at all.
+        if !refused.notify {
+            return Some(String::new());
+        }
+        return Some(match refused.reason {
+            RefusalReason::RateLimited { retry_in } => {
+                fill(&texts.slow_down, &[("seconds", &seconds(retry_in))])
+            }
+            RefusalReason::Banned => texts.banned.clone(),
+            RefusalReason::NotAllowed => texts.private_bot.clone(),
         });
     }
     if !state.is_new {
@@ -274,7 +284,9 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
         .await
         .unwrap_or(Verdict::Allowed);
     match verdict {
-        Verdict::Allowed => {
+        Verdict::Allowed | Verdict::Banned { .. } | Verdict::NotAllowed { .. } => {
+            // Bans and the allowlist were checked on arrival; admission only
+            // ever limits.
             state.is_new = false;
             None
         }
@@ -341,8 +353,11 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
     }
 }
 
+/// Commands for admins only (`/model` without arguments is for everyone).
+const ADMIN_COMMANDS: &[&str] = &["model", "stats", "ban", "unban"];
+
 /// Counts and logs a security event (never with the user's text).
-fn security_event(kind: &'static str) {
+pub(crate) fn security_event(kind: &'static str) {
     tracing::warn!(kind, "security event");
     metrics::counter!("llmgram_security_events_total", "kind" => kind).increment(1);
 }

@@ -1,0 +1,184 @@
+//! The session's admin commands: `/stats`, `/ban`, `/unban`, `/model`.
+//! Admin rights come from `admin_ids`; anyone else gets "not allowed" and a
+//! security event is counted. `/model` without arguments is for everyone.
+
+use ractor::ActorRef;
+
+use super::{SessionState, security_event};
+use crate::actors::Child;
+use crate::actors::root::RootMsg;
+use crate::actors::root::breaker::{BreakerMsg, BreakerStatus};
+use crate::actors::root::limiter::LimiterMsg;
+use crate::actors::root::llm_pool::LlmPoolMsg;
+use crate::actors::root::persistence::PersistenceMsg;
+use crate::actors::root::session_sup::SessionSupMsg;
+use crate::telegram::inbound::Inbound;
+use crate::texts::{Texts, fill};
+
+/// Answers an admin command (or refuses it).
+pub(super) async fn on_admin_command(
+    state: &mut SessionState,
+    inbound: &Inbound,
+    texts: &Texts,
+    name: &str,
+    args: &str,
+) -> String {
+    let args = args.trim();
+    if name == "model" && args.is_empty() {
+        return current_model(state, texts).await;
+    }
+    if !state.deps.config.is_admin(inbound.user_id) {
+        security_event("admin_command_denied");
+        return texts.not_allowed.clone();
+    }
+    tracing::info!(command = name, "admin command");
+    match name {
+        "stats" => stats(state, texts).await,
+        "ban" | "unban" => match args.parse::<i64>() {
+            Ok(user) => ban(state, texts, user, name == "ban").await,
+            Err(_) => fill(&texts.usage_user_id, &[("command", name)]),
+        },
+        "model" => set_model(state, texts, args).await,
+        _ => texts.not_allowed.clone(),
+    }
+}
+
+async fn ban(state: &SessionState, texts: &Texts, user: i64, ban: bool) -> String {
+    let stored = state
+        .deps
+        .directory
+        .call(Child::Limiter, |reply| {
+            if ban {
+                LimiterMsg::Ban { user, reply }
+            } else {
+                LimiterMsg::Unban { user, reply }
+            }
+        })
+        .await;
+    let user_text = user.to_string();
+    match stored {
+        Ok(Ok(())) if ban => fill(&texts.ban_done, &[("user", &user_text)]),
+        Ok(Ok(())) => fill(&texts.unban_done, &[("user", &user_text)]),
+        Ok(Err(error)) => {
+            tracing::error!(class = error.class(), %error, "ban not stored");
+            texts.internal_error.clone()
+        }
+        Err(error) => {
+            tracing::error!(%error, "ban not stored");
+            texts.internal_error.clone()
+        }
+    }
+}
+
+async fn current_model(state: &SessionState, texts: &Texts) -> String {
+    let model = state
+        .deps
+        .directory
+        .call(Child::LlmPool, |reply| LlmPoolMsg::CurrentModel { reply })
+        .await
+        .unwrap_or_else(|_| state.deps.config.llm.model.clone());
+    fill(
+        &texts.model_current,
+        &[
+            ("model", &model),
+            ("models", &state.deps.config.llm.allowed_models.join(", ")),
+        ],
+    )
+}
+
+async fn set_model(state: &SessionState, texts: &Texts, model: &str) -> String {
+    let allowed = &state.deps.config.llm.allowed_models;
+    if !allowed.iter().any(|m| m == model) {
+        return fill(
+            &texts.model_unknown,
+            &[("model", model), ("models", &allowed.join(", "))],
+        );
+    }
+    let model_owned = model.to_owned();
+    let set = state
+        .deps
+        .directory
+        .call(Child::LlmPool, |reply| LlmPoolMsg::SetModel {
+            model: model_owned.clone(),
+            reply,
+        })
+        .await;
+    match set {
+        Ok(Ok(())) => fill(&texts.model_set, &[("model", model)]),
+        Ok(Err(error)) => {
+            tracing::error!(class = error.class(), %error, "model not stored");
+            texts.internal_error.clone()
+        }
+        Err(error) => {
+            tracing::error!(%error, "model not set");
+            texts.internal_error.clone()
+        }
+    }
+}
+
+/// A compact view of the service for admins.
+async fn stats(state: &SessionState, texts: &Texts) -> String {
+    let directory = &state.deps.directory;
+    let sessions = state
+        .supervisor
+        .call(|reply| SessionSupMsg::Stats { reply }, None)
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .unwrap_or_default();
+    let store = directory
+        .call(Child::Persistence, |reply| PersistenceMsg::Stats { reply })
+        .await
+        .unwrap_or_default();
+    let restarts = match ractor::registry::where_is(directory.root_name()) {
+        Some(root) => ActorRef::<RootMsg>::from(root)
+            .call(|reply| RootMsg::Status { reply }, None)
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .map(|tree| {
+                tree.children
+                    .iter()
+                    .filter(|c| c.restarts > 0 || !c.alive)
+                    .map(|c| format!("{}×{}", c.child.as_str(), c.restarts))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut providers = Vec::new();
+    for (index, provider) in state.deps.llm.iter().enumerate() {
+        let breaker = Child::Breaker(u8::try_from(index).unwrap_or(u8::MAX));
+        let status = directory
+            .call(breaker, |reply| BreakerMsg::Status { reply })
+            .await
+            .map_or("?", |s: BreakerStatus| s.as_str());
+        providers.push(format!("{} {}", provider.name(), status));
+    }
+    let model = directory
+        .call(Child::LlmPool, |reply| LlmPoolMsg::CurrentModel { reply })
+        .await
+        .unwrap_or_default();
+    fill(
+        &texts.stats,
+        &[
+            ("live", &sessions.live.to_string()),
+            ("pending", &sessions.pending.to_string()),
+            ("evicted", &sessions.evicted.to_string()),
+            ("session_restarts", &sessions.restarted.to_string()),
+            ("commits", &store.commits.to_string()),
+            ("turns", &store.turns.to_string()),
+            ("quarantined", &store.quarantined.to_string()),
+            (
+                "restarts",
+                &if restarts.is_empty() {
+                    "0".to_owned()
+                } else {
+                    restarts.join(", ")
+                },
+            ),
+            ("providers", &providers.join(", ")),
+            ("model", &model),
+        ],
+    )
+}
