@@ -17,8 +17,10 @@ use crate::actors::root::session_sup::SessionStats;
 use crate::actors::root::{self, Deps, Fatal, Root, RootArgs, RootMsg, TreeStatus};
 use crate::config::{Config, Secrets};
 use crate::llm::{self, LlmClient, LlmError};
+use crate::ops::{Health, OpsState};
 use crate::telegram::{self, TelegramError};
 use crate::texts::{LocaleError, Locales};
+use tokio::net::TcpListener;
 
 /// Why the service could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ pub enum AppError {
     /// The supervision tree did not start.
     #[error("cannot start the supervision tree: {0}")]
     Spawn(String),
+    /// The ops listener cannot listen on `ops.listen`.
+    #[error("{0}")]
+    Ops(String),
     /// The root supervisor gave up.
     #[error("supervision: {0}")]
     Fatal(#[from] Fatal),
@@ -72,6 +77,9 @@ pub struct Service {
     /// The store's writer thread; it ends once the tree has stopped.
     store_thread: Option<std::thread::JoinHandle<()>>,
     grace: std::time::Duration,
+    ops_addr: std::net::SocketAddr,
+    /// Stops the ops listener, and its task.
+    ops: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 /// Starts the service: checks the storage directory and the bot token, then
@@ -91,16 +99,26 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
     let bot_username = check_token(&bot).await?;
     let llm: Arc<[LlmClient]> = llm::client::providers(&config, &secrets)?.into();
     let directory = Directory::new(instance, &config.supervision);
+    // Installed once per process; every later service shares it.
+    crate::ops::prometheus();
+    let health = Arc::new(Health::new(llm.len()));
+    let ops_listener = TcpListener::bind(config.ops.listen)
+        .await
+        .map_err(|e| AppError::Ops(format!("ops.listen {}: {e}", config.ops.listen)))?;
+    let ops_addr = ops_listener
+        .local_addr()
+        .map_err(|e| AppError::Ops(e.to_string()))?;
     let deps = Deps {
         directory: directory.clone(),
         bot,
         bot_username,
-        llm,
+        llm: Arc::clone(&llm),
         llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
         send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
         pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,
+        health: Arc::clone(&health),
         config: Arc::clone(&config),
     };
     let (fatal_tx, fatal) = oneshot::channel();
@@ -114,10 +132,21 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
     )
     .await
     .map_err(|e| AppError::Spawn(e.to_string()))?;
+    let ops_state = OpsState {
+        directory: directory.clone(),
+        health,
+        providers: llm.iter().map(|p| p.name().to_owned()).collect(),
+        config: Arc::clone(&config),
+    };
+    let (ops_stop, ops_stopped) = oneshot::channel::<()>();
+    let ops_task = tokio::spawn(crate::ops::serve(ops_listener, ops_state, async move {
+        let _ = ops_stopped.await;
+    }));
     tracing::info!(
         instance,
         model = %config.llm.model,
         llm = %config.llm.base_url,
+        ops = %ops_addr,
         "llmgram started"
     );
     Ok(Service {
@@ -127,6 +156,8 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         fatal,
         store_thread: Some(store_thread),
         grace: config.shutdown.grace,
+        ops_addr,
+        ops: Some((ops_stop, ops_task)),
     })
 }
 
@@ -142,6 +173,11 @@ pub async fn run(
 }
 
 impl Service {
+    /// Where the ops listener (health, readiness, metrics) listens.
+    pub fn ops_addr(&self) -> std::net::SocketAddr {
+        self.ops_addr
+    }
+
     /// The name directory of this instance.
     pub fn directory(&self) -> &Directory {
         &self.directory
@@ -186,6 +222,11 @@ impl Service {
     /// it holds and persist the journal. It ends once every actor holding a
     /// handle to it has stopped.
     async fn wait_for_store(&mut self) {
+        // The ops listener goes last but one: probes see the shutdown.
+        if let Some((stop, task)) = self.ops.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         let Some(thread) = self.store_thread.take() else {
             return;
         };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// The embedded default configuration, the base layer of every load.
@@ -30,7 +30,7 @@ pub const LLM_KEY_VAR: &str = "LLM_API_KEY";
 
 /// The whole configuration. See `config/default.toml` for every knob's unit
 /// and the reason for its default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)] // each section is documented on its type and in default.toml
 pub struct Config {
@@ -47,12 +47,13 @@ pub struct Config {
     pub input: InputConfig,
     pub supervision: SupervisionConfig,
     pub storage: StorageConfig,
+    pub ops: OpsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
 
 /// `[access]`: who may chat.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct AccessConfig {
@@ -97,7 +98,7 @@ impl Config {
 }
 
 /// `[telegram]`: the Bot API endpoint, long polling and sending.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct TelegramConfig {
@@ -129,7 +130,7 @@ pub struct TelegramConfig {
 }
 
 /// `[llm]`: the OpenAI-compatible provider and the pool in front of it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct LlmConfig {
@@ -157,7 +158,7 @@ pub struct LlmConfig {
 }
 
 /// `[llm.retry]`: retries of one provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct RetryConfig {
@@ -173,7 +174,7 @@ pub struct RetryConfig {
 }
 
 /// One `[[llm.fallback]]` provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct FallbackConfig {
@@ -185,7 +186,7 @@ pub struct FallbackConfig {
 }
 
 /// `[limits]`: rate limits on arriving updates.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct LimitsConfig {
@@ -198,7 +199,7 @@ pub struct LimitsConfig {
 }
 
 /// `[breaker]`: the circuit breaker of each provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct BreakerConfig {
@@ -214,7 +215,7 @@ pub struct BreakerConfig {
 }
 
 /// `[session]`: per-chat history bounds and idle eviction.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct SessionConfig {
@@ -228,7 +229,7 @@ pub struct SessionConfig {
 }
 
 /// `[input]`: what user text is accepted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct InputConfig {
@@ -237,7 +238,7 @@ pub struct InputConfig {
 
 /// `[supervision]`: restart budget and backoff, and how callers wait for
 /// restarting actors.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct SupervisionConfig {
@@ -255,7 +256,7 @@ pub struct SupervisionConfig {
 }
 
 /// `[storage]`: where the embedded store lives.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct StorageConfig {
@@ -267,7 +268,7 @@ pub struct StorageConfig {
 }
 
 /// How far a commit is pushed to disk before writers are told it is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum PersistModeConfig {
     /// `fsync`: data and metadata on disk.
     SyncAll,
@@ -277,8 +278,16 @@ pub enum PersistModeConfig {
     Buffer,
 }
 
+/// `[ops]`: the operator's HTTP listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct OpsConfig {
+    pub listen: std::net::SocketAddr,
+}
+
 /// `[log]`: level filter and output format.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct LogConfig {
@@ -287,7 +296,7 @@ pub struct LogConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable, one event per line with fields.
@@ -297,7 +306,7 @@ pub enum LogFormat {
 }
 
 /// `[shutdown]`: graceful stop.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct ShutdownConfig {
@@ -570,6 +579,15 @@ impl Config {
 }
 
 impl Secrets {
+    /// Which secrets are set, never their values: for `check-config`.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            TOKEN_VAR: "set (redacted)",
+            LLM_KEY_VAR: if self.llm_api_key.is_some() { "set (redacted)" } else { "not set" },
+            "fallback keys": self.fallback_keys.keys().collect::<Vec<_>>(),
+        })
+    }
+
     /// Reads the secrets through `lookup` (the process environment in `main`,
     /// a map in tests). The bot token is required; the LLM key is optional
     /// because local OpenAI-compatible servers need none.

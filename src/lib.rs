@@ -11,6 +11,7 @@
 //! - [`telegram`]: updates in ([`telegram::inbound`]), long answers split
 //!   ([`telegram::split`]), Bot API errors classified.
 //! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call.
+//! - [`ops`]: the operator's HTTP listener (health, readiness, metrics).
 //! - [`history`]: a chat's bounded history, owned by its session.
 //! - [`store`]: versioned records and their encoding; only the persistence
 //!   actor opens the database.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod history;
 pub mod input;
 pub mod llm;
+pub mod ops;
 pub mod retry;
 pub mod store;
 pub mod telegram;

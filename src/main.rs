@@ -17,8 +17,17 @@ use llmgram::config::{Config, Secrets};
 #[command(version, about)]
 struct Args {
     /// A TOML file merged over the built-in defaults (config/default.toml).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Validate the configuration and print the effective values (secrets
+    /// redacted); exit 0 if it is usable, 2 if not.
+    CheckConfig,
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -26,6 +35,9 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::CheckConfig) = args.command {
+        return check_config(args.config.as_deref());
+    }
     let loaded = Config::load(args.config.as_deref()).and_then(|config| {
         Secrets::from_lookup(&config, |var| std::env::var(var).ok()).map(|s| (config, s))
     });
@@ -67,8 +79,51 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on the first SIGINT or SIGTERM.
+/// `llmgram check-config`: the effective configuration as JSON on stdout.
+fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("llmgram: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let secrets = Secrets::from_lookup(&config, |var| std::env::var(var).ok());
+    let report = serde_json::json!({
+        "config": config,
+        "secrets": match &secrets {
+            Ok(secrets) => secrets.describe(),
+            Err(error) => serde_json::Value::String(error.to_string()),
+        },
+    });
+    match serde_json::to_string_pretty(&report) {
+        Ok(text) => println!("{text}"),
+        Err(error) => {
+            eprintln!("llmgram: cannot print the configuration: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
+    match secrets {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("llmgram: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one ends the process
+/// at once, for an operator who will not wait for the graceful stop.
 async fn shutdown_signal() {
+    first_signal().await;
+    tokio::spawn(async {
+        first_signal().await;
+        eprintln!("llmgram: second signal; exiting without waiting");
+        std::process::exit(i32::from(EXIT_RUNTIME));
+    });
+}
+
+async fn first_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -240,6 +240,8 @@ pub struct Deps {
     pub locales: Locales,
     /// The store's writer; only the persistence actor can use it.
     pub store: persistence::StoreWriter,
+    /// Timestamps for readiness, stamped by the ingress and the pool.
+    pub health: Arc<crate::ops::Health>,
 }
 
 /// Arguments of the root.

@@ -77,7 +77,8 @@ impl Harness {
             .map(|(key, value)| format!("{key} = {value}\n"))
             .collect();
         let config = Config::from_defaults_with(&format!(
-            "{limits}telegram.api_url = \"{}\"\n\
+            "{limits}ops.listen = \"127.0.0.1:0\"\n\
+             telegram.api_url = \"{}\"\n\
              telegram.poll_timeout = \"1s\"\n\
              llm.base_url = \"{}\"\n\
              storage.path = \"{}\"\n\

@@ -35,6 +35,16 @@ impl BotProcess {
 
     /// Starts the binary without waiting for anything.
     pub fn spawn(telegram: &FakeTelegram, llm: &FakeLlm, data: &Path) -> Self {
+        Self::spawn_with(telegram, llm, data, &[])
+    }
+
+    /// Starts the binary with extra environment variables (which win).
+    pub fn spawn_with(
+        telegram: &FakeTelegram,
+        llm: &FakeLlm,
+        data: &Path,
+        extra_env: &[(&str, String)],
+    ) -> Self {
         let log = data.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -58,6 +68,8 @@ impl BotProcess {
             .env("LLMGRAM_TELEGRAM__PER_CHAT_RATE", "1000000")
             .env("LLMGRAM_TELEGRAM__PER_CHAT_BURST", "1000000")
             .env("LLMGRAM_TELEGRAM__GLOBAL_RATE", "1000000")
+            .env("LLMGRAM_OPS__LISTEN", "127.0.0.1:0")
+            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -90,6 +102,24 @@ impl BotProcess {
             .expect("stops in time")
             .expect("wait");
         status.code()
+    }
+
+    /// Sends SIGTERM twice, 200 ms apart, and returns the exit code.
+    pub async fn terminate_twice(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running").to_string();
+        for _ in 0..2 {
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("stops in time")
+            .expect("wait")
+            .code()
     }
 
     /// Waits for the process to exit by itself and returns its exit code.

@@ -14,6 +14,7 @@ fn bot() -> Command {
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LLMGRAM_OPS__LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -118,4 +119,27 @@ async fn the_binary_answers_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("123456:test"), "the token is never logged");
     assert!(!stderr.contains("sk-test"), "the key is never logged");
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_without_secrets() {
+    let output = bot()
+        .env("TELEGRAM_BOT_TOKEN", "1:TOPSECRET")
+        .env("LLM_API_KEY", "sk-TOPSECRET")
+        .env("LLMGRAM_LLM__MODEL", "from-env")
+        .env("LLMGRAM_ADMIN_IDS", "5,6")
+        .arg("check-config")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("TOPSECRET"), "a secret was printed");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["config"]["llm"]["model"], "from-env");
+    assert_eq!(report["config"]["admin_ids"], serde_json::json!([5, 6]));
+    assert_eq!(report["secrets"]["LLM_API_KEY"], "set (redacted)");
+
+    let output = bot().arg("check-config").output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2));
 }

@@ -6,6 +6,7 @@ mod conversation;
 mod eviction;
 mod isolation;
 mod long_answer;
+mod operations;
 mod ordering;
 mod persistence;
 mod protection;

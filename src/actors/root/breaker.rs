@@ -153,6 +153,13 @@ impl Actor for Breaker {
         if before != after {
             on_transition(&state.provider, before, after);
         }
+        metrics::gauge!("llmgram_breaker_state", "provider" => state.provider.to_string()).set(
+            match after {
+                "closed" => 0.0,
+                "half_open" => 1.0,
+                _ => 2.0,
+            },
+        );
         Ok(())
     }
 }

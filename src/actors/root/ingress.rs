@@ -61,6 +61,7 @@ pub struct IngressState {
     confirmed: i32,
     bot_username: Option<String>,
     webhook_removed: bool,
+    health: std::sync::Arc<crate::ops::Health>,
     backoff: Backoff,
 }
 
@@ -91,6 +92,7 @@ impl Actor for Ingress {
             backoff: Backoff::new(config.retry_min, config.retry_max),
             config: Arc::new(config.clone()),
             bot: deps.bot,
+            health: deps.health,
             directory: deps.directory,
             offset: 0,
             confirmed: 0,
@@ -181,6 +183,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
         .timeout(u32::try_from(state.config.poll_timeout.as_secs()).unwrap_or(u32::MAX))
         .allowed_updates([AllowedUpdate::Message])
         .await?;
+    crate::ops::Health::stamp(&state.health.telegram_ok_ms);
     // This call confirmed every update below `offset` to Telegram.
     if state.offset > state.confirmed {
         state.confirmed = state.offset;
@@ -211,6 +214,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
         messages = inbound.len(),
         "updates received"
     );
+    metrics::counter!("llmgram_updates_received_total").increment(updates.len() as u64);
 
     // Durable before routing: once the next getUpdates confirms them to
     // Telegram, the store is the only copy of an unanswered update.

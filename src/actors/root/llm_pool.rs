@@ -75,6 +75,7 @@ pub struct LlmPoolState {
     providers: Arc<[LlmClient]>,
     /// The admin's choice for the primary provider, if any.
     model: Option<Arc<str>>,
+    health: Arc<crate::ops::Health>,
     slots: Arc<Semaphore>,
     config: Arc<LlmConfig>,
     directory: Directory,
@@ -109,6 +110,7 @@ impl Actor for LlmPool {
         };
         Ok(LlmPoolState {
             model,
+            health: deps.health,
             providers: deps.llm,
             slots: deps.llm_slots,
             config: Arc::new(deps.config.llm.clone()),
@@ -165,6 +167,7 @@ fn on_complete(
     let config = Arc::clone(&state.config);
     let directory = state.directory.clone();
     let model = state.model.clone();
+    let health = Arc::clone(&state.health);
     tokio::spawn(async move {
         let deadline = Instant::now() + config.fallback_after;
         let result = match tokio::time::timeout(config.queue_timeout, slots.acquire_owned()).await {
@@ -173,6 +176,7 @@ fn on_complete(
                     messages: &messages,
                     primary_model: model.as_deref(),
                     deadline,
+                    health: &health,
                 };
                 complete_with_fallback(&providers, &directory, &config, call).await
             }
@@ -191,6 +195,7 @@ struct Call<'a> {
     /// The admin's model choice, for the primary provider only.
     primary_model: Option<&'a str>,
     deadline: Instant,
+    health: &'a crate::ops::Health,
 }
 
 async fn complete_with_fallback(
@@ -203,6 +208,7 @@ async fn complete_with_fallback(
         messages,
         primary_model,
         deadline,
+        health,
     } = call;
     let mut retry_in: Option<Duration> = None;
     let mut last = None;
@@ -230,6 +236,15 @@ async fn complete_with_fallback(
                 deadline,
             )
             .await;
+        let elapsed = started.elapsed();
+        metrics::counter!("llmgram_llm_requests_total", "provider" => provider.name().to_owned())
+            .increment(u64::from(attempts));
+        metrics::histogram!(
+            "llmgram_llm_latency_seconds",
+            "provider" => provider.name().to_owned(),
+            "model" => if index == 0 { primary_model.unwrap_or(provider.model()) } else { provider.model() }.to_owned()
+        )
+        .record(elapsed.as_secs_f64());
         let outcome = CallOutcome {
             failed: result
                 .as_ref()
@@ -241,6 +256,9 @@ async fn complete_with_fallback(
         match result {
             Ok(completion) => {
                 tracing::debug!(provider = provider.name(), attempts, "answered");
+                if let Some(slot) = health.provider_ok_ms.get(index) {
+                    crate::ops::Health::stamp(slot);
+                }
                 return Ok(completion);
             }
             Err(error) => {

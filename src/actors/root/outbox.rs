@@ -327,7 +327,10 @@ async fn send_text(
             .send_message(chat_id, text.clone())
             .link_preview_options(no_link_preview());
         let error = match tokio::time::timeout(config.send_timeout, request).await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(_)) => {
+                metrics::counter!("llmgram_replies_sent_total").increment(1);
+                return Ok(());
+            }
             Ok(Err(error)) => TelegramError::from(error),
             Err(_) => TelegramError::Timeout,
         };

@@ -306,6 +306,7 @@ async fn spawn_session(
     // Session start-up does no I/O, so waiting for it here is short.
     let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
     state.chat_of.insert(session.get_id(), chat_id);
+    metrics::gauge!("llmgram_sessions_active").increment(1.0);
     tracing::debug!(chat_id = chat_id.0, "session started");
     Ok(session)
 }
@@ -352,6 +353,7 @@ async fn on_session_died(
     tracing::warn!(chat_id = chat_id.0, %reason, pending = entry.pending.len(), "session died");
     if entry.pending.is_empty() {
         state.chats.remove(&chat_id);
+        metrics::gauge!("llmgram_sessions_active").decrement(1.0);
         return Ok(());
     }
 
@@ -424,6 +426,8 @@ fn on_sweep_idle(state: &mut SessionSupState) {
             state.chat_of.remove(&entry.session.get_id());
             entry.session.stop(Some("idle".into()));
             state.stats.evicted += 1;
+            metrics::gauge!("llmgram_sessions_active").decrement(1.0);
+            metrics::counter!("llmgram_session_evictions_total").increment(1);
             tracing::debug!(chat_id = chat_id.0, "session evicted");
         }
     }

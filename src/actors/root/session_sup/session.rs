@@ -214,14 +214,22 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
         InboundKind::Text(text) => match input::validate(text, state.deps.config.input.max_chars) {
-            Err(Rejection::Empty) => texts.empty_text.clone(),
-            Err(Rejection::TooLong { length, limit }) => fill(
-                &texts.too_long,
-                &[
-                    ("length", &length.to_string()),
-                    ("limit", &limit.to_string()),
-                ],
-            ),
+            Err(Rejection::Empty) => {
+                metrics::counter!("llmgram_rejected_inputs_total", "reason" => "empty")
+                    .increment(1);
+                texts.empty_text.clone()
+            }
+            Err(Rejection::TooLong { length, limit }) => {
+                metrics::counter!("llmgram_rejected_inputs_total", "reason" => "too_long")
+                    .increment(1);
+                fill(
+                    &texts.too_long,
+                    &[
+                        ("length", &length.to_string()),
+                        ("limit", &limit.to_string()),
+                    ],
+                )
+            }
             Ok(cleaned) => {
                 if input::looks_like_injection(&cleaned) {
                     // Answered as ordinary user text all the same: it only
@@ -235,10 +243,9 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
     state.counters.answered += 1;
     let commit = prepare_commit(state, inbound.update_id, change);
     deliver(state, reply, commit).await;
-    tracing::debug!(
-        latency_ms = inbound.received_at.elapsed().as_millis() as u64,
-        "update finished"
-    );
+    let latency = inbound.received_at.elapsed();
+    metrics::histogram!("llmgram_reply_latency_seconds").record(latency.as_secs_f64());
+    tracing::debug!(latency_ms = latency.as_millis() as u64, "update finished");
     finish(state, inbound)
 }
 

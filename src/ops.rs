@@ -1,0 +1,259 @@
+//! The operator's HTTP listener on `ops.listen`: `/healthz` (liveness),
+//! `/readyz` (readiness per component, JSON, 200 or 503) and `/metrics`
+//! (Prometheus text from the `metrics` facade).
+//!
+//! Readiness asks the actors that answer at once (breakers, persistence,
+//! session supervisor, root) and reads [`Health`], a few atomics the busy
+//! actors stamp (the ingress after each good poll, the pool after each
+//! answer), so a long poll or a slow LLM call never delays a probe.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use ractor::ActorRef;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::actors::root::RootMsg;
+use crate::actors::root::breaker::{BreakerMsg, BreakerStatus};
+use crate::actors::root::persistence::PersistenceMsg;
+use crate::actors::root::session_sup::SessionSupMsg;
+use crate::actors::{Child, Directory};
+use crate::config::Config;
+
+/// Bucket bounds of the latency histograms (seconds): from a few
+/// milliseconds (the bot's own overhead) to a minute (a slow LLM answer).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The process-wide Prometheus recorder; the `metrics` facade allows one per
+/// process, so every service in the process (tests run several) shares it.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .inspect_err(|error| tracing::error!(%error, "bad histogram buckets"))
+                .ok()?;
+            builder
+                .install_recorder()
+                .inspect_err(|error| tracing::error!(%error, "metrics recorder not installed"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Times stamped by busy actors for readiness, in milliseconds since the
+/// Unix epoch (0: never).
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The ingress's last successful getUpdates.
+    pub telegram_ok_ms: AtomicU64,
+    /// Per provider (index), the last answered call.
+    pub provider_ok_ms: Vec<AtomicU64>,
+}
+
+impl Health {
+    /// Health for `providers` LLM providers.
+    pub fn new(providers: usize) -> Self {
+        Self {
+            telegram_ok_ms: AtomicU64::new(0),
+            provider_ok_ms: (0..providers).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Stamps `slot` with now.
+    pub fn stamp(slot: &AtomicU64) {
+        slot.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct OpsState {
+    /// Name lookups of the service.
+    pub directory: Directory,
+    /// Stamps from busy actors.
+    pub health: std::sync::Arc<Health>,
+    /// Provider names, in breaker index order.
+    pub providers: std::sync::Arc<[String]>,
+    /// Settings.
+    pub config: std::sync::Arc<Config>,
+}
+
+/// Serves the ops endpoints on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: OpsState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state);
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(%error, "ops listener failed");
+    }
+}
+
+async fn healthz(State(state): State<OpsState>) -> Response {
+    // Alive while the root supervisor runs.
+    if ractor::registry::where_is(state.directory.root_name()).is_some() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "supervisor stopped\n").into_response()
+    }
+}
+
+async fn metrics_text() -> Response {
+    match prometheus() {
+        Some(handle) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no metrics recorder\n").into_response(),
+    }
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let report = readiness(&state).await;
+    let status = if report["ready"] == Value::Bool(true) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+/// The readiness report: every component with `ok`, and `failing` naming
+/// the ones that are not.
+pub async fn readiness(state: &OpsState) -> Value {
+    let directory = &state.directory;
+    let config = &state.config;
+    let now = now_ms();
+    let age = |stamp: u64| (stamp > 0).then(|| now.saturating_sub(stamp));
+    let mut failing = Vec::new();
+
+    // Telegram: a poll returns at least every poll_timeout, and failures
+    // back off at most retry_max; older than both means polling is stuck.
+    let telegram_age = age(state.health.telegram_ok_ms.load(Ordering::Relaxed));
+    let telegram_limit = config.telegram.poll_timeout + config.telegram.retry_max;
+    let telegram_ok = telegram_age.is_some_and(|ms| Duration::from_millis(ms) <= telegram_limit);
+    if !telegram_ok {
+        failing.push("telegram".to_owned());
+    }
+
+    let mut providers = Vec::new();
+    let mut any_provider = false;
+    for (index, name) in state.providers.iter().enumerate() {
+        let breaker = Child::Breaker(u8::try_from(index).unwrap_or(u8::MAX));
+        let status = directory
+            .call(breaker, |reply| BreakerMsg::Status { reply })
+            .await
+            .ok();
+        let open = matches!(status, Some(BreakerStatus::Open { .. }) | None);
+        if open {
+            failing.push(format!("llm:{name}"));
+        } else {
+            any_provider = true;
+        }
+        let last_ok = state
+            .health
+            .provider_ok_ms
+            .get(index)
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .and_then(age);
+        providers.push(json!({
+            "name": name,
+            "ok": !open,
+            "breaker": status.map_or("unknown", |s| s.as_str()),
+            "last_success_ms_ago": last_ok,
+        }));
+    }
+
+    let store = directory
+        .call(Child::Persistence, |reply| PersistenceMsg::Stats { reply })
+        .await
+        .ok();
+    if store.is_none() {
+        failing.push("persistence".to_owned());
+    }
+    let sessions = directory
+        .call(Child::SessionSup, |reply| SessionSupMsg::Stats { reply })
+        .await
+        .ok();
+
+    let mut actors = Vec::new();
+    if let Some(root) = ractor::registry::where_is(directory.root_name()) {
+        let tree = ActorRef::<RootMsg>::from(root)
+            .call(
+                |reply| RootMsg::Status { reply },
+                Some(config.supervision.lookup_timeout),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok());
+        for child in tree.map(|t| t.children).unwrap_or_default() {
+            if !child.alive {
+                failing.push(format!("actor:{}", directory.name(child.child)));
+            }
+            actors.push(json!({
+                "name": directory.name(child.child),
+                "alive": child.alive,
+                "restarts": child.restarts,
+            }));
+        }
+    } else {
+        failing.push("supervisor".to_owned());
+    }
+
+    let ready = failing
+        .iter()
+        .all(|f| f.starts_with("llm:") && any_provider);
+    json!({
+        "ready": ready,
+        "failing": failing,
+        "telegram": { "ok": telegram_ok, "last_poll_ms_ago": telegram_age },
+        "llm": providers,
+        "persistence": store.map(|s| json!({
+            "ok": true,
+            "commits": s.commits,
+            "last_commit_ms": s.last_commit_micros as f64 / 1000.0,
+            "quarantined": s.quarantined,
+        })),
+        "actors": actors,
+        "system": {
+            "rss_bytes": rss_bytes(),
+            "open_sessions": sessions.map(|s| s.live),
+        },
+    })
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (Linux).
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // The page size is 4 KiB on every platform llmgram is built for.
+    Some(pages * 4096)
+}

@@ -1,0 +1,206 @@
+//! Operations: readiness, metrics, JSON logs, graceful shutdown.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use llmgram::actors::root::persistence::inspect;
+use llmgram::telegram::inbound::ChatId;
+use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, LlmReplyKind};
+
+use crate::common::process::BotProcess;
+use crate::common::{Harness, WAIT, eventually};
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("ops listener answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_provider_while_its_breaker_is_open() {
+    let h = Harness::start_with(
+        "llm.request_timeout = \"300ms\"\n\
+         llm.retry.max_attempts = 1\n\
+         breaker.window = 4\n\
+         breaker.min_calls = 2\n\
+         breaker.open_for = \"1s\"\n",
+    )
+    .await;
+    let base = format!("http://{}", h.service.ops_addr());
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    eventually("ready", || async {
+        get(&format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+
+    h.llm.set_responder(|_| LlmReply::now(LlmReplyKind::Hang));
+    for chat in 1..=2 {
+        h.say(chat, "hello");
+        h.replies(chat, 1).await;
+    }
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["failing"], serde_json::json!(["llm:groq"]), "{body}");
+    assert_eq!(report["llm"][0]["breaker"], "open");
+
+    h.llm
+        .set_responder(|r| LlmReply::text(format!("answer to: {}", r.last_user_message())));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.say(3, "recovered?");
+    assert_eq!(h.replies(3, 1).await[0].text, "answer to: recovered?");
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    h.stop().await;
+}
+
+/// Parses Prometheus text exposition: `name{labels} value` per sample line.
+fn samples(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        assert!(
+            series[..name_end]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_the_messages_sent_and_json_logs_carry_ids_not_text() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [
+        ("LLMGRAM_OPS__LISTEN", format!("127.0.0.1:{port}")),
+        ("LLMGRAM_LOG__FORMAT", "json".to_owned()),
+    ];
+    let bot = BotProcess::spawn_with(&telegram, &llm, &dir.path().join("data"), &env);
+    assert!(
+        telegram.wait_for_get_updates(1, WAIT).await,
+        "{}",
+        bot.log()
+    );
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let before = samples(&get(&url).await.1);
+    let count =
+        |samples: &HashMap<String, f64>, name: &str| samples.get(name).copied().unwrap_or(0.0);
+
+    for chat in 1..=7 {
+        telegram.push_text(
+            chat,
+            chat as u64,
+            &format!("private words {chat} SECRET-TEXT"),
+        );
+    }
+    assert_eq!(telegram.wait_for_sent_count(7, WAIT).await, 7);
+    eventually("metrics to settle", || async {
+        count(&samples(&get(&url).await.1), "llmgram_replies_sent_total") >= 7.0
+    })
+    .await;
+    let after = samples(&get(&url).await.1);
+    for name in [
+        "llmgram_updates_received_total",
+        "llmgram_replies_sent_total",
+        "llmgram_reply_latency_seconds_count",
+    ] {
+        assert_eq!(count(&after, name) - count(&before, name), 7.0, "{name}");
+    }
+    assert_eq!(
+        count(&after, "llmgram_llm_requests_total{provider=\"groq\"}"),
+        7.0
+    );
+    assert_eq!(bot.terminate().await, Some(0));
+
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join("data")
+            .with_extension(format!("{}.log", std::process::id())),
+    )
+    .unwrap_or_default();
+    let mut with_update_id = 0;
+    for line in log.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(!line.contains("SECRET-TEXT"), "message text logged: {line}");
+        assert!(!line.contains("123456:test"), "token logged: {line}");
+        if event.to_string().contains("update_id") {
+            with_update_id += 1;
+        }
+    }
+    assert!(
+        with_update_id >= 7,
+        "update ids in the logs: {with_update_id}\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_twenty_answers_delivers_and_stores_them_all() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    llm.set_latency(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("LLMGRAM_LLM__MAX_CONCURRENCY", "32".to_owned())];
+    let bot = BotProcess::spawn_with(&telegram, &llm, &data, &env);
+    assert!(
+        telegram.wait_for_get_updates(1, WAIT).await,
+        "{}",
+        bot.log()
+    );
+    for chat in 1..=20 {
+        telegram.push_text(chat, chat as u64, "slow question");
+    }
+    eventually("20 answers in flight", || async { llm.in_flight() == 20 }).await;
+    assert_eq!(bot.terminate().await, Some(0));
+    assert_eq!(
+        telegram.sent_count(),
+        20,
+        "every in-flight answer was delivered"
+    );
+
+    let store = inspect::open(&data).unwrap();
+    for chat in 1..=20 {
+        let record = store.chat(ChatId(chat)).unwrap().expect("stored");
+        assert_eq!(record.history.len(), 2, "chat {chat}");
+    }
+    assert!(store.pending_update_ids().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    llm.set_responder(|_| LlmReply::now(LlmReplyKind::Hang));
+    let dir = tempfile::tempdir().unwrap();
+    let bot = BotProcess::start(&telegram, &llm, &dir.path().join("data")).await;
+    telegram.push_text(1, 1, "never answered in time");
+    llm.wait_for_requests(1, WAIT).await;
+    // The first SIGTERM waits up to shutdown.grace (10 s) for the answer;
+    // the second does not wait.
+    let started = std::time::Instant::now();
+    let code = bot.terminate_twice().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, Some(1));
+}
