@@ -634,6 +634,7 @@ fn spawn_bot(
             options.llm_concurrency.to_string(),
         )
         .env("LLMGRAM_LOG__LEVEL", "warn")
+        .env("LLMGRAM_OPS__LISTEN", "127.0.0.1:0")
         // The benchmark is one user per chat sending as fast as it is
         // answered: raise the protective limits by config (never by code).
         // Telegram's flood limits are the real API's; the fake has none.
