@@ -28,6 +28,20 @@ enum Command {
     /// Validate the configuration and print the effective values (secrets
     /// redacted); exit 0 if it is usable, 2 if not.
     CheckConfig,
+    /// Ask the running bot (through `ops.listen`) to write a consistent copy
+    /// of its store into DIR, a new or empty directory.
+    Backup {
+        /// Where the copy goes.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Fill the empty data directory (`storage.path`) from a backup. The bot
+    /// must not be running.
+    Restore {
+        /// The backup to restore.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -35,8 +49,11 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::CheckConfig) = args.command {
-        return check_config(args.config.as_deref());
+    match args.command {
+        Some(Command::CheckConfig) => return check_config(args.config.as_deref()),
+        Some(Command::Backup { to }) => return backup(args.config.as_deref(), &to),
+        Some(Command::Restore { from }) => return restore(args.config.as_deref(), &from),
+        None => {}
     }
     let loaded = Config::load(args.config.as_deref()).and_then(|config| {
         Secrets::from_lookup(&config, |var| std::env::var(var).ok()).map(|s| (config, s))
@@ -108,6 +125,81 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         Err(error) => {
             eprintln!("llmgram: {error}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `llmgram backup --to DIR`: asks the running bot for a consistent copy.
+fn backup(file: Option<&std::path::Path>, to: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("llmgram: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let to = match std::path::absolute(to) {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("llmgram: {}: {error}", to.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let url = format!("http://{}/backup", config.ops.listen);
+    let request = async {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .json(&serde_json::json!({ "to": to }))
+            .send()
+            .await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime.map(|rt| rt.block_on(request)) {
+        Ok(Ok((status, body))) if status.is_success() => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok((status, body))) => {
+            eprintln!("llmgram: backup failed ({status}): {}", body.trim());
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Ok(Err(error)) => {
+            eprintln!("llmgram: cannot reach the bot at {url}: {error}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(error) => {
+            eprintln!("llmgram: {error}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// `llmgram restore --from DIR`: fills the empty data directory.
+fn restore(file: Option<&std::path::Path>, from: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("llmgram: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match llmgram::actors::root::persistence::restore(from, &config.storage.path) {
+        Ok(report) => {
+            println!(
+                "restored {} records ({} chats) into {}",
+                report.records,
+                report.chats,
+                config.storage.path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("llmgram: restore failed: {error}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The operator's HTTP listener on `ops.listen`: `/healthz` (liveness),
-//! `/readyz` (readiness per component, JSON, 200 or 503) and `/metrics`
-//! (Prometheus text from the `metrics` facade).
+//! `/readyz` (readiness per component, JSON, 200 or 503), `/metrics`
+//! (Prometheus text from the `metrics` facade), and `POST /backup`
+//! (`{"to": "/absolute/dir"}`: a consistent copy of the store, written while
+//! the bot keeps running; `llmgram backup --to DIR` calls it). The listener
+//! is on loopback by default: whoever reaches it can write backups where the
+//! bot may write.
 //!
 //! Readiness asks the actors that answer at once (breakers, persistence,
 //! session supervisor, root) and reads [`Health`], a few atomics the busy
@@ -106,6 +110,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/backup", axum::routing::post(backup))
         .with_state(state);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -133,6 +138,34 @@ async fn metrics_text() -> Response {
         )
             .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no metrics recorder\n").into_response(),
+    }
+}
+
+/// The body of `POST /backup`.
+#[derive(Debug, serde::Deserialize)]
+pub struct BackupRequest {
+    /// An absolute path to a new or empty directory.
+    pub to: std::path::PathBuf,
+}
+
+async fn backup(
+    State(state): State<OpsState>,
+    axum::Json(request): axum::Json<BackupRequest>,
+) -> Response {
+    if !request.to.is_absolute() {
+        return (StatusCode::BAD_REQUEST, "`to` must be an absolute path\n").into_response();
+    }
+    let copied = state
+        .directory
+        .call(Child::Persistence, |reply| PersistenceMsg::Backup {
+            to: request.to.clone(),
+            reply,
+        })
+        .await;
+    match copied {
+        Ok(Ok(report)) => (StatusCode::OK, axum::Json(report)).into_response(),
+        Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
     }
 }
 

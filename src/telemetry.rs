@@ -17,8 +17,12 @@ pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
     // Writing happens on a dedicated thread, so a slow terminal or pipe never
     // stalls an actor.
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Colour only for a person at a terminal: journald, `docker logs` and
+    // log shippers get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer)
         .with_span_events(FmtSpan::NONE);
     let installed = match config.format {

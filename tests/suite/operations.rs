@@ -204,3 +204,98 @@ async fn a_second_signal_exits_at_once() {
     );
     assert_eq!(code, Some(1));
 }
+
+fn cli(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_llmgram"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_restores_every_acknowledged_turn() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    llm.set_latency(Duration::from_millis(5));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let ops = ("LLMGRAM_OPS__LISTEN", format!("127.0.0.1:{port}"));
+    let bot = BotProcess::spawn_with(&telegram, &llm, &data, std::slice::from_ref(&ops));
+    assert!(
+        telegram.wait_for_get_updates(1, WAIT).await,
+        "{}",
+        bot.log()
+    );
+
+    // 200 chats × 3 messages, still arriving while the backup runs.
+    let load = {
+        let telegram = telegram.clone();
+        tokio::spawn(async move {
+            for round in 0..3 {
+                for chat in 1..=200 {
+                    telegram.push_text(chat, chat as u64, &format!("c{chat} r{round}"));
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    telegram.wait_for_sent_count(250, WAIT).await;
+    let acknowledged = telegram.sent();
+    // A turn is committed right after its reply is sent: give the last
+    // replies seen the moment to become durable before the backup begins.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let backup = dir.path().join("backup");
+    let output = cli(
+        &["backup", "--to", backup.to_str().unwrap()],
+        std::slice::from_ref(&ops),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["chats"].as_u64().unwrap() >= 200, "{report}");
+
+    load.await.unwrap();
+    assert_eq!(telegram.wait_for_sent_count(600, WAIT).await, 600);
+    assert_eq!(bot.terminate().await, Some(0));
+
+    // Restore into a fresh directory and start the bot there.
+    let restored = dir.path().join("restored");
+    let storage = ("LLMGRAM_STORAGE__PATH", restored.display().to_string());
+    let output = cli(&["restore", "--from", backup.to_str().unwrap()], &[storage]);
+    assert!(output.status.success(), "{output:?}");
+    {
+        let store = inspect::open(&restored).unwrap();
+        for reply in &acknowledged {
+            let record = store
+                .chat(ChatId(reply.chat_id))
+                .unwrap()
+                .expect("chat restored");
+            assert!(
+                record.history.iter().any(|m| m.content == reply.text),
+                "turn {:?} acknowledged before the backup is missing",
+                reply.text
+            );
+        }
+    }
+    let bot = BotProcess::start(&telegram, &llm, &restored).await;
+    let requests_before = llm.request_count();
+    telegram.push_text(1, 1, "after restore");
+    telegram.wait_for_sent_to(1, 4, WAIT).await;
+    let request = &llm.requests()[requests_before];
+    assert!(
+        request.messages.len() >= 3,
+        "history restored: {:?}",
+        request.messages
+    );
+    assert_eq!(bot.terminate().await, Some(0));
+
+    // A restore never overwrites: the data directory is not empty now.
+    let output = cli(
+        &["restore", "--from", backup.to_str().unwrap()],
+        &[("LLMGRAM_STORAGE__PATH", restored.display().to_string())],
+    );
+    assert!(!output.status.success());
+}

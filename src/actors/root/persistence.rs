@@ -28,14 +28,14 @@
 //!   their callers send them again.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::{PersistModeConfig, StorageConfig};
@@ -105,6 +105,14 @@ pub enum PersistenceMsg {
         setting: BotSetting,
         /// `Ok` once durable.
         reply: RpcReplyPort<Result<(), StoreError>>,
+    },
+    /// Write a consistent copy of the store to `to` (a new or empty
+    /// directory) while the service keeps running.
+    Backup {
+        /// Where the copy goes.
+        to: PathBuf,
+        /// What was copied, once the copy is durable.
+        reply: RpcReplyPort<Result<BackupReport, StoreError>>,
     },
     /// Counters for health checks, tests and benchmarks.
     Stats {
@@ -215,6 +223,7 @@ impl Actor for Persistence {
                 reply,
             }),
             PersistenceMsg::PendingUpdates { reply } => writer.submit(Op::Pending { reply }),
+            PersistenceMsg::Backup { to, reply } => writer.submit(Op::Backup { to, reply }),
             PersistenceMsg::LoadSetting { key, reply } => {
                 writer.submit(Op::LoadSetting { key, reply })
             }
@@ -263,6 +272,10 @@ enum Op {
         key: BotKey,
         reply: RpcReplyPort<Result<Option<BotSetting>, StoreError>>,
     },
+    Backup {
+        to: PathBuf,
+        reply: RpcReplyPort<Result<BackupReport, StoreError>>,
+    },
     SaveSetting {
         key: BotKey,
         setting: BotSetting,
@@ -279,6 +292,7 @@ impl Op {
             Self::Commit { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Pending { reply } => drop(reply.send(Err(error.clone()))),
             Self::LoadSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::Backup { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::SaveSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Prune { .. } => {}
         }
@@ -381,6 +395,84 @@ impl OpenStore {
             db,
         })
     }
+}
+
+/// A point-in-time view of every keyspace, for copying.
+struct StoreView {
+    snapshot: fjall::Snapshot,
+    keyspaces: Vec<(&'static str, Keyspace)>,
+}
+
+impl OpenStore {
+    fn view(&self) -> StoreView {
+        StoreView {
+            snapshot: self.db.snapshot(),
+            keyspaces: vec![
+                (CHATS, self.chats.clone()),
+                (UPDATES, self.updates.clone()),
+                (BOT, self.bot.clone()),
+                (FAILED, self.failed.clone()),
+            ],
+        }
+    }
+}
+
+/// What a backup or restore copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BackupReport {
+    /// Key-value records copied, over all keyspaces.
+    pub records: u64,
+    /// Chat records among them.
+    pub chats: u64,
+}
+
+/// Records copied per write batch: large enough to amortise the commit,
+/// small enough to bound the memory a batch holds.
+const COPY_BATCH: usize = 10_000;
+
+/// Copies `source` into a new store at `to`, which must be absent or an
+/// empty directory (a backup never overwrites anything).
+fn copy_store(source: &StoreView, to: &Path) -> Result<BackupReport, StoreError> {
+    let occupied = std::fs::read_dir(to).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        return Err(StoreError::Storage(format!(
+            "{} is not empty; a backup or restore needs a new directory",
+            to.display()
+        )));
+    }
+    let target = OpenStore::open(to)?;
+    let mut report = BackupReport::default();
+    for (name, keyspace) in &source.keyspaces {
+        let into = target.db.keyspace(name, KeyspaceCreateOptions::default)?;
+        let mut batch = target.db.batch();
+        for item in source.snapshot.iter(keyspace) {
+            let (key, value) = item.into_inner()?;
+            batch.insert(&into, key, value);
+            report.records += 1;
+            if *name == CHATS {
+                report.chats += 1;
+            }
+            if batch.len() >= COPY_BATCH {
+                std::mem::replace(&mut batch, target.db.batch()).commit()?;
+            }
+        }
+        batch.commit()?;
+    }
+    target.db.persist(PersistMode::SyncAll)?;
+    Ok(report)
+}
+
+/// Fills the empty data directory `to` from the backup at `from` (the
+/// service must not be running on `to`).
+pub fn restore(from: &Path, to: &Path) -> Result<BackupReport, StoreError> {
+    if !from.is_dir() {
+        return Err(StoreError::Storage(format!(
+            "{} is not a backup directory",
+            from.display()
+        )));
+    }
+    let source = OpenStore::open(from)?;
+    copy_store(&source.view(), to)
 }
 
 struct Thread {
@@ -497,7 +589,10 @@ impl Thread {
                     }
                     Err(e) => drop(reply.send(Err(StoreError::Storage(e.to_string())))),
                 },
-                read @ (Op::Load { .. } | Op::Pending { .. } | Op::LoadSetting { .. }) => {
+                read @ (Op::Load { .. }
+                | Op::Pending { .. }
+                | Op::LoadSetting { .. }
+                | Op::Backup { .. }) => {
                     prepared.push(Ok(read));
                 }
             }
@@ -598,6 +693,26 @@ impl Thread {
             }
             Op::LoadSetting { key, reply } => {
                 let _ = reply.send(self.setting(key));
+            }
+            Op::Backup { to, reply } => {
+                // The snapshot is taken here, in order: it holds every write
+                // acknowledged before this request. Copying it happens on its
+                // own thread, so writes go on meanwhile.
+                let source = self.store.view();
+                let spawned = std::thread::Builder::new()
+                    .name("llmgram-backup".into())
+                    .spawn(move || {
+                        let started = Instant::now();
+                        let copied = copy_store(&source, &to);
+                        match &copied {
+                            Ok(report) => tracing::info!(to = %to.display(), records = report.records, ms = started.elapsed().as_millis() as u64, "backup written"),
+                            Err(error) => tracing::error!(to = %to.display(), %error, "backup failed"),
+                        }
+                        let _ = reply.send(copied);
+                    });
+                if let Err(error) = spawned {
+                    tracing::error!(%error, "cannot start the backup thread");
+                }
             }
             other => other.fail(&StoreError::Storage("not a read".into())),
         }
