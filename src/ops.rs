@@ -283,6 +283,58 @@ pub async fn readiness(state: &OpsState) -> Value {
     })
 }
 
+/// The readiness report in a few lines (the admin `/health` command).
+pub fn summary(report: &Value) -> String {
+    let mark = |ok: bool| if ok { "✅" } else { "❌" };
+    let mut lines = vec![format!(
+        "{} ready{}",
+        mark(report["ready"] == Value::Bool(true)),
+        match report["failing"].as_array() {
+            Some(failing) if !failing.is_empty() => format!(
+                " — failing: {}",
+                failing
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => String::new(),
+        }
+    )];
+    lines.push(format!(
+        "{} telegram, last poll {} ms ago",
+        mark(report["telegram"]["ok"] == Value::Bool(true)),
+        report["telegram"]["last_poll_ms_ago"]
+    ));
+    for provider in report["llm"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "{} llm {}: breaker {}",
+            mark(provider["ok"] == Value::Bool(true)),
+            provider["name"].as_str().unwrap_or("?"),
+            provider["breaker"].as_str().unwrap_or("?")
+        ));
+    }
+    lines.push(format!(
+        "{} persistence, last commit {} ms, {} quarantined",
+        mark(!report["persistence"].is_null()),
+        report["persistence"]["last_commit_ms"],
+        report["persistence"]["quarantined"]
+    ));
+    let restarts: u64 = report["actors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["restarts"].as_u64())
+        .sum();
+    lines.push(format!(
+        "actors: {} restarts; sessions: {}; RSS: {} MiB",
+        restarts,
+        report["system"]["open_sessions"],
+        report["system"]["rss_bytes"].as_u64().unwrap_or(0) / (1024 * 1024)
+    ));
+    lines.join("\n")
+}
+
 /// Resident set size of this process, from `/proc/self/statm` (Linux).
 pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

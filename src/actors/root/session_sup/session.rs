@@ -361,7 +361,7 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
 }
 
 /// Commands for admins only (`/model` without arguments is for everyone).
-const ADMIN_COMMANDS: &[&str] = &["model", "stats", "ban", "unban"];
+const ADMIN_COMMANDS: &[&str] = &["model", "stats", "health", "ban", "unban"];
 
 /// Counts and logs a security event (never with the user's text).
 pub(crate) fn security_event(kind: &'static str) {

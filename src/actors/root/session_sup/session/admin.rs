@@ -1,4 +1,5 @@
-//! The session's admin commands: `/stats`, `/ban`, `/unban`, `/model`.
+//! The session's admin commands: `/stats`, `/health`, `/ban`, `/unban`,
+//! `/model`.
 //! Admin rights come from `admin_ids`; anyone else gets "not allowed" and a
 //! security event is counted. `/model` without arguments is for everyone.
 
@@ -34,6 +35,7 @@ pub(super) async fn on_admin_command(
     tracing::info!(command = name, "admin command");
     match name {
         "stats" => stats(state, texts).await,
+        "health" => health(state).await,
         "ban" | "unban" => match args.parse::<i64>() {
             Ok(user) => ban(state, texts, user, name == "ban").await,
             Err(_) => fill(&texts.usage_user_id, &[("command", name)]),
@@ -114,6 +116,17 @@ async fn set_model(state: &SessionState, texts: &Texts, model: &str) -> String {
             texts.internal_error.clone()
         }
     }
+}
+
+/// The readiness report of `/readyz`, compact, for admins.
+async fn health(state: &SessionState) -> String {
+    let ops = crate::ops::OpsState {
+        directory: state.deps.directory.clone(),
+        health: std::sync::Arc::clone(&state.deps.health),
+        providers: state.deps.llm.iter().map(|p| p.name().to_owned()).collect(),
+        config: std::sync::Arc::clone(&state.deps.config),
+    };
+    crate::ops::summary(&crate::ops::readiness(&ops).await)
 }
 
 /// A compact view of the service for admins.
