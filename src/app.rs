@@ -15,7 +15,7 @@ use crate::actors::Directory;
 use crate::actors::root::persistence::StoreWriter;
 use crate::actors::root::session_sup::SessionStats;
 use crate::actors::root::{self, Deps, Fatal, Root, RootArgs, RootMsg, TreeStatus};
-use crate::config::{Config, Secrets};
+use crate::config::{Config, Secret, Secrets};
 use crate::llm::{self, LlmClient, LlmError};
 use crate::ops::{Health, OpsState};
 use crate::telegram::{self, TelegramError};
@@ -118,6 +118,7 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,
+        webhook_secret: secrets.webhook_secret.clone().unwrap_or_else(random_secret),
         health: Arc::clone(&health),
         config: Arc::clone(&config),
     };
@@ -267,4 +268,22 @@ async fn check_token(bot: &teloxide::Bot) -> Result<Option<String>, AppError> {
             Ok(None)
         }
     }
+}
+
+/// A fresh webhook secret token (64 hex characters, within Telegram's
+/// 1–256 of `A-Za-z0-9_-`), from the OS's random source; a new one each start
+/// is fine because setWebhook registers it anew.
+fn random_secret() -> Secret {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No OS randomness: fall back to the clock and process id, unique
+        // enough for a token that only has to be unguessable from outside.
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        for (i, b) in seed.bytes().enumerate() {
+            bytes[i % 32] ^= b;
+        }
+    }
+    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }

@@ -25,6 +25,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "LLMGRAM_";
 /// Environment variable holding the Telegram bot token.
 pub const TOKEN_VAR: &str = "TELEGRAM_BOT_TOKEN";
+/// Environment variable holding the webhook's secret token.
+pub const WEBHOOK_SECRET_VAR: &str = "TELEGRAM_WEBHOOK_SECRET";
 /// Environment variable holding the LLM provider's API key.
 pub const LLM_KEY_VAR: &str = "LLM_API_KEY";
 
@@ -40,6 +42,7 @@ pub struct Config {
     pub admin_ids: Vec<i64>,
     pub access: AccessConfig,
     pub telegram: TelegramConfig,
+    pub webhook: WebhookConfig,
     pub llm: LlmConfig,
     pub breaker: BreakerConfig,
     pub limits: LimitsConfig,
@@ -102,6 +105,7 @@ impl Config {
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct TelegramConfig {
+    pub mode: IngressMode,
     pub api_url: Url,
     #[serde(with = "humantime_serde")]
     pub poll_timeout: Duration,
@@ -127,6 +131,70 @@ pub struct TelegramConfig {
     pub global_rate: u32,
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
+}
+
+/// How updates arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressMode {
+    /// getUpdates long polling.
+    Polling,
+    /// Telegram posts to `[webhook]`.
+    Webhook,
+}
+
+/// `[webhook]`: the webhook listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct WebhookConfig {
+    pub listen: std::net::SocketAddr,
+    pub url: String,
+    pub max_body_bytes: usize,
+    pub per_ip_per_second: u32,
+    pub allowed_networks: Vec<String>,
+}
+
+/// An IP network written as CIDR (`149.154.160.0/20`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    base: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Parses `a.b.c.d/n` or `v6::/n`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (base, prefix) = text.trim().split_once('/')?;
+        let base: std::net::IpAddr = base.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok()?;
+        let bits = if base.is_ipv4() { 32 } else { 128 };
+        (prefix <= bits).then_some(Self { base, prefix })
+    }
+
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        fn bits(ip: std::net::IpAddr) -> (u128, u32) {
+            match ip {
+                std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        }
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let ((a, width_a), (b, width_b)) = (bits(ip), bits(self.base));
+        if width_a != width_b {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        a & mask == b & mask
+    }
 }
 
 /// `[llm]`: the OpenAI-compatible provider and the pool in front of it.
@@ -354,6 +422,8 @@ pub struct Secrets {
     /// Keys of the fallback providers, by provider name, read from each one's
     /// `api_key_env`.
     pub fallback_keys: std::collections::HashMap<String, Secret>,
+    /// The webhook's secret token (`TELEGRAM_WEBHOOK_SECRET`), if given.
+    pub webhook_secret: Option<Secret>,
 }
 
 /// A configuration that cannot be used. Its `Display` is the one line printed
@@ -478,6 +548,27 @@ impl Config {
         positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
         positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
         positive("telegram.global_rate", u64::from(t.global_rate))?;
+
+        let w = &self.webhook;
+        if t.mode == IngressMode::Webhook {
+            let url = Url::parse(&w.url).map_err(|e| ConfigError::Invalid {
+                key: "webhook.url",
+                reason: format!("webhook mode needs the public URL: {e}"),
+            })?;
+            http_url("webhook.url", &url)?;
+        }
+        positive("webhook.max_body_bytes", w.max_body_bytes as u64)?;
+        positive("webhook.per_ip_per_second", u64::from(w.per_ip_per_second))?;
+        if let Some(bad) = w
+            .allowed_networks
+            .iter()
+            .find(|n| Network::parse(n).is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "webhook.allowed_networks",
+                reason: format!("`{bad}` is not a CIDR network"),
+            });
+        }
 
         let l = &self.llm;
         http_url("llm.base_url", &l.base_url)?;
@@ -613,6 +704,7 @@ impl Secrets {
             telegram_token: Secret::new(token),
             llm_api_key: non_empty(LLM_KEY_VAR).map(Secret::new),
             fallback_keys,
+            webhook_secret: non_empty(WEBHOOK_SECRET_VAR).map(Secret::new),
         })
     }
 }
@@ -707,6 +799,17 @@ mod tests {
         assert!(config.is_admin(Some(8)) && !config.is_admin(Some(1)) && !config.is_admin(None));
         let err = Config::from_defaults_with("admin_ids = \"7,x\"\n").unwrap_err();
         assert!(err.to_string().contains("admin_ids"), "{err}");
+    }
+
+    #[test]
+    fn networks_match_their_addresses() {
+        let telegram = Network::parse("149.154.160.0/20").unwrap();
+        assert!(telegram.contains("149.154.167.220".parse().unwrap()));
+        assert!(!telegram.contains("149.154.176.1".parse().unwrap()));
+        assert!(telegram.contains("::ffff:149.154.160.1".parse().unwrap()));
+        assert!(Network::parse("10.0.0.0/33").is_none());
+        let err = Config::from_defaults_with("telegram.mode = \"webhook\"\n").unwrap_err();
+        assert!(err.to_string().contains("webhook.url"), "{err}");
     }
 
     #[test]

@@ -32,3 +32,9 @@ pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
     installed.map_err(|e| format!("cannot install the logger: {e}"))?;
     Ok(guard)
 }
+
+/// Counts and logs a security event (never with the user's text).
+pub fn security_event(kind: &'static str) {
+    tracing::warn!(kind, "security event");
+    metrics::counter!("llmgram_security_events_total", "kind" => kind).increment(1);
+}

@@ -27,6 +27,7 @@ pub mod llm_pool;
 pub mod outbox;
 pub mod persistence;
 pub mod session_sup;
+pub mod webhook;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::directory::{Child, Directory};
-use crate::config::Config;
+use crate::config::{Config, IngressMode};
 use crate::llm::LlmClient;
 use crate::retry::Backoff;
 use crate::store::StoreError;
@@ -240,6 +241,8 @@ pub struct Deps {
     pub locales: Locales,
     /// The store's writer; only the persistence actor can use it.
     pub store: persistence::StoreWriter,
+    /// The secret token Telegram sends with each webhook request.
+    pub webhook_secret: crate::config::Secret,
     /// Timestamps for readiness, stamped by the ingress and the pool.
     pub health: Arc<crate::ops::Health>,
 }
@@ -412,6 +415,12 @@ async fn start_child(
             .await?
             .0
             .get_cell(),
+        Child::Ingress if deps.config.telegram.mode == IngressMode::Webhook => {
+            Actor::spawn_linked(name, webhook::Webhook, deps, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
         Child::Ingress => Actor::spawn_linked(name, ingress::Ingress, deps, supervisor)
             .await?
             .0

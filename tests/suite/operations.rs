@@ -299,3 +299,56 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_turn() {
     );
     assert!(!output.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_mode_takes_only_authentic_updates_of_sane_size() {
+    let port = free_port();
+    let webhook = format!(
+        "telegram.mode = \"webhook\"\n\
+         webhook.listen = \"127.0.0.1:{port}\"\n\
+         webhook.url = \"http://127.0.0.1:{port}/tg-hook\"\n\
+         webhook.max_body_bytes = 20000\n"
+    );
+    let h = Harness::start_with(&webhook).await;
+    let registered = h.telegram.webhook().expect("setWebhook was called");
+    assert_eq!(registered.url, format!("http://127.0.0.1:{port}/tg-hook"));
+    let secret = registered.secret.expect("a secret token is registered");
+    let client = reqwest::Client::new();
+    let post = |body: serde_json::Value, secret: Option<&str>| {
+        let mut request = client.post(&registered.url).json(&body);
+        if let Some(secret) = secret {
+            request = request.header("X-Telegram-Bot-Api-Secret-Token", secret);
+        }
+        request.send()
+    };
+
+    let (_, update) = h.telegram.text_update(1, 1, "via webhook");
+    assert_eq!(post(update, Some(&secret)).await.unwrap().status(), 200);
+    assert_eq!(h.replies(1, 1).await[0].text, "answer to: via webhook");
+
+    let (_, forged) = h.telegram.text_update(2, 2, "forged");
+    assert_eq!(
+        post(forged.clone(), Some("wrong")).await.unwrap().status(),
+        401
+    );
+    assert_eq!(post(forged, None).await.unwrap().status(), 401);
+    let (_, huge) = h.telegram.text_update(3, 3, &"x".repeat(30_000));
+    assert_eq!(post(huge, Some(&secret)).await.unwrap().status(), 413);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.llm.request_count(),
+        1,
+        "refused requests are not processed"
+    );
+    assert!(h.telegram.sent_to(2).is_empty() && h.telegram.sent_to(3).is_empty());
+
+    // Back to polling: the webhook is deleted and getUpdates works.
+    let h = h.restart("").await;
+    eventually("the webhook to be deleted", || async {
+        h.telegram.webhook().is_none()
+    })
+    .await;
+    h.say(4, "polling again");
+    assert_eq!(h.replies(4, 1).await[0].text, "answer to: polling again");
+    h.stop().await;
+}

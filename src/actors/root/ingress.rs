@@ -216,27 +216,53 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
     );
     metrics::counter!("llmgram_updates_received_total").increment(updates.len() as u64);
 
-    // Durable before routing: once the next getUpdates confirms them to
-    // Telegram, the store is the only copy of an unanswered update.
-    let admitted = state
-        .directory
+    hand_over(&state.directory, inbound)
+        .await
+        .map_err(|error| match error {
+            HandOverError::Store(StoreError::Poisoned(reason)) => {
+                Failure::Fatal(IngressError::Store(StoreError::Poisoned(reason)))
+            }
+            HandOverError::Store(other) => Failure::Retry(TelegramError::Store(other)),
+            HandOverError::SessionsUnavailable => Failure::Fatal(IngressError::SessionsUnavailable),
+        })?;
+    state.offset = next_offset;
+    Ok(())
+}
+
+/// Why received updates could not be handed over.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HandOverError {
+    /// Storing them failed: they must be fetched (or posted) again.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The session supervisor stayed away past the lookup timeout.
+    #[error("the session supervisor is unavailable")]
+    SessionsUnavailable,
+}
+
+/// What both ingresses (polling here, `webhook.rs`) do with received
+/// updates: admit them durably (dropping any the store has seen), mark the
+/// ones the rate limiter refuses, and route them to the session supervisor.
+/// Once this returns `Ok`, Telegram may forget them.
+pub(super) async fn hand_over(
+    directory: &Directory,
+    inbound: Vec<Inbound>,
+) -> Result<(), HandOverError> {
+    // Durable before routing: once Telegram considers them delivered, the
+    // store is the only copy of an unanswered update.
+    let admitted = directory
         .call(Child::Persistence, |reply| PersistenceMsg::AdmitUpdates {
             updates: inbound.clone(),
             reply,
         })
         .await
-        .map_err(|_| Failure::Retry(TelegramError::Store(StoreError::Unavailable)))?
-        .map_err(|error| match error {
-            StoreError::Poisoned(_) => Failure::Fatal(IngressError::Store(error)),
-            other => Failure::Retry(TelegramError::Store(other)),
-        })?;
-
-    let admitted = apply_limits(&state.directory, admitted).await;
-    let sessions = state
-        .directory
+        .map_err(|_| HandOverError::Store(StoreError::Unavailable))?
+        .map_err(HandOverError::Store)?;
+    let admitted = apply_limits(directory, admitted).await;
+    let sessions = directory
         .wait_for::<SessionSupMsg>(Child::SessionSup)
         .await
-        .map_err(|_| Failure::Fatal(IngressError::SessionsUnavailable))?;
+        .map_err(|_| HandOverError::SessionsUnavailable)?;
     for inbound in admitted {
         // A lost cast is not a lost update: it is pending in the store and
         // the restarted session supervisor replays it.
@@ -245,7 +271,6 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
             break;
         }
     }
-    state.offset = next_offset;
     Ok(())
 }
 

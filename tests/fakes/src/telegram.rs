@@ -4,7 +4,7 @@
 //! token, method names matched case-insensitively) on `127.0.0.1`. Parameters
 //! are read from a JSON body, a form-urlencoded body and the query string.
 //!
-//! Supported methods: `getMe`, `deleteWebhook`, `setMyCommands`,
+//! Supported methods: `getMe`, `setWebhook`, `deleteWebhook`, `setMyCommands`,
 //! `deleteMyCommands`, `getUpdates` (with confirmation by `offset` and long
 //! polling by `timeout`), `sendMessage`, `editMessageText` and
 //! `sendChatAction`. Anything else answers `404 Not Found: method not found`.
@@ -137,6 +137,17 @@ struct Inner {
     last_sent_at: HashMap<i64, Instant>,
     /// 429s answered because of the flood limit.
     flood_rejections: usize,
+    /// The webhook set with setWebhook, until deleteWebhook.
+    webhook: Option<Webhook>,
+}
+
+/// A webhook registered with `setWebhook`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Webhook {
+    /// Where updates are to be posted.
+    pub url: String,
+    /// The `secret_token` to send in `X-Telegram-Bot-Api-Secret-Token`.
+    pub secret: Option<String>,
 }
 
 impl Inner {
@@ -184,6 +195,31 @@ impl FakeTelegram {
     /// `retry_after` seconds, and is not recorded. `None` disables it.
     pub fn set_chat_flood_limit(&self, limit: Option<(Duration, u32)>) {
         lock(&self.shared.inner).flood = limit;
+    }
+
+    /// The webhook currently registered, if any.
+    pub fn webhook(&self) -> Option<Webhook> {
+        lock(&self.shared.inner).webhook.clone()
+    }
+
+    /// An update carrying a private text message, as Telegram would post it
+    /// to a webhook (not queued for getUpdates). Returns its id and JSON.
+    pub fn text_update(&self, chat_id: i64, user_id: u64, text: &str) -> (i64, Value) {
+        let mut inner = lock(&self.shared.inner);
+        let update_id = inner.next_update_id;
+        inner.next_update_id += 1;
+        let message_id = inner.next_message_id(chat_id);
+        let update = json!({
+            "update_id": update_id,
+            "message": {
+                "message_id": message_id,
+                "date": unix_now(),
+                "chat": private_chat(chat_id),
+                "from": {"id": user_id, "is_bot": false, "first_name": "User", "language_code": "en"},
+                "text": text,
+            }
+        });
+        (update_id, update)
     }
 
     /// 429s answered because of the per-chat flood limit.
@@ -530,10 +566,28 @@ fn parse_params(
             .map_err(|_| ApiFailure(400, "Bad Request: invalid form body"))?;
         params.extend(pairs.into_iter().map(|(k, v)| (k, form_value(v))));
     } else if content_type.starts_with("multipart/") {
-        return Err(ApiFailure(
-            400,
-            "Bad Request: multipart bodies are not supported by the fake",
-        ));
+        // Text fields only (setWebhook without a certificate): each part is
+        // `Content-Disposition: form-data; name="x"`, a blank line, the value.
+        let boundary = content_type
+            .split("boundary=")
+            .nth(1)
+            .map(|b| b.trim_matches('"'))
+            .ok_or(ApiFailure(400, "Bad Request: multipart without boundary"))?;
+        let text = String::from_utf8_lossy(body);
+        for part in text.split(&format!("--{boundary}")) {
+            let Some((head, value)) = part.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let Some(name) = head
+                .split("name=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+            else {
+                continue;
+            };
+            let value = value.strip_suffix("\r\n").unwrap_or(value).to_owned();
+            params.insert(name.to_owned(), form_value(value));
+        }
     } else {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(map)) => params.extend(map),
@@ -602,7 +656,19 @@ async fn handle(
             "can_connect_to_business": false,
             "has_main_web_app": false,
         })),
-        "deletewebhook" | "deletemycommands" => ok(&Value::Bool(true)),
+        "deletemycommands" => ok(&Value::Bool(true)),
+        "deletewebhook" => {
+            lock(&shared.inner).webhook = None;
+            ok(&Value::Bool(true))
+        }
+        "setwebhook" => {
+            let Some(url) = param_str(&params, "url").map(str::to_owned) else {
+                return error(400, "Bad Request: bad webhook: URL is empty");
+            };
+            let secret = param_str(&params, "secret_token").map(str::to_owned);
+            lock(&shared.inner).webhook = Some(Webhook { url, secret });
+            ok(&Value::Bool(true))
+        }
         "setmycommands" => {
             if !params.get("commands").is_some_and(Value::is_array) {
                 return error(400, "Bad Request: parameter \"commands\" is required");

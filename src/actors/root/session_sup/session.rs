@@ -43,6 +43,7 @@ use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
 use crate::telegram::split::split_message;
+use crate::telemetry::security_event;
 use crate::texts::{Texts, fill};
 
 /// Messages of a session.
@@ -362,12 +363,6 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
 
 /// Commands for admins only (`/model` without arguments is for everyone).
 const ADMIN_COMMANDS: &[&str] = &["model", "stats", "health", "ban", "unban"];
-
-/// Counts and logs a security event (never with the user's text).
-pub(crate) fn security_event(kind: &'static str) {
-    tracing::warn!(kind, "security event");
-    metrics::counter!("llmgram_security_events_total", "kind" => kind).increment(1);
-}
 
 /// Asks the LLM, showing "typing…" while it works; returns the text to send.
 async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {

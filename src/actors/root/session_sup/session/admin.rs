@@ -5,7 +5,7 @@
 
 use ractor::ActorRef;
 
-use super::{SessionState, security_event};
+use super::SessionState;
 use crate::actors::Child;
 use crate::actors::root::RootMsg;
 use crate::actors::root::breaker::{BreakerMsg, BreakerStatus};
@@ -14,6 +14,7 @@ use crate::actors::root::llm_pool::LlmPoolMsg;
 use crate::actors::root::persistence::PersistenceMsg;
 use crate::actors::root::session_sup::SessionSupMsg;
 use crate::telegram::inbound::Inbound;
+use crate::telemetry::security_event;
 use crate::texts::{Texts, fill};
 
 /// Answers an admin command (or refuses it).

@@ -1,0 +1,236 @@
+//! Webhook ingress: in `telegram.mode = "webhook"`, Telegram posts each update
+//! to `[webhook].url`; this actor registers the webhook and owns the HTTP
+//! listener that receives them.
+//!
+//! - **Supervised by:** root, permanent, in the ingress's place (the root
+//!   starts this or the polling ingress, by mode).
+//! - **Messages:** none in normal operation; the listener runs in a task the
+//!   actor owns and aborts when it stops.
+//! - **State:** the listener task.
+//! - **Per request** (in the listener's tasks): refused unless it comes from
+//!   `webhook.allowed_networks` (when set; 403), within
+//!   `webhook.per_ip_per_second` for its address (429), carries the secret
+//!   token registered with setWebhook in `X-Telegram-Bot-Api-Secret-Token`
+//!   (401) and fits `webhook.max_body_bytes` (413). A message update is then
+//!   handed over exactly as the polling ingress does (admitted durably,
+//!   rate-limited, routed), and only then answered 200: a failure answers
+//!   500 and Telegram delivers the update again.
+//! - **Failures:** a failed setWebhook or bind fails the start; root
+//!   restarts it with backoff and, past the budget, stops the service. After
+//!   a restart, updates Telegram retried are recognised by the store.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use teloxide::payloads::SetWebhookSetters as _;
+use teloxide::prelude::Requester;
+use teloxide::types::{AllowedUpdate, Update};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use url::Url;
+
+use super::Deps;
+use super::ingress::{HandOverError, hand_over};
+use crate::actors::Directory;
+use crate::config::{Network, Secret};
+use crate::ops::Health;
+use crate::telegram::TelegramError;
+use crate::telegram::inbound::Inbound;
+use crate::telemetry::security_event;
+
+/// The header Telegram puts the secret token in.
+const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+/// Messages of the webhook ingress.
+pub enum WebhookMsg {
+    /// Panic at once: the chaos hook for tests (feature `chaos` only).
+    #[cfg(feature = "chaos")]
+    Panic,
+}
+
+/// The webhook ingress actor.
+pub struct Webhook;
+
+/// Its state.
+pub struct WebhookState {
+    listener: JoinHandle<()>,
+}
+
+/// What each request needs.
+#[derive(Clone)]
+struct Receiver {
+    directory: Directory,
+    secret: Secret,
+    bot_username: Arc<str>,
+    per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    networks: Arc<[Network]>,
+    health: Arc<Health>,
+}
+
+/// Why the webhook cannot start.
+#[derive(Debug, thiserror::Error)]
+enum WebhookError {
+    #[error("webhook.url `{0}` is not a URL")]
+    Url(String),
+    #[error("setWebhook failed: {0}")]
+    Register(TelegramError),
+    #[error("cannot listen on webhook.listen {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl Actor for Webhook {
+    type Msg = WebhookMsg;
+    type State = WebhookState;
+    type Arguments = Deps;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WebhookMsg>,
+        deps: Deps,
+    ) -> Result<WebhookState, ActorProcessingErr> {
+        let config = &deps.config.webhook;
+        let url = Url::parse(&config.url).map_err(|_| WebhookError::Url(config.url.clone()))?;
+        let bot_username = match &deps.bot_username {
+            Some(name) => name.clone(),
+            None => deps
+                .bot
+                .get_me()
+                .await
+                .map_err(|e| WebhookError::Register(e.into()))?
+                .username()
+                .to_owned(),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| WebhookError::Bind(config.listen, e))?;
+        deps.bot
+            .set_webhook(url.clone())
+            .secret_token(deps.webhook_secret.expose().to_owned())
+            .allowed_updates([AllowedUpdate::Message])
+            .await
+            .map_err(|e| WebhookError::Register(e.into()))?;
+        tracing::info!(url = %url, listen = %config.listen, "webhook registered");
+
+        let per_second = NonZeroU32::new(config.per_ip_per_second).unwrap_or(NonZeroU32::MIN);
+        let receiver = Receiver {
+            directory: deps.directory.clone(),
+            secret: deps.webhook_secret.clone(),
+            bot_username: bot_username.into(),
+            per_ip: Arc::new(RateLimiter::keyed(Quota::per_second(per_second))),
+            networks: config
+                .allowed_networks
+                .iter()
+                .filter_map(|n| Network::parse(n))
+                .collect(),
+            health: Arc::clone(&deps.health),
+        };
+        let app = Router::new()
+            .route(url.path(), axum::routing::post(receive))
+            .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .with_state(receiver);
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        );
+        let listener = tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "webhook listener failed");
+            }
+        });
+        Ok(WebhookState { listener })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<WebhookMsg>,
+        state: &mut WebhookState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.listener.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<WebhookMsg>,
+        message: WebhookMsg,
+        _state: &mut WebhookState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            #[cfg(feature = "chaos")]
+            WebhookMsg::Panic => panic!("chaos: ordered to panic"),
+        }
+    }
+}
+
+async fn receive(
+    State(receiver): State<Receiver>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let ip = peer.ip();
+    if !receiver.networks.is_empty() && !receiver.networks.iter().any(|n| n.contains(ip)) {
+        security_event("webhook_network");
+        return StatusCode::FORBIDDEN;
+    }
+    if receiver.per_ip.check_key(&ip).is_err() {
+        metrics::counter!("llmgram_rate_limited_total").increment(1);
+        return StatusCode::TOO_MANY_REQUESTS;
+    }
+    let secret_ok = headers
+        .get(SECRET_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|given| {
+            constant_time_eq(given.as_bytes(), receiver.secret.expose().as_bytes())
+        });
+    if !secret_ok {
+        security_event("webhook_secret");
+        return StatusCode::UNAUTHORIZED;
+    }
+    let update: Update = match serde_json::from_slice(&body) {
+        Ok(update) => update,
+        Err(error) => {
+            tracing::warn!(%error, "webhook body is not an update");
+            return StatusCode::BAD_REQUEST;
+        }
+    };
+    Health::stamp(&receiver.health.telegram_ok_ms);
+    metrics::counter!("llmgram_updates_received_total").increment(1);
+    let Some(inbound) = Inbound::from_update(&update, &receiver.bot_username) else {
+        return StatusCode::OK;
+    };
+    match hand_over(&receiver.directory, vec![inbound]).await {
+        Ok(()) => StatusCode::OK,
+        Err(error @ (HandOverError::Store(_) | HandOverError::SessionsUnavailable)) => {
+            // Telegram delivers it again; the store recognises it if it was
+            // admitted after all.
+            tracing::warn!(%error, "update not handed over; Telegram will retry");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// Compares secrets without stopping at the first difference, so response
+/// timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
