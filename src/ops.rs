@@ -280,6 +280,7 @@ pub async fn readiness(state: &OpsState) -> Value {
             "rss_bytes": rss_bytes(),
             "open_sessions": sessions.map(|s| s.live),
         },
+        "security": { "events": crate::telemetry::security_events() },
     })
 }
 

@@ -33,8 +33,17 @@ pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
     Ok(guard)
 }
 
+/// Security events since the process started, for `/readyz`.
+static SECURITY_EVENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Security events counted so far in this process.
+pub fn security_events() -> u64 {
+    SECURITY_EVENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Counts and logs a security event (never with the user's text).
 pub fn security_event(kind: &'static str) {
+    SECURITY_EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(kind, "security event");
     metrics::counter!("llmgram_security_events_total", "kind" => kind).increment(1);
 }
