@@ -201,100 +201,37 @@ impl Actor for Persistence {
         message: PersistenceMsg,
         state: &mut PersistenceState,
     ) -> Result<(), ActorProcessingErr> {
-        let writer = &state.writer;
         match message {
             #[cfg(feature = "chaos")]
             PersistenceMsg::Panic => panic!("chaos: ordered to panic"),
-            PersistenceMsg::LoadChat { chat_id, reply } => {
-                writer.submit(Op::Load { chat_id, reply })
-            }
-            PersistenceMsg::AdmitUpdates { updates, reply } => {
-                writer.submit(Op::Admit { updates, reply });
-            }
-            PersistenceMsg::CommitTurn {
-                chat_id,
-                update_id,
-                change,
-                reply,
-            } => writer.submit(Op::Commit {
-                chat_id,
-                update_id,
-                change,
-                reply,
-            }),
-            PersistenceMsg::PendingUpdates { reply } => writer.submit(Op::Pending { reply }),
-            PersistenceMsg::Backup { to, reply } => writer.submit(Op::Backup { to, reply }),
-            PersistenceMsg::LoadSetting { key, reply } => {
-                writer.submit(Op::LoadSetting { key, reply })
-            }
-            PersistenceMsg::SaveSetting {
-                key,
-                setting,
-                reply,
-            } => writer.submit(Op::SaveSetting {
-                key,
-                setting,
-                reply,
-            }),
-            PersistenceMsg::Confirmed { below } => writer.submit(Op::Prune { below }),
             PersistenceMsg::Stats { reply } => {
-                let _ = reply.send(writer.counters.snapshot());
+                let _ = reply.send(state.writer.counters.snapshot());
             }
             PersistenceMsg::WriterFailed { error } => return Err(Box::new(error)),
+            // Everything else is storage work, done by the writer in order.
+            request => state.writer.submit(request),
         }
         Ok(())
     }
 }
 
-/// One request to the writer thread.
-enum Op {
-    Load {
-        chat_id: ChatId,
-        reply: RpcReplyPort<Result<Option<ChatRecord>, StoreError>>,
-    },
-    Admit {
-        updates: Vec<Inbound>,
-        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
-    },
-    Commit {
-        chat_id: ChatId,
-        update_id: u32,
-        change: RecordChange,
-        reply: RpcReplyPort<Result<(), StoreError>>,
-    },
-    Pending {
-        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
-    },
-    Prune {
-        below: u32,
-    },
-    LoadSetting {
-        key: BotKey,
-        reply: RpcReplyPort<Result<Option<BotSetting>, StoreError>>,
-    },
-    Backup {
-        to: PathBuf,
-        reply: RpcReplyPort<Result<BackupReport, StoreError>>,
-    },
-    SaveSetting {
-        key: BotKey,
-        setting: BotSetting,
-        reply: RpcReplyPort<Result<(), StoreError>>,
-    },
-}
-
-impl Op {
-    /// Answers the request with `error` (used when its batch failed).
+impl PersistenceMsg {
+    /// Answers the request with `error` (used when its batch failed or the
+    /// writer is gone).
     fn fail(self, error: &StoreError) {
         match self {
-            Self::Load { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Self::Admit { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Self::Commit { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Self::Pending { reply } => drop(reply.send(Err(error.clone()))),
+            Self::LoadChat { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::AdmitUpdates { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::CommitTurn { reply, .. } | Self::SaveSetting { reply, .. } => {
+                drop(reply.send(Err(error.clone())));
+            }
+            Self::PendingUpdates { reply } => drop(reply.send(Err(error.clone()))),
             Self::LoadSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Backup { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Self::SaveSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Self::Prune { .. } => {}
+            // Not storage requests: never given to the writer.
+            Self::Confirmed { .. } | Self::Stats { .. } | Self::WriterFailed { .. } => {}
+            #[cfg(feature = "chaos")]
+            Self::Panic => {}
         }
     }
 }
@@ -304,7 +241,7 @@ impl Op {
 /// persisting the journal.
 #[derive(Clone)]
 pub struct StoreWriter {
-    ops: Sender<Op>,
+    ops: Sender<PersistenceMsg>,
     counters: Arc<Counters>,
     listener: Arc<std::sync::Mutex<Option<ActorRef<PersistenceMsg>>>>,
 }
@@ -348,7 +285,7 @@ impl StoreWriter {
         ))
     }
 
-    fn submit(&self, op: Op) {
+    fn submit(&self, op: PersistenceMsg) {
         if let Err(mpsc::SendError(op)) = self.ops.send(op) {
             op.fail(&StoreError::Unavailable);
         }
@@ -480,7 +417,7 @@ struct Thread {
     /// Updates below this id have been confirmed to Telegram (it will not
     /// send them again) and their answered markers removed.
     pruned_below: std::cell::Cell<u32>,
-    receiver: Receiver<Op>,
+    receiver: Receiver<PersistenceMsg>,
     mode: PersistMode,
     commit_interval: Duration,
     max_batch: usize,
@@ -530,17 +467,17 @@ impl Thread {
     /// Runs one batch: writes as one atomic commit, then the reads. Only a
     /// poisoned store is returned as an error (the thread must stop); other
     /// errors fail the batch's requests and the thread goes on.
-    fn execute(&self, batch: Vec<Op>) -> Result<(), StoreError> {
+    fn execute(&self, batch: Vec<PersistenceMsg>) -> Result<(), StoreError> {
         let started = Instant::now();
         let size = batch.len() as u64;
         let mut write = self.store.db.batch().durability(Some(self.mode));
         let mut admitted_now: HashSet<u32> = HashSet::new();
         let mut after_commit = Vec::new();
         let mut turns = 0;
-        let mut prepared: Vec<Result<Op, StoreError>> = Vec::with_capacity(batch.len());
+        let mut prepared = Vec::new();
         for op in batch {
             match op {
-                Op::Commit {
+                PersistenceMsg::CommitTurn {
                     chat_id,
                     update_id,
                     change,
@@ -567,18 +504,18 @@ impl Thread {
                     }
                     Err(e) => drop(reply.send(Err(StoreError::Storage(e.to_string())))),
                 },
-                Op::Admit { updates, reply } => {
+                PersistenceMsg::AdmitUpdates { updates, reply } => {
                     match self.admit(&mut write, &mut admitted_now, updates) {
                         Ok(new) => after_commit.push(Done::Admit(reply, new)),
                         Err(error) => drop(reply.send(Err(error))),
                     }
                 }
-                Op::Prune { below } => {
+                PersistenceMsg::Confirmed { below } => {
                     if let Err(error) = self.prune(&mut write, below) {
                         tracing::warn!(%error, "pruning answered updates failed");
                     }
                 }
-                Op::SaveSetting {
+                PersistenceMsg::SaveSetting {
                     key,
                     setting,
                     reply,
@@ -589,12 +526,12 @@ impl Thread {
                     }
                     Err(e) => drop(reply.send(Err(StoreError::Storage(e.to_string())))),
                 },
-                read @ (Op::Load { .. }
-                | Op::Pending { .. }
-                | Op::LoadSetting { .. }
-                | Op::Backup { .. }) => {
-                    prepared.push(Ok(read));
-                }
+                read @ (PersistenceMsg::LoadChat { .. }
+                | PersistenceMsg::PendingUpdates { .. }
+                | PersistenceMsg::LoadSetting { .. }
+                | PersistenceMsg::Backup { .. }) => prepared.push(read),
+                // The actor answers these itself; they never reach the writer.
+                other => other.fail(&StoreError::Storage("not a storage request".into())),
             }
         }
 
@@ -604,7 +541,7 @@ impl Thread {
                 for done in after_commit {
                     done.fail(&error);
                 }
-                for op in prepared.into_iter().flatten() {
+                for op in prepared {
                     op.fail(&error);
                 }
                 return match error {
@@ -626,7 +563,7 @@ impl Thread {
         for done in after_commit {
             done.succeed();
         }
-        for op in prepared.into_iter().flatten() {
+        for op in prepared {
             self.read(op)?;
         }
         Ok(())
@@ -678,9 +615,9 @@ impl Thread {
         Ok(())
     }
 
-    fn read(&self, op: Op) -> Result<(), StoreError> {
+    fn read(&self, op: PersistenceMsg) -> Result<(), StoreError> {
         match op {
-            Op::Load { chat_id, reply } => {
+            PersistenceMsg::LoadChat { chat_id, reply } => {
                 let loaded = self.load(chat_id);
                 let poisoned = matches!(loaded, Err(StoreError::Poisoned(_)));
                 let _ = reply.send(loaded.clone());
@@ -688,13 +625,13 @@ impl Thread {
                     return loaded.map(|_| ());
                 }
             }
-            Op::Pending { reply } => {
+            PersistenceMsg::PendingUpdates { reply } => {
                 let _ = reply.send(self.pending());
             }
-            Op::LoadSetting { key, reply } => {
+            PersistenceMsg::LoadSetting { key, reply } => {
                 let _ = reply.send(self.setting(key));
             }
-            Op::Backup { to, reply } => {
+            PersistenceMsg::Backup { to, reply } => {
                 // The snapshot is taken here, in order: it holds every write
                 // acknowledged before this request. Copying it happens on its
                 // own thread, so writes go on meanwhile.
