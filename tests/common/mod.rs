@@ -22,6 +22,14 @@ pub struct Harness {
 /// a small fraction of it.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A breaker that opens after two timeouts of 300 ms and stays open for
+/// 1.5 s: fast enough for a test to see every state.
+pub const FAST_BREAKER: &str = "llm.request_timeout = \"300ms\"\n\
+     llm.retry.max_attempts = 1\n\
+     breaker.window = 4\n\
+     breaker.min_calls = 2\n\
+     breaker.open_for = \"1500ms\"\n";
+
 /// Rate and flood limits no test reaches by accident.
 pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
     ("limits.user_messages_per_minute", "1000000"),

@@ -8,7 +8,7 @@ use llmgram::telegram::inbound::ChatId;
 use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, LlmReplyKind};
 
 use crate::common::process::BotProcess;
-use crate::common::{Harness, WAIT, eventually};
+use crate::common::{FAST_BREAKER, Harness, WAIT, eventually};
 
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.expect("ops listener answers");
@@ -18,14 +18,7 @@ async fn get(url: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_the_provider_while_its_breaker_is_open() {
-    let h = Harness::start_with(
-        "llm.request_timeout = \"300ms\"\n\
-         llm.retry.max_attempts = 1\n\
-         breaker.window = 4\n\
-         breaker.min_calls = 2\n\
-         breaker.open_for = \"1s\"\n",
-    )
-    .await;
+    let h = Harness::start_with(FAST_BREAKER).await;
     let base = format!("http://{}", h.service.ops_addr());
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     eventually("ready", || async {
@@ -46,7 +39,8 @@ async fn readyz_names_the_provider_while_its_breaker_is_open() {
 
     h.llm
         .set_responder(|r| LlmReply::text(format!("answer to: {}", r.last_user_message())));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past breaker.open_for (1.5 s, FAST_BREAKER) with a margin.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     h.say(3, "recovered?");
     assert_eq!(h.replies(3, 1).await[0].text, "answer to: recovered?");
     let (status, body) = get(&format!("{base}/readyz")).await;

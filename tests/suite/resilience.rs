@@ -9,7 +9,7 @@ use llmgram::chaos;
 use llmgram::telegram::inbound::ChatId;
 use llmgram_fakes::{FakeLlm, LlmReply, LlmReplyKind};
 
-use crate::common::{Harness, WAIT, eventually};
+use crate::common::{FAST_BREAKER, Harness, WAIT, eventually};
 
 async fn breaker_status(h: &Harness, index: u8) -> BreakerStatus {
     h.service
@@ -72,14 +72,7 @@ async fn garbage_and_rejections_get_a_clear_reply_and_401_is_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_provider_opens_the_breaker_which_recovers() {
-    let h = Harness::start_with(
-        "llm.request_timeout = \"300ms\"\n\
-         llm.retry.max_attempts = 1\n\
-         breaker.window = 4\n\
-         breaker.min_calls = 2\n\
-         breaker.open_for = \"1500ms\"\n",
-    )
-    .await;
+    let h = Harness::start_with(FAST_BREAKER).await;
     h.llm.set_responder(|_| LlmReply::now(LlmReplyKind::Hang));
     // Two timeouts reach the threshold.
     h.say(20, "first");
