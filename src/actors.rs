@@ -2,13 +2,15 @@
 //! in the tree:
 //!
 //! ```text
-//! root                          actors/root.rs         supervisor; the policy table
-//! ├── llm_pool                  root/llm_pool.rs       permanent
-//! ├── outbox                    root/outbox.rs         permanent
-//! ├── session_sup               root/session_sup.rs    permanent; supervisor
+//! root                          actors/root.rs                supervisor; the policy table
+//! ├── persistence               root/persistence.rs           permanent (+ its writer thread)
+//! ├── breaker.0 … breaker.N     root/breaker.rs               permanent, one per LLM provider
+//! ├── limiter                   root/limiter.rs               permanent
+//! ├── llm_pool                  root/llm_pool.rs              permanent
+//! ├── outbox                    root/outbox.rs                permanent
+//! ├── session_sup               root/session_sup.rs           permanent; supervisor
 //! │   └── session (one a chat)  root/session_sup/session.rs   temporary, redelivered
-//! └── ingress                   root/ingress.rs        permanent
-//!     (to come: persistence, rate_limiter, breaker — rows in root's table)
+//! └── ingress | webhook         root/ingress.rs, root/webhook.rs   permanent, by telegram.mode
 //! ```
 //!
 //! Long-lived actors are registered under fixed names (see [`directory`]) and
