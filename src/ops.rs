@@ -188,11 +188,13 @@ pub async fn readiness(state: &OpsState) -> Value {
     let age = |stamp: u64| (stamp > 0).then(|| now.saturating_sub(stamp));
     let mut failing = Vec::new();
 
-    // Telegram: a poll returns at least every poll_timeout, and failures
-    // back off at most retry_max; older than both means polling is stuck.
+    // Polling: a poll returns at least every poll_timeout, and failures back
+    // off at most retry_max; older than both means polling is stuck. Webhook:
+    // no request may just mean no user wrote, so its age is only reported.
     let telegram_age = age(state.health.telegram_ok_ms.load(Ordering::Relaxed));
     let telegram_limit = config.telegram.poll_timeout + config.telegram.retry_max;
-    let telegram_ok = telegram_age.is_some_and(|ms| Duration::from_millis(ms) <= telegram_limit);
+    let telegram_ok = config.telegram.mode == crate::config::IngressMode::Webhook
+        || telegram_age.is_some_and(|ms| Duration::from_millis(ms) <= telegram_limit);
     if !telegram_ok {
         failing.push("telegram".to_owned());
     }

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use super::Deps;
-use super::ingress::{HandOverError, hand_over};
+use super::ingress::hand_over;
 use crate::actors::Directory;
 use crate::config::{Network, Secret};
 use crate::ops::Health;
@@ -61,6 +61,9 @@ pub struct Webhook;
 /// Its state.
 pub struct WebhookState {
     listener: JoinHandle<()>,
+    /// Drops the per-IP limiter state of quiet addresses, so a flood from
+    /// many addresses cannot grow it without bound.
+    reclaim: JoinHandle<()>,
 }
 
 /// What each request needs.
@@ -119,11 +122,24 @@ impl Actor for Webhook {
         tracing::info!(url = %url, listen = %config.listen, "webhook registered");
 
         let per_second = NonZeroU32::new(config.per_ip_per_second).unwrap_or(NonZeroU32::MIN);
+        let per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>> =
+            Arc::new(RateLimiter::keyed(Quota::per_second(per_second)));
+        let reclaim = {
+            let per_ip = Arc::clone(&per_ip);
+            let mut every = tokio::time::interval(deps.config.limits.sweep_interval);
+            tokio::spawn(async move {
+                loop {
+                    every.tick().await;
+                    per_ip.retain_recent();
+                    per_ip.shrink_to_fit();
+                }
+            })
+        };
         let receiver = Receiver {
             directory: deps.directory.clone(),
             secret: deps.webhook_secret.clone(),
             bot_username: bot_username.into(),
-            per_ip: Arc::new(RateLimiter::keyed(Quota::per_second(per_second))),
+            per_ip,
             networks: config
                 .allowed_networks
                 .iter()
@@ -144,7 +160,7 @@ impl Actor for Webhook {
                 tracing::error!(%error, "webhook listener failed");
             }
         });
-        Ok(WebhookState { listener })
+        Ok(WebhookState { listener, reclaim })
     }
 
     async fn post_stop(
@@ -153,6 +169,7 @@ impl Actor for Webhook {
         state: &mut WebhookState,
     ) -> Result<(), ActorProcessingErr> {
         state.listener.abort();
+        state.reclaim.abort();
         Ok(())
     }
 
@@ -208,7 +225,7 @@ async fn receive(
     };
     match hand_over(&receiver.directory, vec![inbound]).await {
         Ok(()) => StatusCode::OK,
-        Err(error @ (HandOverError::Store(_) | HandOverError::SessionsUnavailable)) => {
+        Err(error) => {
             // Telegram delivers it again; the store recognises it if it was
             // admitted after all.
             tracing::warn!(%error, "update not handed over; Telegram will retry");
