@@ -52,6 +52,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub ops: OpsConfig,
     pub log: LogConfig,
+    #[serde(default)]
+    pub commands: Vec<CommandConfig>,
     pub shutdown: ShutdownConfig,
 }
 
@@ -346,6 +348,42 @@ pub enum PersistModeConfig {
     Buffer,
 }
 
+/// One `[[commands]]` entry: an assistant command.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct CommandConfig {
+    pub name: String,
+    /// Per language code (`en` required).
+    pub description: std::collections::BTreeMap<String, String>,
+    pub template: String,
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+    pub cost: CommandCost,
+}
+
+/// A command's class for the rate limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandCost {
+    /// Counts against the LLM limits.
+    Llm,
+    /// Counts only against the general limit.
+    Free,
+}
+
+/// Commands the bot itself answers; configured commands may not take them.
+pub const BUILT_IN_COMMANDS: &[&str] = &[
+    "start", "help", "reset", "retry", "forget", "model", "stats", "health", "ban", "unban",
+];
+
+impl Config {
+    /// The configured command called `name`, if any.
+    pub fn command(&self, name: &str) -> Option<&CommandConfig> {
+        self.commands.iter().find(|c| c.name == name)
+    }
+}
+
 /// `[ops]`: the operator's HTTP listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -548,6 +586,39 @@ impl Config {
         positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
         positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
         positive("telegram.global_rate", u64::from(t.global_rate))?;
+
+        for command in &self.commands {
+            let name = &command.name;
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let problem = if !valid_name {
+                Some("a name of 1–32 characters a-z, 0-9 or _".to_owned())
+            } else if BUILT_IN_COMMANDS.contains(&name.as_str()) {
+                Some("a name the bot's own commands do not use".to_owned())
+            } else if self.commands.iter().filter(|c| &c.name == name).count() > 1 {
+                Some("a unique name".to_owned())
+            } else if command.template.matches("{input}").count() != 1 {
+                Some("exactly one {input} slot in its template".to_owned())
+            } else if !command.description.contains_key("en") {
+                Some("an `en` description".to_owned())
+            } else if command
+                .temperature
+                .is_some_and(|t| !(0.0..=2.0).contains(&t))
+            {
+                Some("a temperature within 0.0..=2.0".to_owned())
+            } else {
+                None
+            };
+            if let Some(needs) = problem {
+                return Err(ConfigError::Invalid {
+                    key: "commands",
+                    reason: format!("command `{name}` needs {needs}"),
+                });
+            }
+        }
 
         let w = &self.webhook;
         if t.mode == IngressMode::Webhook {
@@ -810,6 +881,33 @@ mod tests {
         assert!(Network::parse("10.0.0.0/33").is_none());
         let err = Config::from_defaults_with("telegram.mode = \"webhook\"\n").unwrap_err();
         assert!(err.to_string().contains("webhook.url"), "{err}");
+    }
+
+    #[test]
+    fn commands_are_validated() {
+        let config = Config::from_defaults_with("").unwrap();
+        assert!(config.command("flirt").is_some() && config.command("caption").is_some());
+        for (bad, why) in [
+            (
+                "name = \"help\"\ndescription = { en = \"x\" }\ntemplate = \"{input}\"\ncost = \"llm\"",
+                "own commands",
+            ),
+            (
+                "name = \"x\"\ndescription = { en = \"x\" }\ntemplate = \"no slot\"\ncost = \"llm\"",
+                "{input}",
+            ),
+            (
+                "name = \"x\"\ndescription = { en = \"x\" }\ntemplate = \"{input}{input}\"\ncost = \"llm\"",
+                "{input}",
+            ),
+            (
+                "name = \"Bad\"\ndescription = { en = \"x\" }\ntemplate = \"{input}\"\ncost = \"llm\"",
+                "a-z",
+            ),
+        ] {
+            let err = Config::from_defaults_with(&format!("[[commands]]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -68,3 +68,42 @@ impl SendPacing {
         self.per_chat.shrink_to_fit();
     }
 }
+
+/// Registers the command menu (setMyCommands) once per supported language,
+/// English also as the default: the bot's own user commands, then every
+/// configured assistant command.
+pub async fn register_commands(
+    bot: &Bot,
+    config: &crate::config::Config,
+    locales: &crate::texts::Locales,
+) -> Result<(), teloxide::RequestError> {
+    use teloxide::payloads::SetMyCommandsSetters as _;
+    use teloxide::prelude::Requester as _;
+    use teloxide::types::BotCommand;
+
+    for language in crate::texts::Locales::LANGUAGES {
+        let texts = locales.for_language(Some(language));
+        let mut commands = vec![
+            BotCommand::new("help", texts.menu_help.clone()),
+            BotCommand::new("retry", texts.menu_retry.clone()),
+            BotCommand::new("reset", texts.menu_reset.clone()),
+            BotCommand::new("forget", texts.menu_forget.clone()),
+        ];
+        for command in &config.commands {
+            let description = command
+                .description
+                .get(language)
+                .or_else(|| command.description.get("en"))
+                .cloned()
+                .unwrap_or_default();
+            commands.push(BotCommand::new(command.name.clone(), description));
+        }
+        bot.set_my_commands(commands.clone())
+            .language_code(language.to_owned())
+            .await?;
+        if language == "en" {
+            bot.set_my_commands(commands).await?;
+        }
+    }
+    Ok(())
+}

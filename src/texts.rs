@@ -54,6 +54,12 @@ pub struct Texts {
     /// `{commits}`, `{turns}`, `{quarantined}`, `{restarts}`, `{providers}`,
     /// `{model}`.
     pub stats: String,
+    /// Placeholder: `{command}`.
+    pub command_needs_input: String,
+    pub menu_help: String,
+    pub menu_retry: String,
+    pub menu_reset: String,
+    pub menu_forget: String,
 }
 
 /// Errors loading the compiled-in locale files.
@@ -88,13 +94,25 @@ impl Locales {
 
     /// The texts for a Telegram `language_code`; English when absent or unknown.
     pub fn for_language(&self, language_code: Option<&str>) -> &Arc<Texts> {
-        let primary = language_code
-            .and_then(|code| code.split(['-', '_']).next())
-            .map(str::to_ascii_lowercase);
-        match primary.as_deref() {
-            Some("ru") => &self.russian,
+        match language_key(language_code) {
+            "ru" => &self.russian,
             _ => &self.english,
         }
+    }
+
+    /// The languages with texts, as Telegram language codes.
+    pub const LANGUAGES: [&'static str; 2] = ["en", "ru"];
+}
+
+/// The supported language a Telegram `language_code` maps to (`ru-RU` →
+/// `ru`), English otherwise.
+pub fn language_key(language_code: Option<&str>) -> &'static str {
+    let primary = language_code
+        .and_then(|code| code.split(['-', '_']).next())
+        .map(str::to_ascii_lowercase);
+    match primary.as_deref() {
+        Some("ru") => "ru",
+        _ => "en",
     }
 }
 

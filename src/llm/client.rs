@@ -33,6 +33,15 @@ pub struct LlmClient {
     temperature: f32,
 }
 
+/// Per-call choices over a provider's configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions<'a> {
+    /// Another model than the provider's.
+    pub model: Option<&'a str>,
+    /// Another sampling temperature.
+    pub temperature: Option<f32>,
+}
+
 /// The primary provider then every `[[llm.fallback]]`, in the order calls
 /// try them; each with its own client.
 pub fn providers(config: &Config, secrets: &Secrets) -> Result<Vec<LlmClient>, LlmError> {
@@ -101,16 +110,17 @@ impl LlmClient {
     pub async fn complete_with_retries(
         &self,
         messages: &[ChatMessage],
-        model: Option<&str>,
+        options: CallOptions<'_>,
         policy: &RetryConfig,
         deadline: Instant,
     ) -> (Result<Completion, LlmError>, u32) {
-        let model = model.unwrap_or(&self.model);
+        let model = options.model.unwrap_or(&self.model);
+        let temperature = options.temperature.unwrap_or(self.temperature);
         let started = Instant::now();
         let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
         let mut attempt = 1;
         loop {
-            let call = self.complete_with(messages, model);
+            let call = self.complete_with(messages, model, temperature);
             let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
                 Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
@@ -149,7 +159,8 @@ impl LlmClient {
     /// Sends one chat-completion request to the provider's configured model
     /// and returns the answer.
     pub async fn complete(&self, messages: &[ChatMessage]) -> Result<Completion, LlmError> {
-        self.complete_with(messages, &self.model).await
+        self.complete_with(messages, &self.model, self.temperature)
+            .await
     }
 
     /// Sends one chat-completion request to `model` and returns the answer.
@@ -157,12 +168,13 @@ impl LlmClient {
         &self,
         messages: &[ChatMessage],
         model: &str,
+        temperature: f32,
     ) -> Result<Completion, LlmError> {
         let body = ChatRequest {
             model,
             messages,
             max_tokens: self.max_tokens,
-            temperature: self.temperature,
+            temperature,
             stream: false,
         };
         let mut request = self.http.post(self.endpoint.clone()).json(&body);

@@ -70,11 +70,17 @@ pub enum InboundKind {
 }
 
 impl Inbound {
-    /// Whether answering it takes an LLM call (text, or `/retry`).
-    pub fn costs_llm_call(&self) -> bool {
+    /// Whether answering it takes an LLM call: text, `/retry`, and the
+    /// configured commands whose cost is `llm`.
+    pub fn costs_llm_call(&self, config: &crate::config::Config) -> bool {
         match &self.kind {
             InboundKind::Text(_) => true,
-            InboundKind::Command { name, .. } => name == "retry",
+            InboundKind::Command { name, .. } => {
+                name == "retry"
+                    || config
+                        .command(name)
+                        .is_some_and(|c| c.cost == crate::config::CommandCost::Llm)
+            }
             InboundKind::NonText => false,
         }
     }

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod binary;
+mod commands;
 mod conversation;
 mod eviction;
 mod isolation;

@@ -105,8 +105,16 @@ async fn metrics_count_exactly_the_messages_sent_and_json_logs_carry_ids_not_tex
         );
     }
     assert_eq!(telegram.wait_for_sent_count(7, WAIT).await, 7);
+    // Each counter moves a moment after the reply reaches Telegram.
     eventually("metrics to settle", || async {
-        count(&samples(&get(&url).await.1), "llmgram_replies_sent_total") >= 7.0
+        let now = samples(&get(&url).await.1);
+        [
+            "llmgram_updates_received_total",
+            "llmgram_replies_sent_total",
+            "llmgram_reply_latency_seconds_count",
+        ]
+        .iter()
+        .all(|name| count(&now, name) - count(&before, name) >= 7.0)
     })
     .await;
     let after = samples(&get(&url).await.1);

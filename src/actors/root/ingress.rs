@@ -32,7 +32,7 @@ use super::limiter::{Cost, LimitRequest, LimiterMsg, Verdict};
 use super::persistence::PersistenceMsg;
 use super::session_sup::SessionSupMsg;
 use crate::actors::{Child, Directory};
-use crate::config::TelegramConfig;
+use crate::config::{Config, TelegramConfig};
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::telegram::TelegramError;
@@ -62,6 +62,10 @@ pub struct IngressState {
     bot_username: Option<String>,
     webhook_removed: bool,
     health: std::sync::Arc<crate::ops::Health>,
+    /// For command costs and the command menu.
+    full_config: Arc<Config>,
+    locales: crate::texts::Locales,
+    commands_registered: bool,
     backoff: Backoff,
 }
 
@@ -93,6 +97,9 @@ impl Actor for Ingress {
             config: Arc::new(config.clone()),
             bot: deps.bot,
             health: deps.health,
+            full_config: Arc::clone(&deps.config),
+            locales: deps.locales.clone(),
+            commands_registered: false,
             directory: deps.directory,
             offset: 0,
             confirmed: 0,
@@ -171,6 +178,10 @@ async fn prepare(state: &mut IngressState) -> Result<String, Failure> {
         state.bot.delete_webhook().await?;
         state.webhook_removed = true;
     }
+    if !state.commands_registered {
+        crate::telegram::register_commands(&state.bot, &state.full_config, &state.locales).await?;
+        state.commands_registered = true;
+    }
     Ok(username)
 }
 
@@ -216,7 +227,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
     );
     metrics::counter!("llmgram_updates_received_total").increment(updates.len() as u64);
 
-    hand_over(&state.directory, inbound)
+    hand_over(&state.directory, &state.full_config, inbound)
         .await
         .map_err(|error| match error {
             HandOverError::Store(StoreError::Poisoned(reason)) => {
@@ -246,6 +257,7 @@ pub(super) enum HandOverError {
 /// Once this returns `Ok`, Telegram may forget them.
 pub(super) async fn hand_over(
     directory: &Directory,
+    config: &Config,
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
     // Durable before routing: once Telegram considers them delivered, the
@@ -258,7 +270,7 @@ pub(super) async fn hand_over(
         .await
         .map_err(|_| HandOverError::Store(StoreError::Unavailable))?
         .map_err(HandOverError::Store)?;
-    let admitted = apply_limits(directory, admitted).await;
+    let admitted = apply_limits(directory, config, admitted).await;
     let sessions = directory
         .wait_for::<SessionSupMsg>(Child::SessionSup)
         .await
@@ -277,7 +289,11 @@ pub(super) async fn hand_over(
 /// Asks the rate limiter about the batch and marks the updates it limits.
 /// A limiter that is away (restarting) lets everything through: better an
 /// unlimited minute than unanswered users.
-async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<Inbound> {
+async fn apply_limits(
+    directory: &Directory,
+    config: &Config,
+    mut updates: Vec<Inbound>,
+) -> Vec<Inbound> {
     if updates.is_empty() {
         return updates;
     }
@@ -288,7 +304,7 @@ async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<I
                 .user_id
                 .and_then(|id| i64::try_from(id).ok())
                 .unwrap_or(inbound.chat_id.0),
-            cost: if inbound.costs_llm_call() {
+            cost: if inbound.costs_llm_call(config) {
                 Cost::Llm
             } else {
                 Cost::Free

@@ -36,6 +36,7 @@ use super::breaker::{Admission, BreakerMsg, CallOutcome};
 use super::persistence::PersistenceMsg;
 use crate::actors::{Child, Directory};
 use crate::config::LlmConfig;
+use crate::llm::client::CallOptions;
 use crate::llm::{ChatMessage, Completion, LlmClient, LlmError};
 use crate::store::record::BotSetting;
 use crate::store::{BotKey, StoreError};
@@ -62,6 +63,8 @@ pub enum LlmPoolMsg {
     Complete {
         /// System prompt, history and the new user message.
         messages: Vec<ChatMessage>,
+        /// A command's own model (primary provider) and temperature.
+        options: Overrides,
         /// The answer or the classified failure.
         reply: RpcReplyPort<Result<Completion, LlmError>>,
     },
@@ -127,7 +130,11 @@ impl Actor for LlmPool {
         match message {
             #[cfg(feature = "chaos")]
             LlmPoolMsg::Panic => panic!("chaos: ordered to panic"),
-            LlmPoolMsg::Complete { messages, reply } => on_complete(state, messages, reply),
+            LlmPoolMsg::Complete {
+                messages,
+                options,
+                reply,
+            } => on_complete(state, messages, options, reply),
             LlmPoolMsg::SetModel { model, reply } => {
                 let stored = state
                     .directory
@@ -157,16 +164,28 @@ impl Actor for LlmPool {
     }
 }
 
+/// A request's own choices over the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// A model for the primary provider (a command's), over the admin's and
+    /// the configured one.
+    pub model: Option<Arc<str>>,
+    /// A sampling temperature for every provider.
+    pub temperature: Option<f32>,
+}
+
 fn on_complete(
     state: &LlmPoolState,
     messages: Vec<ChatMessage>,
+    options: Overrides,
     reply: RpcReplyPort<Result<Completion, LlmError>>,
 ) {
     let providers = Arc::clone(&state.providers);
     let slots = Arc::clone(&state.slots);
     let config = Arc::clone(&state.config);
     let directory = state.directory.clone();
-    let model = state.model.clone();
+    let model = options.model.or_else(|| state.model.clone());
+    let temperature = options.temperature;
     let health = Arc::clone(&state.health);
     tokio::spawn(async move {
         let deadline = Instant::now() + config.fallback_after;
@@ -175,6 +194,7 @@ fn on_complete(
                 let call = Call {
                     messages: &messages,
                     primary_model: model.as_deref(),
+                    temperature,
                     deadline,
                     health: &health,
                 };
@@ -192,8 +212,9 @@ fn on_complete(
 /// One request's prompt and limits.
 struct Call<'a> {
     messages: &'a [ChatMessage],
-    /// The admin's model choice, for the primary provider only.
+    /// The model for the primary provider only (a command's or the admin's).
     primary_model: Option<&'a str>,
+    temperature: Option<f32>,
     deadline: Instant,
     health: &'a crate::ops::Health,
 }
@@ -207,6 +228,7 @@ async fn complete_with_fallback(
     let Call {
         messages,
         primary_model,
+        temperature,
         deadline,
         health,
     } = call;
@@ -231,7 +253,10 @@ async fn complete_with_fallback(
         let (result, attempts) = provider
             .complete_with_retries(
                 messages,
-                if index == 0 { primary_model } else { None },
+                CallOptions {
+                    model: if index == 0 { primary_model } else { None },
+                    temperature,
+                },
                 &config.retry,
                 deadline,
             )

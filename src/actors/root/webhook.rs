@@ -70,6 +70,7 @@ pub struct WebhookState {
 #[derive(Clone)]
 struct Receiver {
     directory: Directory,
+    config: Arc<crate::config::Config>,
     secret: Secret,
     bot_username: Arc<str>,
     per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
@@ -135,8 +136,12 @@ impl Actor for Webhook {
                 }
             })
         };
+        crate::telegram::register_commands(&deps.bot, &deps.config, &deps.locales)
+            .await
+            .map_err(|e| WebhookError::Register(e.into()))?;
         let receiver = Receiver {
             directory: deps.directory.clone(),
+            config: Arc::clone(&deps.config),
             secret: deps.webhook_secret.clone(),
             bot_username: bot_username.into(),
             per_ip,
@@ -223,7 +228,7 @@ async fn receive(
     let Some(inbound) = Inbound::from_update(&update, &receiver.bot_username) else {
         return StatusCode::OK;
     };
-    match hand_over(&receiver.directory, vec![inbound]).await {
+    match hand_over(&receiver.directory, &receiver.config, vec![inbound]).await {
         Ok(()) => StatusCode::OK,
         Err(error) => {
             // Telegram delivers it again; the store recognises it if it was

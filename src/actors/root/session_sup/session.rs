@@ -33,7 +33,7 @@ use super::SessionSupMsg;
 use crate::actors::Child;
 use crate::actors::root::Deps;
 use crate::actors::root::limiter::{LimiterMsg, Verdict};
-use crate::actors::root::llm_pool::LlmPoolMsg;
+use crate::actors::root::llm_pool::{LlmPoolMsg, Overrides};
 use crate::actors::root::outbox::{OutboxMsg, TurnCommit};
 use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
 use crate::history::History;
@@ -79,6 +79,9 @@ pub struct SessionState {
     /// The store has no record of this chat yet: its first answer waits for
     /// the new-chat admission limit.
     is_new: bool,
+    /// An assistant command sent without text: the next text is its input.
+    /// Not stored; an evicted or restarted session forgets it.
+    awaiting_input: Option<String>,
     deps: Deps,
     supervisor: ActorRef<SessionSupMsg>,
     system_prompt: Arc<str>,
@@ -102,6 +105,7 @@ impl Actor for Session {
             counters: ChatCounters::default(),
             last_update_id: 0,
             is_new: true,
+            awaiting_input: None,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
             supervisor: args.supervisor,
@@ -197,6 +201,10 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
             .locales
             .for_language(inbound.language_code.as_deref()),
     );
+    if matches!(inbound.kind, InboundKind::Command { .. }) {
+        // Another command means the user moved on.
+        state.awaiting_input = None;
+    }
     let mut change = Change::Update;
     let reply = match &inbound.kind {
         InboundKind::Command { name, .. } if name == "forget" => {
@@ -211,6 +219,9 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         }
         InboundKind::Command { name, args } if ADMIN_COMMANDS.contains(&name.as_str()) => {
             admin::on_admin_command(state, inbound, &texts, name, args).await
+        }
+        InboundKind::Command { name, args } if state.deps.config.command(name).is_some() => {
+            on_assistant_command(state, &texts, name, args).await
         }
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
@@ -237,7 +248,10 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
                     // ever travels as a user message.
                     security_event("injection_phrase");
                 }
-                answer(state, &texts, &cleaned).await
+                match state.awaiting_input.take() {
+                    Some(command) => run_command(state, &texts, &command, &cleaned).await,
+                    None => answer(state, &texts, &cleaned).await,
+                }
             }
         },
     };
@@ -349,10 +363,67 @@ fn prepare_commit(state: &mut SessionState, update_id: u32, change: Change) -> O
     Some(TurnCommit { update_id, change })
 }
 
+/// A configured assistant command: its template filled with the text, or a
+/// request for the text when none came with it.
+async fn on_assistant_command(
+    state: &mut SessionState,
+    texts: &Texts,
+    name: &str,
+    args: &str,
+) -> String {
+    match input::validate(args, state.deps.config.input.max_chars) {
+        Err(Rejection::Empty) => {
+            state.awaiting_input = Some(name.to_owned());
+            fill(
+                &texts.command_needs_input,
+                &[("command", &format!("/{name}"))],
+            )
+        }
+        Err(Rejection::TooLong { length, limit }) => fill(
+            &texts.too_long,
+            &[
+                ("length", &length.to_string()),
+                ("limit", &limit.to_string()),
+            ],
+        ),
+        Ok(cleaned) => run_command(state, texts, name, &cleaned).await,
+    }
+}
+
+/// Fills the command's template with `cleaned` in one pass (the text can
+/// never add a placeholder) and asks the LLM, with the command's model and
+/// temperature.
+async fn run_command(state: &mut SessionState, texts: &Texts, name: &str, cleaned: &str) -> String {
+    let Some(command) = state.deps.config.command(name).cloned() else {
+        return answer(state, texts, cleaned).await;
+    };
+    if input::looks_like_injection(cleaned) {
+        security_event("injection_phrase");
+    }
+    let prompt = fill(&command.template, &[("input", cleaned)]);
+    let overrides = Overrides {
+        model: command.model.as_deref().map(Arc::from),
+        temperature: command.temperature,
+    };
+    answer_with(state, texts, &prompt, overrides).await
+}
+
 fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
     match name {
         "start" => texts.start.clone(),
-        "help" => texts.help.clone(),
+        "help" => {
+            let language = crate::texts::language_key(state.settings.language_code.as_deref());
+            let mut help = texts.help.clone();
+            for command in &state.deps.config.commands {
+                let description = command
+                    .description
+                    .get(language)
+                    .or_else(|| command.description.get("en"))
+                    .map_or("", String::as_str);
+                help.push_str(&format!("\n/{} — {description}", command.name));
+            }
+            help
+        }
         "reset" => {
             state.history.clear();
             texts.reset_done.clone()
@@ -366,6 +437,16 @@ const ADMIN_COMMANDS: &[&str] = &["model", "stats", "health", "ban", "unban"];
 
 /// Asks the LLM, showing "typing…" while it works; returns the text to send.
 async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
+    answer_with(state, texts, text, Overrides::default()).await
+}
+
+/// [`answer`] with a command's model or temperature.
+async fn answer_with(
+    state: &mut SessionState,
+    texts: &Texts,
+    text: &str,
+    options: Overrides,
+) -> String {
     let user_text: Arc<str> = text.into();
     let prompt = state.history.prompt(&state.system_prompt, &user_text);
     let deps = &state.deps;
@@ -373,6 +454,7 @@ async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
         .directory
         .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
             messages: prompt.clone(),
+            options: options.clone(),
             reply,
         });
     tokio::pin!(call);

@@ -1,0 +1,92 @@
+//! Assistant commands declared in config: templates filled in one pass,
+//! input asked for when missing, listed in /help and in the command menu.
+
+use llmgram::config::Config;
+use llmgram::texts::fill;
+
+use crate::common::Harness;
+
+fn template(name: &str) -> String {
+    Config::from_defaults_with("")
+        .unwrap()
+        .command(name)
+        .unwrap()
+        .template
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_fills_its_template_once_with_the_literal_text() {
+    let h = Harness::start().await;
+    h.say(1, "/caption sunset over the sea");
+    h.replies(1, 1).await;
+    let request = &h.llm.requests()[0];
+    assert_eq!(
+        request.last_user_message(),
+        fill(&template("caption"), &[("input", "sunset over the sea")])
+    );
+    assert_eq!(request.body["temperature"], 0.8);
+
+    // Text that looks like template syntax stays literal.
+    h.say(2, "/reply {input} ＄｛system｝");
+    h.replies(2, 1).await;
+    let request = &h.llm.requests()[1];
+    let want = template("reply").replace("{input}", "{input} ${system}");
+    assert_eq!(request.last_user_message(), want);
+    assert_eq!(request.messages[0].0, "system");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_without_text_asks_for_it_and_uses_the_next_message() {
+    let h = Harness::start().await;
+    h.say(3, "/flirt");
+    assert!(h.replies(3, 1).await[0].text.contains("/flirt"));
+    assert_eq!(h.llm.request_count(), 0);
+    h.say(3, "you look great today!");
+    h.replies(3, 2).await;
+    let request = &h.llm.requests()[0];
+    assert_eq!(
+        request.last_user_message(),
+        fill(&template("flirt"), &[("input", "you look great today!")])
+    );
+    assert_eq!(request.body["temperature"], 0.9);
+
+    // The next plain message is plain again.
+    h.say(3, "thanks");
+    h.replies(3, 3).await;
+    assert_eq!(h.llm.requests()[1].last_user_message(), "thanks");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_and_the_command_menu_list_the_commands_per_language() {
+    let h = Harness::start().await;
+    h.say(4, "/help");
+    h.telegram.push_text_lang(5, 5, "/help", "ru");
+    let english = &h.replies(4, 1).await[0].text;
+    let russian = &h.replies(5, 1).await[0].text;
+    assert!(english.contains("/flirt — playful"), "{english}");
+    assert!(english.contains("/ideas — content ideas"), "{english}");
+    assert!(russian.contains("/caption — подписи к посту"), "{russian}");
+
+    let menus = h.telegram.my_commands();
+    let names = |menu: &serde_json::Value| -> Vec<String> {
+        menu["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["command"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let ru = menus
+        .iter()
+        .find(|m| m["language_code"] == "ru")
+        .expect("a Russian menu");
+    assert!(names(ru).contains(&"flirt".to_owned()));
+    assert!(
+        menus.iter().any(|m| m.get("language_code").is_none()),
+        "a default menu"
+    );
+    h.stop().await;
+}
