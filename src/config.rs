@@ -208,6 +208,8 @@ pub struct LlmConfig {
     pub base_url: Url,
     pub model: String,
     pub allowed_models: Vec<String>,
+    pub user_models: Vec<String>,
+    pub daily_token_budget: u64,
     pub max_concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
@@ -374,7 +376,8 @@ pub enum CommandCost {
 
 /// Commands the bot itself answers; configured commands may not take them.
 pub const BUILT_IN_COMMANDS: &[&str] = &[
-    "start", "help", "reset", "retry", "forget", "model", "stats", "health", "ban", "unban",
+    "start", "help", "reset", "retry", "forget", "usage", "model", "stats", "health", "ban",
+    "unban",
 ];
 
 impl Config {

@@ -60,6 +60,14 @@ pub struct Texts {
     pub menu_retry: String,
     pub menu_reset: String,
     pub menu_forget: String,
+    /// Placeholder: `{model}`.
+    pub model_chosen: String,
+    /// Placeholder: `{budget}`.
+    pub budget_exceeded: String,
+    /// Placeholders: `{tokens}`, `{budget}`.
+    pub usage: String,
+    /// Placeholder: `{tokens}`.
+    pub usage_unlimited: String,
 }
 
 /// Errors loading the compiled-in locale files.

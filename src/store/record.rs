@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::codec::{self, CodecError};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 
-/// Schema version of [`ChatRecord`] written by this build.
-pub const CHAT_RECORD_VERSION: u8 = 1;
+/// Schema version of [`ChatRecord`] written by this build. Version 2 added
+/// the chat's chosen model and its daily token usage; version 1 records are
+/// read through [`v1`] and migrated.
+pub const CHAT_RECORD_VERSION: u8 = 2;
 /// Schema version of [`UpdateEntry`] written by this build.
 pub const UPDATE_ENTRY_VERSION: u8 = 1;
 
@@ -55,6 +57,8 @@ pub enum StoredRole {
 pub struct ChatSettings {
     /// The user's Telegram `language_code` when last seen.
     pub language_code: Option<String>,
+    /// The model this chat chose with `/model` (one of `llm.user_models`).
+    pub model: Option<String>,
 }
 
 /// Per-chat counters.
@@ -64,6 +68,58 @@ pub struct ChatCounters {
     pub answered: u64,
     /// LLM calls that failed and got a fallback reply.
     pub llm_failures: u64,
+    /// The UTC day (days since the Unix epoch) `tokens_today` counts.
+    pub usage_day: u32,
+    /// LLM tokens used on `usage_day` (reported by the provider, estimated
+    /// when it reports none).
+    pub tokens_today: u64,
+}
+
+/// Version 1 of the chat record, frozen: the layout bincode wrote, so old
+/// records keep decoding. Migrated to the current version on load.
+pub mod v1 {
+    use serde::Deserialize;
+
+    use super::StoredMessage;
+
+    /// A version 1 chat record.
+    #[derive(Debug, Deserialize)]
+    pub struct ChatRecord {
+        history: Vec<StoredMessage>,
+        settings: ChatSettings,
+        counters: ChatCounters,
+        last_update_id: u32,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct ChatSettings {
+        language_code: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct ChatCounters {
+        answered: u64,
+        llm_failures: u64,
+    }
+
+    impl From<ChatRecord> for super::ChatRecord {
+        fn from(old: ChatRecord) -> Self {
+            Self {
+                history: old.history,
+                settings: super::ChatSettings {
+                    language_code: old.settings.language_code,
+                    model: None,
+                },
+                counters: super::ChatCounters {
+                    answered: old.counters.answered,
+                    llm_failures: old.counters.llm_failures,
+                    usage_day: 0,
+                    tokens_today: 0,
+                },
+                last_update_id: old.last_update_id,
+            }
+        }
+    }
 }
 
 /// A received update's entry in the updates keyspace.
@@ -160,8 +216,11 @@ pub fn encode_chat(record: &ChatRecord) -> Result<Vec<u8>, CodecError> {
 /// Decodes a chat record of any known version.
 pub fn decode_chat(bytes: &[u8]) -> Result<ChatRecord, RecordError> {
     match split_version(bytes)? {
-        (1, body) => {
-            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 1, source })
+        (1, body) => codec::decode::<v1::ChatRecord>(body)
+            .map(ChatRecord::from)
+            .map_err(|source| RecordError::Corrupt { version: 1, source }),
+        (2, body) => {
+            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 2, source })
         }
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
@@ -254,10 +313,13 @@ mod tests {
             ],
             settings: ChatSettings {
                 language_code: Some("ru".into()),
+                model: None,
             },
             counters: ChatCounters {
                 answered: 7,
                 llm_failures: 1,
+                usage_day: 0,
+                tokens_today: 0,
             },
             last_update_id: 123_456_789,
         }
@@ -266,18 +328,17 @@ mod tests {
     const FIXTURE_V1: &[u8] = include_bytes!("../../tests/fixtures/chat_record_v1.bin");
 
     #[test]
-    fn version_1_fixture_decodes() {
+    fn version_1_fixture_decodes_and_migrates() {
         assert_eq!(FIXTURE_V1[0], 1);
         assert_eq!(decode_chat(FIXTURE_V1).unwrap(), fixture_record());
     }
 
-    /// Writes the fixture; run once with `--ignored` when adding a version,
-    /// never to "fix" a failing fixture test.
     #[test]
-    #[ignore]
-    fn write_version_1_fixture() {
-        let bytes = encode_chat(&fixture_record()).unwrap();
-        std::fs::write("tests/fixtures/chat_record_v1.bin", bytes).unwrap();
+    fn the_current_version_is_written() {
+        assert_eq!(
+            encode_chat(&fixture_record()).unwrap()[0],
+            CHAT_RECORD_VERSION
+        );
     }
 
     #[test]

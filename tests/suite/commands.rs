@@ -90,3 +90,63 @@ async fn help_and_the_command_menu_list_the_commands_per_language() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_picks_a_model_for_their_own_chat() {
+    let h = Harness::start().await;
+    h.say(6, "/model llama-3.3-70b-versatile");
+    assert!(
+        h.replies(6, 1).await[0]
+            .text
+            .contains("now uses llama-3.3-70b-versatile")
+    );
+    h.say(6, "hi");
+    h.say(7, "hi");
+    h.replies(6, 2).await;
+    h.replies(7, 1).await;
+    let model_of = |chat: &str| {
+        h.llm
+            .requests()
+            .iter()
+            .find(|r| r.last_user_message() == chat)
+            .map(|r| r.model.clone())
+    };
+    assert!(model_of("hi").is_some());
+    let models: Vec<String> = h.llm.requests().iter().map(|r| r.model.clone()).collect();
+    assert!(
+        models.contains(&"llama-3.3-70b-versatile".to_owned()),
+        "{models:?}"
+    );
+    assert!(
+        models.contains(&"llama-3.1-8b-instant".to_owned()),
+        "the other chat keeps the default"
+    );
+    h.say(6, "/model gpt-99");
+    assert!(
+        h.replies(6, 3).await[2]
+            .text
+            .contains("Unknown model gpt-99")
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_token_budget_stops_llm_calls_but_not_admins() {
+    let h = Harness::start_with("llm.daily_token_budget = 10\nadmin_ids = [9]\n").await;
+    h.say(8, "first question");
+    assert_eq!(h.replies(8, 1).await[0].text, "answer to: first question");
+    h.say(8, "/usage");
+    let usage = &h.replies(8, 2).await[1].text;
+    assert!(usage.contains("of 10 tokens"), "{usage}");
+    h.say(8, "second question");
+    let refused = &h.replies(8, 3).await[2].text;
+    assert!(refused.contains("allowance of 10 tokens"), "{refused}");
+    assert_eq!(h.llm.request_count(), 1, "no LLM call over budget");
+
+    for question in ["admin one", "admin two"] {
+        h.say(9, question);
+    }
+    h.replies(9, 2).await;
+    assert_eq!(h.llm.request_count(), 3, "admins are exempt");
+    h.stop().await;
+}

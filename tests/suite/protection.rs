@@ -183,9 +183,16 @@ async fn admin_commands_work_for_admins_are_refused_to_others_and_bans_persist()
     h.say(902, "/ban 1");
     h.say(902, "/stats");
     h.say(902, "/model llama-3.3-70b-versatile");
-    for reply in h.replies(902, 3).await {
+    let replies = h.replies(902, 3).await;
+    for reply in &replies[..2] {
         assert!(reply.text.contains("not allowed"), "{}", reply.text);
     }
+    // For a user, /model picks the model of their own chat only.
+    assert!(
+        replies[2].text.contains("This chat now uses"),
+        "{}",
+        replies[2].text
+    );
 
     // The admin bans 901: one notice, then silence, and no LLM call.
     h.say(ADMIN, "/ban 901");

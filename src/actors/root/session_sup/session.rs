@@ -79,6 +79,8 @@ pub struct SessionState {
     /// The store has no record of this chat yet: its first answer waits for
     /// the new-chat admission limit.
     is_new: bool,
+    /// The sender of the update being handled is an admin: no token budget.
+    budget_exempt: bool,
     /// An assistant command sent without text: the next text is its input.
     /// Not stored; an evicted or restarted session forgets it.
     awaiting_input: Option<String>,
@@ -106,6 +108,7 @@ impl Actor for Session {
             last_update_id: 0,
             is_new: true,
             awaiting_input: None,
+            budget_exempt: false,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
             supervisor: args.supervisor,
@@ -201,6 +204,7 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
             .locales
             .for_language(inbound.language_code.as_deref()),
     );
+    state.budget_exempt = state.deps.config.is_admin(inbound.user_id);
     if matches!(inbound.kind, InboundKind::Command { .. }) {
         // Another command means the user moved on.
         state.awaiting_input = None;
@@ -322,6 +326,28 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
     }
 }
 
+/// Characters per token when the provider reports no usage: the usual rule
+/// of thumb for English and code; generous for other scripts.
+const CHARS_PER_TOKEN: u64 = 4;
+
+fn estimate_tokens(prompt: &[crate::llm::ChatMessage], answer: &str) -> u64 {
+    let chars: usize = prompt
+        .iter()
+        .map(|m| m.content.chars().count())
+        .sum::<usize>()
+        + answer.chars().count();
+    (chars as u64).div_ceil(CHARS_PER_TOKEN)
+}
+
+/// Days since the Unix epoch, UTC: the budget's day.
+fn unix_day() -> u32 {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    const SECONDS_PER_DAY: u64 = 86_400;
+    u32::try_from(seconds / SECONDS_PER_DAY).unwrap_or(u32::MAX)
+}
+
 /// What a turn does to the stored record.
 enum Change {
     /// Store the session's current record.
@@ -424,6 +450,25 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
             }
             help
         }
+        "usage" => {
+            let tokens = if state.counters.usage_day == unix_day() {
+                state.counters.tokens_today
+            } else {
+                0
+            };
+            let budget = state.deps.config.llm.daily_token_budget;
+            if budget == 0 {
+                fill(&texts.usage_unlimited, &[("tokens", &tokens.to_string())])
+            } else {
+                fill(
+                    &texts.usage,
+                    &[
+                        ("tokens", &tokens.to_string()),
+                        ("budget", &budget.to_string()),
+                    ],
+                )
+            }
+        }
         "reset" => {
             state.history.clear();
             texts.reset_done.clone()
@@ -447,6 +492,23 @@ async fn answer_with(
     text: &str,
     options: Overrides,
 ) -> String {
+    let today = unix_day();
+    if state.counters.usage_day != today {
+        state.counters.usage_day = today;
+        state.counters.tokens_today = 0;
+    }
+    let budget = state.deps.config.llm.daily_token_budget;
+    if budget > 0 && !state.budget_exempt && state.counters.tokens_today >= budget {
+        tracing::info!(budget, "daily token budget used up");
+        return fill(&texts.budget_exceeded, &[("budget", &budget.to_string())]);
+    }
+    // A command's own model first, then the model this chat chose.
+    let options = Overrides {
+        model: options
+            .model
+            .or_else(|| state.settings.model.as_deref().map(Arc::from)),
+        ..options
+    };
     let user_text: Arc<str> = text.into();
     let prompt = state.history.prompt(&state.system_prompt, &user_text);
     let deps = &state.deps;
@@ -476,6 +538,12 @@ async fn answer_with(
     match result {
         Ok(completion) => {
             tracing::info!(llm_ms, chars = completion.text.chars().count(), "answered");
+            let tokens = completion.usage.map_or_else(
+                || estimate_tokens(&prompt, &completion.text),
+                |usage| usage.prompt_tokens + usage.completion_tokens,
+            );
+            state.counters.tokens_today += tokens;
+            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
             state.history.push(Role::User, user_text);
             state
                 .history

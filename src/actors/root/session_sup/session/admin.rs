@@ -29,7 +29,11 @@ pub(super) async fn on_admin_command(
     if name == "model" && args.is_empty() {
         return current_model(state, texts).await;
     }
-    if !state.deps.config.is_admin(inbound.user_id) {
+    let admin = state.deps.config.is_admin(inbound.user_id);
+    if name == "model" && !admin {
+        return choose_own_model(state, texts, args);
+    }
+    if !admin {
         security_event("admin_command_denied");
         return texts.not_allowed.clone();
     }
@@ -74,19 +78,43 @@ async fn ban(state: &SessionState, texts: &Texts, user: i64, ban: bool) -> Strin
 }
 
 async fn current_model(state: &SessionState, texts: &Texts) -> String {
-    let model = state
-        .deps
-        .directory
-        .call(Child::LlmPool, |reply| LlmPoolMsg::CurrentModel { reply })
-        .await
-        .unwrap_or_else(|_| state.deps.config.llm.model.clone());
+    let model = match &state.settings.model {
+        Some(own) => own.clone(),
+        None => state
+            .deps
+            .directory
+            .call(Child::LlmPool, |reply| LlmPoolMsg::CurrentModel { reply })
+            .await
+            .unwrap_or_else(|_| state.deps.config.llm.model.clone()),
+    };
+    let llm = &state.deps.config.llm;
+    let choices = if llm.user_models.is_empty() {
+        &llm.allowed_models
+    } else {
+        &llm.user_models
+    };
     fill(
         &texts.model_current,
-        &[
-            ("model", &model),
-            ("models", &state.deps.config.llm.allowed_models.join(", ")),
-        ],
+        &[("model", &model), ("models", &choices.join(", "))],
     )
+}
+
+/// A user picks a model for their own chat among `llm.user_models`; kept in
+/// the chat's settings (stored with the turn).
+fn choose_own_model(state: &mut SessionState, texts: &Texts, model: &str) -> String {
+    let choices = &state.deps.config.llm.user_models;
+    if choices.is_empty() {
+        security_event("admin_command_denied");
+        return texts.not_allowed.clone();
+    }
+    if !choices.iter().any(|m| m == model) {
+        return fill(
+            &texts.model_unknown,
+            &[("model", model), ("models", &choices.join(", "))],
+        );
+    }
+    state.settings.model = Some(model.to_owned());
+    fill(&texts.model_chosen, &[("model", model)])
 }
 
 async fn set_model(state: &SessionState, texts: &Texts, model: &str) -> String {
