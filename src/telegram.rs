@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod inbound;
+pub mod render;
 pub mod split;
 
 use std::num::NonZeroU32;

@@ -11,25 +11,35 @@
 /// Returns no parts for blank text. `max_units` must be at least 2 so any
 /// character fits; smaller values are treated as 2.
 pub fn split_message(text: &str, max_units: usize) -> Vec<String> {
+    split_ranges(text, max_units)
+        .into_iter()
+        .map(|range| text[range].to_owned())
+        .collect()
+}
+
+/// [`split_message`] as byte ranges of `text`, so what is attached to the
+/// text (message entities) can be cut the same way.
+pub fn split_ranges(text: &str, max_units: usize) -> Vec<std::ops::Range<usize>> {
     let max_units = max_units.max(2);
-    let mut parts = Vec::new();
-    let mut rest = text.trim();
-    while !rest.is_empty() {
+    let end = text.trim_end().len();
+    let mut start = text.len() - text.trim_start().len();
+    let mut ranges = Vec::new();
+    while start < end {
+        let rest = &text[start..end];
         let limit = prefix_within(rest, max_units);
         if limit == rest.len() {
-            parts.push(rest.to_owned());
+            ranges.push(start..end);
             break;
         }
-        let window = &rest[..limit];
-        let cut = best_cut(window, limit);
-        let (part, tail) = rest.split_at(cut);
-        let part = part.trim_end();
-        if !part.is_empty() {
-            parts.push(part.to_owned());
+        let cut = best_cut(&rest[..limit], limit);
+        let part_len = rest[..cut].trim_end().len();
+        if part_len > 0 {
+            ranges.push(start..start + part_len);
         }
-        rest = tail.trim_start();
+        let tail = &rest[cut..];
+        start += cut + (tail.len() - tail.trim_start().len());
     }
-    parts
+    ranges
 }
 
 /// Length in UTF-16 code units, as Telegram counts.

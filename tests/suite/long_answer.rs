@@ -46,3 +46,26 @@ async fn long_answers_are_split_in_order_without_loss() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markdown_answers_arrive_as_text_with_entities() {
+    let h = Harness::start().await;
+    h.llm.set_responder(|_| {
+        LlmReply::text("Use **bold** and `code`:\n\n```rust\nfn main() {}\n```\n\nSee [docs](https://example.com).")
+    });
+    h.say(31, "format please");
+    let sent = &h.replies(31, 1).await[0];
+    assert_eq!(sent.text, "Use bold and code:\n\nfn main() {}\n\nSee docs.");
+    assert!(
+        sent.body.get("parse_mode").is_none(),
+        "entities, never a parse mode"
+    );
+    let kinds: Vec<&str> = sent.body["entities"]
+        .as_array()
+        .expect("entities sent")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["bold", "code", "pre", "text_link"]);
+    h.stop().await;
+}

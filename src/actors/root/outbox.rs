@@ -46,6 +46,7 @@ use crate::config::TelegramConfig;
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::telegram::inbound::ChatId;
+use crate::telegram::render::OutgoingText;
 use crate::telegram::{SendPacing, TelegramError};
 
 /// Messages of the outbox.
@@ -57,8 +58,8 @@ pub enum OutboxMsg {
     Deliver {
         /// The chat.
         chat_id: ChatId,
-        /// Message texts, each within Telegram's size limit.
-        parts: Vec<String>,
+        /// Messages (text and entities), each within Telegram's size limit.
+        parts: Vec<OutgoingText>,
         /// The turn to commit once the parts are sent (or sending gave up).
         /// Committed by the send task itself, so a session that dies after
         /// handing over its answer cannot leave it sent but uncommitted.
@@ -104,7 +105,7 @@ pub struct TurnCommit {
 
 enum Job {
     Deliver {
-        parts: Vec<String>,
+        parts: Vec<OutgoingText>,
         commit: Option<TurnCommit>,
         reply: RpcReplyPort<Result<(), TelegramError>>,
     },
@@ -316,16 +317,21 @@ async fn send_text(
     config: &TelegramConfig,
     pacing: &SendPacing,
     chat_id: ChatId,
-    text: String,
+    part: OutgoingText,
 ) -> Result<(), TelegramError> {
     let mut backoff = Backoff::new(config.retry_min, config.retry_max);
     let mut attempt = 1;
     let mut flood_waits = 0;
     loop {
         pacing.until_ready(chat_id).await;
-        let request = bot
-            .send_message(chat_id, text.clone())
+        let mut request = bot
+            .send_message(chat_id, part.text.clone())
             .link_preview_options(no_link_preview());
+        if !part.entities.is_empty() {
+            // Entities, never a parse mode: nothing the model writes can make
+            // Telegram refuse the message as unparseable.
+            request = request.entities(part.entities.clone());
+        }
         let error = match tokio::time::timeout(config.send_timeout, request).await {
             Ok(Ok(_)) => {
                 metrics::counter!("llmgram_replies_sent_total").increment(1);

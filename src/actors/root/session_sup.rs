@@ -43,6 +43,7 @@ use super::persistence::{PersistenceMsg, RecordChange};
 use crate::actors::Child;
 use crate::store::StoreError;
 use crate::telegram::inbound::{ChatId, Inbound};
+use crate::telegram::render::OutgoingText;
 use session::{Session, SessionArgs, SessionMsg};
 
 /// Messages of the session supervisor.
@@ -399,7 +400,7 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
         let sent = directory
             .call(Child::Outbox, |reply| OutboxMsg::Deliver {
                 chat_id,
-                parts: vec![text.clone()],
+                parts: vec![OutgoingText::plain(text.clone())],
                 commit: Some(commit.clone()),
                 reply,
             })

@@ -42,6 +42,7 @@ use crate::llm::{LlmError, Role};
 use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
+use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
 use crate::telemetry::security_event;
 use crate::texts::{Texts, fill};
@@ -81,6 +82,10 @@ pub struct SessionState {
     is_new: bool,
     /// The sender of the update being handled is an admin: no token budget.
     budget_exempt: bool,
+    /// The reply being built is the LLM's answer: Markdown, sent as text
+    /// with entities. The bot's own texts are sent as they are. Reset for
+    /// each update.
+    reply_is_markdown: bool,
     /// An assistant command sent without text: the next text is its input.
     /// Not stored; an evicted or restarted session forgets it.
     awaiting_input: Option<String>,
@@ -109,6 +114,7 @@ impl Actor for Session {
             is_new: true,
             awaiting_input: None,
             budget_exempt: false,
+            reply_is_markdown: false,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
             supervisor: args.supervisor,
@@ -205,6 +211,7 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
             .for_language(inbound.language_code.as_deref()),
     );
     state.budget_exempt = state.deps.config.is_admin(inbound.user_id);
+    state.reply_is_markdown = false;
     if matches!(inbound.kind, InboundKind::Command { .. }) {
         // Another command means the user moved on.
         state.awaiting_input = None;
@@ -548,6 +555,7 @@ async fn answer_with(
             state
                 .history
                 .push(Role::Assistant, completion.text.as_str().into());
+            state.reply_is_markdown = true;
             completion.text
         }
         Err(error) => {
@@ -586,7 +594,15 @@ fn fallback_text(texts: &Texts, error: &LlmError) -> String {
 /// Hands the reply (and the turn's commit) to the outbox and waits until it
 /// is delivered or given up, and committed.
 async fn deliver(state: &SessionState, text: String, commit: Option<TurnCommit>) {
-    let parts = split_message(&text, state.deps.config.telegram.max_message_chars);
+    let max = state.deps.config.telegram.max_message_chars;
+    let parts: Vec<OutgoingText> = if state.reply_is_markdown {
+        to_messages(&render_markdown(&text), max)
+    } else {
+        split_message(&text, max)
+            .into_iter()
+            .map(OutgoingText::plain)
+            .collect()
+    };
     let chat_id = state.chat_id;
     let parts_count = parts.len();
     let sent = state
