@@ -133,11 +133,7 @@ pub fn render_markdown(markdown: &str) -> Rendered {
                     close(&mut open, &mut out.spans, end);
                 }
                 TagEnd::Paragraph => text.push_str("\n\n"),
-                TagEnd::Item => {
-                    if !text.ends_with('\n') {
-                        text.push('\n');
-                    }
-                }
+                TagEnd::Item if !text.ends_with('\n') => text.push('\n'),
                 TagEnd::List(_) => {
                     lists.pop();
                     if lists.is_empty() {
