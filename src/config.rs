@@ -219,6 +219,7 @@ pub struct LlmConfig {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    pub context_tokens: u64,
     pub max_tokens: u32,
     pub temperature: f32,
     pub system_prompt: String,
@@ -657,6 +658,12 @@ impl Config {
         positive("llm.request_timeout", millis(l.request_timeout))?;
         positive("llm.connect_timeout", millis(l.connect_timeout))?;
         positive("llm.max_tokens", u64::from(l.max_tokens))?;
+        if l.context_tokens <= u64::from(l.max_tokens) {
+            return Err(ConfigError::Invalid {
+                key: "llm.context_tokens",
+                reason: "must exceed llm.max_tokens, to leave room for a prompt".into(),
+            });
+        }
         positive("llm.fallback_after", millis(l.fallback_after))?;
         positive("llm.retry.max_attempts", u64::from(l.retry.max_attempts))?;
         positive("llm.retry.initial_backoff", millis(l.retry.initial_backoff))?;

@@ -128,3 +128,33 @@ async fn a_slow_answer_shows_typing() {
     assert!(h.telegram.chat_actions_to(15).is_empty());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_trimmed_to_the_context_window_oldest_first() {
+    let h = Harness::start_with("llm.context_tokens = 400\nllm.max_tokens = 100\n").await;
+    for i in 0..10 {
+        h.say(16, &format!("{i} {}", "long words ".repeat(27)));
+        h.replies(16, i + 1).await;
+    }
+    let requests = h.llm.requests();
+    let last = requests.last().unwrap();
+    let tokens: usize = last
+        .messages
+        .iter()
+        .map(|(_, c)| c.chars().count().div_ceil(4))
+        .sum();
+    assert!(tokens <= 300, "{tokens} estimated tokens sent");
+    assert_eq!(last.messages[0].0, "system");
+    assert_eq!(
+        last.messages[1].0, "user",
+        "never an assistant message first"
+    );
+    assert!(
+        last.last_user_message().starts_with("9 "),
+        "the new message is kept"
+    );
+    assert!(last.messages.len() < 2 + 2 * 9, "older turns were dropped");
+    // The stored history is not cut: only what is sent to the model.
+    assert!(requests[2].messages.len() > 2);
+    h.stop().await;
+}

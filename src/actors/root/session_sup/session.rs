@@ -346,6 +346,20 @@ fn estimate_tokens(prompt: &[crate::llm::ChatMessage], answer: &str) -> u64 {
     (chars as u64).div_ceil(CHARS_PER_TOKEN)
 }
 
+/// Drops the oldest history messages (never the system prompt or the new
+/// message) until the prompt's estimated tokens fit `budget`, and never
+/// leaves an assistant message first.
+fn fit_context(prompt: &mut Vec<crate::llm::ChatMessage>, budget: u64) {
+    let tokens =
+        |m: &crate::llm::ChatMessage| (m.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN);
+    let mut total: u64 = prompt.iter().map(tokens).sum();
+    while prompt.len() > 2
+        && (total > budget || prompt.get(1).is_some_and(|m| m.role == Role::Assistant))
+    {
+        total -= tokens(&prompt.remove(1));
+    }
+}
+
 /// Days since the Unix epoch, UTC: the budget's day.
 fn unix_day() -> u32 {
     let seconds = std::time::SystemTime::now()
@@ -517,7 +531,12 @@ async fn answer_with(
         ..options
     };
     let user_text: Arc<str> = text.into();
-    let prompt = state.history.prompt(&state.system_prompt, &user_text);
+    let mut prompt = state.history.prompt(&state.system_prompt, &user_text);
+    let llm = &state.deps.config.llm;
+    fit_context(
+        &mut prompt,
+        llm.context_tokens.saturating_sub(u64::from(llm.max_tokens)),
+    );
     let deps = &state.deps;
     let call = deps
         .directory
