@@ -290,6 +290,8 @@ impl StoredUpdate {
             },
             received_at: std::time::Instant::now(),
             refused: None,
+            // Not stored: a replayed group message loses its speaker's name.
+            speaker: None,
         }
     }
 }

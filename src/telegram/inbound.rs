@@ -27,6 +27,8 @@ pub struct Inbound {
     pub received_at: Instant,
     /// Set by the ingress when the rate limiter says not to answer it.
     pub refused: Option<Refused>,
+    /// In group chats, the sender's first name: the history names speakers.
+    pub speaker: Option<String>,
 }
 
 /// The rate limiter's "no" for an update.
@@ -91,7 +93,11 @@ impl Inbound {
         let UpdateKind::Message(message) = &update.kind else {
             return None;
         };
-        let kind = classify(message, bot_username)?;
+        let kind = if message.chat.is_private() {
+            classify(message, bot_username)?
+        } else {
+            classify_in_group(message, bot_username)?
+        };
         let user = message.from.as_ref();
         Some(Self {
             update_id: update.id.0,
@@ -101,6 +107,9 @@ impl Inbound {
             kind,
             received_at: Instant::now(),
             refused: None,
+            speaker: (!message.chat.is_private())
+                .then(|| user.map(|u| u.first_name.clone()))
+                .flatten(),
         })
     }
 }
@@ -114,6 +123,40 @@ fn classify(message: &Message, bot_username: &str) -> Option<InboundKind> {
         Parsed::ForAnotherBot => return None,
         Parsed::Text => InboundKind::Text(text.to_owned()),
     })
+}
+
+/// In a group the bot answers only what is addressed to it: its commands, a
+/// message mentioning `@bot_username`, or a reply to one of its messages.
+/// Everything else is `None`: never routed, never stored.
+fn classify_in_group(message: &Message, bot_username: &str) -> Option<InboundKind> {
+    let text = message.text()?;
+    if let Parsed::Command { name, args } = parse_command(text, bot_username) {
+        return Some(InboundKind::Command { name, args });
+    }
+    let mention = format!("@{bot_username}");
+    let mentioned = text.to_lowercase().contains(&mention.to_lowercase());
+    let replied_to_bot = message
+        .reply_to_message()
+        .and_then(|original| original.from.as_ref())
+        .and_then(|author| author.username.as_deref())
+        .is_some_and(|name| name.eq_ignore_ascii_case(bot_username));
+    if !mentioned && !replied_to_bot {
+        return None;
+    }
+    let without_mention = remove_ignore_case(text, &mention);
+    Some(InboundKind::Text(without_mention.trim().to_owned()))
+}
+
+/// `text` without any `needle` (ASCII case-insensitive).
+fn remove_ignore_case(text: &str, needle: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find(&needle.to_ascii_lowercase()) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + needle.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 enum Parsed {
@@ -171,6 +214,12 @@ mod tests {
         assert!(matches!(parse_command("/ hello", "b"), Parsed::Text));
         assert!(matches!(parse_command("/😀", "b"), Parsed::Text));
         assert!(matches!(parse_command("/", "b"), Parsed::Text));
+    }
+
+    #[test]
+    fn mentions_are_removed_whatever_their_case() {
+        assert_eq!(remove_ignore_case("@Bot hi @bot!", "@bot"), " hi !");
+        assert_eq!(remove_ignore_case("жж @bot жж", "@BOT"), "жж  жж");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod binary;
 mod commands;
 mod conversation;
 mod eviction;
+mod groups;
 mod isolation;
 mod long_answer;
 mod operations;

@@ -261,7 +261,13 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
                 }
                 match state.awaiting_input.take() {
                     Some(command) => run_command(state, &texts, &command, &cleaned).await,
-                    None => answer(state, &texts, &cleaned).await,
+                    None => match &inbound.speaker {
+                        // In a group the history names who said what.
+                        Some(speaker) => {
+                            answer(state, &texts, &format!("{speaker}: {cleaned}")).await
+                        }
+                        None => answer(state, &texts, &cleaned).await,
+                    },
                 }
             }
         },
