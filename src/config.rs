@@ -377,8 +377,8 @@ pub enum CommandCost {
 
 /// Commands the bot itself answers; configured commands may not take them.
 pub const BUILT_IN_COMMANDS: &[&str] = &[
-    "start", "help", "reset", "retry", "forget", "usage", "model", "stats", "health", "ban",
-    "unban",
+    "start", "help", "reset", "retry", "cancel", "forget", "usage", "model", "stats", "health",
+    "ban", "unban",
 ];
 
 impl Config {

@@ -68,6 +68,8 @@ pub struct Texts {
     pub usage: String,
     /// Placeholder: `{tokens}`.
     pub usage_unlimited: String,
+    pub cancelled: String,
+    pub nothing_to_cancel: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -158,3 +158,43 @@ async fn a_long_history_is_trimmed_to_the_context_window_oldest_first() {
     assert!(requests[2].messages.len() > 2);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_slow_answer_and_the_next_message_is_answered() {
+    use std::time::Duration;
+    let h = Harness::start().await;
+    h.llm.set_latency(Duration::from_secs(5));
+    h.say(17, "take forever");
+    h.llm.wait_for_requests(1, Duration::from_secs(5)).await;
+    let asked = std::time::Instant::now();
+    h.say(17, "/cancel");
+    let replies = h.replies(17, 1).await;
+    assert!(
+        replies[0].text.starts_with("Cancelled"),
+        "{}",
+        replies[0].text
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "cancelled at once"
+    );
+
+    h.llm.set_latency(Duration::ZERO);
+    h.say(17, "quick one");
+    let replies = h.replies(17, 2).await;
+    assert_eq!(replies[1].text, "answer to: quick one");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.telegram.sent_to(17).len(),
+        2,
+        "/cancel adds no second notice"
+    );
+
+    h.say(17, "/cancel");
+    assert!(
+        h.replies(17, 3).await[2]
+            .text
+            .contains("no answer in progress")
+    );
+    h.stop().await;
+}

@@ -42,7 +42,7 @@ use super::outbox::{OutboxMsg, TurnCommit};
 use super::persistence::{PersistenceMsg, RecordChange};
 use crate::actors::Child;
 use crate::store::StoreError;
-use crate::telegram::inbound::{ChatId, Inbound};
+use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 use crate::telegram::render::OutgoingText;
 use session::{Session, SessionArgs, SessionMsg};
 
@@ -105,6 +105,10 @@ pub struct SessionSup;
 /// One chat's entry.
 struct Entry {
     session: ActorRef<SessionMsg>,
+    /// Wakes the session's answer in flight when the user sends `/cancel`:
+    /// the session is busy awaiting the LLM, so the command itself would
+    /// wait behind the answer it is meant to stop.
+    cancel: Arc<tokio::sync::Notify>,
     /// Updates handed to the session and not finished, oldest first.
     pending: VecDeque<Arc<Inbound>>,
     last_active: Instant,
@@ -262,11 +266,13 @@ async fn on_route(
     let chat_id = inbound.chat_id;
     let inbound = Arc::new(inbound);
     if !state.chats.contains_key(&chat_id) {
-        let session = spawn_session(myself, state, chat_id).await?;
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        let session = spawn_session(myself, state, chat_id, Arc::clone(&cancel)).await?;
         state.chats.insert(
             chat_id,
             Entry {
                 session,
+                cancel,
                 pending: VecDeque::new(),
                 last_active: Instant::now(),
                 head_crashes: 0,
@@ -285,6 +291,9 @@ async fn on_route(
     {
         return Ok(());
     }
+    if matches!(&inbound.kind, InboundKind::Command { name, .. } if name == "cancel") {
+        entry.cancel.notify_waiters();
+    }
     entry.pending.push_back(Arc::clone(&inbound));
     entry.last_active = Instant::now();
     state.pending += 1;
@@ -298,9 +307,11 @@ async fn spawn_session(
     myself: &ActorRef<SessionSupMsg>,
     state: &mut SessionSupState,
     chat_id: ChatId,
+    cancel: Arc<tokio::sync::Notify>,
 ) -> Result<ActorRef<SessionMsg>, ActorProcessingErr> {
     let args = SessionArgs {
         chat_id,
+        cancel,
         deps: state.deps.clone(),
         supervisor: myself.clone(),
     };
@@ -374,7 +385,8 @@ async fn on_session_died(
     }
     let pending: Vec<Arc<Inbound>> = entry.pending.iter().cloned().collect();
     state.stats.restarted += 1;
-    let replacement = spawn_session(myself, state, chat_id).await?;
+    let cancel = Arc::clone(&entry.cancel);
+    let replacement = spawn_session(myself, state, chat_id, cancel).await?;
     for inbound in pending {
         let _ = replacement.cast(SessionMsg::Handle(inbound));
     }

@@ -64,6 +64,8 @@ pub struct SessionArgs {
     pub deps: Deps,
     /// Where `TurnFinished` goes.
     pub supervisor: ActorRef<SessionSupMsg>,
+    /// Notified by the supervisor when the user sends `/cancel`.
+    pub cancel: Arc<tokio::sync::Notify>,
 }
 
 /// The session actor.
@@ -82,6 +84,10 @@ pub struct SessionState {
     is_new: bool,
     /// The sender of the update being handled is an admin: no token budget.
     budget_exempt: bool,
+    /// Notified by the supervisor when the user sends `/cancel`.
+    cancel: Arc<tokio::sync::Notify>,
+    /// An answer was cancelled and its `/cancel` not yet handled.
+    cancelled: bool,
     /// The reply being built is the LLM's answer: Markdown, sent as text
     /// with entities. The bot's own texts are sent as they are. Reset for
     /// each update.
@@ -115,6 +121,8 @@ impl Actor for Session {
             awaiting_input: None,
             budget_exempt: false,
             reply_is_markdown: false,
+            cancel: Arc::clone(&args.cancel),
+            cancelled: false,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
             supervisor: args.supervisor,
@@ -221,6 +229,14 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         InboundKind::Command { name, .. } if name == "forget" => {
             change = Change::Forget;
             texts.forgotten.clone()
+        }
+        InboundKind::Command { name, .. } if name == "cancel" => {
+            if std::mem::take(&mut state.cancelled) {
+                // The cancelled answer already said so.
+                String::new()
+            } else {
+                texts.nothing_to_cancel.clone()
+            }
         }
         InboundKind::Command { name, .. } if name == "retry" => {
             match state.history.take_last_question() {
@@ -556,14 +572,25 @@ async fn answer_with(
     let telegram = &deps.config.telegram;
     let started = Instant::now();
     let mut next_typing = started + telegram.typing_after;
+    let cancelled = state.cancel.notified();
+    tokio::pin!(cancelled);
     let result = loop {
         tokio::select! {
-            result = &mut call => break result,
+            result = &mut call => break Some(result),
+            () = &mut cancelled => break None,
             () = tokio::time::sleep_until(next_typing) => {
                 deps.directory.cast_now(Child::Outbox, OutboxMsg::ShowTyping { chat_id: state.chat_id });
                 next_typing += telegram.typing_interval;
             }
         }
+    };
+    let Some(result) = result else {
+        // The user sent /cancel. The call itself runs out in the pool; its
+        // answer is dropped. The question stays for /retry.
+        tracing::info!("answer cancelled");
+        state.cancelled = true;
+        state.history.push(Role::User, user_text);
+        return texts.cancelled.clone();
     };
     let result = result.unwrap_or(Err(LlmError::PoolUnavailable));
     let llm_ms = started.elapsed().as_millis() as u64;
