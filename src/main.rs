@@ -96,14 +96,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration for a subcommand, or the exit code after saying why not.
+fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(file).map_err(|error| {
+        eprintln!("llmgram: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 /// `llmgram check-config`: the effective configuration as JSON on stdout.
 fn check_config(file: Option<&std::path::Path>) -> ExitCode {
-    let config = match Config::load(file) {
+    let config = match load_config(file) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("llmgram: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let secrets = Secrets::from_lookup(&config, |var| std::env::var(var).ok());
     let report = serde_json::json!({
@@ -131,12 +136,9 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
 
 /// `llmgram backup --to DIR`: asks the running bot for a consistent copy.
 fn backup(file: Option<&std::path::Path>, to: &std::path::Path) -> ExitCode {
-    let config = match Config::load(file) {
+    let config = match load_config(file) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("llmgram: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let to = match std::path::absolute(to) {
         Ok(path) => path,
@@ -180,12 +182,9 @@ fn backup(file: Option<&std::path::Path>, to: &std::path::Path) -> ExitCode {
 
 /// `llmgram restore --from DIR`: fills the empty data directory.
 fn restore(file: Option<&std::path::Path>, from: &std::path::Path) -> ExitCode {
-    let config = match Config::load(file) {
+    let config = match load_config(file) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("llmgram: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match llmgram::actors::root::persistence::restore(from, &config.storage.path) {
         Ok(report) => {
