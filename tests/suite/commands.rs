@@ -150,3 +150,24 @@ async fn the_daily_token_budget_stops_llm_calls_but_not_admins() {
     assert_eq!(h.llm.request_count(), 3, "admins are exempt");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chats_model_choice_survives_a_restart() {
+    let h = Harness::start().await;
+    h.say(12, "/model llama-3.3-70b-versatile");
+    h.replies(12, 1).await;
+    let h = h.restart("").await;
+    h.say(12, "/model");
+    let shown = &h.replies(12, 2).await[1].text;
+    assert!(
+        shown.contains("Current model: llama-3.3-70b-versatile"),
+        "{shown}"
+    );
+    h.say(12, "still yours?");
+    h.replies(12, 3).await;
+    assert_eq!(
+        h.llm.requests().last().unwrap().model,
+        "llama-3.3-70b-versatile"
+    );
+    h.stop().await;
+}
