@@ -122,6 +122,7 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         health: Arc::clone(&health),
         config: Arc::clone(&config),
     };
+    let ops_state = OpsState::new(&deps);
     let (fatal_tx, fatal) = oneshot::channel();
     let (root, root_task) = Actor::spawn(
         Some(directory.root_name()),
@@ -133,12 +134,6 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
     )
     .await
     .map_err(|e| AppError::Spawn(e.to_string()))?;
-    let ops_state = OpsState {
-        directory: directory.clone(),
-        health,
-        providers: llm.iter().map(|p| p.name().to_owned()).collect(),
-        config: Arc::clone(&config),
-    };
     let (ops_stop, ops_stopped) = oneshot::channel::<()>();
     let ops_task = tokio::spawn(crate::ops::serve(ops_listener, ops_state, async move {
         let _ = ops_stopped.await;

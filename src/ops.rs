@@ -100,6 +100,18 @@ pub struct OpsState {
     pub config: std::sync::Arc<Config>,
 }
 
+impl OpsState {
+    /// The ops view of a running service's dependencies.
+    pub fn new(deps: &crate::actors::root::Deps) -> Self {
+        Self {
+            directory: deps.directory.clone(),
+            health: std::sync::Arc::clone(&deps.health),
+            providers: deps.llm.iter().map(|p| p.name().to_owned()).collect(),
+            config: std::sync::Arc::clone(&deps.config),
+        }
+    }
+}
+
 /// Serves the ops endpoints on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -202,7 +214,7 @@ pub async fn readiness(state: &OpsState) -> Value {
     let mut providers = Vec::new();
     let mut any_provider = false;
     for (index, name) in state.providers.iter().enumerate() {
-        let breaker = Child::Breaker(u8::try_from(index).unwrap_or(u8::MAX));
+        let breaker = Child::breaker(index);
         let status = directory
             .call(breaker, |reply| BreakerMsg::Status { reply })
             .await

@@ -35,6 +35,12 @@ pub enum Child {
 }
 
 impl Child {
+    /// The breaker of the provider at `index` in the provider list.
+    pub fn breaker(index: usize) -> Self {
+        // Provider lists are a handful long; 255 is beyond any config.
+        Self::Breaker(u8::try_from(index).unwrap_or(u8::MAX))
+    }
+
     /// The name used in the registry, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -95,9 +95,7 @@ impl Kind {
     fn children(self, providers: usize) -> Vec<Child> {
         match self {
             Self::Persistence => vec![Child::Persistence],
-            Self::Breakers => (0..providers)
-                .map(|i| Child::Breaker(u8::try_from(i).unwrap_or(u8::MAX)))
-                .collect(),
+            Self::Breakers => (0..providers).map(|i| Child::breaker(i)).collect(),
             Self::Limiter => vec![Child::Limiter],
             Self::LlmPool => vec![Child::LlmPool],
             Self::Outbox => vec![Child::Outbox],
@@ -363,6 +361,19 @@ enum Exit {
     Stopped(String),
 }
 
+/// Spawns `actor` linked to `supervisor` and returns its cell.
+async fn spawn<A: Actor>(
+    name: Option<String>,
+    actor: A,
+    args: A::Arguments,
+    supervisor: ActorCell,
+) -> Result<ActorCell, ActorProcessingErr> {
+    Ok(Actor::spawn_linked(name, actor, args, supervisor)
+        .await?
+        .0
+        .get_cell())
+}
+
 async fn start_child(
     myself: &ActorRef<RootMsg>,
     state: &mut RootState,
@@ -372,12 +383,7 @@ async fn start_child(
     let name = Some(deps.directory.name(child));
     let supervisor = myself.get_cell();
     let cell = match child {
-        Child::Persistence => {
-            Actor::spawn_linked(name, persistence::Persistence, deps.store, supervisor)
-                .await?
-                .0
-                .get_cell()
-        }
+        Child::Persistence => spawn(name, persistence::Persistence, deps.store, supervisor).await?,
         Child::Breaker(index) => {
             let provider = deps
                 .llm
@@ -388,43 +394,22 @@ async fn start_child(
                 provider,
                 config: deps.config.breaker.clone(),
             };
-            Actor::spawn_linked(name, breaker::Breaker, args, supervisor)
-                .await?
-                .0
-                .get_cell()
+            spawn(name, breaker::Breaker, args, supervisor).await?
         }
         Child::Limiter => {
             let args = limiter::LimiterArgs {
                 config: Arc::clone(&deps.config),
                 directory: deps.directory.clone(),
             };
-            Actor::spawn_linked(name, limiter::Limiter, args, supervisor)
-                .await?
-                .0
-                .get_cell()
+            spawn(name, limiter::Limiter, args, supervisor).await?
         }
-        Child::LlmPool => Actor::spawn_linked(name, llm_pool::LlmPool, deps, supervisor)
-            .await?
-            .0
-            .get_cell(),
-        Child::Outbox => Actor::spawn_linked(name, outbox::Outbox, deps, supervisor)
-            .await?
-            .0
-            .get_cell(),
-        Child::SessionSup => Actor::spawn_linked(name, session_sup::SessionSup, deps, supervisor)
-            .await?
-            .0
-            .get_cell(),
+        Child::LlmPool => spawn(name, llm_pool::LlmPool, deps, supervisor).await?,
+        Child::Outbox => spawn(name, outbox::Outbox, deps, supervisor).await?,
+        Child::SessionSup => spawn(name, session_sup::SessionSup, deps, supervisor).await?,
         Child::Ingress if deps.config.telegram.mode == IngressMode::Webhook => {
-            Actor::spawn_linked(name, webhook::Webhook, deps, supervisor)
-                .await?
-                .0
-                .get_cell()
+            spawn(name, webhook::Webhook, deps, supervisor).await?
         }
-        Child::Ingress => Actor::spawn_linked(name, ingress::Ingress, deps, supervisor)
-            .await?
-            .0
-            .get_cell(),
+        Child::Ingress => spawn(name, ingress::Ingress, deps, supervisor).await?,
     };
     state.by_id.insert(cell.get_id(), child);
     state.running.insert(child, cell);

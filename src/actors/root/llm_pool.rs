@@ -238,7 +238,7 @@ async fn complete_with_fallback(
         if Instant::now() >= deadline {
             break;
         }
-        let breaker = Child::Breaker(u8::try_from(index).unwrap_or(u8::MAX));
+        let breaker = Child::breaker(index);
         let admission = directory
             .call(breaker, |reply| BreakerMsg::Acquire { reply })
             .await

@@ -149,12 +149,7 @@ async fn set_model(state: &SessionState, texts: &Texts, model: &str) -> String {
 
 /// The readiness report of `/readyz`, compact, for admins.
 async fn health(state: &SessionState) -> String {
-    let ops = crate::ops::OpsState {
-        directory: state.deps.directory.clone(),
-        health: std::sync::Arc::clone(&state.deps.health),
-        providers: state.deps.llm.iter().map(|p| p.name().to_owned()).collect(),
-        config: std::sync::Arc::clone(&state.deps.config),
-    };
+    let ops = crate::ops::OpsState::new(&state.deps);
     crate::ops::summary(&crate::ops::readiness(&ops).await)
 }
 
@@ -190,7 +185,7 @@ async fn stats(state: &SessionState, texts: &Texts) -> String {
     };
     let mut providers = Vec::new();
     for (index, provider) in state.deps.llm.iter().enumerate() {
-        let breaker = Child::Breaker(u8::try_from(index).unwrap_or(u8::MAX));
+        let breaker = Child::breaker(index);
         let status = directory
             .call(breaker, |reply| BreakerMsg::Status { reply })
             .await
