@@ -95,7 +95,7 @@ impl Kind {
     fn children(self, providers: usize) -> Vec<Child> {
         match self {
             Self::Persistence => vec![Child::Persistence],
-            Self::Breakers => (0..providers).map(|i| Child::breaker(i)).collect(),
+            Self::Breakers => (0..providers).map(Child::breaker).collect(),
             Self::Limiter => vec![Child::Limiter],
             Self::LlmPool => vec![Child::LlmPool],
             Self::Outbox => vec![Child::Outbox],
