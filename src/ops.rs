@@ -350,10 +350,11 @@ pub fn summary(report: &Value) -> String {
     lines.join("\n")
 }
 
-/// Resident set size of this process, from `/proc/self/statm` (Linux).
+/// Resident set size of this process, from `VmRSS` in `/proc/self/status`
+/// (Linux; kB there, whatever the page size).
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // The page size is 4 KiB on every platform llmgram is built for.
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
