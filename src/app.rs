@@ -110,6 +110,7 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         .map_err(|e| AppError::Ops(e.to_string()))?;
     let deps = Deps {
         directory: directory.clone(),
+        transport: telegram::transport::Transport::Telegram(bot.clone()),
         bot,
         bot_username,
         llm: Arc::clone(&llm),

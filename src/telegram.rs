@@ -9,6 +9,7 @@ pub mod error;
 pub mod inbound;
 pub mod render;
 pub mod split;
+pub mod transport;
 
 use std::num::NonZeroU32;
 

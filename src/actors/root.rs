@@ -224,6 +224,8 @@ pub struct Deps {
     pub directory: Directory,
     /// The Bot API client (one connection pool for Telegram).
     pub bot: Bot,
+    /// Where the outbox sends (the Bot API through `bot`).
+    pub transport: crate::telegram::transport::Transport,
     /// The bot's username from getMe, when known at start.
     pub bot_username: Option<String>,
     /// The LLM providers in fallback order (one connection pool each).

@@ -33,10 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use teloxide::Bot;
-use teloxide::payloads::SendMessageSetters as _;
-use teloxide::prelude::Requester;
-use teloxide::types::{ChatAction, LinkPreviewOptions};
+use teloxide::types::MessageId;
 use tokio::sync::Semaphore;
 
 use super::Deps;
@@ -47,6 +44,7 @@ use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::telegram::inbound::ChatId;
 use crate::telegram::render::OutgoingText;
+use crate::telegram::transport::Transport;
 use crate::telegram::{SendPacing, TelegramError};
 
 /// Messages of the outbox.
@@ -54,19 +52,20 @@ pub enum OutboxMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
-    /// Send these texts to the chat as separate messages, in order.
+    /// Send these texts to the chat as separate messages (or edit messages
+    /// sent before), in order.
     Deliver {
         /// The chat.
         chat_id: ChatId,
         /// Messages (text and entities), each within Telegram's size limit.
-        parts: Vec<OutgoingText>,
+        parts: Vec<Part>,
         /// The turn to commit once the parts are sent (or sending gave up).
         /// Committed by the send task itself, so a session that dies after
         /// handing over its answer cannot leave it sent but uncommitted.
         commit: Option<TurnCommit>,
-        /// `Ok` once every part is sent (and the turn committed), or the
-        /// first send error.
-        reply: RpcReplyPort<Result<(), TelegramError>>,
+        /// The ids of the parts' messages once every part is sent (and the
+        /// turn committed), or the first send error.
+        reply: RpcReplyPort<Result<Vec<MessageId>, TelegramError>>,
     },
     /// Answer once every job of this chat queued before it has finished
     /// (a new session waits on this before loading the chat's record, so it
@@ -94,6 +93,27 @@ pub enum OutboxMsg {
 /// The outbox actor.
 pub struct Outbox;
 
+/// One message of a delivery.
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// A new message.
+    New(OutgoingText),
+    /// New text for a message sent before (a streamed answer growing).
+    Edit {
+        /// The message to change.
+        message_id: MessageId,
+        /// Its new text.
+        text: OutgoingText,
+    },
+}
+
+impl Part {
+    /// A new message of plain text (the bot's own texts).
+    pub fn plain(text: impl Into<String>) -> Self {
+        Self::New(OutgoingText::plain(text))
+    }
+}
+
 /// A turn to commit after its answer is sent.
 #[derive(Debug, Clone)]
 pub struct TurnCommit {
@@ -105,9 +125,9 @@ pub struct TurnCommit {
 
 enum Job {
     Deliver {
-        parts: Vec<OutgoingText>,
+        parts: Vec<Part>,
         commit: Option<TurnCommit>,
-        reply: RpcReplyPort<Result<(), TelegramError>>,
+        reply: RpcReplyPort<Result<Vec<MessageId>, TelegramError>>,
     },
     Typing,
     Flush(RpcReplyPort<()>),
@@ -121,7 +141,7 @@ struct ChatQueue {
 /// The outbox's state.
 pub struct OutboxState {
     reclaim_timer: tokio::task::JoinHandle<()>,
-    bot: Bot,
+    transport: Transport,
     pacing: Arc<SendPacing>,
     directory: Directory,
     config: Arc<TelegramConfig>,
@@ -144,7 +164,7 @@ impl Actor for Outbox {
             myself.send_interval(deps.config.limits.sweep_interval, || OutboxMsg::Reclaim);
         Ok(OutboxState {
             reclaim_timer,
-            bot: deps.bot,
+            transport: deps.transport,
             pacing: deps.pacing,
             directory: deps.directory,
             config: Arc::new(deps.config.telegram.clone()),
@@ -237,7 +257,7 @@ fn on_job_finished(myself: &ActorRef<OutboxMsg>, state: &mut OutboxState, chat_i
 /// Runs one job in its own task, then reports back so the chat's next job
 /// can start.
 fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: Job) {
-    let bot = state.bot.clone();
+    let transport = state.transport.clone();
     let config = Arc::clone(&state.config);
     let slots = Arc::clone(&state.slots);
     let myself = myself.clone();
@@ -252,11 +272,18 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                 commit,
                 reply,
             } => {
-                let mut result = Ok(());
-                for part in parts {
-                    result = send_text(&bot, &config, &pacing, chat_id, part).await;
-                    if result.is_err() {
-                        break;
+                let mut result = Ok(Vec::with_capacity(parts.len()));
+                for part in &parts {
+                    match send_part(&transport, &config, &pacing, chat_id, part).await {
+                        Ok(id) => {
+                            if let Ok(ids) = &mut result {
+                                ids.push(id);
+                            }
+                        }
+                        Err(error) => {
+                            result = Err(error);
+                            break;
+                        }
                     }
                 }
                 if let Err(TelegramError::Blocked) = result {
@@ -277,7 +304,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                 let _ = reply.send(());
             }
             Job::Typing => {
-                let typing = bot.send_chat_action(chat_id, ChatAction::Typing);
+                let typing = transport.typing(chat_id);
                 match tokio::time::timeout(config.send_timeout, typing).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::debug!(%error, "typing indicator not shown"),
@@ -311,33 +338,40 @@ async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit)
     }
 }
 
-/// Sends one message, retrying what can succeed later.
-async fn send_text(
-    bot: &Bot,
+/// Sends (or edits) one message, retrying what can succeed later; returns
+/// the message's id.
+async fn send_part(
+    transport: &Transport,
     config: &TelegramConfig,
     pacing: &SendPacing,
     chat_id: ChatId,
-    part: OutgoingText,
-) -> Result<(), TelegramError> {
+    part: &Part,
+) -> Result<MessageId, TelegramError> {
     let mut backoff = Backoff::new(config.retry_min, config.retry_max);
     let mut attempt = 1;
     let mut flood_waits = 0;
     loop {
         pacing.until_ready(chat_id).await;
-        let mut request = bot
-            .send_message(chat_id, part.text.clone())
-            .link_preview_options(no_link_preview());
-        if !part.entities.is_empty() {
-            // Entities, never a parse mode: nothing the model writes can make
-            // Telegram refuse the message as unparseable.
-            request = request.entities(part.entities.clone());
-        }
-        let error = match tokio::time::timeout(config.send_timeout, request).await {
-            Ok(Ok(_)) => {
-                metrics::counter!("llmgram_replies_sent_total").increment(1);
-                return Ok(());
+        let call = async {
+            match part {
+                Part::New(text) => transport.send(chat_id, text).await,
+                Part::Edit { message_id, text } => transport
+                    .edit(chat_id, *message_id, text)
+                    .await
+                    .map(|()| *message_id),
             }
-            Ok(Err(error)) => TelegramError::from(error),
+        };
+        let error = match tokio::time::timeout(config.send_timeout, call).await {
+            Ok(Ok(id)) => {
+                match part {
+                    Part::New(_) => metrics::counter!("llmgram_replies_sent_total").increment(1),
+                    Part::Edit { .. } => {
+                        metrics::counter!("llmgram_message_edits_total").increment(1);
+                    }
+                }
+                return Ok(id);
+            }
+            Ok(Err(error)) => error,
             Err(_) => TelegramError::Timeout,
         };
         let wait = match error {
@@ -367,17 +401,5 @@ async fn send_text(
             "send failed; retrying"
         );
         tokio::time::sleep(wait).await;
-    }
-}
-
-/// Link previews would turn an answer quoting a URL into a card the user did
-/// not ask for.
-fn no_link_preview() -> LinkPreviewOptions {
-    LinkPreviewOptions {
-        is_disabled: true,
-        url: None,
-        prefer_small_media: false,
-        prefer_large_media: false,
-        show_above_text: false,
     }
 }

@@ -38,12 +38,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Deps;
-use super::outbox::{OutboxMsg, TurnCommit};
+use super::outbox::{OutboxMsg, Part, TurnCommit};
 use super::persistence::{PersistenceMsg, RecordChange};
 use crate::actors::Child;
 use crate::store::StoreError;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
-use crate::telegram::render::OutgoingText;
 use session::{Session, SessionArgs, SessionMsg};
 
 /// Messages of the session supervisor.
@@ -412,12 +411,12 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
         let sent = directory
             .call(Child::Outbox, |reply| OutboxMsg::Deliver {
                 chat_id,
-                parts: vec![OutgoingText::plain(text.clone())],
+                parts: vec![Part::plain(text.clone())],
                 commit: Some(commit.clone()),
                 reply,
             })
             .await;
-        if !matches!(sent, Ok(Ok(()))) {
+        if !matches!(sent, Ok(Ok(_))) {
             tracing::warn!(chat_id = chat_id.0, "could not send the apology");
         }
     });

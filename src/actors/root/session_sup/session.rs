@@ -34,7 +34,7 @@ use crate::actors::Child;
 use crate::actors::root::Deps;
 use crate::actors::root::limiter::{LimiterMsg, Verdict};
 use crate::actors::root::llm_pool::{LlmPoolMsg, Overrides};
-use crate::actors::root::outbox::{OutboxMsg, TurnCommit};
+use crate::actors::root::outbox::{OutboxMsg, Part, TurnCommit};
 use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
 use crate::history::History;
 use crate::input::{self, Rejection};
@@ -42,7 +42,7 @@ use crate::llm::{LlmError, Role};
 use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
-use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
+use crate::telegram::render::{render_markdown, to_messages};
 use crate::telegram::split::split_message;
 use crate::telemetry::security_event;
 use crate::texts::{Texts, fill};
@@ -647,12 +647,15 @@ fn fallback_text(texts: &Texts, error: &LlmError) -> String {
 /// is delivered or given up, and committed.
 async fn deliver(state: &SessionState, text: String, commit: Option<TurnCommit>) {
     let max = state.deps.config.telegram.max_message_chars;
-    let parts: Vec<OutgoingText> = if state.reply_is_markdown {
+    let parts: Vec<Part> = if state.reply_is_markdown {
         to_messages(&render_markdown(&text), max)
+            .into_iter()
+            .map(Part::New)
+            .collect()
     } else {
         split_message(&text, max)
             .into_iter()
-            .map(OutgoingText::plain)
+            .map(Part::plain)
             .collect()
     };
     let chat_id = state.chat_id;
@@ -668,7 +671,7 @@ async fn deliver(state: &SessionState, text: String, commit: Option<TurnCommit>)
         })
         .await;
     match sent {
-        Ok(Ok(())) => tracing::debug!(parts = parts_count, "delivered"),
+        Ok(Ok(_)) => tracing::debug!(parts = parts_count, "delivered"),
         Ok(Err(error)) => {
             tracing::warn!(class = error.class(), %error, "reply not delivered");
         }

@@ -1,0 +1,91 @@
+//! Where the outbox's messages go: the Bot API, one call per message.
+//!
+//! The outbox decides order, pacing and retries; a transport only performs
+//! one call and classifies its failure. Keeping the calls behind this type
+//! lets the same actors serve another front end without a Bot API.
+
+use teloxide::Bot;
+use teloxide::payloads::{EditMessageTextSetters as _, SendMessageSetters as _};
+use teloxide::prelude::Requester as _;
+use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId};
+use teloxide::{ApiError, RequestError};
+
+use super::TelegramError;
+use super::inbound::ChatId;
+use super::render::OutgoingText;
+
+/// The Bot API client the outbox sends through. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Telegram's Bot API (or a fake of it) through teloxide.
+    Telegram(Bot),
+}
+
+impl Transport {
+    /// Sends one message; returns its id (for later edits).
+    pub async fn send(
+        &self,
+        chat_id: ChatId,
+        part: &OutgoingText,
+    ) -> Result<MessageId, TelegramError> {
+        match self {
+            Self::Telegram(bot) => {
+                let mut request = bot
+                    .send_message(chat_id, part.text.clone())
+                    .link_preview_options(no_link_preview());
+                if !part.entities.is_empty() {
+                    // Entities, never a parse mode: nothing the model writes
+                    // can make Telegram refuse the message as unparseable.
+                    request = request.entities(part.entities.clone());
+                }
+                Ok(request.await?.id)
+            }
+        }
+    }
+
+    /// Replaces the text of a message sent before. Editing to the text it
+    /// already has is not an error.
+    pub async fn edit(
+        &self,
+        chat_id: ChatId,
+        message_id: MessageId,
+        part: &OutgoingText,
+    ) -> Result<(), TelegramError> {
+        match self {
+            Self::Telegram(bot) => {
+                let mut request = bot
+                    .edit_message_text(chat_id, message_id, part.text.clone())
+                    .link_preview_options(no_link_preview());
+                if !part.entities.is_empty() {
+                    request = request.entities(part.entities.clone());
+                }
+                match request.await {
+                    Ok(_) | Err(RequestError::Api(ApiError::MessageNotModified)) => Ok(()),
+                    Err(error) => Err(error.into()),
+                }
+            }
+        }
+    }
+
+    /// Shows "typing…" in the chat.
+    pub async fn typing(&self, chat_id: ChatId) -> Result<(), TelegramError> {
+        match self {
+            Self::Telegram(bot) => {
+                bot.send_chat_action(chat_id, ChatAction::Typing).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Link previews would turn an answer quoting a URL into a card the user did
+/// not ask for.
+fn no_link_preview() -> LinkPreviewOptions {
+    LinkPreviewOptions {
+        is_disabled: true,
+        url: None,
+        prefer_small_media: false,
+        prefer_large_media: false,
+        show_above_text: false,
+    }
+}
