@@ -113,6 +113,7 @@ async fn chat(
                 |reply| PersistenceMsg::CommitTurn {
                     chat_id: ChatId(chat_id),
                     update_id,
+                    also_answered: Vec::new(),
                     change: RecordChange::Put(bytes),
                     reply,
                 },

@@ -133,6 +133,8 @@ pub struct TelegramConfig {
     pub global_rate: u32,
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub edit_interval: Duration,
 }
 
 /// How updates arrive.
@@ -220,6 +222,11 @@ pub struct LlmConfig {
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     pub context_tokens: u64,
+    pub stream: bool,
+    #[serde(with = "humantime_serde")]
+    pub stream_chunk_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stream_max_duration: Duration,
     pub max_tokens: u32,
     pub temperature: f32,
     pub system_prompt: String,
@@ -299,6 +306,11 @@ pub struct SessionConfig {
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
     pub max_redeliveries: u32,
+    #[serde(with = "humantime_serde")]
+    pub merge_window: Duration,
+    pub merge_wait_chars: usize,
+    #[serde(with = "humantime_serde")]
+    pub queued_notice_after: Duration,
 }
 
 /// `[input]`: what user text is accepted.
@@ -307,6 +319,7 @@ pub struct SessionConfig {
 #[allow(missing_docs)]
 pub struct InputConfig {
     pub max_chars: usize,
+    pub max_merged_chars: usize,
 }
 
 /// `[supervision]`: restart budget and backoff, and how callers wait for
@@ -590,6 +603,21 @@ impl Config {
         positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
         positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
         positive("telegram.global_rate", u64::from(t.global_rate))?;
+        positive("telegram.edit_interval", millis(t.edit_interval))?;
+        positive(
+            "llm.stream_chunk_timeout",
+            millis(self.llm.stream_chunk_timeout),
+        )?;
+        positive(
+            "llm.stream_max_duration",
+            millis(self.llm.stream_max_duration),
+        )?;
+        if self.input.max_merged_chars < self.input.max_chars {
+            return Err(ConfigError::Invalid {
+                key: "input.max_merged_chars",
+                reason: "must not be less than input.max_chars".into(),
+            });
+        }
 
         for command in &self.commands {
             let name = &command.name;

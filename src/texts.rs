@@ -70,6 +70,8 @@ pub struct Texts {
     pub usage_unlimited: String,
     pub cancelled: String,
     pub nothing_to_cancel: String,
+    pub answer_cut: String,
+    pub answer_coming: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use eventsource_stream::{EventStreamError, Eventsource as _};
+use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use url::Url;
 
 use super::error::{LlmError, TimeoutPhase};
-use super::wire::{ChatMessage, ChatRequest, ChatResponse, Completion};
+use super::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, Completion};
 use crate::config::{Config, LlmConfig, RetryConfig, Secret, Secrets};
 use crate::retry::Backoff;
 
@@ -40,6 +43,22 @@ pub struct CallOptions<'a> {
     pub model: Option<&'a str>,
     /// Another sampling temperature.
     pub temperature: Option<f32>,
+    /// Stream the answer here as it is generated.
+    pub stream: Option<&'a StreamTo>,
+}
+
+/// Where a streamed answer's text goes as it arrives, and the limits of a
+/// stream.
+#[derive(Debug, Clone)]
+pub struct StreamTo {
+    /// Each piece of new text, in order. When the receiver is gone (the user
+    /// cancelled), the stream is dropped and the provider stops generating.
+    pub deltas: mpsc::Sender<String>,
+    /// Longest silence between two chunks once text has started arriving
+    /// (`llm.stream_chunk_timeout`).
+    pub chunk_timeout: Duration,
+    /// Longest a whole streamed answer may take (`llm.stream_max_duration`).
+    pub max_duration: Duration,
 }
 
 /// The primary provider then every `[[llm.fallback]]`, in the order calls
@@ -120,10 +139,20 @@ impl LlmClient {
         let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
         let mut attempt = 1;
         loop {
-            let call = self.complete_with(messages, model, temperature);
-            let result = match tokio::time::timeout_at(deadline, call).await {
-                Ok(result) => result,
-                Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+            let result = match options.stream {
+                // A stream is bounded by the deadline only until its first
+                // text: after that, cutting it would waste a shown answer.
+                Some(stream) => {
+                    self.stream_with(messages, model, temperature, stream, deadline)
+                        .await
+                }
+                None => {
+                    let call = self.complete_with(messages, model, temperature);
+                    match tokio::time::timeout_at(deadline, call).await {
+                        Ok(result) => result,
+                        Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+                    }
+                }
             };
             let error = match result {
                 Ok(completion) => return (Ok(completion), attempt),
@@ -177,32 +206,150 @@ impl LlmClient {
             temperature,
             stream: false,
         };
-        let mut request = self.http.post(self.endpoint.clone()).json(&body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key.expose());
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(LlmError::RateLimited {
-                retry_after: retry_after(response.headers()),
-            });
-        }
-        if status.is_server_error() {
-            return Err(LlmError::Server {
-                status: status.as_u16(),
-            });
-        }
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            let end = body.len().min(ERROR_DETAIL_BYTES);
-            return Err(LlmError::Rejected {
-                status: status.as_u16(),
-                detail: String::from_utf8_lossy(&body[..end]).into_owned(),
-            });
-        }
+        let response = check_status(self.post(&body).send().await?).await?;
         let bytes = response.bytes().await?;
         parse_completion(&bytes)
+    }
+
+    /// Sends one chat-completion request with `"stream": true` and forwards
+    /// each piece of text to `stream.deltas` as it arrives. Until the first
+    /// text, the call ends at `deadline` like any other; after it, only a
+    /// silence of `stream.chunk_timeout` or the whole answer taking
+    /// `stream.max_duration` ends it, and any failure is then a
+    /// [`LlmError::StreamCut`], since the user has seen part of the answer.
+    pub async fn stream_with(
+        &self,
+        messages: &[ChatMessage],
+        model: &str,
+        temperature: f32,
+        stream: &StreamTo,
+        deadline: Instant,
+    ) -> Result<Completion, LlmError> {
+        let body = ChatRequest {
+            model,
+            messages,
+            max_tokens: self.max_tokens,
+            temperature,
+            stream: true,
+        };
+        let request = self.post(&body).timeout(stream.max_duration);
+        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+            Ok(response) => check_status(response?).await?,
+            Err(_) => return Err(LlmError::Timeout(TimeoutPhase::Read)),
+        };
+        let mut events = response.bytes_stream().eventsource();
+        let mut text = String::new();
+        let mut usage = None;
+        let mut finish_reason = None;
+        let outcome = loop {
+            let wait_until = if text.is_empty() {
+                deadline
+            } else {
+                Instant::now() + stream.chunk_timeout
+            };
+            let event = match tokio::time::timeout_at(wait_until, events.next()).await {
+                Err(_) => break Err(LlmError::Timeout(TimeoutPhase::Read)),
+                Ok(None) if finish_reason.is_some() => break Ok(()),
+                Ok(None) => {
+                    break Err(LlmError::Network(
+                        "the stream ended without finishing".into(),
+                    ));
+                }
+                Ok(Some(Err(error))) => break Err(stream_error(error)),
+                Ok(Some(Ok(event))) => event,
+            };
+            if event.data.trim() == "[DONE]" {
+                break Ok(());
+            }
+            let chunk: ChatChunk = match serde_json::from_str(&event.data) {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    break Err(LlmError::InvalidResponse(format!(
+                        "not a stream chunk: {error}"
+                    )));
+                }
+            };
+            if chunk.usage.is_some() {
+                usage = chunk.usage;
+            }
+            let Some(choice) = chunk.choices.into_iter().next() else {
+                continue;
+            };
+            if choice.finish_reason.is_some() {
+                finish_reason = choice.finish_reason;
+            }
+            let Some(content) = choice.delta.and_then(|d| d.content) else {
+                continue;
+            };
+            if content.is_empty() {
+                continue;
+            }
+            text.push_str(&content);
+            if stream.deltas.send(content).await.is_err() {
+                // Nobody reads the answer any more: dropping the response
+                // closes the connection, and the provider stops generating.
+                tracing::debug!(provider = %self.name, "stream abandoned by its reader");
+                break Ok(());
+            }
+        };
+        match outcome {
+            Ok(()) if text.trim().is_empty() => {
+                Err(LlmError::InvalidResponse("empty answer".into()))
+            }
+            Ok(()) => Ok(Completion {
+                text,
+                usage,
+                finish_reason,
+            }),
+            Err(error) if text.is_empty() => Err(error),
+            Err(error) => Err(LlmError::StreamCut(Box::new(error))),
+        }
+    }
+
+    /// A `POST /chat/completions` with the key, if any.
+    fn post(&self, body: &ChatRequest<'_>) -> reqwest::RequestBuilder {
+        let request = self.http.post(self.endpoint.clone()).json(body);
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key.expose()),
+            None => request,
+        }
+    }
+}
+
+/// Classifies a non-success status; passes a success through.
+async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, LlmError> {
+    let status = response.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(LlmError::RateLimited {
+            retry_after: retry_after(response.headers()),
+        });
+    }
+    if status.is_server_error() {
+        return Err(LlmError::Server {
+            status: status.as_u16(),
+        });
+    }
+    if !status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        let end = body.len().min(ERROR_DETAIL_BYTES);
+        return Err(LlmError::Rejected {
+            status: status.as_u16(),
+            detail: String::from_utf8_lossy(&body[..end]).into_owned(),
+        });
+    }
+    Ok(response)
+}
+
+/// Classifies a failure while reading a stream.
+fn stream_error(error: EventStreamError<reqwest::Error>) -> LlmError {
+    match error {
+        EventStreamError::Transport(error) => error.into(),
+        EventStreamError::Utf8(error) => {
+            LlmError::InvalidResponse(format!("stream is not UTF-8: {error}"))
+        }
+        EventStreamError::Parser(error) => {
+            LlmError::InvalidResponse(format!("not a server-sent event stream: {error}"))
+        }
     }
 }
 

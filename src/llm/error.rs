@@ -62,6 +62,11 @@ pub enum LlmError {
     /// The pool actor was not there to take the request (it was restarting).
     #[error("the LLM pool is unavailable")]
     PoolUnavailable,
+    /// A streamed answer broke after part of it had been shown: it cannot
+    /// be retried or moved to another provider without showing the user a
+    /// second, different answer.
+    #[error("the stream broke midway: {0}")]
+    StreamCut(Box<LlmError>),
     /// Every provider's circuit breaker is open or every provider failed;
     /// `retry_in` is when the first breaker lets a call through again.
     #[error("no provider can answer now (retry in {retry_in:?})")]
@@ -89,6 +94,7 @@ impl LlmError {
             Self::Overloaded => "overloaded",
             Self::PoolUnavailable => "pool_unavailable",
             Self::NoProvider { .. } => "no_provider",
+            Self::StreamCut(_) => "stream_cut",
         }
     }
 

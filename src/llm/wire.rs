@@ -79,6 +79,32 @@ pub struct ChoiceMessage {
     pub content: Option<String>,
 }
 
+/// One server-sent event of a streamed answer (`"stream": true`).
+#[derive(Debug, Deserialize)]
+pub struct ChatChunk {
+    /// Candidate deltas; llmgram reads the first.
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Token accounting, sent by some providers with the last chunk.
+    pub usage: Option<Usage>,
+}
+
+/// One candidate's part of a streamed answer.
+#[derive(Debug, Deserialize)]
+pub struct ChunkChoice {
+    /// The new text, if any.
+    pub delta: Option<ChunkDelta>,
+    /// Set on the last chunk.
+    pub finish_reason: Option<String>,
+}
+
+/// The text a chunk adds.
+#[derive(Debug, Deserialize)]
+pub struct ChunkDelta {
+    /// More answer text; absent in role-only or final chunks.
+    pub content: Option<String>,
+}
+
 /// Token counts reported by the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct Usage {

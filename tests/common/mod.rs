@@ -30,8 +30,10 @@ pub const FAST_BREAKER: &str = "llm.request_timeout = \"300ms\"\n\
      breaker.min_calls = 2\n\
      breaker.open_for = \"1500ms\"\n";
 
-/// Rate and flood limits no test reaches by accident.
+/// Rate and flood limits no test reaches by accident, and message merging
+/// off (tests count one reply per message unless they turn it on).
 pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
+    ("session.merge_window", "\"0s\""),
     ("limits.user_messages_per_minute", "1000000"),
     ("limits.user_llm_per_minute", "1000000"),
     ("limits.global_llm_per_second", "1000000"),

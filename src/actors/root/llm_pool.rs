@@ -36,7 +36,7 @@ use super::breaker::{Admission, BreakerMsg, CallOutcome};
 use super::persistence::PersistenceMsg;
 use crate::actors::{Child, Directory};
 use crate::config::LlmConfig;
-use crate::llm::client::CallOptions;
+use crate::llm::client::{CallOptions, StreamTo};
 use crate::llm::{ChatMessage, Completion, LlmClient, LlmError};
 use crate::store::record::BotSetting;
 use crate::store::{BotKey, StoreError};
@@ -65,6 +65,8 @@ pub enum LlmPoolMsg {
         messages: Vec<ChatMessage>,
         /// A command's own model (primary provider) and temperature.
         options: Overrides,
+        /// Stream the answer's text here as it is generated (`llm.stream`).
+        stream: Option<StreamTo>,
         /// The answer or the classified failure.
         reply: RpcReplyPort<Result<Completion, LlmError>>,
     },
@@ -133,8 +135,9 @@ impl Actor for LlmPool {
             LlmPoolMsg::Complete {
                 messages,
                 options,
+                stream,
                 reply,
-            } => on_complete(state, messages, options, reply),
+            } => on_complete(state, messages, options, stream, reply),
             LlmPoolMsg::SetModel { model, reply } => {
                 let stored = state
                     .directory
@@ -178,6 +181,7 @@ fn on_complete(
     state: &LlmPoolState,
     messages: Vec<ChatMessage>,
     options: Overrides,
+    stream: Option<StreamTo>,
     reply: RpcReplyPort<Result<Completion, LlmError>>,
 ) {
     let providers = Arc::clone(&state.providers);
@@ -195,6 +199,7 @@ fn on_complete(
                     messages: &messages,
                     primary_model: model.as_deref(),
                     temperature,
+                    stream: stream.as_ref(),
                     deadline,
                     health: &health,
                 };
@@ -215,6 +220,7 @@ struct Call<'a> {
     /// The model for the primary provider only (a command's or the admin's).
     primary_model: Option<&'a str>,
     temperature: Option<f32>,
+    stream: Option<&'a StreamTo>,
     deadline: Instant,
     health: &'a crate::ops::Health,
 }
@@ -229,6 +235,7 @@ async fn complete_with_fallback(
         messages,
         primary_model,
         temperature,
+        stream,
         deadline,
         health,
     } = call;
@@ -256,6 +263,7 @@ async fn complete_with_fallback(
                 CallOptions {
                     model: if index == 0 { primary_model } else { None },
                     temperature,
+                    stream,
                 },
                 &config.retry,
                 deadline,
@@ -285,6 +293,12 @@ async fn complete_with_fallback(
                     crate::ops::Health::stamp(slot);
                 }
                 return Ok(completion);
+            }
+            Err(error @ LlmError::StreamCut(_)) => {
+                // Part of this answer is on the user's screen: another
+                // provider would start a different one.
+                tracing::warn!(provider = provider.name(), attempts, %error, "stream cut");
+                return Err(error);
             }
             Err(error) => {
                 tracing::warn!(provider = provider.name(), attempts, class = error.class(), %error, "provider failed");

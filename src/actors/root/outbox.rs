@@ -119,6 +119,8 @@ impl Part {
 pub struct TurnCommit {
     /// The answered update.
     pub update_id: u32,
+    /// Earlier updates answered by the same turn (merged messages).
+    pub also_answered: Vec<u32>,
     /// The chat record after the turn.
     pub change: RecordChange,
 }
@@ -328,6 +330,7 @@ async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit)
         .call(Child::Persistence, |reply| PersistenceMsg::CommitTurn {
             chat_id,
             update_id: commit.update_id,
+            also_answered: commit.also_answered.clone(),
             change: commit.change.clone(),
             reply,
         })

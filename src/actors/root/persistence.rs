@@ -74,6 +74,9 @@ pub enum PersistenceMsg {
         chat_id: ChatId,
         /// The answered update.
         update_id: u32,
+        /// Earlier updates of the chat answered by the same turn (messages
+        /// merged into one request).
+        also_answered: Vec<u32>,
         /// The chat record after the turn.
         change: RecordChange,
         /// `Ok` once durable.
@@ -480,15 +483,18 @@ impl Thread {
                 PersistenceMsg::CommitTurn {
                     chat_id,
                     update_id,
+                    also_answered,
                     change,
                     reply,
                 } => match record::encode_update(&UpdateEntry::Answered) {
                     Ok(answered) => {
-                        if update_id < self.pruned_below.get() {
-                            // Telegram will not send it again: no marker needed.
-                            write.remove(&self.store.updates, update_key(update_id));
-                        } else {
-                            write.insert(&self.store.updates, update_key(update_id), answered);
+                        for id in also_answered.into_iter().chain([update_id]) {
+                            if id < self.pruned_below.get() {
+                                // Telegram will not send it again: no marker needed.
+                                write.remove(&self.store.updates, update_key(id));
+                            } else {
+                                write.insert(&self.store.updates, update_key(id), answered.clone());
+                            }
                         }
                         match change {
                             RecordChange::Put(bytes) => {

@@ -43,7 +43,7 @@ use super::persistence::{PersistenceMsg, RecordChange};
 use crate::actors::Child;
 use crate::store::StoreError;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
-use session::{Session, SessionArgs, SessionMsg};
+use session::{ChatSignals, Session, SessionArgs, SessionMsg};
 
 /// Messages of the session supervisor.
 pub enum SessionSupMsg {
@@ -104,10 +104,10 @@ pub struct SessionSup;
 /// One chat's entry.
 struct Entry {
     session: ActorRef<SessionMsg>,
-    /// Wakes the session's answer in flight when the user sends `/cancel`:
-    /// the session is busy awaiting the LLM, so the command itself would
-    /// wait behind the answer it is meant to stop.
-    cancel: Arc<tokio::sync::Notify>,
+    /// Wakes the session's answer in flight when the user sends `/cancel`
+    /// or another message: the session is busy awaiting the LLM, so the
+    /// message itself waits behind the answer.
+    signals: Arc<ChatSignals>,
     /// Updates handed to the session and not finished, oldest first.
     pending: VecDeque<Arc<Inbound>>,
     last_active: Instant,
@@ -265,13 +265,13 @@ async fn on_route(
     let chat_id = inbound.chat_id;
     let inbound = Arc::new(inbound);
     if !state.chats.contains_key(&chat_id) {
-        let cancel = Arc::new(tokio::sync::Notify::new());
-        let session = spawn_session(myself, state, chat_id, Arc::clone(&cancel)).await?;
+        let signals = Arc::new(ChatSignals::default());
+        let session = spawn_session(myself, state, chat_id, Arc::clone(&signals)).await?;
         state.chats.insert(
             chat_id,
             Entry {
                 session,
-                cancel,
+                signals,
                 pending: VecDeque::new(),
                 last_active: Instant::now(),
                 head_crashes: 0,
@@ -290,8 +290,16 @@ async fn on_route(
     {
         return Ok(());
     }
-    if matches!(&inbound.kind, InboundKind::Command { name, .. } if name == "cancel") {
-        entry.cancel.notify_waiters();
+    match &inbound.kind {
+        InboundKind::Command { name, .. } if name == "cancel" => {
+            entry.signals.cancel.notify_waiters();
+        }
+        // Only a session busy answering is waiting for this; it tells the
+        // user once that the earlier answer comes first.
+        _ if !entry.pending.is_empty() && inbound.refused.is_none() => {
+            entry.signals.arrived.notify_waiters();
+        }
+        _ => {}
     }
     entry.pending.push_back(Arc::clone(&inbound));
     entry.last_active = Instant::now();
@@ -306,11 +314,11 @@ async fn spawn_session(
     myself: &ActorRef<SessionSupMsg>,
     state: &mut SessionSupState,
     chat_id: ChatId,
-    cancel: Arc<tokio::sync::Notify>,
+    signals: Arc<ChatSignals>,
 ) -> Result<ActorRef<SessionMsg>, ActorProcessingErr> {
     let args = SessionArgs {
         chat_id,
-        cancel,
+        signals,
         deps: state.deps.clone(),
         supervisor: myself.clone(),
     };
@@ -384,8 +392,8 @@ async fn on_session_died(
     }
     let pending: Vec<Arc<Inbound>> = entry.pending.iter().cloned().collect();
     state.stats.restarted += 1;
-    let cancel = Arc::clone(&entry.cancel);
-    let replacement = spawn_session(myself, state, chat_id, cancel).await?;
+    let signals = Arc::clone(&entry.signals);
+    let replacement = spawn_session(myself, state, chat_id, signals).await?;
     for inbound in pending {
         let _ = replacement.cast(SessionMsg::Handle(inbound));
     }
@@ -403,6 +411,7 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
     // Marked answered, so a restart does not replay it into another crash.
     let commit = TurnCommit {
         update_id: inbound.update_id,
+        also_answered: Vec::new(),
         change: RecordChange::Keep,
     };
     let directory = deps.directory.clone();

@@ -17,15 +17,28 @@
 //!   makes durably right after sending; only then does the session report
 //!   `TurnFinished`. Only a process crash between sending and committing can
 //!   repeat an answer; nothing is ever left unanswered.
+//! - **Bursts:** with `session.merge_window` set, a text waits (in the
+//!   session's state, still pending at the supervisor) for the messages
+//!   arriving right behind it; a long piece of a cut paste waits out the
+//!   window. They are answered as one request, and the turn marks every
+//!   merged update answered.
+//! - **Streaming** (`llm.stream`): the answer's first text is sent as a
+//!   message and then edited at most every `telegram.edit_interval` while it
+//!   grows, continuing in new messages past Telegram's size; the final text
+//!   replaces it, with a note if the stream broke. A message arriving while
+//!   an answer is written gets one "still writing" notice.
 //! - **Failures:** LLM errors are expected: the user gets a fallback reply and
 //!   the user message stays in the history. A panic is a bug: the supervisor
 //!   hands the unanswered updates to a new session, which reloads the record.
 
 mod admin;
+mod live;
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use teloxide::types::MessageId;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -38,14 +51,16 @@ use crate::actors::root::outbox::{OutboxMsg, Part, TurnCommit};
 use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
 use crate::history::History;
 use crate::input::{self, Rejection};
+use crate::llm::client::StreamTo;
 use crate::llm::{LlmError, Role};
 use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
-use crate::telegram::render::{render_markdown, to_messages};
+use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
 use crate::telemetry::security_event;
 use crate::texts::{Texts, fill};
+use live::LiveAnswer;
 
 /// Messages of a session.
 pub enum SessionMsg {
@@ -54,6 +69,22 @@ pub enum SessionMsg {
     Panic,
     /// Answer this update (sent only by the session supervisor).
     Handle(Arc<Inbound>),
+    /// Timer: the merge window of the texts waiting in `burst` is over (or
+    /// nothing more is waiting), unless more arrived since `generation`.
+    FlushBurst {
+        /// The burst's generation when the timer was set.
+        generation: u64,
+    },
+}
+
+/// Signals from the session supervisor that must reach a session while it is
+/// busy writing an answer (its mailbox waits behind that answer).
+#[derive(Debug, Default)]
+pub struct ChatSignals {
+    /// The user sent `/cancel`.
+    pub cancel: Notify,
+    /// Another message for this chat arrived.
+    pub arrived: Notify,
 }
 
 /// Arguments of a session.
@@ -64,8 +95,8 @@ pub struct SessionArgs {
     pub deps: Deps,
     /// Where `TurnFinished` goes.
     pub supervisor: ActorRef<SessionSupMsg>,
-    /// Notified by the supervisor when the user sends `/cancel`.
-    pub cancel: Arc<tokio::sync::Notify>,
+    /// Wakes the session's answer in flight (`/cancel`, new messages).
+    pub signals: Arc<ChatSignals>,
 }
 
 /// The session actor.
@@ -84,8 +115,16 @@ pub struct SessionState {
     is_new: bool,
     /// The sender of the update being handled is an admin: no token budget.
     budget_exempt: bool,
-    /// Notified by the supervisor when the user sends `/cancel`.
-    cancel: Arc<tokio::sync::Notify>,
+    /// Wakes the answer in flight (`/cancel`, new messages).
+    signals: Arc<ChatSignals>,
+    /// Texts waiting for the merge window to close, oldest first; still
+    /// pending at the supervisor, so a crash loses none of them.
+    burst: Vec<Arc<Inbound>>,
+    /// Bumped with each text added to `burst`: only the newest timer acts.
+    burst_generation: u64,
+    /// The messages a streamed answer is shown in so far, and their texts;
+    /// the final delivery edits them. Reset for each update.
+    streamed: Vec<(MessageId, OutgoingText)>,
     /// An answer was cancelled and its `/cancel` not yet handled.
     cancelled: bool,
     /// The reply being built is the LLM's answer: Markdown, sent as text
@@ -121,7 +160,10 @@ impl Actor for Session {
             awaiting_input: None,
             budget_exempt: false,
             reply_is_markdown: false,
-            cancel: Arc::clone(&args.cancel),
+            signals: Arc::clone(&args.signals),
+            burst: Vec::new(),
+            burst_generation: 0,
+            streamed: Vec::new(),
             cancelled: false,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
             deps: args.deps,
@@ -172,39 +214,145 @@ impl Actor for Session {
 
     async fn handle(
         &self,
-        _myself: ActorRef<SessionMsg>,
+        myself: ActorRef<SessionMsg>,
         message: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             #[cfg(feature = "chaos")]
             SessionMsg::Panic => panic!("chaos: ordered to panic"),
-            SessionMsg::Handle(inbound) => {
-                let span = tracing::info_span!(
-                    "update",
-                    update_id = inbound.update_id,
-                    chat_id = state.chat_id.0
-                );
-                on_handle(state, &inbound).instrument(span).await?;
+            SessionMsg::Handle(inbound) => on_arrival(&myself, state, inbound).await?,
+            SessionMsg::FlushBurst { generation } => {
+                if generation == state.burst_generation {
+                    answer_burst(state).await?;
+                }
             }
         }
         Ok(())
     }
 }
 
-async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), ActorProcessingErr> {
+/// Holds a text back while more may follow (`session.merge_window`);
+/// answers anything else at once, after the texts held back.
+async fn on_arrival(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    inbound: Arc<Inbound>,
+) -> Result<(), ActorProcessingErr> {
+    let session = &state.deps.config.session;
+    let window = session.merge_window;
+    let mergeable =
+        !window.is_zero() && inbound.refused.is_none() && inbound.update_id > state.last_update_id;
+    let text_chars = match &inbound.kind {
+        InboundKind::Text(text) if mergeable => Some(text.chars().count()),
+        _ => None,
+    };
+    let Some(chars) = text_chars else {
+        answer_burst(state).await?;
+        return on_update(state, &inbound, &[]).await;
+    };
+    if let Some(first) = state.burst.first() {
+        let held: usize = state.burst.iter().map(|i| text_len(i)).sum();
+        let joins = first.user_id == inbound.user_id
+            && inbound
+                .received_at
+                .saturating_duration_since(first.received_at)
+                <= window
+            && held + chars <= state.deps.config.input.max_merged_chars;
+        if !joins {
+            answer_burst(state).await?;
+        }
+    }
+    let first_received = state
+        .burst
+        .first()
+        .map_or(inbound.received_at, |first| first.received_at);
+    state.burst.push(inbound);
+    state.burst_generation += 1;
+    let generation = state.burst_generation;
+    let waits_for_more = chars >= state.deps.config.session.merge_wait_chars;
+    if waits_for_more {
+        let wait = (first_received + window).saturating_duration_since(std::time::Instant::now());
+        myself.send_after(wait, move || SessionMsg::FlushBurst { generation });
+    } else {
+        // Behind whatever is already in the mailbox: texts waiting there
+        // join the burst first.
+        myself.cast(SessionMsg::FlushBurst { generation })?;
+    }
+    Ok(())
+}
+
+fn text_len(inbound: &Inbound) -> usize {
+    match &inbound.kind {
+        InboundKind::Text(text) => text.chars().count(),
+        _ => 0,
+    }
+}
+
+/// Answers the texts held back, as one request when there are several.
+async fn answer_burst(state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    let burst = std::mem::take(&mut state.burst);
+    let Some((last, earlier)) = burst.split_last() else {
+        return Ok(());
+    };
+    if earlier.is_empty() {
+        return on_update(state, last, &[]).await;
+    }
+    let text = burst
+        .iter()
+        .filter_map(|inbound| match &inbound.kind {
+            InboundKind::Text(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let merged = Inbound {
+        kind: InboundKind::Text(text),
+        ..Inbound::clone(last)
+    };
+    let earlier: Vec<u32> = earlier.iter().map(|inbound| inbound.update_id).collect();
+    metrics::counter!("llmgram_merged_messages_total").increment(earlier.len() as u64);
+    tracing::debug!(
+        merged = earlier.len() + 1,
+        "messages merged into one request"
+    );
+    on_update(state, &merged, &earlier).await
+}
+
+/// Answers one update (or several merged ones: `earlier` are the update ids
+/// merged into `inbound`), in its own span.
+async fn on_update(
+    state: &mut SessionState,
+    inbound: &Inbound,
+    earlier: &[u32],
+) -> Result<(), ActorProcessingErr> {
+    let span = tracing::info_span!(
+        "update",
+        update_id = inbound.update_id,
+        chat_id = state.chat_id.0,
+        merged = earlier.len()
+    );
+    on_handle(state, inbound, earlier).instrument(span).await
+}
+
+async fn on_handle(
+    state: &mut SessionState,
+    inbound: &Inbound,
+    earlier: &[u32],
+) -> Result<(), ActorProcessingErr> {
     #[cfg(feature = "chaos")]
     if crate::chaos::take_session_panic(&state.deps.directory, state.chat_id) {
         panic!("chaos: session ordered to panic");
     }
+    state.streamed.clear();
     if inbound.update_id <= state.last_update_id {
         tracing::info!("update answered before; skipped");
-        return finish(state, inbound);
+        return finish(state, inbound, earlier);
     }
     if let Some(refusal) = refusal(state, inbound).await {
-        let commit = prepare_commit(state, inbound.update_id, Change::Keep);
+        let commit = prepare_commit(state, inbound.update_id, earlier, Change::Keep);
         deliver(state, refusal, commit).await;
-        return finish(state, inbound);
+        return finish(state, inbound, earlier);
     }
     if inbound.language_code.is_some() {
         state
@@ -252,7 +400,7 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         }
         InboundKind::Command { name, .. } => on_command(state, &texts, name),
         InboundKind::NonText => texts.non_text.clone(),
-        InboundKind::Text(text) => match input::validate(text, state.deps.config.input.max_chars) {
+        InboundKind::Text(text) => match input::validate(text, text_limit(state, earlier)) {
             Err(Rejection::Empty) => {
                 metrics::counter!("llmgram_rejected_inputs_total", "reason" => "empty")
                     .increment(1);
@@ -289,19 +437,36 @@ async fn on_handle(state: &mut SessionState, inbound: &Inbound) -> Result<(), Ac
         },
     };
     state.counters.answered += 1;
-    let commit = prepare_commit(state, inbound.update_id, change);
+    let commit = prepare_commit(state, inbound.update_id, earlier, change);
     deliver(state, reply, commit).await;
     let latency = inbound.received_at.elapsed();
     metrics::histogram!("llmgram_reply_latency_seconds").record(latency.as_secs_f64());
     tracing::debug!(latency_ms = latency.as_millis() as u64, "update finished");
-    finish(state, inbound)
+    finish(state, inbound, earlier)
 }
 
-fn finish(state: &SessionState, inbound: &Inbound) -> Result<(), ActorProcessingErr> {
-    state.supervisor.cast(SessionSupMsg::TurnFinished {
-        chat_id: state.chat_id,
-        update_id: inbound.update_id,
-    })?;
+/// The longest text accepted: one message's, or merged messages'.
+fn text_limit(state: &SessionState, earlier: &[u32]) -> usize {
+    let input = &state.deps.config.input;
+    if earlier.is_empty() {
+        input.max_chars
+    } else {
+        input.max_merged_chars
+    }
+}
+
+/// Tells the supervisor the update (and those merged into it) is done.
+fn finish(
+    state: &SessionState,
+    inbound: &Inbound,
+    earlier: &[u32],
+) -> Result<(), ActorProcessingErr> {
+    for &update_id in earlier.iter().chain([&inbound.update_id]) {
+        state.supervisor.cast(SessionSupMsg::TurnFinished {
+            chat_id: state.chat_id,
+            update_id,
+        })?;
+    }
     Ok(())
 }
 
@@ -403,7 +568,12 @@ enum Change {
 
 /// The turn's commit: the chat's record after it (or its deletion) with the
 /// update marked answered. The outbox makes it right after sending the reply.
-fn prepare_commit(state: &mut SessionState, update_id: u32, change: Change) -> Option<TurnCommit> {
+fn prepare_commit(
+    state: &mut SessionState,
+    update_id: u32,
+    earlier: &[u32],
+    change: Change,
+) -> Option<TurnCommit> {
     state.last_update_id = update_id;
     let change = match change {
         Change::Keep => RecordChange::Keep,
@@ -429,7 +599,11 @@ fn prepare_commit(state: &mut SessionState, update_id: u32, change: Change) -> O
             }
         }
     };
-    Some(TurnCommit { update_id, change })
+    Some(TurnCommit {
+        update_id,
+        also_answered: earlier.to_vec(),
+        change,
+    })
 }
 
 /// A configured assistant command: its template filled with the text, or a
@@ -559,40 +733,39 @@ async fn answer_with(
         &mut prompt,
         llm.context_tokens.saturating_sub(u64::from(llm.max_tokens)),
     );
-    let deps = &state.deps;
-    let call = deps
-        .directory
-        .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
-            messages: prompt.clone(),
-            options: options.clone(),
-            reply,
-        });
-    tokio::pin!(call);
-
-    let telegram = &deps.config.telegram;
+    let stream = state.deps.config.llm.stream.then(|| {
+        let llm = &state.deps.config.llm;
+        let (deltas, receiver) = mpsc::channel(STREAM_BUFFER);
+        let to = StreamTo {
+            deltas,
+            chunk_timeout: llm.stream_chunk_timeout,
+            max_duration: llm.stream_max_duration,
+        };
+        (to, receiver)
+    });
+    let (stream_to, deltas) = stream.unzip();
     let started = Instant::now();
-    let mut next_typing = started + telegram.typing_after;
-    let cancelled = state.cancel.notified();
-    tokio::pin!(cancelled);
-    let result = loop {
-        tokio::select! {
-            result = &mut call => break Some(result),
-            () = &mut cancelled => break None,
-            () = tokio::time::sleep_until(next_typing) => {
-                deps.directory.cast_now(Child::Outbox, OutboxMsg::ShowTyping { chat_id: state.chat_id });
-                next_typing += telegram.typing_interval;
-            }
-        }
+    let request = Request {
+        prompt: &prompt,
+        options: &options,
+        stream: stream_to,
     };
+    let (result, live) = await_answer(state, texts, request, deltas).await;
+    let partial = live.text().to_owned();
+    state.streamed = live.into_shown();
     let Some(result) = result else {
-        // The user sent /cancel. The call itself runs out in the pool; its
-        // answer is dropped. The question stays for /retry.
+        // The user sent /cancel. A plain call runs out in the pool and its
+        // answer is dropped; a stream stops at once. The question stays for
+        // /retry, and what was shown of the answer stays on screen.
         tracing::info!("answer cancelled");
         state.cancelled = true;
         state.history.push(Role::User, user_text);
-        return texts.cancelled.clone();
+        if partial.trim().is_empty() {
+            return texts.cancelled.clone();
+        }
+        state.reply_is_markdown = true;
+        return format!("{partial}\n\n{}", texts.cancelled);
     };
-    let result = result.unwrap_or(Err(LlmError::PoolUnavailable));
     let llm_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(completion) => {
@@ -610,6 +783,23 @@ async fn answer_with(
             state.reply_is_markdown = true;
             completion.text
         }
+        Err(LlmError::StreamCut(cause)) if !partial.trim().is_empty() => {
+            // The user has seen part of the answer: keep it, say it is cut.
+            tracing::info!(
+                llm_ms,
+                class = cause.class(),
+                chars = partial.chars().count(),
+                "stream cut"
+            );
+            state.counters.llm_failures += 1;
+            let tokens = estimate_tokens(&prompt, &partial);
+            state.counters.tokens_today += tokens;
+            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+            state.history.push(Role::User, user_text);
+            state.history.push(Role::Assistant, partial.as_str().into());
+            state.reply_is_markdown = true;
+            format!("{partial}\n\n{}", texts.answer_cut)
+        }
         Err(error) => {
             // Provider failures were logged by the pool where it handled
             // them; this is the user-facing outcome.
@@ -620,6 +810,138 @@ async fn answer_with(
             fallback_text(texts, &error)
         }
     }
+}
+
+/// Capacity of the channel a streamed answer's text arrives through
+/// (pieces). The provider's reader waits when it is full, so a slow chat
+/// holds back its stream instead of buffering it.
+const STREAM_BUFFER: usize = 64;
+
+/// One LLM request of a session.
+struct Request<'a> {
+    prompt: &'a [crate::llm::ChatMessage],
+    options: &'a Overrides,
+    stream: Option<StreamTo>,
+}
+
+/// Waits for the LLM pool's answer while showing "typing…", or the streamed
+/// answer as it grows, telling the user once if another message arrives
+/// meanwhile. `None` if the user cancelled.
+async fn await_answer(
+    state: &SessionState,
+    texts: &Texts,
+    request: Request<'_>,
+    mut deltas: Option<mpsc::Receiver<String>>,
+) -> (Option<Result<crate::llm::Completion, LlmError>>, LiveAnswer) {
+    let deps = &state.deps;
+    let chat_id = state.chat_id;
+    let telegram = &deps.config.telegram;
+    let call = deps
+        .directory
+        .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
+            messages: request.prompt.to_vec(),
+            options: request.options.clone(),
+            stream: request.stream.clone(),
+            reply,
+        });
+    tokio::pin!(call);
+    let mut live = LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval);
+    let mut update: Option<std::pin::Pin<Box<dyn Future<Output = Delivered> + Send + '_>>> = None;
+    let mut next_typing = Instant::now() + telegram.typing_after;
+    let cancelled = state.signals.cancel.notified();
+    tokio::pin!(cancelled);
+    let arrived = state.signals.arrived.notified();
+    tokio::pin!(arrived);
+    // Someone is waiting behind this answer: tell them once, when the
+    // answer has taken long enough for the wait to be noticed.
+    let mut queued = false;
+    let mut told = false;
+    let notice_at = Instant::now() + deps.config.session.queued_notice_after;
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break Some(result.unwrap_or(Err(LlmError::PoolUnavailable))),
+            () = &mut cancelled => break None,
+            () = &mut arrived, if !queued => queued = true,
+            () = tokio::time::sleep_until(notice_at), if queued && !told => {
+                told = true;
+                tell(deps, chat_id, &texts.answer_coming);
+            }
+            Some(delta) = next_delta(&mut deltas) => live.push(&delta),
+            sent = until_done(&mut update) => {
+                update = None;
+                live.finish_update(sent);
+            }
+            () = tokio::time::sleep_until(live.next_update()), if update.is_none() && live.wants_update() => {
+                let parts = live.begin_update();
+                update = Some(Box::pin(send_parts(deps, chat_id, parts, None)));
+            }
+            () = tokio::time::sleep_until(next_typing), if !live.is_showing() => {
+                deps.directory.cast_now(Child::Outbox, OutboxMsg::ShowTyping { chat_id });
+                next_typing += telegram.typing_interval;
+            }
+        }
+    };
+    // Text that arrived after the pool's answer was taken (the answer has
+    // it all, but a cut or cancelled stream keeps only what came).
+    if let Some(deltas) = &mut deltas {
+        while let Ok(delta) = deltas.try_recv() {
+            live.push(&delta);
+        }
+    }
+    // The final delivery edits what this update shows: it needs its ids.
+    if let Some(update) = update {
+        live.finish_update(update.await);
+    }
+    (result, live)
+}
+
+async fn next_delta(deltas: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match deltas {
+        Some(deltas) => deltas.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until_done<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An outbox delivery's outcome.
+type Delivered = Result<Vec<MessageId>, crate::telegram::TelegramError>;
+
+/// Sends parts through the outbox (committing `commit` after them).
+async fn send_parts(
+    deps: &Deps,
+    chat_id: ChatId,
+    parts: Vec<Part>,
+    commit: Option<TurnCommit>,
+) -> Delivered {
+    deps.directory
+        .call(Child::Outbox, |reply| OutboxMsg::Deliver {
+            chat_id,
+            parts: parts.clone(),
+            commit: commit.clone(),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(crate::telegram::TelegramError::OutboxUnavailable))
+}
+
+/// Sends one of the bot's own texts without waiting for it.
+fn tell(deps: &Deps, chat_id: ChatId, text: &str) {
+    let (reply, _not_awaited) = tokio::sync::oneshot::channel();
+    deps.directory.cast_now(
+        Child::Outbox,
+        OutboxMsg::Deliver {
+            chat_id,
+            parts: vec![Part::plain(text)],
+            commit: None,
+            reply: reply.into(),
+        },
+    );
 }
 
 /// The localised reply when no answer could be had.
@@ -644,37 +966,22 @@ fn fallback_text(texts: &Texts, error: &LlmError) -> String {
 }
 
 /// Hands the reply (and the turn's commit) to the outbox and waits until it
-/// is delivered or given up, and committed.
-async fn deliver(state: &SessionState, text: String, commit: Option<TurnCommit>) {
+/// is delivered or given up, and committed. A streamed answer's messages
+/// are edited into the final text.
+async fn deliver(state: &mut SessionState, text: String, commit: Option<TurnCommit>) {
     let max = state.deps.config.telegram.max_message_chars;
-    let parts: Vec<Part> = if state.reply_is_markdown {
+    let messages: Vec<OutgoingText> = if state.reply_is_markdown {
         to_messages(&render_markdown(&text), max)
-            .into_iter()
-            .map(Part::New)
-            .collect()
     } else {
         split_message(&text, max)
             .into_iter()
-            .map(Part::plain)
+            .map(OutgoingText::plain)
             .collect()
     };
-    let chat_id = state.chat_id;
+    let (parts, _) = live::diff(&std::mem::take(&mut state.streamed), messages);
     let parts_count = parts.len();
-    let sent = state
-        .deps
-        .directory
-        .call(Child::Outbox, |reply| OutboxMsg::Deliver {
-            chat_id,
-            parts: parts.clone(),
-            commit: commit.clone(),
-            reply,
-        })
-        .await;
-    match sent {
-        Ok(Ok(_)) => tracing::debug!(parts = parts_count, "delivered"),
-        Ok(Err(error)) => {
-            tracing::warn!(class = error.class(), %error, "reply not delivered");
-        }
-        Err(error) => tracing::error!(%error, "reply not delivered"),
+    match send_parts(&state.deps, state.chat_id, parts, commit).await {
+        Ok(_) => tracing::debug!(parts = parts_count, "delivered"),
+        Err(error) => tracing::warn!(class = error.class(), %error, "reply not delivered"),
     }
 }
