@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod binary;
+mod bursts;
 mod commands;
 mod conversation;
 mod eviction;
@@ -15,3 +16,4 @@ mod protection;
 mod resilience;
 mod restarts;
 mod slow_chat;
+mod streaming;

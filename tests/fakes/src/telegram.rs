@@ -127,6 +127,8 @@ struct Inner {
     subscribers: Vec<UnboundedSender<SentMessage>>,
     actions: Vec<ChatActionRecord>,
     edits: Vec<EditRecord>,
+    /// The latest text of each edited message, by `(chat, message id)`.
+    current_text: HashMap<(i64, i64), String>,
     my_commands: Vec<Value>,
     method_calls: HashMap<String, usize>,
     faults: VecDeque<TelegramFault>,
@@ -388,6 +390,27 @@ impl FakeTelegram {
             .get(&chat_id)
             .map(|ix| ix.iter().map(|&i| inner.sent[i].clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// What the chat shows now: each message sent to `chat_id`, in order, as
+    /// `(message_id, text)` with its latest edit applied.
+    pub fn transcript(&self, chat_id: i64) -> Vec<(i64, String)> {
+        let inner = lock(&self.shared.inner);
+        let Some(indexes) = inner.sent_by_chat.get(&chat_id) else {
+            return Vec::new();
+        };
+        indexes
+            .iter()
+            .map(|&i| {
+                let sent = &inner.sent[i];
+                let text = inner
+                    .current_text
+                    .get(&(chat_id, sent.message_id))
+                    .cloned()
+                    .unwrap_or_else(|| sent.text.clone());
+                (sent.message_id, text)
+            })
+            .collect()
     }
 
     /// Number of messages sent with `sendMessage`.
@@ -837,6 +860,29 @@ fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
     if let Err(failure) = check_text(&text) {
         return failure.into_response();
     }
+    let original = inner.sent_by_chat.get(&chat_id).and_then(|indexes| {
+        indexes
+            .iter()
+            .map(|&i| &inner.sent[i])
+            .find(|sent| sent.message_id == message_id)
+            .map(|sent| sent.text.clone())
+    });
+    let Some(original) = original else {
+        return error(400, "Bad Request: message to edit not found");
+    };
+    let current = inner
+        .current_text
+        .get(&(chat_id, message_id))
+        .unwrap_or(&original);
+    if *current == text {
+        return error(
+            400,
+            "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+        );
+    }
+    inner
+        .current_text
+        .insert((chat_id, message_id), text.clone());
     inner.edits.push(EditRecord {
         chat_id,
         message_id,

@@ -1,0 +1,191 @@
+//! Streamed answers (`llm.stream = true`): shown live in one message edited
+//! a bounded number of times, continued in new messages past 4,096
+//! characters, and kept (with a note) when the stream breaks.
+
+use std::time::Duration;
+
+use llmgram_fakes::{LlmReply, LlmReplyKind};
+
+use crate::common::{Harness, eventually};
+
+const STREAMING: &str = "llm.stream = true\ntelegram.edit_interval = \"200ms\"\n";
+
+fn stream(chunks: Vec<String>, chunk_delay: Duration, break_after: Option<usize>) -> LlmReply {
+    LlmReply::now(LlmReplyKind::Stream {
+        chunks,
+        chunk_delay,
+        break_after,
+    })
+}
+
+/// Waits until the chat shows `messages` messages, none of them still
+/// growing for a while, and returns their texts.
+async fn settled_transcript(h: &Harness, chat_id: i64, messages: usize) -> Vec<String> {
+    let mut last = Vec::new();
+    let mut stable_since = tokio::time::Instant::now();
+    eventually("the streamed answer to settle", || {
+        let now = h.telegram.transcript(chat_id);
+        if now != last {
+            last = now.clone();
+            stable_since = tokio::time::Instant::now();
+        }
+        let settled = now.len() >= messages && stable_since.elapsed() > Duration::from_millis(700);
+        async move { settled }
+    })
+    .await;
+    last.into_iter().map(|(_, text)| text).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_chunks_make_one_message_edited_a_bounded_number_of_times() {
+    let h = Harness::start_with(STREAMING).await;
+    let chunks: Vec<String> = (0..50).map(|i| format!("word{i} ")).collect();
+    let full: String = chunks.concat();
+    // 50 chunks 40 ms apart: a 2 s stream.
+    h.llm
+        .script(vec![stream(chunks, Duration::from_millis(40), None)]);
+
+    h.say(70, "tell me a story");
+    let shown = settled_transcript(&h, 70, 1).await;
+    assert_eq!(
+        shown,
+        [full.trim_end()],
+        "one message, ending in the full text"
+    );
+    assert!(h.llm.requests()[0].stream, "the request asked for a stream");
+
+    let edits = h
+        .telegram
+        .edits()
+        .iter()
+        .filter(|e| e.chat_id == 70)
+        .count();
+    // 2 s of stream at one update per 200 ms, plus the final edit.
+    assert!(edits >= 2, "the message grew live: {edits} edits");
+    assert!(
+        edits <= 14,
+        "edits are paced by telegram.edit_interval: {edits}"
+    );
+    assert_eq!(h.telegram.sent_to(70).len(), 1, "no second message");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_9000_character_stream_ends_as_three_messages() {
+    let h = Harness::start_with(STREAMING).await;
+    // 90 chunks of 100 characters, sentences and paragraphs.
+    let chunks: Vec<String> = (0..90)
+        .map(|i| {
+            let sentence = format!("Sentence {i:03} of a long streamed answer. ");
+            let mut chunk: String = sentence.repeat(4).chars().take(98).collect();
+            chunk.push_str(if i % 10 == 9 { "\n\n" } else { "  " });
+            chunk
+        })
+        .collect();
+    let full: String = chunks.concat();
+    assert_eq!(full.chars().count(), 9_000);
+    h.llm
+        .script(vec![stream(chunks, Duration::from_millis(10), None)]);
+
+    h.say(71, "write a lot");
+    let shown = settled_transcript(&h, 71, 3).await;
+    assert_eq!(shown.len(), 3, "9,000 characters end as 3 messages");
+    for text in &shown {
+        assert!(text.encode_utf16().count() <= 4096);
+    }
+    let squeeze = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    assert_eq!(
+        squeeze(&shown.concat()),
+        squeeze(&full),
+        "every character, in order"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_keeps_what_arrived_and_says_it_was_cut() {
+    let h = Harness::start_with(STREAMING).await;
+    let chunks: Vec<String> = (0..10).map(|i| format!("part{i} ")).collect();
+    h.llm
+        .script(vec![stream(chunks, Duration::from_millis(30), Some(5))]);
+
+    h.say(72, "go");
+    let shown = settled_transcript(&h, 72, 1).await;
+    assert_eq!(shown.len(), 1);
+    assert!(
+        shown[0].starts_with("part0 part1 part2 part3 part4"),
+        "what arrived is kept: {shown:?}"
+    );
+    assert!(!shown[0].contains("part5"));
+    assert!(shown[0].contains("cut off"), "the user is told: {shown:?}");
+    assert_eq!(
+        h.llm.request_count(),
+        1,
+        "a stream the user has seen is not retried or sent elsewhere"
+    );
+
+    // The question can be answered again in full.
+    h.llm.script(vec![LlmReply::text("the whole answer")]);
+    h.say(72, "/retry");
+    eventually("the retried answer", || {
+        let done = h
+            .telegram
+            .transcript(72)
+            .iter()
+            .any(|(_, text)| text == "the whole answer");
+        async move { done }
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_failing_before_its_first_text_is_retried_invisibly() {
+    let h = Harness::start_with(&format!(
+        "{STREAMING}llm.retry.initial_backoff = \"10ms\"\n"
+    ))
+    .await;
+    h.llm.script(vec![
+        LlmReply::status(500, None),
+        stream(
+            vec!["fine ".into(), "now".into()],
+            Duration::from_millis(10),
+            None,
+        ),
+    ]);
+    h.say(73, "hello");
+    let shown = settled_transcript(&h, 73, 1).await;
+    assert_eq!(shown, ["fine now"]);
+    assert_eq!(h.llm.request_count(), 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_stream_and_keeps_what_was_shown() {
+    let h = Harness::start_with(STREAMING).await;
+    let chunks: Vec<String> = (0..100).map(|i| format!("w{i} ")).collect();
+    h.llm
+        .script(vec![stream(chunks, Duration::from_millis(50), None)]);
+    h.say(74, "long answer please");
+    eventually("the stream to show a few words", || {
+        let shown = h
+            .telegram
+            .transcript(74)
+            .first()
+            .is_some_and(|(_, text)| text.contains("w3"));
+        async move { shown }
+    })
+    .await;
+    h.say(74, "/cancel");
+    let shown = settled_transcript(&h, 74, 1).await;
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(shown[0].starts_with("w0 w1"), "{shown:?}");
+    assert!(!shown[0].contains("w99"), "the stream stopped: {shown:?}");
+    assert!(shown[0].contains("Cancelled"), "{shown:?}");
+    eventually("the provider's stream to be dropped", || {
+        let idle = h.llm.in_flight() == 0;
+        async move { idle }
+    })
+    .await;
+    h.stop().await;
+}
