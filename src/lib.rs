@@ -8,9 +8,12 @@
 //! - [`actors`]: the supervision tree, one actor per file, placed as in the
 //!   tree (`actors/root/session_sup/session.rs` is supervised by
 //!   `session_sup`, which root supervises).
-//! - [`telegram`]: updates in ([`telegram::inbound`]), long answers split
-//!   ([`telegram::split`]), Bot API errors classified.
-//! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call.
+//! - [`telegram`]: updates in ([`telegram::inbound`]), Markdown rendered to
+//!   entities ([`telegram::render`]), long answers split
+//!   ([`telegram::split`]), the calls the outbox makes
+//!   ([`telegram::transport`]), Bot API errors classified.
+//! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call,
+//!   plain or streamed (server-sent events).
 //! - [`ops`]: the operator's HTTP listener (health, readiness, metrics).
 //! - [`history`]: a chat's bounded history, owned by its session.
 //! - [`store`]: versioned records and their encoding; only the persistence

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::error::{LlmError, TimeoutPhase};
-use super::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, Completion};
+use super::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, Completion, StreamOptions};
 use crate::config::{Config, LlmConfig, RetryConfig, Secret, Secrets};
 use crate::retry::Backoff;
 
@@ -205,6 +205,7 @@ impl LlmClient {
             max_tokens: self.max_tokens,
             temperature,
             stream: false,
+            stream_options: None,
         };
         let response = check_status(self.post(&body).send().await?).await?;
         let bytes = response.bytes().await?;
@@ -231,6 +232,9 @@ impl LlmClient {
             max_tokens: self.max_tokens,
             temperature,
             stream: true,
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
         };
         let request = self.post(&body).timeout(stream.max_duration);
         let response = match tokio::time::timeout_at(deadline, request.send()).await {

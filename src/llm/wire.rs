@@ -51,6 +51,17 @@ pub struct ChatRequest<'a> {
     pub temperature: f32,
     /// Whether to stream the answer as server-sent events.
     pub stream: bool,
+    /// For a stream: ask for token usage in its last chunk (the budget
+    /// counts real tokens, not estimates, where the provider can).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `stream_options` of a streamed request.
+#[derive(Debug, Serialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    pub include_usage: bool,
 }
 
 /// The parts of the response body llmgram reads.
