@@ -199,15 +199,8 @@ impl LlmClient {
         model: &str,
         temperature: f32,
     ) -> Result<Completion, LlmError> {
-        let body = ChatRequest {
-            model,
-            messages,
-            max_tokens: self.max_tokens,
-            temperature,
-            stream: false,
-            stream_options: None,
-        };
-        let response = check_status(self.post(&body).send().await?).await?;
+        let request = self.post(messages, model, temperature, false);
+        let response = check_status(request.send().await?).await?;
         let bytes = response.bytes().await?;
         parse_completion(&bytes)
     }
@@ -226,17 +219,9 @@ impl LlmClient {
         stream: &StreamTo,
         deadline: Instant,
     ) -> Result<Completion, LlmError> {
-        let body = ChatRequest {
-            model,
-            messages,
-            max_tokens: self.max_tokens,
-            temperature,
-            stream: true,
-            stream_options: Some(StreamOptions {
-                include_usage: true,
-            }),
-        };
-        let request = self.post(&body).timeout(stream.max_duration);
+        let request = self
+            .post(messages, model, temperature, true)
+            .timeout(stream.max_duration);
         let response = match tokio::time::timeout_at(deadline, request.send()).await {
             Ok(response) => check_status(response?).await?,
             Err(_) => return Err(LlmError::Timeout(TimeoutPhase::Read)),
@@ -310,9 +295,25 @@ impl LlmClient {
         }
     }
 
-    /// A `POST /chat/completions` with the key, if any.
-    fn post(&self, body: &ChatRequest<'_>) -> reqwest::RequestBuilder {
-        let request = self.http.post(self.endpoint.clone()).json(body);
+    /// A `POST /chat/completions` of the prompt, with the key, if any.
+    fn post(
+        &self,
+        messages: &[ChatMessage],
+        model: &str,
+        temperature: f32,
+        stream: bool,
+    ) -> reqwest::RequestBuilder {
+        let body = ChatRequest {
+            model,
+            messages,
+            max_tokens: self.max_tokens,
+            temperature,
+            stream,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+        };
+        let request = self.http.post(self.endpoint.clone()).json(&body);
         match &self.api_key {
             Some(key) => request.bearer_auth(key.expose()),
             None => request,
