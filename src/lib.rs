@@ -12,6 +12,8 @@
 //!   ([`telegram::split`]), Bot API errors classified.
 //! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call.
 //! - [`ops`]: the operator's HTTP listener (health, readiness, metrics).
+//! - [`console`]: `llmgram chat`, the console front: the same tree without
+//!   Telegram, talked to from a terminal.
 //! - [`history`]: a chat's bounded history, owned by its session.
 //! - [`store`]: versioned records and their encoding; only the persistence
 //!   actor opens the database.
@@ -26,6 +28,7 @@ pub mod app;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod history;
 pub mod input;

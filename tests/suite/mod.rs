@@ -3,6 +3,7 @@
 mod bad_input;
 mod binary;
 mod commands;
+mod console;
 mod conversation;
 mod eviction;
 mod groups;
