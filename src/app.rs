@@ -1,6 +1,7 @@
 //! Builds the supervision tree from a configuration and runs it until a
 //! shutdown signal or a fatal supervision error. Both the binary and the
-//! tests start the service through [`start`].
+//! tests start the service through [`start`] (Telegram) or
+//! [`start_console`] (`llmgram chat`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::actors::root::{self, Deps, Fatal, Root, RootArgs, RootMsg, TreeStatus
 use crate::config::{Config, Secret, Secrets};
 use crate::llm::{self, LlmClient, LlmError};
 use crate::ops::{Health, OpsState};
+use crate::telegram::transport::Transport;
 use crate::telegram::{self, TelegramError};
 use crate::texts::{LocaleError, Locales};
 use tokio::net::TcpListener;
@@ -37,6 +39,9 @@ pub enum AppError {
     /// Telegram answered getMe with "Unauthorized".
     #[error("Telegram rejected the bot token: check TELEGRAM_BOT_TOKEN")]
     TokenRejected,
+    /// The Telegram front was started without a bot token.
+    #[error("TELEGRAM_BOT_TOKEN is not set")]
+    TokenMissing,
     /// The Bot API client could not be built.
     #[error("telegram client: {0}")]
     Telegram(#[from] TelegramError),
@@ -55,6 +60,9 @@ pub enum AppError {
     /// The root supervisor gave up.
     #[error("supervision: {0}")]
     Fatal(#[from] Fatal),
+    /// The console front (`llmgram chat`) failed.
+    #[error("console: {0}")]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 impl AppError {
@@ -63,7 +71,7 @@ impl AppError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            Self::Storage { .. } | Self::TokenRejected | Self::Locale(_)
+            Self::Storage { .. } | Self::TokenRejected | Self::TokenMissing | Self::Locale(_)
         )
     }
 }
@@ -77,7 +85,7 @@ pub struct Service {
     /// The store's writer thread; it ends once the tree has stopped.
     store_thread: Option<std::thread::JoinHandle<()>>,
     grace: std::time::Duration,
-    ops_addr: std::net::SocketAddr,
+    ops_addr: Option<std::net::SocketAddr>,
     /// Stops the ops listener, and its task.
     ops: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -86,6 +94,36 @@ pub struct Service {
 /// spawns the supervision tree. `instance` names this service's actors (one
 /// process may run several in tests).
 pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<Service, AppError> {
+    start_with(config, secrets, instance, Front::Telegram).await
+}
+
+/// Starts the service for the console front (`llmgram chat`): the same tree
+/// without an ingress, answers printed through `out`, no Bot API call and no
+/// ops listener (a bot running beside it may hold `ops.listen`). Updates are
+/// handed over by [`crate::console`].
+pub async fn start_console(
+    config: Config,
+    secrets: Secrets,
+    instance: &str,
+    out: crate::console::ConsoleOut,
+) -> Result<Service, AppError> {
+    start_with(config, secrets, instance, Front::Console(out)).await
+}
+
+/// Where users' messages come from and answers go.
+enum Front {
+    /// The Bot API, with the token from the secrets.
+    Telegram,
+    /// The operator's terminal.
+    Console(crate::console::ConsoleOut),
+}
+
+async fn start_with(
+    config: Config,
+    secrets: Secrets,
+    instance: &str,
+    front: Front,
+) -> Result<Service, AppError> {
     let config = Arc::new(config);
     let storage = config.storage.clone();
     let (store, store_thread) = tokio::task::spawn_blocking(move || StoreWriter::start(&storage))
@@ -95,23 +133,39 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
             path: config.storage.path.display().to_string(),
             reason: error.to_string(),
         })?;
-    let bot = telegram::build_bot(&config.telegram, &secrets.telegram_token)?;
-    let bot_username = check_token(&bot).await?;
+    let (transport, bot_username) = match front {
+        Front::Telegram => {
+            let token = secrets
+                .telegram_token
+                .as_ref()
+                .ok_or(AppError::TokenMissing)?;
+            let bot = telegram::build_bot(&config.telegram, token)?;
+            let bot_username = check_token(&bot).await?;
+            (Transport::Telegram(bot), bot_username)
+        }
+        Front::Console(out) => (Transport::Console(out), None),
+    };
     let llm: Arc<[LlmClient]> = llm::client::providers(&config, &secrets)?.into();
     let directory = Directory::new(instance, &config.supervision);
     // Installed once per process; every later service shares it.
     crate::ops::prometheus();
     let health = Arc::new(Health::new(llm.len()));
-    let ops_listener = TcpListener::bind(config.ops.listen)
-        .await
-        .map_err(|e| AppError::Ops(format!("ops.listen {}: {e}", config.ops.listen)))?;
+    let ops_listener = match &transport {
+        Transport::Telegram(_) => Some(
+            TcpListener::bind(config.ops.listen)
+                .await
+                .map_err(|e| AppError::Ops(format!("ops.listen {}: {e}", config.ops.listen)))?,
+        ),
+        Transport::Console(_) => None,
+    };
     let ops_addr = ops_listener
-        .local_addr()
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
         .map_err(|e| AppError::Ops(e.to_string()))?;
     let deps = Deps {
         directory: directory.clone(),
-        transport: telegram::transport::Transport::Telegram(bot.clone()),
-        bot,
+        transport,
         bot_username,
         llm: Arc::clone(&llm),
         llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
@@ -135,15 +189,18 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
     )
     .await
     .map_err(|e| AppError::Spawn(e.to_string()))?;
-    let (ops_stop, ops_stopped) = oneshot::channel::<()>();
-    let ops_task = tokio::spawn(crate::ops::serve(ops_listener, ops_state, async move {
-        let _ = ops_stopped.await;
-    }));
+    let ops = ops_listener.map(|listener| {
+        let (ops_stop, ops_stopped) = oneshot::channel::<()>();
+        let ops_task = tokio::spawn(crate::ops::serve(listener, ops_state, async move {
+            let _ = ops_stopped.await;
+        }));
+        (ops_stop, ops_task)
+    });
     tracing::info!(
         instance,
         model = %config.llm.model,
         llm = %config.llm.base_url,
-        ops = %ops_addr,
+        ops = ?ops_addr,
         "llmgram started"
     );
     Ok(Service {
@@ -154,7 +211,7 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
         store_thread: Some(store_thread),
         grace: config.shutdown.grace,
         ops_addr,
-        ops: Some((ops_stop, ops_task)),
+        ops,
     })
 }
 
@@ -170,8 +227,9 @@ pub async fn run(
 }
 
 impl Service {
-    /// Where the ops listener (health, readiness, metrics) listens.
-    pub fn ops_addr(&self) -> std::net::SocketAddr {
+    /// Where the ops listener (health, readiness, metrics) listens; `None`
+    /// for the console front, which runs none.
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
         self.ops_addr
     }
 

@@ -52,6 +52,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub ops: OpsConfig,
     pub log: LogConfig,
+    pub console: ConsoleConfig,
     #[serde(default)]
     pub commands: Vec<CommandConfig>,
     pub shutdown: ShutdownConfig,
@@ -418,6 +419,14 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// `[console]`: settings of `llmgram chat` only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ConsoleConfig {
+    pub log_level: String,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -469,8 +478,9 @@ impl fmt::Display for Secret {
 /// Secrets, read only from their environment variables.
 #[derive(Debug, Clone)]
 pub struct Secrets {
-    /// The Telegram bot token (`TELEGRAM_BOT_TOKEN`).
-    pub telegram_token: Secret,
+    /// The Telegram bot token (`TELEGRAM_BOT_TOKEN`); `None` only for the
+    /// console front (`llmgram chat`), which never calls the Bot API.
+    pub telegram_token: Option<Secret>,
     /// The LLM provider's API key (`LLM_API_KEY`); local servers such as
     /// Ollama need none.
     pub llm_api_key: Option<Secret>,
@@ -782,7 +792,7 @@ impl Secrets {
     /// Which secrets are set, never their values: for `check-config`.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            TOKEN_VAR: "set (redacted)",
+            TOKEN_VAR: if self.telegram_token.is_some() { "set (redacted)" } else { "not set" },
             LLM_KEY_VAR: if self.llm_api_key.is_some() { "set (redacted)" } else { "not set" },
             "fallback keys": self.fallback_keys.keys().collect::<Vec<_>>(),
         })
@@ -795,27 +805,45 @@ impl Secrets {
         config: &Config,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let non_empty = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
-        let token = non_empty(TOKEN_VAR).ok_or(ConfigError::MissingSecret {
+        let secrets = Self::without_token(config, &lookup);
+        let token = non_empty(&lookup, TOKEN_VAR).ok_or(ConfigError::MissingSecret {
             var: TOKEN_VAR,
             reason: "the bot token from @BotFather is required",
         })?;
+        Ok(Self {
+            telegram_token: Some(Secret::new(token)),
+            ..secrets
+        })
+    }
+
+    /// The secrets of the console front (`llmgram chat`): the LLM keys as for
+    /// the bot, and no bot token, which is not even read.
+    pub fn for_console(config: &Config, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        Self::without_token(config, &lookup)
+    }
+
+    fn without_token(config: &Config, lookup: &impl Fn(&str) -> Option<String>) -> Self {
         let fallback_keys = config
             .llm
             .fallback
             .iter()
             .filter_map(|provider| {
                 let var = provider.api_key_env.as_deref()?;
-                Some((provider.name.clone(), Secret::new(non_empty(var)?)))
+                Some((provider.name.clone(), Secret::new(non_empty(lookup, var)?)))
             })
             .collect();
-        Ok(Self {
-            telegram_token: Secret::new(token),
-            llm_api_key: non_empty(LLM_KEY_VAR).map(Secret::new),
+        Self {
+            telegram_token: None,
+            llm_api_key: non_empty(lookup, LLM_KEY_VAR).map(Secret::new),
             fallback_keys,
-            webhook_secret: non_empty(WEBHOOK_SECRET_VAR).map(Secret::new),
-        })
+            webhook_secret: non_empty(lookup, WEBHOOK_SECRET_VAR).map(Secret::new),
+        }
     }
+}
+
+/// The variable's value through `lookup`, unless unset or blank.
+fn non_empty(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
+    lookup(var).filter(|v| !v.trim().is_empty())
 }
 
 /// Turns figment's error into one line naming the key and, for a value that
@@ -959,8 +987,14 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        let shown = format!("{secrets:?} {}", secrets.telegram_token);
+        let token = secrets.telegram_token.as_ref().unwrap();
+        let shown = format!("{secrets:?} {token}");
         assert!(!shown.contains("SECRET"), "{shown}");
-        assert_eq!(secrets.telegram_token.expose(), "123:SECRET");
+        assert_eq!(token.expose(), "123:SECRET");
+        let console = Secrets::for_console(&config, |var| {
+            (var == LLM_KEY_VAR).then(|| "sk-SECRET".into())
+        });
+        assert!(console.telegram_token.is_none());
+        assert_eq!(console.llm_api_key.unwrap().expose(), "sk-SECRET");
     }
 }

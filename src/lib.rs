@@ -15,6 +15,8 @@
 //! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call,
 //!   plain or streamed (server-sent events).
 //! - [`ops`]: the operator's HTTP listener (health, readiness, metrics).
+//! - [`console`]: `llmgram chat`, the console front: the same tree without
+//!   Telegram, talked to from a terminal.
 //! - [`history`]: a chat's bounded history, owned by its session.
 //! - [`store`]: versioned records and their encoding; only the persistence
 //!   actor opens the database.
@@ -29,6 +31,7 @@ pub mod app;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod history;
 pub mod input;

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use llmgram::app;
-use llmgram::config::{Config, Secrets};
+use llmgram::config::{Config, LogConfig, Secrets};
+use llmgram::console::{self, ChatOptions};
+use llmgram::texts::Locales;
 
 /// A Telegram assistant bot answering with a large language model.
 #[derive(Debug, Parser)]
@@ -42,6 +44,19 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
     },
+    /// Talk to the bot from this terminal: each line of stdin is a message
+    /// (commands too), answered on stdout through the same actors, settings
+    /// and LLM provider as the bot. Needs no TELEGRAM_BOT_TOKEN; ends at the
+    /// end of stdin or on Ctrl-C.
+    Chat {
+        /// Keep the conversation in DIR between runs (default: a temporary
+        /// directory removed at exit). Never the running bot's storage.path.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The language of the bot's own texts.
+        #[arg(long, default_value = "en", value_parser = clap::builder::PossibleValuesParser::new(Locales::LANGUAGES))]
+        language: String,
+    },
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -53,6 +68,10 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => return check_config(args.config.as_deref()),
         Some(Command::Backup { to }) => return backup(args.config.as_deref(), &to),
         Some(Command::Restore { from }) => return restore(args.config.as_deref(), &from),
+        Some(Command::Chat { data_dir, language }) => {
+            let options = ChatOptions { data_dir, language };
+            return chat(args.config.as_deref(), options);
+        }
         None => {}
     }
     let loaded = Config::load(args.config.as_deref()).and_then(|config| {
@@ -82,7 +101,43 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(app::run(config, secrets, shutdown_signal())) {
+    exit_code(runtime.block_on(app::run(config, secrets, shutdown_signal())))
+}
+
+/// `llmgram chat`: the console front, until stdin ends or a signal.
+fn chat(file: Option<&std::path::Path>, options: ChatOptions) -> ExitCode {
+    let config = match load_config(file) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let secrets = Secrets::for_console(&config, |var| std::env::var(var).ok());
+    let log = LogConfig {
+        level: config.console.log_level.clone(),
+        format: config.log.format,
+    };
+    let _log_guard = match llmgram::telemetry::init(&log) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("llmgram: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("llmgram: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    exit_code(runtime.block_on(console::run(config, secrets, options, shutdown_signal())))
+}
+
+/// The exit code for how the service ended, after saying why if it failed.
+fn exit_code(result: Result<(), app::AppError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "llmgram stopped");

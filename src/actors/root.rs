@@ -3,7 +3,8 @@
 //!
 //! - **Supervised by:** nobody; `app` spawns it and waits for it.
 //! - **Children:** the rows of [`POLICY`], started in order, stopped in
-//!   reverse order.
+//!   reverse order; with the console front (`llmgram chat`) there is no
+//!   ingress row's child.
 //! - **Messages:** [`RootMsg::Shutdown`] (graceful stop), [`RootMsg::Status`]
 //!   (children and their restart counts).
 //! - **State:** the running children and each one's recent restarts.
@@ -36,7 +37,6 @@ use std::time::Duration;
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
-use teloxide::Bot;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
@@ -91,15 +91,18 @@ impl Kind {
         }
     }
 
-    /// The children of this kind for `providers` LLM providers.
-    fn children(self, providers: usize) -> Vec<Child> {
+    /// The children of this kind for these dependencies: one breaker per
+    /// LLM provider, and no ingress for the console front (its reader hands
+    /// updates over from outside the tree).
+    fn children(self, deps: &Deps) -> Vec<Child> {
         match self {
             Self::Persistence => vec![Child::Persistence],
-            Self::Breakers => (0..providers).map(Child::breaker).collect(),
+            Self::Breakers => (0..deps.llm.len()).map(Child::breaker).collect(),
             Self::Limiter => vec![Child::Limiter],
             Self::LlmPool => vec![Child::LlmPool],
             Self::Outbox => vec![Child::Outbox],
             Self::SessionSup => vec![Child::SessionSup],
+            Self::Ingress if deps.transport.bot().is_none() => Vec::new(),
             Self::Ingress => vec![Child::Ingress],
         }
     }
@@ -222,9 +225,9 @@ pub struct Deps {
     pub config: Arc<Config>,
     /// Name lookups of this instance.
     pub directory: Directory,
-    /// The Bot API client (one connection pool for Telegram).
-    pub bot: Bot,
-    /// Where the outbox sends (the Bot API through `bot`).
+    /// The front end: where the outbox sends, and for Telegram the one Bot
+    /// API client (one connection pool) the ingress polls with. The console
+    /// front has no Bot API client, and root starts no ingress for it.
     pub transport: crate::telegram::transport::Transport,
     /// The bot's username from getMe, when known at start.
     pub bot_username: Option<String>,
@@ -297,7 +300,7 @@ impl Actor for Root {
             // error reaches `app::start` and the process exits non-zero.
             start_child(&myself, &mut state, child).await?;
         }
-        tracing::info!(children = POLICY.len(), "supervision tree started");
+        tracing::info!(children = state.running.len(), "supervision tree started");
         Ok(state)
     }
 
@@ -351,7 +354,7 @@ impl Actor for Root {
 fn all_children(deps: &Deps) -> Vec<Child> {
     POLICY
         .iter()
-        .flat_map(|spec| spec.kind.children(deps.llm.len()))
+        .flat_map(|spec| spec.kind.children(deps))
         .collect()
 }
 

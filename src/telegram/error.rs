@@ -38,6 +38,9 @@ pub enum TelegramError {
     /// The outbox did not answer (it was restarting); the caller may resend.
     #[error("the outbox is unavailable")]
     OutboxUnavailable,
+    /// The console front could not write the answer (stdout closed).
+    #[error("cannot write to the console: {0}")]
+    Console(String),
 }
 
 impl TelegramError {
@@ -65,6 +68,7 @@ impl TelegramError {
             Self::Store(_) => "store",
             Self::Blocked => "blocked",
             Self::OutboxUnavailable => "outbox_unavailable",
+            Self::Console(_) => "console",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! What a user sent, in the form the actors work with.
 //!
-//! The ingress turns each Telegram update into an [`Inbound`]; nothing past the
-//! ingress sees teloxide's update types. Updates that are not for us (edited
+//! The ingress turns each Telegram update into an [`Inbound`] (the console
+//! front, each line it reads); nothing past the ingress sees teloxide's
+//! update types. Updates that are not for us (edited
 //! messages, channel posts, commands addressed to another bot) become `None`.
 
 use std::time::Instant;
@@ -118,6 +119,13 @@ fn classify(message: &Message, bot_username: &str) -> Option<InboundKind> {
     let Some(text) = message.text() else {
         return Some(InboundKind::NonText);
     };
+    classify_private_text(text, bot_username)
+}
+
+/// What a text sent in a private chat is: a command (`/name args`), plain
+/// text, or `None` for a command addressed to another bot
+/// (`/start@other_bot`). The console front classifies its lines here too.
+pub fn classify_private_text(text: &str, bot_username: &str) -> Option<InboundKind> {
     Some(match parse_command(text, bot_username) {
         Parsed::Command { name, args } => InboundKind::Command { name, args },
         Parsed::ForAnotherBot => return None,

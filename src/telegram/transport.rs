@@ -1,4 +1,5 @@
-//! Where the outbox's messages go: the Bot API, one call per message.
+//! Where the outbox's messages go: the Bot API, one call per message, or
+//! the operator's terminal (`llmgram chat`).
 //!
 //! The outbox decides order, pacing and retries; a transport only performs
 //! one call and classifies its failure. Keeping the calls behind this type
@@ -13,15 +14,26 @@ use teloxide::{ApiError, RequestError};
 use super::TelegramError;
 use super::inbound::ChatId;
 use super::render::OutgoingText;
+use crate::console::ConsoleOut;
 
-/// The Bot API client the outbox sends through. Cloning is cheap.
+/// The front end the outbox sends through. Cloning is cheap.
 #[derive(Debug, Clone)]
 pub enum Transport {
     /// Telegram's Bot API (or a fake of it) through teloxide.
     Telegram(Bot),
+    /// The operator's terminal: answers are printed on stdout.
+    Console(ConsoleOut),
 }
 
 impl Transport {
+    /// The Bot API client, when the front end is Telegram.
+    pub fn bot(&self) -> Option<&Bot> {
+        match self {
+            Self::Telegram(bot) => Some(bot),
+            Self::Console(_) => None,
+        }
+    }
+
     /// Sends one message; returns its id (for later edits).
     pub async fn send(
         &self,
@@ -40,6 +52,7 @@ impl Transport {
                 }
                 Ok(request.await?.id)
             }
+            Self::Console(out) => out.send(&part.text).await,
         }
     }
 
@@ -64,6 +77,7 @@ impl Transport {
                     Err(error) => Err(error.into()),
                 }
             }
+            Self::Console(out) => out.edit(message_id, &part.text).await,
         }
     }
 
@@ -74,6 +88,9 @@ impl Transport {
                 bot.send_chat_action(chat_id, ChatAction::Typing).await?;
                 Ok(())
             }
+            // The prompt does not come back before the answer: enough to
+            // show that something is going on.
+            Self::Console(_) => Ok(()),
         }
     }
 }

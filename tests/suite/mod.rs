@@ -4,6 +4,7 @@ mod bad_input;
 mod binary;
 mod bursts;
 mod commands;
+mod console;
 mod conversation;
 mod eviction;
 mod groups;

@@ -19,7 +19,7 @@ async fn get(url: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_the_provider_while_its_breaker_is_open() {
     let h = Harness::start_with(FAST_BREAKER).await;
-    let base = format!("http://{}", h.service.ops_addr());
+    let base = format!("http://{}", h.service.ops_addr().expect("ops listener"));
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     eventually("ready", || async {
         get(&format!("{base}/readyz")).await.0 == 200

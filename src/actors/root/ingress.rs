@@ -78,6 +78,8 @@ enum IngressError {
     SessionsUnavailable,
     #[error(transparent)]
     Store(StoreError),
+    #[error("the front end has no Bot API to poll")]
+    NoBotApi,
 }
 
 impl Actor for Ingress {
@@ -91,11 +93,13 @@ impl Actor for Ingress {
         deps: Deps,
     ) -> Result<IngressState, ActorProcessingErr> {
         let config = &deps.config.telegram;
+        // Root starts no ingress for the console front.
+        let bot = deps.transport.bot().ok_or(IngressError::NoBotApi)?.clone();
         myself.cast(IngressMsg::Poll)?;
         Ok(IngressState {
             backoff: Backoff::new(config.retry_min, config.retry_max),
             config: Arc::new(config.clone()),
-            bot: deps.bot,
+            bot,
             health: deps.health,
             full_config: Arc::clone(&deps.config),
             locales: deps.locales.clone(),
@@ -242,7 +246,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
 
 /// Why received updates could not be handed over.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum HandOverError {
+pub enum HandOverError {
     /// Storing them failed: they must be fetched (or posted) again.
     #[error(transparent)]
     Store(StoreError),
@@ -251,11 +255,12 @@ pub(super) enum HandOverError {
     SessionsUnavailable,
 }
 
-/// What both ingresses (polling here, `webhook.rs`) do with received
-/// updates: admit them durably (dropping any the store has seen), mark the
-/// ones the rate limiter refuses, and route them to the session supervisor.
-/// Once this returns `Ok`, Telegram may forget them.
-pub(super) async fn hand_over(
+/// What every front end (polling here, `webhook.rs`, the console reader in
+/// `crate::console`) does with received updates: admit them durably
+/// (dropping any the store has seen), mark the ones the rate limiter refuses,
+/// and route them to the session supervisor. Once this returns `Ok`, Telegram
+/// may forget them.
+pub(crate) async fn hand_over(
     directory: &Directory,
     config: &Config,
     inbound: Vec<Inbound>,

@@ -5,8 +5,9 @@
 //! - **Supervised by:** root, permanent; started first, stopped last.
 //! - **Messages:** [`PersistenceMsg::LoadChat`], [`PersistenceMsg::AdmitUpdates`],
 //!   [`PersistenceMsg::CommitTurn`], [`PersistenceMsg::PendingUpdates`],
-//!   [`PersistenceMsg::Confirmed`], [`PersistenceMsg::Stats`], and
-//!   [`PersistenceMsg::WriterFailed`] from its writer.
+//!   [`PersistenceMsg::NewestUpdateId`], [`PersistenceMsg::Confirmed`],
+//!   [`PersistenceMsg::Stats`], and [`PersistenceMsg::WriterFailed`] from its
+//!   writer.
 //! - **State:** the sending end of the [`StoreWriter`]'s queue and shared
 //!   counters. The actor never touches the disk: it forwards each request to
 //!   the writer thread and returns, so its mailbox never waits on I/O.
@@ -86,6 +87,13 @@ pub enum PersistenceMsg {
     PendingUpdates {
         /// The updates.
         reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+    },
+    /// The highest update id the store holds (pending, or answered and not
+    /// yet pruned); `None` if it holds none. The console front numbers its
+    /// updates after it.
+    NewestUpdateId {
+        /// The id.
+        reply: RpcReplyPort<Result<Option<u32>, StoreError>>,
     },
     /// Telegram will not deliver updates below `below` again (the ingress
     /// confirmed them), so their answered markers can go.
@@ -229,6 +237,7 @@ impl PersistenceMsg {
                 drop(reply.send(Err(error.clone())));
             }
             Self::PendingUpdates { reply } => drop(reply.send(Err(error.clone()))),
+            Self::NewestUpdateId { reply } => drop(reply.send(Err(error.clone()))),
             Self::LoadSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Backup { reply, .. } => drop(reply.send(Err(error.clone()))),
             // Not storage requests: never given to the writer.
@@ -534,6 +543,7 @@ impl Thread {
                 },
                 read @ (PersistenceMsg::LoadChat { .. }
                 | PersistenceMsg::PendingUpdates { .. }
+                | PersistenceMsg::NewestUpdateId { .. }
                 | PersistenceMsg::LoadSetting { .. }
                 | PersistenceMsg::Backup { .. }) => prepared.push(read),
                 // The actor answers these itself; they never reach the writer.
@@ -634,6 +644,9 @@ impl Thread {
             PersistenceMsg::PendingUpdates { reply } => {
                 let _ = reply.send(self.pending());
             }
+            PersistenceMsg::NewestUpdateId { reply } => {
+                let _ = reply.send(self.newest_update_id());
+            }
             PersistenceMsg::LoadSetting { key, reply } => {
                 let _ = reply.send(self.setting(key));
             }
@@ -697,6 +710,14 @@ impl Thread {
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
+        }
+    }
+
+    fn newest_update_id(&self) -> Result<Option<u32>, StoreError> {
+        // Keys are big-endian ids, so the last key is the highest id.
+        match self.store.updates.last_key_value() {
+            Some(item) => Ok(update_from_key(&item.into_inner()?.0)),
+            None => Ok(None),
         }
     }
 

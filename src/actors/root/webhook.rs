@@ -87,6 +87,8 @@ enum WebhookError {
     Register(TelegramError),
     #[error("cannot listen on webhook.listen {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("the front end has no Bot API to register with")]
+    NoBotApi,
 }
 
 impl Actor for Webhook {
@@ -100,11 +102,12 @@ impl Actor for Webhook {
         deps: Deps,
     ) -> Result<WebhookState, ActorProcessingErr> {
         let config = &deps.config.webhook;
+        // Root starts no webhook for the console front.
+        let bot = deps.transport.bot().ok_or(WebhookError::NoBotApi)?;
         let url = Url::parse(&config.url).map_err(|_| WebhookError::Url(config.url.clone()))?;
         let bot_username = match &deps.bot_username {
             Some(name) => name.clone(),
-            None => deps
-                .bot
+            None => bot
                 .get_me()
                 .await
                 .map_err(|e| WebhookError::Register(e.into()))?
@@ -114,8 +117,7 @@ impl Actor for Webhook {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| WebhookError::Bind(config.listen, e))?;
-        deps.bot
-            .set_webhook(url.clone())
+        bot.set_webhook(url.clone())
             .secret_token(deps.webhook_secret.expose().to_owned())
             .allowed_updates([AllowedUpdate::Message])
             .await
@@ -136,7 +138,7 @@ impl Actor for Webhook {
                 }
             })
         };
-        crate::telegram::register_commands(&deps.bot, &deps.config, &deps.locales)
+        crate::telegram::register_commands(bot, &deps.config, &deps.locales)
             .await
             .map_err(|e| WebhookError::Register(e.into()))?;
         let receiver = Receiver {
