@@ -171,3 +171,42 @@ async fn a_chats_model_choice_survives_a_restart() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_default_command_builds_its_request_and_answers() {
+    let h = Harness::start().await;
+    let defaults = Config::from_defaults_with("").unwrap();
+    let commands = ["flirt", "caption", "reply", "ideas"];
+    for (i, name) in commands.iter().enumerate() {
+        let chat = 40 + i as i64;
+        h.say(chat, &format!("/{name} summer in Lisbon"));
+        let reply = &h.replies(chat, 1).await[0];
+        let request = &h.llm.requests()[i];
+        let command = defaults.command(name).unwrap();
+        assert_eq!(
+            request.messages[0],
+            ("system".to_owned(), defaults.llm.system_prompt.clone()),
+            "/{name}: the system prompt, byte for byte"
+        );
+        assert_eq!(
+            request.last_user_message(),
+            fill(&command.template, &[("input", "summer in Lisbon")]),
+            "/{name}: the template, filled"
+        );
+        let model = command.model.as_deref().unwrap_or(&defaults.llm.model);
+        assert_eq!(request.model, model, "/{name}: the model");
+        let temperature = command.temperature.unwrap_or(defaults.llm.temperature);
+        let sent = request.body["temperature"].as_f64().unwrap();
+        assert!(
+            (sent - f64::from(temperature)).abs() < 1e-6,
+            "/{name}: temperature {sent}"
+        );
+        assert_eq!(
+            reply.text,
+            format!("answer to: {}", request.last_user_message()),
+            "/{name}: answered"
+        );
+    }
+    assert_eq!(h.llm.request_count(), commands.len());
+    h.stop().await;
+}

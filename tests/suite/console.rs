@@ -196,3 +196,28 @@ async fn sigterm_stops_the_chat_gracefully() {
         "the temporary store is removed on a signal too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_prints_as_it_grows_and_only_once() {
+    let llm = FakeLlm::start().await;
+    let chunks: Vec<String> = (0..20).map(|i| format!("w{i} ")).collect();
+    let full = chunks.concat();
+    llm.script(vec![LlmReply::now(llmgram_fakes::LlmReplyKind::Stream {
+        chunks,
+        chunk_delay: std::time::Duration::from_millis(30),
+        break_after: None,
+    })]);
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[llm]\nstream = true\n[telegram]\nedit_interval = \"100ms\"\n",
+    )
+    .unwrap();
+    let config_path = config.path().to_str().unwrap();
+    let output = chat(&llm, "tell me\n", &["--config", config_path], None).await;
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}\n{}", stderr(&output));
+    let squeeze = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(squeeze(&out), squeeze(&full), "every word once, in order");
+    assert!(llm.requests()[0].stream);
+}
