@@ -131,6 +131,7 @@ pub struct TelegramConfig {
     pub max_flood_waits: u32,
     pub per_chat_rate: u32,
     pub per_chat_burst: u32,
+    pub group_per_minute: u32,
     pub global_rate: u32,
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
@@ -613,6 +614,7 @@ impl Config {
         positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
         positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
         positive("telegram.global_rate", u64::from(t.global_rate))?;
+        positive("telegram.group_per_minute", u64::from(t.group_per_minute))?;
         positive("telegram.edit_interval", millis(t.edit_interval))?;
         positive(
             "llm.stream_chunk_timeout",

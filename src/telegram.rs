@@ -40,20 +40,25 @@ pub fn build_bot(config: &TelegramConfig, token: &Secret) -> Result<Bot, Telegra
 #[derive(Debug)]
 pub struct SendPacing {
     per_chat: DefaultKeyedRateLimiter<i64>,
+    /// Groups have a stricter limit of their own on top.
+    per_group: DefaultKeyedRateLimiter<i64>,
     global: DefaultDirectRateLimiter,
 }
 
 impl SendPacing {
-    /// Limiters from `telegram.per_chat_rate`/`per_chat_burst` and
-    /// `telegram.global_rate`.
+    /// Limiters from `telegram.per_chat_rate`/`per_chat_burst`,
+    /// `telegram.group_per_minute` and `telegram.global_rate`.
     pub fn new(config: &TelegramConfig) -> Self {
         let nonzero = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         let per_chat = Quota::per_second(nonzero(config.per_chat_rate))
             .allow_burst(nonzero(config.per_chat_burst));
         let global = Quota::per_second(nonzero(config.global_rate))
             .allow_burst(nonzero(config.global_rate.max(config.per_chat_burst)));
+        let per_group = Quota::per_minute(nonzero(config.group_per_minute))
+            .allow_burst(nonzero(config.per_chat_burst));
         Self {
             per_chat: RateLimiter::keyed(per_chat),
+            per_group: RateLimiter::keyed(per_group),
             global: RateLimiter::direct(global),
         }
     }
@@ -61,6 +66,10 @@ impl SendPacing {
     /// Waits until a message may go to `chat`.
     pub async fn until_ready(&self, chat: ChatId) {
         self.per_chat.until_key_ready(&chat.0).await;
+        // Group and supergroup chat ids are negative.
+        if chat.0 < 0 {
+            self.per_group.until_key_ready(&chat.0).await;
+        }
         self.global.until_ready().await;
     }
 
@@ -68,6 +77,8 @@ impl SendPacing {
     pub fn reclaim(&self) {
         self.per_chat.retain_recent();
         self.per_chat.shrink_to_fit();
+        self.per_group.retain_recent();
+        self.per_group.shrink_to_fit();
     }
 }
 

@@ -41,6 +41,7 @@ pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
     ("telegram.per_chat_rate", "1000000"),
     ("telegram.per_chat_burst", "1000000"),
     ("telegram.global_rate", "1000000"),
+    ("telegram.group_per_minute", "1000000"),
 ];
 
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);

@@ -68,6 +68,7 @@ impl BotProcess {
             .env("LLMGRAM_TELEGRAM__PER_CHAT_RATE", "1000000")
             .env("LLMGRAM_TELEGRAM__PER_CHAT_BURST", "1000000")
             .env("LLMGRAM_TELEGRAM__GLOBAL_RATE", "1000000")
+            .env("LLMGRAM_TELEGRAM__GROUP_PER_MINUTE", "1000000")
             .env("LLMGRAM_SESSION__MERGE_WINDOW", "0s")
             .env("LLMGRAM_OPS__LISTEN", "127.0.0.1:0")
             .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
