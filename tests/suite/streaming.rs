@@ -189,3 +189,88 @@ async fn cancel_stops_a_stream_and_keeps_what_was_shown() {
     .await;
     h.stop().await;
 }
+
+fn event(delta: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        serde_json::json!({"choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": null}]})
+    )
+}
+
+fn raw(pieces: Vec<String>) -> LlmReply {
+    LlmReply::now(LlmReplyKind::RawSse {
+        pieces,
+        chunk_delay: Duration::from_millis(20),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_in_a_streams_last_chunk_is_what_the_budget_counts() {
+    let h = Harness::start_with(STREAMING).await;
+    let usage = serde_json::json!({
+        "choices": [],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 234, "total_tokens": 1234}
+    });
+    h.llm.script(vec![raw(vec![
+        event("Hello"),
+        event(" there"),
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        ),
+        format!("data: {usage}\n\n"),
+        "data: [DONE]\n\n".into(),
+    ])]);
+    h.say(75, "hi");
+    assert_eq!(settled_transcript(&h, 75, 1).await, ["Hello there"]);
+    assert_eq!(
+        h.llm.requests()[0].body["stream_options"]["include_usage"],
+        true,
+        "the stream asks for usage"
+    );
+    h.say(75, "/usage");
+    eventually("the usage reply", || {
+        let shown = h
+            .telegram
+            .transcript(75)
+            .iter()
+            .any(|(_, text)| text.contains("1234"));
+        async move { shown }
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_a_stream_cuts_it_or_falls_back_never_reaching_the_user() {
+    let h = Harness::start_with(&format!(
+        "{STREAMING}llm.retry.initial_backoff = \"10ms\"\n"
+    ))
+    .await;
+    // Garbage after some text: the text stays, marked as cut.
+    h.llm.script(vec![raw(vec![
+        event("Hello there"),
+        "data: {\"choices\": [ this is not json\n\n".into(),
+    ])]);
+    h.say(76, "hi");
+    let shown = settled_transcript(&h, 76, 1).await;
+    assert!(shown[0].starts_with("Hello there"), "{shown:?}");
+    assert!(shown[0].contains("cut off"), "{shown:?}");
+    assert!(!shown[0].contains("json"), "no provider text: {shown:?}");
+
+    // Garbage from the start: retried, then the localised fallback.
+    let garbage = || raw(vec!["data: nonsense\n\n".into()]);
+    h.llm.set_responder(move |_| garbage());
+    h.say(77, "hi");
+    let shown = settled_transcript(&h, 77, 1).await;
+    assert_eq!(
+        shown,
+        ["The assistant can't answer right now. Please try again in a minute."]
+    );
+    assert!(
+        h.llm.request_count() >= 3,
+        "retried: {}",
+        h.llm.request_count()
+    );
+    h.stop().await;
+}

@@ -107,6 +107,15 @@ pub enum LlmReplyKind {
         /// Abort the connection after this many chunks.
         break_after: Option<usize>,
     },
+    /// A `200 text/event-stream` body sent exactly as given (the events,
+    /// `data: ` lines and blank lines included), `chunk_delay` between the
+    /// pieces: for streams with usage chunks, garbage or odd framing.
+    RawSse {
+        /// Pieces of the body.
+        pieces: Vec<String>,
+        /// Pause between consecutive pieces.
+        chunk_delay: Duration,
+    },
 }
 
 impl LlmReply {
@@ -441,6 +450,33 @@ async fn chat_completions(
             chunk_delay,
             break_after,
         } => sse_response(id, request.model, chunks, chunk_delay, break_after, guard),
+        LlmReplyKind::RawSse {
+            pieces,
+            chunk_delay,
+        } => {
+            let stream = futures_util::StreamExt::then(
+                futures_util::stream::iter(pieces.into_iter().enumerate()),
+                move |(i, piece)| async move {
+                    if i > 0 && !chunk_delay.is_zero() {
+                        tokio::time::sleep(chunk_delay).await;
+                    }
+                    Ok::<_, std::io::Error>(Bytes::from(piece))
+                },
+            );
+            let guarded = futures_util::stream::unfold(
+                (Box::pin(stream), guard),
+                |(mut stream, guard)| async move {
+                    let next = futures_util::StreamExt::next(&mut stream).await?;
+                    Some((next, (stream, guard)))
+                },
+            );
+            let mut response = Response::new(Body::from_stream(guarded));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            response
+        }
     }
 }
 
