@@ -206,6 +206,8 @@ impl Conversation {
                 language_code: Some(self.language.clone()),
                 kind,
                 received_at: Instant::now(),
+                // Each line waits for its answer: nothing to merge.
+                sent_at: None,
                 refused: None,
                 speaker: None,
             };

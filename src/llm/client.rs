@@ -139,6 +139,9 @@ impl LlmClient {
         let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
         let mut attempt = 1;
         loop {
+            if options.stream.is_some_and(|s| s.deltas.is_closed()) {
+                return (Err(LlmError::Abandoned), attempt);
+            }
             let result = match options.stream {
                 // A stream is bounded by the deadline only until its first
                 // text: after that, cutting it would waste a shown answer.
@@ -222,10 +225,25 @@ impl LlmClient {
         let request = self
             .post(messages, model, temperature, true)
             .timeout(stream.max_duration);
+        let started = Instant::now();
         let response = match tokio::time::timeout_at(deadline, request.send()).await {
             Ok(response) => check_status(response?).await?,
             Err(_) => return Err(LlmError::Timeout(TimeoutPhase::Read)),
         };
+        if is_json(&response) {
+            // A server that does not stream answers with one plain body.
+            let bytes = match tokio::time::timeout_at(deadline, response.bytes()).await {
+                Ok(bytes) => bytes?,
+                Err(_) => return Err(LlmError::Timeout(TimeoutPhase::Read)),
+            };
+            let mut completion = parse_completion(&bytes)?;
+            completion.first_text_after = Some(started.elapsed());
+            if stream.deltas.send(completion.text.clone()).await.is_err() {
+                return Err(LlmError::Abandoned);
+            }
+            return Ok(completion);
+        }
+        let mut first_text_after = None;
         let mut events = response.bytes_stream().eventsource();
         let mut text = String::new();
         let mut usage = None;
@@ -274,11 +292,14 @@ impl LlmClient {
                 continue;
             }
             text.push_str(&content);
+            if first_text_after.is_none() && !text.trim().is_empty() {
+                first_text_after = Some(started.elapsed());
+            }
             if stream.deltas.send(content).await.is_err() {
                 // Nobody reads the answer any more: dropping the response
                 // closes the connection, and the provider stops generating.
                 tracing::debug!(provider = %self.name, "stream abandoned by its reader");
-                break Ok(());
+                break Err(LlmError::Abandoned);
             }
         };
         match outcome {
@@ -289,8 +310,12 @@ impl LlmClient {
                 text,
                 usage,
                 finish_reason,
+                first_text_after,
             }),
-            Err(error) if text.is_empty() => Err(error),
+            Err(LlmError::Abandoned) => Err(LlmError::Abandoned),
+            // Nothing the user could read arrived: the call may be retried
+            // or go to the next provider like any other.
+            Err(error) if text.trim().is_empty() => Err(error),
             Err(error) => Err(LlmError::StreamCut(Box::new(error))),
         }
     }
@@ -345,6 +370,15 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
     Ok(response)
 }
 
+/// Whether the body is one JSON document (not an event stream).
+fn is_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"))
+}
+
 /// Classifies a failure while reading a stream.
 fn stream_error(error: EventStreamError<reqwest::Error>) -> LlmError {
     match error {
@@ -395,6 +429,7 @@ pub fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
         text,
         usage: response.usage,
         finish_reason: choice.finish_reason,
+        first_text_after: None,
     })
 }
 

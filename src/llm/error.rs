@@ -67,6 +67,10 @@ pub enum LlmError {
     /// second, different answer.
     #[error("the stream broke midway: {0}")]
     StreamCut(Box<LlmError>),
+    /// The caller stopped reading a streamed answer (the user cancelled):
+    /// the call ends, nothing is retried, and the provider is not blamed.
+    #[error("the answer is no longer wanted")]
+    Abandoned,
     /// Every provider's circuit breaker is open or every provider failed;
     /// `retry_in` is when the first breaker lets a call through again.
     #[error("no provider can answer now (retry in {retry_in:?})")]
@@ -95,6 +99,7 @@ impl LlmError {
             Self::PoolUnavailable => "pool_unavailable",
             Self::NoProvider { .. } => "no_provider",
             Self::StreamCut(_) => "stream_cut",
+            Self::Abandoned => "abandoned",
         }
     }
 
@@ -120,7 +125,10 @@ impl LlmError {
     pub fn counts_against_provider(&self) -> bool {
         match self {
             Self::Rejected { status, .. } => matches!(status, 401 | 403 | 404),
-            Self::Overloaded | Self::PoolUnavailable | Self::NoProvider { .. } => false,
+            Self::Overloaded
+            | Self::PoolUnavailable
+            | Self::NoProvider { .. }
+            | Self::Abandoned => false,
             _ => true,
         }
     }

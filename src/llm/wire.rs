@@ -136,4 +136,8 @@ pub struct Completion {
     pub usage: Option<Usage>,
     /// Why generation stopped, when reported.
     pub finish_reason: Option<String>,
+    /// For a streamed answer: how long its first text took, which is what
+    /// the user waited for (a long answer streaming for a minute is not a
+    /// slow provider).
+    pub first_text_after: Option<std::time::Duration>,
 }

@@ -289,6 +289,7 @@ impl StoredUpdate {
                 StoredKind::NonText => InboundKind::NonText,
             },
             received_at: std::time::Instant::now(),
+            sent_at: None,
             refused: None,
             // Not stored: a replayed group message loses its speaker's name.
             speaker: None,

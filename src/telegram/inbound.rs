@@ -26,6 +26,9 @@ pub struct Inbound {
     pub kind: InboundKind,
     /// When the ingress received it, for end-to-end latency.
     pub received_at: Instant,
+    /// When the user sent it (Telegram's `date`, Unix seconds); `None` for
+    /// updates replayed from the store, which are never merged with others.
+    pub sent_at: Option<i64>,
     /// Set by the ingress when the rate limiter says not to answer it.
     pub refused: Option<Refused>,
     /// In group chats, the sender's first name: the history names speakers.
@@ -107,6 +110,7 @@ impl Inbound {
             language_code: user.and_then(|u| u.language_code.clone()),
             kind,
             received_at: Instant::now(),
+            sent_at: Some(message.date.timestamp()),
             refused: None,
             speaker: (!message.chat.is_private())
                 .then(|| user.map(|u| u.first_name.clone()))

@@ -97,3 +97,51 @@ async fn messages_behind_a_slow_answer_get_one_notice_and_their_own_answers() {
     assert_eq!(h.telegram.sent_to(82).len(), 4, "told once");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_inside_the_merge_window_sends_nothing_to_the_llm() {
+    let h =
+        Harness::start_with("session.merge_window = \"2s\"\nsession.merge_wait_chars = 0\n").await;
+    h.say(83, "one");
+    h.say(83, "two");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.say(83, "/cancel");
+    let reply = &h.replies(83, 1).await[0];
+    assert!(reply.text.starts_with("Cancelled"), "{}", reply.text);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h.llm.request_count(),
+        0,
+        "the held messages never reached the LLM"
+    );
+    assert_eq!(h.telegram.sent_to(83).len(), 1);
+
+    // They were kept: /retry answers them.
+    h.say(83, "/retry");
+    let replies = h.replies(83, 2).await;
+    assert_eq!(replies[1].text, "answer to: one\ntwo");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_request_that_crashes_its_session_is_retried_message_by_message() {
+    let h =
+        Harness::start_with("session.merge_window = \"1s\"\nsession.merge_wait_chars = 0\n").await;
+    // The session panics when it starts answering the merged request.
+    llmgram::chaos::panic_session(
+        h.service.directory(),
+        llmgram::telegram::inbound::ChatId(84),
+    );
+    h.say(84, "a");
+    h.say(84, "b");
+    h.say(84, "c");
+    let replies = h.replies(84, 3).await;
+    let texts: Vec<&str> = replies.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(texts, ["answer to: a", "answer to: b", "answer to: c"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.telegram.sent_to(84).len(), 3, "each exactly once");
+    let stats = h.service.session_stats().await.unwrap();
+    assert_eq!(stats.restarted, 1);
+    assert_eq!(stats.dropped, 0, "no innocent message dropped");
+    h.stop().await;
+}

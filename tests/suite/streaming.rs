@@ -274,3 +274,62 @@ async fn garbage_in_a_stream_cuts_it_or_falls_back_never_reaching_the_user() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_cannot_be_edited_gets_the_final_text_as_a_new_one() {
+    let h = Harness::start_with(STREAMING).await;
+    h.llm.script(vec![stream(
+        vec!["part0 ".into(), "part1".into()],
+        Duration::from_millis(300),
+        Some(1),
+    )]);
+    h.say(78, "go");
+    eventually("the first text", || {
+        let shown = !h.telegram.transcript(78).is_empty();
+        async move { shown }
+    })
+    .await;
+    // The user deletes the message: the final edit is refused.
+    h.telegram.fail_next_sends(
+        1,
+        llmgram_fakes::TelegramFault::Status(400, "Bad Request: message to edit not found".into()),
+    );
+    let shown = settled_transcript(&h, 78, 2).await;
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert_eq!(shown[0], "part0");
+    assert!(
+        shown[1].starts_with("part0") && shown[1].contains("cut off"),
+        "the final text arrives all the same: {shown:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_is_not_a_slow_call_for_the_breaker() {
+    // Calls slower than 200 ms count as failures; two of them open the
+    // breaker. Streams whose first text comes at once but which run for
+    // a second are not slow.
+    let h = Harness::start_with(&format!(
+        "{STREAMING}breaker.window = 4\nbreaker.min_calls = 2\nbreaker.slow_call = \"200ms\"\n"
+    ))
+    .await;
+    let long_stream = || {
+        stream(
+            (0..10).map(|i| format!("w{i} ")).collect(),
+            Duration::from_millis(100),
+            None,
+        )
+    };
+    h.llm.set_responder(move |_| long_stream());
+    for chat in [85, 86, 87] {
+        h.say(chat, "long answer");
+        let shown = settled_transcript(&h, chat, 1).await;
+        assert_eq!(shown, ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"], "chat {chat}");
+    }
+    assert_eq!(
+        h.llm.request_count(),
+        3,
+        "every answer came from the provider"
+    );
+    h.stop().await;
+}

@@ -283,7 +283,12 @@ async fn complete_with_fallback(
                 .as_ref()
                 .err()
                 .is_some_and(LlmError::counts_against_provider),
-            duration: started.elapsed(),
+            // A stream is as slow as its first text.
+            duration: result
+                .as_ref()
+                .ok()
+                .and_then(|completion| completion.first_text_after)
+                .unwrap_or(elapsed),
         };
         directory.cast_now(breaker, BreakerMsg::Record { outcome });
         match result {
@@ -294,6 +299,7 @@ async fn complete_with_fallback(
                 }
                 return Ok(completion);
             }
+            Err(LlmError::Abandoned) => return Err(LlmError::Abandoned),
             Err(error @ LlmError::StreamCut(_)) => {
                 // Part of this answer is on the user's screen: another
                 // provider would start a different one.

@@ -7,6 +7,10 @@
 //!   the turn, and say when done), [`OutboxMsg::Flush`] (answer when the
 //!   chat's earlier jobs are done), [`OutboxMsg::ShowTyping`] (best effort),
 //!   and [`OutboxMsg::JobFinished`] (from its own send tasks).
+//! - **Edits:** a part may replace the text of a message sent before (a
+//!   streamed answer growing); an edit Telegram refuses (the message was
+//!   deleted, or is too old) is sent as a new message instead, so the rest
+//!   of the answer still arrives.
 //! - **Send, then commit:** a delivery carries its turn's commit, which the
 //!   send task makes right after sending. The task is detached from every
 //!   actor, so a session (or its supervisor) dying after handing over an
@@ -276,7 +280,23 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
             } => {
                 let mut result = Ok(Vec::with_capacity(parts.len()));
                 for part in &parts {
-                    match send_part(&transport, &config, &pacing, chat_id, part).await {
+                    let mut sent = send_part(&transport, &config, &pacing, chat_id, part).await;
+                    // A message that cannot be edited (deleted by the user,
+                    // too old) must not cost the rest of the answer: its
+                    // text goes as a new message instead.
+                    let resend = match (&sent, part) {
+                        (Err(error), Part::Edit { text, .. })
+                            if !matches!(error, TelegramError::Blocked) =>
+                        {
+                            tracing::warn!(chat_id = chat_id.0, class = error.class(), %error, "edit failed; sending a new message");
+                            Some(Part::New(text.clone()))
+                        }
+                        _ => None,
+                    };
+                    if let Some(part) = resend {
+                        sent = send_part(&transport, &config, &pacing, chat_id, &part).await;
+                    }
+                    match sent {
                         Ok(id) => {
                             if let Ok(ids) = &mut result {
                                 ids.push(id);

@@ -266,7 +266,7 @@ async fn on_route(
     let inbound = Arc::new(inbound);
     if !state.chats.contains_key(&chat_id) {
         let signals = Arc::new(ChatSignals::default());
-        let session = spawn_session(myself, state, chat_id, Arc::clone(&signals)).await?;
+        let session = spawn_session(myself, state, chat_id, Arc::clone(&signals), true).await?;
         state.chats.insert(
             chat_id,
             Entry {
@@ -315,10 +315,12 @@ async fn spawn_session(
     state: &mut SessionSupState,
     chat_id: ChatId,
     signals: Arc<ChatSignals>,
+    merge: bool,
 ) -> Result<ActorRef<SessionMsg>, ActorProcessingErr> {
     let args = SessionArgs {
         chat_id,
         signals,
+        merge,
         deps: state.deps.clone(),
         supervisor: myself.clone(),
     };
@@ -393,7 +395,8 @@ async fn on_session_died(
     let pending: Vec<Arc<Inbound>> = entry.pending.iter().cloned().collect();
     state.stats.restarted += 1;
     let signals = Arc::clone(&entry.signals);
-    let replacement = spawn_session(myself, state, chat_id, signals).await?;
+    // The replacement answers each redelivered update alone.
+    let replacement = spawn_session(myself, state, chat_id, signals, false).await?;
     for inbound in pending {
         let _ = replacement.cast(SessionMsg::Handle(inbound));
     }

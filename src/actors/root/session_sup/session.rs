@@ -97,6 +97,10 @@ pub struct SessionArgs {
     pub supervisor: ActorRef<SessionSupMsg>,
     /// Wakes the session's answer in flight (`/cancel`, new messages).
     pub signals: Arc<ChatSignals>,
+    /// Whether to merge bursts (`session.merge_window`). Off for a session
+    /// replacing one that crashed: a merged request that crashes must not
+    /// take innocent messages down with it, so each is retried alone.
+    pub merge: bool,
 }
 
 /// The session actor.
@@ -122,6 +126,8 @@ pub struct SessionState {
     burst: Vec<Arc<Inbound>>,
     /// Bumped with each text added to `burst`: only the newest timer acts.
     burst_generation: u64,
+    /// `session.merge_window`, or zero when this session does not merge.
+    merge_window: std::time::Duration,
     /// The messages a streamed answer is shown in so far, and their texts;
     /// the final delivery edits them. Reset for each update.
     streamed: Vec<(MessageId, OutgoingText)>,
@@ -163,6 +169,11 @@ impl Actor for Session {
             signals: Arc::clone(&args.signals),
             burst: Vec::new(),
             burst_generation: 0,
+            merge_window: if args.merge {
+                args.deps.config.session.merge_window
+            } else {
+                std::time::Duration::ZERO
+            },
             streamed: Vec::new(),
             cancelled: false,
             system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
@@ -239,21 +250,33 @@ async fn on_arrival(
     state: &mut SessionState,
     inbound: Arc<Inbound>,
 ) -> Result<(), ActorProcessingErr> {
-    let session = &state.deps.config.session;
-    let window = session.merge_window;
-    let mergeable =
-        !window.is_zero() && inbound.refused.is_none() && inbound.update_id > state.last_update_id;
+    let window = state.merge_window;
+    let mergeable = !window.is_zero()
+        && inbound.refused.is_none()
+        && inbound.sent_at.is_some()
+        && inbound.update_id > state.last_update_id;
     let text_chars = match &inbound.kind {
         InboundKind::Text(text) if mergeable => Some(text.chars().count()),
         _ => None,
     };
     let Some(chars) = text_chars else {
+        if is_cancel(&inbound) && !state.burst.is_empty() {
+            return cancel_burst(state, &inbound).await;
+        }
         answer_burst(state).await?;
         return on_update(state, &inbound, &[]).await;
     };
     if let Some(first) = state.burst.first() {
-        let held: usize = state.burst.iter().map(|i| text_len(i)).sum();
+        // Merged texts are joined with a newline each.
+        let held: usize = state.burst.iter().map(|i| text_len(i) + 1).sum();
+        // Telegram dates messages to the second.
+        let window_secs = window.as_secs_f64().ceil() as i64;
+        let sent_together = first
+            .sent_at
+            .zip(inbound.sent_at)
+            .is_some_and(|(first, this)| (this - first).abs() <= window_secs.max(1));
         let joins = first.user_id == inbound.user_id
+            && sent_together
             && inbound
                 .received_at
                 .saturating_duration_since(first.received_at)
@@ -282,6 +305,50 @@ async fn on_arrival(
     Ok(())
 }
 
+fn is_cancel(inbound: &Inbound) -> bool {
+    matches!(&inbound.kind, InboundKind::Command { name, .. } if name == "cancel")
+}
+
+/// `/cancel` while texts wait to be merged: they are not sent to the LLM.
+/// They stay in the history (for `/retry`), and the turn marks them and the
+/// `/cancel` answered.
+async fn cancel_burst(
+    state: &mut SessionState,
+    inbound: &Inbound,
+) -> Result<(), ActorProcessingErr> {
+    let burst = std::mem::take(&mut state.burst);
+    let earlier: Vec<u32> = burst.iter().map(|held| held.update_id).collect();
+    let text = merged_text(&burst);
+    if let Ok(cleaned) = input::validate(&text, state.deps.config.input.max_merged_chars) {
+        state.history.push(Role::User, cleaned.as_str().into());
+    }
+    tracing::info!(held = earlier.len(), "held messages cancelled");
+    let texts = Arc::clone(
+        state
+            .deps
+            .locales
+            .for_language(inbound.language_code.as_deref()),
+    );
+    state.reply_is_markdown = false;
+    state.streamed.clear();
+    state.counters.answered += 1;
+    let commit = prepare_commit(state, inbound.update_id, &earlier, Change::Update);
+    deliver(state, texts.cancelled.clone(), commit).await;
+    finish(state, inbound, &earlier)
+}
+
+/// The texts of a burst, one per line.
+fn merged_text(burst: &[Arc<Inbound>]) -> String {
+    burst
+        .iter()
+        .filter_map(|inbound| match &inbound.kind {
+            InboundKind::Text(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn text_len(inbound: &Inbound) -> usize {
     match &inbound.kind {
         InboundKind::Text(text) => text.chars().count(),
@@ -298,14 +365,7 @@ async fn answer_burst(state: &mut SessionState) -> Result<(), ActorProcessingErr
     if earlier.is_empty() {
         return on_update(state, last, &[]).await;
     }
-    let text = burst
-        .iter()
-        .filter_map(|inbound| match &inbound.kind {
-            InboundKind::Text(text) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = merged_text(&burst);
     let merged = Inbound {
         kind: InboundKind::Text(text),
         ..Inbound::clone(last)
@@ -763,6 +823,10 @@ async fn answer_with(
         if partial.trim().is_empty() {
             return texts.cancelled.clone();
         }
+        // What was shown was generated, and counts.
+        let tokens = estimate_tokens(&prompt, &partial);
+        state.counters.tokens_today += tokens;
+        metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
         state.reply_is_markdown = true;
         return format!("{partial}\n\n{}", texts.cancelled);
     };
