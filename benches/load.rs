@@ -23,7 +23,11 @@
 //!
 //! ```text
 //! cargo bench --bench load -- --chats 1000 --messages 10 --llm-latency-ms 0
-//! cargo bench --bench load -- --chats 200 --messages 5 --llm-latency-ms 200
+//! cargo bench --bench load -- --rate 500 --duration-secs 20 --llm-latency-ms 200
+//! cargo bench --bench load -- --chats 100000 --messages 2 --idle-secs 180 \
+//!     --timeout-secs 300 --set session.idle_timeout=60s --set session.sweep_interval=5s
+//! cargo bench --bench load -- --startups 5
+//! cargo bench --bench load -- --chats 1000 --messages 30 --chaos-every-ms 100
 //! ```
 //!
 //! Options (defaults in brackets):
@@ -38,6 +42,32 @@
 //!   default 0 saturates the bot (every chat always has a message in flight);
 //!   a pause paces the load instead, e.g. 1000 chats with `--think-ms 1000`
 //!   offer about 1,000 messages/s, to see the overhead below saturation;
+//! * `--rate R --duration-secs D` [off, 20]: **open loop** instead of the
+//!   closed loop: `R` messages a second are pushed on a fixed schedule for
+//!   `D` seconds, whatever the replies do (message `i` to chat `i mod U + 1`,
+//!   so each chat sends every `U / R` seconds). How far the pusher fell
+//!   behind its schedule is printed;
+//! * `--idle-secs S` [off]: **memory** mode: the bot's `VmRSS` is read 2 s
+//!   after its first poll (idle baseline); after the run, RSS and the
+//!   `llmgram_sessions_active` gauge (ops `/metrics`) are sampled every
+//!   0.5 s until no session is live plus 5 s, at most `S` seconds. Pair it
+//!   with `--set session.idle_timeout=...` longer than the run, so every
+//!   session is live at the end of it;
+//! * `--startups N` [off]: **start-up** mode: starts the bot `N` times on a
+//!   fresh store and reports spawn → first `getUpdates` (median, min, max);
+//!   no load;
+//! * `--chaos-every-ms MS` [off]: **chaos** mode: every `MS` an actor is made
+//!   to panic through the ops hook `POST /chaos/panic?actor=NAME` (compiled
+//!   only with the `chaos` feature, which `cargo bench` builds because the
+//!   crate's dev-dependency on itself enables it), in turn: persistence,
+//!   breaker.0, limiter, llm_pool, outbox, session_sup, ingress and the
+//!   session of a pseudo-random chat. `--chaos-only NAME` (repeatable)
+//!   restricts the victims. The restart budget is lifted
+//!   (`supervision.max_restarts`), since panics every 100 ms exceed any sane
+//!   budget. A reply quoting no message counts as a fallback answer, not a
+//!   violation; a second reply to a message is a violation;
+//! * `LLMGRAM_BENCH_WRAPPER="heaptrack -o FILE"` (environment): runs the bot
+//!   under a profiler (the `/proc` figures then describe the wrapper);
 //! * `--set section.key=value` (repeatable): any other bot setting, passed
 //!   as `LLMGRAM_SECTION__KEY=value`, e.g.
 //!   `--set llm.pool_max_idle_per_host=256`.
@@ -79,6 +109,14 @@
 //!   too few idle connections.
 //! * The bot's exit status after SIGTERM (0 is a clean shutdown) and the
 //!   lines it logged at level warn or above.
+//!
+//! * memory mode: idle baseline, peak (`VmHWM`), RSS and live sessions
+//!   after the last reply, RSS per live session (RSS − baseline) ÷
+//!   sessions, when the last session was evicted and RSS after eviction,
+//!   plus a `summary-memory` line.
+//! * The overhead subtracts the nominal LLM delay; the fake sleeps on
+//!   tokio's 1 ms timer, so up to about 1 ms of timer overshoot counts as
+//!   overhead (the figure errs high).
 //!
 //! Both fakes run in this process, on the same cores as the bot, so the
 //! figures are a lower bound of what the bot alone can do.
