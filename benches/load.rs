@@ -23,7 +23,11 @@
 //!
 //! ```text
 //! cargo bench --bench load -- --chats 1000 --messages 10 --llm-latency-ms 0
-//! cargo bench --bench load -- --chats 200 --messages 5 --llm-latency-ms 200
+//! cargo bench --bench load -- --rate 500 --duration-secs 20 --llm-latency-ms 200
+//! cargo bench --bench load -- --chats 100000 --messages 2 --idle-secs 180 \
+//!     --timeout-secs 300 --set session.idle_timeout=60s --set session.sweep_interval=5s
+//! cargo bench --bench load -- --startups 5
+//! cargo bench --bench load -- --chats 1000 --messages 30 --chaos-every-ms 100
 //! ```
 //!
 //! Options (defaults in brackets):
@@ -38,6 +42,32 @@
 //!   default 0 saturates the bot (every chat always has a message in flight);
 //!   a pause paces the load instead, e.g. 1000 chats with `--think-ms 1000`
 //!   offer about 1,000 messages/s, to see the overhead below saturation;
+//! * `--rate R --duration-secs D` [off, 20]: **open loop** instead of the
+//!   closed loop: `R` messages a second are pushed on a fixed schedule for
+//!   `D` seconds, whatever the replies do (message `i` to chat `i mod U + 1`,
+//!   so each chat sends every `U / R` seconds). How far the pusher fell
+//!   behind its schedule is printed;
+//! * `--idle-secs S` [off]: **memory** mode: the bot's `VmRSS` is read 2 s
+//!   after its first poll (idle baseline); after the run, RSS and the
+//!   `llmgram_sessions_active` gauge (ops `/metrics`) are sampled every
+//!   0.5 s until no session is live plus 5 s, at most `S` seconds. Pair it
+//!   with `--set session.idle_timeout=...` longer than the run, so every
+//!   session is live at the end of it;
+//! * `--startups N` [off]: **start-up** mode: starts the bot `N` times on a
+//!   fresh store and reports spawn → first `getUpdates` (median, min, max);
+//!   no load;
+//! * `--chaos-every-ms MS` [off]: **chaos** mode: every `MS` an actor is made
+//!   to panic through the ops hook `POST /chaos/panic?actor=NAME` (compiled
+//!   only with the `chaos` feature, which `cargo bench` builds because the
+//!   crate's dev-dependency on itself enables it), in turn: persistence,
+//!   breaker.0, limiter, llm_pool, outbox, session_sup, ingress and the
+//!   session of a pseudo-random chat. `--chaos-only NAME` (repeatable)
+//!   restricts the victims. The restart budget is lifted
+//!   (`supervision.max_restarts`), since panics every 100 ms exceed any sane
+//!   budget. A reply quoting no message counts as a fallback answer, not a
+//!   violation; a second reply to a message is a violation;
+//! * `LLMGRAM_BENCH_WRAPPER="heaptrack -o FILE"` (environment): runs the bot
+//!   under a profiler (the `/proc` figures then describe the wrapper);
 //! * `--set section.key=value` (repeatable): any other bot setting, passed
 //!   as `LLMGRAM_SECTION__KEY=value`, e.g.
 //!   `--set llm.pool_max_idle_per_host=256`.
@@ -80,6 +110,14 @@
 //! * The bot's exit status after SIGTERM (0 is a clean shutdown) and the
 //!   lines it logged at level warn or above.
 //!
+//! * memory mode: idle baseline, peak (`VmHWM`), RSS and live sessions
+//!   after the last reply, RSS per live session (RSS − baseline) ÷
+//!   sessions, when the last session was evicted and RSS after eviction,
+//!   plus a `summary-memory` line.
+//! * The overhead subtracts the nominal LLM delay; the fake sleeps on
+//!   tokio's 1 ms timer, so up to about 1 ms of timer overshoot counts as
+//!   overhead (the figure errs high).
+//!
 //! Both fakes run in this process, on the same cores as the bot, so the
 //! figures are a lower bound of what the bot alone can do.
 //!
@@ -94,6 +132,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -102,7 +141,7 @@ use std::time::{Duration, Instant};
 
 use llmgram_fakes::{FakeLlm, FakeTelegram, SentMessage};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// How long the bot may take to start polling `getUpdates`.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
@@ -126,13 +165,31 @@ struct Options {
     llm_concurrency: u32,
     timeout: Duration,
     think: Duration,
+    /// Open-loop mode: messages per second offered on a fixed schedule.
+    rate: Option<u32>,
+    /// Open-loop mode: how long the schedule runs.
+    duration: Duration,
+    /// Memory mode: after the run, wait up to this long for every session to
+    /// be evicted, sampling the bot's RSS.
+    idle: Option<Duration>,
+    /// Start-up mode: start the bot this many times, report spawn → first
+    /// `getUpdates`, and stop.
+    startups: Option<u32>,
+    /// Chaos mode: make an actor panic this often during the run.
+    chaos_every: Option<Duration>,
+    /// Chaos mode: only these victims (names of [`CHAOS_VICTIMS`]); empty
+    /// means all of them.
+    chaos_only: Vec<String>,
     /// Extra `LLMGRAM_*` variables for the bot, from `--set section.key=value`.
     extra_env: Vec<(String, String)>,
 }
 
 impl Options {
     const USAGE: &'static str = "usage: cargo bench --bench load -- [--chats U] [--messages K] \
-         [--llm-latency-ms MS] [--llm-concurrency N] [--timeout-secs S] [--think-ms MS] [--set section.key=value]...";
+         [--llm-latency-ms MS] [--llm-concurrency N] [--timeout-secs S] [--think-ms MS] \
+         [--rate R --duration-secs D] [--idle-secs S] [--startups N] \
+         [--chaos-every-ms MS [--chaos-only NAME]...] \
+         [--set section.key=value]...";
 
     /// Parses `--name value` pairs; ignores the `--bench` flag cargo adds.
     fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -143,6 +200,12 @@ impl Options {
             llm_concurrency: 256,
             timeout: Duration::from_secs(120),
             think: Duration::ZERO,
+            rate: None,
+            duration: Duration::from_secs(20),
+            idle: None,
+            startups: None,
+            chaos_every: None,
+            chaos_only: Vec::new(),
             extra_env: Vec::new(),
         };
         let mut args = args.into_iter();
@@ -171,6 +234,16 @@ impl Options {
                 "--llm-concurrency" => options.llm_concurrency = small(number(1)?)?,
                 "--timeout-secs" => options.timeout = Duration::from_secs(number(1)?),
                 "--think-ms" => options.think = Duration::from_millis(number(0)?),
+                "--rate" => options.rate = Some(small(number(1)?)?),
+                "--duration-secs" => options.duration = Duration::from_secs(number(1)?),
+                "--idle-secs" => options.idle = Some(Duration::from_secs(number(1)?)),
+                "--startups" => options.startups = Some(small(number(1)?)?),
+                "--chaos-only" if CHAOS_VICTIMS.contains(&value.as_str()) => {
+                    options.chaos_only.push(value.clone());
+                }
+                "--chaos-every-ms" => {
+                    options.chaos_every = Some(Duration::from_millis(number(1)?));
+                }
                 "--set" => options.extra_env.push(Self::config_env(&value)?),
                 _ => return Err(format!("unknown option {flag}\n{}", Self::USAGE)),
             }
@@ -192,8 +265,12 @@ impl Options {
         Ok((name, value.to_owned()))
     }
 
+    /// Messages the run sends: `U × K`, or in open-loop mode `R × D`.
     fn total(&self) -> usize {
-        self.chats as usize * self.messages as usize
+        match self.rate {
+            Some(rate) => rate as usize * self.duration.as_secs() as usize,
+            None => self.chats as usize * self.messages as usize,
+        }
     }
 }
 
@@ -206,6 +283,9 @@ struct Answered {
     update_id: i64,
     pushed_at: Instant,
     replied_at: Instant,
+    /// The reply was not the LLM's answer but a fallback text (chaos mode
+    /// only: e.g. an apology after a crash). Still exactly one reply.
+    fallback: bool,
 }
 
 /// What one chat's closed loop observed.
@@ -230,14 +310,25 @@ async fn main() -> ExitCode {
     };
     println!(
         "load: chats={} messages={} llm_latency_ms={} llm_concurrency={} timeout_secs={} \
-         think_ms={}",
+         think_ms={} rate={} duration_secs={} idle_secs={} chaos_every_ms={}",
         options.chats,
         options.messages,
         options.llm_latency.as_millis(),
         options.llm_concurrency,
         options.timeout.as_secs(),
-        options.think.as_millis()
+        options.think.as_millis(),
+        options.rate.map_or("-".to_owned(), |r| r.to_string()),
+        options.duration.as_secs(),
+        options
+            .idle
+            .map_or("-".to_owned(), |d| d.as_secs().to_string()),
+        options
+            .chaos_every
+            .map_or("-".to_owned(), |d| d.as_millis().to_string()),
     );
+    if let Some(runs) = options.startups {
+        return startup_series(&options, runs).await;
+    }
 
     // Set-up: both fakes here, the bot as a child process.
     let telegram = FakeTelegram::start().await;
@@ -253,6 +344,7 @@ async fn main() -> ExitCode {
     for (name, value) in &options.extra_env {
         println!("bot config: {name}={value}");
     }
+    let ops_addr = free_loopback_addr();
     let spawned_at = Instant::now();
     let mut child = spawn_bot(
         &options,
@@ -260,9 +352,10 @@ async fn main() -> ExitCode {
         &llm,
         &dir.path().join("storage"),
         &log_path,
+        ops_addr,
     );
     let pid = child.id();
-    if let Err(why) = wait_for_polling(&telegram, &mut child).await {
+    if let Err(why) = wait_for_polling(&telegram, &mut child, 0).await {
         eprintln!("load: {why}");
         let _ = child.kill();
         let _ = child.wait();
@@ -276,8 +369,31 @@ async fn main() -> ExitCode {
         startup.as_secs_f64() * 1e3
     );
 
-    // The measured run.
-    let run = match run_load(&options, &telegram, &mut child).await {
+    // Memory mode: the idle baseline, once start-up work has settled.
+    let ops = Ops::new(ops_addr);
+    let baseline = if options.idle.is_some() {
+        tokio::time::sleep(BASELINE_SETTLE).await;
+        let baseline = read_memory(pid).1;
+        println!("memory: idle baseline RSS {}", show_kib(baseline));
+        baseline
+    } else {
+        None
+    };
+
+    // The measured run, with panics ordered from outside in chaos mode.
+    let chaos = options
+        .chaos_every
+        .map(|every| ops.start_chaos(every, options.chats, &options.chaos_only));
+    let run = if let Some(rate) = options.rate {
+        run_open_loop(&options, rate, &telegram, &mut child).await
+    } else {
+        run_load(&options, &telegram, &mut child).await
+    };
+    let chaos = chaos.map(|(tally, task)| {
+        task.abort();
+        tally
+    });
+    let run = match run {
         Ok(run) => run,
         Err(status) => {
             eprintln!("load: the bot exited during the run ({status})");
@@ -285,6 +401,13 @@ async fn main() -> ExitCode {
             let _ = dir.keep();
             return ExitCode::FAILURE;
         }
+    };
+
+    // Memory mode: RSS with every session live, then idle until evicted.
+    let memory = if let Some(idle) = options.idle {
+        Some(idle_phase(&ops, pid, baseline, idle).await)
+    } else {
+        None
     };
 
     // Figures only the running bot and the fakes know.
@@ -382,8 +505,47 @@ async fn main() -> ExitCode {
     if analysis.violations.len() > SHOW_MAX {
         println!("  … and {} more", analysis.violations.len() - SHOW_MAX);
     }
+    // A duplicate's story: every LLM request and reply of the first chat
+    // with a violation.
+    if let Some(chat) = analysis
+        .violations
+        .first()
+        .and_then(|v| v.strip_prefix("chat "))
+        .and_then(|v| v.split(':').next())
+        .and_then(|c| c.parse::<i64>().ok())
+    {
+        let prefix = format!("c{chat}-m");
+        for request in llm.requests() {
+            if request.last_user_message().starts_with(&prefix) {
+                println!(
+                    "  chat {chat}: LLM request {:?} at {}",
+                    request.last_user_message(),
+                    wall_clock_of(request.at)
+                );
+            }
+        }
+        for sent in telegram.sent_to(chat) {
+            println!(
+                "  chat {chat}: sendMessage {} {:?} at {}",
+                sent.message_id,
+                sent.text,
+                wall_clock_of(sent.at)
+            );
+        }
+    }
     if llm_requests != total {
         println!("note: the fake LLM saw {llm_requests} requests for {total} messages");
+    }
+    if let Some(tally) = &chaos {
+        println!("{tally}");
+        println!(
+            "replies: {} LLM answers, {} fallback texts (each message still got exactly one reply)",
+            analysis.answered - analysis.fallbacks,
+            analysis.fallbacks
+        );
+    }
+    if let Some(memory) = &memory {
+        println!("{memory}");
     }
 
     let clean_exit = matches!(&exit, Exit::Exited(status) if status.success());
@@ -394,7 +556,8 @@ async fn main() -> ExitCode {
         "summary chats={} messages={} llm_latency_ms={} replies_per_s={:.1} \
          p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2} peak_rss_mib={peak_mib:.1} \
          llm_requests={llm_requests} llm_max_in_flight={llm_max_in_flight} \
-         e2e_p99_ms={:.2} bot_log_lines={log_lines} bot_exit={} errors={errors}",
+         e2e_p99_ms={:.2} bot_log_lines={log_lines} bot_exit={} errors={errors} \
+         fallbacks={} panics={}",
         options.chats,
         options.messages,
         options.llm_latency.as_millis(),
@@ -405,6 +568,8 @@ async fn main() -> ExitCode {
         overhead.max,
         analysis.end_to_end.p99,
         show_exit(&exit),
+        analysis.fallbacks,
+        chaos.as_ref().map_or(0, |t| t.ordered()),
     );
     if errors > 0 || !clean_exit {
         // Keep the log for inspection.
@@ -468,8 +633,11 @@ async fn run_load(
         chats.spawn(run_chat(
             telegram.clone(),
             chat_id,
-            options.messages,
-            options.think,
+            ChatPlan {
+                messages: options.messages,
+                think: options.think,
+                accept_fallback: options.chaos_every.is_some(),
+            },
             start_after,
             inbox,
             deadline,
@@ -513,6 +681,8 @@ async fn run_load(
 /// The figures computed from a run.
 struct Analysis {
     answered: usize,
+    /// Replies that were a fallback text, not the LLM's answer.
+    fallbacks: usize,
     missing: usize,
     violations: Vec<String>,
     /// First push to last reply.
@@ -588,6 +758,7 @@ impl Analysis {
         let run_secs = (run.ended - run.started).as_secs_f64();
         Analysis {
             answered: answered.len(),
+            fallbacks: answered.iter().filter(|a| a.fallback).count(),
             missing,
             violations,
             elapsed,
@@ -613,9 +784,21 @@ fn spawn_bot(
     llm: &FakeLlm,
     storage: &Path,
     log_path: &Path,
+    ops_addr: SocketAddr,
 ) -> Child {
     let log = std::fs::File::create(log_path).expect("cannot create the bot's log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_llmgram"));
+    // `LLMGRAM_BENCH_WRAPPER="heaptrack -o /tmp/x"` runs the bot under a
+    // profiler (figures read from /proc then describe the wrapper).
+    let wrapper = std::env::var("LLMGRAM_BENCH_WRAPPER").unwrap_or_default();
+    let mut wrapper = wrapper.split_whitespace();
+    let mut command = match wrapper.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(wrapper).arg(env!("CARGO_BIN_EXE_llmgram"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_llmgram")),
+    };
     // Only the variables below configure the bot, whatever the shell has.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("LLMGRAM_") {
@@ -634,7 +817,7 @@ fn spawn_bot(
             options.llm_concurrency.to_string(),
         )
         .env("LLMGRAM_LOG__LEVEL", "warn")
-        .env("LLMGRAM_OPS__LISTEN", "127.0.0.1:0")
+        .env("LLMGRAM_OPS__LISTEN", ops_addr.to_string())
         // The benchmark is one user per chat sending as fast as it is
         // answered: raise the protective limits by config (never by code).
         // Telegram's flood limits are the real API's; the fake has none.
@@ -651,6 +834,13 @@ fn spawn_bot(
             .iter()
             .copied(),
         )
+        // Panics every 100 ms exceed any sane restart budget (5 in 60 s by
+        // default); chaos mode lifts it so the service rides them out.
+        .envs(
+            options
+                .chaos_every
+                .map(|_| ("LLMGRAM_SUPERVISION__MAX_RESTARTS", "1000000")),
+        )
         .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -661,10 +851,14 @@ fn spawn_bot(
 
 /// Waits until the bot has called `getUpdates` once, failing if it exits or
 /// takes longer than [`STARTUP_LIMIT`].
-async fn wait_for_polling(telegram: &FakeTelegram, child: &mut Child) -> Result<(), String> {
+async fn wait_for_polling(
+    telegram: &FakeTelegram,
+    child: &mut Child,
+    calls_before: usize,
+) -> Result<(), String> {
     let limit = Instant::now() + STARTUP_LIMIT;
     loop {
-        if telegram.method_calls("getUpdates") >= 1 {
+        if telegram.method_calls("getUpdates") > calls_before {
             return Ok(());
         }
         if let Some(status) = child
@@ -679,20 +873,37 @@ async fn wait_for_polling(telegram: &FakeTelegram, child: &mut Child) -> Result<
                 STARTUP_LIMIT.as_secs()
             ));
         }
-        tokio::time::sleep(CHILD_POLL / 5).await;
+        // Fine-grained: the start-up time is read from this loop.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// What every chat's closed loop does.
+#[derive(Debug, Clone, Copy)]
+struct ChatPlan {
+    /// Messages to send.
+    messages: u32,
+    /// Pause between a reply and the next message.
+    think: Duration,
+    /// Whether a reply quoting no message is taken as a fallback answer
+    /// (chaos mode) rather than a violation.
+    accept_fallback: bool,
 }
 
 /// One chat's closed loop: push message `k`, wait for its reply, repeat.
 async fn run_chat(
     telegram: FakeTelegram,
     chat_id: i64,
-    messages: u32,
-    think: Duration,
+    plan: ChatPlan,
     start_after: Duration,
     mut inbox: UnboundedReceiver<SentMessage>,
     deadline: tokio::time::Instant,
 ) -> ChatOutcome {
+    let ChatPlan {
+        messages,
+        think,
+        accept_fallback,
+    } = plan;
     let user_id = chat_id.unsigned_abs();
     let mut outcome = ChatOutcome {
         answered: Vec::with_capacity(messages as usize),
@@ -713,19 +924,28 @@ async fn run_chat(
                 outcome.missing += (messages - k + 1) as usize;
                 return outcome;
             };
-            if carries_marker(&reply.text, &marker) {
+            let answer = carries_marker(&reply.text, &marker);
+            // Under chaos a reply that quotes no message of this chat is a
+            // fallback text answering the one message in flight.
+            let fallback =
+                !answer && accept_fallback && !reply.text.contains(&format!("c{chat_id}-m"));
+            if answer || fallback {
                 outcome.answered.push(Answered {
                     round: k,
                     marker,
                     update_id,
                     pushed_at,
                     replied_at: reply.at,
+                    fallback,
                 });
                 break;
             }
+            // Wall-clock time, to find the moment in the bot's log.
             outcome.violations.push(format!(
-                "chat {chat_id}: waiting for {marker:?}, got message {} {:?}",
-                reply.message_id, reply.text
+                "chat {chat_id}: waiting for {marker:?}, got message {} {:?} at {}",
+                reply.message_id,
+                reply.text,
+                wall_clock()
             ));
         }
     }
@@ -986,4 +1206,485 @@ fn dump_log(path: &Path) {
         }
         Err(e) => eprintln!("  (cannot read it: {e})"),
     }
+}
+
+/// How long the bot idles after its first poll before the memory baseline
+/// is read (start-up allocations settle).
+const BASELINE_SETTLE: Duration = Duration::from_secs(2);
+/// How often the memory mode samples RSS and the live sessions while idle.
+const IDLE_SAMPLE: Duration = Duration::from_millis(500);
+/// How long the memory mode keeps sampling once every session is evicted.
+const EVICTED_SETTLE: Duration = Duration::from_secs(5);
+
+/// A loopback address with a port that was free a moment ago, for the bot's
+/// ops listener (the benchmark needs to know it; `:0` would hide it).
+fn free_loopback_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}
+
+/// The bot's ops listener: `/metrics` and, in chaos mode, `/chaos/panic`.
+#[derive(Clone)]
+struct Ops {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Ops {
+    fn new(addr: SocketAddr) -> Ops {
+        Ops {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("cannot build an HTTP client"),
+        }
+    }
+
+    /// The `llmgram_sessions_active` gauge, if the bot answers.
+    async fn sessions_active(&self) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("llmgram_sessions_active "))
+            .and_then(|value| value.trim().parse().ok())
+            // The gauge appears with the first session.
+            .or(Some(0.0))
+    }
+
+    /// Orders a panic every `every`, rotating over every long-lived actor
+    /// and a session of a pseudo-random chat among `1..=chats`, until the
+    /// task is aborted.
+    fn start_chaos(
+        &self,
+        every: Duration,
+        chats: u32,
+        only: &[String],
+    ) -> (Arc<ChaosTally>, JoinHandle<()>) {
+        let tally = Arc::new(ChaosTally::default());
+        let victims: Vec<usize> = (0..CHAOS_VICTIMS.len())
+            .filter(|&i| only.is_empty() || only.iter().any(|o| o == CHAOS_VICTIMS[i]))
+            .collect();
+        let task = {
+            let ops = self.clone();
+            let tally = Arc::clone(&tally);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                let mut random: u64 = 0x5eed;
+                for turn in 0usize.. {
+                    tick.tick().await;
+                    let index = victims[turn % victims.len()];
+                    let victim = CHAOS_VICTIMS[index];
+                    let query = if victim == "session" {
+                        random = random
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        let chat = (random >> 33) % u64::from(chats) + 1;
+                        format!("actor=session&chat={chat}")
+                    } else {
+                        format!("actor={victim}")
+                    };
+                    let answer = ops
+                        .http
+                        .post(format!("{}/chaos/panic?{query}", ops.base))
+                        .send()
+                        .await;
+                    let slot = match answer.map(|a| a.status().as_u16()) {
+                        Ok(200) => &tally.ordered[index],
+                        Ok(409) => &tally.refused,
+                        _ => &tally.failed,
+                    };
+                    slot.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        (tally, task)
+    }
+}
+
+/// Who the chaos mode makes panic, in turn (`session`: a random chat's).
+const CHAOS_VICTIMS: [&str; 8] = [
+    "persistence",
+    "breaker.0",
+    "limiter",
+    "llm_pool",
+    "outbox",
+    "session_sup",
+    "ingress",
+    "session",
+];
+
+/// What the chaos task did.
+#[derive(Debug, Default)]
+struct ChaosTally {
+    /// Panics ordered, per victim (index into [`CHAOS_VICTIMS`]).
+    ordered: [AtomicUsize; CHAOS_VICTIMS.len()],
+    /// The victim was not running (still being restarted).
+    refused: AtomicUsize,
+    /// The ops listener did not answer as expected (a build without the
+    /// `chaos` feature answers 404).
+    failed: AtomicUsize,
+}
+
+impl ChaosTally {
+    fn ordered(&self) -> usize {
+        self.ordered.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl std::fmt::Display for ChaosTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "chaos: {} panics ordered (", self.ordered())?;
+        for (index, victim) in CHAOS_VICTIMS.iter().enumerate() {
+            let sep = if index == 0 { "" } else { " " };
+            write!(
+                f,
+                "{sep}{victim}={}",
+                self.ordered[index].load(Ordering::Relaxed)
+            )?;
+        }
+        write!(
+            f,
+            "), {} refused (victim still restarting), {} failed requests",
+            self.refused.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// The memory mode's figures, in KiB.
+struct MemoryReport {
+    baseline: Option<u64>,
+    /// Live sessions and RSS right after the last reply.
+    live_sessions: Option<f64>,
+    live_rss: Option<u64>,
+    peak: Option<u64>,
+    /// Seconds after the last reply until no session was live (`None`: the
+    /// limit passed first).
+    evicted_after: Option<f64>,
+    /// RSS [`EVICTED_SETTLE`] after the last session was evicted (or at the
+    /// limit).
+    after_rss: Option<u64>,
+    /// `(seconds after the run, sessions, RSS)` while idle.
+    samples: Vec<(f64, Option<f64>, Option<u64>)>,
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |kib: Option<u64>| show_kib(kib);
+        writeln!(f, "memory: idle baseline RSS {}", mib(self.baseline))?;
+        writeln!(f, "memory: peak RSS (VmHWM) {}", mib(self.peak))?;
+        writeln!(
+            f,
+            "memory: after the last reply {} live sessions, RSS {}",
+            self.live_sessions
+                .map_or("unknown".into(), |n| format!("{n:.0}")),
+            mib(self.live_rss)
+        )?;
+        if let (Some(base), Some(live), Some(n)) =
+            (self.baseline, self.live_rss, self.live_sessions)
+            && n > 0.0
+        {
+            writeln!(
+                f,
+                "memory: RSS per live session {:.2} KiB ((RSS - baseline) / sessions)",
+                live.saturating_sub(base) as f64 / n
+            )?;
+        }
+        match self.evicted_after {
+            Some(secs) => writeln!(f, "memory: every session evicted {secs:.1} s after the run")?,
+            None => writeln!(
+                f,
+                "memory: NOT every session was evicted within the idle limit"
+            )?,
+        }
+        write!(
+            f,
+            "memory: RSS after eviction {} ({} above the baseline)",
+            mib(self.after_rss),
+            match (self.after_rss, self.baseline) {
+                (Some(after), Some(base)) =>
+                    format!("{:+.1} MiB", (after as f64 - base as f64) / 1024.0),
+                _ => "unknown".into(),
+            }
+        )?;
+        for (at, sessions, rss) in self.samples.iter().step_by(10) {
+            write!(
+                f,
+                "\n  t+{at:>5.1} s sessions={} rss={}",
+                sessions.map_or("?".into(), |n| format!("{n:.0}")),
+                mib(*rss)
+            )?;
+        }
+        writeln!(
+            f,
+            "\nsummary-memory baseline_mib={:.1} peak_mib={:.1} live_sessions={:.0} live_mib={:.1} \
+             per_session_kib={:.2} evicted_after_s={:.1} after_eviction_mib={:.1}",
+            self.baseline.map_or(f64::NAN, |k| k as f64 / 1024.0),
+            self.peak.map_or(f64::NAN, |k| k as f64 / 1024.0),
+            self.live_sessions.unwrap_or(f64::NAN),
+            self.live_rss.map_or(f64::NAN, |k| k as f64 / 1024.0),
+            match (self.baseline, self.live_rss, self.live_sessions) {
+                (Some(b), Some(l), Some(n)) if n > 0.0 => l.saturating_sub(b) as f64 / n,
+                _ => f64::NAN,
+            },
+            self.evicted_after.unwrap_or(f64::NAN),
+            self.after_rss.map_or(f64::NAN, |k| k as f64 / 1024.0),
+        )
+    }
+}
+
+/// After the run: RSS with every session live, then idle until every
+/// session is evicted (or `limit` passes), then [`EVICTED_SETTLE`] more.
+async fn idle_phase(ops: &Ops, pid: u32, baseline: Option<u64>, limit: Duration) -> MemoryReport {
+    let live_sessions = ops.sessions_active().await;
+    let (peak, live_rss) = read_memory(pid);
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut evicted_after = None;
+    let mut settle_until = None;
+    loop {
+        tokio::time::sleep(IDLE_SAMPLE).await;
+        let sessions = ops.sessions_active().await;
+        let rss = read_memory(pid).1;
+        let at = started.elapsed();
+        samples.push((at.as_secs_f64(), sessions, rss));
+        if evicted_after.is_none() && sessions.is_some_and(|n| n < 0.5) {
+            evicted_after = Some(at.as_secs_f64());
+            settle_until = Some(at + EVICTED_SETTLE);
+        }
+        if settle_until.is_some_and(|until| at >= until) || at >= limit {
+            break;
+        }
+    }
+    MemoryReport {
+        baseline,
+        live_sessions,
+        live_rss,
+        peak,
+        evicted_after,
+        after_rss: samples.last().and_then(|s| s.2),
+        samples,
+    }
+}
+
+/// Start-up mode: starts the bot `runs` times on a fresh store each and
+/// reports spawn → first `getUpdates`, then stops it.
+async fn startup_series(options: &Options, runs: u32) -> ExitCode {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    let mut times = Vec::new();
+    let mut failed = false;
+    for run in 1..=runs {
+        let log_path = dir.path().join(format!("llmgram-{run}.stderr.log"));
+        let before = telegram.method_calls("getUpdates");
+        let spawned_at = Instant::now();
+        let mut child = spawn_bot(
+            options,
+            &telegram,
+            &llm,
+            &dir.path().join(format!("storage-{run}")),
+            &log_path,
+            free_loopback_addr(),
+        );
+        if let Err(why) = wait_for_polling(&telegram, &mut child, before).await {
+            eprintln!("load: {why}");
+            let _ = child.kill();
+            let _ = child.wait();
+            dump_log(&log_path);
+            failed = true;
+            break;
+        }
+        let took = spawned_at.elapsed().as_secs_f64() * 1e3;
+        let exit = stop_bot(&mut child).await;
+        println!(
+            "start {run}: first getUpdates after {took:.1} ms, exit {}",
+            show_exit(&exit)
+        );
+        failed |= !matches!(&exit, Exit::Exited(status) if status.success());
+        times.push(took);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    println!(
+        "summary startups={} startup_median_ms={median:.1} min_ms={:.1} max_ms={:.1}",
+        times.len(),
+        times.first().copied().unwrap_or(f64::NAN),
+        times.last().copied().unwrap_or(f64::NAN),
+    );
+    if failed {
+        let _ = dir.keep();
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// One message of the open-loop schedule, as pushed.
+struct Pushed {
+    chat_id: i64,
+    round: u32,
+    marker: String,
+    update_id: i64,
+    pushed_at: Instant,
+}
+
+/// Open-loop mode: pushes `rate` messages a second for `options.duration`
+/// on a fixed schedule, whatever the replies do; message `i` goes to chat
+/// `i mod U + 1` (so each chat sends every `U / rate` seconds). Then waits
+/// for the replies and checks them as the closed loop does.
+async fn run_open_loop(
+    options: &Options,
+    rate: u32,
+    telegram: &FakeTelegram,
+    child: &mut Child,
+) -> Result<Run, ExitStatus> {
+    let total = options.total();
+    let chats = options.chats as usize;
+    let mut sent = telegram.subscribe_sent();
+    let pid = child.id();
+    let cpu_before = CpuSample::take(pid);
+    let started = Instant::now();
+    let pusher = {
+        let telegram = telegram.clone();
+        tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            let mut pushed = Vec::with_capacity(total);
+            let mut late = Duration::ZERO;
+            for i in 0..total {
+                let due = t0 + Duration::from_nanos(i as u64 * 1_000_000_000 / u64::from(rate));
+                tokio::time::sleep_until(due).await;
+                late = late.max(due.elapsed());
+                let chat_id = i64::try_from(i % chats + 1).expect("chat ids fit in i64");
+                let round = u32::try_from(i / chats + 1).expect("rounds fit in u32");
+                let marker = format!("c{chat_id}-m{round}");
+                let pushed_at = Instant::now();
+                let update_id = telegram.push_text(chat_id, chat_id.unsigned_abs(), &marker);
+                pushed.push(Pushed {
+                    chat_id,
+                    round,
+                    marker,
+                    update_id,
+                    pushed_at,
+                });
+            }
+            (pushed, late)
+        })
+    };
+
+    let deadline = tokio::time::Instant::from_std(started + options.duration + options.timeout);
+    let mut replies: Vec<SentMessage> = Vec::with_capacity(total);
+    let mut check_child = tokio::time::interval(CHILD_POLL * 4);
+    check_child.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while replies.len() < total {
+        tokio::select! {
+            message = sent.recv() => match message {
+                Some(message) => replies.push(message),
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = check_child.tick() => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    pusher.abort();
+                    return Err(status);
+                }
+            }
+        }
+    }
+    let ended = Instant::now();
+    let cpu_after = CpuSample::take(pid);
+    // Late duplicates.
+    let settle = tokio::time::Instant::now() + SETTLE;
+    while let Ok(Some(message)) = tokio::time::timeout_at(settle, sent.recv()).await {
+        replies.push(message);
+    }
+    let (pushed, late) = pusher.await.expect("the pusher panicked");
+    println!(
+        "open loop: {} messages pushed at {rate}/s over {} s, at most {:.2} ms behind schedule",
+        pushed.len(),
+        options.duration.as_secs(),
+        late.as_secs_f64() * 1e3
+    );
+
+    // Per chat: replies in arrival order must answer its messages in order.
+    let mut outcomes: Vec<ChatOutcome> = (0..chats).map(|_| ChatOutcome::default()).collect();
+    let mut by_chat: Vec<Vec<&Pushed>> = (0..chats).map(|_| Vec::new()).collect();
+    for p in &pushed {
+        by_chat[usize::try_from(p.chat_id - 1).expect("positive chat id")].push(p);
+    }
+    let mut next = vec![0usize; chats];
+    let mut strays = 0;
+    for reply in replies {
+        let Some(index) = usize::try_from(reply.chat_id - 1)
+            .ok()
+            .filter(|i| *i < chats)
+        else {
+            strays += 1;
+            continue;
+        };
+        let expected = by_chat[index].get(next[index]);
+        match expected {
+            Some(p) if carries_marker(&reply.text, &p.marker) => {
+                outcomes[index].answered.push(Answered {
+                    round: p.round,
+                    marker: p.marker.clone(),
+                    update_id: p.update_id,
+                    pushed_at: p.pushed_at,
+                    replied_at: reply.at,
+                    fallback: false,
+                });
+                next[index] += 1;
+            }
+            _ => outcomes[index].violations.push(format!(
+                "chat {}: expected {:?}, got message {} {:?}",
+                reply.chat_id,
+                expected.map(|p| p.marker.as_str()),
+                reply.message_id,
+                reply.text
+            )),
+        }
+    }
+    for (index, outcome) in outcomes.iter_mut().enumerate() {
+        outcome.missing = by_chat[index].len() - next[index];
+    }
+    Ok(Run {
+        outcomes,
+        strays,
+        started,
+        ended,
+        cpu_before,
+        cpu_after,
+    })
+}
+
+/// Now as `HH:MM:SS.mmm` UTC, the format of the bot's log timestamps.
+fn wall_clock() -> String {
+    wall_clock_of(Instant::now())
+}
+
+/// `at` as `HH:MM:SS.mmm` UTC.
+fn wall_clock_of(at: Instant) -> String {
+    let now = (std::time::SystemTime::now() - Instant::now().saturating_duration_since(at))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_millis()
+    )
 }

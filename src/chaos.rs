@@ -1,6 +1,8 @@
 //! The chaos hook: make any actor panic on command, to test supervision under
-//! real failures. Compiled only with the `chaos` feature (the tests enable
-//! it; a release build never has it).
+//! real failures. Compiled only with the `chaos` feature (the tests and the
+//! benchmarks enable it; a release build never has it). The ops listener
+//! exposes it as `POST /chaos/panic?actor=NAME` (see [`panic_named`]) so the
+//! load benchmark can crash actors of the real binary from outside.
 
 use crate::actors::root::breaker::BreakerMsg;
 use crate::actors::root::ingress::IngressMsg;
@@ -25,6 +27,39 @@ pub fn panic_child(directory: &Directory, child: Child) -> bool {
         Child::SessionSup => directory.cast_now(child, SessionSupMsg::Panic),
         Child::Ingress => directory.cast_now(child, IngressMsg::Panic),
     }
+}
+
+/// Makes the actor named by an ops query panic: `actor=persistence`,
+/// `limiter`, `llm_pool`, `breaker.N`, `outbox`, `session_sup`, `ingress`,
+/// or `actor=session&chat=ID` (that chat's session, at its next update).
+/// `Ok(false)` if the actor is not running now (e.g. still restarting).
+pub fn panic_named(directory: &Directory, query: &str) -> Result<bool, String> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    };
+    let actor = param("actor").ok_or("missing actor=NAME")?;
+    let child = match actor {
+        "persistence" => Child::Persistence,
+        "limiter" => Child::Limiter,
+        "llm_pool" => Child::LlmPool,
+        "outbox" => Child::Outbox,
+        "session_sup" => Child::SessionSup,
+        "ingress" => Child::Ingress,
+        "session" => {
+            let chat = param("chat")
+                .and_then(|c| c.parse().ok())
+                .ok_or("actor=session needs chat=ID")?;
+            panic_session(directory, ChatId(chat));
+            return Ok(true);
+        }
+        other => match other.strip_prefix("breaker.").map(str::parse) {
+            Some(Ok(index)) => Child::breaker(index),
+            _ => return Err(format!("unknown actor {other:?}")),
+        },
+    };
+    Ok(panic_child(directory, child))
 }
 
 /// Sessions told to panic when they start their next update, by instance

@@ -59,6 +59,11 @@ enum Command {
     },
 }
 
+/// mimalloc gives freed memory back to the OS; with glibc's malloc the RSS
+/// of 100,000 evicted sessions never came down (BENCHMARKS.md, memory).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 

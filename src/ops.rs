@@ -122,13 +122,27 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/backup", axum::routing::post(backup))
-        .with_state(state);
+        .route("/backup", axum::routing::post(backup));
+    // The benchmark's way to crash actors of the running binary; a build
+    // without the `chaos` feature has no such route.
+    #[cfg(feature = "chaos")]
+    let app = app.route("/chaos/panic", axum::routing::post(chaos_panic));
+    let app = app.with_state(state);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
         tracing::error!(%error, "ops listener failed");
+    }
+}
+
+/// `POST /chaos/panic?actor=NAME`: see [`crate::chaos::panic_named`].
+#[cfg(feature = "chaos")]
+async fn chaos_panic(State(state): State<OpsState>, uri: axum::http::Uri) -> Response {
+    match crate::chaos::panic_named(&state.directory, uri.query().unwrap_or("")) {
+        Ok(true) => (StatusCode::OK, "panicking\n").into_response(),
+        Ok(false) => (StatusCode::CONFLICT, "not running\n").into_response(),
+        Err(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     }
 }
 

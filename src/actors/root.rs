@@ -486,19 +486,30 @@ fn wants_restart(restart: Restart, exit: &Exit) -> bool {
     }
 }
 
+/// Restarts `child` once its backoff has passed.
+///
+/// Start order is dependency order: a child's start may call the children
+/// before it (session_sup, the limiter and the pool read the store in
+/// `pre_start`). Root waits for that start and cannot restart anyone
+/// meanwhile, so an earlier child still waiting out its own backoff is
+/// started first; otherwise the start would wait on it until the lookup
+/// timeout. A restart that fails anyway counts as one more failure of the
+/// child (backoff, restart budget) rather than ending the service at once.
 async fn on_restart_due(myself: &ActorRef<RootMsg>, state: &mut RootState, child: Child) {
     if state.shutting_down || state.running.contains_key(&child) {
         return;
     }
-    if let Err(error) = start_child(myself, state, child).await {
-        escalate(
-            myself,
-            state,
-            Fatal::StartFailed {
-                child: child.as_str(),
-                reason: error.to_string(),
-            },
-        );
+    let order = all_children(&state.deps);
+    let position = order.iter().position(|c| *c == child).unwrap_or(0);
+    for due in order.into_iter().take(position + 1) {
+        if state.running.contains_key(&due) {
+            continue;
+        }
+        if let Err(error) = start_child(myself, state, due).await {
+            let exit = Exit::Failed(format!("cannot start: {error}"));
+            on_child_exited(myself, state, due, exit).await;
+            return;
+        }
     }
 }
 
