@@ -170,6 +170,7 @@ async fn start_with(
         llm: Arc::clone(&llm),
         llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
         send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
+        deliveries: Arc::default(),
         pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,

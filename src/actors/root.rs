@@ -238,6 +238,8 @@ pub struct Deps {
     pub llm_slots: Arc<Semaphore>,
     /// Send slots of the outbox, likewise shared across restarts.
     pub send_slots: Arc<Semaphore>,
+    /// Deliveries in progress per chat, likewise shared across restarts.
+    pub deliveries: Arc<outbox::Deliveries>,
     /// Telegram's flood limits, shared across outbox restarts.
     pub pacing: Arc<crate::telegram::SendPacing>,
     /// Reply texts.

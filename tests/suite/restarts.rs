@@ -123,3 +123,50 @@ async fn a_restart_storm_stops_the_service_with_an_error() {
     let error = outcome.expect_err("a restart storm is an error");
     assert!(error.to_string().contains("llm_pool"), "{error}");
 }
+
+/// A delivery outlives the outbox that started it. When the session
+/// supervisor and then the outbox restart while an answer is being sent, the
+/// new session must wait for that send to commit before it loads the chat,
+/// or it answers the same message again (found by the chaos benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_flight_across_session_sup_and_outbox_restarts_is_sent_once() {
+    let h = Harness::start().await;
+    // The answer's send waits 2 s for Telegram's flood limit.
+    h.telegram
+        .fail_next_sends(1, llmgram_fakes::TelegramFault::RetryAfter(2));
+    h.say(90, "only once");
+    eventually("the send to be refused once", || {
+        let refused = h.telegram.method_calls("sendMessage") >= 1;
+        async move { refused }
+    })
+    .await;
+    // The session dies with its supervisor; the update is replayed to a new
+    // session, which flushes the chat's outbox queue...
+    assert!(llmgram::chaos::panic_child(
+        h.service.directory(),
+        Child::SessionSup
+    ));
+    eventually("session_sup to restart", || async {
+        restarts_of(&h, Child::SessionSup).await == (true, 1)
+    })
+    .await;
+    // ...whose queue then dies with the outbox, while the send task waits.
+    assert!(llmgram::chaos::panic_child(
+        h.service.directory(),
+        Child::Outbox
+    ));
+    eventually("the outbox to restart", || async {
+        restarts_of(&h, Child::Outbox).await == (true, 1)
+    })
+    .await;
+    let replies = h.replies(90, 1).await;
+    assert_eq!(replies[0].text, "answer to: only once");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(h.telegram.sent_to(90).len(), 1, "answered exactly once");
+    assert_eq!(
+        h.llm.request_count(),
+        1,
+        "the new session did not ask again"
+    );
+    h.stop().await;
+}

@@ -154,6 +154,76 @@ pub struct OutboxState {
     /// Chats with a job running; the head of each queue waits for it.
     chats: HashMap<ChatId, ChatQueue>,
     slots: Arc<Semaphore>,
+    /// Deliveries being sent, per chat, across restarts of this actor.
+    deliveries: Arc<Deliveries>,
+}
+
+/// The deliveries being sent (and committed), per chat. Created once by
+/// `app` and shared by every incarnation of the outbox: a send task outlives
+/// the outbox that started it, and a new session must not load its chat's
+/// record before such a task has committed (it would answer again).
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    busy: std::sync::Mutex<HashMap<ChatId, usize>>,
+    idle: tokio::sync::Notify,
+}
+
+/// One delivery in progress; dropping it ends it.
+pub struct Delivering {
+    deliveries: Arc<Deliveries>,
+    chat_id: ChatId,
+}
+
+impl Deliveries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChatId, usize>> {
+        // The map stays consistent even if a holder panicked (no code runs
+        // between its reads and writes that could).
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a delivery to `chat_id` as started.
+    pub fn begin(self: &Arc<Self>, chat_id: ChatId) -> Delivering {
+        *self.lock().entry(chat_id).or_default() += 1;
+        Delivering {
+            deliveries: Arc::clone(self),
+            chat_id,
+        }
+    }
+
+    /// Whether a delivery to `chat_id` is in progress.
+    pub fn is_busy(&self, chat_id: ChatId) -> bool {
+        self.lock().contains_key(&chat_id)
+    }
+
+    /// Waits until no delivery to `chat_id` is in progress.
+    pub async fn until_idle(&self, chat_id: ChatId) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so an end in between wakes it.
+            idle.as_mut().enable();
+            if !self.is_busy(chat_id) {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        let mut busy = self.deliveries.lock();
+        if let Some(count) = busy.get_mut(&self.chat_id) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&self.chat_id);
+            }
+        }
+        drop(busy);
+        self.deliveries.idle.notify_waiters();
+    }
 }
 
 impl Actor for Outbox {
@@ -176,6 +246,7 @@ impl Actor for Outbox {
             config: Arc::new(deps.config.telegram.clone()),
             chats: HashMap::new(),
             slots: deps.send_slots,
+            deliveries: deps.deliveries,
         })
     }
 
@@ -213,7 +284,7 @@ impl Actor for Outbox {
                 },
             ),
             OutboxMsg::Flush { chat_id, reply } => {
-                if state.chats.contains_key(&chat_id) {
+                if state.chats.contains_key(&chat_id) || state.deliveries.is_busy(chat_id) {
                     on_job(&myself, state, chat_id, Job::Flush(reply));
                 } else {
                     let _ = reply.send(());
@@ -269,6 +340,10 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     let myself = myself.clone();
     let directory = state.directory.clone();
     let pacing = Arc::clone(&state.pacing);
+    let deliveries = Arc::clone(&state.deliveries);
+    // Taken before the task starts, so a `Flush` handled after this job was
+    // started waits for it, whichever outbox handles the `Flush`.
+    let delivering = matches!(job, Job::Deliver { .. }).then(|| deliveries.begin(chat_id));
     tokio::spawn(async move {
         // The semaphore is never closed, so acquiring only waits.
         let _slot = slots.acquire_owned().await;
@@ -320,9 +395,13 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                 if let Some(commit) = commit {
                     commit_turn(&directory, chat_id, commit).await;
                 }
+                drop(delivering);
                 let _ = reply.send(result);
             }
             Job::Flush(reply) => {
+                // Also the deliveries of a predecessor of this outbox, whose
+                // queue died with it while their send tasks went on.
+                deliveries.until_idle(chat_id).await;
                 let _ = reply.send(());
             }
             Job::Typing => {
