@@ -337,6 +337,7 @@ pub struct SupervisionConfig {
     pub restart_backoff_min: Duration,
     #[serde(with = "humantime_serde")]
     pub restart_backoff_max: Duration,
+    pub stable_factor: u32,
     #[serde(with = "humantime_serde")]
     pub lookup_timeout: Duration,
     #[serde(with = "humantime_serde")]

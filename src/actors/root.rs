@@ -12,7 +12,9 @@
 //!   permanent / transient / temporary, see [`wants_restart`]): it is started
 //!   again under the same name with the same arguments after a backoff that
 //!   starts at `supervision.restart_backoff_min` and doubles with jitter for
-//!   each further restart within the window. More than
+//!   each further restart within the window, unless the child had run
+//!   `supervision.stable_factor` times longer than it last waited (then it
+//!   starts over: not a crash loop). More than
 //!   `supervision.max_restarts` restarts within `supervision.window`
 //!   escalate: the root reports [`Fatal::RestartBudgetExhausted`] and stops,
 //!   and the process exits non-zero so its service manager starts it afresh.
@@ -273,6 +275,10 @@ pub struct RootState {
     total_restarts: HashMap<Child, u64>,
     /// Delay before each child's next restart, growing within the window.
     restart_backoff: HashMap<Child, Backoff>,
+    /// When each running child last started.
+    started_at: HashMap<Child, Instant>,
+    /// Each child's last restart delay.
+    last_delay: HashMap<Child, Duration>,
     fatal: Option<oneshot::Sender<Fatal>>,
     shutting_down: bool,
 }
@@ -294,6 +300,8 @@ impl Actor for Root {
             recent_restarts: HashMap::new(),
             total_restarts: HashMap::new(),
             restart_backoff: HashMap::new(),
+            started_at: HashMap::new(),
+            last_delay: HashMap::new(),
             fatal: Some(args.fatal),
             shutting_down: false,
         };
@@ -420,6 +428,7 @@ async fn start_child(
     };
     state.by_id.insert(cell.get_id(), child);
     state.running.insert(child, cell);
+    state.started_at.insert(child, Instant::now());
     Ok(())
 }
 
@@ -466,11 +475,17 @@ async fn on_child_exited(
         .restart_backoff
         .entry(child)
         .or_insert_with(|| Backoff::new(config.restart_backoff_min, config.restart_backoff_max));
-    if recent.is_empty() {
-        // The first failure after a quiet window starts the backoff over.
+    // Up since its last start (none if that start failed).
+    let uptime = state
+        .started_at
+        .remove(&child)
+        .map(|started| now.duration_since(started));
+    let last_delay = state.last_delay.get(&child).copied().unwrap_or_default();
+    if backoff_starts_over(recent.is_empty(), uptime, last_delay, config.stable_factor) {
         backoff.reset();
     }
     let delay = backoff.next_delay();
+    state.last_delay.insert(child, delay);
     recent.push_back(now);
     *state.total_restarts.entry(child).or_default() += 1;
     metrics::counter!("llmgram_actor_restarts_total", "actor" => child.as_str()).increment(1);
@@ -486,6 +501,20 @@ fn wants_restart(restart: Restart, exit: &Exit) -> bool {
         Restart::Transient => matches!(exit, Exit::Failed(_)),
         Restart::Temporary => false,
     }
+}
+
+/// Whether a failure starts the restart backoff over: the first failure
+/// after a quiet window, or one after running at least `stable_factor` times
+/// longer than the last restart waited, is not a crash loop. A child that
+/// fails right after each start (or cannot start: no `uptime`) keeps
+/// doubling its wait.
+fn backoff_starts_over(
+    quiet_window: bool,
+    uptime: Option<Duration>,
+    last_delay: Duration,
+    stable_factor: u32,
+) -> bool {
+    quiet_window || uptime.is_some_and(|up| up >= last_delay * stable_factor)
 }
 
 /// Restarts `child` once its backoff has passed.
@@ -583,6 +612,20 @@ pub async fn session_stats(directory: &Directory) -> Option<SessionStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_starts_over_only_when_the_child_ran_well() {
+        let ms = Duration::from_millis;
+        // The first failure in a quiet window.
+        assert!(backoff_starts_over(true, None, ms(0), 10));
+        // Ran 800 ms after waiting 10 ms: not a crash loop.
+        assert!(backoff_starts_over(false, Some(ms(800)), ms(10), 10));
+        // Failed 50 ms after waiting 10 ms, or could not start: keeps growing.
+        assert!(!backoff_starts_over(false, Some(ms(50)), ms(10), 10));
+        assert!(!backoff_starts_over(false, None, ms(10), 10));
+        // A long wait needs a long run to count as recovered.
+        assert!(!backoff_starts_over(false, Some(ms(800)), ms(1000), 10));
+    }
 
     #[test]
     fn restart_type_by_exit_kind_matrix() {
