@@ -17,12 +17,12 @@
 //!   makes durably right after sending; only then does the session report
 //!   `TurnFinished`. Only a process crash between sending and committing can
 //!   repeat an answer; nothing is ever left unanswered.
-//! - **Bursts:** with `session.merge_window` set, a text waits (in the
+//! - **Bursts** (`session/burst.rs`): with `session.merge_window` set, a text waits (in the
 //!   session's state, still pending at the supervisor) for the messages
 //!   arriving right behind it; a long piece of a cut paste waits out the
 //!   window. They are answered as one request, and the turn marks every
 //!   merged update answered.
-//! - **Streaming** (`llm.stream`): the answer's first text is sent as a
+//! - **Streaming** (`llm.stream`; `session/answer.rs`, `session/live.rs`): the answer's first text is sent as a
 //!   message and then edited at most every `telegram.edit_interval` while it
 //!   grows, continuing in new messages past Telegram's size; the final text
 //!   replaces it, with a note if the stream broke. A message arriving while
@@ -32,6 +32,8 @@
 //!   hands the unanswered updates to a new session, which reloads the record.
 
 mod admin;
+mod answer;
+mod burst;
 mod live;
 
 use std::sync::Arc;
@@ -60,6 +62,8 @@ use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
 use crate::telemetry::security_event;
 use crate::texts::{Texts, fill};
+use answer::{answer, answer_with, unix_day};
+use burst::{answer_burst, on_arrival};
 use live::LiveAnswer;
 
 /// Messages of a session.
@@ -241,142 +245,6 @@ impl Actor for Session {
         }
         Ok(())
     }
-}
-
-/// Holds a text back while more may follow (`session.merge_window`);
-/// answers anything else at once, after the texts held back.
-async fn on_arrival(
-    myself: &ActorRef<SessionMsg>,
-    state: &mut SessionState,
-    inbound: Arc<Inbound>,
-) -> Result<(), ActorProcessingErr> {
-    let window = state.merge_window;
-    let mergeable = !window.is_zero()
-        && inbound.refused.is_none()
-        && inbound.sent_at.is_some()
-        && inbound.update_id > state.last_update_id;
-    let text_chars = match &inbound.kind {
-        InboundKind::Text(text) if mergeable => Some(text.chars().count()),
-        _ => None,
-    };
-    let Some(chars) = text_chars else {
-        if is_cancel(&inbound) && !state.burst.is_empty() {
-            return cancel_burst(state, &inbound).await;
-        }
-        answer_burst(state).await?;
-        return on_update(state, &inbound, &[]).await;
-    };
-    if let Some(first) = state.burst.first() {
-        // Merged texts are joined with a newline each.
-        let held: usize = state.burst.iter().map(|i| text_len(i) + 1).sum();
-        // Telegram dates messages to the second.
-        let window_secs = window.as_secs_f64().ceil() as i64;
-        let sent_together = first
-            .sent_at
-            .zip(inbound.sent_at)
-            .is_some_and(|(first, this)| (this - first).abs() <= window_secs.max(1));
-        let joins = first.user_id == inbound.user_id
-            && sent_together
-            && inbound
-                .received_at
-                .saturating_duration_since(first.received_at)
-                <= window
-            && held + chars <= state.deps.config.input.max_merged_chars;
-        if !joins {
-            answer_burst(state).await?;
-        }
-    }
-    let first_received = state
-        .burst
-        .first()
-        .map_or(inbound.received_at, |first| first.received_at);
-    state.burst.push(inbound);
-    state.burst_generation += 1;
-    let generation = state.burst_generation;
-    let waits_for_more = chars >= state.deps.config.session.merge_wait_chars;
-    if waits_for_more {
-        let wait = (first_received + window).saturating_duration_since(std::time::Instant::now());
-        myself.send_after(wait, move || SessionMsg::FlushBurst { generation });
-    } else {
-        // Behind whatever is already in the mailbox: texts waiting there
-        // join the burst first.
-        myself.cast(SessionMsg::FlushBurst { generation })?;
-    }
-    Ok(())
-}
-
-fn is_cancel(inbound: &Inbound) -> bool {
-    matches!(&inbound.kind, InboundKind::Command { name, .. } if name == "cancel")
-}
-
-/// `/cancel` while texts wait to be merged: they are not sent to the LLM.
-/// They stay in the history (for `/retry`), and the turn marks them and the
-/// `/cancel` answered.
-async fn cancel_burst(
-    state: &mut SessionState,
-    inbound: &Inbound,
-) -> Result<(), ActorProcessingErr> {
-    let burst = std::mem::take(&mut state.burst);
-    let earlier: Vec<u32> = burst.iter().map(|held| held.update_id).collect();
-    let text = merged_text(&burst);
-    if let Ok(cleaned) = input::validate(&text, state.deps.config.input.max_merged_chars) {
-        state.history.push(Role::User, cleaned.as_str().into());
-    }
-    tracing::info!(held = earlier.len(), "held messages cancelled");
-    let texts = Arc::clone(
-        state
-            .deps
-            .locales
-            .for_language(inbound.language_code.as_deref()),
-    );
-    state.reply_is_markdown = false;
-    state.streamed.clear();
-    state.counters.answered += 1;
-    let commit = prepare_commit(state, inbound.update_id, &earlier, Change::Update);
-    deliver(state, texts.cancelled.clone(), commit).await;
-    finish(state, inbound, &earlier)
-}
-
-/// The texts of a burst, one per line.
-fn merged_text(burst: &[Arc<Inbound>]) -> String {
-    burst
-        .iter()
-        .filter_map(|inbound| match &inbound.kind {
-            InboundKind::Text(text) => Some(text.as_str()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn text_len(inbound: &Inbound) -> usize {
-    match &inbound.kind {
-        InboundKind::Text(text) => text.chars().count(),
-        _ => 0,
-    }
-}
-
-/// Answers the texts held back, as one request when there are several.
-async fn answer_burst(state: &mut SessionState) -> Result<(), ActorProcessingErr> {
-    let burst = std::mem::take(&mut state.burst);
-    let Some((last, earlier)) = burst.split_last() else {
-        return Ok(());
-    };
-    if earlier.is_empty() {
-        return on_update(state, last, &[]).await;
-    }
-    let text = merged_text(&burst);
-    let merged = Inbound {
-        kind: InboundKind::Text(text),
-        ..Inbound::clone(last)
-    };
-    let earlier: Vec<u32> = earlier.iter().map(|inbound| inbound.update_id).collect();
-    metrics::counter!("llmgram_merged_messages_total").increment(earlier.len() as u64);
-    tracing::debug!(
-        merged = earlier.len() + 1,
-        "messages merged into one request"
-    );
-    on_update(state, &merged, &earlier).await
 }
 
 /// Answers one update (or several merged ones: `earlier` are the update ids
@@ -580,42 +448,6 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
     }
 }
 
-/// Characters per token when the provider reports no usage: the usual rule
-/// of thumb for English and code; generous for other scripts.
-const CHARS_PER_TOKEN: u64 = 4;
-
-fn estimate_tokens(prompt: &[crate::llm::ChatMessage], answer: &str) -> u64 {
-    let chars: usize = prompt
-        .iter()
-        .map(|m| m.content.chars().count())
-        .sum::<usize>()
-        + answer.chars().count();
-    (chars as u64).div_ceil(CHARS_PER_TOKEN)
-}
-
-/// Drops the oldest history messages (never the system prompt or the new
-/// message) until the prompt's estimated tokens fit `budget`, and never
-/// leaves an assistant message first.
-fn fit_context(prompt: &mut Vec<crate::llm::ChatMessage>, budget: u64) {
-    let tokens =
-        |m: &crate::llm::ChatMessage| (m.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN);
-    let mut total: u64 = prompt.iter().map(tokens).sum();
-    while prompt.len() > 2
-        && (total > budget || prompt.get(1).is_some_and(|m| m.role == Role::Assistant))
-    {
-        total -= tokens(&prompt.remove(1));
-    }
-}
-
-/// Days since the Unix epoch, UTC: the budget's day.
-fn unix_day() -> u32 {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    const SECONDS_PER_DAY: u64 = 86_400;
-    u32::try_from(seconds / SECONDS_PER_DAY).unwrap_or(u32::MAX)
-}
-
 /// What a turn does to the stored record.
 enum Change {
     /// Store the session's current record.
@@ -757,222 +589,6 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
 /// Commands for admins only (`/model` without arguments is for everyone).
 const ADMIN_COMMANDS: &[&str] = &["model", "stats", "health", "ban", "unban"];
 
-/// Asks the LLM, showing "typing…" while it works; returns the text to send.
-async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
-    answer_with(state, texts, text, Overrides::default()).await
-}
-
-/// [`answer`] with a command's model or temperature.
-async fn answer_with(
-    state: &mut SessionState,
-    texts: &Texts,
-    text: &str,
-    options: Overrides,
-) -> String {
-    let today = unix_day();
-    if state.counters.usage_day != today {
-        state.counters.usage_day = today;
-        state.counters.tokens_today = 0;
-    }
-    let budget = state.deps.config.llm.daily_token_budget;
-    if budget > 0 && !state.budget_exempt && state.counters.tokens_today >= budget {
-        tracing::info!(budget, "daily token budget used up");
-        return fill(&texts.budget_exceeded, &[("budget", &budget.to_string())]);
-    }
-    // A command's own model first, then the model this chat chose.
-    let options = Overrides {
-        model: options
-            .model
-            .or_else(|| state.settings.model.as_deref().map(Arc::from)),
-        ..options
-    };
-    let user_text: Arc<str> = text.into();
-    let mut prompt = state.history.prompt(&state.system_prompt, &user_text);
-    let llm = &state.deps.config.llm;
-    fit_context(
-        &mut prompt,
-        llm.context_tokens.saturating_sub(u64::from(llm.max_tokens)),
-    );
-    let stream = state.deps.config.llm.stream.then(|| {
-        let llm = &state.deps.config.llm;
-        let (deltas, receiver) = mpsc::channel(STREAM_BUFFER);
-        let to = StreamTo {
-            deltas,
-            chunk_timeout: llm.stream_chunk_timeout,
-            max_duration: llm.stream_max_duration,
-        };
-        (to, receiver)
-    });
-    let (stream_to, deltas) = stream.unzip();
-    let started = Instant::now();
-    let request = Request {
-        prompt: &prompt,
-        options: &options,
-        stream: stream_to,
-    };
-    let (result, live) = await_answer(state, texts, request, deltas).await;
-    let partial = live.text().to_owned();
-    state.streamed = live.into_shown();
-    let Some(result) = result else {
-        // The user sent /cancel. A plain call runs out in the pool and its
-        // answer is dropped; a stream stops at once. The question stays for
-        // /retry, and what was shown of the answer stays on screen.
-        tracing::info!("answer cancelled");
-        state.cancelled = true;
-        state.history.push(Role::User, user_text);
-        if partial.trim().is_empty() {
-            return texts.cancelled.clone();
-        }
-        // What was shown was generated, and counts.
-        let tokens = estimate_tokens(&prompt, &partial);
-        state.counters.tokens_today += tokens;
-        metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
-        state.reply_is_markdown = true;
-        return format!("{partial}\n\n{}", texts.cancelled);
-    };
-    let llm_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(completion) => {
-            tracing::info!(llm_ms, chars = completion.text.chars().count(), "answered");
-            let tokens = completion.usage.map_or_else(
-                || estimate_tokens(&prompt, &completion.text),
-                |usage| usage.prompt_tokens + usage.completion_tokens,
-            );
-            state.counters.tokens_today += tokens;
-            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
-            state.history.push(Role::User, user_text);
-            state
-                .history
-                .push(Role::Assistant, completion.text.as_str().into());
-            state.reply_is_markdown = true;
-            completion.text
-        }
-        Err(LlmError::StreamCut(cause)) if !partial.trim().is_empty() => {
-            // The user has seen part of the answer: keep it, say it is cut.
-            tracing::info!(
-                llm_ms,
-                class = cause.class(),
-                chars = partial.chars().count(),
-                "stream cut"
-            );
-            state.counters.llm_failures += 1;
-            let tokens = estimate_tokens(&prompt, &partial);
-            state.counters.tokens_today += tokens;
-            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
-            state.history.push(Role::User, user_text);
-            state.history.push(Role::Assistant, partial.as_str().into());
-            state.reply_is_markdown = true;
-            format!("{partial}\n\n{}", texts.answer_cut)
-        }
-        Err(error) => {
-            // Provider failures were logged by the pool where it handled
-            // them; this is the user-facing outcome.
-            tracing::info!(llm_ms, class = error.class(), "fallback reply");
-            state.counters.llm_failures += 1;
-            // Kept so the conversation stays coherent and /retry can answer it.
-            state.history.push(Role::User, user_text);
-            fallback_text(texts, &error)
-        }
-    }
-}
-
-/// Capacity of the channel a streamed answer's text arrives through
-/// (pieces). The provider's reader waits when it is full, so a slow chat
-/// holds back its stream instead of buffering it.
-const STREAM_BUFFER: usize = 64;
-
-/// One LLM request of a session.
-struct Request<'a> {
-    prompt: &'a [crate::llm::ChatMessage],
-    options: &'a Overrides,
-    stream: Option<StreamTo>,
-}
-
-/// Waits for the LLM pool's answer while showing "typing…", or the streamed
-/// answer as it grows, telling the user once if another message arrives
-/// meanwhile. `None` if the user cancelled.
-async fn await_answer(
-    state: &SessionState,
-    texts: &Texts,
-    request: Request<'_>,
-    mut deltas: Option<mpsc::Receiver<String>>,
-) -> (Option<Result<crate::llm::Completion, LlmError>>, LiveAnswer) {
-    let deps = &state.deps;
-    let chat_id = state.chat_id;
-    let telegram = &deps.config.telegram;
-    let call = deps
-        .directory
-        .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
-            messages: request.prompt.to_vec(),
-            options: request.options.clone(),
-            stream: request.stream.clone(),
-            reply,
-        });
-    tokio::pin!(call);
-    let mut live = LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval);
-    let mut update: Option<std::pin::Pin<Box<dyn Future<Output = Delivered> + Send + '_>>> = None;
-    let mut next_typing = Instant::now() + telegram.typing_after;
-    let cancelled = state.signals.cancel.notified();
-    tokio::pin!(cancelled);
-    let arrived = state.signals.arrived.notified();
-    tokio::pin!(arrived);
-    // Someone is waiting behind this answer: tell them once, when the
-    // answer has taken long enough for the wait to be noticed.
-    let mut queued = false;
-    let mut told = false;
-    let notice_at = Instant::now() + deps.config.session.queued_notice_after;
-    let result = loop {
-        tokio::select! {
-            result = &mut call => break Some(result.unwrap_or(Err(LlmError::PoolUnavailable))),
-            () = &mut cancelled => break None,
-            () = &mut arrived, if !queued => queued = true,
-            () = tokio::time::sleep_until(notice_at), if queued && !told => {
-                told = true;
-                tell(deps, chat_id, &texts.answer_coming);
-            }
-            Some(delta) = next_delta(&mut deltas) => live.push(&delta),
-            sent = until_done(&mut update) => {
-                update = None;
-                live.finish_update(sent);
-            }
-            () = tokio::time::sleep_until(live.next_update()), if update.is_none() && live.wants_update() => {
-                let parts = live.begin_update();
-                update = Some(Box::pin(send_parts(deps, chat_id, parts, None)));
-            }
-            () = tokio::time::sleep_until(next_typing), if !live.is_showing() => {
-                deps.directory.cast_now(Child::Outbox, OutboxMsg::ShowTyping { chat_id });
-                next_typing += telegram.typing_interval;
-            }
-        }
-    };
-    // Text that arrived after the pool's answer was taken (the answer has
-    // it all, but a cut or cancelled stream keeps only what came).
-    if let Some(deltas) = &mut deltas {
-        while let Ok(delta) = deltas.try_recv() {
-            live.push(&delta);
-        }
-    }
-    // The final delivery edits what this update shows: it needs its ids.
-    if let Some(update) = update {
-        live.finish_update(update.await);
-    }
-    (result, live)
-}
-
-async fn next_delta(deltas: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
-    match deltas {
-        Some(deltas) => deltas.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn until_done<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
-    match future {
-        Some(future) => future.await,
-        None => std::future::pending().await,
-    }
-}
-
 /// An outbox delivery's outcome.
 type Delivered = Result<Vec<MessageId>, crate::telegram::TelegramError>;
 
@@ -1006,27 +622,6 @@ fn tell(deps: &Deps, chat_id: ChatId, text: &str) {
             reply: reply.into(),
         },
     );
-}
-
-/// The localised reply when no answer could be had.
-fn fallback_text(texts: &Texts, error: &LlmError) -> String {
-    match error {
-        LlmError::NoProvider {
-            retry_in: Some(wait),
-            ..
-        } => {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            fill(
-                &texts.llm_unavailable_retry,
-                &[("seconds", &seconds.to_string())],
-            )
-        }
-        LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
-        LlmError::NoProvider {
-            last: Some(last), ..
-        } if matches!(**last, LlmError::RateLimited { .. }) => texts.llm_busy.clone(),
-        _ => texts.llm_unavailable.clone(),
-    }
 }
 
 /// Hands the reply (and the turn's commit) to the outbox and waits until it

@@ -1,0 +1,279 @@
+//! Asking the LLM for one answer: the daily budget, the prompt trimmed to
+//! the context window, "typing…" or the streamed answer shown live while
+//! the pool works, `/cancel`, the one "still writing" notice, and the
+//! localised reply when no answer could be had.
+
+use super::*;
+
+/// Characters per token when the provider reports no usage: the usual rule
+/// of thumb for English and code; generous for other scripts.
+const CHARS_PER_TOKEN: u64 = 4;
+
+fn estimate_tokens(prompt: &[crate::llm::ChatMessage], answer: &str) -> u64 {
+    let chars: usize = prompt
+        .iter()
+        .map(|m| m.content.chars().count())
+        .sum::<usize>()
+        + answer.chars().count();
+    (chars as u64).div_ceil(CHARS_PER_TOKEN)
+}
+
+/// Drops the oldest history messages (never the system prompt or the new
+/// message) until the prompt's estimated tokens fit `budget`, and never
+/// leaves an assistant message first.
+fn fit_context(prompt: &mut Vec<crate::llm::ChatMessage>, budget: u64) {
+    let tokens =
+        |m: &crate::llm::ChatMessage| (m.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN);
+    let mut total: u64 = prompt.iter().map(tokens).sum();
+    while prompt.len() > 2
+        && (total > budget || prompt.get(1).is_some_and(|m| m.role == Role::Assistant))
+    {
+        total -= tokens(&prompt.remove(1));
+    }
+}
+
+/// Days since the Unix epoch, UTC: the budget's day.
+pub(super) fn unix_day() -> u32 {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    const SECONDS_PER_DAY: u64 = 86_400;
+    u32::try_from(seconds / SECONDS_PER_DAY).unwrap_or(u32::MAX)
+}
+
+/// Asks the LLM, showing "typing…" while it works; returns the text to send.
+pub(super) async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
+    answer_with(state, texts, text, Overrides::default()).await
+}
+
+/// [`answer`] with a command's model or temperature.
+pub(super) async fn answer_with(
+    state: &mut SessionState,
+    texts: &Texts,
+    text: &str,
+    options: Overrides,
+) -> String {
+    let today = unix_day();
+    if state.counters.usage_day != today {
+        state.counters.usage_day = today;
+        state.counters.tokens_today = 0;
+    }
+    let budget = state.deps.config.llm.daily_token_budget;
+    if budget > 0 && !state.budget_exempt && state.counters.tokens_today >= budget {
+        tracing::info!(budget, "daily token budget used up");
+        return fill(&texts.budget_exceeded, &[("budget", &budget.to_string())]);
+    }
+    // A command's own model first, then the model this chat chose.
+    let options = Overrides {
+        model: options
+            .model
+            .or_else(|| state.settings.model.as_deref().map(Arc::from)),
+        ..options
+    };
+    let user_text: Arc<str> = text.into();
+    let mut prompt = state.history.prompt(&state.system_prompt, &user_text);
+    let llm = &state.deps.config.llm;
+    fit_context(
+        &mut prompt,
+        llm.context_tokens.saturating_sub(u64::from(llm.max_tokens)),
+    );
+    let stream = state.deps.config.llm.stream.then(|| {
+        let llm = &state.deps.config.llm;
+        let (deltas, receiver) = mpsc::channel(STREAM_BUFFER);
+        let to = StreamTo {
+            deltas,
+            chunk_timeout: llm.stream_chunk_timeout,
+            max_duration: llm.stream_max_duration,
+        };
+        (to, receiver)
+    });
+    let (stream_to, deltas) = stream.unzip();
+    let started = Instant::now();
+    let request = Request {
+        prompt: &prompt,
+        options: &options,
+        stream: stream_to,
+    };
+    let (result, live) = await_answer(state, texts, request, deltas).await;
+    let partial = live.text().to_owned();
+    state.streamed = live.into_shown();
+    let Some(result) = result else {
+        // The user sent /cancel. A plain call runs out in the pool and its
+        // answer is dropped; a stream stops at once. The question stays for
+        // /retry, and what was shown of the answer stays on screen.
+        tracing::info!("answer cancelled");
+        state.cancelled = true;
+        state.history.push(Role::User, user_text);
+        if partial.trim().is_empty() {
+            return texts.cancelled.clone();
+        }
+        // What was shown was generated, and counts.
+        let tokens = estimate_tokens(&prompt, &partial);
+        state.counters.tokens_today += tokens;
+        metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+        state.reply_is_markdown = true;
+        return format!("{partial}\n\n{}", texts.cancelled);
+    };
+    let llm_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(completion) => {
+            tracing::info!(llm_ms, chars = completion.text.chars().count(), "answered");
+            let tokens = completion.usage.map_or_else(
+                || estimate_tokens(&prompt, &completion.text),
+                |usage| usage.prompt_tokens + usage.completion_tokens,
+            );
+            state.counters.tokens_today += tokens;
+            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+            state.history.push(Role::User, user_text);
+            state
+                .history
+                .push(Role::Assistant, completion.text.as_str().into());
+            state.reply_is_markdown = true;
+            completion.text
+        }
+        Err(LlmError::StreamCut(cause)) if !partial.trim().is_empty() => {
+            // The user has seen part of the answer: keep it, say it is cut.
+            tracing::info!(
+                llm_ms,
+                class = cause.class(),
+                chars = partial.chars().count(),
+                "stream cut"
+            );
+            state.counters.llm_failures += 1;
+            let tokens = estimate_tokens(&prompt, &partial);
+            state.counters.tokens_today += tokens;
+            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+            state.history.push(Role::User, user_text);
+            state.history.push(Role::Assistant, partial.as_str().into());
+            state.reply_is_markdown = true;
+            format!("{partial}\n\n{}", texts.answer_cut)
+        }
+        Err(error) => {
+            // Provider failures were logged by the pool where it handled
+            // them; this is the user-facing outcome.
+            tracing::info!(llm_ms, class = error.class(), "fallback reply");
+            state.counters.llm_failures += 1;
+            // Kept so the conversation stays coherent and /retry can answer it.
+            state.history.push(Role::User, user_text);
+            fallback_text(texts, &error)
+        }
+    }
+}
+
+/// Capacity of the channel a streamed answer's text arrives through
+/// (pieces). The provider's reader waits when it is full, so a slow chat
+/// holds back its stream instead of buffering it.
+const STREAM_BUFFER: usize = 64;
+
+/// One LLM request of a session.
+struct Request<'a> {
+    prompt: &'a [crate::llm::ChatMessage],
+    options: &'a Overrides,
+    stream: Option<StreamTo>,
+}
+
+/// Waits for the LLM pool's answer while showing "typing…", or the streamed
+/// answer as it grows, telling the user once if another message arrives
+/// meanwhile. `None` if the user cancelled.
+async fn await_answer(
+    state: &SessionState,
+    texts: &Texts,
+    request: Request<'_>,
+    mut deltas: Option<mpsc::Receiver<String>>,
+) -> (Option<Result<crate::llm::Completion, LlmError>>, LiveAnswer) {
+    let deps = &state.deps;
+    let chat_id = state.chat_id;
+    let telegram = &deps.config.telegram;
+    let call = deps
+        .directory
+        .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
+            messages: request.prompt.to_vec(),
+            options: request.options.clone(),
+            stream: request.stream.clone(),
+            reply,
+        });
+    tokio::pin!(call);
+    let mut live = LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval);
+    let mut update: Option<std::pin::Pin<Box<dyn Future<Output = Delivered> + Send + '_>>> = None;
+    let mut next_typing = Instant::now() + telegram.typing_after;
+    let cancelled = state.signals.cancel.notified();
+    tokio::pin!(cancelled);
+    let arrived = state.signals.arrived.notified();
+    tokio::pin!(arrived);
+    // Someone is waiting behind this answer: tell them once, when the
+    // answer has taken long enough for the wait to be noticed.
+    let mut queued = false;
+    let mut told = false;
+    let notice_at = Instant::now() + deps.config.session.queued_notice_after;
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break Some(result.unwrap_or(Err(LlmError::PoolUnavailable))),
+            () = &mut cancelled => break None,
+            () = &mut arrived, if !queued => queued = true,
+            () = tokio::time::sleep_until(notice_at), if queued && !told => {
+                told = true;
+                tell(deps, chat_id, &texts.answer_coming);
+            }
+            Some(delta) = next_delta(&mut deltas) => live.push(&delta),
+            sent = until_done(&mut update) => {
+                update = None;
+                live.finish_update(sent);
+            }
+            () = tokio::time::sleep_until(live.next_update()), if update.is_none() && live.wants_update() => {
+                let parts = live.begin_update();
+                update = Some(Box::pin(send_parts(deps, chat_id, parts, None)));
+            }
+            () = tokio::time::sleep_until(next_typing), if !live.is_showing() => {
+                deps.directory.cast_now(Child::Outbox, OutboxMsg::ShowTyping { chat_id });
+                next_typing += telegram.typing_interval;
+            }
+        }
+    };
+    // Text that arrived after the pool's answer was taken (the answer has
+    // it all, but a cut or cancelled stream keeps only what came).
+    if let Some(deltas) = &mut deltas {
+        while let Ok(delta) = deltas.try_recv() {
+            live.push(&delta);
+        }
+    }
+    // The final delivery edits what this update shows: it needs its ids.
+    if let Some(update) = update {
+        live.finish_update(update.await);
+    }
+    (result, live)
+}
+
+async fn next_delta(deltas: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match deltas {
+        Some(deltas) => deltas.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until_done<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The localised reply when no answer could be had.
+fn fallback_text(texts: &Texts, error: &LlmError) -> String {
+    match error {
+        LlmError::NoProvider {
+            retry_in: Some(wait),
+            ..
+        } => {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            fill(
+                &texts.llm_unavailable_retry,
+                &[("seconds", &seconds.to_string())],
+            )
+        }
+        LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
+        LlmError::NoProvider {
+            last: Some(last), ..
+        } if matches!(**last, LlmError::RateLimited { .. }) => texts.llm_busy.clone(),
+        _ => texts.llm_unavailable.clone(),
+    }
+}

@@ -1,0 +1,145 @@
+//! Bursts: texts of one user sent within `session.merge_window` (Telegram
+//! cuts a long paste into several messages) are held in the session's state
+//! and answered as one request. Only a long piece waits for the window; a
+//! short text is merged only with texts already in the mailbox (a
+//! `FlushBurst` the session casts to itself lands behind them). Held texts
+//! stay pending at the supervisor, so a crash loses none; the merged turn
+//! marks each of them answered.
+
+use super::*;
+
+/// Holds a text back while more may follow (`session.merge_window`);
+/// answers anything else at once, after the texts held back.
+pub(super) async fn on_arrival(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    inbound: Arc<Inbound>,
+) -> Result<(), ActorProcessingErr> {
+    let window = state.merge_window;
+    let mergeable = !window.is_zero()
+        && inbound.refused.is_none()
+        && inbound.sent_at.is_some()
+        && inbound.update_id > state.last_update_id;
+    let text_chars = match &inbound.kind {
+        InboundKind::Text(text) if mergeable => Some(text.chars().count()),
+        _ => None,
+    };
+    let Some(chars) = text_chars else {
+        if is_cancel(&inbound) && !state.burst.is_empty() {
+            return cancel_burst(state, &inbound).await;
+        }
+        answer_burst(state).await?;
+        return on_update(state, &inbound, &[]).await;
+    };
+    if let Some(first) = state.burst.first() {
+        // Merged texts are joined with a newline each.
+        let held: usize = state.burst.iter().map(|i| text_len(i) + 1).sum();
+        // Telegram dates messages to the second.
+        let window_secs = window.as_secs_f64().ceil() as i64;
+        let sent_together = first
+            .sent_at
+            .zip(inbound.sent_at)
+            .is_some_and(|(first, this)| (this - first).abs() <= window_secs.max(1));
+        let joins = first.user_id == inbound.user_id
+            && sent_together
+            && inbound
+                .received_at
+                .saturating_duration_since(first.received_at)
+                <= window
+            && held + chars <= state.deps.config.input.max_merged_chars;
+        if !joins {
+            answer_burst(state).await?;
+        }
+    }
+    let first_received = state
+        .burst
+        .first()
+        .map_or(inbound.received_at, |first| first.received_at);
+    state.burst.push(inbound);
+    state.burst_generation += 1;
+    let generation = state.burst_generation;
+    let waits_for_more = chars >= state.deps.config.session.merge_wait_chars;
+    if waits_for_more {
+        let wait = (first_received + window).saturating_duration_since(std::time::Instant::now());
+        myself.send_after(wait, move || SessionMsg::FlushBurst { generation });
+    } else {
+        // Behind whatever is already in the mailbox: texts waiting there
+        // join the burst first.
+        myself.cast(SessionMsg::FlushBurst { generation })?;
+    }
+    Ok(())
+}
+
+fn is_cancel(inbound: &Inbound) -> bool {
+    matches!(&inbound.kind, InboundKind::Command { name, .. } if name == "cancel")
+}
+
+/// `/cancel` while texts wait to be merged: they are not sent to the LLM.
+/// They stay in the history (for `/retry`), and the turn marks them and the
+/// `/cancel` answered.
+async fn cancel_burst(
+    state: &mut SessionState,
+    inbound: &Inbound,
+) -> Result<(), ActorProcessingErr> {
+    let burst = std::mem::take(&mut state.burst);
+    let earlier: Vec<u32> = burst.iter().map(|held| held.update_id).collect();
+    let text = merged_text(&burst);
+    if let Ok(cleaned) = input::validate(&text, state.deps.config.input.max_merged_chars) {
+        state.history.push(Role::User, cleaned.as_str().into());
+    }
+    tracing::info!(held = earlier.len(), "held messages cancelled");
+    let texts = Arc::clone(
+        state
+            .deps
+            .locales
+            .for_language(inbound.language_code.as_deref()),
+    );
+    state.reply_is_markdown = false;
+    state.streamed.clear();
+    state.counters.answered += 1;
+    let commit = prepare_commit(state, inbound.update_id, &earlier, Change::Update);
+    deliver(state, texts.cancelled.clone(), commit).await;
+    finish(state, inbound, &earlier)
+}
+
+/// The texts of a burst, one per line.
+fn merged_text(burst: &[Arc<Inbound>]) -> String {
+    burst
+        .iter()
+        .filter_map(|inbound| match &inbound.kind {
+            InboundKind::Text(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn text_len(inbound: &Inbound) -> usize {
+    match &inbound.kind {
+        InboundKind::Text(text) => text.chars().count(),
+        _ => 0,
+    }
+}
+
+/// Answers the texts held back, as one request when there are several.
+pub(super) async fn answer_burst(state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    let burst = std::mem::take(&mut state.burst);
+    let Some((last, earlier)) = burst.split_last() else {
+        return Ok(());
+    };
+    if earlier.is_empty() {
+        return on_update(state, last, &[]).await;
+    }
+    let text = merged_text(&burst);
+    let merged = Inbound {
+        kind: InboundKind::Text(text),
+        ..Inbound::clone(last)
+    };
+    let earlier: Vec<u32> = earlier.iter().map(|inbound| inbound.update_id).collect();
+    metrics::counter!("llmgram_merged_messages_total").increment(earlier.len() as u64);
+    tracing::debug!(
+        merged = earlier.len() + 1,
+        "messages merged into one request"
+    );
+    on_update(state, &merged, &earlier).await
+}
