@@ -61,6 +61,8 @@ enum Command {
 
 /// mimalloc gives freed memory back to the OS; with glibc's malloc the RSS
 /// of 100,000 evicted sessions never came down (BENCHMARKS.md, memory).
+/// The `system-alloc` feature turns it off for heap profilers (heaptrack).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -233,13 +233,18 @@ impl Actor for Session {
         message: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed: ractor keeps its message loop (which embeds this future)
+        // in one allocation for the actor's whole life, so an unboxed
+        // answer's state machine (~5.7 KB) would stay allocated in every
+        // idle session. Boxed, it exists only while a message is handled
+        // (BENCHMARKS.md, "Memory").
         match message {
             #[cfg(feature = "chaos")]
             SessionMsg::Panic => panic!("chaos: ordered to panic"),
-            SessionMsg::Handle(inbound) => on_arrival(&myself, state, inbound).await?,
+            SessionMsg::Handle(inbound) => Box::pin(on_arrival(&myself, state, inbound)).await?,
             SessionMsg::FlushBurst { generation } => {
                 if generation == state.burst_generation {
-                    answer_burst(state).await?;
+                    Box::pin(answer_burst(state)).await?;
                 }
             }
         }
