@@ -67,7 +67,12 @@
 //!   budget. A reply quoting no message counts as a fallback answer, not a
 //!   violation; a second reply to a message is a violation;
 //! * `LLMGRAM_BENCH_WRAPPER="heaptrack -o FILE"` (environment): runs the bot
-//!   under a profiler (the `/proc` figures then describe the wrapper);
+//!   under a profiler (the `/proc` figures then describe the wrapper). Add
+//!   `--features system-alloc`: heaptrack hooks malloc and sees nothing of
+//!   mimalloc. The bench stops the wrapper, not the bot, which keeps running
+//!   (and the trace open): `kill` the leftover bot by its pid to end the
+//!   trace; ended while sessions are live, heaptrack's "leaked" view is
+//!   exactly what they hold;
 //! * `--set section.key=value` (repeatable): any other bot setting, passed
 //!   as `LLMGRAM_SECTION__KEY=value`, e.g.
 //!   `--set llm.pool_max_idle_per_host=256`.

@@ -354,6 +354,8 @@ pub struct StorageConfig {
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     pub commit_max_batch: usize,
+    /// Size at which a keyspace's memtable is flushed to disk, in MiB.
+    pub memtable_mib: u64,
 }
 
 /// How far a commit is pushed to disk before writers are told it is done.
@@ -781,6 +783,9 @@ impl Config {
             "storage.commit_max_batch",
             self.storage.commit_max_batch as u64,
         )?;
+        // fjall flushes a memtable that reaches this size; zero would flush
+        // on every write.
+        positive("storage.memtable_mib", self.storage.memtable_mib)?;
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "storage.path",

@@ -269,7 +269,7 @@ impl StoreWriter {
     /// writer thread. Blocking: call it from a blocking context. Fails when
     /// the directory cannot be used or another process holds it.
     pub fn start(config: &StorageConfig) -> Result<(Self, JoinHandle<()>), StoreError> {
-        let store = OpenStore::open(&config.path)?;
+        let store = OpenStore::open_with(&config.path, Some(config.memtable_mib * 1024 * 1024))?;
         let (ops, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let listener = Arc::new(std::sync::Mutex::new(None));
@@ -329,18 +329,29 @@ struct OpenStore {
 }
 
 impl OpenStore {
+    /// Opens with fjall's default memtable size (backup, restore, tests).
     fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, None)
+    }
+
+    /// `memtable_bytes` (`storage.memtable_mib`) bounds each keyspace's
+    /// memtable: it stays in memory until flushed, active chats or not.
+    fn open_with(path: &Path, memtable_bytes: Option<u64>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Storage(e.to_string()))?;
         // The journal is persisted by each commit with the configured mode,
         // so fjall's own background fsync is not needed.
         let db = Database::builder(path)
             .manual_journal_persist(true)
             .open()?;
+        let options = || match memtable_bytes {
+            Some(bytes) => KeyspaceCreateOptions::default().max_memtable_size(bytes),
+            None => KeyspaceCreateOptions::default(),
+        };
         Ok(Self {
-            chats: db.keyspace(CHATS, KeyspaceCreateOptions::default)?,
-            bot: db.keyspace(BOT, KeyspaceCreateOptions::default)?,
-            updates: db.keyspace(UPDATES, KeyspaceCreateOptions::default)?,
-            failed: db.keyspace(FAILED, KeyspaceCreateOptions::default)?,
+            chats: db.keyspace(CHATS, options)?,
+            bot: db.keyspace(BOT, options)?,
+            updates: db.keyspace(UPDATES, options)?,
+            failed: db.keyspace(FAILED, options)?,
             db,
         })
     }

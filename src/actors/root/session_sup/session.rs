@@ -27,6 +27,10 @@
 //!   grows, continuing in new messages past Telegram's size; the final text
 //!   replaces it, with a note if the stream broke. A message arriving while
 //!   an answer is written gets one "still writing" notice.
+//! - **Memory** (one session per active chat, 100,000 must fit 1 GiB): the
+//!   handler's future is boxed, so it exists only while a message is
+//!   handled; `Deps` and the system prompt are shared, not copied; what
+//!   remains per idle session is mostly ractor's own (channels, task).
 //! - **Failures:** LLM errors are expected: the user gets a fallback reply and
 //!   the user message stays in the history. A panic is a bug: the supervisor
 //!   hands the unanswered updates to a new session, which reloads the record.
@@ -96,7 +100,9 @@ pub struct SessionArgs {
     /// The chat this session serves.
     pub chat_id: ChatId,
     /// Shared dependencies.
-    pub deps: Deps,
+    pub deps: Arc<Deps>,
+    /// `llm.system_prompt`, shared by all sessions.
+    pub system_prompt: Arc<str>,
     /// Where `TurnFinished` goes.
     pub supervisor: ActorRef<SessionSupMsg>,
     /// Wakes the session's answer in flight (`/cancel`, new messages).
@@ -144,7 +150,7 @@ pub struct SessionState {
     /// An assistant command sent without text: the next text is its input.
     /// Not stored; an evicted or restarted session forgets it.
     awaiting_input: Option<String>,
-    deps: Deps,
+    deps: Arc<Deps>,
     supervisor: ActorRef<SessionSupMsg>,
     system_prompt: Arc<str>,
 }
@@ -180,7 +186,7 @@ impl Actor for Session {
             },
             streamed: Vec::new(),
             cancelled: false,
-            system_prompt: args.deps.config.llm.system_prompt.as_str().into(),
+            system_prompt: args.system_prompt,
             deps: args.deps,
             supervisor: args.supervisor,
         })
