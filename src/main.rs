@@ -91,7 +91,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _log_guard = match llmgram::telemetry::init(&config.log) {
+    let log = config.log.clone();
+    run_logged(&log, app::run(config, secrets, shutdown_signal()))
+}
+
+/// Starts logging and the async runtime, runs `service` to its end and
+/// turns its outcome into the exit code.
+fn run_logged(
+    log: &LogConfig,
+    service: impl std::future::Future<Output = Result<(), app::AppError>>,
+) -> ExitCode {
+    let _log_guard = match llmgram::telemetry::init(log) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("llmgram: {error}");
@@ -108,7 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    exit_code(runtime.block_on(app::run(config, secrets, shutdown_signal())))
+    exit_code(runtime.block_on(service))
 }
 
 /// `llmgram chat`: the console front, until stdin ends or a signal.
@@ -122,24 +132,10 @@ fn chat(file: Option<&std::path::Path>, options: ChatOptions) -> ExitCode {
         level: config.console.log_level.clone(),
         format: config.log.format,
     };
-    let _log_guard = match llmgram::telemetry::init(&log) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("llmgram: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("llmgram: cannot start the async runtime: {error}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    exit_code(runtime.block_on(console::run(config, secrets, options, shutdown_signal())))
+    run_logged(
+        &log,
+        console::run(config, secrets, options, shutdown_signal()),
+    )
 }
 
 /// The exit code for how the service ended, after saying why if it failed.
