@@ -16,10 +16,11 @@
 //!   them one at a time, so they are answered in order; different chats run
 //!   in parallel.
 //! - **Eviction:** a session is stopped only when its `pending` queue is empty
-//!   and it has been idle for `session.idle_timeout`. The maps are shrunk
-//!   when mostly empty, so a past peak of chats does not keep their tables. Because this actor is the
-//!   only sender to sessions and decides eviction while handling one message,
-//!   no update can be in a mailbox that eviction throws away.
+//!   and it has been idle for `session.idle_timeout`. Because this actor is
+//!   the only sender to sessions and decides eviction while handling one
+//!   message, no update can be in a mailbox that eviction throws away. The
+//!   maps are shrunk when mostly empty, so a past peak of chats does not
+//!   keep their tables.
 //! - **On a session's failure:** a new session is spawned and every pending
 //!   update is handed to it again in order; the update it crashed on is
 //!   dropped with an apology after `session.max_redeliveries` attempts. The
