@@ -108,9 +108,7 @@ pub(super) async fn answer_with(
             return texts.cancelled.clone();
         }
         // What was shown was generated, and counts.
-        let tokens = estimate_tokens(&prompt, &partial);
-        state.counters.tokens_today += tokens;
-        metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+        charge(state, estimate_tokens(&prompt, &partial));
         state.reply_is_markdown = true;
         return format!("{partial}\n\n{}", texts.cancelled);
     };
@@ -122,8 +120,7 @@ pub(super) async fn answer_with(
                 || estimate_tokens(&prompt, &completion.text),
                 |usage| usage.prompt_tokens + usage.completion_tokens,
             );
-            state.counters.tokens_today += tokens;
-            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+            charge(state, tokens);
             state.history.push(Role::User, user_text);
             state
                 .history
@@ -140,9 +137,7 @@ pub(super) async fn answer_with(
                 "stream cut"
             );
             state.counters.llm_failures += 1;
-            let tokens = estimate_tokens(&prompt, &partial);
-            state.counters.tokens_today += tokens;
-            metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+            charge(state, estimate_tokens(&prompt, &partial));
             state.history.push(Role::User, user_text);
             state.history.push(Role::Assistant, partial.as_str().into());
             state.reply_is_markdown = true;
@@ -158,6 +153,12 @@ pub(super) async fn answer_with(
             fallback_text(texts, &error)
         }
     }
+}
+
+/// Counts `tokens` against the chat's daily budget and the metrics.
+fn charge(state: &mut SessionState, tokens: u64) {
+    state.counters.tokens_today += tokens;
+    metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
 }
 
 /// Capacity of the channel a streamed answer's text arrives through
