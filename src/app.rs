@@ -124,6 +124,12 @@ async fn start_with(
     instance: &str,
     front: Front,
 ) -> Result<Service, AppError> {
+    if !config.ignored_env.is_empty() {
+        tracing::warn!(
+            variables = ?config.ignored_env,
+            "ignoring LLMGRAM_* environment variables that are not settings (settings are LLMGRAM_<SECTION>__<KEY>)"
+        );
+    }
     let config = Arc::new(config);
     let storage = config.storage.clone();
     let (store, store_thread) = tokio::task::spawn_blocking(move || StoreWriter::start(&storage))
@@ -149,6 +155,11 @@ async fn start_with(
     let directory = Directory::new(instance, &config.supervision);
     // Installed once per process; every later service shares it.
     crate::ops::prometheus();
+    let providers: Vec<(&str, &str)> = llm.iter().map(|p| (p.name(), p.model())).collect();
+    crate::telemetry::families::register(crate::telemetry::families::Known {
+        providers: &providers,
+        actors: &crate::actors::Child::NAMES,
+    });
     let health = Arc::new(Health::new(llm.len()));
     let ops_listener = match &transport {
         Transport::Telegram(_) => Some(

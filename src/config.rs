@@ -56,6 +56,11 @@ pub struct Config {
     #[serde(default)]
     pub commands: Vec<CommandConfig>,
     pub shutdown: ShutdownConfig,
+    /// `LLMGRAM_*` environment variables that are not settings (no `__`
+    /// and no top-level key of that name), ignored; the service names them
+    /// in one warning at start.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// `[access]`: who may chat.
@@ -547,8 +552,23 @@ impl Config {
             })?;
             figment = figment.merge(Toml::string(&text));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        Self::extract(figment)
+        let top_level = Figment::from(Toml::string(DEFAULT_TOML));
+        let is_setting = move |key: &str| env_key_is_setting(key, |name| top_level.contains(name));
+        let ignored_env: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| {
+                name.strip_prefix(ENV_PREFIX)
+                    .is_some_and(|key| !is_setting(key))
+            })
+            .collect();
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(move |key| is_setting(key.as_str()))
+                .split("__"),
+        );
+        let mut config = Self::extract(figment)?;
+        config.ignored_env = ignored_env;
+        Ok(config)
     }
 
     /// Builds a configuration from the embedded defaults with `overrides`
@@ -849,6 +869,16 @@ impl Secrets {
     }
 }
 
+/// Whether `key` (an environment variable's name after `LLMGRAM_`) is meant
+/// as a setting. `SECTION__KEY` always is, so a typo in it fails with the key
+/// named; a name without `__` is only if it names a top-level setting
+/// (`ADMIN_IDS`). Anything else, such as Kubernetes' `LLMGRAM_SERVICE_HOST`
+/// or `LLMGRAM_PORT` for a Service named `llmgram`, is not ours: it is
+/// ignored with a warning instead of stopping the bot.
+fn env_key_is_setting(key: &str, is_top_level: impl Fn(&str) -> bool) -> bool {
+    key.contains("__") || is_top_level(&key.to_ascii_lowercase())
+}
+
 /// The variable's value through `lookup`, unless unset or blank.
 fn non_empty(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
     lookup(var).filter(|v| !v.trim().is_empty())
@@ -885,6 +915,18 @@ fn parse_error(error: figment::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_names_without_a_section_are_settings_only_when_top_level() {
+        let top = |key: &str| key == "admin_ids" || key == "llm";
+        assert!(env_key_is_setting("LLM__MODEL", top));
+        assert!(env_key_is_setting("LLM__MODLE", top), "a typo still fails");
+        assert!(env_key_is_setting("NOSUCH__KEY", top));
+        assert!(env_key_is_setting("ADMIN_IDS", top));
+        assert!(!env_key_is_setting("SERVICE_HOST", top));
+        assert!(!env_key_is_setting("PORT", top));
+        assert!(!env_key_is_setting("PORT_8080_TCP_ADDR", top));
+    }
 
     #[test]
     fn embedded_defaults_load_and_validate() {

@@ -168,6 +168,12 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    if !config.ignored_env.is_empty() {
+        eprintln!(
+            "llmgram: warning: ignoring environment variables that are not settings (settings are LLMGRAM_<SECTION>__<KEY>): {}",
+            config.ignored_env.join(", ")
+        );
+    }
     let secrets = Secrets::from_lookup(&config, |var| std::env::var(var).ok());
     let report = serde_json::json!({
         "config": config,

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ractor::ActorRef;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -46,6 +46,12 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS)
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(crate::telemetry::families::STORE_BATCH.to_owned()),
+                        crate::telemetry::families::BATCH_BUCKETS,
+                    )
+                })
                 .inspect_err(|error| tracing::error!(%error, "bad histogram buckets"))
                 .ok()?;
             builder

@@ -1,5 +1,8 @@
 //! Logging: `tracing` with a non-blocking writer, pretty or JSON, and the
-//! `log` records of teloxide and other crates bridged in.
+//! `log` records of teloxide and other crates bridged in; the metric
+//! families ([`families`]) and security events.
+
+pub mod families;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -41,9 +44,48 @@ pub fn security_events() -> u64 {
     SECURITY_EVENTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// What a security event was (the `kind` label of
+/// `llmgram_security_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityKind {
+    /// A webhook request from outside `webhook.allowed_networks`.
+    WebhookNetwork,
+    /// A webhook request without the right secret token.
+    WebhookSecret,
+    /// An admin command from someone who is not an admin.
+    AdminCommandDenied,
+    /// A message holding a known prompt-injection phrase.
+    InjectionPhrase,
+    /// New chats arriving faster than `limits.new_chats_per_minute`.
+    NewChatFlood,
+}
+
+impl SecurityKind {
+    /// Every kind, so each counter starts at zero.
+    pub const ALL: [Self; 5] = [
+        Self::WebhookNetwork,
+        Self::WebhookSecret,
+        Self::AdminCommandDenied,
+        Self::InjectionPhrase,
+        Self::NewChatFlood,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebhookNetwork => "webhook_network",
+            Self::WebhookSecret => "webhook_secret",
+            Self::AdminCommandDenied => "admin_command_denied",
+            Self::InjectionPhrase => "injection_phrase",
+            Self::NewChatFlood => "new_chat_flood",
+        }
+    }
+}
+
 /// Counts and logs a security event (never with the user's text).
-pub fn security_event(kind: &'static str) {
+pub fn security_event(kind: SecurityKind) {
     SECURITY_EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let kind = kind.as_str();
     tracing::warn!(kind, "security event");
-    metrics::counter!("llmgram_security_events_total", "kind" => kind).increment(1);
+    metrics::counter!(families::SECURITY_EVENTS, "kind" => kind).increment(1);
 }

@@ -41,6 +41,17 @@ impl Child {
         Self::Breaker(u8::try_from(index).unwrap_or(u8::MAX))
     }
 
+    /// Every child's [`as_str`](Self::as_str) name (the breakers share one).
+    pub const NAMES: [&'static str; 7] = [
+        "persistence",
+        "limiter",
+        "llm_pool",
+        "breaker",
+        "outbox",
+        "session_sup",
+        "ingress",
+    ];
+
     /// The name used in the registry, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

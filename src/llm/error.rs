@@ -83,6 +83,25 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// Every value [`class`](Self::class) returns, so the error counters can
+    /// start at zero for each (an alert on their rate sees 0, not "no data").
+    pub const CLASSES: [&'static str; 14] = [
+        "connect",
+        "tls",
+        "connect_timeout",
+        "read_timeout",
+        "rate_limited",
+        "server",
+        "rejected",
+        "invalid_response",
+        "network",
+        "overloaded",
+        "pool_unavailable",
+        "no_provider",
+        "stream_cut",
+        "abandoned",
+    ];
+
     /// A short stable name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {
@@ -202,5 +221,33 @@ mod tests {
         };
         assert!(!too_long.counts_against_provider());
         assert!(!LlmError::Overloaded.counts_against_provider());
+    }
+
+    #[test]
+    fn classes_lists_every_class_once() {
+        let every = [
+            LlmError::Connect(String::new()),
+            LlmError::Tls(String::new()),
+            LlmError::Timeout(TimeoutPhase::Connect),
+            LlmError::Timeout(TimeoutPhase::Read),
+            LlmError::RateLimited { retry_after: None },
+            LlmError::Server { status: 500 },
+            LlmError::Rejected {
+                status: 400,
+                detail: String::new(),
+            },
+            LlmError::InvalidResponse(String::new()),
+            LlmError::Network(String::new()),
+            LlmError::Overloaded,
+            LlmError::PoolUnavailable,
+            LlmError::NoProvider {
+                retry_in: None,
+                last: None,
+            },
+            LlmError::StreamCut(Box::new(LlmError::Overloaded)),
+            LlmError::Abandoned,
+        ];
+        let classes: Vec<&str> = every.iter().map(LlmError::class).collect();
+        assert_eq!(classes, LlmError::CLASSES);
     }
 }

@@ -583,6 +583,10 @@ impl Thread {
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.counters.turns.fetch_add(turns, Ordering::Relaxed);
             self.counters.last_batch.store(size, Ordering::Relaxed);
+            metrics::histogram!(crate::telemetry::families::STORE_COMMIT)
+                .record(started.elapsed().as_secs_f64());
+            #[allow(clippy::cast_precision_loss)] // a batch is far below 2^52
+            metrics::histogram!(crate::telemetry::families::STORE_BATCH).record(size as f64);
             self.counters
                 .last_commit_micros
                 .store(micros, Ordering::Relaxed);

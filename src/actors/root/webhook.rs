@@ -43,7 +43,7 @@ use crate::config::{Network, Secret};
 use crate::ops::Health;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::Inbound;
-use crate::telemetry::security_event;
+use crate::telemetry::{SecurityKind, security_event};
 
 /// The header Telegram puts the secret token in.
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -201,7 +201,7 @@ async fn receive(
 ) -> StatusCode {
     let ip = peer.ip();
     if !receiver.networks.is_empty() && !receiver.networks.iter().any(|n| n.contains(ip)) {
-        security_event("webhook_network");
+        security_event(SecurityKind::WebhookNetwork);
         return StatusCode::FORBIDDEN;
     }
     if receiver.per_ip.check_key(&ip).is_err() {
@@ -215,7 +215,7 @@ async fn receive(
             constant_time_eq(given.as_bytes(), receiver.secret.expose().as_bytes())
         });
     if !secret_ok {
-        security_event("webhook_secret");
+        security_event(SecurityKind::WebhookSecret);
         return StatusCode::UNAUTHORIZED;
     }
     let update: Update = match serde_json::from_slice(&body) {

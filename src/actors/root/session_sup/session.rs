@@ -64,7 +64,7 @@ use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
 use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
-use crate::telemetry::security_event;
+use crate::telemetry::{SecurityKind, security_event};
 use crate::texts::{Texts, fill};
 use answer::{answer, answer_with, unix_day};
 use burst::{answer_burst, on_arrival};
@@ -360,7 +360,7 @@ async fn on_handle(
                 if input::looks_like_injection(&cleaned) {
                     // Answered as ordinary user text all the same: it only
                     // ever travels as a user message.
-                    security_event("injection_phrase");
+                    security_event(SecurityKind::InjectionPhrase);
                 }
                 match state.awaiting_input.take() {
                     Some(command) => run_command(state, &texts, &command, &cleaned).await,
@@ -450,7 +450,7 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
             None
         }
         Verdict::Limited { retry_in, .. } => {
-            security_event("new_chat_flood");
+            security_event(SecurityKind::NewChatFlood);
             Some(fill(
                 &texts.new_users_busy,
                 &[("seconds", &seconds(retry_in))],
@@ -544,7 +544,7 @@ async fn run_command(state: &mut SessionState, texts: &Texts, name: &str, cleane
         return answer(state, texts, cleaned).await;
     };
     if input::looks_like_injection(cleaned) {
-        security_event("injection_phrase");
+        security_event(SecurityKind::InjectionPhrase);
     }
     let prompt = fill(&command.template, &[("input", cleaned)]);
     let overrides = Overrides {

@@ -14,7 +14,7 @@ use crate::actors::root::llm_pool::LlmPoolMsg;
 use crate::actors::root::persistence::PersistenceMsg;
 use crate::actors::root::session_sup::SessionSupMsg;
 use crate::telegram::inbound::Inbound;
-use crate::telemetry::security_event;
+use crate::telemetry::{SecurityKind, security_event};
 use crate::texts::{Texts, fill};
 
 /// Answers an admin command (or refuses it).
@@ -34,7 +34,7 @@ pub(super) async fn on_admin_command(
         return choose_own_model(state, texts, args);
     }
     if !admin {
-        security_event("admin_command_denied");
+        security_event(SecurityKind::AdminCommandDenied);
         return texts.not_allowed.clone();
     }
     tracing::info!(command = name, "admin command");
@@ -104,7 +104,7 @@ async fn current_model(state: &SessionState, texts: &Texts) -> String {
 fn choose_own_model(state: &mut SessionState, texts: &Texts, model: &str) -> String {
     let choices = &state.deps.config.llm.user_models;
     if choices.is_empty() {
-        security_event("admin_command_denied");
+        security_event(SecurityKind::AdminCommandDenied);
         return texts.not_allowed.clone();
     }
     if !choices.iter().any(|m| m == model) {
