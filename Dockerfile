@@ -4,7 +4,7 @@
 #
 #   docker build -t llmgram .
 #   docker run -d --name llmgram --restart unless-stopped --stop-timeout 30 \
-#     -e TELEGRAM_BOT_TOKEN -e LLM_API_KEY \
+#     -e TELEGRAM_BOT_TOKEN -e LLM_API_KEY -e OPS_API_TOKEN \
 #     -v llmgram-data:/var/lib/llmgram/data -p 127.0.0.1:9090:9090 llmgram
 #
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts.
@@ -74,7 +74,9 @@ COPY --from=builder /out/llmgram /usr/local/bin/llmgram
 # ops.listen: the ops listener (/healthz, /readyz, /metrics) must bind all
 #   interfaces to be reachable through a published port; publish it on the
 #   host's loopback only (-p 127.0.0.1:9090:9090), as /metrics is not
-#   authenticated. If you change this port, change the HEALTHCHECK too.
+#   authenticated. POST /backup needs OPS_API_TOKEN (a secret, like the
+#   two above; pass it with -e) and is disabled without it, which the start
+#   log warns about. If you change this port, change the HEALTHCHECK too.
 # NO_COLOR: no ANSI escapes in `docker logs` (pretty log format); set
 #   LLMGRAM_LOG__FORMAT=json for log shippers.
 ENV LLMGRAM_STORAGE__PATH=/var/lib/llmgram/data \

@@ -814,6 +814,7 @@ fn spawn_bot(
         .env_remove("RUST_LOG")
         .env("TELEGRAM_BOT_TOKEN", "123456:bench")
         .env("LLM_API_KEY", "bench")
+        .env("OPS_API_TOKEN", BENCH_OPS_TOKEN)
         .env("LLMGRAM_TELEGRAM__API_URL", telegram.api_url())
         .env("LLMGRAM_LLM__BASE_URL", llm.base_url())
         .env("LLMGRAM_STORAGE__PATH", storage)
@@ -1230,6 +1231,9 @@ fn free_loopback_addr() -> SocketAddr {
         .expect("a bound listener has an address")
 }
 
+/// The ops API token the benchmark gives the bot: `/chaos/panic` needs it.
+const BENCH_OPS_TOKEN: &str = "bench-ops-token";
+
 /// The bot's ops listener: `/metrics` and, in chaos mode, `/chaos/panic`.
 #[derive(Clone)]
 struct Ops {
@@ -1304,6 +1308,7 @@ impl Ops {
                     let answer = ops
                         .http
                         .post(format!("{}/chaos/panic?{query}", ops.base))
+                        .bearer_auth(BENCH_OPS_TOKEN)
                         .send()
                         .await;
                     let slot = match answer.map(|a| a.status().as_u16()) {

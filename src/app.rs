@@ -189,7 +189,10 @@ async fn start_with(
         health: Arc::clone(&health),
         config: Arc::clone(&config),
     };
-    let ops_state = OpsState::new(&deps);
+    let ops_state = OpsState::new(&deps, secrets.ops_token.clone());
+    if let Some(addr) = ops_addr {
+        ops_state.log_access(addr);
+    }
     let (fatal_tx, fatal) = oneshot::channel();
     let (root, root_task) = Actor::spawn(
         Some(directory.root_name()),
@@ -211,7 +214,7 @@ async fn start_with(
     tracing::info!(
         instance,
         model = %config.llm.model,
-        llm = %config.llm.base_url,
+        llm = %crate::config::redact_url(&config.llm.base_url),
         ops = ?ops_addr,
         "llmgram started"
     );

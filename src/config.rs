@@ -3,7 +3,9 @@
 //! Layers, later ones winning: the embedded `config/default.toml`, an optional
 //! file given with `--config`, then environment variables
 //! `LLMGRAM_<SECTION>__<KEY>`. Secrets ([`Secrets`]) come only from
-//! `TELEGRAM_BOT_TOKEN` and `LLM_API_KEY` and are never printed.
+//! `TELEGRAM_BOT_TOKEN`, `LLM_API_KEY` and `OPS_API_TOKEN` and are never
+//! printed; neither are credentials inside URL settings
+//! (`https://user:pass@host`, see [`redact_url`]).
 //!
 //! Every error names the key (and the variable, when one is to blame) in one
 //! line, so a bad deployment fails at start with exit code 2 and a message an
@@ -29,6 +31,9 @@ pub const TOKEN_VAR: &str = "TELEGRAM_BOT_TOKEN";
 pub const WEBHOOK_SECRET_VAR: &str = "TELEGRAM_WEBHOOK_SECRET";
 /// Environment variable holding the LLM provider's API key.
 pub const LLM_KEY_VAR: &str = "LLM_API_KEY";
+/// Environment variable holding the bearer token of the ops listener's
+/// mutating routes (`POST /backup`); without it they are disabled.
+pub const OPS_TOKEN_VAR: &str = "OPS_API_TOKEN";
 
 /// The whole configuration. See `config/default.toml` for every knob's unit
 /// and the reason for its default.
@@ -114,6 +119,7 @@ impl Config {
 #[allow(missing_docs)]
 pub struct TelegramConfig {
     pub mode: IngressMode,
+    #[serde(serialize_with = "redacted_url")]
     pub api_url: Url,
     #[serde(with = "humantime_serde")]
     pub poll_timeout: Duration,
@@ -160,6 +166,7 @@ pub enum IngressMode {
 #[allow(missing_docs)]
 pub struct WebhookConfig {
     pub listen: std::net::SocketAddr,
+    #[serde(serialize_with = "redacted_url_text")]
     pub url: String,
     pub max_body_bytes: usize,
     pub per_ip_per_second: u32,
@@ -214,6 +221,7 @@ impl Network {
 #[allow(missing_docs)]
 pub struct LlmConfig {
     pub name: String,
+    #[serde(serialize_with = "redacted_url")]
     pub base_url: Url,
     pub model: String,
     pub allowed_models: Vec<String>,
@@ -266,6 +274,7 @@ pub struct RetryConfig {
 #[allow(missing_docs)]
 pub struct FallbackConfig {
     pub name: String,
+    #[serde(serialize_with = "redacted_url")]
     pub base_url: Url,
     pub model: String,
     /// The environment variable holding this provider's key, if it needs one.
@@ -484,6 +493,39 @@ impl fmt::Display for Secret {
     }
 }
 
+/// `url` for printing (logs, `check-config`, error messages): its userinfo
+/// (`user:password@`) replaced by `***`, because a URL setting may carry
+/// credentials (`https://user:pass@proxy.example/v1`).
+pub fn redact_url(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // Both only fail for URLs that cannot carry userinfo, which then have
+    // none to hide.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("***");
+    shown.to_string()
+}
+
+/// [`redact_url`] for a URL kept as text (`webhook.url`): text that does not
+/// parse as a URL is hidden whole if it may hold userinfo (an `@`).
+pub fn redact_url_text(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => redact_url(&url),
+        _ if text.contains('@') => "*** (not an http(s) URL; hidden)".to_owned(),
+        _ => text.to_owned(),
+    }
+}
+
+fn redacted_url<S: serde::Serializer>(url: &Url, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
+}
+
+fn redacted_url_text<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url_text(text))
+}
+
 /// Secrets, read only from their environment variables.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -498,6 +540,9 @@ pub struct Secrets {
     pub fallback_keys: std::collections::HashMap<String, Secret>,
     /// The webhook's secret token (`TELEGRAM_WEBHOOK_SECRET`), if given.
     pub webhook_secret: Option<Secret>,
+    /// The bearer token of the ops listener's mutating routes
+    /// (`OPS_API_TOKEN`); `None` disables those routes.
+    pub ops_token: Option<Secret>,
 }
 
 /// A configuration that cannot be used. Its `Display` is the one line printed
@@ -600,7 +645,7 @@ impl Config {
             if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
                 return Err(ConfigError::Invalid {
                     key,
-                    reason: format!("`{url}` is not an http(s) URL"),
+                    reason: format!("`{}` is not an http(s) URL", redact_url(url)),
                 });
             }
             Ok(())
@@ -822,6 +867,7 @@ impl Secrets {
         serde_json::json!({
             TOKEN_VAR: if self.telegram_token.is_some() { "set (redacted)" } else { "not set" },
             LLM_KEY_VAR: if self.llm_api_key.is_some() { "set (redacted)" } else { "not set" },
+            OPS_TOKEN_VAR: if self.ops_token.is_some() { "set (redacted)" } else { "not set: POST /backup disabled" },
             "fallback keys": self.fallback_keys.keys().collect::<Vec<_>>(),
         })
     }
@@ -865,6 +911,7 @@ impl Secrets {
             llm_api_key: non_empty(lookup, LLM_KEY_VAR).map(Secret::new),
             fallback_keys,
             webhook_secret: non_empty(lookup, WEBHOOK_SECRET_VAR).map(Secret::new),
+            ops_token: non_empty(lookup, OPS_TOKEN_VAR).map(Secret::new),
         }
     }
 }
@@ -1024,6 +1071,30 @@ mod tests {
             let err = Config::from_defaults_with(&format!("[[commands]]\n{bad}\n")).unwrap_err();
             assert!(err.to_string().contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn userinfo_in_urls_is_redacted() {
+        let url = Url::parse("https://user:hunter2@llm.example/v1").unwrap();
+        assert_eq!(redact_url(&url), "https://***@llm.example/v1");
+        let url = Url::parse("https://llm.example/v1").unwrap();
+        assert_eq!(redact_url(&url), "https://llm.example/v1");
+        assert_eq!(
+            redact_url_text("https://only-user@host/hook"),
+            "https://***@host/hook"
+        );
+        assert!(!redact_url_text("user:hunter2@host").contains("hunter2"));
+        let config = Config::from_defaults_with(
+            "llm.base_url = \"https://u:hunter2@llm.example/v1\"\n\
+             telegram.api_url = \"https://u:hunter2@tg.example\"\n\
+             webhook.url = \"https://u:hunter2@hook.example/x\"\n",
+        )
+        .unwrap();
+        let shown = serde_json::to_string(&config).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let err =
+            Config::from_defaults_with("llm.base_url = \"ftp://u:hunter2@x/v1\"\n").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

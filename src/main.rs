@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use llmgram::app;
-use llmgram::config::{Config, LogConfig, Secrets};
+use llmgram::config::{Config, LogConfig, OPS_TOKEN_VAR, Secrets};
 use llmgram::console::{self, ChatOptions};
 use llmgram::texts::Locales;
 
@@ -30,15 +30,17 @@ enum Command {
     /// Validate the configuration and print the effective values (secrets
     /// redacted); exit 0 if it is usable, 2 if not.
     CheckConfig,
-    /// Ask the running bot (through `ops.listen`) to write a consistent copy
-    /// of its store into DIR, a new or empty directory.
+    /// Ask the running bot (through `ops.listen`, with the bearer token from
+    /// OPS_API_TOKEN) to write a consistent copy of its store into DIR, a new
+    /// or empty directory outside storage.path whose parent exists.
     Backup {
         /// Where the copy goes.
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
     },
-    /// Fill the empty data directory (`storage.path`) from a backup. The bot
-    /// must not be running.
+    /// Fill the empty data directory (`storage.path`) from a backup made by
+    /// `llmgram backup`, after checking its manifest and checksum (anything
+    /// else is refused with exit 1). The bot must not be running.
     Restore {
         /// The backup to restore.
         #[arg(long, value_name = "DIR")]
@@ -211,10 +213,18 @@ fn backup(file: Option<&std::path::Path>, to: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let Some(token) = std::env::var(OPS_TOKEN_VAR)
+        .ok()
+        .filter(|token| !token.trim().is_empty())
+    else {
+        eprintln!("llmgram: {OPS_TOKEN_VAR} is not set: backups need the bot's ops API token");
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let url = format!("http://{}/backup", config.ops.listen);
     let request = async {
         let response = reqwest::Client::new()
             .post(&url)
+            .bearer_auth(token)
             .json(&serde_json::json!({ "to": to }))
             .send()
             .await?;

@@ -2,9 +2,16 @@
 //! `/readyz` (readiness per component, JSON, 200 or 503), `/metrics`
 //! (Prometheus text from the `metrics` facade), and `POST /backup`
 //! (`{"to": "/absolute/dir"}`: a consistent copy of the store, written while
-//! the bot keeps running; `llmgram backup --to DIR` calls it). The listener
-//! is on loopback by default: whoever reaches it can write backups where the
-//! bot may write.
+//! the bot keeps running; `llmgram backup --to DIR` calls it).
+//!
+//! **Mutating routes** (`POST /backup`, and `POST /chaos/panic` in a chaos
+//! build) need `Authorization: Bearer <OPS_API_TOKEN>`: a missing or wrong
+//! token is answered 401 (and counted as security event `ops_token`). Without
+//! `OPS_API_TOKEN` they are disabled (403) whatever the address; the probes
+//! (`/healthz`, `/readyz`, `/metrics`) never need a token. A listener on a
+//! non-loopback address without a token still starts, saying at start that
+//! the mutating routes are off: refusing to start would only take the probes
+//! away from an orchestrator, which is all such a listener serves then.
 //!
 //! Readiness asks the actors that answer at once (breakers, persistence,
 //! session supervisor, root) and reads [`Health`], a few atomics the busy
@@ -16,8 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -30,7 +38,8 @@ use crate::actors::root::breaker::{BreakerMsg, BreakerStatus};
 use crate::actors::root::persistence::PersistenceMsg;
 use crate::actors::root::session_sup::SessionSupMsg;
 use crate::actors::{Child, Directory};
-use crate::config::Config;
+use crate::config::{Config, OPS_TOKEN_VAR, Secret};
+use crate::store::backup::BackupError;
 
 /// Bucket bounds of the latency histograms (seconds): from a few
 /// milliseconds (the bot's own overhead) to a minute (a slow LLM answer).
@@ -104,18 +113,78 @@ pub struct OpsState {
     pub providers: std::sync::Arc<[String]>,
     /// Settings.
     pub config: std::sync::Arc<Config>,
+    /// The mutating routes' bearer token (`OPS_API_TOKEN`); `None` disables
+    /// them.
+    pub token: Option<Secret>,
 }
 
 impl OpsState {
-    /// The ops view of a running service's dependencies.
-    pub fn new(deps: &crate::actors::root::Deps) -> Self {
+    /// The ops view of a running service's dependencies; `token` is
+    /// `OPS_API_TOKEN`.
+    pub fn new(deps: &crate::actors::root::Deps, token: Option<Secret>) -> Self {
         Self {
             directory: deps.directory.clone(),
             health: std::sync::Arc::clone(&deps.health),
             providers: deps.llm.iter().map(|p| p.name().to_owned()).collect(),
             config: std::sync::Arc::clone(&deps.config),
+            token,
         }
     }
+
+    /// Says at start whether the mutating routes are on: a warning when the
+    /// listener is reachable from other hosts and they are off.
+    pub fn log_access(&self, listen: std::net::SocketAddr) {
+        match (&self.token, listen.ip().is_loopback()) {
+            (Some(_), _) => {
+                tracing::info!(%listen, "ops: POST /backup enabled, bearer token required");
+            }
+            (None, true) => tracing::info!(
+                %listen,
+                "ops: {OPS_TOKEN_VAR} not set; POST /backup is disabled"
+            ),
+            (None, false) => tracing::warn!(
+                %listen,
+                "ops: listening beyond loopback and {OPS_TOKEN_VAR} not set; POST /backup is disabled, only /healthz, /readyz and /metrics are served"
+            ),
+        }
+    }
+}
+
+/// Whether `given` is the token, in time independent of where they differ
+/// (both are hashed first, so not even the length shows).
+fn token_matches(expected: &Secret, given: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let digest = |text: &str| ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest(expected.expose())
+        .as_ref()
+        .ct_eq(digest(given).as_ref())
+        .into()
+}
+
+/// Lets a request to a mutating route through only with the bearer token.
+async fn require_token(State(state): State<OpsState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.token else {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("disabled: the bot was started without {OPS_TOKEN_VAR}\n"),
+        )
+            .into_response();
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if given.is_some_and(|given| token_matches(expected, given)) {
+        return next.run(request).await;
+    }
+    crate::telemetry::security_event(crate::telemetry::SecurityKind::OpsToken);
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        format!("a bearer token ({OPS_TOKEN_VAR}) is required\n"),
+    )
+        .into_response()
 }
 
 /// Serves the ops endpoints on `listener` until `shutdown` completes.
@@ -124,16 +193,22 @@ pub async fn serve(
     state: OpsState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    // Every route that changes something goes here, behind the token.
+    let mutating = Router::new().route("/backup", axum::routing::post(backup));
+    // The benchmark's way to crash actors of the running binary; a build
+    // without the `chaos` feature has no such route.
+    #[cfg(feature = "chaos")]
+    let mutating = mutating.route("/chaos/panic", axum::routing::post(chaos_panic));
+    let mutating = mutating.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/backup", axum::routing::post(backup));
-    // The benchmark's way to crash actors of the running binary; a build
-    // without the `chaos` feature has no such route.
-    #[cfg(feature = "chaos")]
-    let app = app.route("/chaos/panic", axum::routing::post(chaos_panic));
-    let app = app.with_state(state);
+        .merge(mutating)
+        .with_state(state);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -196,7 +271,14 @@ async fn backup(
         .await;
     match copied {
         Ok(Ok(report)) => (StatusCode::OK, axum::Json(report)).into_response(),
-        Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+        Ok(Err(error)) => {
+            let status = match error {
+                BackupError::Target(_) => StatusCode::BAD_REQUEST,
+                BackupError::Busy => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, format!("{error}\n")).into_response()
+        }
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
     }
 }

@@ -2,8 +2,10 @@
 //! bincode ([`codec`]), and the key layout of the fjall keyspaces.
 //!
 //! Only the persistence actor (`actors/root/persistence.rs`) opens or touches
-//! fjall; everything here is pure data and encoding.
+//! fjall; everything here is pure data and encoding, except [`backup`],
+//! which also reads and writes the files of a backup (never a database).
 
+pub mod backup;
 pub mod codec;
 pub mod record;
 

@@ -58,16 +58,19 @@ pub enum SecurityKind {
     InjectionPhrase,
     /// New chats arriving faster than `limits.new_chats_per_minute`.
     NewChatFlood,
+    /// A mutating ops request without the right `OPS_API_TOKEN`.
+    OpsToken,
 }
 
 impl SecurityKind {
     /// Every kind, so each counter starts at zero.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::WebhookNetwork,
         Self::WebhookSecret,
         Self::AdminCommandDenied,
         Self::InjectionPhrase,
         Self::NewChatFlood,
+        Self::OpsToken,
     ];
 
     /// The label value.
@@ -78,6 +81,7 @@ impl SecurityKind {
             Self::AdminCommandDenied => "admin_command_denied",
             Self::InjectionPhrase => "injection_phrase",
             Self::NewChatFlood => "new_chat_flood",
+            Self::OpsToken => "ops_token",
         }
     }
 }

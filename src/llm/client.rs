@@ -396,7 +396,10 @@ fn stream_error(error: EventStreamError<reqwest::Error>) -> LlmError {
 /// (`Url::join` would drop the last one of `.../openai/v1`).
 fn completions_url(base: &Url) -> Result<Url, LlmError> {
     let joined = format!("{}/chat/completions", base.as_str().trim_end_matches('/'));
-    Url::parse(&joined).map_err(|e| LlmError::Connect(format!("bad endpoint {joined}: {e}")))
+    Url::parse(&joined).map_err(|e| {
+        let base = crate::config::redact_url(base);
+        LlmError::Connect(format!("bad endpoint {base}/chat/completions: {e}"))
+    })
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

@@ -44,6 +44,10 @@ pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
     ("telegram.group_per_minute", "1000000"),
 ];
 
+/// The ops API token (`OPS_API_TOKEN`) every test service and test process
+/// gets, so the ops listener's mutating routes (`POST /backup`) are enabled.
+pub const OPS_TOKEN: &str = "test-ops-token";
+
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
 impl Harness {
@@ -99,8 +103,10 @@ impl Harness {
             storage.path().display(),
         ))
         .expect("test config");
-        let secrets = Secrets::from_lookup(&config, |var| {
-            (var == TOKEN_VAR).then(|| "123456:test".into())
+        let secrets = Secrets::from_lookup(&config, |var| match var {
+            TOKEN_VAR => Some("123456:test".into()),
+            "OPS_API_TOKEN" => Some(OPS_TOKEN.into()),
+            _ => None,
         })
         .expect("secrets");
         let instance = format!("test{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
@@ -135,6 +141,11 @@ impl Harness {
     /// Stops the service gracefully and checks it stopped cleanly.
     pub async fn stop(self) {
         self.service.shutdown().await.expect("clean shutdown");
+    }
+
+    /// The service's store directory (`storage.path`).
+    pub fn storage_path(&self) -> &std::path::Path {
+        self.storage.path()
     }
 
     /// Stops the service and hands back its store directory.

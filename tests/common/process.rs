@@ -55,6 +55,7 @@ impl BotProcess {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("TELEGRAM_BOT_TOKEN", "123456:test")
+            .env("OPS_API_TOKEN", super::OPS_TOKEN)
             .env("LLMGRAM_TELEGRAM__API_URL", telegram.api_url())
             .env("LLMGRAM_TELEGRAM__POLL_TIMEOUT", "1s")
             .env("LLMGRAM_LLM__BASE_URL", llm.base_url())

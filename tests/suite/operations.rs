@@ -211,6 +211,7 @@ fn cli(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_llmgram"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("OPS_API_TOKEN", crate::common::OPS_TOKEN)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
         .output()

@@ -31,7 +31,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,6 +40,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::{PersistModeConfig, StorageConfig};
+use crate::store::backup::{self, BackupError, KEYSPACES, RecordsWriter};
 use crate::store::record::{self, BotSetting, ChatRecord, UpdateEntry};
 use crate::store::{
     self, BOT, BotKey, CHATS, FAILED, StoreError, UPDATES, chat_key, failed_chat_key,
@@ -118,12 +119,14 @@ pub enum PersistenceMsg {
         reply: RpcReplyPort<Result<(), StoreError>>,
     },
     /// Write a consistent copy of the store to `to` (a new or empty
-    /// directory) while the service keeps running.
+    /// directory outside `storage.path`, see [`backup::prepare_target`])
+    /// while the service keeps running; refused with
+    /// [`BackupError::Busy`] while another backup is being written.
     Backup {
         /// Where the copy goes.
         to: PathBuf,
         /// What was copied, once the copy is durable.
-        reply: RpcReplyPort<Result<BackupReport, StoreError>>,
+        reply: RpcReplyPort<Result<BackupReport, BackupError>>,
     },
     /// Counters for health checks, tests and benchmarks.
     Stats {
@@ -239,7 +242,7 @@ impl PersistenceMsg {
             Self::PendingUpdates { reply } => drop(reply.send(Err(error.clone()))),
             Self::NewestUpdateId { reply } => drop(reply.send(Err(error.clone()))),
             Self::LoadSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Self::Backup { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Self::Backup { reply, .. } => drop(reply.send(Err(error.clone().into()))),
             // Not storage requests: never given to the writer.
             Self::Confirmed { .. } | Self::Stats { .. } | Self::WriterFailed { .. } => {}
             #[cfg(feature = "chaos")]
@@ -277,6 +280,8 @@ impl StoreWriter {
             store,
             pruned_below: std::cell::Cell::new(0),
             receiver,
+            data_dir: config.path.clone(),
+            backup_running: Arc::new(AtomicBool::new(false)),
             mode: persist_mode(config.persist_mode),
             commit_interval: config.commit_interval,
             max_batch: config.commit_max_batch.max(1),
@@ -355,6 +360,17 @@ impl OpenStore {
             db,
         })
     }
+
+    /// The keyspace called `name` (one of [`KEYSPACES`]).
+    fn keyspace(&self, name: &str) -> Option<&Keyspace> {
+        match name {
+            CHATS => Some(&self.chats),
+            UPDATES => Some(&self.updates),
+            BOT => Some(&self.bot),
+            FAILED => Some(&self.failed),
+            _ => None,
+        }
+    }
 }
 
 /// A point-in-time view of every keyspace, for copying.
@@ -386,53 +402,85 @@ pub struct BackupReport {
     pub chats: u64,
 }
 
-/// Records copied per write batch: large enough to amortise the commit,
+/// Records restored per write batch: large enough to amortise the commit,
 /// small enough to bound the memory a batch holds.
 const COPY_BATCH: usize = 10_000;
 
-/// Copies `source` into a new store at `to`, which must be absent or an
-/// empty directory (a backup never overwrites anything).
-fn copy_store(source: &StoreView, to: &Path) -> Result<BackupReport, StoreError> {
-    let occupied = std::fs::read_dir(to).is_ok_and(|mut entries| entries.next().is_some());
-    if occupied {
-        return Err(StoreError::Storage(format!(
-            "{} is not empty; a backup or restore needs a new directory",
-            to.display()
-        )));
+/// Writes `source` as a backup (see [`backup`]) into `to`, which
+/// [`backup::prepare_target`] checks against the data directory `data_dir`
+/// first. A failed backup leaves no partial files behind.
+fn write_backup(
+    source: &StoreView,
+    to: &Path,
+    data_dir: &Path,
+) -> Result<BackupReport, BackupError> {
+    let target = backup::prepare_target(to, data_dir)?;
+    let written = write_records(source, &target.path);
+    if written.is_err() {
+        RecordsWriter::discard(&target.path, target.created);
     }
-    let target = OpenStore::open(to)?;
-    let mut report = BackupReport::default();
+    written
+}
+
+fn write_records(source: &StoreView, dir: &Path) -> Result<BackupReport, BackupError> {
+    let mut out = RecordsWriter::create(dir)?;
     for (name, keyspace) in &source.keyspaces {
-        let into = target.db.keyspace(name, KeyspaceCreateOptions::default)?;
-        let mut batch = target.db.batch();
+        let Some(index) = KEYSPACES.iter().position(|k| k == name) else {
+            continue;
+        };
         for item in source.snapshot.iter(keyspace) {
-            let (key, value) = item.into_inner()?;
-            batch.insert(&into, key, value);
-            report.records += 1;
-            if *name == CHATS {
-                report.chats += 1;
-            }
-            if batch.len() >= COPY_BATCH {
-                std::mem::replace(&mut batch, target.db.batch()).commit()?;
-            }
+            let (key, value) = item.into_inner().map_err(StoreError::from)?;
+            out.write(index, &key, &value)?;
         }
-        batch.commit()?;
     }
-    target.db.persist(PersistMode::SyncAll)?;
-    Ok(report)
+    let manifest = out.finish()?;
+    Ok(BackupReport {
+        records: manifest.records,
+        chats: manifest.count(CHATS),
+    })
 }
 
 /// Fills the empty data directory `to` from the backup at `from` (the
-/// service must not be running on `to`).
-pub fn restore(from: &Path, to: &Path) -> Result<BackupReport, StoreError> {
-    if !from.is_dir() {
-        return Err(StoreError::Storage(format!(
-            "{} is not a backup directory",
-            from.display()
-        )));
+/// service must not be running on `to`). The backup is only read: its
+/// manifest, size, checksum and counts are checked before anything is
+/// written, and it is never opened as a database.
+pub fn restore(from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
+    let verified = backup::verify(from)?;
+    backup::check_restore_target(from, to)?;
+    let target = OpenStore::open(to)?;
+    let mut batch = target.db.batch();
+    for frame in verified.frames()? {
+        let (index, key, value) = frame?;
+        let keyspace = KEYSPACES
+            .get(index)
+            .and_then(|name| target.keyspace(name))
+            .ok_or_else(|| BackupError::Target(format!("no keyspace {index}")))?;
+        batch.insert(keyspace, key, value);
+        if batch.len() >= COPY_BATCH {
+            std::mem::replace(&mut batch, target.db.batch())
+                .commit()
+                .map_err(StoreError::from)?;
+        }
     }
-    let source = OpenStore::open(from)?;
-    copy_store(&source.view(), to)
+    batch.commit().map_err(StoreError::from)?;
+    target
+        .db
+        .persist(PersistMode::SyncAll)
+        .map_err(StoreError::from)?;
+    Ok(BackupReport {
+        records: verified.manifest.records,
+        chats: verified.manifest.count(CHATS),
+    })
+}
+
+/// Clears the one-backup-at-a-time flag when the backup that set it ends,
+/// however it ends.
+struct BackupSlot(Arc<AtomicBool>);
+
+impl Drop for BackupSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 struct Thread {
@@ -441,6 +489,11 @@ struct Thread {
     /// send them again) and their answered markers removed.
     pruned_below: std::cell::Cell<u32>,
     receiver: Receiver<PersistenceMsg>,
+    /// `storage.path`: no backup may be written inside it.
+    data_dir: PathBuf,
+    /// Set while a backup is being written: one at a time, as each is a
+    /// full copy of the store competing with the bot for the disk.
+    backup_running: Arc<AtomicBool>,
     mode: PersistMode,
     commit_interval: Duration,
     max_batch: usize,
@@ -666,18 +719,27 @@ impl Thread {
                 let _ = reply.send(self.setting(key));
             }
             PersistenceMsg::Backup { to, reply } => {
+                if self.backup_running.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(to = %to.display(), "backup refused: another one is in progress");
+                    let _ = reply.send(Err(BackupError::Busy));
+                    return Ok(());
+                }
+                let slot = BackupSlot(Arc::clone(&self.backup_running));
                 // The snapshot is taken here, in order: it holds every write
                 // acknowledged before this request. Copying it happens on its
                 // own thread, so writes go on meanwhile.
                 let source = self.store.view();
+                let data_dir = self.data_dir.clone();
                 let spawned = std::thread::Builder::new()
                     .name("llmgram-backup".into())
                     .spawn(move || {
+                        let _slot = slot;
                         let started = Instant::now();
-                        let copied = copy_store(&source, &to);
+                        let copied = write_backup(&source, &to, &data_dir);
                         match &copied {
                             Ok(report) => tracing::info!(to = %to.display(), records = report.records, ms = started.elapsed().as_millis() as u64, "backup written"),
-                            Err(error) => tracing::error!(to = %to.display(), %error, "backup failed"),
+                            Err(error @ BackupError::Target(_)) => tracing::warn!(to = %to.display(), class = error.class(), %error, "backup refused"),
+                            Err(error) => tracing::error!(to = %to.display(), class = error.class(), %error, "backup failed"),
                         }
                         let _ = reply.send(copied);
                     });

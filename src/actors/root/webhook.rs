@@ -104,7 +104,8 @@ impl Actor for Webhook {
         let config = &deps.config.webhook;
         // Root starts no webhook for the console front.
         let bot = deps.transport.bot().ok_or(WebhookError::NoBotApi)?;
-        let url = Url::parse(&config.url).map_err(|_| WebhookError::Url(config.url.clone()))?;
+        let url = Url::parse(&config.url)
+            .map_err(|_| WebhookError::Url(crate::config::redact_url_text(&config.url)))?;
         let bot_username = match &deps.bot_username {
             Some(name) => name.clone(),
             None => bot
@@ -122,7 +123,7 @@ impl Actor for Webhook {
             .allowed_updates([AllowedUpdate::Message])
             .await
             .map_err(|e| WebhookError::Register(e.into()))?;
-        tracing::info!(url = %url, listen = %config.listen, "webhook registered");
+        tracing::info!(url = %crate::config::redact_url(&url), listen = %config.listen, "webhook registered");
 
         let per_second = NonZeroU32::new(config.per_ip_per_second).unwrap_or(NonZeroU32::MIN);
         let per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>> =

@@ -149,7 +149,8 @@ async fn set_model(state: &SessionState, texts: &Texts, model: &str) -> String {
 
 /// The readiness report of `/readyz`, compact, for admins.
 async fn health(state: &SessionState) -> String {
-    let ops = crate::ops::OpsState::new(&state.deps);
+    // Readiness only: no mutating route is served from here.
+    let ops = crate::ops::OpsState::new(&state.deps, None);
     crate::ops::summary(&crate::ops::readiness(&ops).await)
 }
 
