@@ -112,7 +112,9 @@ impl OpsState {
     }
 }
 
-/// Serves the ops endpoints on `listener` until `shutdown` completes.
+/// Serves the ops endpoints on `listener` until `shutdown` completes, within
+/// the `ops.max_connections`, `header_timeout` and `request_timeout` limits
+/// ([`crate::listener`]).
 pub async fn serve(
     listener: TcpListener,
     state: OpsState,
@@ -127,13 +129,9 @@ pub async fn serve(
     // without the `chaos` feature has no such route.
     #[cfg(feature = "chaos")]
     let app = app.route("/chaos/panic", axum::routing::post(chaos_panic));
+    let limits = state.config.ops.listener_limits();
     let app = app.with_state(state);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "ops listener failed");
-    }
+    crate::listener::serve(listener, app, limits, "ops", shutdown).await;
 }
 
 /// `POST /chaos/panic?actor=NAME`: see [`crate::chaos::panic_named`].
