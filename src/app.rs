@@ -54,6 +54,13 @@ pub enum AppError {
     /// The supervision tree did not start.
     #[error("cannot start the supervision tree: {0}")]
     Spawn(String),
+    /// The OS random source failed, so no webhook secret can be made
+    /// (`TELEGRAM_WEBHOOK_SECRET` is not set).
+    #[error(
+        "cannot generate the webhook secret, the OS random source failed: {0}; \
+         set TELEGRAM_WEBHOOK_SECRET"
+    )]
+    Random(String),
     /// The ops listener cannot listen on `ops.listen`.
     #[error("{0}")]
     Ops(String),
@@ -185,7 +192,10 @@ async fn start_with(
         pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,
-        webhook_secret: secrets.webhook_secret.clone().unwrap_or_else(random_secret),
+        webhook_secret: match secrets.webhook_secret.clone() {
+            Some(secret) => secret,
+            None => random_secret(getrandom::fill)?,
+        },
         health: Arc::clone(&health),
         config: Arc::clone(&config),
     };
@@ -340,19 +350,36 @@ async fn check_token(bot: &teloxide::Bot) -> Result<Option<String>, AppError> {
 }
 
 /// A fresh webhook secret token (64 hex characters, within Telegram's
-/// 1–256 of `A-Za-z0-9_-`), from the OS's random source; a new one each start
-/// is fine because setWebhook registers it anew.
-fn random_secret() -> Secret {
-    use std::io::Read;
+/// 1–256 of `A-Za-z0-9_-`) from 32 bytes of `fill` (the OS's random source,
+/// [`getrandom::fill`]); a new one each start is fine because setWebhook
+/// registers it anew. Without OS randomness the start fails: a token made
+/// from anything guessable (the clock, the process id) would let whoever
+/// guesses it post updates as Telegram.
+fn random_secret(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> Result<Secret, AppError> {
     let mut bytes = [0u8; 32];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        // No OS randomness: fall back to the clock and process id, unique
-        // enough for a token that only has to be unguessable from outside.
-        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
-        for (i, b) in seed.bytes().enumerate() {
-            bytes[i % 32] ^= b;
-        }
+    fill(&mut bytes).map_err(|e| AppError::Random(e.to_string()))?;
+    Ok(Secret::new(
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_webhook_secret_is_64_hex_digits_of_os_randomness() {
+        let secret = random_secret(getrandom::fill).unwrap();
+        assert_eq!(secret.expose().len(), 64);
+        assert!(secret.expose().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(secret, random_secret(getrandom::fill).unwrap());
     }
-    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+
+    #[test]
+    fn no_webhook_secret_without_os_randomness() {
+        let failed = random_secret(|_| Err(getrandom::Error::UNSUPPORTED));
+        assert!(matches!(failed, Err(AppError::Random(_))), "{failed:?}");
+    }
 }

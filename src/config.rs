@@ -170,7 +170,24 @@ pub struct WebhookConfig {
     pub url: String,
     pub max_body_bytes: usize,
     pub per_ip_per_second: u32,
+    pub unauthenticated_per_ip_per_second: u32,
     pub allowed_networks: Vec<String>,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl WebhookConfig {
+    /// The limits of the webhook listener's connections.
+    pub fn listener_limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 /// An IP network written as CIDR (`149.154.160.0/20`).
@@ -426,6 +443,22 @@ impl Config {
 #[allow(missing_docs)]
 pub struct OpsConfig {
     pub listen: std::net::SocketAddr,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl OpsConfig {
+    /// The limits of the ops listener's connections.
+    pub fn listener_limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 /// `[log]`: level filter and output format.
@@ -742,6 +775,17 @@ impl Config {
         }
         positive("webhook.max_body_bytes", w.max_body_bytes as u64)?;
         positive("webhook.per_ip_per_second", u64::from(w.per_ip_per_second))?;
+        positive(
+            "webhook.unauthenticated_per_ip_per_second",
+            u64::from(w.unauthenticated_per_ip_per_second),
+        )?;
+        positive("webhook.max_connections", w.max_connections as u64)?;
+        positive("webhook.header_timeout", millis(w.header_timeout))?;
+        positive("webhook.request_timeout", millis(w.request_timeout))?;
+        let o = &self.ops;
+        positive("ops.max_connections", o.max_connections as u64)?;
+        positive("ops.header_timeout", millis(o.header_timeout))?;
+        positive("ops.request_timeout", millis(o.request_timeout))?;
         if let Some(bad) = w
             .allowed_networks
             .iter()

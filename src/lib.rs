@@ -15,6 +15,8 @@
 //! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call,
 //!   plain or streamed (server-sent events).
 //! - [`ops`]: the operator's HTTP listener (health, readiness, metrics).
+//! - [`listener`]: how the ops and webhook listeners serve connections
+//!   (connection cap, header and request timeouts).
 //! - [`console`]: `llmgram chat`, the console front: the same tree without
 //!   Telegram, talked to from a terminal.
 //! - [`history`]: a chat's bounded history, owned by its session.
@@ -35,6 +37,7 @@ pub mod console;
 pub mod error;
 pub mod history;
 pub mod input;
+pub mod listener;
 pub mod llm;
 pub mod ops;
 pub mod retry;

@@ -187,7 +187,9 @@ async fn require_token(State(state): State<OpsState>, request: Request, next: Ne
         .into_response()
 }
 
-/// Serves the ops endpoints on `listener` until `shutdown` completes.
+/// Serves the ops endpoints on `listener` until `shutdown` completes, within
+/// the `ops.max_connections`, `header_timeout` and `request_timeout` limits
+/// ([`crate::listener`]).
 pub async fn serve(
     listener: TcpListener,
     state: OpsState,
@@ -207,14 +209,10 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .merge(mutating)
-        .with_state(state);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "ops listener failed");
-    }
+        .merge(mutating);
+    let limits = state.config.ops.listener_limits();
+    let app = app.with_state(state);
+    crate::listener::serve(listener, app, limits, "ops", shutdown).await;
 }
 
 /// `POST /chaos/panic?actor=NAME`: see [`crate::chaos::panic_named`].

@@ -52,6 +52,9 @@ pub enum SecurityKind {
     WebhookNetwork,
     /// A webhook request without the right secret token.
     WebhookSecret,
+    /// The same, past that address's unauthenticated budget: counted, not
+    /// logged, so a flood of forgeries cannot flood the logs.
+    WebhookSecretUnlogged,
     /// An admin command from someone who is not an admin.
     AdminCommandDenied,
     /// A message holding a known prompt-injection phrase.
@@ -64,9 +67,10 @@ pub enum SecurityKind {
 
 impl SecurityKind {
     /// Every kind, so each counter starts at zero.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::WebhookNetwork,
         Self::WebhookSecret,
+        Self::WebhookSecretUnlogged,
         Self::AdminCommandDenied,
         Self::InjectionPhrase,
         Self::NewChatFlood,
@@ -78,6 +82,7 @@ impl SecurityKind {
         match self {
             Self::WebhookNetwork => "webhook_network",
             Self::WebhookSecret => "webhook_secret",
+            Self::WebhookSecretUnlogged => "webhook_secret_unlogged",
             Self::AdminCommandDenied => "admin_command_denied",
             Self::InjectionPhrase => "injection_phrase",
             Self::NewChatFlood => "new_chat_flood",

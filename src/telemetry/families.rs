@@ -102,6 +102,9 @@ pub const STORE_COMMIT: &str = "llmgram_store_commit_seconds";
 /// Requests in one store commit.
 pub const STORE_BATCH: &str = "llmgram_store_batch_size";
 
+/// Connections a listener closed, per listener and reason.
+pub const CONNECTIONS_CLOSED: &str = "llmgram_connections_closed_total";
+
 /// Every family, in the order README's table lists them.
 pub const FAMILIES: &[Family] = &[
     family(
@@ -191,6 +194,23 @@ pub const FAMILIES: &[Family] = &[
         Kind::Histogram,
         "Requests served by one group commit of the store.",
     ),
+    family(
+        CONNECTIONS_CLOSED,
+        Kind::Counter,
+        "Connections the ops or webhook listener closed, per reason.",
+    ),
+];
+
+/// The HTTP listeners (`listener` label of [`CONNECTIONS_CLOSED`]).
+pub const LISTENERS: &[&str] = &["ops", "webhook"];
+
+/// Why a listener closes a connection (`reason` label of
+/// [`CONNECTIONS_CLOSED`]).
+pub const CLOSE_REASONS: &[&str] = &[
+    "connection_cap",
+    "header_timeout",
+    "request_timeout",
+    "shutdown",
 ];
 
 /// Reasons an input is refused before the LLM (`reason` label of
@@ -266,6 +286,12 @@ pub fn register(known: Known<'_>) {
     }
     for reason in REJECT_REASONS {
         metrics::counter!(REJECTED_INPUTS, "reason" => *reason).increment(0);
+    }
+    for listener in LISTENERS {
+        for reason in CLOSE_REASONS {
+            metrics::counter!(CONNECTIONS_CLOSED, "listener" => *listener, "reason" => *reason)
+                .increment(0);
+        }
     }
     for kind in super::SecurityKind::ALL {
         metrics::counter!(SECURITY_EVENTS, "kind" => kind.as_str()).increment(0);

@@ -45,13 +45,47 @@ impl BotProcess {
         data: &Path,
         extra_env: &[(&str, String)],
     ) -> Self {
+        Self::spawn_in(
+            Command::new(env!("CARGO_BIN_EXE_llmgram")),
+            telegram,
+            llm,
+            data,
+            extra_env,
+        )
+    }
+
+    /// Like [`spawn_with`](Self::spawn_with), with the process's limit of
+    /// open file descriptors (`RLIMIT_NOFILE`) lowered to `nofile`.
+    pub fn spawn_with_nofile(
+        telegram: &FakeTelegram,
+        llm: &FakeLlm,
+        data: &Path,
+        extra_env: &[(&str, String)],
+        nofile: u32,
+    ) -> Self {
+        let mut shell = Command::new("sh");
+        shell.args([
+            "-c",
+            &format!("ulimit -n {nofile} && exec \"$0\""),
+            env!("CARGO_BIN_EXE_llmgram"),
+        ]);
+        Self::spawn_in(shell, telegram, llm, data, extra_env)
+    }
+
+    fn spawn_in(
+        mut command: Command,
+        telegram: &FakeTelegram,
+        llm: &FakeLlm,
+        data: &Path,
+        extra_env: &[(&str, String)],
+    ) -> Self {
         let log = data.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_llmgram"))
+        let child = command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("TELEGRAM_BOT_TOKEN", "123456:test")

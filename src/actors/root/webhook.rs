@@ -7,14 +7,19 @@
 //! - **Messages:** none in normal operation; the listener runs in a task the
 //!   actor owns and aborts when it stops.
 //! - **State:** the listener task.
-//! - **Per request** (in the listener's tasks): refused unless it comes from
-//!   `webhook.allowed_networks` (when set; 403), within
-//!   `webhook.per_ip_per_second` for its address (429), carries the secret
-//!   token registered with setWebhook in `X-Telegram-Bot-Api-Secret-Token`
-//!   (401) and fits `webhook.max_body_bytes` (413). A message update is then
-//!   handed over exactly as the polling ingress does (admitted durably,
-//!   rate-limited, routed), and only then answered 200: a failure answers
-//!   500 and Telegram delivers the update again.
+//! - **Per request** (in the listener's tasks, served by
+//!   [`crate::listener::serve`] within the `webhook.max_connections`,
+//!   `header_timeout` and `request_timeout` limits): refused unless it comes
+//!   from `webhook.allowed_networks` (when set; 403); then refused unless it
+//!   carries the secret token registered with setWebhook in
+//!   `X-Telegram-Bot-Api-Secret-Token` (401, or 429 past
+//!   `webhook.unauthenticated_per_ip_per_second` for its address), checked
+//!   before its body is read and before it counts against anything an
+//!   authentic request needs; then held to `webhook.per_ip_per_second` for
+//!   its address (429) and `webhook.max_body_bytes` (413). A message update
+//!   is then handed over exactly as the polling ingress does (admitted
+//!   durably, rate-limited, routed), and only then answered 200: a failure
+//!   answers 500 and Telegram delivers the update again.
 //! - **Failures:** a failed setWebhook or bind fails the start; root
 //!   restarts it with backoff and, past the budget, stops the service. After
 //!   a restart, updates Telegram retried are recognised by the store.
@@ -25,8 +30,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::payloads::SetWebhookSetters as _;
@@ -73,7 +80,11 @@ struct Receiver {
     config: Arc<crate::config::Config>,
     secret: Secret,
     bot_username: Arc<str>,
+    /// Authentic requests (with the secret) per address.
     per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Requests without the secret per address: a budget of their own, so
+    /// forgeries never spend what Telegram's deliveries need.
+    unauthenticated: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     networks: Arc<[Network]>,
     health: Arc<Health>,
 }
@@ -125,17 +136,18 @@ impl Actor for Webhook {
             .map_err(|e| WebhookError::Register(e.into()))?;
         tracing::info!(url = %crate::config::redact_url(&url), listen = %config.listen, "webhook registered");
 
-        let per_second = NonZeroU32::new(config.per_ip_per_second).unwrap_or(NonZeroU32::MIN);
-        let per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>> =
-            Arc::new(RateLimiter::keyed(Quota::per_second(per_second)));
+        let per_ip = per_address(config.per_ip_per_second);
+        let unauthenticated = per_address(config.unauthenticated_per_ip_per_second);
         let reclaim = {
-            let per_ip = Arc::clone(&per_ip);
+            let limiters = [Arc::clone(&per_ip), Arc::clone(&unauthenticated)];
             let mut every = tokio::time::interval(deps.config.limits.sweep_interval);
             tokio::spawn(async move {
                 loop {
                     every.tick().await;
-                    per_ip.retain_recent();
-                    per_ip.shrink_to_fit();
+                    for limiter in &limiters {
+                        limiter.retain_recent();
+                        limiter.shrink_to_fit();
+                    }
                 }
             })
         };
@@ -148,6 +160,7 @@ impl Actor for Webhook {
             secret: deps.webhook_secret.clone(),
             bot_username: bot_username.into(),
             per_ip,
+            unauthenticated,
             networks: config
                 .allowed_networks
                 .iter()
@@ -158,16 +171,19 @@ impl Actor for Webhook {
         let app = Router::new()
             .route(url.path(), axum::routing::post(receive))
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                receiver.clone(),
+                admit,
+            ))
             .with_state(receiver);
-        let server = axum::serve(
+        // Runs until the actor stops and aborts it (with every connection).
+        let listener = tokio::spawn(crate::listener::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        );
-        let listener = tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "webhook listener failed");
-            }
-        });
+            app,
+            config.listener_limits(),
+            "webhook",
+            std::future::pending(),
+        ));
         Ok(WebhookState { listener, reclaim })
     }
 
@@ -194,31 +210,60 @@ impl Actor for Webhook {
     }
 }
 
-async fn receive(
+/// A per-address limiter allowing `per_second` requests a second (burst the
+/// same).
+fn per_address(per_second: u32) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
+    let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    Arc::new(RateLimiter::keyed(Quota::per_second(per_second)))
+}
+
+/// Lets a request through to [`receive`] only from an allowed network, with
+/// the secret token, and within its address's allowance — in that order, and
+/// before its body is read. A request without the secret is answered 401
+/// and spends only the unauthenticated budget of its address (past it: 429,
+/// counted but not logged), never the allowance of authentic requests:
+/// behind a TLS proxy every request has the proxy's address, so anyone
+/// reaching the proxy could otherwise starve Telegram's deliveries.
+async fn admit(
     State(receiver): State<Receiver>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
+    request: Request,
+    next: Next,
+) -> Response {
     let ip = peer.ip();
     if !receiver.networks.is_empty() && !receiver.networks.iter().any(|n| n.contains(ip)) {
         security_event(SecurityKind::WebhookNetwork);
-        return StatusCode::FORBIDDEN;
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if !has_secret(request.headers(), &receiver.secret) {
+        if receiver.unauthenticated.check_key(&ip).is_err() {
+            metrics::counter!(
+                crate::telemetry::families::SECURITY_EVENTS,
+                "kind" => SecurityKind::WebhookSecretUnlogged.as_str()
+            )
+                .increment(1);
+            return StatusCode::TOO_MANY_REQUESTS.into_response();
+        }
+        security_event(SecurityKind::WebhookSecret);
+        return StatusCode::UNAUTHORIZED.into_response();
     }
     if receiver.per_ip.check_key(&ip).is_err() {
         metrics::counter!("llmgram_rate_limited_total").increment(1);
-        return StatusCode::TOO_MANY_REQUESTS;
+        return StatusCode::TOO_MANY_REQUESTS.into_response();
     }
-    let secret_ok = headers
+    next.run(request).await
+}
+
+/// Whether `headers` carry the registered secret token.
+fn has_secret(headers: &HeaderMap, secret: &Secret) -> bool {
+    headers
         .get(SECRET_HEADER)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|given| {
-            constant_time_eq(given.as_bytes(), receiver.secret.expose().as_bytes())
-        });
-    if !secret_ok {
-        security_event(SecurityKind::WebhookSecret);
-        return StatusCode::UNAUTHORIZED;
-    }
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), secret.expose().as_bytes()))
+}
+
+/// Takes an update from a request [`admit`] let through.
+async fn receive(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
     let update: Update = match serde_json::from_slice(&body) {
         Ok(update) => update,
         Err(error) => {
