@@ -277,6 +277,9 @@ pub struct LimitsConfig {
     pub global_llm_per_second: u32,
     pub new_chats_per_minute: u32,
     #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
+    pub max_queued: usize,
+    #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
 }
 
