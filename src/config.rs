@@ -296,6 +296,8 @@ pub struct BreakerConfig {
     pub count_slow_calls: bool,
     #[serde(with = "humantime_serde")]
     pub open_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub first_probe_after: Duration,
     pub half_open_probes: usize,
 }
 
