@@ -308,6 +308,9 @@ pub struct LimitsConfig {
     pub global_llm_per_second: u32,
     pub new_chats_per_minute: u32,
     #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
+    pub max_queued: usize,
+    #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
 }
 
@@ -324,6 +327,8 @@ pub struct BreakerConfig {
     pub count_slow_calls: bool,
     #[serde(with = "humantime_serde")]
     pub open_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub first_probe_after: Duration,
     pub half_open_probes: usize,
 }
 

@@ -105,6 +105,17 @@ pub const STORE_BATCH: &str = "llmgram_store_batch_size";
 /// Connections a listener closed, per listener and reason.
 pub const CONNECTIONS_CLOSED: &str = "llmgram_connections_closed_total";
 
+/// Requests waiting for an open breaker's next probe, per provider.
+pub const BREAKER_WAITING: &str = "llmgram_breaker_waiting";
+/// Requests that waited for a global limit's slot, per limit.
+pub const LIMIT_QUEUED: &str = "llmgram_limit_queued_total";
+/// Requests refused by a global limit (wait or queue bound), per limit.
+pub const LIMIT_REFUSED: &str = "llmgram_limit_refused_total";
+/// Requests waiting for a global limit's slot now, per limit.
+pub const LIMIT_WAITING: &str = "llmgram_limit_waiting";
+/// Time waited for a global limit's slot, per limit.
+pub const LIMIT_WAIT: &str = "llmgram_limit_wait_seconds";
+
 /// Every family, in the order README's table lists them.
 pub const FAMILIES: &[Family] = &[
     family(
@@ -161,6 +172,11 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "Circuit breaker transitions per provider and new state.",
     ),
+    family(
+        BREAKER_WAITING,
+        Kind::Gauge,
+        "Requests waiting for an open breaker's next probe, per provider.",
+    ),
     family(SESSIONS_ACTIVE, Kind::Gauge, "Session actors alive."),
     family(
         SESSION_EVICTIONS,
@@ -176,6 +192,25 @@ pub const FAMILIES: &[Family] = &[
         RATE_LIMITED,
         Kind::Counter,
         "Messages or requests refused by a rate limit.",
+    ),
+    family(
+        LIMIT_QUEUED,
+        Kind::Counter,
+        "Requests that waited for a global limit's slot, per limit.",
+    ),
+    family(
+        LIMIT_REFUSED,
+        Kind::Counter,
+        "Requests a global limit refused (wait or queue bound), per limit.",
+    ),
+    family(
+        LIMIT_WAITING,
+        Kind::Gauge,
+        "Requests waiting for a global limit's slot now, per limit.",
+    ),
+    seconds(
+        LIMIT_WAIT,
+        "Time waited for a global limit's slot, per limit.",
     ),
     family(
         REJECTED_INPUTS,
@@ -200,6 +235,10 @@ pub const FAMILIES: &[Family] = &[
         "Connections the ops or webhook listener closed, per reason.",
     ),
 ];
+
+/// The global limits that queue (`limit` label of [`LIMIT_QUEUED`] and its
+/// siblings).
+pub const GLOBAL_LIMITS: &[&str] = &["llm_calls", "new_chats"];
 
 /// The HTTP listeners (`listener` label of [`CONNECTIONS_CLOSED`]).
 pub const LISTENERS: &[&str] = &["ops", "webhook"];
@@ -274,6 +313,7 @@ pub fn register(known: Known<'_>) {
             "provider" => provider.clone(),
             "model" => model.to_owned()
         ));
+        metrics::gauge!(BREAKER_WAITING, "provider" => provider.clone()).increment(0.0);
         // Every breaker starts closed (0).
         metrics::gauge!(BREAKER_STATE, "provider" => provider.clone()).increment(0.0);
         for to in BREAKER_STATES {
@@ -286,6 +326,12 @@ pub fn register(known: Known<'_>) {
     }
     for reason in REJECT_REASONS {
         metrics::counter!(REJECTED_INPUTS, "reason" => *reason).increment(0);
+    }
+    for limit in GLOBAL_LIMITS {
+        metrics::counter!(LIMIT_QUEUED, "limit" => *limit).increment(0);
+        metrics::counter!(LIMIT_REFUSED, "limit" => *limit).increment(0);
+        metrics::gauge!(LIMIT_WAITING, "limit" => *limit).increment(0.0);
+        drop(metrics::histogram!(LIMIT_WAIT, "limit" => *limit));
     }
     for listener in LISTENERS {
         for reason in CLOSE_REASONS {

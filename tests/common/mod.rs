@@ -23,9 +23,12 @@ pub struct Harness {
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A breaker that opens after two timeouts of 300 ms and stays open for
-/// 1.5 s: fast enough for a test to see every state.
+/// 1.5 s: fast enough for a test to see every state. A request gives up
+/// after 1 s, so one arriving while the breaker is open cannot wait for the
+/// probe (1.5 s away) and gets the fallback reply at once.
 pub const FAST_BREAKER: &str = "llm.request_timeout = \"300ms\"\n\
      llm.retry.max_attempts = 1\n\
+     llm.fallback_after = \"1s\"\n\
      breaker.window = 4\n\
      breaker.min_calls = 2\n\
      breaker.open_for = \"1500ms\"\n";

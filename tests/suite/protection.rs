@@ -53,9 +53,12 @@ async fn new_chats_beyond_the_admission_limit_are_asked_to_wait() {
         "limits.user_messages_per_minute = 100\n\
          limits.user_llm_per_minute = 100\n\
          limits.global_llm_per_second = 1000\n\
-         limits.new_chats_per_minute = 3\n",
+         limits.new_chats_per_minute = 3\n\
+         limits.max_queue_wait = \"5s\"\n",
     )
     .await;
+    // New chats over the limit queue for a slot; the 4th and 5th would wait
+    // 20 s and 40 s, past max_queue_wait: they are asked to come back.
     for chat in 1..=5 {
         h.say(chat, "hi");
     }

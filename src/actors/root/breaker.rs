@@ -3,21 +3,34 @@
 //!
 //! - **Supervised by:** root, permanent; one child per provider
 //!   (`<instance>.breaker.<index>`, index in the order of the provider list).
-//! - **Messages:** [`BreakerMsg::Acquire`] (may a call go now?),
-//!   [`BreakerMsg::Record`] (how a call ended), [`BreakerMsg::Status`].
+//! - **Messages:** [`BreakerMsg::Acquire`] (may a call go, now or before a
+//!   moment?), [`BreakerMsg::Record`] (how a call ended),
+//!   [`BreakerMsg::Status`], [`BreakerMsg::Wake`] (its own timer).
 //! - **State:** [`Circuit`]: closed with a window of the last
 //!   `breaker.window` outcomes; open until a moment; or half-open with the
-//!   probes in flight.
+//!   probes in flight. And the requests waiting for a probe, with their reply
+//!   ports: the mailbox never waits, a waiting request is answered later.
 //! - **Rules:** closed → open when, with at least `breaker.min_calls`
 //!   outcomes in the window, the failure rate reaches `breaker.failure_rate`
 //!   (calls slower than `breaker.slow_call` count as failures when
-//!   `breaker.count_slow_calls`); open → half-open after `breaker.open_for`,
-//!   letting `breaker.half_open_probes` calls through; a probe's success
-//!   closes, its failure opens again. While open no call reaches the
-//!   provider. Every transition is logged and counted.
+//!   `breaker.count_slow_calls`); open → half-open after a pause, letting
+//!   `breaker.half_open_probes` calls through; a probe's success closes, its
+//!   failure opens again. The pause follows a probe schedule: the first
+//!   probe after `breaker.first_probe_after`, each failed probe doubling the
+//!   pause up to `breaker.open_for`, so a provider that recovered quickly is
+//!   found quickly, and one that stays down is probed rarely. While open no
+//!   call reaches the provider. Every transition is logged and counted.
+//! - **Waiting for a probe:** an `Acquire` that cannot be admitted now but
+//!   could be before its `wait_until` (the caller's deadline less one call's
+//!   time) is kept, not refused, and answered in arrival order when the probe
+//!   is due (the first waiting request *is* the probe), when a probe's outcome
+//!   closes the breaker (all are admitted), or, refused with the time left,
+//!   once it cannot be admitted in time. So a user whose message comes just
+//!   after a fault burst is answered, not refused.
 //! - **Failures:** restarted by root; the window is lost and the breaker
 //!   starts closed (at worst a few calls reach a failing provider until it
-//!   opens again). While it is away, the pool treats the provider as
+//!   opens again). Waiting requests see their reply port dropped and ask the
+//!   restarted breaker. While it is away, the pool treats the provider as
 //!   admitted rather than leave users without an answer.
 
 use std::collections::VecDeque;
@@ -25,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
@@ -34,11 +48,18 @@ pub enum BreakerMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
-    /// May a call go to the provider now?
+    /// May a call go to the provider? Answered at once when it may, or when
+    /// it could not before `wait_until`; otherwise kept until the breaker's
+    /// next probe.
     Acquire {
+        /// The latest moment an admission is still of use to the caller
+        /// (`Instant::now()`: do not wait).
+        wait_until: Instant,
         /// The decision.
         reply: RpcReplyPort<Admission>,
     },
+    /// Timer: a probe may be due, or a waiting request's time is up.
+    Wake,
     /// How an admitted call ended.
     Record {
         /// The outcome.
@@ -112,6 +133,16 @@ pub struct Breaker;
 pub struct BreakerState {
     provider: Arc<str>,
     circuit: Circuit,
+    /// Requests waiting for a probe, in arrival order.
+    waiters: VecDeque<Waiter>,
+    /// The pending [`BreakerMsg::Wake`], if any.
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<BreakerMsg>>>>,
+}
+
+/// A request kept until the breaker can admit it.
+struct Waiter {
+    wait_until: Instant,
+    reply: RpcReplyPort<Admission>,
 }
 
 impl Actor for Breaker {
@@ -127,12 +158,25 @@ impl Actor for Breaker {
         Ok(BreakerState {
             provider: args.provider,
             circuit: Circuit::new(args.config),
+            waiters: VecDeque::new(),
+            timer: None,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BreakerMsg>,
+        state: &mut BreakerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<BreakerMsg>,
+        myself: ActorRef<BreakerMsg>,
         message: BreakerMsg,
         state: &mut BreakerState,
     ) -> Result<(), ActorProcessingErr> {
@@ -141,13 +185,18 @@ impl Actor for Breaker {
         match message {
             #[cfg(feature = "chaos")]
             BreakerMsg::Panic => panic!("chaos: ordered to panic"),
-            BreakerMsg::Acquire { reply } => {
-                let _ = reply.send(state.circuit.acquire(now));
+            BreakerMsg::Acquire { wait_until, reply } => {
+                state.waiters.push_back(Waiter { wait_until, reply });
+                on_wake(&myself, state, now);
             }
-            BreakerMsg::Record { outcome } => state.circuit.record(now, outcome),
+            BreakerMsg::Record { outcome } => {
+                state.circuit.record(now, outcome);
+                on_wake(&myself, state, now);
+            }
             BreakerMsg::Status { reply } => {
                 let _ = reply.send(state.circuit.status(now));
             }
+            BreakerMsg::Wake => on_wake(&myself, state, now),
         }
         let after = state.circuit.status(now).as_str();
         if before != after {
@@ -161,6 +210,49 @@ impl Actor for Breaker {
             },
         );
         Ok(())
+    }
+}
+
+/// Answers the waiting requests that can be answered at `now`, in arrival
+/// order, and sets the timer for the next moment that may change that.
+fn on_wake(myself: &ActorRef<BreakerMsg>, state: &mut BreakerState, now: Instant) {
+    let mut kept = VecDeque::new();
+    while let Some(waiter) = state.waiters.pop_front() {
+        if waiter.reply.is_closed() {
+            // Its caller gave up (its task ended).
+            continue;
+        }
+        match state.circuit.acquire(now) {
+            Admission::Admitted => {
+                let _ = waiter.reply.send(Admission::Admitted);
+            }
+            Admission::Rejected { retry_in } => {
+                if now < waiter.wait_until && state.circuit.may_admit_by(waiter.wait_until) {
+                    kept.push_back(waiter);
+                } else {
+                    let _ = waiter.reply.send(Admission::Rejected { retry_in });
+                }
+            }
+        }
+    }
+    state.waiters = kept;
+    if let Some(timer) = state.timer.take() {
+        timer.abort();
+    }
+    let next = state
+        .waiters
+        .iter()
+        .map(|waiter| waiter.wait_until)
+        .chain(state.circuit.next_admission())
+        .min();
+    if let (Some(next), false) = (next, state.waiters.is_empty()) {
+        metrics::gauge!(crate::telemetry::families::BREAKER_WAITING, "provider" => state.provider.to_string())
+            .set(state.waiters.len() as f64);
+        state.timer =
+            Some(myself.send_after(next.saturating_duration_since(now), || BreakerMsg::Wake));
+    } else {
+        metrics::gauge!(crate::telemetry::families::BREAKER_WAITING, "provider" => state.provider.to_string())
+            .set(0.0);
     }
 }
 
@@ -184,6 +276,8 @@ fn on_transition(provider: &str, from: &'static str, to: &'static str) {
 pub struct Circuit {
     config: BreakerConfig,
     phase: Phase,
+    /// The pause of the current (or last) open phase: the probe schedule.
+    pause: Duration,
     /// Recent outcomes while closed, `true` for a failure.
     window: VecDeque<bool>,
     failures: usize,
@@ -201,9 +295,32 @@ impl Circuit {
     pub fn new(config: BreakerConfig) -> Self {
         Self {
             window: VecDeque::with_capacity(config.window),
+            pause: config.first_probe_after.min(config.open_for),
             config,
             phase: Phase::Closed,
             failures: 0,
+        }
+    }
+
+    /// When a call rejected now could next be admitted: when the pause ends,
+    /// or when the probes out count as lost. `None` when one may go now.
+    pub fn next_admission(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Closed => None,
+            Phase::Open { until } => Some(until),
+            Phase::HalfOpen { since, probes_out } => {
+                (probes_out >= self.config.half_open_probes).then(|| since + self.config.open_for)
+            }
+        }
+    }
+
+    /// Whether a call might be admitted by `at`: always while closed or
+    /// half-open (a probe's outcome may come any moment), while open only
+    /// if the pause ends by then.
+    pub fn may_admit_by(&self, at: Instant) -> bool {
+        match self.phase {
+            Phase::Open { until } => until <= at,
+            Phase::Closed | Phase::HalfOpen { .. } => true,
         }
     }
 
@@ -277,10 +394,17 @@ impl Circuit {
                 if calls >= self.config.min_calls
                     && self.failures as f64 / calls as f64 >= self.config.failure_rate
                 {
+                    // A fresh outage: the probe schedule starts over.
+                    self.pause = self.config.first_probe_after.min(self.config.open_for);
                     self.open(now);
                 }
             }
-            Phase::HalfOpen { .. } if failed => self.open(now),
+            Phase::HalfOpen { .. } if failed => {
+                // Still failing: probe half as often, down to once per
+                // open_for.
+                self.pause = self.pause.saturating_mul(2).min(self.config.open_for);
+                self.open(now);
+            }
             Phase::HalfOpen { .. } => {
                 self.phase = Phase::Closed;
                 self.window.clear();
@@ -293,7 +417,7 @@ impl Circuit {
 
     fn open(&mut self, now: Instant) {
         self.phase = Phase::Open {
-            until: now + self.config.open_for,
+            until: now + self.pause,
         };
         self.window.clear();
         self.failures = 0;
@@ -312,6 +436,9 @@ mod tests {
             slow_call: Duration::from_secs(5),
             count_slow_calls: true,
             open_for: Duration::from_secs(30),
+            // The pause before every probe is open_for, as these tests were
+            // written for; the probe schedule has its own tests.
+            first_probe_after: Duration::from_secs(30),
             half_open_probes: 1,
         }
     }
@@ -427,5 +554,120 @@ mod tests {
             circuit.acquire(probe_time + Duration::from_secs(30)),
             Admission::Admitted
         );
+    }
+
+    #[test]
+    fn probes_come_early_then_ever_rarer_up_to_open_for() {
+        let config = BreakerConfig {
+            first_probe_after: Duration::from_secs(2),
+            ..config()
+        };
+        let mut now = Instant::now();
+        let mut circuit = Circuit::new(config);
+        for _ in 0..4 {
+            circuit.record(now, bad());
+        }
+        let mut pauses = Vec::new();
+        for _ in 0..6 {
+            let Some(probe_at) = circuit.next_admission() else {
+                panic!("open: no admission now");
+            };
+            pauses.push((probe_at - now).as_secs());
+            assert!(matches!(
+                circuit.acquire(probe_at - Duration::from_millis(1)),
+                Admission::Rejected { .. }
+            ));
+            assert_eq!(circuit.acquire(probe_at), Admission::Admitted, "the probe");
+            now = probe_at + Duration::from_millis(100);
+            circuit.record(now, bad());
+        }
+        assert_eq!(pauses, [2, 4, 8, 16, 30, 30]);
+        // A good probe closes it; the next outage starts the schedule over.
+        let probe_at = circuit.next_admission().unwrap();
+        assert_eq!(circuit.acquire(probe_at), Admission::Admitted);
+        circuit.record(probe_at, ok());
+        assert_eq!(circuit.status(probe_at), BreakerStatus::Closed);
+        for _ in 0..4 {
+            circuit.record(probe_at, bad());
+        }
+        assert_eq!(
+            circuit.next_admission(),
+            Some(probe_at + Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn a_waiting_request_may_be_admitted_by_its_moment_only_if_the_pause_ends_by_then() {
+        let now = Instant::now();
+        let mut circuit = Circuit::new(BreakerConfig {
+            first_probe_after: Duration::from_secs(2),
+            ..config()
+        });
+        assert!(circuit.may_admit_by(now), "closed");
+        for _ in 0..4 {
+            circuit.record(now, bad());
+        }
+        assert!(!circuit.may_admit_by(now + Duration::from_secs(1)));
+        assert!(circuit.may_admit_by(now + Duration::from_secs(2)));
+    }
+
+    /// The actor on tokio's paused clock: a request arriving while the
+    /// breaker is open waits and becomes the probe; one whose moment comes
+    /// before the probe is refused at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_actor_keeps_waiting_requests_until_the_probe() {
+        let (breaker, handle) = Actor::spawn(
+            None,
+            Breaker,
+            BreakerArgs {
+                provider: "test".into(),
+                config: BreakerConfig {
+                    first_probe_after: Duration::from_secs(2),
+                    ..config()
+                },
+            },
+        )
+        .await
+        .unwrap();
+        for _ in 0..4 {
+            breaker.cast(BreakerMsg::Record { outcome: bad() }).unwrap();
+        }
+        let start = Instant::now();
+        let acquire = |wait_until: Instant| {
+            let breaker = breaker.clone();
+            tokio::spawn(async move {
+                let admission = breaker
+                    .call(|reply| BreakerMsg::Acquire { wait_until, reply }, None)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (admission, start.elapsed())
+            })
+        };
+        let impatient = acquire(start + Duration::from_secs(1));
+        let first = acquire(start + Duration::from_secs(15));
+        tokio::task::yield_now().await;
+        let second = acquire(start + Duration::from_secs(15));
+        let (admission, at) = impatient.await.unwrap();
+        assert!(
+            matches!(admission, Admission::Rejected { .. }),
+            "{admission:?}"
+        );
+        assert!(at < Duration::from_millis(10), "refused at once: {at:?}");
+        let (admission, at) = first.await.unwrap();
+        assert_eq!(
+            admission,
+            Admission::Admitted,
+            "the first waiter is the probe"
+        );
+        assert_eq!(at.as_secs(), 2, "at the first probe: {at:?}");
+        // The probe succeeds: the breaker closes and admits the next waiter.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        breaker.cast(BreakerMsg::Record { outcome: ok() }).unwrap();
+        let (admission, at) = second.await.unwrap();
+        assert_eq!(admission, Admission::Admitted);
+        assert_eq!(at.as_millis() / 100, 25, "when the probe closed it: {at:?}");
+        breaker.stop(None);
+        handle.await.unwrap();
     }
 }

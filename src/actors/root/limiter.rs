@@ -4,15 +4,24 @@
 //! - **Supervised by:** root, permanent.
 //! - **Messages:** [`LimiterMsg::Check`] (one verdict per update of a
 //!   getUpdates batch, asked by the ingress before routing),
-//!   [`LimiterMsg::AdmitNewChat`] (asked by a session for a chat the store has
-//!   never seen), [`LimiterMsg::Sweep`] (timer).
-//! - **State:** GCRA limiters from the `governor` crate: per user on all
-//!   messages (`limits.user_messages_per_minute`), per user on messages that
-//!   cost an LLM call (`limits.user_llm_per_minute`), global on LLM calls
-//!   (`limits.global_llm_per_second`), global on new chats
+//!   [`LimiterMsg::ReserveLlmCall`] (asked by a session right before each LLM
+//!   call), [`LimiterMsg::AdmitNewChat`] (asked by a session for a chat the
+//!   store has never seen), [`LimiterMsg::Sweep`] (timer).
+//! - **State:** GCRA limiters from the `governor` crate per user on all
+//!   messages (`limits.user_messages_per_minute`) and per user on messages
+//!   that cost an LLM call (`limits.user_llm_per_minute`): these *refuse*,
+//!   with one notice per window — they are what stops one user's flood. And
+//!   two [`Pacer`]s for the global limits, LLM calls
+//!   (`limits.global_llm_per_second`) and new chats
 //!   (`limits.new_chats_per_minute`, so a flood from many fresh accounts is
-//!   blunted); and when each user was last told to slow down, so a limited
-//!   user gets one notice per window, not one per message. The banned users
+//!   blunted): these *delay*. A user who did nothing wrong must not lose a
+//!   message to someone else's load, so a request over a global limit is
+//!   given the moment its slot frees ([`Slot::After`]) and waits for it in
+//!   its own session (cancellable, "typing…" shown, never in this mailbox);
+//!   only a wait past `limits.max_queue_wait`, or more than
+//!   `limits.max_queued` requests already waiting, gets [`Slot::Full`] (the
+//!   "busy" reply). Also kept: when each user was last told to slow down, so
+//!   a limited user gets one notice per window, not one per message. The banned users
 //!   (persisted under the store's `bans` setting, loaded at start; admins
 //!   change them with [`LimiterMsg::Ban`] / [`LimiterMsg::Unban`]) and, with
 //!   `access.allowlist_only`, everyone not in `access.allowed_ids` get one
@@ -25,13 +34,13 @@
 //!   While it is away, the ingress lets updates through rather than leave
 //!   users unanswered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -54,10 +63,16 @@ pub enum LimiterMsg {
         /// One verdict per request.
         reply: RpcReplyPort<Vec<Verdict>>,
     },
-    /// May a chat the store has never seen start now?
+    /// When may a chat the store has never seen start? Reserves the slot.
     AdmitNewChat {
-        /// The verdict.
-        reply: RpcReplyPort<Verdict>,
+        /// The slot, or that the queue is full.
+        reply: RpcReplyPort<Slot>,
+    },
+    /// When may the next LLM call go (`limits.global_llm_per_second`)?
+    /// Reserves the slot.
+    ReserveLlmCall {
+        /// The slot, or that the queue is full.
+        reply: RpcReplyPort<Slot>,
     },
     /// Ban a user (admin command); answered once the ban is stored.
     Ban {
@@ -119,6 +134,94 @@ pub enum Verdict {
     },
 }
 
+/// A reserved place under a global limit ([`LimiterMsg::ReserveLlmCall`],
+/// [`LimiterMsg::AdmitNewChat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Go once this has passed (zero: at once). The slot is taken: a caller
+    /// that gives up meanwhile (`/cancel`) leaves it unused.
+    After(Duration),
+    /// More than `limits.max_queued` requests are waiting, or the wait would
+    /// pass `limits.max_queue_wait`: answer "busy". Nothing was reserved.
+    Full {
+        /// Roughly when the wait would be short enough again.
+        retry_in: Duration,
+    },
+}
+
+/// A global limit that queues: GCRA (the same algorithm as `governor`'s,
+/// the same burst: a full allowance of `rate` at once, then evenly) with
+/// *reservations*, which `governor` does not offer: a request over the
+/// limit is given the instant its slot frees instead of a refusal, and the
+/// limit's clock moves past it, so later requests queue behind it in
+/// arrival order. Bounded by a longest wait and a most waiting.
+#[derive(Debug)]
+pub struct Pacer {
+    /// Time between two slots at the steady rate (GCRA's emission interval).
+    interval: Duration,
+    /// How far ahead of the steady rate a burst may run (GCRA's tolerance).
+    tolerance: Duration,
+    /// The theoretical arrival time of the next request (GCRA's TAT).
+    next: Option<Instant>,
+    max_wait: Duration,
+    max_queued: usize,
+    /// The start times of the reservations still ahead, in order (they
+    /// never decrease).
+    waiting: VecDeque<Instant>,
+}
+
+impl Pacer {
+    /// `count` per `period`, the burst the same; waits of at most
+    /// `max_wait`, at most `max_queued` waiting at once.
+    pub fn new(count: u32, period: Duration, max_wait: Duration, max_queued: usize) -> Self {
+        let count = count.max(1);
+        let interval = period / count;
+        Self {
+            interval,
+            tolerance: interval * (count - 1),
+            next: None,
+            max_wait,
+            max_queued,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// Reserves the next slot at `now`, or says the queue is full.
+    pub fn reserve(&mut self, now: Instant) -> Slot {
+        while self.waiting.front().is_some_and(|start| *start <= now) {
+            self.waiting.pop_front();
+        }
+        let tat = self.next.map_or(now, |next| next.max(now));
+        let start = tat
+            .checked_sub(self.tolerance)
+            .map_or(now, |start| start.max(now));
+        let wait = start - now;
+        if !wait.is_zero() {
+            if wait > self.max_wait || self.waiting.len() >= self.max_queued {
+                return Slot::Full {
+                    retry_in: wait.saturating_sub(self.max_wait).max(self.interval),
+                };
+            }
+            self.waiting.push_back(start);
+        }
+        self.next = Some(tat + self.interval);
+        Slot::After(wait)
+    }
+
+    /// Requests waiting for their slot at `now`.
+    pub fn waiting(&mut self, now: Instant) -> usize {
+        while self.waiting.front().is_some_and(|start| *start <= now) {
+            self.waiting.pop_front();
+        }
+        self.waiting.len()
+    }
+
+    /// Frees memory when idle.
+    fn shrink(&mut self) {
+        self.waiting.shrink_to_fit();
+    }
+}
+
 /// Arguments of the limiter.
 pub struct LimiterArgs {
     /// The whole configuration (limits, access, admins).
@@ -137,8 +240,8 @@ pub struct LimiterState {
     bans: HashSet<i64>,
     per_user: DefaultKeyedRateLimiter<i64>,
     per_user_llm: DefaultKeyedRateLimiter<i64>,
-    global_llm: DefaultDirectRateLimiter,
-    new_chats: DefaultDirectRateLimiter,
+    global_llm: Pacer,
+    new_chats: Pacer,
     /// Until when each limited user has been told to wait.
     notified_until: HashMap<i64, Instant>,
     sweep_timer: JoinHandle<()>,
@@ -171,17 +274,15 @@ impl Actor for Limiter {
             _ => HashSet::new(),
         };
         let config = &args.config.limits;
-        let global = Quota::per_second(
-            NonZeroU32::new(config.global_llm_per_second).unwrap_or(NonZeroU32::MIN),
-        );
+        let (global_llm, new_chats) = pacers(config);
         Ok(LimiterState {
             bans,
             config: Arc::clone(&args.config),
             directory: args.directory,
             per_user: RateLimiter::keyed(per_minute(config.user_messages_per_minute)),
             per_user_llm: RateLimiter::keyed(per_minute(config.user_llm_per_minute)),
-            global_llm: RateLimiter::direct(global),
-            new_chats: RateLimiter::direct(per_minute(config.new_chats_per_minute)),
+            global_llm,
+            new_chats,
             notified_until: HashMap::new(),
             sweep_timer: myself.send_interval(config.sweep_interval, || LimiterMsg::Sweep),
         })
@@ -210,14 +311,12 @@ impl Actor for Limiter {
                 let _ = reply.send(verdicts);
             }
             LimiterMsg::AdmitNewChat { reply } => {
-                let verdict = match state.new_chats.check() {
-                    Ok(()) => Verdict::Allowed,
-                    Err(not_until) => Verdict::Limited {
-                        retry_in: not_until.wait_time_from(state.new_chats.clock().now()),
-                        notify: true,
-                    },
-                };
-                let _ = reply.send(verdict);
+                let slot = reserve(&mut state.new_chats, "new_chats");
+                let _ = reply.send(slot);
+            }
+            LimiterMsg::ReserveLlmCall { reply } => {
+                let slot = reserve(&mut state.global_llm, "llm_calls");
+                let _ = reply.send(slot);
             }
             LimiterMsg::Ban { user, reply } => {
                 state.bans.insert(user);
@@ -232,6 +331,40 @@ impl Actor for Limiter {
         }
         Ok(())
     }
+}
+
+/// The global limits' pacers, from `[limits]`.
+fn pacers(config: &crate::config::LimitsConfig) -> (Pacer, Pacer) {
+    const SECOND: Duration = Duration::from_secs(1);
+    const MINUTE: Duration = Duration::from_secs(60);
+    let pacer = |count, period| Pacer::new(count, period, config.max_queue_wait, config.max_queued);
+    (
+        pacer(config.global_llm_per_second, SECOND),
+        pacer(config.new_chats_per_minute, MINUTE),
+    )
+}
+
+/// Reserves a slot of `pacer`, counting waits and refusals under `limit`.
+fn reserve(pacer: &mut Pacer, limit: &'static str) -> Slot {
+    let now = Instant::now();
+    let slot = pacer.reserve(now);
+    match slot {
+        Slot::After(wait) if !wait.is_zero() => {
+            metrics::counter!(crate::telemetry::families::LIMIT_QUEUED, "limit" => limit)
+                .increment(1);
+            metrics::histogram!(crate::telemetry::families::LIMIT_WAIT, "limit" => limit)
+                .record(wait.as_secs_f64());
+        }
+        Slot::After(_) => {}
+        Slot::Full { retry_in } => {
+            tracing::warn!(limit, ?retry_in, "global limit queue full; request refused");
+            metrics::counter!(crate::telemetry::families::LIMIT_REFUSED, "limit" => limit)
+                .increment(1);
+        }
+    }
+    metrics::gauge!(crate::telemetry::families::LIMIT_WAITING, "limit" => limit)
+        .set(pacer.waiting(now) as f64);
+    slot
 }
 
 /// Stores the ban list; the persistence actor answers once it is durable.
@@ -284,11 +417,12 @@ fn on_check(state: &mut LimiterState, request: LimitRequest) -> Verdict {
         .err()
         .map(|n| n.wait_time_from(now));
     if wait.is_none() && request.cost == Cost::Llm {
+        // The global LLM limit is not checked here: it delays the call
+        // itself (`ReserveLlmCall`) rather than refusing the message.
         wait = state
             .per_user_llm
             .check_key(&user)
             .err()
-            .or_else(|| state.global_llm.check().err())
             .map(|n| n.wait_time_from(now));
     }
     let Some(retry_in) = wait else {
@@ -307,6 +441,10 @@ fn on_sweep(state: &mut LimiterState) {
     let now = Instant::now();
     state.notified_until.retain(|_, until| *until > now);
     state.notified_until.shrink_to_fit();
+    state.global_llm.waiting(now);
+    state.global_llm.shrink();
+    state.new_chats.waiting(now);
+    state.new_chats.shrink();
 }
 
 #[cfg(test)]
@@ -329,8 +467,8 @@ mod tests {
             bans: HashSet::from([66, 99]),
             per_user: RateLimiter::keyed(per_minute(limits.user_messages_per_minute)),
             per_user_llm: RateLimiter::keyed(per_minute(limits.user_llm_per_minute)),
-            global_llm: RateLimiter::direct(per_minute(1000)),
-            new_chats: RateLimiter::direct(per_minute(limits.new_chats_per_minute)),
+            global_llm: pacers(limits).0,
+            new_chats: pacers(limits).1,
             notified_until: HashMap::new(),
             sweep_timer: tokio::spawn(async {}),
             config: Arc::new(config),
@@ -426,5 +564,53 @@ mod tests {
                 Verdict::Allowed
             ]
         );
+    }
+
+    #[test]
+    fn a_pacer_lets_a_burst_through_then_queues_in_order_up_to_its_bounds() {
+        let now = Instant::now();
+        // 20 a second, as limits.global_llm_per_second; waits up to 1 s.
+        let mut pacer = Pacer::new(20, Duration::from_secs(1), Duration::from_secs(1), 100);
+        for _ in 0..20 {
+            assert_eq!(pacer.reserve(now), Slot::After(Duration::ZERO), "the burst");
+        }
+        // Then one slot every 50 ms, in arrival order.
+        for n in 1..=20u32 {
+            assert_eq!(
+                pacer.reserve(now),
+                Slot::After(Duration::from_millis(50) * n)
+            );
+        }
+        assert_eq!(pacer.waiting(now), 20);
+        // The next would wait 1.05 s > 1 s: refused, nothing reserved.
+        assert!(matches!(pacer.reserve(now), Slot::Full { .. }));
+        assert_eq!(pacer.waiting(now), 20);
+        // Half a second later ten slots have been used: the wait is shorter.
+        let later = now + Duration::from_millis(500);
+        assert_eq!(pacer.waiting(later), 10);
+        assert_eq!(
+            pacer.reserve(later),
+            Slot::After(Duration::from_millis(550))
+        );
+        // Idle long enough, a full burst is available again.
+        let idle = now + Duration::from_secs(10);
+        assert_eq!(pacer.reserve(idle), Slot::After(Duration::ZERO));
+        assert_eq!(pacer.waiting(idle), 0);
+    }
+
+    #[test]
+    fn a_pacer_refuses_past_its_most_waiting() {
+        let now = Instant::now();
+        let mut pacer = Pacer::new(1, Duration::from_secs(1), Duration::from_secs(60), 2);
+        assert_eq!(pacer.reserve(now), Slot::After(Duration::ZERO));
+        assert_eq!(pacer.reserve(now), Slot::After(Duration::from_secs(1)));
+        assert_eq!(pacer.reserve(now), Slot::After(Duration::from_secs(2)));
+        assert!(
+            matches!(pacer.reserve(now), Slot::Full { .. }),
+            "two wait already"
+        );
+        // Once one has gone, another may queue.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(pacer.reserve(later), Slot::After(Duration::from_secs(2)));
     }
 }

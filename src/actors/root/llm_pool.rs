@@ -15,9 +15,13 @@
 //!   `llm.queue_timeout`, else [`LlmError::Overloaded`]); then for each
 //!   provider in order: ask its breaker, skip it while open, else call it
 //!   with retries (`llm.retry`) and report the outcome to the breaker; the
-//!   first answer wins. All within `llm.fallback_after`: past it, or when no
-//!   provider could answer, the caller gets [`LlmError::NoProvider`] with the
-//!   time until a breaker lets calls through again.
+//!   first answer wins. When none answered and a breaker was open, wait for
+//!   the probe of the one that probes first (the breaker keeps the request
+//!   and admits it as, or right after, its probe) if that leaves a whole
+//!   `llm.request_timeout` before the deadline. All within
+//!   `llm.fallback_after`: past it, or when no provider could answer, the
+//!   caller gets [`LlmError::NoProvider`] with the time until a breaker lets
+//!   calls through again.
 //! - **Failures:** call errors are values returned to the session, which logs
 //!   them once. If this actor dies, requests already running still answer
 //!   their callers (the tasks own the reply ports); requests in its mailbox
@@ -241,19 +245,59 @@ async fn complete_with_fallback(
     } = call;
     let mut retry_in: Option<Duration> = None;
     let mut last = None;
-    for (index, provider) in providers.iter().enumerate() {
+    // A probe admitted later than this could not finish before the deadline
+    // (and, cut short, would count as a failure against the provider).
+    let latest_start = deadline
+        .checked_sub(config.request_timeout)
+        .unwrap_or(deadline);
+    // First every provider whose breaker admits a call now; then, if none
+    // answered, wait for the probe of the open breaker that probes first.
+    let mut soonest: Option<(usize, Duration)> = None;
+    let mut candidates: Vec<(usize, bool)> = (0..providers.len()).map(|i| (i, false)).collect();
+    let mut next = 0;
+    loop {
+        if next == providers.len()
+            && let Some((index, _)) = soonest.take()
+        {
+            candidates.push((index, true));
+        }
+        let Some(&(index, wait_for_probe)) = candidates.get(next) else {
+            break;
+        };
+        next += 1;
+        let Some(provider) = providers.get(index) else {
+            continue;
+        };
         if Instant::now() >= deadline {
             break;
         }
         let breaker = Child::breaker(index);
+        let wait_until = if wait_for_probe {
+            tracing::debug!(
+                provider = provider.name(),
+                "waiting for the breaker's probe"
+            );
+            latest_start
+        } else {
+            Instant::now()
+        };
         let admission = directory
-            .call(breaker, |reply| BreakerMsg::Acquire { reply })
+            .call(breaker, |reply| BreakerMsg::Acquire { wait_until, reply })
             .await
             // A breaker that is restarting must not leave users unanswered.
             .unwrap_or(Admission::Admitted);
         if let Admission::Rejected { retry_in: wait } = admission {
             tracing::debug!(provider = provider.name(), ?wait, "breaker open; skipped");
-            retry_in = Some(retry_in.map_or(wait, |known| known.min(wait)));
+            retry_in = Some(if wait_for_probe {
+                wait
+            } else {
+                retry_in.map_or(wait, |known| known.min(wait))
+            });
+            // Worth waiting for only if the probe comes in time.
+            let in_time = Instant::now() + wait <= latest_start;
+            if !wait_for_probe && in_time && soonest.is_none_or(|(_, known)| wait < known) {
+                soonest = Some((index, wait));
+            }
             continue;
         }
         let started = Instant::now();

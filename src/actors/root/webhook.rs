@@ -241,7 +241,7 @@ async fn admit(
                 crate::telemetry::families::SECURITY_EVENTS,
                 "kind" => SecurityKind::WebhookSecretUnlogged.as_str()
             )
-                .increment(1);
+            .increment(1);
             return StatusCode::TOO_MANY_REQUESTS.into_response();
         }
         security_event(SecurityKind::WebhookSecret);

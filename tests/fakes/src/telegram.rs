@@ -139,6 +139,10 @@ struct Inner {
     last_sent_at: HashMap<i64, Instant>,
     /// 429s answered because of the flood limit.
     flood_rejections: usize,
+    /// Until when each chat was told to wait by a flood 429's `retry_after`.
+    retry_after_until: HashMap<i64, Instant>,
+    /// sendMessage calls to a chat before its `retry_after` had passed.
+    retry_after_violations: usize,
     /// The webhook set with setWebhook, until deleteWebhook.
     webhook: Option<Webhook>,
 }
@@ -227,6 +231,13 @@ impl FakeTelegram {
     /// 429s answered because of the per-chat flood limit.
     pub fn flood_rejections(&self) -> usize {
         lock(&self.shared.inner).flood_rejections
+    }
+
+    /// sendMessage calls that came to a chat before the `retry_after` of a
+    /// flood 429 sent to that chat had passed (a real Telegram answers them
+    /// 429 again and may extend the wait).
+    pub fn retry_after_violations(&self) -> usize {
+        lock(&self.shared.inner).retry_after_violations
     }
 
     /// Makes the next `n` `sendMessage`/`editMessageText` calls fail with
@@ -797,12 +808,21 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
         return failure.into_response();
     }
     if let Some((min_interval, retry_after)) = inner.flood {
+        if inner
+            .retry_after_until
+            .get(&chat_id)
+            .is_some_and(|until| now < *until)
+        {
+            inner.retry_after_violations += 1;
+        }
         let too_soon = inner
             .last_sent_at
             .get(&chat_id)
             .is_some_and(|last| now.duration_since(*last) < min_interval);
         if too_soon {
             inner.flood_rejections += 1;
+            let until = now + Duration::from_secs(u64::from(retry_after));
+            inner.retry_after_until.insert(chat_id, until);
             return fault_response(&TelegramFault::RetryAfter(retry_after));
         }
     }

@@ -332,6 +332,33 @@ async fn injected_faults() {
 }
 
 #[tokio::test]
+async fn flood_limit_counts_sends_before_retry_after() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    fake.set_chat_flood_limit(Some((Duration::from_millis(300), 1)));
+    bot.send_message(ChatId(5), "one").await.unwrap();
+    let err = bot.send_message(ChatId(5), "two").await.unwrap_err();
+    assert!(matches!(err, RequestError::RetryAfter(_)), "{err:?}");
+    assert_eq!(fake.flood_rejections(), 1);
+    assert_eq!(
+        fake.retry_after_violations(),
+        0,
+        "the first 429 is no violation"
+    );
+    // Another chat is not affected by chat 5's wait.
+    bot.send_message(ChatId(6), "other").await.unwrap();
+    assert_eq!(fake.retry_after_violations(), 0);
+    // Past the flood interval but before retry_after (1 s): accepted by the
+    // flood check, yet counted as a violation.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bot.send_message(ChatId(5), "too early").await.unwrap();
+    assert_eq!(fake.retry_after_violations(), 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    bot.send_message(ChatId(5), "in time").await.unwrap();
+    assert_eq!(fake.retry_after_violations(), 1);
+}
+
+#[tokio::test]
 async fn chat_actions_edits_and_commands() {
     let fake = FakeTelegram::start().await;
     let bot = bot(&fake);

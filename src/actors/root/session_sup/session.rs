@@ -51,7 +51,7 @@ use tracing::Instrument;
 use super::SessionSupMsg;
 use crate::actors::Child;
 use crate::actors::root::Deps;
-use crate::actors::root::limiter::{LimiterMsg, Verdict};
+use crate::actors::root::limiter::{LimiterMsg, Slot};
 use crate::actors::root::llm_pool::{LlmPoolMsg, Overrides};
 use crate::actors::root::outbox::{OutboxMsg, Part, TurnCommit};
 use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
@@ -69,6 +69,7 @@ use crate::texts::{Texts, fill};
 use answer::{answer, answer_with, unix_day};
 use burst::{answer_burst, on_arrival};
 use live::LiveAnswer;
+use std::time::Duration;
 
 /// Messages of a session.
 pub enum SessionMsg {
@@ -436,20 +437,38 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
     if !state.is_new {
         return None;
     }
-    let verdict = state
+    // Bans and the allowlist were checked on arrival; admission only ever
+    // delays, and refuses only when its queue is full. A limiter that is
+    // away admits.
+    let slot = state
         .deps
         .directory
         .call(Child::Limiter, |reply| LimiterMsg::AdmitNewChat { reply })
         .await
-        .unwrap_or(Verdict::Allowed);
-    match verdict {
-        Verdict::Allowed | Verdict::Banned { .. } | Verdict::NotAllowed { .. } => {
-            // Bans and the allowlist were checked on arrival; admission only
-            // ever limits.
+        .unwrap_or(Slot::After(std::time::Duration::ZERO));
+    match slot {
+        Slot::After(wait) => {
+            if !wait.is_zero() {
+                security_event(SecurityKind::NewChatFlood);
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "new chat waits for admission"
+                );
+                // This chat's own session waits; /cancel ends the wait.
+                let cancelled = state.signals.cancel.notified();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancelled => {
+                        tracing::info!("admission wait cancelled");
+                        state.cancelled = true;
+                        return Some(texts.cancelled.clone());
+                    }
+                }
+            }
             state.is_new = false;
             None
         }
-        Verdict::Limited { retry_in, .. } => {
+        Slot::Full { retry_in } => {
             security_event(SecurityKind::NewChatFlood);
             Some(fill(
                 &texts.new_users_busy,

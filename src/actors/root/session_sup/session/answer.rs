@@ -185,14 +185,33 @@ async fn await_answer(
     let deps = &state.deps;
     let chat_id = state.chat_id;
     let telegram = &deps.config.telegram;
-    let call = deps
-        .directory
-        .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
-            messages: request.prompt.to_vec(),
-            options: request.options.clone(),
-            stream: request.stream.clone(),
-            reply,
-        });
+    let call = async {
+        // The global LLM limit delays, never refuses (unless its queue is
+        // full): wait here, in this chat's own session, for the slot, still
+        // showing "typing…" and open to /cancel. A limiter that is away lets
+        // the call through, as on arrival.
+        let slot = deps
+            .directory
+            .call(Child::Limiter, |reply| LimiterMsg::ReserveLlmCall { reply })
+            .await
+            .unwrap_or(Slot::After(Duration::ZERO));
+        match slot {
+            Slot::After(wait) if !wait.is_zero() => {
+                tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting for an llm slot");
+                tokio::time::sleep(wait).await;
+            }
+            Slot::After(_) => {}
+            Slot::Full { .. } => return Ok(Err(LlmError::Overloaded)),
+        }
+        deps.directory
+            .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
+                messages: request.prompt.to_vec(),
+                options: request.options.clone(),
+                stream: request.stream.clone(),
+                reply,
+            })
+            .await
+    };
     tokio::pin!(call);
     let mut live = LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval);
     let mut update: Option<std::pin::Pin<Box<dyn Future<Output = Delivered> + Send + '_>>> = None;
