@@ -326,9 +326,21 @@ async fn restore_takes_only_a_verified_backup_and_never_writes_into_it() {
         h.replies(chat, 1).await;
     }
     let base = format!("http://{}", h.service.ops_addr().expect("ops listener"));
-    let backup = dir.path().join("backup");
-    let (status, body) = post_backup(&base, &backup, Some(OPS_TOKEN)).await;
-    assert_eq!(status, 200, "{body}");
+    // A turn is committed just after its reply is sent: back up until the
+    // copy holds both chats.
+    let mut attempt = 0;
+    let backup = loop {
+        attempt += 1;
+        let backup = dir.path().join(format!("backup{attempt}"));
+        let (status, body) = post_backup(&base, &backup, Some(OPS_TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if report["chats"] == 2 {
+            break backup;
+        }
+        assert!(attempt < 100, "the turns were never committed: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     h.stop().await;
 
     let manifest: serde_json::Value =

@@ -19,6 +19,11 @@
 //!   batch persisted with `storage.persist_mode`, answers the writers (their
 //!   data is now durable), then serves the reads of that batch, which so see
 //!   every earlier write.
+//! - **Backups** ([`PersistenceMsg::Backup`]): a snapshot taken in the
+//!   writer's order, written out by a thread of its own in the format of
+//!   [`crate::store::backup`], into a target checked against `storage.path`;
+//!   one at a time (a flag of the writer thread). [`restore`] reads a backup
+//!   only after verifying it.
 //! - **Bad data:** a chat record that does not decode is moved to the `failed`
 //!   keyspace (logged, counted) and the chat starts fresh.
 //! - **Failures:** if fjall reports itself poisoned (a failed fsync) the
@@ -449,7 +454,8 @@ pub fn restore(from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
     backup::check_restore_target(from, to)?;
     let target = OpenStore::open(to)?;
     let mut batch = target.db.batch();
-    for frame in verified.frames()? {
+    let mut frames = verified.frames()?;
+    for frame in &mut frames {
         let (index, key, value) = frame?;
         let keyspace = KEYSPACES
             .get(index)
@@ -461,6 +467,17 @@ pub fn restore(from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
                 .commit()
                 .map_err(StoreError::from)?;
         }
+    }
+    // The file was read twice: the verified pass and this one. Were it
+    // changed in between, what was written is not what was verified.
+    if frames.finish() != verified.manifest.sha256 {
+        return Err(BackupError::NotABackup {
+            path: from.display().to_string(),
+            reason: format!(
+                "it changed while being restored; {} holds a partial copy to discard",
+                to.display()
+            ),
+        });
     }
     batch.commit().map_err(StoreError::from)?;
     target
