@@ -11,7 +11,11 @@
 //!   `webhook.allowed_networks` (when set; 403), within
 //!   `webhook.per_ip_per_second` for its address (429), carries the secret
 //!   token registered with setWebhook in `X-Telegram-Bot-Api-Secret-Token`
-//!   (401) and fits `webhook.max_body_bytes` (413). A message update is then
+//!   (401) and fits `webhook.max_body_bytes` (413). A body that is not an
+//!   update (no numeric `update_id`) is refused (400); an update that cannot
+//!   be read or is of an unknown kind is logged with its id, counted and
+//!   acknowledged (200), since Telegram would retry it forever and hold
+//!   later updates back. A message update is then
 //!   handed over exactly as the polling ingress does (admitted durably,
 //!   rate-limited, routed), and only then answered 200: a failure answers
 //!   500 and Telegram delivers the update again.
@@ -31,7 +35,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::payloads::SetWebhookSetters as _;
 use teloxide::prelude::Requester;
-use teloxide::types::{AllowedUpdate, Update};
+use teloxide::types::AllowedUpdate;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -43,6 +47,7 @@ use crate::config::{Network, Secret};
 use crate::ops::Health;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::Inbound;
+use crate::telegram::updates::read_update;
 use crate::telemetry::security_event;
 
 /// The header Telegram puts the secret token in.
@@ -218,8 +223,15 @@ async fn receive(
         security_event("webhook_secret");
         return StatusCode::UNAUTHORIZED;
     }
-    let update: Update = match serde_json::from_slice(&body) {
-        Ok(update) => update,
+    // An update that cannot be read but has an id is acknowledged (logged
+    // and counted by `read_update`): Telegram retries anything else and
+    // holds the updates after it back meanwhile. Only a body that is not an
+    // update at all is refused.
+    let read = match std::str::from_utf8(&body)
+        .map_err(|_| "not UTF-8".to_owned())
+        .and_then(|text| read_update(text).map_err(|e| e.to_string()))
+    {
+        Ok(read) => read,
         Err(error) => {
             tracing::warn!(%error, "webhook body is not an update");
             return StatusCode::BAD_REQUEST;
@@ -227,6 +239,9 @@ async fn receive(
     };
     Health::stamp(&receiver.health.telegram_ok_ms);
     metrics::counter!("llmgram_updates_received_total").increment(1);
+    let Some(update) = read.update else {
+        return StatusCode::OK;
+    };
     let Some(inbound) = Inbound::from_update(&update, &receiver.bot_username) else {
         return StatusCode::OK;
     };
