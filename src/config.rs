@@ -148,6 +148,10 @@ pub struct TelegramConfig {
     pub max_retry_after: Duration,
     #[serde(with = "humantime_serde")]
     pub edit_interval: Duration,
+    /// Shortest time from one getUpdates to the next when the first brought
+    /// nothing back; 0 disables the floor.
+    #[serde(with = "humantime_serde")]
+    pub empty_poll_interval: Duration,
 }
 
 /// How updates arrive.
@@ -428,6 +432,13 @@ pub enum CommandCost {
     /// Counts only against the general limit.
     Free,
 }
+
+/// The bot's own entries in the command menu, before the configured ones.
+pub const MENU_BUILT_INS: &[&str] = &["help", "retry", "reset", "forget"];
+/// Telegram's limits on setMyCommands: entries per menu, and characters of
+/// one description.
+const MENU_MAX_COMMANDS: usize = 100;
+const MENU_DESCRIPTION_CHARS: std::ops::RangeInclusive<usize> = 1..=256;
 
 /// Commands the bot itself answers; configured commands may not take them.
 pub const BUILT_IN_COMMANDS: &[&str] = &[
@@ -754,6 +765,14 @@ impl Config {
                 Some("exactly one {input} slot in its template".to_owned())
             } else if !command.description.contains_key("en") {
                 Some("an `en` description".to_owned())
+            } else if let Some((language, _)) = command.description.iter().find(|(_, text)| {
+                !MENU_DESCRIPTION_CHARS.contains(&text.trim().chars().count())
+                    || text.chars().count() > *MENU_DESCRIPTION_CHARS.end()
+            }) {
+                // Telegram refuses the whole menu for one such description.
+                Some(format!(
+                    "a `{language}` description of 1–256 characters (Telegram's limit)"
+                ))
             } else if command
                 .temperature
                 .is_some_and(|t| !(0.0..=2.0).contains(&t))
@@ -768,6 +787,17 @@ impl Config {
                     reason: format!("command `{name}` needs {needs}"),
                 });
             }
+        }
+
+        if MENU_BUILT_INS.len() + self.commands.len() > MENU_MAX_COMMANDS {
+            return Err(ConfigError::Invalid {
+                key: "commands",
+                reason: format!(
+                    "{} commands and the bot's own {} exceed Telegram's menu limit of {MENU_MAX_COMMANDS}",
+                    self.commands.len(),
+                    MENU_BUILT_INS.len()
+                ),
+            });
         }
 
         let w = &self.webhook;
@@ -1144,6 +1174,29 @@ mod tests {
         let err =
             Config::from_defaults_with("llm.base_url = \"ftp://u:hunter2@x/v1\"\n").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn command_menus_telegram_refuses_are_rejected() {
+        let entry = |name: &str, description: &str| {
+            format!(
+                "[[commands]]\nname = \"{name}\"\ndescription = {{ en = \"ok\", ru = \"{description}\" }}\ntemplate = \"{{input}}\"\ncost = \"free\"\n"
+            )
+        };
+        let longest = "ж".repeat(256);
+        assert!(Config::from_defaults_with(&entry("fine", &longest)).is_ok());
+        for bad in ["ж".repeat(257), String::new(), "   ".to_owned()] {
+            let err = Config::from_defaults_with(&entry("bad", &bad)).unwrap_err();
+            let line = err.to_string();
+            assert!(line.contains("`ru` description of 1–256"), "{line}");
+        }
+        // Commands given in an override replace the default ones.
+        let room = 100 - MENU_BUILT_INS.len();
+        let many = |n: usize| -> String { (0..n).map(|i| entry(&format!("c{i}"), "x")).collect() };
+        let full = Config::from_defaults_with(&many(room)).unwrap();
+        assert_eq!(full.commands.len(), room);
+        let err = Config::from_defaults_with(&many(room + 1)).unwrap_err();
+        assert!(err.to_string().contains("menu limit of 100"), "{err}");
     }
 
     #[test]

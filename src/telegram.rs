@@ -10,6 +10,7 @@ pub mod inbound;
 pub mod render;
 pub mod split;
 pub mod transport;
+pub mod updates;
 
 use std::num::NonZeroU32;
 
@@ -82,6 +83,42 @@ impl SendPacing {
     }
 }
 
+/// Registers the command menu in a background task, retrying with `backoff`
+/// until Telegram takes it. The menu is a convenience: every command works
+/// typed without it, so its failure is logged (by method name) and never
+/// holds up polling. The caller owns the task and aborts it when it stops.
+pub fn spawn_command_menu(
+    bot: Bot,
+    config: std::sync::Arc<crate::config::Config>,
+    locales: crate::texts::Locales,
+    mut backoff: crate::retry::Backoff,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for attempt in 1u32.. {
+            let error = match register_commands(&bot, &config, &locales).await {
+                Ok(()) => {
+                    tracing::debug!(method = "setMyCommands", attempt, "command menu registered");
+                    return;
+                }
+                Err(error) => TelegramError::from(error),
+            };
+            let wait = match error {
+                TelegramError::RetryAfter(after) => after.max(backoff.next_delay()),
+                _ => backoff.next_delay(),
+            };
+            tracing::warn!(
+                method = "setMyCommands",
+                class = error.class(),
+                %error,
+                attempt,
+                ?wait,
+                "command menu not registered; retrying in the background"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    })
+}
+
 /// Registers the command menu (setMyCommands) once per supported language,
 /// English also as the default: the bot's own user commands, then every
 /// configured assistant command.
@@ -96,6 +133,8 @@ pub async fn register_commands(
 
     for language in crate::texts::Locales::LANGUAGES {
         let texts = locales.for_language(Some(language));
+        // The bot's own entries: `config::MENU_BUILT_INS` counts them for
+        // check-config's limit of 100.
         let mut commands = vec![
             BotCommand::new("help", texts.menu_help.clone()),
             BotCommand::new("retry", texts.menu_retry.clone()),

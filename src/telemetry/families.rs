@@ -116,12 +116,20 @@ pub const LIMIT_WAITING: &str = "llmgram_limit_waiting";
 /// Time waited for a global limit's slot, per limit.
 pub const LIMIT_WAIT: &str = "llmgram_limit_wait_seconds";
 
+/// Updates that could not be read, skipped and confirmed, per reason.
+pub const UPDATES_SKIPPED: &str = "llmgram_updates_skipped_total";
+
 /// Every family, in the order README's table lists them.
 pub const FAMILIES: &[Family] = &[
     family(
         UPDATES_RECEIVED,
         Kind::Counter,
         "Updates received from Telegram.",
+    ),
+    family(
+        UPDATES_SKIPPED,
+        Kind::Counter,
+        "Updates that could not be read, skipped and confirmed, per reason.",
     ),
     family(REPLIES_SENT, Kind::Counter, "Messages sent to Telegram."),
     family(
@@ -240,6 +248,9 @@ pub const FAMILIES: &[Family] = &[
 /// siblings).
 pub const GLOBAL_LIMITS: &[&str] = &["llm_calls", "new_chats"];
 
+/// Why an update was skipped (`reason` label of [`UPDATES_SKIPPED`]).
+pub const SKIP_REASONS: &[&str] = &["unparseable", "unknown_kind", "not_an_update"];
+
 /// The HTTP listeners (`listener` label of [`CONNECTIONS_CLOSED`]).
 pub const LISTENERS: &[&str] = &["ops", "webhook"];
 
@@ -326,6 +337,9 @@ pub fn register(known: Known<'_>) {
     }
     for reason in REJECT_REASONS {
         metrics::counter!(REJECTED_INPUTS, "reason" => *reason).increment(0);
+    }
+    for reason in SKIP_REASONS {
+        metrics::counter!(UPDATES_SKIPPED, "reason" => *reason).increment(0);
     }
     for limit in GLOBAL_LIMITS {
         metrics::counter!(LIMIT_QUEUED, "limit" => *limit).increment(0);

@@ -73,6 +73,15 @@ impl Harness {
         Self::start_with_fakes(telegram, llm, storage, overrides).await
     }
 
+    /// Starts the service against `telegram`, which the test prepared
+    /// first (updates queued, faults set) so the bot meets them from its
+    /// first call.
+    pub async fn start_against(telegram: FakeTelegram, overrides: &str) -> Self {
+        let storage = tempfile::tempdir().expect("temp dir");
+        let llm = FakeLlm::start().await;
+        Self::start_with_fakes(telegram, llm, storage, overrides).await
+    }
+
     /// Stops the service and starts a new one on the same store and fakes,
     /// as a process restart would (Telegram's update ids keep counting).
     pub async fn restart(self, overrides: &str) -> Self {

@@ -11,6 +11,7 @@ mod groups;
 mod hardening_limits;
 mod hardening_listeners;
 mod hardening_ops;
+mod hardening_polling;
 mod hardening_startup;
 mod isolation;
 mod long_answer;

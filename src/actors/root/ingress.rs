@@ -5,24 +5,34 @@
 //! - **Messages:** [`IngressMsg::Poll`], which it sends itself after each
 //!   round, so the actor is a loop that can still be stopped between rounds.
 //! - **State:** the next `offset` to ask for, the bot's username (from getMe,
-//!   used to ignore `/command@other_bot`), and the backoff after failures.
+//!   used to ignore `/command@other_bot`), the backoff after failures, and
+//!   the background task registering the command menu.
+//! - **Before the first poll:** getMe and deleteWebhook (getUpdates is
+//!   refused while a webhook is set). The command menu (setMyCommands) is
+//!   best effort: a task the actor owns registers it with backoff and never
+//!   holds polling up; it is aborted when the actor stops.
 //! - **Per round:** getUpdates with the offset (which confirms every earlier
-//!   update to Telegram) and `telegram.poll_timeout`; the message updates
-//!   become [`Inbound`]s, are admitted durably by the persistence actor
-//!   (which drops any it has seen before), and only then cast to the session
-//!   supervisor and the offset advanced. Casting never blocks, so a slow chat
-//!   cannot delay another.
-//! - **Failures:** a failed getUpdates waits with backoff and tries again;
-//!   a rejected token or a session supervisor that stays away past
-//!   `supervision.lookup_timeout` fails the actor. After a restart the offset
-//!   starts unknown, so Telegram sends again every update not yet confirmed;
-//!   the store recognises the ones it has and they are not routed twice.
+//!   update to Telegram) and `telegram.poll_timeout`, read update by update
+//!   (`crate::telegram::updates`): one that cannot be read is logged with
+//!   its id, counted and skipped, and confirmed with its batch. The message
+//!   updates become [`Inbound`]s, are admitted durably by the persistence
+//!   actor (which drops any it has seen before), and only then cast to the
+//!   session supervisor and the offset advanced. Casting never blocks, so a
+//!   slow chat cannot delay another. A round that brought nothing back
+//!   sooner than `telegram.empty_poll_interval` waits out the rest of it, so
+//!   a server that does not long-poll is not asked thousands of times a
+//!   second.
+//! - **Failures:** a failed call waits with backoff and tries again, logged
+//!   with the method's name; a rejected token or a session supervisor that
+//!   stays away past `supervision.lookup_timeout` fails the actor. After a
+//!   restart the offset starts unknown, so Telegram sends again every update
+//!   not yet confirmed; the store recognises the ones it has and they are
+//!   not routed twice.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::Bot;
-use teloxide::payloads::GetUpdatesSetters as _;
 use teloxide::prelude::Requester;
 use teloxide::types::AllowedUpdate;
 use teloxide::{ApiError, RequestError};
@@ -64,9 +74,9 @@ pub struct IngressState {
     health: std::sync::Arc<crate::ops::Health>,
     /// For command costs and the command menu.
     full_config: Arc<Config>,
-    locales: crate::texts::Locales,
-    commands_registered: bool,
     backoff: Backoff,
+    /// Registers the command menu in the background; aborted on stop.
+    menu: tokio::task::JoinHandle<()>,
 }
 
 /// Why polling cannot go on.
@@ -96,20 +106,34 @@ impl Actor for Ingress {
         // Root starts no ingress for the console front.
         let bot = deps.transport.bot().ok_or(IngressError::NoBotApi)?.clone();
         myself.cast(IngressMsg::Poll)?;
+        let menu = crate::telegram::spawn_command_menu(
+            bot.clone(),
+            Arc::clone(&deps.config),
+            deps.locales.clone(),
+            Backoff::new(config.retry_min, config.retry_max),
+        );
         Ok(IngressState {
             backoff: Backoff::new(config.retry_min, config.retry_max),
             config: Arc::new(config.clone()),
             bot,
             health: deps.health,
             full_config: Arc::clone(&deps.config),
-            locales: deps.locales.clone(),
-            commands_registered: false,
+            menu,
             directory: deps.directory,
             offset: 0,
             confirmed: 0,
             bot_username: deps.bot_username,
             webhook_removed: false,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<IngressMsg>,
+        state: &mut IngressState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.menu.abort();
+        Ok(())
     }
 
     async fn handle(
@@ -131,20 +155,26 @@ impl Actor for Ingress {
 }
 
 async fn on_poll(state: &mut IngressState) -> Result<(), IngressError> {
-    let round = prepare(state).await;
-    let round = match round {
+    let started = tokio::time::Instant::now();
+    let round = match prepare(state).await {
         Ok(username) => poll_once(state, &username).await,
         Err(error) => Err(error),
     };
     match round {
-        Ok(()) => {
+        Ok(received) => {
             state.backoff.reset();
+            let floor = state.config.empty_poll_interval;
+            if received == 0 && started.elapsed() < floor {
+                // The server answered an empty poll at once (no long
+                // polling): wait out the floor before asking again.
+                tokio::time::sleep_until(started + floor).await;
+            }
             Ok(())
         }
         Err(Failure::Fatal(error)) => Err(error),
-        Err(Failure::Retry(error)) => {
+        Err(Failure::Retry { method, error }) => {
             let wait = state.backoff.next_delay();
-            tracing::warn!(class = error.class(), %error, ?wait, "polling failed; retrying");
+            tracing::warn!(method, class = error.class(), %error, ?wait, "polling failed; retrying");
             tokio::time::sleep(wait).await;
             Ok(())
         }
@@ -152,26 +182,34 @@ async fn on_poll(state: &mut IngressState) -> Result<(), IngressError> {
 }
 
 enum Failure {
-    Retry(TelegramError),
+    /// The Bot API call `method` (or `store`, admitting the batch) failed;
+    /// polling tries again after a wait.
+    Retry {
+        method: &'static str,
+        error: TelegramError,
+    },
     Fatal(IngressError),
 }
 
-impl From<RequestError> for Failure {
-    fn from(error: RequestError) -> Self {
-        match error {
-            RequestError::Api(ApiError::InvalidToken) => Self::Fatal(IngressError::TokenRejected),
-            other => Self::Retry(other.into()),
-        }
+/// Classifies a failed Bot API call `method`.
+fn failed(method: &'static str) -> impl FnOnce(RequestError) -> Failure {
+    move |error| match error {
+        RequestError::Api(ApiError::InvalidToken) => Failure::Fatal(IngressError::TokenRejected),
+        other => Failure::Retry {
+            method,
+            error: other.into(),
+        },
     }
 }
 
 /// Learns the bot's username and removes any webhook (getUpdates is refused
-/// while one is set), once.
+/// while one is set), once. The command menu is not waited for: it is
+/// registered in the background (`crate::telegram::spawn_command_menu`).
 async fn prepare(state: &mut IngressState) -> Result<String, Failure> {
     let username = match &state.bot_username {
         Some(name) => name.clone(),
         None => {
-            let me = state.bot.get_me().await?;
+            let me = state.bot.get_me().await.map_err(failed("getMe"))?;
             let name = me.username().to_owned();
             tracing::info!(bot = %name, "connected to the Bot API");
             state.bot_username = Some(name.clone());
@@ -179,25 +217,28 @@ async fn prepare(state: &mut IngressState) -> Result<String, Failure> {
         }
     };
     if !state.webhook_removed {
-        state.bot.delete_webhook().await?;
+        state
+            .bot
+            .delete_webhook()
+            .await
+            .map_err(failed("deleteWebhook"))?;
         state.webhook_removed = true;
-    }
-    if !state.commands_registered {
-        crate::telegram::register_commands(&state.bot, &state.full_config, &state.locales).await?;
-        state.commands_registered = true;
     }
     Ok(username)
 }
 
-async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), Failure> {
-    let updates = state
-        .bot
-        .get_updates()
-        .offset(state.offset)
-        .limit(state.config.poll_limit)
-        .timeout(u32::try_from(state.config.poll_timeout.as_secs()).unwrap_or(u32::MAX))
-        .allowed_updates([AllowedUpdate::Message])
-        .await?;
+/// One getUpdates round; returns how many updates it brought, readable or
+/// not.
+async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize, Failure> {
+    let batch = crate::telegram::updates::get_updates(
+        &state.bot,
+        state.offset,
+        state.config.poll_limit,
+        state.config.poll_timeout,
+        &[AllowedUpdate::Message],
+    )
+    .await
+    .map_err(failed("getUpdates"))?;
     crate::ops::Health::stamp(&state.health.telegram_ok_ms);
     // This call confirmed every update below `offset` to Telegram.
     if state.offset > state.confirmed {
@@ -207,14 +248,11 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
             .directory
             .cast_now(Child::Persistence, PersistenceMsg::Confirmed { below });
     }
-    let Some(last) = updates.last() else {
-        return Ok(());
+    let Some(next_offset) = batch.next_offset else {
+        return Ok(batch.received);
     };
-    // Update ids fit in i32 (Telegram's offset type) for the lifetime of a bot.
-    let next_offset = i32::try_from(last.id.0)
-        .unwrap_or(i32::MAX)
-        .saturating_add(1);
-    let inbound: Vec<Inbound> = updates
+    let inbound: Vec<Inbound> = batch
+        .updates
         .iter()
         .filter_map(|update| {
             let converted = Inbound::from_update(update, bot_username);
@@ -225,11 +263,11 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
         })
         .collect();
     tracing::debug!(
-        received = updates.len(),
+        received = batch.received,
         messages = inbound.len(),
         "updates received"
     );
-    metrics::counter!("llmgram_updates_received_total").increment(updates.len() as u64);
+    metrics::counter!("llmgram_updates_received_total").increment(batch.received as u64);
 
     hand_over(&state.directory, &state.full_config, inbound)
         .await
@@ -237,11 +275,15 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<(), F
             HandOverError::Store(StoreError::Poisoned(reason)) => {
                 Failure::Fatal(IngressError::Store(StoreError::Poisoned(reason)))
             }
-            HandOverError::Store(other) => Failure::Retry(TelegramError::Store(other)),
+            // Not a Bot API call: the batch could not be stored.
+            HandOverError::Store(other) => Failure::Retry {
+                method: "store",
+                error: TelegramError::Store(other),
+            },
             HandOverError::SessionsUnavailable => Failure::Fatal(IngressError::SessionsUnavailable),
         })?;
     state.offset = next_offset;
-    Ok(())
+    Ok(batch.received)
 }
 
 /// Why received updates could not be handed over.

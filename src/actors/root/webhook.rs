@@ -16,8 +16,11 @@
 //!   `webhook.unauthenticated_per_ip_per_second` for its address), checked
 //!   before its body is read and before it counts against anything an
 //!   authentic request needs; then held to `webhook.per_ip_per_second` for
-//!   its address (429) and `webhook.max_body_bytes` (413). A message update
-//!   is then handed over exactly as the polling ingress does (admitted
+//!   its address (429) and `webhook.max_body_bytes` (413). A body that is not
+//!   an update (no numeric `update_id`) is refused (400); an update that
+//!   cannot be read or is of an unknown kind is logged with its id, counted
+//!   and acknowledged (200), since Telegram would retry it forever and hold
+//!   later updates back. A message update is then handed over exactly as the polling ingress does (admitted
 //!   durably, rate-limited, routed), and only then answered 200: a failure
 //!   answers 500 and Telegram delivers the update again.
 //! - **Failures:** a failed setWebhook or bind fails the start; root
@@ -38,7 +41,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::payloads::SetWebhookSetters as _;
 use teloxide::prelude::Requester;
-use teloxide::types::{AllowedUpdate, Update};
+use teloxide::types::AllowedUpdate;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -50,6 +53,7 @@ use crate::config::{Network, Secret};
 use crate::ops::Health;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::Inbound;
+use crate::telegram::updates::read_update;
 use crate::telemetry::{SecurityKind, security_event};
 
 /// The header Telegram puts the secret token in.
@@ -71,6 +75,8 @@ pub struct WebhookState {
     /// Drops the per-IP limiter state of quiet addresses, so a flood from
     /// many addresses cannot grow it without bound.
     reclaim: JoinHandle<()>,
+    /// Registers the command menu in the background.
+    menu: JoinHandle<()>,
 }
 
 /// What each request needs.
@@ -151,9 +157,17 @@ impl Actor for Webhook {
                 }
             })
         };
-        crate::telegram::register_commands(bot, &deps.config, &deps.locales)
-            .await
-            .map_err(|e| WebhookError::Register(e.into()))?;
+        // The menu is best effort, as in polling mode: a refused
+        // setMyCommands must not keep the webhook from taking updates.
+        let menu = crate::telegram::spawn_command_menu(
+            bot.clone(),
+            Arc::clone(&deps.config),
+            deps.locales.clone(),
+            crate::retry::Backoff::new(
+                deps.config.telegram.retry_min,
+                deps.config.telegram.retry_max,
+            ),
+        );
         let receiver = Receiver {
             directory: deps.directory.clone(),
             config: Arc::clone(&deps.config),
@@ -184,7 +198,11 @@ impl Actor for Webhook {
             "webhook",
             std::future::pending(),
         ));
-        Ok(WebhookState { listener, reclaim })
+        Ok(WebhookState {
+            listener,
+            reclaim,
+            menu,
+        })
     }
 
     async fn post_stop(
@@ -194,6 +212,7 @@ impl Actor for Webhook {
     ) -> Result<(), ActorProcessingErr> {
         state.listener.abort();
         state.reclaim.abort();
+        state.menu.abort();
         Ok(())
     }
 
@@ -264,8 +283,15 @@ fn has_secret(headers: &HeaderMap, secret: &Secret) -> bool {
 
 /// Takes an update from a request [`admit`] let through.
 async fn receive(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
-    let update: Update = match serde_json::from_slice(&body) {
-        Ok(update) => update,
+    // An update that cannot be read but has an id is acknowledged (logged
+    // and counted by `read_update`): Telegram retries anything else and
+    // holds the updates after it back meanwhile. Only a body that is not an
+    // update at all is refused.
+    let read = match std::str::from_utf8(&body)
+        .map_err(|_| "not UTF-8".to_owned())
+        .and_then(|text| read_update(text).map_err(|e| e.to_string()))
+    {
+        Ok(read) => read,
         Err(error) => {
             tracing::warn!(%error, "webhook body is not an update");
             return StatusCode::BAD_REQUEST;
@@ -273,6 +299,9 @@ async fn receive(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
     };
     Health::stamp(&receiver.health.telegram_ok_ms);
     metrics::counter!("llmgram_updates_received_total").increment(1);
+    let Some(update) = read.update else {
+        return StatusCode::OK;
+    };
     let Some(inbound) = Inbound::from_update(&update, &receiver.bot_username) else {
         return StatusCode::OK;
     };

@@ -12,7 +12,11 @@
 //! Tests push user updates with [`FakeTelegram::push_text`] and friends and
 //! observe what the bot did with [`FakeTelegram::sent`],
 //! [`FakeTelegram::edits`], [`FakeTelegram::chat_actions`], etc. Faults are
-//! injected with [`FakeTelegram::fail_next_sends`].
+//! injected with [`FakeTelegram::fail_next_sends`] and
+//! [`FakeTelegram::refuse_method`]; [`FakeTelegram::push_raw_update`] queues
+//! an update as raw JSON text (even JSON no client can parse), and
+//! [`FakeTelegram::set_instant_polls`] makes getUpdates ignore `timeout`, as
+//! a Bot API server or proxy without long polling does.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -145,6 +149,10 @@ struct Inner {
     retry_after_violations: usize,
     /// The webhook set with setWebhook, until deleteWebhook.
     webhook: Option<Webhook>,
+    /// Methods (lower-case) answered with a fault on every call.
+    refused: HashMap<String, TelegramFault>,
+    /// getUpdates answers at once, whatever `timeout` asks for.
+    instant_polls: bool,
 }
 
 /// A webhook registered with `setWebhook`.
@@ -201,6 +209,24 @@ impl FakeTelegram {
     /// `retry_after` seconds, and is not recorded. `None` disables it.
     pub fn set_chat_flood_limit(&self, limit: Option<(Duration, u32)>) {
         lock(&self.shared.inner).flood = limit;
+    }
+
+    /// Makes every call of `method` (case-insensitive) fail with `fault`,
+    /// until called again with `None`. Refused calls are counted by
+    /// [`method_calls`](Self::method_calls) but have no effect.
+    pub fn refuse_method(&self, method: &str, fault: Option<TelegramFault>) {
+        let mut inner = lock(&self.shared.inner);
+        let method = method.to_ascii_lowercase();
+        match fault {
+            Some(fault) => inner.refused.insert(method, fault),
+            None => inner.refused.remove(&method),
+        };
+    }
+
+    /// When `true`, getUpdates answers at once (with what is queued, or
+    /// `[]`), ignoring the long-poll `timeout`.
+    pub fn set_instant_polls(&self, instant: bool) {
+        lock(&self.shared.inner).instant_polls = instant;
     }
 
     /// The webhook currently registered, if any.
@@ -322,6 +348,20 @@ impl FakeTelegram {
     pub fn push_raw_message(&self, message: Value) -> i64 {
         let mut inner = lock(&self.shared.inner);
         self.enqueue(&mut inner, message)
+    }
+
+    /// Queues an update written as raw JSON text: `fields` is what follows
+    /// `"update_id": <next id>,` inside the object, used verbatim, so it may
+    /// hold what `serde_json::Value` cannot (a lone UTF-16 surrogate such as
+    /// `\ud800`) or an update kind no client knows. Returns the update id.
+    pub fn push_raw_update(&self, fields: &str) -> i64 {
+        let mut inner = lock(&self.shared.inner);
+        let update_id = inner.next_update_id;
+        inner.next_update_id += 1;
+        let update = format!("{{\"update_id\":{update_id},{fields}}}");
+        inner.queue.push_back((update_id, update));
+        self.shared.updates.notify_waiters();
+        update_id
     }
 
     fn push_user_message(
@@ -674,6 +714,9 @@ async fn handle(
             }
         }
     }
+    if let Some(fault) = lock(&shared.inner).refused.get(&method).cloned() {
+        return fault_response(&fault);
+    }
     let params = match parse_params(query.as_deref(), &headers, &body) {
         Ok(p) => p,
         Err(failure) => return failure.into_response(),
@@ -738,10 +781,11 @@ async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Response {
     let timeout_secs = param_i64(params, "timeout")
         .unwrap_or(0)
         .clamp(0, MAX_POLL_TIMEOUT_SECS as i64) as u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
-
+    let deadline;
     {
         let mut inner = lock(&shared.inner);
+        let timeout_secs = if inner.instant_polls { 0 } else { timeout_secs };
+        deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
         inner.get_updates_calls += 1;
         inner.confirmed_offset = inner.confirmed_offset.max(offset);
         if offset > 0 {

@@ -292,6 +292,67 @@ async fn text_length_rules() {
 }
 
 #[tokio::test]
+async fn raw_updates_are_served_verbatim() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    let broken = fake.push_raw_update(
+        r#""message":{"message_id":1,"date":1700000000,"chat":{"id":5,"type":"private","first_name":"U"},"text":"cut \ud800 emoji"}"#,
+    );
+    let unknown = fake.push_raw_update(r#""brand_new_kind":{"x":1}"#);
+    assert_eq!((broken, unknown), (1, 2));
+
+    // What the fake sends is exactly what was queued: serde cannot read the
+    // lone surrogate, so teloxide fails the whole batch.
+    let err = bot.get_updates().await.unwrap_err();
+    assert!(matches!(err, RequestError::InvalidJson { .. }), "{err:?}");
+    let url = format!("{}bot123:abc/getUpdates", fake.api_url());
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(body.contains(r#"{"update_id":1,"message":"#), "{body}");
+    assert!(body.contains(r#"cut \ud800 emoji"#), "{body}");
+    assert!(
+        body.contains(r#"{"update_id":2,"brand_new_kind":{"x":1}}"#),
+        "{body}"
+    );
+
+    // Confirmed by offset like any other update.
+    let rest = bot.get_updates().offset(3).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn refused_methods_and_instant_polls() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    fake.refuse_method(
+        "setmycommands",
+        Some(TelegramFault::Status(500, "Internal Server Error".into())),
+    );
+    let commands = vec![BotCommand::new("help", "help")];
+    let err = bot.set_my_commands(commands.clone()).await.unwrap_err();
+    assert!(matches!(err, RequestError::Api(_)), "{err:?}");
+    assert!(fake.my_commands().is_empty());
+    assert_eq!(fake.method_calls("setMyCommands"), 1);
+    bot.get_me().await.unwrap();
+    fake.refuse_method("setMyCommands", None);
+    bot.set_my_commands(commands).await.unwrap();
+    assert_eq!(fake.my_commands().len(), 1);
+
+    fake.set_instant_polls(true);
+    let start = Instant::now();
+    let empty = bot.get_updates().timeout(5).await.unwrap();
+    assert!(empty.is_empty());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    fake.set_instant_polls(false);
+    let start = Instant::now();
+    bot.get_updates().timeout(1).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(950));
+}
+
+#[tokio::test]
 async fn injected_faults() {
     let fake = FakeTelegram::start().await;
     let bot = bot(&fake);
