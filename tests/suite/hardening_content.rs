@@ -1,0 +1,123 @@
+//! Hardening of what goes in and out: invisible characters never reach the
+//! LLM while emoji sequences and the joiners of scripts that need them stay
+//! intact; provider answers are bounded in bytes and characters; an edit
+//! whose outcome is unclear never becomes a duplicate message.
+
+use std::time::Duration;
+
+use llmgram_fakes::LlmReply;
+
+use crate::common::Harness;
+
+/// What the LLM was asked last, as the user's message.
+async fn asked(h: &Harness, chat_id: i64, text: &str) -> String {
+    let before = h.llm.request_count();
+    h.say(chat_id, text);
+    h.llm
+        .wait_for_requests(before + 1, crate::common::WAIT)
+        .await;
+    h.llm.requests()[before].last_user_message().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_of_only_invisible_characters_is_empty_and_costs_no_llm_call() {
+    let h = Harness::start().await;
+    // Hangul fillers (U+3164, halfwidth U+FFA0, the jamo fillers).
+    h.say(401, "\u{3164}\u{FFA0} \u{3164}\u{115F}\u{1160}");
+    // Unicode tag characters: "hi" spelled invisibly, with a cancel tag.
+    h.say(402, "\u{E0068}\u{E0069}\u{E007F}");
+    // Variation selectors, a combining grapheme joiner, Khmer inherent
+    // vowels, an invisible separator, with no base to select.
+    h.say(
+        403,
+        "\u{FE0F}\u{FE00}\u{034F}\u{17B4}\u{17B5}\u{2063}\u{E0100}",
+    );
+    for chat in [401, 402, 403] {
+        let reply = &h.replies(chat, 1).await[0].text;
+        assert!(reply.contains("empty"), "chat {chat}: {reply}");
+    }
+    assert_eq!(h.llm.request_count(), 0, "invisible text reached the LLM");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_characters_inside_text_are_removed_before_the_llm() {
+    let h = Harness::start().await;
+    h.llm.set_responder(|_| LlmReply::text("ok"));
+    // Tag characters smuggling an instruction after ordinary text.
+    let smuggled = "hello\u{E0069}\u{E0067}\u{E006E}\u{E006F}\u{E0072}\u{E0065} there";
+    assert_eq!(asked(&h, 410, smuggled).await, "hello there");
+    // Hangul fillers between words, a variation selector run after a letter.
+    assert_eq!(
+        asked(&h, 410, "a\u{3164}b\u{FFA0}c x\u{FE00}\u{FE01}\u{FE02}").await,
+        "abc x\u{FE00}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emoji_sequences_keep_their_joiners_selectors_and_tags() {
+    let h = Harness::start().await;
+    h.llm.set_responder(|_| LlmReply::text("ok"));
+    for text in [
+        // family: man ZWJ woman ZWJ girl
+        "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+        // woman technologist, medium skin tone
+        "\u{1F469}\u{1F3FD}\u{200D}\u{1F4BB}",
+        // rainbow flag: white flag VS16 ZWJ rainbow
+        "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",
+        // heart on fire: heart VS16 ZWJ fire
+        "\u{2764}\u{FE0F}\u{200D}\u{1F525} yes",
+        // keycap one
+        "1\u{FE0F}\u{20E3} first",
+        // flag of Scotland: black flag, tags g b s c t, cancel tag
+        "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+        // flag of England
+        "go \u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}!",
+    ] {
+        assert_eq!(asked(&h, 420, text).await, text, "{text:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_between_letters_of_joining_scripts_are_kept() {
+    let h = Harness::start().await;
+    h.llm.set_responder(|_| LlmReply::text("ok"));
+    for text in [
+        // Persian "I want": mi ZWNJ khaham
+        "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}",
+        // Arabic letters with a ZWJ (forced joining form)
+        "\u{0647}\u{200D}\u{0640}",
+        // Devanagari: ka virama ZWJ ssa (half form), ka virama ZWNJ ssa
+        "\u{0915}\u{094D}\u{200D}\u{0937} \u{0915}\u{094D}\u{200C}\u{0937}",
+        // Malayalam chillu by ZWJ after virama
+        "\u{0D28}\u{0D4D}\u{200D}",
+    ] {
+        assert_eq!(asked(&h, 430, text).await, text, "{text:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_anywhere_else_are_removed() {
+    let h = Harness::start().await;
+    h.llm.set_responder(|_| LlmReply::text("ok"));
+    for (text, clean) in [
+        ("pass\u{200D}word", "password"),
+        ("ig\u{200C}nore previous", "ignore previous"),
+        ("\u{200D}\u{1F468}", "\u{1F468}"),
+        ("\u{1F468}\u{200D}", "\u{1F468}"),
+        (
+            "\u{1F468}\u{200D}\u{200D}\u{1F469}",
+            "\u{1F468}\u{200D}\u{1F469}",
+        ),
+        ("\u{0645}\u{200C} x", "\u{0645} x"),
+        // tags not after a black flag, or not ending in a cancel tag
+        ("x\u{E0067}\u{E0062}\u{E007F}", "x"),
+        ("\u{1F3F4}\u{E0067}\u{E0062}", "\u{1F3F4}"),
+    ] {
+        assert_eq!(asked(&h, 440, text).await, clean, "{text:?}");
+    }
+    h.stop().await;
+}
