@@ -5,9 +5,45 @@
 
 use std::time::Duration;
 
-use llmgram_fakes::LlmReply;
+use llmgram_fakes::{LlmReply, LlmReplyKind, TelegramFault};
 
-use crate::common::Harness;
+use crate::common::{Harness, eventually};
+
+const STREAMING: &str = "llm.stream = true\ntelegram.edit_interval = \"200ms\"\n";
+
+fn stream(chunks: Vec<String>, chunk_delay: Duration) -> LlmReply {
+    LlmReply::now(LlmReplyKind::Stream {
+        chunks,
+        chunk_delay,
+        break_after: None,
+    })
+}
+
+/// Waits until the chat shows at least `messages` messages, none of them
+/// changing for a while, and returns their texts.
+async fn settled_transcript(h: &Harness, chat_id: i64, messages: usize) -> Vec<String> {
+    let mut last = Vec::new();
+    let mut stable_since = tokio::time::Instant::now();
+    eventually("the answer to settle", || {
+        let now = h.telegram.transcript(chat_id);
+        if now != last {
+            last = now.clone();
+            stable_since = tokio::time::Instant::now();
+        }
+        let settled = now.len() >= messages && stable_since.elapsed() > Duration::from_millis(700);
+        async move { settled }
+    })
+    .await;
+    last.into_iter().map(|(_, text)| text).collect()
+}
+
+async fn first_text_shown(h: &Harness, chat_id: i64) {
+    eventually("the first text", || {
+        let shown = !h.telegram.transcript(chat_id).is_empty();
+        async move { shown }
+    })
+    .await;
+}
 
 /// What the LLM was asked last, as the user's message.
 async fn asked(h: &Harness, chat_id: i64, text: &str) -> String {
@@ -118,6 +154,69 @@ async fn joiners_anywhere_else_are_removed() {
         ("\u{1F3F4}\u{E0067}\u{E0062}", "\u{1F3F4}"),
     ] {
         assert_eq!(asked(&h, 440, text).await, clean, "{text:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_answered_with_garbage_is_taken_as_applied_not_sent_again() {
+    let h = Harness::start_with(STREAMING).await;
+    let chunks: Vec<String> = (0..12).map(|i| format!("piece{i} ")).collect();
+    let full = chunks.concat();
+    h.llm
+        .script(vec![stream(chunks, Duration::from_millis(100))]);
+    h.say(450, "go");
+    first_text_shown(&h, 450).await;
+    // Every edit from now on is applied, but its answer is unreadable.
+    h.telegram.fail_next_sends(50, TelegramFault::Garbled);
+    let shown = settled_transcript(&h, 450, 1).await;
+    assert_eq!(shown, [full.trim_end()], "one message, complete, no copies");
+    assert_eq!(h.telegram.sent_to(450).len(), 1, "no second message");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_refused_as_impossible_still_becomes_a_new_message() {
+    let h = Harness::start_with(STREAMING).await;
+    h.llm.script(vec![stream(
+        vec!["first ".into(), "second".into()],
+        Duration::from_millis(400),
+    )]);
+    h.say(451, "go");
+    first_text_shown(&h, 451).await;
+    h.telegram.fail_next_sends(
+        1,
+        TelegramFault::Status(400, "Bad Request: message can't be edited".into()),
+    );
+    let shown = settled_transcript(&h, 451, 2).await;
+    assert_eq!(shown, ["first", "first second"], "the rest still arrives");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_is_rendered_from_its_first_message() {
+    let h = Harness::start_with(STREAMING).await;
+    h.llm.script(vec![stream(
+        vec![
+            "**E".into(),
+            "xample** and `co".into(),
+            "de` and *it".into(),
+            "alic* done".into(),
+        ],
+        Duration::from_millis(400),
+    )]);
+    h.say(452, "go");
+    let shown = settled_transcript(&h, 452, 1).await;
+    assert_eq!(shown, ["Example and code and italic done"]);
+    let first = &h.telegram.sent_to(452)[0];
+    assert_eq!(first.text, "E", "no raw Markdown shown: {:?}", first.text);
+    assert_eq!(first.body["entities"][0]["type"], "bold");
+    for edit in h.telegram.edits() {
+        assert!(
+            !edit.text.contains(['*', '`']),
+            "an edit showed raw Markdown: {:?}",
+            edit.text
+        );
     }
     h.stop().await;
 }
