@@ -53,6 +53,14 @@ pub enum LlmError {
     /// A 200 whose body is not valid JSON or holds no answer.
     #[error("invalid response: {0}")]
     InvalidResponse(String),
+    /// The provider's body is larger than `llm.max_response_bytes` before
+    /// any answer could be read from it. Not retried: the same request
+    /// would most likely bring the same flood.
+    #[error("the provider's response exceeds {limit} bytes")]
+    TooLarge {
+        /// `llm.max_response_bytes`.
+        limit: usize,
+    },
     /// Another network failure while sending or reading.
     #[error("network error: {0}")]
     Network(String),
@@ -88,6 +96,7 @@ impl LlmError {
         match self {
             Self::Connect(_) => "connect",
             Self::Tls(_) => "tls",
+            Self::TooLarge { .. } => "too_large",
             Self::Timeout(TimeoutPhase::Connect) => "connect_timeout",
             Self::Timeout(TimeoutPhase::Read) => "read_timeout",
             Self::RateLimited { .. } => "rate_limited",

@@ -220,3 +220,86 @@ async fn a_streamed_answer_is_rendered_from_its_first_message() {
     }
     h.stop().await;
 }
+
+/// Waits for an answer to settle and returns the chat's messages.
+async fn long_reply(h: &Harness, chat_id: i64) -> Vec<String> {
+    settled_transcript(h, chat_id, 1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_answer_is_cut_at_the_length_limit_with_a_note() {
+    let h = Harness::start_with("llm.max_answer_chars = 5000\n").await;
+    let word = |i: usize| format!("w{i:05} ");
+    let huge: String = (0..15_000).map(word).collect();
+    assert!(huge.chars().count() >= 100_000);
+    h.llm.set_responder(move |_| LlmReply::text(huge.clone()));
+    h.say(460, "write forever");
+    let shown = long_reply(&h, 460).await;
+    assert!(
+        shown.len() <= 2,
+        "{} messages for 5,000 characters",
+        shown.len()
+    );
+    let all = shown.concat();
+    assert!(all.starts_with("w00000 w00001"), "the beginning is kept");
+    assert!(
+        all.contains("too long"),
+        "the user is told: {:?}",
+        shown.last()
+    );
+    let kept = all.matches('w').count();
+    assert!(
+        (600..=720).contains(&kept),
+        "about 5,000 characters kept: {kept} words"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_stream_is_cut_at_the_length_limit_and_closed() {
+    let h = Harness::start_with(&format!("{STREAMING}llm.max_answer_chars = 5000\n")).await;
+    let chunks: Vec<String> = (0..200)
+        .map(|i| format!("c{i:03} {} ", "x".repeat(494)))
+        .collect();
+    h.llm.script(vec![stream(chunks, Duration::from_millis(5))]);
+    h.say(461, "stream forever");
+    let shown = settled_transcript(&h, 461, 2).await;
+    assert_eq!(
+        shown.len(),
+        2,
+        "5,000 characters and the note: {}",
+        shown.len()
+    );
+    let all = shown.concat();
+    assert!(all.contains("c000") && all.contains("c009"));
+    assert!(!all.contains("c010"), "nothing past the limit is shown");
+    assert!(all.contains("too long"), "the user is told");
+    assert_eq!(h.llm.request_count(), 1, "a cut answer is not asked again");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_past_the_byte_limit_is_refused_or_cut() {
+    let h = Harness::start_with("llm.max_response_bytes = 20000\n").await;
+    // A plain body past the limit cannot be read half: refused, not retried.
+    h.llm.set_responder(|_| LlmReply::text("y".repeat(30_000)));
+    h.say(462, "big body");
+    let reply = &h.replies(462, 1).await[0].text;
+    assert!(!reply.contains("yyy"), "nothing of it is shown");
+    assert_eq!(h.llm.request_count(), 1, "not retried: {reply}");
+    h.stop().await;
+
+    // A stream past the limit keeps what came within it.
+    let h = Harness::start_with(&format!("{STREAMING}llm.max_response_bytes = 20000\n")).await;
+    let chunks: Vec<String> = (0..100)
+        .map(|i| format!("s{i:03} {} ", "z".repeat(494)))
+        .collect();
+    h.llm.script(vec![stream(chunks, Duration::from_millis(5))]);
+    h.say(463, "big stream");
+    let shown = settled_transcript(&h, 463, 1).await;
+    let all = shown.concat();
+    assert!(all.starts_with("s000"), "{all:.40}");
+    assert!(!all.contains("s050"), "reading stopped at the limit");
+    assert!(all.contains("too long"), "the user is told");
+    h.stop().await;
+}
