@@ -264,6 +264,11 @@ pub struct LlmConfig {
     #[serde(with = "humantime_serde")]
     pub stream_max_duration: Duration,
     pub max_tokens: u32,
+    /// Longest answer shown (characters); past it the answer is cut with a
+    /// note, whatever the provider does with `max_tokens`.
+    pub max_answer_chars: usize,
+    /// Largest provider response body read (bytes), streamed or not.
+    pub max_response_bytes: usize,
     pub temperature: f32,
     pub system_prompt: String,
     #[serde(with = "humantime_serde")]
@@ -845,6 +850,8 @@ impl Config {
         positive("llm.request_timeout", millis(l.request_timeout))?;
         positive("llm.connect_timeout", millis(l.connect_timeout))?;
         positive("llm.max_tokens", u64::from(l.max_tokens))?;
+        positive("llm.max_answer_chars", l.max_answer_chars as u64)?;
+        positive("llm.max_response_bytes", l.max_response_bytes as u64)?;
         if l.context_tokens <= u64::from(l.max_tokens) {
             return Err(ConfigError::Invalid {
                 key: "llm.context_tokens",

@@ -71,6 +71,7 @@ pub struct Texts {
     pub cancelled: String,
     pub nothing_to_cancel: String,
     pub answer_cut: String,
+    pub answer_truncated: String,
     pub answer_coming: String,
 }
 

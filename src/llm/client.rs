@@ -1,6 +1,12 @@
 //! One provider: chat-completion calls over its own pooled HTTP client, every
 //! failure classified into an [`LlmError`], and the retry loop that honours
 //! `Retry-After` and backs off with jitter.
+//!
+//! Nothing a provider sends is unbounded: a body is read up to
+//! `llm.max_response_bytes` (a plain body past it is refused, a stream is
+//! cut there), and an answer is cut at `llm.max_answer_chars` (a stream is
+//! then closed, so the provider stops generating); a cut answer is marked
+//! [`Completion::truncated`].
 
 use std::time::Duration;
 
@@ -34,6 +40,8 @@ pub struct LlmClient {
     model: Arc<str>,
     max_tokens: u32,
     temperature: f32,
+    max_answer_chars: usize,
+    max_response_bytes: usize,
 }
 
 /// Per-call choices over a provider's configuration.
@@ -110,6 +118,8 @@ impl LlmClient {
             model: model.into(),
             max_tokens: config.max_tokens,
             temperature: config.temperature,
+            max_answer_chars: config.max_answer_chars,
+            max_response_bytes: config.max_response_bytes,
         })
     }
 
@@ -204,8 +214,10 @@ impl LlmClient {
     ) -> Result<Completion, LlmError> {
         let request = self.post(messages, model, temperature, false);
         let response = check_status(request.send().await?).await?;
-        let bytes = response.bytes().await?;
-        parse_completion(&bytes)
+        let bytes = read_capped(response, self.max_response_bytes).await?;
+        let mut completion = parse_completion(&bytes)?;
+        cap_answer(&mut completion, self.max_answer_chars);
+        Ok(completion)
     }
 
     /// Sends one chat-completion request with `"stream": true` and forwards
@@ -232,11 +244,13 @@ impl LlmClient {
         };
         if is_json(&response) {
             // A server that does not stream answers with one plain body.
-            let bytes = match tokio::time::timeout_at(deadline, response.bytes()).await {
+            let read = read_capped(response, self.max_response_bytes);
+            let bytes = match tokio::time::timeout_at(deadline, read).await {
                 Ok(bytes) => bytes?,
                 Err(_) => return Err(LlmError::Timeout(TimeoutPhase::Read)),
             };
             let mut completion = parse_completion(&bytes)?;
+            cap_answer(&mut completion, self.max_answer_chars);
             completion.first_text_after = Some(started.elapsed());
             if stream.deltas.send(completion.text.clone()).await.is_err() {
                 return Err(LlmError::Abandoned);
@@ -244,8 +258,22 @@ impl LlmClient {
             return Ok(completion);
         }
         let mut first_text_after = None;
-        let mut events = response.bytes_stream().eventsource();
+        let limit = self.max_response_bytes;
+        let mut read = 0;
+        let mut events = response
+            .bytes_stream()
+            .map(move |chunk| {
+                let chunk = chunk.map_err(BodyError::Http)?;
+                read += chunk.len();
+                if read > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                Ok(chunk)
+            })
+            .eventsource();
         let mut text = String::new();
+        let mut text_chars = 0;
+        let mut truncated = false;
         let mut usage = None;
         let mut finish_reason = None;
         let outcome = loop {
@@ -262,7 +290,14 @@ impl LlmClient {
                         "the stream ended without finishing".into(),
                     ));
                 }
-                Ok(Some(Err(error))) => break Err(stream_error(error)),
+                Ok(Some(Err(EventStreamError::Transport(BodyError::TooLarge))))
+                    if !text.trim().is_empty() =>
+                {
+                    tracing::info!(provider = %self.name, limit, "stream cut at the response size limit");
+                    truncated = true;
+                    break Ok(());
+                }
+                Ok(Some(Err(error))) => break Err(stream_error(error, limit)),
                 Ok(Some(Ok(event))) => event,
             };
             if event.data.trim() == "[DONE]" {
@@ -291,6 +326,16 @@ impl LlmClient {
             if content.is_empty() {
                 continue;
             }
+            let room = self.max_answer_chars.saturating_sub(text_chars);
+            let content = match content.char_indices().nth(room) {
+                // Past the limit: keep what fits, then stop reading.
+                Some((end, _)) => {
+                    truncated = true;
+                    content[..end].to_owned()
+                }
+                None => content,
+            };
+            text_chars += content.chars().count();
             text.push_str(&content);
             if first_text_after.is_none() && !text.trim().is_empty() {
                 first_text_after = Some(started.elapsed());
@@ -300,6 +345,12 @@ impl LlmClient {
                 // closes the connection, and the provider stops generating.
                 tracing::debug!(provider = %self.name, "stream abandoned by its reader");
                 break Err(LlmError::Abandoned);
+            }
+            if truncated {
+                // Dropping the stream closes the connection: the provider
+                // stops generating what nobody will read.
+                tracing::info!(provider = %self.name, limit = self.max_answer_chars, "answer cut at its length limit");
+                break Ok(());
             }
         };
         match outcome {
@@ -311,6 +362,7 @@ impl LlmClient {
                 usage,
                 finish_reason,
                 first_text_after,
+                truncated,
             }),
             Err(LlmError::Abandoned) => Err(LlmError::Abandoned),
             // Nothing the user could read arrived: the call may be retried
@@ -360,14 +412,61 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
         });
     }
     if !status.is_success() {
-        let body = response.bytes().await.unwrap_or_default();
-        let end = body.len().min(ERROR_DETAIL_BYTES);
+        let body = read_prefix(response, ERROR_DETAIL_BYTES).await;
         return Err(LlmError::Rejected {
             status: status.as_u16(),
-            detail: String::from_utf8_lossy(&body[..end]).into_owned(),
+            detail: String::from_utf8_lossy(&body).into_owned(),
         });
     }
     Ok(response)
+}
+
+/// A failure reading a streamed body.
+#[derive(Debug)]
+enum BodyError {
+    /// The transport's.
+    Http(reqwest::Error),
+    /// More than `llm.max_response_bytes`.
+    TooLarge,
+}
+
+/// The whole body, unless it is longer than `limit` bytes.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, LlmError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(LlmError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(LlmError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Up to `limit` bytes of the body's start (best effort: a failure ends it).
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(limit);
+    body
+}
+
+/// Cuts `completion`'s text to `max_chars` characters, marking it truncated.
+fn cap_answer(completion: &mut Completion, max_chars: usize) {
+    if let Some((end, _)) = completion.text.char_indices().nth(max_chars) {
+        completion.text.truncate(end);
+        completion.truncated = true;
+    }
 }
 
 /// Whether the body is one JSON document (not an event stream).
@@ -380,9 +479,10 @@ fn is_json(response: &reqwest::Response) -> bool {
 }
 
 /// Classifies a failure while reading a stream.
-fn stream_error(error: EventStreamError<reqwest::Error>) -> LlmError {
+fn stream_error(error: EventStreamError<BodyError>, limit: usize) -> LlmError {
     match error {
-        EventStreamError::Transport(error) => error.into(),
+        EventStreamError::Transport(BodyError::Http(error)) => error.into(),
+        EventStreamError::Transport(BodyError::TooLarge) => LlmError::TooLarge { limit },
         EventStreamError::Utf8(error) => {
             LlmError::InvalidResponse(format!("stream is not UTF-8: {error}"))
         }
@@ -433,6 +533,7 @@ pub fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
         usage: response.usage,
         finish_reason: choice.finish_reason,
         first_text_after: None,
+        truncated: false,
     })
 }
 
@@ -466,6 +567,23 @@ mod tests {
             let err = parse_completion(body).unwrap_err();
             assert_eq!(err.class(), "invalid_response", "{err}");
         }
+    }
+
+    #[test]
+    fn answers_are_cut_at_the_character_limit() {
+        let mut completion =
+            parse_completion("{\"choices\":[{\"message\":{\"content\":\"жжжжж\"}}]}".as_bytes())
+                .unwrap();
+        cap_answer(&mut completion, 5);
+        assert_eq!(
+            (completion.text.as_str(), completion.truncated),
+            ("жжжжж", false)
+        );
+        cap_answer(&mut completion, 3);
+        assert_eq!(
+            (completion.text.as_str(), completion.truncated),
+            ("жжж", true)
+        );
     }
 
     #[test]

@@ -53,6 +53,14 @@ pub enum LlmError {
     /// A 200 whose body is not valid JSON or holds no answer.
     #[error("invalid response: {0}")]
     InvalidResponse(String),
+    /// The provider's body is larger than `llm.max_response_bytes` before
+    /// any answer could be read from it. Not retried: the same request
+    /// would most likely bring the same flood.
+    #[error("the provider's response exceeds {limit} bytes")]
+    TooLarge {
+        /// `llm.max_response_bytes`.
+        limit: usize,
+    },
     /// Another network failure while sending or reading.
     #[error("network error: {0}")]
     Network(String),
@@ -85,7 +93,7 @@ pub enum LlmError {
 impl LlmError {
     /// Every value [`class`](Self::class) returns, so the error counters can
     /// start at zero for each (an alert on their rate sees 0, not "no data").
-    pub const CLASSES: [&'static str; 14] = [
+    pub const CLASSES: [&'static str; 15] = [
         "connect",
         "tls",
         "connect_timeout",
@@ -94,6 +102,7 @@ impl LlmError {
         "server",
         "rejected",
         "invalid_response",
+        "too_large",
         "network",
         "overloaded",
         "pool_unavailable",
@@ -107,6 +116,7 @@ impl LlmError {
         match self {
             Self::Connect(_) => "connect",
             Self::Tls(_) => "tls",
+            Self::TooLarge { .. } => "too_large",
             Self::Timeout(TimeoutPhase::Connect) => "connect_timeout",
             Self::Timeout(TimeoutPhase::Read) => "read_timeout",
             Self::RateLimited { .. } => "rate_limited",
@@ -237,6 +247,7 @@ mod tests {
                 detail: String::new(),
             },
             LlmError::InvalidResponse(String::new()),
+            LlmError::TooLarge { limit: 1 },
             LlmError::Network(String::new()),
             LlmError::Overloaded,
             LlmError::PoolUnavailable,

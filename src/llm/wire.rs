@@ -140,4 +140,7 @@ pub struct Completion {
     /// the user waited for (a long answer streaming for a minute is not a
     /// slow provider).
     pub first_text_after: Option<std::time::Duration>,
+    /// The answer went past `llm.max_answer_chars` or
+    /// `llm.max_response_bytes` and `text` is its beginning.
+    pub truncated: bool,
 }

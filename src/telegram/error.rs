@@ -22,6 +22,11 @@ pub enum TelegramError {
     /// "bot was blocked by the user"); retrying the same request cannot help.
     #[error("rejected by the Bot API: {0}")]
     Rejected(String),
+    /// The message to edit is gone (deleted by the user) or can no longer be
+    /// edited (too old): a definite refusal, after which its text may go as
+    /// a new message without showing it twice.
+    #[error("the message cannot be edited: {0}")]
+    NotEditable(String),
     /// The answer could not be parsed; the call may or may not have happened.
     #[error("invalid answer from the Bot API: {0}")]
     InvalidAnswer(String),
@@ -63,6 +68,7 @@ impl TelegramError {
             Self::Network(_) => "network",
             Self::Timeout => "timeout",
             Self::Rejected(_) => "rejected",
+            Self::NotEditable(_) => "not_editable",
             Self::InvalidAnswer(_) => "invalid_answer",
             Self::Client(_) => "client",
             Self::Store(_) => "store",
@@ -84,10 +90,35 @@ impl From<RequestError> for TelegramError {
             RequestError::Io(e) => Self::Network(error_chain(&*e)),
             RequestError::InvalidJson { source, .. } => Self::InvalidAnswer(source.to_string()),
             RequestError::Api(ApiError::BotBlocked | ApiError::UserDeactivated) => Self::Blocked,
+            RequestError::Api(
+                api @ (ApiError::MessageToEditNotFound
+                | ApiError::MessageCantBeEdited
+                | ApiError::MessageIdInvalid),
+            ) => Self::NotEditable(api.to_string()),
             RequestError::Api(api) => Self::Rejected(api.to_string()),
             RequestError::MigrateToChatId(chat) => {
                 Self::Rejected(format!("group migrated to supergroup {chat}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_definite_refusal_of_an_edit_is_not_editable() {
+        for api in [
+            ApiError::MessageToEditNotFound,
+            ApiError::MessageCantBeEdited,
+            ApiError::MessageIdInvalid,
+        ] {
+            let error = TelegramError::from(RequestError::Api(api));
+            assert_eq!(error.class(), "not_editable", "{error}");
+            assert!(!error.is_retryable());
+        }
+        let error = TelegramError::from(RequestError::Api(ApiError::MessageTextIsEmpty));
+        assert_eq!(error.class(), "rejected");
     }
 }

@@ -166,6 +166,123 @@ pub fn render_markdown(markdown: &str) -> Rendered {
     out
 }
 
+/// The Markdown of an answer still being written, completed so that it
+/// renders the way it will once finished, instead of showing raw markers
+/// (`**E` as `**E`) until their closing half arrives. A trailing run of
+/// markers (`*`, `_`, `~`, `` ` ``, `\\`), whose meaning only the next text
+/// decides, is held back; bold, italic, strikethrough and inline code opened
+/// in the last paragraph are closed. Inside an open code block nothing
+/// changes (it already renders as code to the end).
+pub fn complete_partial(markdown: &str) -> String {
+    if in_open_fence(markdown) {
+        return markdown.to_owned();
+    }
+    let held = markdown
+        .trim_end()
+        .trim_end_matches(['*', '_', '~', '`', '\\'])
+        .trim_end();
+    let paragraph_start = held.rfind("\n\n").map_or(0, |at| at + 2);
+    let closers = unclosed(&held[paragraph_start..]);
+    format!("{held}{closers}")
+}
+
+/// Whether the text ends inside a fenced code block.
+fn in_open_fence(markdown: &str) -> bool {
+    let mut fence: Option<(char, usize)> = None;
+    for line in markdown.lines() {
+        let line = line.trim_start_matches(' ');
+        let Some(marker) = line.chars().next().filter(|c| matches!(c, '`' | '~')) else {
+            continue;
+        };
+        let run = line.chars().take_while(|&c| c == marker).count();
+        if run < 3 {
+            continue;
+        }
+        fence = match fence {
+            None => Some((marker, run)),
+            Some((open, length)) if open == marker && run >= length => None,
+            still => still,
+        };
+    }
+    fence.is_some()
+}
+
+/// The markers that close what `paragraph` leaves open (a simplified
+/// reading of CommonMark's delimiter rules: a run opens when text follows
+/// it, closes when text precedes it, `_` never inside a word).
+fn unclosed(paragraph: &str) -> String {
+    let chars: Vec<char> = paragraph.chars().collect();
+    // Open delimiters: the marker and how many of it (`**` is ('*', 2)).
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut code: Option<usize> = None;
+    let mut i = 0;
+    while i < chars.len() {
+        let ch = chars[i];
+        if ch == '\\' && code.is_none() {
+            i += 2;
+            continue;
+        }
+        if !matches!(ch, '*' | '_' | '~' | '`') {
+            i += 1;
+            continue;
+        }
+        let run = chars[i..].iter().take_while(|&&c| c == ch).count();
+        let before = i.checked_sub(1).map(|at| chars[at]);
+        let after = chars.get(i + run).copied();
+        i += run;
+        if ch == '`' {
+            code = match code {
+                None => Some(run),
+                Some(length) if length == run => None,
+                still => still,
+            };
+            continue;
+        }
+        if code.is_some() || (ch == '~' && run != 2) {
+            continue;
+        }
+        let mut can_open = after.is_some_and(|c| !c.is_whitespace());
+        let mut can_close = before.is_some_and(|c| !c.is_whitespace());
+        if ch == '_'
+            && before.is_some_and(char::is_alphanumeric)
+            && after.is_some_and(char::is_alphanumeric)
+        {
+            can_open = false;
+            can_close = false;
+        }
+        let mut left = run;
+        if can_close {
+            while let Some(&(marker, count)) = open.last() {
+                if marker != ch || count > left {
+                    break;
+                }
+                open.pop();
+                left -= count;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        if can_open && left > 0 {
+            if left >= 2 {
+                open.push((ch, 2));
+                left -= 2;
+            }
+            if left >= 1 && ch != '~' {
+                open.push((ch, 1));
+            }
+        }
+    }
+    let mut closers = String::new();
+    if let Some(length) = code {
+        closers.push_str(&"`".repeat(length));
+    }
+    for (marker, count) in open.iter().rev() {
+        closers.extend(std::iter::repeat_n(*marker, *count));
+    }
+    closers
+}
+
 fn close(open: &mut Vec<(SpanKind, usize)>, spans: &mut Vec<Span>, end: usize) {
     if let Some((kind, start)) = open.pop() {
         spans.push(Span {
@@ -229,6 +346,34 @@ fn entity_kind(kind: &SpanKind) -> Option<MessageEntityKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unfinished_markdown_renders_as_it_will_when_finished() {
+        let shown = |partial: &str| render_markdown(&complete_partial(partial)).text;
+        assert_eq!(complete_partial("**E"), "**E**");
+        assert_eq!(shown("**E"), "E");
+        assert_eq!(shown("Use **bo"), "Use bo");
+        assert_eq!(shown("Use `co"), "Use co");
+        assert_eq!(shown("an *it"), "an it");
+        assert_eq!(shown("a ~~gone"), "a gone");
+        assert_eq!(shown("***both"), "both");
+        assert_eq!(shown("Hello **"), "Hello");
+        assert_eq!(shown("Hello *"), "Hello");
+        assert_eq!(shown("done **bold** and"), "done bold and");
+        assert_eq!(shown("done **bold**"), "done bold");
+        assert_eq!(shown("2 * 3 = 6"), "2 * 3 = 6");
+        assert_eq!(shown("snake_case_name"), "snake_case_name");
+        assert_eq!(shown("`a*b` and **x"), "a*b and x");
+        assert_eq!(shown("**a**\n\nnext"), "a\n\nnext");
+        assert_eq!(shown("* item\n* it"), "• item\n• it");
+        // Inside an open code block nothing is added.
+        let fence = "```rust\nlet a = **b";
+        assert_eq!(complete_partial(fence), fence);
+        assert_eq!(
+            shown("```rust\nfn x() {}\n```\n\nand **y"),
+            "fn x() {}\n\nand y"
+        );
+    }
     use proptest::prelude::*;
 
     fn entity(kind: MessageEntityKind, offset: usize, length: usize) -> MessageEntity {

@@ -8,6 +8,7 @@ mod console;
 mod conversation;
 mod eviction;
 mod groups;
+mod hardening_content;
 mod hardening_limits;
 mod hardening_listeners;
 mod hardening_ops;

@@ -8,9 +8,12 @@
 //!   chat's earlier jobs are done), [`OutboxMsg::ShowTyping`] (best effort),
 //!   and [`OutboxMsg::JobFinished`] (from its own send tasks).
 //! - **Edits:** a part may replace the text of a message sent before (a
-//!   streamed answer growing); an edit Telegram refuses (the message was
-//!   deleted, or is too old) is sent as a new message instead, so the rest
-//!   of the answer still arrives.
+//!   streamed answer growing). Only an edit Telegram definitely refuses
+//!   (the message to edit was deleted, or can no longer be edited) is sent
+//!   as a new message instead, so the rest of the answer still arrives. An
+//!   edit whose outcome is unclear (an answer that cannot be parsed) is
+//!   taken as applied: it most likely was, and a new message would show the
+//!   text twice; any other failure is returned like a send's.
 //! - **Send, then commit:** a delivery carries its turn's commit, which the
 //!   send task makes right after sending. The task is detached from every
 //!   actor, so a session (or its supervisor) dying after handing over an
@@ -358,12 +361,11 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                     let mut sent = send_part(&transport, &config, &pacing, chat_id, part).await;
                     // A message that cannot be edited (deleted by the user,
                     // too old) must not cost the rest of the answer: its
-                    // text goes as a new message instead.
+                    // text goes as a new message instead. Only then: after
+                    // any other failure the edit may have been applied.
                     let resend = match (&sent, part) {
-                        (Err(error), Part::Edit { text, .. })
-                            if !matches!(error, TelegramError::Blocked) =>
-                        {
-                            tracing::warn!(chat_id = chat_id.0, class = error.class(), %error, "edit failed; sending a new message");
+                        (Err(error @ TelegramError::NotEditable(_)), Part::Edit { text, .. }) => {
+                            tracing::warn!(chat_id = chat_id.0, class = error.class(), %error, "edit refused; sending a new message");
                             Some(Part::New(text.clone()))
                         }
                         _ => None,
@@ -463,8 +465,17 @@ async fn send_part(
                     .map(|()| *message_id),
             }
         };
-        let error = match tokio::time::timeout(config.send_timeout, call).await {
-            Ok(Ok(id)) => {
+        let error = match (tokio::time::timeout(config.send_timeout, call).await, part) {
+            (Ok(Err(error @ TelegramError::InvalidAnswer(_))), Part::Edit { message_id, .. }) => {
+                // Telegram answered, but not readably: the edit most likely
+                // happened. It is never worth a second copy of the message;
+                // the next edit (or the final delivery) brings the message
+                // up to date if it did not.
+                tracing::warn!(chat_id = chat_id.0, class = error.class(), %error, "edit outcome unclear; taken as applied");
+                metrics::counter!("llmgram_message_edits_total").increment(1);
+                return Ok(*message_id);
+            }
+            (Ok(Ok(id)), _) => {
                 match part {
                     Part::New(_) => metrics::counter!("llmgram_replies_sent_total").increment(1),
                     Part::Edit { .. } => {
@@ -473,8 +484,8 @@ async fn send_part(
                 }
                 return Ok(id);
             }
-            Ok(Err(error)) => error,
-            Err(_) => TelegramError::Timeout,
+            (Ok(Err(error)), _) => error,
+            (Err(_), _) => TelegramError::Timeout,
         };
         let wait = match error {
             // Telegram asked to wait: the same message goes again after the

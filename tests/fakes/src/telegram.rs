@@ -56,6 +56,10 @@ pub enum TelegramFault {
     /// An arbitrary HTTP status with the given `description`
     /// (e.g. `Status(400, "Bad Request: chat not found".into())`).
     Status(u16, String),
+    /// The call is performed (sent or edited, and recorded) but answered
+    /// with a 200 whose body is not JSON, as a broken proxy might: the
+    /// client cannot tell whether it happened.
+    Garbled,
 }
 
 /// A message successfully sent by the bot through `sendMessage`.
@@ -268,7 +272,8 @@ impl FakeTelegram {
 
     /// Makes the next `n` `sendMessage`/`editMessageText` calls fail with
     /// `fault` (queued after any faults still pending). Failed calls are not
-    /// recorded as sent or edited.
+    /// recorded as sent or edited, except [`TelegramFault::Garbled`] ones,
+    /// which are performed and only their answer is garbage.
     pub fn fail_next_sends(&self, n: usize, fault: TelegramFault) {
         let mut inner = lock(&self.shared.inner);
         inner.faults.extend(std::iter::repeat_n(fault, n));
@@ -590,7 +595,13 @@ fn fault_response(fault: &TelegramFault) -> Response {
             json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string())
         }
         TelegramFault::Status(code, description) => error(*code, description),
+        TelegramFault::Garbled => garbled(),
     }
+}
+
+/// A 200 whose body no Bot API client can parse.
+fn garbled() -> Response {
+    json_response(StatusCode::OK, "<html><body>502 Bad Gat".to_owned())
 }
 
 /// A Telegram API error (`error_code`, `description`), cheap to return.
@@ -841,9 +852,11 @@ fn take_updates(shared: &Shared, offset: i64, limit: usize) -> Option<Response> 
 fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
     let now = Instant::now();
     let mut inner = lock(&shared.inner);
-    if let Some(fault) = inner.faults.pop_front() {
-        return fault_response(&fault);
-    }
+    let garble = match inner.faults.pop_front() {
+        Some(TelegramFault::Garbled) => true,
+        Some(fault) => return fault_response(&fault),
+        None => false,
+    };
     let Some(chat_id) = param_i64(&params, "chat_id") else {
         return error(400, "Bad Request: chat not found");
     };
@@ -899,15 +912,20 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
     inner.sent_by_chat.entry(chat_id).or_default().push(index);
     drop(inner);
     shared.sent.notify_waiters();
+    if garble {
+        return garbled();
+    }
     ok(&message)
 }
 
 fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
     let now = Instant::now();
     let mut inner = lock(&shared.inner);
-    if let Some(fault) = inner.faults.pop_front() {
-        return fault_response(&fault);
-    }
+    let garble = match inner.faults.pop_front() {
+        Some(TelegramFault::Garbled) => true,
+        Some(fault) => return fault_response(&fault),
+        None => false,
+    };
     if params.contains_key("inline_message_id") {
         return error(
             400,
@@ -954,6 +972,9 @@ fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
         at: now,
     });
     drop(inner);
+    if garble {
+        return garbled();
+    }
     let date = unix_now();
     ok(&json!({
         "message_id": message_id,

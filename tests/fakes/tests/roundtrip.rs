@@ -417,6 +417,32 @@ async fn flood_limit_counts_sends_before_retry_after() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     bot.send_message(ChatId(5), "in time").await.unwrap();
     assert_eq!(fake.retry_after_violations(), 1);
+
+#[tokio::test]
+async fn garbled_answers_hide_calls_that_happened() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+
+    fake.fail_next_sends(1, TelegramFault::Garbled);
+    let err = bot.send_message(ChatId(9), "first").await.unwrap_err();
+    assert!(matches!(err, RequestError::InvalidJson { .. }), "{err:?}");
+    assert_eq!(fake.sent_count(), 1, "the message was sent all the same");
+
+    fake.fail_next_sends(1, TelegramFault::Garbled);
+    let err = bot
+        .edit_message_text(ChatId(9), MessageId(1), "edited")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::InvalidJson { .. }), "{err:?}");
+    let edits = fake.edits();
+    assert_eq!(edits.len(), 1, "the edit was applied all the same");
+    assert_eq!(edits[0].text, "edited");
+    assert_eq!(fake.transcript(9), [(1, "edited".to_owned())]);
+
+    // The fault is used up.
+    bot.edit_message_text(ChatId(9), MessageId(1), "again")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -126,6 +126,13 @@ pub(super) async fn answer_with(
                 .history
                 .push(Role::Assistant, completion.text.as_str().into());
             state.reply_is_markdown = true;
+            if completion.truncated {
+                tracing::info!(
+                    limit = state.deps.config.llm.max_answer_chars,
+                    "answer truncated"
+                );
+                return format!("{}\n\n{}", completion.text, texts.answer_truncated);
+            }
             completion.text
         }
         Err(LlmError::StreamCut(cause)) if !partial.trim().is_empty() => {

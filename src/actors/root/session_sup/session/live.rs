@@ -7,7 +7,8 @@
 //! limit new messages). One update is in flight at a time, and the next
 //! waits `telegram.edit_interval` after it, so a fast stream costs a bounded
 //! number of Bot API calls. Everything is rendered the way the final answer
-//! is, so the final delivery only edits what changed.
+//! is (Markdown still open at the end, such as `**E`, closed first, so it
+//! never shows raw), so the final delivery only edits what changed.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use teloxide::types::MessageId;
 use tokio::time::Instant;
 
 use crate::actors::root::outbox::Part;
-use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
+use crate::telegram::render::{OutgoingText, complete_partial, render_markdown, to_messages};
 
 /// Shown in a message the final answer no longer needs (it rendered shorter
 /// than its streamed prefix, which is rare); Telegram refuses empty text.
@@ -87,7 +88,11 @@ impl LiveAnswer {
     /// reports the outcome with [`Self::finish_update`].
     pub fn begin_update(&mut self) -> Vec<Part> {
         self.dirty = false;
-        let wanted = to_messages(&render_markdown(&self.text), self.max_units);
+        // Rendered as it will be once finished, so no raw `**` shows.
+        let wanted = to_messages(
+            &render_markdown(&complete_partial(&self.text)),
+            self.max_units,
+        );
         let (parts, sending) = diff(&self.shown, wanted);
         self.sending = sending;
         parts
