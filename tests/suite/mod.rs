@@ -8,6 +8,7 @@ mod console;
 mod conversation;
 mod eviction;
 mod groups;
+mod hardening_sessions;
 mod isolation;
 mod long_answer;
 mod operations;
