@@ -466,6 +466,58 @@ mod tests {
     }
 
     #[test]
+    fn version_2_records_and_version_1_entries_migrate() {
+        #[derive(Serialize)]
+        struct V2 {
+            history: Vec<StoredMessage>,
+            settings: ChatSettings,
+            counters: ChatCounters,
+            last_update_id: u32,
+        }
+        let old = fixture_record();
+        let v2 = V2 {
+            history: old.history.clone(),
+            settings: old.settings.clone(),
+            counters: old.counters,
+            last_update_id: 123_456_789,
+        };
+        let bytes = with_version(2, codec::encode(&v2).unwrap()).unwrap();
+        assert_eq!(decode_chat(&bytes).unwrap(), old);
+
+        #[derive(Serialize)]
+        enum EntryV1 {
+            Pending(UpdateV1),
+        }
+        #[derive(Serialize)]
+        struct UpdateV1 {
+            update_id: u32,
+            chat_id: i64,
+            user_id: Option<u64>,
+            language_code: Option<String>,
+            kind: StoredKind,
+        }
+        let v1 = EntryV1::Pending(UpdateV1 {
+            update_id: 9,
+            chat_id: 3,
+            user_id: Some(3),
+            language_code: None,
+            kind: StoredKind::NonText,
+        });
+        let bytes = with_version(1, codec::encode(&v1).unwrap()).unwrap();
+        assert_eq!(
+            decode_update(&bytes).unwrap(),
+            UpdateEntry::Pending(StoredUpdate {
+                update_id: 9,
+                admitted: 0,
+                chat_id: 3,
+                user_id: Some(3),
+                language_code: None,
+                kind: StoredKind::NonText,
+            })
+        );
+    }
+
+    #[test]
     fn the_current_version_is_written() {
         assert_eq!(
             encode_chat(&fixture_record()).unwrap()[0],
