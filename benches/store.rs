@@ -104,7 +104,12 @@ async fn chat(
         let excess = record.history.len().saturating_sub(history);
         record.history.drain(..excess);
         let update_id = first_update + turn as u32;
-        record.last_update_id = update_id;
+        record.recent_updates.push(update_id);
+        let excess = record
+            .recent_updates
+            .len()
+            .saturating_sub(record::RECENT_UPDATES);
+        record.recent_updates.drain(..excess);
         record.counters.answered += 1;
         let bytes = record::encode_chat(&record).expect("encode");
         let started = Instant::now();

@@ -243,7 +243,7 @@ impl Conversation {
             .await
             .map_err(unavailable)?
             .map_err(ConsoleError::Store)?;
-        let answered = record.map_or(0, |r| r.last_update_id);
+        let answered = record.and_then(|r| r.newest_known_update()).unwrap_or(0);
         Ok(newest.unwrap_or(0).max(answered).saturating_add(1))
     }
 

@@ -18,6 +18,11 @@ pub const CHATS: &str = "chats";
 /// [`record::UpdateEntry`] (the update while unanswered, a marker once
 /// answered, until Telegram can no longer send it again).
 pub const UPDATES: &str = "updates";
+/// Keyspace of what a chat has spent (`/forget` does not delete it): key
+/// [`chat_key`], value an encoded [`record::ChatUsage`]. Written only by
+/// `/forget`; while the chat has a record, the record's counters are the
+/// current ones.
+pub const USAGE: &str = "usage";
 /// Keyspace of bot-wide settings owned by one actor each (the banned users
 /// by the rate limiter, the default model by the LLM pool): key a
 /// [`BotKey`] name, value that owner's versioned encoding.
@@ -112,6 +117,14 @@ pub fn update_from_key(key: &[u8]) -> Option<u32> {
 /// chat are all kept.
 pub fn failed_chat_key(chat_id: ChatId, unix_millis: u64) -> Vec<u8> {
     failed_key(b'c', &chat_key(chat_id), unix_millis)
+}
+
+/// The prefix of every [`failed_chat_key`] of one chat.
+pub fn failed_chat_prefix(chat_id: ChatId) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(9);
+    prefix.push(b'c');
+    prefix.extend_from_slice(&chat_key(chat_id));
+    prefix
 }
 
 /// Key of a quarantined update entry: `u`, the update key, then the time.

@@ -13,11 +13,20 @@ use super::codec::{self, CodecError};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 
 /// Schema version of [`ChatRecord`] written by this build. Version 2 added
-/// the chat's chosen model and its daily token usage; version 1 records are
-/// read through [`v1`] and migrated.
-pub const CHAT_RECORD_VERSION: u8 = 2;
-/// Schema version of [`UpdateEntry`] written by this build.
-pub const UPDATE_ENTRY_VERSION: u8 = 1;
+/// the chat's chosen model and its daily token usage; version 3 replaced the
+/// newest applied update id with the set of recently answered ones
+/// (Telegram's update ids are not monotonic). Older records are read through
+/// [`v1`] and [`v2`] and migrated.
+pub const CHAT_RECORD_VERSION: u8 = 3;
+/// Schema version of [`UpdateEntry`] written by this build. Version 2 added
+/// the admission sequence number of a pending update; version 1 entries are
+/// read through [`v1`].
+pub const UPDATE_ENTRY_VERSION: u8 = 2;
+
+/// How many answered update ids a chat record keeps (besides every id of its
+/// latest turn): enough to recognise any redelivery the restart and replay
+/// paths can produce, which is at most a few turns back.
+pub const RECENT_UPDATES: usize = 64;
 
 /// Everything stored about one chat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,10 +37,18 @@ pub struct ChatRecord {
     pub settings: ChatSettings,
     /// Per-chat counters.
     pub counters: ChatCounters,
-    /// The newest update applied to this chat. Updates of a chat arrive in
-    /// increasing id order, so one at or below it was answered already and
-    /// is skipped when delivered again.
-    pub last_update_id: u32,
+    /// The chat's most recently answered update ids, oldest first (at most
+    /// [`RECENT_UPDATES`] plus the latest turn's). An update delivered again
+    /// is recognised by being in this set, never by comparing ids: Telegram
+    /// picks a random next id after a week without updates.
+    pub recent_updates: Vec<u32>,
+}
+
+impl ChatRecord {
+    /// The highest update id in [`ChatRecord::recent_updates`], if any.
+    pub fn newest_known_update(&self) -> Option<u32> {
+        self.recent_updates.iter().copied().max()
+    }
 }
 
 /// One history message.
@@ -116,9 +133,84 @@ pub mod v1 {
                     usage_day: 0,
                     tokens_today: 0,
                 },
-                last_update_id: old.last_update_id,
+                recent_updates: super::recent_from_last(old.last_update_id),
             }
         }
+    }
+
+    /// A version 1 update entry, frozen (pending updates had no admission
+    /// sequence number).
+    #[derive(Debug, Deserialize)]
+    pub enum UpdateEntry {
+        /// Received and not yet answered.
+        Pending(StoredUpdate),
+        /// Answered.
+        Answered,
+    }
+
+    /// A version 1 stored update.
+    #[derive(Debug, Deserialize)]
+    pub struct StoredUpdate {
+        update_id: u32,
+        chat_id: i64,
+        user_id: Option<u64>,
+        language_code: Option<String>,
+        kind: super::StoredKind,
+    }
+
+    impl From<UpdateEntry> for super::UpdateEntry {
+        fn from(old: UpdateEntry) -> Self {
+            match old {
+                // Admitted before any version 2 entry: they replay first, in
+                // id order among themselves (as version 1 replayed them).
+                UpdateEntry::Pending(old) => Self::Pending(super::StoredUpdate {
+                    update_id: old.update_id,
+                    admitted: 0,
+                    chat_id: old.chat_id,
+                    user_id: old.user_id,
+                    language_code: old.language_code,
+                    kind: old.kind,
+                }),
+                UpdateEntry::Answered => Self::Answered,
+            }
+        }
+    }
+}
+
+/// Version 2 of the chat record, frozen: it kept the newest applied update
+/// id instead of the recently answered ones. Migrated on load.
+pub mod v2 {
+    use serde::Deserialize;
+
+    use super::{ChatCounters, ChatSettings, StoredMessage};
+
+    /// A version 2 chat record.
+    #[derive(Debug, Deserialize)]
+    pub struct ChatRecord {
+        history: Vec<StoredMessage>,
+        settings: ChatSettings,
+        counters: ChatCounters,
+        last_update_id: u32,
+    }
+
+    impl From<ChatRecord> for super::ChatRecord {
+        fn from(old: ChatRecord) -> Self {
+            Self {
+                history: old.history,
+                settings: old.settings,
+                counters: old.counters,
+                recent_updates: super::recent_from_last(old.last_update_id),
+            }
+        }
+    }
+}
+
+/// The answered set of a record that kept only its newest update id.
+fn recent_from_last(last_update_id: u32) -> Vec<u32> {
+    if last_update_id == 0 {
+        Vec::new()
+    } else {
+        vec![last_update_id]
     }
 }
 
@@ -136,6 +228,9 @@ pub enum UpdateEntry {
 pub struct StoredUpdate {
     /// Telegram's update id.
     pub update_id: u32,
+    /// Admission sequence number: increasing in the order updates were
+    /// received, across restarts. Replay orders by it, not by update id.
+    pub admitted: u64,
     /// The chat.
     pub chat_id: i64,
     /// The sender.
@@ -160,6 +255,34 @@ pub enum StoredKind {
     },
     /// A message without text.
     NonText,
+}
+
+/// Schema version of [`ChatUsage`] written by this build.
+pub const CHAT_USAGE_VERSION: u8 = 1;
+
+/// What a chat spent, kept when `/forget` deletes its record: a budget
+/// counts spend, not conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatUsage {
+    /// The UTC day `tokens_today` counts (as [`ChatCounters::usage_day`]).
+    pub usage_day: u32,
+    /// LLM tokens used on `usage_day`.
+    pub tokens_today: u64,
+}
+
+/// Encodes a chat's usage with its version byte.
+pub fn encode_usage(usage: &ChatUsage) -> Result<Vec<u8>, CodecError> {
+    with_version(CHAT_USAGE_VERSION, codec::encode(usage)?)
+}
+
+/// Decodes a chat's usage of any known version.
+pub fn decode_usage(bytes: &[u8]) -> Result<ChatUsage, RecordError> {
+    match split_version(bytes)? {
+        (1, body) => {
+            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 1, source })
+        }
+        (version, _) => Err(RecordError::UnknownVersion(version)),
+    }
 }
 
 /// Schema version of [`BotSetting`] written by this build.
@@ -219,8 +342,11 @@ pub fn decode_chat(bytes: &[u8]) -> Result<ChatRecord, RecordError> {
         (1, body) => codec::decode::<v1::ChatRecord>(body)
             .map(ChatRecord::from)
             .map_err(|source| RecordError::Corrupt { version: 1, source }),
-        (2, body) => {
-            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 2, source })
+        (2, body) => codec::decode::<v2::ChatRecord>(body)
+            .map(ChatRecord::from)
+            .map_err(|source| RecordError::Corrupt { version: 2, source }),
+        (3, body) => {
+            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 3, source })
         }
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
@@ -234,8 +360,11 @@ pub fn encode_update(entry: &UpdateEntry) -> Result<Vec<u8>, CodecError> {
 /// Decodes an update entry of any known version.
 pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
     match split_version(bytes)? {
-        (1, body) => {
-            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 1, source })
+        (1, body) => codec::decode::<v1::UpdateEntry>(body)
+            .map(UpdateEntry::from)
+            .map_err(|source| RecordError::Corrupt { version: 1, source }),
+        (2, body) => {
+            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 2, source })
         }
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
@@ -255,10 +384,12 @@ fn split_version(bytes: &[u8]) -> Result<(u8, &[u8]), RecordError> {
         .ok_or(RecordError::Empty)
 }
 
-impl From<&Inbound> for StoredUpdate {
-    fn from(inbound: &Inbound) -> Self {
+impl StoredUpdate {
+    /// The update as stored, admitted as number `admitted`.
+    pub fn new(inbound: &Inbound, admitted: u64) -> Self {
         Self {
             update_id: inbound.update_id,
+            admitted,
             chat_id: inbound.chat_id.0,
             user_id: inbound.user_id,
             language_code: inbound.language_code.clone(),
@@ -272,9 +403,7 @@ impl From<&Inbound> for StoredUpdate {
             },
         }
     }
-}
 
-impl StoredUpdate {
     /// The update as the actors use it; `received_at` is now, since the
     /// original instant did not survive the restart.
     pub fn into_inbound(self) -> Inbound {
@@ -324,7 +453,7 @@ mod tests {
                 usage_day: 0,
                 tokens_today: 0,
             },
-            last_update_id: 123_456_789,
+            recent_updates: vec![123_456_789],
         }
     }
 
@@ -334,6 +463,58 @@ mod tests {
     fn version_1_fixture_decodes_and_migrates() {
         assert_eq!(FIXTURE_V1[0], 1);
         assert_eq!(decode_chat(FIXTURE_V1).unwrap(), fixture_record());
+    }
+
+    #[test]
+    fn version_2_records_and_version_1_entries_migrate() {
+        #[derive(Serialize)]
+        struct V2 {
+            history: Vec<StoredMessage>,
+            settings: ChatSettings,
+            counters: ChatCounters,
+            last_update_id: u32,
+        }
+        let old = fixture_record();
+        let v2 = V2 {
+            history: old.history.clone(),
+            settings: old.settings.clone(),
+            counters: old.counters,
+            last_update_id: 123_456_789,
+        };
+        let bytes = with_version(2, codec::encode(&v2).unwrap()).unwrap();
+        assert_eq!(decode_chat(&bytes).unwrap(), old);
+
+        #[derive(Serialize)]
+        enum EntryV1 {
+            Pending(UpdateV1),
+        }
+        #[derive(Serialize)]
+        struct UpdateV1 {
+            update_id: u32,
+            chat_id: i64,
+            user_id: Option<u64>,
+            language_code: Option<String>,
+            kind: StoredKind,
+        }
+        let v1 = EntryV1::Pending(UpdateV1 {
+            update_id: 9,
+            chat_id: 3,
+            user_id: Some(3),
+            language_code: None,
+            kind: StoredKind::NonText,
+        });
+        let bytes = with_version(1, codec::encode(&v1).unwrap()).unwrap();
+        assert_eq!(
+            decode_update(&bytes).unwrap(),
+            UpdateEntry::Pending(StoredUpdate {
+                update_id: 9,
+                admitted: 0,
+                chat_id: 3,
+                user_id: Some(3),
+                language_code: None,
+                kind: StoredKind::NonText,
+            })
+        );
     }
 
     #[test]
@@ -350,6 +531,7 @@ mod tests {
         assert_eq!(decode_chat(&encode_chat(&record).unwrap()).unwrap(), record);
         let entry = UpdateEntry::Pending(StoredUpdate {
             update_id: 5,
+            admitted: 17,
             chat_id: -100,
             user_id: Some(9),
             language_code: None,

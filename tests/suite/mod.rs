@@ -13,6 +13,7 @@ mod hardening_limits;
 mod hardening_listeners;
 mod hardening_ops;
 mod hardening_polling;
+mod hardening_sessions;
 mod hardening_startup;
 mod isolation;
 mod long_answer;

@@ -48,8 +48,8 @@ use crate::config::{PersistModeConfig, StorageConfig};
 use crate::store::backup::{self, BackupError, KEYSPACES, RecordsWriter};
 use crate::store::record::{self, BotSetting, ChatRecord, UpdateEntry};
 use crate::store::{
-    self, BOT, BotKey, CHATS, FAILED, StoreError, UPDATES, chat_key, failed_chat_key,
-    failed_update_key, update_from_key, update_key,
+    self, BOT, BotKey, CHATS, FAILED, StoreError, UPDATES, USAGE, chat_key, failed_chat_key,
+    failed_chat_prefix, failed_update_key, update_from_key, update_key,
 };
 use crate::telegram::inbound::{ChatId, Inbound};
 
@@ -89,7 +89,7 @@ pub enum PersistenceMsg {
         /// `Ok` once durable.
         reply: RpcReplyPort<Result<(), StoreError>>,
     },
-    /// Every update received and not yet answered, in id order.
+    /// Every update received and not yet answered, in the order received.
     PendingUpdates {
         /// The updates.
         reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
@@ -152,6 +152,10 @@ pub enum RecordChange {
     Put(Vec<u8>),
     /// Delete the record (the user asked to be forgotten).
     Delete,
+    /// `/forget`: delete the record and every quarantined copy of the chat's
+    /// old records; keep what the chat spent (an encoded
+    /// [`record::ChatUsage`], `None` if nothing), which outlives it.
+    Forget(Option<Vec<u8>>),
     /// Leave the record as it is; only mark the update answered.
     Keep,
 }
@@ -281,9 +285,11 @@ impl StoreWriter {
         let (ops, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let listener = Arc::new(std::sync::Mutex::new(None));
+        let next_admitted = next_admission(&store)?;
         let thread = Thread {
             store,
             pruned_below: std::cell::Cell::new(0),
+            next_admitted: std::cell::Cell::new(next_admitted),
             receiver,
             data_dir: config.path.clone(),
             backup_running: Arc::new(AtomicBool::new(false)),
@@ -336,6 +342,7 @@ struct OpenStore {
     chats: Keyspace,
     updates: Keyspace,
     failed: Keyspace,
+    usage: Keyspace,
 }
 
 impl OpenStore {
@@ -362,6 +369,7 @@ impl OpenStore {
             bot: db.keyspace(BOT, options)?,
             updates: db.keyspace(UPDATES, options)?,
             failed: db.keyspace(FAILED, options)?,
+            usage: db.keyspace(USAGE, options)?,
             db,
         })
     }
@@ -393,6 +401,7 @@ impl OpenStore {
                 (UPDATES, self.updates.clone()),
                 (BOT, self.bot.clone()),
                 (FAILED, self.failed.clone()),
+                (USAGE, self.usage.clone()),
             ],
         }
     }
@@ -505,6 +514,8 @@ struct Thread {
     /// Updates below this id have been confirmed to Telegram (it will not
     /// send them again) and their answered markers removed.
     pruned_below: std::cell::Cell<u32>,
+    /// The admission sequence number of the next update received.
+    next_admitted: std::cell::Cell<u64>,
     receiver: Receiver<PersistenceMsg>,
     /// `storage.path`: no backup may be written inside it.
     data_dir: PathBuf,
@@ -592,6 +603,18 @@ impl Thread {
                             }
                             RecordChange::Delete => {
                                 write.remove(&self.store.chats, chat_key(chat_id))
+                            }
+                            RecordChange::Forget(usage) => {
+                                write.remove(&self.store.chats, chat_key(chat_id));
+                                match usage {
+                                    Some(bytes) => {
+                                        write.insert(&self.store.usage, chat_key(chat_id), bytes)
+                                    }
+                                    None => write.remove(&self.store.usage, chat_key(chat_id)),
+                                }
+                                if let Err(error) = self.forget_quarantined(&mut write, chat_id) {
+                                    tracing::error!(chat_id = chat_id.0, %error, "cannot list the quarantined records to forget");
+                                }
                             }
                             RecordChange::Keep => {}
                         }
@@ -683,7 +706,9 @@ impl Thread {
                 tracing::debug!(update_id = id, "update already received; skipped");
                 continue;
             }
-            let entry = UpdateEntry::Pending((&inbound).into());
+            let admitted = self.next_admitted.get();
+            self.next_admitted.set(admitted + 1);
+            let entry = UpdateEntry::Pending(record::StoredUpdate::new(&inbound, admitted));
             let bytes =
                 record::encode_update(&entry).map_err(|e| StoreError::Storage(e.to_string()))?;
             write.insert(&self.store.updates, update_key(id), bytes);
@@ -697,9 +722,19 @@ impl Thread {
     /// `below`. Scanning only that stretch keeps each prune proportional to
     /// the updates since the last one, instead of walking every deleted
     /// entry since the store was created. Entries still pending stay.
+    ///
+    /// An offset below the previous one means Telegram started its ids over
+    /// (it picks a random next id after a week without updates): every
+    /// update of the old sequence was confirmed long ago, so the prune point
+    /// simply moves down to the new sequence.
     fn prune(&self, write: &mut fjall::OwnedWriteBatch, below: u32) -> Result<(), StoreError> {
         let from = self.pruned_below.get();
-        if below <= from {
+        if below < from {
+            tracing::info!(below, from, "update ids started over");
+            self.pruned_below.set(below);
+            return Ok(());
+        }
+        if below == from {
             return Ok(());
         }
         for item in self
@@ -771,7 +806,7 @@ impl Thread {
 
     fn load(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StoreError> {
         let Some(bytes) = self.store.chats.get(chat_key(chat_id))? else {
-            return Ok(None);
+            return self.forgotten(chat_id);
         };
         match record::decode_chat(&bytes) {
             Ok(record) => Ok(Some(record)),
@@ -785,6 +820,30 @@ impl Thread {
                 );
                 write.remove(&self.store.chats, chat_key(chat_id));
                 write.commit()?;
+                self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A chat without a record: new (`None`), or forgotten, when it keeps
+    /// only what it spent.
+    fn forgotten(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StoreError> {
+        let Some(bytes) = self.store.usage.get(chat_key(chat_id))? else {
+            return Ok(None);
+        };
+        match record::decode_usage(&bytes) {
+            Ok(usage) => Ok(Some(ChatRecord {
+                counters: record::ChatCounters {
+                    usage_day: usage.usage_day,
+                    tokens_today: usage.tokens_today,
+                    ..record::ChatCounters::default()
+                },
+                ..ChatRecord::default()
+            })),
+            Err(error) => {
+                // Nothing to quarantine worth keeping: the chat starts fresh.
+                tracing::error!(chat_id = chat_id.0, %error, "chat usage does not decode; ignored");
                 self.counters.quarantined.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
@@ -815,13 +874,26 @@ impl Thread {
         }
     }
 
+    /// Removes every quarantined copy of the chat's records (`/forget`).
+    fn forget_quarantined(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        chat_id: ChatId,
+    ) -> Result<(), StoreError> {
+        for item in self.store.failed.prefix(failed_chat_prefix(chat_id)) {
+            let key = item.key()?;
+            write.remove(&self.store.failed, key);
+        }
+        Ok(())
+    }
+
     fn pending(&self) -> Result<Vec<Inbound>, StoreError> {
-        let mut pending = Vec::new();
+        let mut pending: Vec<record::StoredUpdate> = Vec::new();
         let mut corrupt = Vec::new();
         for item in self.store.updates.iter() {
             let (key, value) = item.into_inner()?;
             match record::decode_update(&value) {
-                Ok(UpdateEntry::Pending(update)) => pending.push(update.into_inbound()),
+                Ok(UpdateEntry::Pending(update)) => pending.push(update),
                 Ok(UpdateEntry::Answered) => {}
                 Err(error) => {
                     tracing::error!(update_id = update_from_key(&key), %error, "stored update does not decode; quarantined");
@@ -843,8 +915,27 @@ impl Thread {
             }
             write.commit()?;
         }
-        Ok(pending)
+        // In the order received, which is each chat's order: update ids are
+        // not (Telegram may start them over at a random value).
+        pending.sort_by_key(|update| (update.admitted, update.update_id));
+        Ok(pending
+            .into_iter()
+            .map(record::StoredUpdate::into_inbound)
+            .collect())
     }
+}
+
+/// The admission sequence number to continue from: one past the highest
+/// held by a pending update (answered ones no longer need theirs).
+fn next_admission(store: &OpenStore) -> Result<u64, StoreError> {
+    let mut next = 1;
+    for item in store.updates.iter() {
+        let (_, value) = item.into_inner()?;
+        if let Ok(UpdateEntry::Pending(update)) = record::decode_update(&value) {
+            next = next.max(update.admitted + 1);
+        }
+    }
+    Ok(next)
 }
 
 /// A write request whose answer waits for the commit.

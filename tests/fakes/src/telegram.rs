@@ -122,8 +122,10 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Unconfirmed updates in id order, pre-serialised.
+    /// Unconfirmed updates in the order they were queued, pre-serialised.
     queue: VecDeque<(i64, String)>,
+    /// Every update ever queued, by id, for [`FakeTelegram::redeliver`].
+    issued: HashMap<i64, String>,
     next_update_id: i64,
     delivered_at: HashMap<i64, Instant>,
     get_updates_calls: usize,
@@ -398,10 +400,32 @@ impl FakeTelegram {
     fn enqueue(&self, inner: &mut Inner, message: Value) -> i64 {
         let update_id = inner.next_update_id;
         inner.next_update_id += 1;
-        let update = json!({"update_id": update_id, "message": message});
-        inner.queue.push_back((update_id, update.to_string()));
+        let update = json!({"update_id": update_id, "message": message}).to_string();
+        inner.issued.insert(update_id, update.clone());
+        inner.queue.push_back((update_id, update));
         self.shared.updates.notify_waiters();
         update_id
+    }
+
+    /// Numbers the next updates from `next_id`, as Telegram does after a week
+    /// without updates (it then picks the next id at random, possibly below
+    /// every earlier one). An `offset` above every id issued since and above
+    /// every queued one is treated as no offset, so the new updates are
+    /// still returned.
+    pub fn restart_update_ids(&self, next_id: i64) {
+        lock(&self.shared.inner).next_update_id = next_id;
+    }
+
+    /// Queues update `update_id` (issued before) once more, as Telegram does
+    /// when it did not see it confirmed. Returns whether it was known.
+    pub fn redeliver(&self, update_id: i64) -> bool {
+        let mut inner = lock(&self.shared.inner);
+        let Some(update) = inner.issued.get(&update_id).cloned() else {
+            return false;
+        };
+        inner.queue.push_back((update_id, update));
+        self.shared.updates.notify_waiters();
+        true
     }
 
     // ----------------------------------------------------------- observation
@@ -787,7 +811,7 @@ async fn handle(
 }
 
 async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Response {
-    let offset = param_i64(params, "offset").unwrap_or(0);
+    let mut offset = param_i64(params, "offset").unwrap_or(0);
     let limit = param_i64(params, "limit").unwrap_or(100).clamp(1, 100) as usize;
     let timeout_secs = param_i64(params, "timeout")
         .unwrap_or(0)
@@ -799,6 +823,12 @@ async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Response {
         deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
         inner.get_updates_calls += 1;
         inner.confirmed_offset = inner.confirmed_offset.max(offset);
+        let newest_queued = inner.queue.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        if offset > inner.next_update_id && offset > newest_queued + 1 {
+            // Beyond every id issued since the ids started over (see
+            // `restart_update_ids`): the old offset means nothing.
+            offset = 0;
+        }
         if offset > 0 {
             while inner.queue.front().is_some_and(|(id, _)| *id < offset) {
                 inner.queue.pop_front();

@@ -850,3 +850,33 @@ async fn llm_concurrency_is_measured() {
     );
     assert_eq!(llm.in_flight(), 0);
 }
+
+#[tokio::test]
+async fn update_ids_start_over_and_updates_are_redelivered() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    fake.restart_update_ids(50_000);
+    assert_eq!(fake.push_text(42, 4200, "before the pause"), 50_000);
+    let first = bot.get_updates().await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id.0, 50_000);
+    assert!(bot.get_updates().offset(50_001).await.unwrap().is_empty());
+
+    // A week later Telegram picks a lower id; the bot's offset is above it.
+    fake.restart_update_ids(20_000);
+    assert_eq!(fake.push_text(42, 4200, "after the pause"), 20_000);
+    let second = bot.get_updates().offset(50_001).await.unwrap();
+    assert_eq!(second.len(), 1, "the stale offset hides nothing");
+    assert_eq!(second[0].id.0, 20_000);
+    assert_eq!(message(&second[0]).text(), Some("after the pause"));
+
+    // Redelivered as it was first sent, behind what is queued.
+    assert!(fake.redeliver(50_000));
+    assert!(!fake.redeliver(7), "never issued");
+    let third = bot.get_updates().offset(20_001).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].id.0, 50_000);
+    assert_eq!(message(&third[0]).text(), Some("before the pause"));
+    let none = bot.get_updates().offset(50_001).await.unwrap();
+    assert!(none.is_empty(), "confirmed by the offset past it");
+}

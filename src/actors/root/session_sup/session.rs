@@ -5,11 +5,13 @@
 //!   re-created on the next message), redelivered on failure.
 //! - **Messages:** [`SessionMsg::Handle`], one update of this chat.
 //! - **State:** the chat id, its [`History`], settings and counters, and the
-//!   newest update applied. Loaded from the persistence actor when the
+//!   recently answered update ids. Loaded from the persistence actor when the
 //!   session starts; nobody else reads or writes it while the session lives.
-//! - **Per update:** an update at or below the newest applied one was
-//!   answered before (Telegram or a restart delivered it again) and is
-//!   skipped. Commands and bad input are answered from the locale texts
+//! - **Per update:** an update among the chat's recently answered ones
+//!   (kept in its record) was answered before (Telegram or a restart
+//!   delivered it again) and is skipped. Ids are only compared for
+//!   equality: Telegram starts them over at a random value after a week
+//!   without updates, so a newer update may have a lower id. Commands and bad input are answered from the locale texts
 //!   without an LLM call; text goes to the LLM pool with the system prompt
 //!   and the history, while "typing…" is shown; the answer is split to
 //!   Telegram's size and handed to the outbox with the turn's commit (new
@@ -60,7 +62,7 @@ use crate::input::{self, Rejection};
 use crate::llm::client::StreamTo;
 use crate::llm::{LlmError, Role};
 use crate::store::StoreError;
-use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
+use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings, ChatUsage};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
 use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
@@ -123,8 +125,8 @@ pub struct SessionState {
     history: History,
     settings: ChatSettings,
     counters: ChatCounters,
-    /// The newest update applied to this chat.
-    last_update_id: u32,
+    /// The chat's recently answered update ids, oldest first (stored).
+    recent_updates: Vec<u32>,
     /// The store has no record of this chat yet: its first answer waits for
     /// the new-chat admission limit.
     is_new: bool,
@@ -172,7 +174,7 @@ impl Actor for Session {
             history: History::new(session.max_messages, session.max_history_chars),
             settings: ChatSettings::default(),
             counters: ChatCounters::default(),
-            last_update_id: 0,
+            recent_updates: Vec::new(),
             is_new: true,
             awaiting_input: None,
             budget_exempt: false,
@@ -229,7 +231,7 @@ impl Actor for Session {
             );
             state.settings = stored.settings;
             state.counters = stored.counters;
-            state.last_update_id = stored.last_update_id;
+            state.recent_updates = stored.recent_updates;
         }
         Ok(())
     }
@@ -285,7 +287,7 @@ async fn on_handle(
         panic!("chaos: session ordered to panic");
     }
     state.streamed.clear();
-    if inbound.update_id <= state.last_update_id {
+    if state.answered_before(inbound.update_id) {
         tracing::info!("update answered before; skipped");
         return finish(state, inbound, earlier);
     }
@@ -482,7 +484,8 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
 enum Change {
     /// Store the session's current record.
     Update,
-    /// Delete everything stored about the chat (`/forget`).
+    /// Delete the chat's record (`/forget`); what it spent stays (in the
+    /// `usage` keyspace).
     Forget,
     /// Leave the record alone (the update was refused, not answered).
     Keep,
@@ -496,36 +499,76 @@ fn prepare_commit(
     earlier: &[u32],
     change: Change,
 ) -> Option<TurnCommit> {
-    state.last_update_id = update_id;
+    state.note_answered(earlier, update_id);
     let change = match change {
         Change::Keep => RecordChange::Keep,
         Change::Forget => {
             state.history.clear();
             state.settings = ChatSettings::default();
-            state.counters = ChatCounters::default();
-            RecordChange::Delete
-        }
-        Change::Update => {
-            let record = ChatRecord {
-                history: state.history.to_stored(),
-                settings: state.settings.clone(),
-                counters: state.counters,
-                last_update_id: update_id,
+            // The spend survives: a budget counts tokens, not conversation.
+            state.counters = ChatCounters {
+                usage_day: state.counters.usage_day,
+                tokens_today: state.counters.tokens_today,
+                ..ChatCounters::default()
             };
-            match record::encode_chat(&record) {
-                Ok(bytes) => RecordChange::Put(bytes),
-                Err(error) => {
-                    tracing::error!(%error, "cannot encode the chat record; turn not stored");
-                    return None;
+            let usage = ChatUsage {
+                usage_day: state.counters.usage_day,
+                tokens_today: state.counters.tokens_today,
+            };
+            if usage.tokens_today == 0 {
+                RecordChange::Forget(None)
+            } else {
+                match record::encode_usage(&usage) {
+                    Ok(bytes) => RecordChange::Forget(Some(bytes)),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot encode the chat usage; turn not stored");
+                        return None;
+                    }
                 }
             }
         }
+        Change::Update => RecordChange::Put(state.encoded_record()?),
     };
     Some(TurnCommit {
         update_id,
         also_answered: earlier.to_vec(),
         change,
     })
+}
+
+impl SessionState {
+    /// Whether `update_id` is one of the chat's recently answered updates.
+    fn answered_before(&self, update_id: u32) -> bool {
+        self.recent_updates.contains(&update_id)
+    }
+
+    /// Adds a turn's updates to the recently answered ones, dropping the
+    /// oldest beyond [`record::RECENT_UPDATES`] (never this turn's).
+    fn note_answered(&mut self, earlier: &[u32], update_id: u32) {
+        self.recent_updates
+            .extend(earlier.iter().copied().chain([update_id]));
+        let keep = record::RECENT_UPDATES.max(earlier.len() + 1);
+        let excess = self.recent_updates.len().saturating_sub(keep);
+        self.recent_updates.drain(..excess);
+    }
+
+    /// The chat's record as it stands, encoded; `None` (logged) if it does
+    /// not encode.
+    fn encoded_record(&self) -> Option<Vec<u8>> {
+        let record = ChatRecord {
+            history: self.history.to_stored(),
+            settings: self.settings.clone(),
+            counters: self.counters,
+            recent_updates: self.recent_updates.clone(),
+        };
+        match record::encode_chat(&record) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode the chat record; turn not stored");
+                None
+            }
+        }
+    }
 }
 
 /// A configured assistant command: its template filled with the text, or a

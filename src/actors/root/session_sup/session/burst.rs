@@ -19,7 +19,7 @@ pub(super) async fn on_arrival(
     let mergeable = !window.is_zero()
         && inbound.refused.is_none()
         && inbound.sent_at.is_some()
-        && inbound.update_id > state.last_update_id;
+        && !state.answered_before(inbound.update_id);
     let text_chars = match &inbound.kind {
         InboundKind::Text(text) if mergeable => Some(text.chars().count()),
         _ => None,
