@@ -29,7 +29,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BOT, CHATS, FAILED, StoreError, UPDATES};
+use super::{BOT, CHATS, FAILED, StoreError, UPDATES, USAGE};
 
 /// The `format` of every manifest.
 pub const FORMAT: &str = "llmgram-backup";
@@ -40,7 +40,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// The records' file name inside a backup.
 pub const RECORDS: &str = "records.bin";
 /// The keyspaces a backup holds, in the order of the frames' index.
-pub const KEYSPACES: [&str; 4] = [CHATS, UPDATES, BOT, FAILED];
+pub const KEYSPACES: [&str; 5] = [CHATS, UPDATES, BOT, FAILED, USAGE];
 
 /// A manifest larger than this is not one of ours (ours are a few hundred
 /// bytes); refused before reading it into memory.

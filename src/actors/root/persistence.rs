@@ -381,6 +381,7 @@ impl OpenStore {
             UPDATES => Some(&self.updates),
             BOT => Some(&self.bot),
             FAILED => Some(&self.failed),
+            USAGE => Some(&self.usage),
             _ => None,
         }
     }
