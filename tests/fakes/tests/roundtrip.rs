@@ -417,6 +417,7 @@ async fn flood_limit_counts_sends_before_retry_after() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     bot.send_message(ChatId(5), "in time").await.unwrap();
     assert_eq!(fake.retry_after_violations(), 1);
+}
 
 #[tokio::test]
 async fn garbled_answers_hide_calls_that_happened() {
