@@ -191,3 +191,28 @@ fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Waits until the chat shows at least `messages` messages, none of them
+/// changing for a while (a streamed answer has settled), and returns their
+/// texts.
+pub async fn settled_transcript(h: &Harness, chat_id: i64, messages: usize) -> Vec<String> {
+    let mut last = Vec::new();
+    let mut stable_since = tokio::time::Instant::now();
+    eventually("the answer to settle", || {
+        let now = h.telegram.transcript(chat_id);
+        if now != last {
+            last = now.clone();
+            stable_since = tokio::time::Instant::now();
+        }
+        let settled = now.len() >= messages && stable_since.elapsed() > Duration::from_millis(700);
+        async move { settled }
+    })
+    .await;
+    last.into_iter().map(|(_, text)| text).collect()
+}

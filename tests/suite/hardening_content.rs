@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use llmgram_fakes::{LlmReply, LlmReplyKind, TelegramFault};
 
+use crate::common::settled_transcript;
 use crate::common::{Harness, eventually};
 
 const STREAMING: &str = "llm.stream = true\ntelegram.edit_interval = \"200ms\"\n";
@@ -17,24 +18,6 @@ fn stream(chunks: Vec<String>, chunk_delay: Duration) -> LlmReply {
         chunk_delay,
         break_after: None,
     })
-}
-
-/// Waits until the chat shows at least `messages` messages, none of them
-/// changing for a while, and returns their texts.
-async fn settled_transcript(h: &Harness, chat_id: i64, messages: usize) -> Vec<String> {
-    let mut last = Vec::new();
-    let mut stable_since = tokio::time::Instant::now();
-    eventually("the answer to settle", || {
-        let now = h.telegram.transcript(chat_id);
-        if now != last {
-            last = now.clone();
-            stable_since = tokio::time::Instant::now();
-        }
-        let settled = now.len() >= messages && stable_since.elapsed() > Duration::from_millis(700);
-        async move { settled }
-    })
-    .await;
-    last.into_iter().map(|(_, text)| text).collect()
 }
 
 async fn first_text_shown(h: &Harness, chat_id: i64) {

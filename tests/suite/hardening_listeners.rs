@@ -9,15 +9,11 @@ use llmgram_fakes::{FakeLlm, FakeTelegram};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::common::free_port;
 use crate::common::process::BotProcess;
 use crate::common::{Harness, WAIT, eventually};
 
 const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 fn webhook_config(port: u16, extra: &str) -> String {
     format!(

@@ -10,13 +10,9 @@ use llmgram::actors::root::persistence::inspect;
 use llmgram::telegram::inbound::ChatId;
 use llmgram_fakes::{FakeLlm, FakeTelegram};
 
+use crate::common::free_port;
 use crate::common::process::BotProcess;
 use crate::common::{Harness, OPS_TOKEN, WAIT};
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 /// Runs the binary with only `env` (and PATH) in its environment.
 fn cli(args: &[&str], env: &[(&str, String)]) -> std::process::Output {

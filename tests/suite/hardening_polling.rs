@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use llmgram_fakes::{FakeTelegram, TelegramFault};
 
+use crate::common::free_port;
 use crate::common::{Harness, WAIT, eventually};
 
 /// A private text message whose text holds a lone UTF-16 surrogate, as
@@ -73,11 +74,6 @@ async fn a_batch_of_unreadable_updates_alone_is_confirmed() {
     h.say(5, "next");
     assert_eq!(h.replies(5, 1).await[0].text, "answer to: next");
     h.stop().await;
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

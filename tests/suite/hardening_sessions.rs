@@ -82,6 +82,37 @@ async fn forget_and_reset_do_not_refill_the_daily_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spend_kept_across_forget_survives_a_backup_and_restore() {
+    let h = Harness::start_with("llm.daily_token_budget = 10\n").await;
+    h.say(CHAT, "first question");
+    h.replies(CHAT, 1).await;
+    h.say(CHAT, "/forget");
+    h.replies(CHAT, 2).await;
+    let ops = h.service.ops_addr().expect("ops listener");
+    let backup = tempfile::tempdir().unwrap();
+    let target = backup.path().join("copy");
+    let response = reqwest::Client::new()
+        .post(format!("http://{ops}/backup"))
+        .bearer_auth(crate::common::OPS_TOKEN)
+        .json(&serde_json::json!({ "to": target }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    h.stop().await;
+
+    let restored = tempfile::tempdir().unwrap();
+    llmgram::actors::root::persistence::restore(&target, restored.path()).unwrap();
+    let h = Harness::start_in(restored, "llm.daily_token_budget = 10\n").await;
+    h.telegram.restart_update_ids(1_000);
+    h.say(CHAT, "second question");
+    let reply = &h.replies(CHAT, 1).await[0].text;
+    assert!(reply.contains("allowance of 10 tokens"), "{reply}");
+    assert_eq!(h.llm.request_count(), 0, "no LLM call over budget");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_deletes_the_quarantined_copies_of_the_chat_too() {
     const OTHER: i64 = 4_343;
     let h = Harness::start().await;

@@ -8,6 +8,7 @@ use llmgram_fakes::{FakeLlm, FakeTelegram};
 use tokio::process::Command;
 
 use crate::common::WAIT;
+use crate::common::free_port;
 use crate::common::process::BotProcess;
 
 /// README's "Metrics" table: family name → type.
@@ -37,11 +38,6 @@ fn exported_families(text: &str) -> BTreeMap<String, String> {
             Some((words.next()?.to_owned(), words.next()?.to_owned()))
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use llmgram::actors::root::persistence::inspect;
 use llmgram::telegram::inbound::ChatId;
 use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, LlmReplyKind};
 
+use crate::common::free_port;
 use crate::common::process::BotProcess;
 use crate::common::{FAST_BREAKER, Harness, WAIT, eventually};
 
@@ -69,11 +70,6 @@ fn samples(text: &str) -> HashMap<String, f64> {
         samples.insert(series.to_owned(), value);
     }
     samples
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

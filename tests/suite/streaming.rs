@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use llmgram_fakes::{LlmReply, LlmReplyKind};
 
+use crate::common::settled_transcript;
 use crate::common::{Harness, eventually};
 
 const STREAMING: &str = "llm.stream = true\ntelegram.edit_interval = \"200ms\"\n";
@@ -16,24 +17,6 @@ fn stream(chunks: Vec<String>, chunk_delay: Duration, break_after: Option<usize>
         chunk_delay,
         break_after,
     })
-}
-
-/// Waits until the chat shows `messages` messages, none of them still
-/// growing for a while, and returns their texts.
-async fn settled_transcript(h: &Harness, chat_id: i64, messages: usize) -> Vec<String> {
-    let mut last = Vec::new();
-    let mut stable_since = tokio::time::Instant::now();
-    eventually("the streamed answer to settle", || {
-        let now = h.telegram.transcript(chat_id);
-        if now != last {
-            last = now.clone();
-            stable_since = tokio::time::Instant::now();
-        }
-        let settled = now.len() >= messages && stable_since.elapsed() > Duration::from_millis(700);
-        async move { settled }
-    })
-    .await;
-    last.into_iter().map(|(_, text)| text).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
