@@ -886,7 +886,7 @@ async fn update_ids_start_over_and_updates_are_redelivered() {
 async fn get_chat_member_answers_the_status_set() {
     let fake = FakeTelegram::start().await;
     let bot = bot(&fake);
-    let group = ChatId(-100_5);
+    let group = ChatId(-100_005);
     fake.set_member_status(group.0, 7, "creator");
     fake.set_member_status(group.0, 8, "administrator");
     let owner = bot.get_chat_member(group, UserId(7)).await.unwrap();
@@ -898,7 +898,7 @@ async fn get_chat_member_answers_the_status_set() {
     assert!(member.is_member() && !member.is_privileged());
     // The status is per chat.
     let elsewhere = bot
-        .get_chat_member(ChatId(-100_6), UserId(8))
+        .get_chat_member(ChatId(-100_006), UserId(8))
         .await
         .unwrap();
     assert!(!elsewhere.is_privileged());
