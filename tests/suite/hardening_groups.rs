@@ -100,22 +100,46 @@ async fn a_bot_admin_needs_no_group_rights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_admin_check_refuses_with_a_clear_reply() {
-    let h = Harness::start().await;
+    let h = Harness::start_with("telegram.admin_check_timeout = \"1s\"\n").await;
     h.telegram.set_member_status(GROUP, BOB, "administrator");
+    // A refusal from the Bot API.
     h.telegram.refuse_method(
         "getChatMember",
-        Some(TelegramFault::Status(500, "Internal Server Error".into())),
+        Some(TelegramFault::Status(
+            400,
+            "Bad Request: chat not found".into(),
+        )),
     );
     ask(&h, 1, ALICE, "the code word is heron");
     h.replies(GROUP, 1).await;
     say_in_group(&h, 2, BOB, "/reset");
     let replies = h.replies(GROUP, 2).await;
     assert_eq!(replies[1].text, CHECK_FAILED);
-    // Telegram answers again: the check is not cached as a refusal.
-    h.telegram.refuse_method("getChatMember", None);
-    say_in_group(&h, 3, BOB, "/reset");
+    // A server error: teloxide waits 10 s before reporting it, so the check
+    // times out.
+    h.telegram.refuse_method(
+        "getChatMember",
+        Some(TelegramFault::Status(500, "Internal Server Error".into())),
+    );
+    say_in_group(&h, 3, BOB, "/forget");
     let replies = h.replies(GROUP, 3).await;
-    assert_eq!(replies[2].text, "Done: I've forgotten our conversation.");
+    assert_eq!(replies[2].text, CHECK_FAILED);
+    ask(&h, 4, ALICE, "what was the code word?");
+    h.replies(GROUP, 4).await;
+    let requests = h.llm.requests();
+    let last = requests.last().expect("a request");
+    assert!(
+        last.messages
+            .iter()
+            .any(|(_, c)| c == "Alice: the code word is heron"),
+        "history survived: {:?}",
+        last.messages
+    );
+    // Telegram answers again: the failures were not cached as refusals.
+    h.telegram.refuse_method("getChatMember", None);
+    say_in_group(&h, 5, BOB, "/reset");
+    let replies = h.replies(GROUP, 5).await;
+    assert_eq!(replies[4].text, "Done: I've forgotten our conversation.");
     h.stop().await;
 }
 
@@ -128,5 +152,29 @@ async fn private_chats_need_no_admin_check() {
     let replies = h.replies(31, 2).await;
     assert_eq!(replies[1].text, "Done: I've forgotten our conversation.");
     assert_eq!(h.telegram.method_calls("getChatMember"), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_status_is_cached_briefly() {
+    let h = Harness::start_with("telegram.admin_status_cache = \"500ms\"\n").await;
+    h.telegram.set_member_status(GROUP, BOB, "administrator");
+    say_in_group(&h, 1, BOB, "/reset");
+    say_in_group(&h, 2, BOB, "/reset");
+    let replies = h.replies(GROUP, 2).await;
+    assert_eq!(replies[1].text, "Done: I've forgotten our conversation.");
+    assert_eq!(h.telegram.method_calls("getChatMember"), 1, "cached");
+    // Demoted: trusted until the cache runs out, then asked again.
+    h.telegram.set_member_status(GROUP, BOB, "member");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    say_in_group(&h, 3, BOB, "/reset");
+    let replies = h.replies(GROUP, 3).await;
+    assert_eq!(replies[2].text, ADMINS_ONLY);
+    assert_eq!(h.telegram.method_calls("getChatMember"), 2);
+    // /model without a name is for everyone.
+    say_in_group(&h, 4, BOB, "/model");
+    let replies = h.replies(GROUP, 4).await;
+    assert!(replies[3].text.contains("llama-3.1-8b-instant"));
+    assert_eq!(h.telegram.method_calls("getChatMember"), 2);
     h.stop().await;
 }

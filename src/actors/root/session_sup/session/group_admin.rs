@@ -94,3 +94,37 @@ async fn is_group_admin(state: &mut SessionState, user_id: u64) -> Result<bool, 
     }
     Ok(is_admin)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telegram::inbound::ChatId;
+
+    fn inbound(chat_id: i64, name: &str, args: &str) -> Inbound {
+        Inbound {
+            update_id: 1,
+            chat_id: ChatId(chat_id),
+            user_id: Some(5),
+            language_code: None,
+            kind: InboundKind::Command {
+                name: name.into(),
+                args: args.into(),
+            },
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+        }
+    }
+
+    #[test]
+    fn only_group_wide_changes_in_groups_are_checked() {
+        assert!(changes_the_group(&inbound(-100_200, "forget", "")));
+        assert!(changes_the_group(&inbound(-100_200, "reset", "")));
+        assert!(changes_the_group(&inbound(-42, "model", "m")));
+        assert!(!changes_the_group(&inbound(-100_200, "model", " ")));
+        assert!(!changes_the_group(&inbound(-100_200, "help", "")));
+        assert!(!changes_the_group(&inbound(42, "forget", "")));
+        assert!(!changes_the_group(&inbound(42, "model", "m")));
+    }
+}
