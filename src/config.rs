@@ -152,6 +152,12 @@ pub struct TelegramConfig {
     /// nothing back; 0 disables the floor.
     #[serde(with = "humantime_serde")]
     pub empty_poll_interval: Duration,
+    /// How long a group member's admin status (getChatMember) is trusted.
+    #[serde(with = "humantime_serde")]
+    pub admin_status_cache: Duration,
+    /// Time limit for one getChatMember call.
+    #[serde(with = "humantime_serde")]
+    pub admin_check_timeout: Duration,
 }
 
 /// How updates arrive.

@@ -36,6 +36,8 @@ pub struct Texts {
     pub new_users_busy: String,
     pub internal_error: String,
     pub not_allowed: String,
+    pub group_admins_only: String,
+    pub admin_check_failed: String,
     pub banned: String,
     pub private_bot: String,
     /// Placeholder: `{user}`.

@@ -8,7 +8,7 @@
 use teloxide::Bot;
 use teloxide::payloads::{EditMessageTextSetters as _, SendMessageSetters as _};
 use teloxide::prelude::Requester as _;
-use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId};
+use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId, UserId};
 use teloxide::{ApiError, RequestError};
 
 use super::TelegramError;
@@ -78,6 +78,23 @@ impl Transport {
                 }
             }
             Self::Console(out) => out.edit(message_id, &part.text).await,
+        }
+    }
+
+    /// Whether `user_id` is the creator or an administrator of `chat_id`
+    /// (Bot API `getChatMember`).
+    pub async fn is_chat_admin(
+        &self,
+        chat_id: ChatId,
+        user_id: u64,
+    ) -> Result<bool, TelegramError> {
+        match self {
+            Self::Telegram(bot) => Ok(bot
+                .get_chat_member(chat_id, UserId(user_id))
+                .await?
+                .is_privileged()),
+            // The operator's terminal is one private chat of its owner.
+            Self::Console(_) => Ok(true),
         }
     }
 

@@ -9,6 +9,7 @@ mod conversation;
 mod eviction;
 mod groups;
 mod hardening_content;
+mod hardening_groups;
 mod hardening_limits;
 mod hardening_listeners;
 mod hardening_ops;

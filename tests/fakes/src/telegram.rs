@@ -6,8 +6,9 @@
 //!
 //! Supported methods: `getMe`, `setWebhook`, `deleteWebhook`, `setMyCommands`,
 //! `deleteMyCommands`, `getUpdates` (with confirmation by `offset` and long
-//! polling by `timeout`), `sendMessage`, `editMessageText` and
-//! `sendChatAction`. Anything else answers `404 Not Found: method not found`.
+//! polling by `timeout`), `sendMessage`, `editMessageText`,
+//! `sendChatAction` and `getChatMember` (everyone is a plain `member` unless
+//! [`FakeTelegram::set_member_status`] says otherwise). Anything else answers `404 Not Found: method not found`.
 //!
 //! Tests push user updates with [`FakeTelegram::push_text`] and friends and
 //! observe what the bot did with [`FakeTelegram::sent`],
@@ -159,6 +160,8 @@ struct Inner {
     refused: HashMap<String, TelegramFault>,
     /// getUpdates answers at once, whatever `timeout` asks for.
     instant_polls: bool,
+    /// getChatMember's `status` per `(chat, user)`; `member` when absent.
+    member_status: HashMap<(i64, u64), String>,
 }
 
 /// A webhook registered with `setWebhook`.
@@ -233,6 +236,14 @@ impl FakeTelegram {
     /// `[]`), ignoring the long-poll `timeout`.
     pub fn set_instant_polls(&self, instant: bool) {
         lock(&self.shared.inner).instant_polls = instant;
+    }
+
+    /// Sets what getChatMember answers for `user_id` in `chat_id`:
+    /// `creator`, `administrator` or `member` (the default).
+    pub fn set_member_status(&self, chat_id: i64, user_id: u64, status: &str) {
+        lock(&self.shared.inner)
+            .member_status
+            .insert((chat_id, user_id), status.to_owned());
     }
 
     /// The webhook currently registered, if any.
@@ -806,8 +817,44 @@ async fn handle(
             });
             ok(&Value::Bool(true))
         }
+        "getchatmember" => get_chat_member(&shared, &params),
         _ => error(404, "Not Found: method not found"),
     }
+}
+
+/// A `ChatMember` with the status set by
+/// [`FakeTelegram::set_member_status`] (`member` by default).
+fn get_chat_member(shared: &Shared, params: &Map<String, Value>) -> Response {
+    let Some(chat_id) = param_i64(params, "chat_id") else {
+        return error(400, "Bad Request: chat not found");
+    };
+    let Some(user_id) = param_i64(params, "user_id").and_then(|u| u64::try_from(u).ok()) else {
+        return error(400, "Bad Request: invalid user_id specified");
+    };
+    let status = lock(&shared.inner)
+        .member_status
+        .get(&(chat_id, user_id))
+        .cloned()
+        .unwrap_or_else(|| "member".to_owned());
+    let user = json!({"id": user_id, "is_bot": false, "first_name": "User"});
+    let member = match status.as_str() {
+        "creator" => json!({"status": "creator", "user": user, "is_anonymous": false}),
+        "administrator" => json!({
+            "status": "administrator",
+            "user": user,
+            "can_be_edited": false,
+            "is_anonymous": false,
+            "can_manage_chat": true,
+            "can_delete_messages": true,
+            "can_manage_video_chats": true,
+            "can_restrict_members": true,
+            "can_promote_members": false,
+            "can_change_info": true,
+            "can_invite_users": true,
+        }),
+        other => json!({"status": other, "user": user}),
+    };
+    ok(&member)
 }
 
 async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Response {

@@ -881,3 +881,29 @@ async fn update_ids_start_over_and_updates_are_redelivered() {
     let none = bot.get_updates().offset(50_001).await.unwrap();
     assert!(none.is_empty(), "confirmed by the offset past it");
 }
+
+#[tokio::test]
+async fn get_chat_member_answers_the_status_set() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    let group = ChatId(-100_005);
+    fake.set_member_status(group.0, 7, "creator");
+    fake.set_member_status(group.0, 8, "administrator");
+    let owner = bot.get_chat_member(group, UserId(7)).await.unwrap();
+    assert!(owner.is_owner() && owner.is_privileged());
+    assert_eq!(owner.user.id, UserId(7));
+    let admin = bot.get_chat_member(group, UserId(8)).await.unwrap();
+    assert!(admin.is_administrator() && admin.is_privileged());
+    let member = bot.get_chat_member(group, UserId(9)).await.unwrap();
+    assert!(member.is_member() && !member.is_privileged());
+    // The status is per chat.
+    let elsewhere = bot
+        .get_chat_member(ChatId(-100_006), UserId(8))
+        .await
+        .unwrap();
+    assert!(!elsewhere.is_privileged());
+    fake.set_member_status(group.0, 8, "member");
+    let demoted = bot.get_chat_member(group, UserId(8)).await.unwrap();
+    assert!(!demoted.is_privileged());
+    assert_eq!(fake.method_calls("getChatMember"), 5);
+}

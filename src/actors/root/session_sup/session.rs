@@ -40,6 +40,7 @@
 mod admin;
 mod answer;
 mod burst;
+mod group_admin;
 mod live;
 
 use std::sync::Arc;
@@ -153,6 +154,9 @@ pub struct SessionState {
     /// An assistant command sent without text: the next text is its input.
     /// Not stored; an evicted or restarted session forgets it.
     awaiting_input: Option<String>,
+    /// Group members' admin status as Telegram last said it (groups only;
+    /// `telegram.admin_status_cache`). Not stored.
+    admin_statuses: Vec<group_admin::CachedStatus>,
     deps: Arc<Deps>,
     supervisor: ActorRef<SessionSupMsg>,
     system_prompt: Arc<str>,
@@ -177,6 +181,7 @@ impl Actor for Session {
             recent_updates: Vec::new(),
             is_new: true,
             awaiting_input: None,
+            admin_statuses: Vec::new(),
             budget_exempt: false,
             reply_is_markdown: false,
             signals: Arc::clone(&args.signals),
@@ -315,7 +320,11 @@ async fn on_handle(
         state.awaiting_input = None;
     }
     let mut change = Change::Update;
+    // In groups, what changes the group's shared conversation needs a group
+    // administrator; the refusal leaves history and settings as they are.
+    let denied = group_admin::refusal(state, inbound, &texts).await;
     let reply = match &inbound.kind {
+        _ if denied.is_some() => denied.unwrap_or_default(),
         InboundKind::Command { name, .. } if name == "forget" => {
             change = Change::Forget;
             texts.forgotten.clone()
