@@ -23,11 +23,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use llmgram::actors::root::persistence::{Persistence, PersistenceMsg, RecordChange, StoreWriter};
+use llmgram::actors::Directory;
+use llmgram::actors::root::persistence::{self, RecordChange, StoreWriter};
 use llmgram::config::Config;
 use llmgram::store::record::{self, ChatRecord, StoredMessage, StoredRole};
 use llmgram::telegram::inbound::ChatId;
-use ractor::{Actor, ActorRef};
 
 struct Args {
     chats: usize,
@@ -82,7 +82,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn chat(
-    store: ActorRef<PersistenceMsg>,
+    directory: Directory,
     chat_id: i64,
     first_update: u32,
     args_turns: usize,
@@ -113,20 +113,10 @@ async fn chat(
         record.counters.answered += 1;
         let bytes = record::encode_chat(&record).expect("encode");
         let started = Instant::now();
-        store
-            .call(
-                |reply| PersistenceMsg::CommitTurn {
-                    chat_id: ChatId(chat_id),
-                    update_id,
-                    also_answered: Vec::new(),
-                    change: RecordChange::Put(bytes),
-                    reply,
-                },
-                None,
-            )
+        directory
+            .persistence()
+            .commit_turn(ChatId(chat_id), update_id, &[], &RecordChange::Put(bytes))
             .await
-            .expect("actor alive")
-            .expect("answered")
             .expect("committed");
         latencies.push(started.elapsed());
     }
@@ -150,13 +140,16 @@ fn main() {
 
     runtime.block_on(async {
         let (writer, thread) = StoreWriter::start(&config.storage).expect("store opens");
-        let (store, _) = Actor::spawn(None, Persistence, writer).await.expect("actor");
+        let directory = Directory::new("bench", &config.supervision);
+        let store = persistence::start_unsupervised(&directory, writer)
+            .await
+            .expect("actor");
 
         let started = Instant::now();
         let tasks: Vec<_> = (0..args.chats)
             .map(|c| {
                 tokio::spawn(chat(
-                    store.clone(),
+                    directory.clone(),
                     c as i64 + 1,
                     (c * args.turns) as u32 + 1,
                     args.turns,
@@ -170,11 +163,7 @@ fn main() {
             latencies.extend(task.await.expect("chat task"));
         }
         let elapsed = started.elapsed();
-        let stats = store
-            .call(|reply| PersistenceMsg::Stats { reply }, None)
-            .await
-            .expect("alive")
-            .expect("stats");
+        let stats = directory.persistence().stats().await.expect("stats");
         store.stop(None);
         drop(store);
         // The writer ends once the actor's handle is gone; wait for its final

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 use teloxide::prelude::Requester;
 use teloxide::{ApiError, RequestError};
 use tokio::sync::{Semaphore, oneshot};
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::actors::Directory;
 use crate::actors::root::persistence::StoreWriter;
 use crate::actors::root::session_sup::SessionStats;
-use crate::actors::root::{self, Deps, Fatal, Root, RootArgs, RootMsg, TreeStatus};
+use crate::actors::root::{Deps, Fatal, Root, RootArgs, TreeStatus};
 use crate::config::{Config, Secret, Secrets};
 use crate::llm::{self, LlmClient, LlmError};
 use crate::ops::{Health, OpsState};
@@ -85,7 +85,6 @@ impl AppError {
 
 /// A running service.
 pub struct Service {
-    root: ActorRef<RootMsg>,
     root_task: JoinHandle<()>,
     directory: Directory,
     fatal: oneshot::Receiver<Fatal>,
@@ -204,7 +203,7 @@ async fn start_with(
         ops_state.log_access(addr);
     }
     let (fatal_tx, fatal) = oneshot::channel();
-    let (root, root_task) = Actor::spawn(
+    let (_root, root_task) = Actor::spawn(
         Some(directory.root_name()),
         Root,
         RootArgs {
@@ -229,7 +228,6 @@ async fn start_with(
         "llmgram started"
     );
     Ok(Service {
-        root,
         root_task,
         directory,
         fatal,
@@ -265,20 +263,12 @@ impl Service {
 
     /// The session supervisor's counters, `None` while it restarts.
     pub async fn session_stats(&self) -> Option<SessionStats> {
-        root::session_stats(&self.directory).await
+        self.directory.session_sup().stats().await.ok()
     }
 
     /// Which children run and their restart counts.
     pub async fn tree_status(&self) -> Option<TreeStatus> {
-        // The root is never restarted, so holding its reference is safe.
-        match self
-            .root
-            .call(|reply| RootMsg::Status { reply }, None)
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(status)) => Some(status),
-            _ => None,
-        }
+        self.directory.root().status().await
     }
 
     /// Runs until `shutdown` completes or the tree gives up.
@@ -321,10 +311,7 @@ impl Service {
     pub async fn shutdown(mut self) -> Result<(), AppError> {
         // The root answers after stopping every child; if it is already gone
         // there is nothing left to stop.
-        let _ = self
-            .root
-            .call(|reply| RootMsg::Shutdown { reply }, None)
-            .await;
+        self.directory.root().shutdown().await;
         let _ = (&mut self.root_task).await;
         self.wait_for_store().await;
         match self.fatal.try_recv() {

@@ -4,28 +4,21 @@
 //! exposes it as `POST /chaos/panic?actor=NAME` (see [`panic_named`]) so the
 //! load benchmark can crash actors of the real binary from outside.
 
-use crate::actors::root::breaker::BreakerMsg;
-use crate::actors::root::ingress::IngressMsg;
-use crate::actors::root::limiter::LimiterMsg;
-use crate::actors::root::llm_pool::LlmPoolMsg;
-use crate::actors::root::outbox::OutboxMsg;
-use crate::actors::root::persistence::PersistenceMsg;
 use std::sync::Mutex;
 
-use crate::actors::root::session_sup::SessionSupMsg;
 use crate::actors::{Child, Directory};
 use crate::telegram::inbound::ChatId;
 
 /// Makes a long-lived actor panic; `false` if it is not running now.
 pub fn panic_child(directory: &Directory, child: Child) -> bool {
     match child {
-        Child::Persistence => directory.cast_now(child, PersistenceMsg::Panic),
-        Child::Breaker(_) => directory.cast_now(child, BreakerMsg::Panic),
-        Child::Limiter => directory.cast_now(child, LimiterMsg::Panic),
-        Child::LlmPool => directory.cast_now(child, LlmPoolMsg::Panic),
-        Child::Outbox => directory.cast_now(child, OutboxMsg::Panic),
-        Child::SessionSup => directory.cast_now(child, SessionSupMsg::Panic),
-        Child::Ingress => directory.cast_now(child, IngressMsg::Panic),
+        Child::Persistence => directory.persistence().panic(),
+        Child::Breaker(index) => directory.breaker(usize::from(index)).panic(),
+        Child::Limiter => directory.limiter().panic(),
+        Child::LlmPool => directory.llm_pool().panic(),
+        Child::Outbox => directory.outbox().panic(),
+        Child::SessionSup => directory.session_sup().panic(),
+        Child::Ingress => directory.ingress().panic(),
     }
 }
 

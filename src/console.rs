@@ -36,10 +36,8 @@ use std::time::Instant;
 use teloxide::types::MessageId;
 use tokio::sync::mpsc;
 
+use crate::actors::Directory;
 use crate::actors::root::ingress::{HandOverError, hand_over};
-use crate::actors::root::persistence::PersistenceMsg;
-use crate::actors::root::session_sup::SessionSupMsg;
-use crate::actors::{Child, Directory};
 use crate::app::{self, AppError};
 use crate::config::{Config, Secrets};
 use crate::store::StoreError;
@@ -225,23 +223,14 @@ impl Conversation {
     /// One past the highest update id the store knows of: its update log's
     /// and the console chat's newest answered one.
     async fn first_update_id(&self) -> Result<u32, ConsoleError> {
-        let unavailable = |_| ConsoleError::Store(StoreError::Unavailable);
-        let newest = self
-            .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::NewestUpdateId {
-                reply,
-            })
+        let store = self.directory.persistence();
+        let newest = store
+            .newest_update_id()
             .await
-            .map_err(unavailable)?
             .map_err(ConsoleError::Store)?;
-        let record = self
-            .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::LoadChat {
-                chat_id: CHAT_ID,
-                reply,
-            })
+        let record = store
+            .load_chat(CHAT_ID)
             .await
-            .map_err(unavailable)?
             .map_err(ConsoleError::Store)?;
         let answered = record.and_then(|r| r.newest_known_update()).unwrap_or(0);
         Ok(newest.unwrap_or(0).max(answered).saturating_add(1))
@@ -251,7 +240,8 @@ impl Conversation {
     /// then ends the answer's line.
     async fn wait_for_answers(&self) -> Result<(), ConsoleError> {
         self.directory
-            .call(Child::SessionSup, |reply| SessionSupMsg::Drain { reply })
+            .session_sup()
+            .drain()
             .await
             .map_err(|_| ConsoleError::SessionsUnavailable)?;
         self.out.end_line().await?;

@@ -29,15 +29,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use ractor::ActorRef;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::actors::root::RootMsg;
-use crate::actors::root::breaker::{BreakerMsg, BreakerStatus};
-use crate::actors::root::persistence::PersistenceMsg;
-use crate::actors::root::session_sup::SessionSupMsg;
-use crate::actors::{Child, Directory};
+use crate::actors::Directory;
+use crate::actors::root::TreeStatus;
+use crate::actors::root::breaker::BreakerStatus;
+use crate::actors::root::persistence::StoreStats;
+use crate::actors::root::session_sup::SessionStats;
 use crate::config::{Config, OPS_TOKEN_VAR, Secret};
 use crate::store::backup::BackupError;
 
@@ -260,13 +259,7 @@ async fn backup(
     if !request.to.is_absolute() {
         return (StatusCode::BAD_REQUEST, "`to` must be an absolute path\n").into_response();
     }
-    let copied = state
-        .directory
-        .call(Child::Persistence, |reply| PersistenceMsg::Backup {
-            to: request.to.clone(),
-            reply,
-        })
-        .await;
+    let copied = state.directory.persistence().backup(&request.to).await;
     match copied {
         Ok(Ok(report)) => (StatusCode::OK, axum::Json(report)).into_response(),
         Ok(Err(error)) => {
@@ -282,7 +275,13 @@ async fn backup(
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
-    let report = readiness(&state).await;
+    let report = readiness(
+        &state.directory,
+        &state.health,
+        &state.providers,
+        &state.config,
+    )
+    .await;
     let status = if report["ready"] == Value::Bool(true) {
         StatusCode::OK
     } else {
@@ -291,11 +290,53 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     (status, axum::Json(report)).into_response()
 }
 
+/// One look at the service, gathered through the actors' handles: what
+/// `/readyz` and the admin `/stats` and `/health` report. Only actors that
+/// answer at once are asked (a long poll or a slow LLM call never delays
+/// it); a `None` is an actor that could not be reached.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Per LLM provider, in breaker index order: its breaker's state.
+    pub breakers: Vec<Option<BreakerStatus>>,
+    /// The store's counters.
+    pub store: Option<StoreStats>,
+    /// The session supervisor's counters.
+    pub sessions: Option<SessionStats>,
+    /// Whether the root supervisor runs.
+    pub root_running: bool,
+    /// Which children run and their restarts (`None`: the root did not
+    /// answer in time).
+    pub tree: Option<TreeStatus>,
+}
+
+impl Snapshot {
+    /// Asks every actor in turn, for `providers` LLM providers.
+    pub async fn collect(directory: &Directory, providers: usize) -> Self {
+        let mut breakers = Vec::with_capacity(providers);
+        for index in 0..providers {
+            breakers.push(directory.breaker(index).status().await.ok());
+        }
+        let root = directory.root();
+        Self {
+            breakers,
+            store: directory.persistence().stats().await.ok(),
+            sessions: directory.session_sup().stats().await.ok(),
+            root_running: root.is_running(),
+            tree: root.status().await,
+        }
+    }
+}
+
 /// The readiness report: every component with `ok`, and `failing` naming
-/// the ones that are not.
-pub async fn readiness(state: &OpsState) -> Value {
-    let directory = &state.directory;
-    let config = &state.config;
+/// the ones that are not. `providers` are the LLM providers' names in
+/// breaker index order.
+pub async fn readiness(
+    directory: &Directory,
+    health: &Health,
+    providers: &[String],
+    config: &Config,
+) -> Value {
+    let snapshot = Snapshot::collect(directory, providers.len()).await;
     let now = now_ms();
     let age = |stamp: u64| (stamp > 0).then(|| now.saturating_sub(stamp));
     let mut failing = Vec::new();
@@ -303,7 +344,7 @@ pub async fn readiness(state: &OpsState) -> Value {
     // Polling: a poll returns at least every poll_timeout, and failures back
     // off at most retry_max; older than both means polling is stuck. Webhook:
     // no request may just mean no user wrote, so its age is only reported.
-    let telegram_age = age(state.health.telegram_ok_ms.load(Ordering::Relaxed));
+    let telegram_age = age(health.telegram_ok_ms.load(Ordering::Relaxed));
     let telegram_limit = config.telegram.poll_timeout + config.telegram.retry_max;
     let telegram_ok = config.telegram.mode == crate::config::IngressMode::Webhook
         || telegram_age.is_some_and(|ms| Duration::from_millis(ms) <= telegram_limit);
@@ -311,27 +352,22 @@ pub async fn readiness(state: &OpsState) -> Value {
         failing.push("telegram".to_owned());
     }
 
-    let mut providers = Vec::new();
+    let mut provider_reports = Vec::new();
     let mut any_provider = false;
-    for (index, name) in state.providers.iter().enumerate() {
-        let breaker = Child::breaker(index);
-        let status = directory
-            .call(breaker, |reply| BreakerMsg::Status { reply })
-            .await
-            .ok();
+    for (index, name) in providers.iter().enumerate() {
+        let status = snapshot.breakers.get(index).copied().flatten();
         let open = matches!(status, Some(BreakerStatus::Open { .. }) | None);
         if open {
             failing.push(format!("llm:{name}"));
         } else {
             any_provider = true;
         }
-        let last_ok = state
-            .health
+        let last_ok = health
             .provider_ok_ms
             .get(index)
             .map(|slot| slot.load(Ordering::Relaxed))
             .and_then(age);
-        providers.push(json!({
+        provider_reports.push(json!({
             "name": name,
             "ok": !open,
             "breaker": status.map_or("unknown", |s| s.as_str()),
@@ -339,29 +375,15 @@ pub async fn readiness(state: &OpsState) -> Value {
         }));
     }
 
-    let store = directory
-        .call(Child::Persistence, |reply| PersistenceMsg::Stats { reply })
-        .await
-        .ok();
+    let store = snapshot.store;
     if store.is_none() {
         failing.push("persistence".to_owned());
     }
-    let sessions = directory
-        .call(Child::SessionSup, |reply| SessionSupMsg::Stats { reply })
-        .await
-        .ok();
+    let sessions = snapshot.sessions;
 
     let mut actors = Vec::new();
-    if let Some(root) = ractor::registry::where_is(directory.root_name()) {
-        let tree = ActorRef::<RootMsg>::from(root)
-            .call(
-                |reply| RootMsg::Status { reply },
-                Some(config.supervision.lookup_timeout),
-            )
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok());
-        for child in tree.map(|t| t.children).unwrap_or_default() {
+    if snapshot.root_running {
+        for child in snapshot.tree.map(|t| t.children).unwrap_or_default() {
             if !child.alive {
                 failing.push(format!("actor:{}", directory.name(child.child)));
             }
@@ -382,7 +404,7 @@ pub async fn readiness(state: &OpsState) -> Value {
         "ready": ready,
         "failing": failing,
         "telegram": { "ok": telegram_ok, "last_poll_ms_ago": telegram_age },
-        "llm": providers,
+        "llm": provider_reports,
         "persistence": store.map(|s| json!({
             "ok": true,
             "commits": s.commits,

@@ -6,6 +6,7 @@
 //! `supervision.lookup_timeout` for the replacement, so no message is sent to
 //! a dead actor's reference.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,38 @@ impl Child {
     }
 }
 
+/// A child together with the message type it speaks: the only way to reach a
+/// long-lived actor through the [`Directory`].
+///
+/// Each actor file builds the addresses of its own child from its private
+/// message enum (`Address::new(Child::Outbox)` next to `enum OutboxMsg`) and
+/// exposes typed operations on a handle, so no other file can pair a child's
+/// name with the wrong message type: the compiler checks it.
+#[derive(Debug)]
+pub(crate) struct Address<M> {
+    child: Child,
+    message: PhantomData<fn(M)>,
+}
+
+impl<M> Address<M> {
+    /// The address of `child`, which must speak `M`; only called in the file
+    /// that defines both.
+    pub(crate) const fn new(child: Child) -> Self {
+        Self {
+            child,
+            message: PhantomData,
+        }
+    }
+}
+
+impl<M> Clone for Address<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Address<M> {}
+
 /// The actor was not reachable within `supervision.lookup_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("actor {0:?} is unavailable")]
@@ -94,6 +127,12 @@ impl Directory {
         &self.instance
     }
 
+    /// How long a caller waits for a restarting actor
+    /// (`supervision.lookup_timeout`).
+    pub(crate) fn lookup_timeout(&self) -> Duration {
+        self.lookup_timeout
+    }
+
     /// The registered name of the root supervisor.
     pub fn root_name(&self) -> String {
         format!("{}.root", self.instance)
@@ -113,43 +152,44 @@ impl Directory {
     }
 
     /// The child as it is registered now, if it is running.
-    pub fn get<M: ractor::Message>(&self, child: Child) -> Option<ActorRef<M>> {
-        ractor::registry::where_is(self.name(child)).map(ActorRef::from)
+    pub(crate) fn get<M: ractor::Message>(&self, address: Address<M>) -> Option<ActorRef<M>> {
+        ractor::registry::where_is(self.name(address.child)).map(ActorRef::from)
     }
 
     /// The child, waiting up to the lookup timeout while it is restarting.
-    pub async fn wait_for<M: ractor::Message>(
+    pub(crate) async fn wait_for<M: ractor::Message>(
         &self,
-        child: Child,
+        address: Address<M>,
     ) -> Result<ActorRef<M>, Unavailable> {
         let deadline = Instant::now() + self.lookup_timeout;
         loop {
-            if let Some(actor) = self.get(child) {
+            if let Some(actor) = self.get(address) {
                 return Ok(actor);
             }
             if Instant::now() >= deadline {
-                return Err(Unavailable(child));
+                return Err(Unavailable(address.child));
             }
             tokio::time::sleep(self.lookup_interval).await;
         }
     }
 
-    /// Sends a request to `child` and waits for its answer. When the actor is
-    /// gone before answering (restarting, or it dropped the reply port while
-    /// dying), the request is built again and sent to the replacement, until
-    /// the lookup timeout has passed without one.
-    pub async fn call<M, R>(
+    /// Sends a request to the child and waits for its answer. When the actor
+    /// is gone before answering (restarting, or it dropped the reply port
+    /// while dying), the request is built again and sent to the replacement,
+    /// until the lookup timeout has passed without one.
+    pub(crate) async fn call<M, R>(
         &self,
-        child: Child,
+        address: Address<M>,
         build: impl Fn(RpcReplyPort<R>) -> M,
     ) -> Result<R, Unavailable>
     where
         M: ractor::Message,
         R: Send + 'static,
     {
+        let child = address.child;
         let mut deadline = Instant::now() + self.lookup_timeout;
         loop {
-            if let Some(actor) = self.get::<M>(child) {
+            if let Some(actor) = self.get(address) {
                 match actor.call(&build, None).await {
                     Ok(CallResult::Success(answer)) => return Ok(answer),
                     // The actor died with our request: give its successor a
@@ -168,10 +208,10 @@ impl Directory {
         }
     }
 
-    /// Sends a message to `child` if it is running now; best effort, for
+    /// Sends a message to the child if it is running now; best effort, for
     /// messages whose loss is harmless (a typing indicator).
-    pub fn cast_now<M: ractor::Message>(&self, child: Child, message: M) -> bool {
-        self.get::<M>(child)
+    pub(crate) fn cast_now<M: ractor::Message>(&self, address: Address<M>, message: M) -> bool {
+        self.get(address)
             .is_some_and(|actor| actor.cast(message).is_ok())
     }
 }

@@ -48,7 +48,6 @@ use crate::llm::LlmClient;
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::texts::Locales;
-use session_sup::{SessionStats, SessionSupMsg};
 
 /// How a child is treated when it exits (the OTP restart types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +180,59 @@ pub enum Fatal {
     },
 }
 
+// API
+
+/// Typed operations on the root supervisor, found by its registered name.
+#[derive(Clone, Copy)]
+pub struct RootHandle<'a> {
+    directory: &'a Directory,
+}
+
+impl Directory {
+    /// The root supervisor.
+    pub fn root(&self) -> RootHandle<'_> {
+        RootHandle { directory: self }
+    }
+}
+
+impl RootHandle<'_> {
+    fn get(&self) -> Option<ActorRef<RootMsg>> {
+        ractor::registry::where_is(self.directory.root_name()).map(ActorRef::from)
+    }
+
+    /// Whether the root supervisor is registered (running) now.
+    pub fn is_running(&self) -> bool {
+        self.get().is_some()
+    }
+
+    /// Which children run and how often each was restarted; `None` when the
+    /// root is not running or does not answer within
+    /// `supervision.lookup_timeout` (it is stopping the tree).
+    pub async fn status(&self) -> Option<TreeStatus> {
+        let root = self.get()?;
+        match root
+            .call(
+                |reply| RootMsg::Status { reply },
+                Some(self.directory.lookup_timeout()),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Stops the service gracefully (see [`RootMsg::Shutdown`]); returns
+    /// when every child has stopped, or at once if the root is gone.
+    pub async fn shutdown(&self) {
+        if let Some(root) = self.get() {
+            let _ = root.call(|reply| RootMsg::Shutdown { reply }, None).await;
+        }
+    }
+}
+
 /// Messages of the root supervisor.
-pub enum RootMsg {
+pub(crate) enum RootMsg {
     /// Stop taking updates, let in-flight answers finish within
     /// `shutdown.grace`, then stop every child in reverse start order.
     Shutdown {
@@ -263,10 +313,10 @@ pub struct RootArgs {
 }
 
 /// The root supervisor.
-pub struct Root;
+pub(crate) struct Root;
 
 /// The root's state.
-pub struct RootState {
+pub(crate) struct RootState {
     deps: Deps,
     running: HashMap<Child, ActorCell>,
     by_id: HashMap<ActorId, Child>,
@@ -562,16 +612,11 @@ async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: R
     if let Some(ingress) = state.running.remove(&Child::Ingress) {
         ingress.kill();
     }
-    if let Some(sessions) = state.deps.directory.get::<SessionSupMsg>(Child::SessionSup) {
-        let drained = sessions
-            .call(|reply| SessionSupMsg::Drain { reply }, Some(grace))
-            .await;
-        if !matches!(drained, Ok(ractor::rpc::CallResult::Success(()))) {
-            tracing::warn!(
-                ?grace,
-                "in-flight answers did not finish within the grace period"
-            );
-        }
+    if !state.deps.directory.session_sup().drain_within(grace).await {
+        tracing::warn!(
+            ?grace,
+            "in-flight answers did not finish within the grace period"
+        );
     }
     for child in all_children(&state.deps).into_iter().rev() {
         if let Some(cell) = state.running.remove(&child)
@@ -599,14 +644,6 @@ fn on_status(state: &RootState, reply: RpcReplyPort<TreeStatus>) {
         })
         .collect();
     let _ = reply.send(TreeStatus { children });
-}
-
-/// Asks the session supervisor for its counters; `None` while it restarts.
-pub async fn session_stats(directory: &Directory) -> Option<SessionStats> {
-    directory
-        .call(Child::SessionSup, |reply| SessionSupMsg::Stats { reply })
-        .await
-        .ok()
 }
 
 #[cfg(test)]

@@ -9,8 +9,7 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use llmgram::actors::Child;
-use llmgram::actors::root::breaker::{BreakerMsg, BreakerStatus};
+use llmgram::actors::root::breaker::BreakerStatus;
 use llmgram_fakes::LlmReply;
 
 use crate::common::{Harness, WAIT};
@@ -92,7 +91,8 @@ async fn a_burst_over_the_global_llm_limit_is_paced_not_refused() {
 async fn breaker_status(h: &Harness) -> BreakerStatus {
     h.service
         .directory()
-        .call(Child::Breaker(0), |reply| BreakerMsg::Status { reply })
+        .breaker(0)
+        .status()
         .await
         .expect("breaker answers")
 }

@@ -223,7 +223,10 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_turn() {
     let data = dir.path().join("data");
     let port = free_port();
     let ops = ("LLMGRAM_OPS__LISTEN", format!("127.0.0.1:{port}"));
-    let bot = BotProcess::spawn_with(&telegram, &llm, &data, std::slice::from_ref(&ops));
+    // Every reply must be a turn: on a loaded machine a slow answer would
+    // otherwise earn the chat a "still writing" notice, which is not one.
+    let no_notice = ("LLMGRAM_SESSION__QUEUED_NOTICE_AFTER", "1h".to_owned());
+    let bot = BotProcess::spawn_with(&telegram, &llm, &data, &[ops.clone(), no_notice]);
     assert!(
         telegram.wait_for_get_updates(1, WAIT).await,
         "{}",

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use llmgram::actors::Child;
-use llmgram::actors::root::breaker::{BreakerMsg, BreakerStatus};
+use llmgram::actors::root::breaker::BreakerStatus;
 use llmgram::chaos;
 use llmgram::telegram::inbound::ChatId;
 use llmgram_fakes::{FakeLlm, LlmReply, LlmReplyKind};
@@ -14,7 +14,8 @@ use crate::common::{FAST_BREAKER, Harness, WAIT, eventually};
 async fn breaker_status(h: &Harness, index: u8) -> BreakerStatus {
     h.service
         .directory()
-        .call(Child::Breaker(index), |reply| BreakerMsg::Status { reply })
+        .breaker(usize::from(index))
+        .status()
         .await
         .expect("breaker answers")
 }

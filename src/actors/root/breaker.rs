@@ -41,10 +41,66 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::BreakerConfig;
 
+// API
+
+/// Typed operations on the breaker of one provider; each owns what a caller
+/// does when the breaker cannot be reached.
+#[derive(Clone, Copy)]
+pub struct BreakerHandle<'a> {
+    directory: &'a Directory,
+    address: Address<BreakerMsg>,
+}
+
+impl Directory {
+    /// The breaker of the provider at `index` of the provider list.
+    pub fn breaker(&self, index: usize) -> BreakerHandle<'_> {
+        BreakerHandle {
+            directory: self,
+            address: Address::new(Child::breaker(index)),
+        }
+    }
+}
+
+impl BreakerHandle<'_> {
+    /// May a call go to the provider, now or (waiting for the probe) before
+    /// `wait_until`? **Fails open:** a breaker that is restarting admits the
+    /// call, because a missing breaker must not leave users unanswered.
+    pub async fn acquire(&self, wait_until: Instant) -> Admission {
+        self.directory
+            .call(self.address, |reply| BreakerMsg::Acquire {
+                wait_until,
+                reply,
+            })
+            .await
+            .unwrap_or(Admission::Admitted)
+    }
+
+    /// Reports how an admitted call ended. Best effort: an outcome lost to a
+    /// restart only shortens the fresh window.
+    pub fn record(&self, outcome: CallOutcome) {
+        self.directory
+            .cast_now(self.address, BreakerMsg::Record { outcome });
+    }
+
+    /// The breaker's state, for health checks and tests.
+    pub async fn status(&self) -> Result<BreakerStatus, Unavailable> {
+        self.directory
+            .call(self.address, |reply| BreakerMsg::Status { reply })
+            .await
+    }
+
+    /// Makes the breaker panic (tests only); `false` if it is not running.
+    #[cfg(feature = "chaos")]
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(self.address, BreakerMsg::Panic)
+    }
+}
+
 /// Messages of a circuit breaker.
-pub enum BreakerMsg {
+pub(crate) enum BreakerMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -127,10 +183,10 @@ pub struct BreakerArgs {
 }
 
 /// The circuit breaker actor.
-pub struct Breaker;
+pub(crate) struct Breaker;
 
 /// A breaker's state.
-pub struct BreakerState {
+pub(crate) struct BreakerState {
     provider: Arc<str>,
     circuit: Circuit,
     /// Requests waiting for a probe, in arrival order.

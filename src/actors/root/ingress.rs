@@ -39,18 +39,48 @@ use teloxide::types::AllowedUpdate;
 use teloxide::{ApiError, RequestError};
 
 use super::Deps;
-use super::limiter::{Cost, LimitRequest, LimiterMsg, Verdict};
-use super::persistence::PersistenceMsg;
-use super::session_sup::SessionSupMsg;
-use crate::actors::{Child, Directory};
+use super::limiter::{Cost, LimitRequest, Verdict};
+use crate::actors::Directory;
+#[cfg(feature = "chaos")]
+use crate::actors::directory::{Address, Child};
 use crate::config::{Config, TelegramConfig};
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::{Inbound, RefusalReason, Refused};
 
+// API
+
+/// Typed operations on the front end that takes updates in (the polling
+/// ingress or the webhook, by `telegram.mode`; both run as [`Child::Ingress`]).
+/// Nothing asks it anything: it only has the chaos hook.
+#[cfg(feature = "chaos")]
+#[derive(Clone, Copy)]
+pub struct IngressHandle<'a> {
+    directory: &'a Directory,
+}
+
+#[cfg(feature = "chaos")]
+const ADDRESS: Address<IngressMsg> = Address::new(Child::Ingress);
+
+#[cfg(feature = "chaos")]
+impl Directory {
+    /// The front end taking updates in.
+    pub fn ingress(&self) -> IngressHandle<'_> {
+        IngressHandle { directory: self }
+    }
+}
+
+#[cfg(feature = "chaos")]
+impl IngressHandle<'_> {
+    /// Makes the front end panic (tests only); `false` if it is not running.
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(ADDRESS, IngressMsg::Panic) || super::webhook::panic(self.directory)
+    }
+}
+
 /// Messages of the ingress.
-pub enum IngressMsg {
+pub(crate) enum IngressMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -59,10 +89,10 @@ pub enum IngressMsg {
 }
 
 /// The ingress actor.
-pub struct Ingress;
+pub(crate) struct Ingress;
 
 /// The ingress's state.
-pub struct IngressState {
+pub(crate) struct IngressState {
     bot: Bot,
     config: Arc<TelegramConfig>,
     directory: Directory,
@@ -256,9 +286,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
     if state.offset > state.confirmed {
         state.confirmed = state.offset;
         let below = u32::try_from(state.offset).unwrap_or_default();
-        state
-            .directory
-            .cast_now(Child::Persistence, PersistenceMsg::Confirmed { below });
+        state.directory.persistence().confirmed(below);
     }
     let Some(next_offset) = batch.next_offset else {
         return Ok(batch.received);
@@ -322,27 +350,16 @@ pub(crate) async fn hand_over(
     // Durable before routing: once Telegram considers them delivered, the
     // store is the only copy of an unanswered update.
     let admitted = directory
-        .call(Child::Persistence, |reply| PersistenceMsg::AdmitUpdates {
-            updates: inbound.clone(),
-            reply,
-        })
+        .persistence()
+        .admit(&inbound)
         .await
-        .map_err(|_| HandOverError::Store(StoreError::Unavailable))?
         .map_err(HandOverError::Store)?;
     let admitted = apply_limits(directory, config, admitted).await;
-    let sessions = directory
-        .wait_for::<SessionSupMsg>(Child::SessionSup)
+    directory
+        .session_sup()
+        .route(admitted)
         .await
-        .map_err(|_| HandOverError::SessionsUnavailable)?;
-    for inbound in admitted {
-        // A lost cast is not a lost update: it is pending in the store and
-        // the restarted session supervisor replays it.
-        if sessions.cast(SessionSupMsg::Route(inbound)).is_err() {
-            tracing::warn!("session supervisor gone while routing; it replays from the store");
-            break;
-        }
-    }
-    Ok(())
+        .map_err(|_| HandOverError::SessionsUnavailable)
 }
 
 /// Asks the rate limiter about the batch and marks the updates it limits.
@@ -370,34 +387,24 @@ async fn apply_limits(
             },
         })
         .collect();
-    let verdicts = directory
-        .call(Child::Limiter, |reply| LimiterMsg::Check {
-            requests: requests.clone(),
-            reply,
-        })
-        .await;
-    match verdicts {
-        Ok(verdicts) => {
-            tracing::debug!(?verdicts, "rate limits checked");
-            for (inbound, verdict) in updates.iter_mut().zip(verdicts) {
-                inbound.refused = match verdict {
-                    Verdict::Allowed => None,
-                    Verdict::Limited { retry_in, notify } => Some(Refused {
-                        reason: RefusalReason::RateLimited { retry_in },
-                        notify,
-                    }),
-                    Verdict::Banned { notify } => Some(Refused {
-                        reason: RefusalReason::Banned,
-                        notify,
-                    }),
-                    Verdict::NotAllowed { notify } => Some(Refused {
-                        reason: RefusalReason::NotAllowed,
-                        notify,
-                    }),
-                };
-            }
-        }
-        Err(error) => tracing::warn!(%error, "rate limiter unavailable; updates not limited"),
+    let verdicts = directory.limiter().check(requests).await;
+    tracing::debug!(?verdicts, "rate limits checked");
+    for (inbound, verdict) in updates.iter_mut().zip(verdicts) {
+        inbound.refused = match verdict {
+            Verdict::Allowed => None,
+            Verdict::Limited { retry_in, notify } => Some(Refused {
+                reason: RefusalReason::RateLimited { retry_in },
+                notify,
+            }),
+            Verdict::Banned { notify } => Some(Refused {
+                reason: RefusalReason::Banned,
+                notify,
+            }),
+            Verdict::NotAllowed { notify } => Some(Refused {
+                reason: RefusalReason::NotAllowed,
+                notify,
+            }),
+        };
     }
     updates
 }

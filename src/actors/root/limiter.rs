@@ -45,14 +45,92 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::persistence::PersistenceMsg;
+use crate::actors::directory::Address;
 use crate::actors::{Child, Directory};
 use crate::config::Config;
 use crate::store::record::BotSetting;
 use crate::store::{BotKey, StoreError};
 
+// API
+
+/// Typed operations on the rate limiter; each owns what a caller does when
+/// the limiter cannot be reached.
+#[derive(Clone, Copy)]
+pub struct LimiterHandle<'a> {
+    directory: &'a Directory,
+}
+
+const ADDRESS: Address<LimiterMsg> = Address::new(Child::Limiter);
+
+impl Directory {
+    /// The rate limiter.
+    pub fn limiter(&self) -> LimiterHandle<'_> {
+        LimiterHandle { directory: self }
+    }
+}
+
+impl LimiterHandle<'_> {
+    /// One verdict per arriving update, in order. **Fails open:** a limiter
+    /// that stays away lets every update through (logged), rather than leave
+    /// users unanswered.
+    pub async fn check(&self, requests: Vec<LimitRequest>) -> Vec<Verdict> {
+        let verdicts = self
+            .directory
+            .call(ADDRESS, |reply| LimiterMsg::Check {
+                requests: requests.clone(),
+                reply,
+            })
+            .await;
+        verdicts.unwrap_or_else(|error| {
+            tracing::warn!(%error, "rate limiter unavailable; updates not limited");
+            vec![Verdict::Allowed; requests.len()]
+        })
+    }
+
+    /// Reserves the next slot under `limits.global_llm_per_second`.
+    /// **Fails open:** a limiter that is away gives the slot now.
+    pub async fn reserve_llm_call(&self) -> Slot {
+        self.directory
+            .call(ADDRESS, |reply| LimiterMsg::ReserveLlmCall { reply })
+            .await
+            .unwrap_or(Slot::After(Duration::ZERO))
+    }
+
+    /// Reserves the slot of a chat the store has never seen
+    /// (`limits.new_chats_per_minute`). **Fails open** like
+    /// [`reserve_llm_call`](Self::reserve_llm_call).
+    pub async fn admit_new_chat(&self) -> Slot {
+        self.directory
+            .call(ADDRESS, |reply| LimiterMsg::AdmitNewChat { reply })
+            .await
+            .unwrap_or(Slot::After(Duration::ZERO))
+    }
+
+    /// Bans (`banned`) or lets back (`!banned`) a user; `Ok` once the change
+    /// is durable. **Fails closed:** a limiter that cannot be reached is
+    /// [`StoreError::Unavailable`], and the admin is told it failed.
+    pub async fn set_banned(&self, user: i64, banned: bool) -> Result<(), StoreError> {
+        self.directory
+            .call(ADDRESS, |reply| {
+                if banned {
+                    LimiterMsg::Ban { user, reply }
+                } else {
+                    LimiterMsg::Unban { user, reply }
+                }
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Makes the limiter panic (tests only); `false` if it is not running.
+    #[cfg(feature = "chaos")]
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(ADDRESS, LimiterMsg::Panic)
+    }
+}
+
 /// Messages of the rate limiter.
-pub enum LimiterMsg {
+pub(crate) enum LimiterMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -231,10 +309,10 @@ pub struct LimiterArgs {
 }
 
 /// The rate limiter actor.
-pub struct Limiter;
+pub(crate) struct Limiter;
 
 /// The limiter's state.
-pub struct LimiterState {
+pub(crate) struct LimiterState {
     config: Arc<Config>,
     directory: Directory,
     bans: HashSet<i64>,
@@ -263,12 +341,9 @@ impl Actor for Limiter {
     ) -> Result<LimiterState, ActorProcessingErr> {
         let bans = match args
             .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::LoadSetting {
-                key: BotKey::Bans,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable)??
+            .persistence()
+            .load_setting(BotKey::Bans)
+            .await?
         {
             Some(BotSetting::Bans(users)) => users.into_iter().collect(),
             _ => HashSet::new(),
@@ -373,13 +448,9 @@ async fn save_bans(state: &LimiterState) -> Result<(), StoreError> {
     users.sort_unstable();
     state
         .directory
-        .call(Child::Persistence, |reply| PersistenceMsg::SaveSetting {
-            key: BotKey::Bans,
-            setting: BotSetting::Bans(users.clone()),
-            reply,
-        })
+        .persistence()
+        .save_setting(BotKey::Bans, &BotSetting::Bans(users))
         .await
-        .unwrap_or(Err(StoreError::Unavailable))
 }
 
 /// Whether to tell `user` now, remembering it for `window`.

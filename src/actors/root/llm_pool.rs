@@ -36,17 +36,81 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::Deps;
-use super::breaker::{Admission, BreakerMsg, CallOutcome};
-use super::persistence::PersistenceMsg;
-use crate::actors::{Child, Directory};
+use super::breaker::{Admission, CallOutcome};
+use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::LlmConfig;
 use crate::llm::client::{CallOptions, StreamTo};
 use crate::llm::{ChatMessage, Completion, LlmClient, LlmError};
 use crate::store::record::BotSetting;
 use crate::store::{BotKey, StoreError};
 
+// API
+
+/// Typed operations on the LLM pool; each owns what a caller does when the
+/// pool cannot be reached.
+#[derive(Clone, Copy)]
+pub struct LlmPoolHandle<'a> {
+    directory: &'a Directory,
+}
+
+const ADDRESS: Address<LlmPoolMsg> = Address::new(Child::LlmPool);
+
+impl Directory {
+    /// The LLM pool: chat-completion requests.
+    pub fn llm_pool(&self) -> LlmPoolHandle<'_> {
+        LlmPoolHandle { directory: self }
+    }
+}
+
+impl LlmPoolHandle<'_> {
+    /// Answers the prompt (streaming its text to `stream` if given).
+    /// **Fails closed** with [`LlmError::PoolUnavailable`] when the pool
+    /// stays away; a request is resent to a restarted pool.
+    pub async fn complete(
+        &self,
+        messages: &[ChatMessage],
+        options: &Overrides,
+        stream: Option<&StreamTo>,
+    ) -> Result<Completion, LlmError> {
+        self.directory
+            .call(ADDRESS, |reply| LlmPoolMsg::Complete {
+                messages: messages.to_vec(),
+                options: options.clone(),
+                stream: stream.cloned(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(LlmError::PoolUnavailable))
+    }
+
+    /// Uses `model` on the primary provider for everyone (admin `/model`);
+    /// `Ok` once stored. **Fails closed** with [`StoreError::Unavailable`].
+    pub async fn set_model(&self, model: &str) -> Result<(), StoreError> {
+        self.directory
+            .call(ADDRESS, |reply| LlmPoolMsg::SetModel {
+                model: model.to_owned(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// The model the primary provider is asked for now.
+    pub async fn current_model(&self) -> Result<String, Unavailable> {
+        self.directory
+            .call(ADDRESS, |reply| LlmPoolMsg::CurrentModel { reply })
+            .await
+    }
+
+    /// Makes the pool panic (tests only); `false` if it is not running.
+    #[cfg(feature = "chaos")]
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(ADDRESS, LlmPoolMsg::Panic)
+    }
+}
+
 /// Messages of the LLM pool.
-pub enum LlmPoolMsg {
+pub(crate) enum LlmPoolMsg {
     /// Use `model` on the primary provider for everyone (admin `/model`);
     /// answered once the choice is stored.
     SetModel {
@@ -77,10 +141,10 @@ pub enum LlmPoolMsg {
 }
 
 /// The LLM pool actor.
-pub struct LlmPool;
+pub(crate) struct LlmPool;
 
 /// The pool's state.
-pub struct LlmPoolState {
+pub(crate) struct LlmPoolState {
     providers: Arc<[LlmClient]>,
     /// The admin's choice for the primary provider, if any.
     model: Option<Arc<str>>,
@@ -107,12 +171,9 @@ impl Actor for LlmPool {
         );
         let model = match deps
             .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::LoadSetting {
-                key: BotKey::DefaultModel,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable)??
+            .persistence()
+            .load_setting(BotKey::DefaultModel)
+            .await?
         {
             Some(BotSetting::DefaultModel(model)) => Some(Arc::from(model.as_str())),
             _ => None,
@@ -145,13 +206,12 @@ impl Actor for LlmPool {
             LlmPoolMsg::SetModel { model, reply } => {
                 let stored = state
                     .directory
-                    .call(Child::Persistence, |reply| PersistenceMsg::SaveSetting {
-                        key: BotKey::DefaultModel,
-                        setting: BotSetting::DefaultModel(model.clone()),
-                        reply,
-                    })
-                    .await
-                    .unwrap_or(Err(StoreError::Unavailable));
+                    .persistence()
+                    .save_setting(
+                        BotKey::DefaultModel,
+                        &BotSetting::DefaultModel(model.clone()),
+                    )
+                    .await;
                 if stored.is_ok() {
                     tracing::info!(%model, "default model changed");
                     state.model = Some(Arc::from(model.as_str()));
@@ -271,7 +331,7 @@ async fn complete_with_fallback(
         if Instant::now() >= deadline {
             break;
         }
-        let breaker = Child::breaker(index);
+        let breaker = directory.breaker(index);
         let wait_until = if wait_for_probe {
             tracing::debug!(
                 provider = provider.name(),
@@ -281,11 +341,7 @@ async fn complete_with_fallback(
         } else {
             Instant::now()
         };
-        let admission = directory
-            .call(breaker, |reply| BreakerMsg::Acquire { wait_until, reply })
-            .await
-            // A breaker that is restarting must not leave users unanswered.
-            .unwrap_or(Admission::Admitted);
+        let admission = breaker.acquire(wait_until).await;
         if let Admission::Rejected { retry_in: wait } = admission {
             tracing::debug!(provider = provider.name(), ?wait, "breaker open; skipped");
             retry_in = Some(if wait_for_probe {
@@ -334,7 +390,7 @@ async fn complete_with_fallback(
                 .and_then(|completion| completion.first_text_after)
                 .unwrap_or(elapsed),
         };
-        directory.cast_now(breaker, BreakerMsg::Record { outcome });
+        breaker.record(outcome);
         match result {
             Ok(completion) => {
                 tracing::debug!(provider = provider.name(), attempts, "answered");

@@ -44,18 +44,96 @@ use teloxide::types::MessageId;
 use tokio::sync::Semaphore;
 
 use super::Deps;
-use super::persistence::{PersistenceMsg, RecordChange};
-use crate::actors::{Child, Directory};
+use super::persistence::RecordChange;
+use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
-use crate::store::StoreError;
 use crate::telegram::inbound::ChatId;
 use crate::telegram::render::OutgoingText;
 use crate::telegram::transport::Transport;
 use crate::telegram::{SendPacing, TelegramError};
 
+// API
+
+/// Typed operations on the outbox; each owns what a caller does when the
+/// outbox cannot be reached.
+#[derive(Clone, Copy)]
+pub struct OutboxHandle<'a> {
+    directory: &'a Directory,
+}
+
+const ADDRESS: Address<OutboxMsg> = Address::new(Child::Outbox);
+
+/// What a delivery ended with: the sent messages' ids, or the first error.
+pub type Delivered = Result<Vec<MessageId>, TelegramError>;
+
+impl Directory {
+    /// The outbox: every Bot API send.
+    pub fn outbox(&self) -> OutboxHandle<'_> {
+        OutboxHandle { directory: self }
+    }
+}
+
+impl OutboxHandle<'_> {
+    /// Sends `parts` to the chat in order (committing `commit` after them)
+    /// and waits until they are sent or given up, and the turn committed.
+    /// **Fails closed** with [`TelegramError::OutboxUnavailable`] when the
+    /// outbox stays away; a delivery is resent to a restarted outbox.
+    pub async fn deliver(
+        &self,
+        chat_id: ChatId,
+        parts: &[Part],
+        commit: Option<&TurnCommit>,
+    ) -> Delivered {
+        self.directory
+            .call(ADDRESS, |reply| OutboxMsg::Deliver {
+                chat_id,
+                parts: parts.to_vec(),
+                commit: commit.cloned(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(TelegramError::OutboxUnavailable))
+    }
+
+    /// Sends one of the bot's own texts without waiting for it. Best
+    /// effort: not sent if the outbox is restarting right now.
+    pub fn notify(&self, chat_id: ChatId, text: &str) {
+        // Nobody awaits the outcome; the outbox logs a failed send.
+        let (reply, _not_awaited) = tokio::sync::oneshot::channel();
+        self.directory.cast_now(
+            ADDRESS,
+            OutboxMsg::Deliver {
+                chat_id,
+                parts: vec![Part::plain(text)],
+                commit: None,
+                reply: reply.into(),
+            },
+        );
+    }
+
+    /// Waits until every job of this chat queued before has finished.
+    pub async fn flush(&self, chat_id: ChatId) -> Result<(), Unavailable> {
+        self.directory
+            .call(ADDRESS, |reply| OutboxMsg::Flush { chat_id, reply })
+            .await
+    }
+
+    /// Shows "typing…" in the chat. Best effort.
+    pub fn show_typing(&self, chat_id: ChatId) {
+        self.directory
+            .cast_now(ADDRESS, OutboxMsg::ShowTyping { chat_id });
+    }
+
+    /// Makes the outbox panic (tests only); `false` if it is not running.
+    #[cfg(feature = "chaos")]
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(ADDRESS, OutboxMsg::Panic)
+    }
+}
+
 /// Messages of the outbox.
-pub enum OutboxMsg {
+pub(crate) enum OutboxMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -98,7 +176,7 @@ pub enum OutboxMsg {
 }
 
 /// The outbox actor.
-pub struct Outbox;
+pub(crate) struct Outbox;
 
 /// One message of a delivery.
 #[derive(Debug, Clone)]
@@ -148,7 +226,7 @@ struct ChatQueue {
 }
 
 /// The outbox's state.
-pub struct OutboxState {
+pub(crate) struct OutboxState {
     reclaim_timer: tokio::task::JoinHandle<()>,
     transport: Transport,
     pacing: Arc<SendPacing>,
@@ -428,15 +506,14 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
 /// duplicate, never a loss).
 async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit) {
     let committed = directory
-        .call(Child::Persistence, |reply| PersistenceMsg::CommitTurn {
+        .persistence()
+        .commit_turn(
             chat_id,
-            update_id: commit.update_id,
-            also_answered: commit.also_answered.clone(),
-            change: commit.change.clone(),
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Unavailable));
+            commit.update_id,
+            &commit.also_answered,
+            &commit.change,
+        )
+        .await;
     if let Err(error) = committed {
         tracing::error!(chat_id = chat_id.0, update_id = commit.update_id, class = error.class(), %error, "turn not stored");
     }

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::{PersistModeConfig, StorageConfig};
 use crate::store::backup::{self, BackupError, KEYSPACES, RecordsWriter};
 use crate::store::record::{self, BotSetting, ChatRecord, UpdateEntry};
@@ -53,8 +54,153 @@ use crate::store::{
 };
 use crate::telegram::inbound::{ChatId, Inbound};
 
+// API
+
+/// Typed operations on the persistence actor; each owns what a caller does
+/// when the actor cannot be reached within `supervision.lookup_timeout`
+/// (requests are resent to a restarted actor meanwhile, see
+/// [`Directory`]). Requests that need the store **fail closed** with
+/// [`StoreError::Unavailable`]; the caller decides what the user sees.
+#[derive(Clone, Copy)]
+pub struct PersistenceHandle<'a> {
+    directory: &'a Directory,
+}
+
+const ADDRESS: Address<PersistenceMsg> = Address::new(Child::Persistence);
+
+impl Directory {
+    /// The persistence actor: the only door to the store.
+    pub fn persistence(&self) -> PersistenceHandle<'_> {
+        PersistenceHandle { directory: self }
+    }
+}
+
+impl PersistenceHandle<'_> {
+    async fn request<R: Send + 'static>(
+        &self,
+        build: impl Fn(RpcReplyPort<Result<R, StoreError>>) -> PersistenceMsg,
+    ) -> Result<R, StoreError> {
+        self.directory
+            .call(ADDRESS, build)
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// The chat's record, once every earlier write is applied; `None` for a
+    /// new chat (or one whose corrupt record was quarantined).
+    pub async fn load_chat(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StoreError> {
+        self.request(|reply| PersistenceMsg::LoadChat { chat_id, reply })
+            .await
+    }
+
+    /// Records received updates durably; returns the ones not seen before,
+    /// in order (to be routed).
+    pub async fn admit(&self, updates: &[Inbound]) -> Result<Vec<Inbound>, StoreError> {
+        self.request(|reply| PersistenceMsg::AdmitUpdates {
+            updates: updates.to_vec(),
+            reply,
+        })
+        .await
+    }
+
+    /// Stores the chat's record after a turn and marks the update (and
+    /// `also_answered`) answered, atomically; `Ok` once durable.
+    pub async fn commit_turn(
+        &self,
+        chat_id: ChatId,
+        update_id: u32,
+        also_answered: &[u32],
+        change: &RecordChange,
+    ) -> Result<(), StoreError> {
+        self.request(|reply| PersistenceMsg::CommitTurn {
+            chat_id,
+            update_id,
+            also_answered: also_answered.to_vec(),
+            change: change.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Every update received and not yet answered, in the order received.
+    pub async fn pending_updates(&self) -> Result<Vec<Inbound>, StoreError> {
+        self.request(|reply| PersistenceMsg::PendingUpdates { reply })
+            .await
+    }
+
+    /// The highest update id the store holds, if any.
+    pub async fn newest_update_id(&self) -> Result<Option<u32>, StoreError> {
+        self.request(|reply| PersistenceMsg::NewestUpdateId { reply })
+            .await
+    }
+
+    /// Telegram will not deliver updates below `below` again. Best effort:
+    /// a lost confirmation only delays pruning to the next one.
+    pub fn confirmed(&self, below: u32) {
+        self.directory
+            .cast_now(ADDRESS, PersistenceMsg::Confirmed { below });
+    }
+
+    /// A bot-wide setting; `None` if never set.
+    pub async fn load_setting(&self, key: BotKey) -> Result<Option<BotSetting>, StoreError> {
+        self.request(|reply| PersistenceMsg::LoadSetting { key, reply })
+            .await
+    }
+
+    /// Stores a bot-wide setting; `Ok` once durable.
+    pub async fn save_setting(&self, key: BotKey, setting: &BotSetting) -> Result<(), StoreError> {
+        self.request(|reply| PersistenceMsg::SaveSetting {
+            key,
+            setting: setting.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Writes a consistent copy of the store to `to` while the service
+    /// keeps running. The outer error: the actor could not be reached.
+    pub async fn backup(
+        &self,
+        to: &Path,
+    ) -> Result<Result<BackupReport, BackupError>, Unavailable> {
+        self.directory
+            .call(ADDRESS, |reply| PersistenceMsg::Backup {
+                to: to.to_path_buf(),
+                reply,
+            })
+            .await
+    }
+
+    /// The store's counters; `Err` when the actor cannot be reached (a
+    /// readiness failure).
+    pub async fn stats(&self) -> Result<StoreStats, Unavailable> {
+        self.directory
+            .call(ADDRESS, |reply| PersistenceMsg::Stats { reply })
+            .await
+    }
+
+    /// Makes the actor panic (tests only); `false` if it is not running.
+    #[cfg(feature = "chaos")]
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(ADDRESS, PersistenceMsg::Panic)
+    }
+}
+
+/// Starts a persistence actor on `writer`, registered under `directory`'s
+/// name for it but supervised by nobody: for benchmarks that drive the store
+/// through [`PersistenceHandle`] without the rest of the tree. Stop the
+/// returned actor to let the writer finish.
+pub async fn start_unsupervised(
+    directory: &Directory,
+    writer: StoreWriter,
+) -> Result<ractor::ActorCell, ractor::SpawnErr> {
+    let name = directory.name(Child::Persistence);
+    let (actor, _) = Actor::spawn(Some(name), Persistence, writer).await?;
+    Ok(actor.get_cell())
+}
+
 /// Messages of the persistence actor.
-pub enum PersistenceMsg {
+pub(crate) enum PersistenceMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -197,10 +343,10 @@ impl Counters {
 }
 
 /// The persistence actor.
-pub struct Persistence;
+pub(crate) struct Persistence;
 
 /// The persistence actor's state.
-pub struct PersistenceState {
+pub(crate) struct PersistenceState {
     writer: StoreWriter,
 }
 

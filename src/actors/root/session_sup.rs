@@ -40,15 +40,84 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Deps;
-use super::outbox::{OutboxMsg, Part, TurnCommit};
-use super::persistence::{PersistenceMsg, RecordChange};
-use crate::actors::Child;
-use crate::store::StoreError;
+use super::outbox::{Part, TurnCommit};
+use super::persistence::RecordChange;
+use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 use session::{ChatSignals, Session, SessionArgs, SessionMsg};
 
+// API
+
+/// Typed operations on the session supervisor.
+#[derive(Clone, Copy)]
+pub struct SessionSupHandle<'a> {
+    directory: &'a Directory,
+}
+
+const ADDRESS: Address<SessionSupMsg> = Address::new(Child::SessionSup);
+
+impl Directory {
+    /// The session supervisor: routes updates to chats' sessions.
+    pub fn session_sup(&self) -> SessionSupHandle<'_> {
+        SessionSupHandle { directory: self }
+    }
+}
+
+impl SessionSupHandle<'_> {
+    /// Routes admitted updates to their chats' sessions, in order. Waits
+    /// for a restarting supervisor up to the lookup timeout (`Err` then).
+    /// A supervisor that dies while being handed the updates loses none:
+    /// they are pending in the store and its successor replays them.
+    pub async fn route(&self, updates: Vec<Inbound>) -> Result<(), Unavailable> {
+        let sessions = self.directory.wait_for(ADDRESS).await?;
+        for inbound in updates {
+            if sessions.cast(SessionSupMsg::Route(inbound)).is_err() {
+                tracing::warn!("session supervisor gone while routing; it replays from the store");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The supervisor's counters; `Err` when it cannot be reached.
+    pub async fn stats(&self) -> Result<SessionStats, Unavailable> {
+        self.directory
+            .call(ADDRESS, |reply| SessionSupMsg::Stats { reply })
+            .await
+    }
+
+    /// Waits until no routed update is pending (every answer delivered),
+    /// waiting for a restarting supervisor as any request does.
+    pub async fn drain(&self) -> Result<(), Unavailable> {
+        self.directory
+            .call(ADDRESS, |reply| SessionSupMsg::Drain { reply })
+            .await
+    }
+
+    /// Shutdown's drain: waits at most `grace` and does not wait for a
+    /// supervisor that is not running. `false` if answers were still in
+    /// flight when it gave up.
+    pub async fn drain_within(&self, grace: std::time::Duration) -> bool {
+        let Some(sessions) = self.directory.get(ADDRESS) else {
+            return true;
+        };
+        matches!(
+            sessions
+                .call(|reply| SessionSupMsg::Drain { reply }, Some(grace))
+                .await,
+            Ok(ractor::rpc::CallResult::Success(()))
+        )
+    }
+
+    /// Makes the supervisor panic (tests only); `false` if it is not running.
+    #[cfg(feature = "chaos")]
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(ADDRESS, SessionSupMsg::Panic)
+    }
+}
+
 /// Messages of the session supervisor.
-pub enum SessionSupMsg {
+pub(crate) enum SessionSupMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -101,7 +170,7 @@ pub struct SessionStats {
 }
 
 /// The session supervisor.
-pub struct SessionSup;
+pub(crate) struct SessionSup;
 
 /// One chat's entry.
 struct Entry {
@@ -118,7 +187,7 @@ struct Entry {
 }
 
 /// The session supervisor's state.
-pub struct SessionSupState {
+pub(crate) struct SessionSupState {
     /// Shared with every session: one `Arc` each instead of a copy of
     /// `Deps` (~0.3 KB with its strings) per session.
     deps: Arc<Deps>,
@@ -149,13 +218,7 @@ impl Actor for SessionSup {
         // starts the ingress, so on a fresh start the replay holds only
         // updates from before it, never one the ingress has just admitted
         // (whose rate-limit verdict the stored copy lacks).
-        let replay = deps
-            .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::PendingUpdates {
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable)??;
+        let replay = deps.directory.persistence().pending_updates().await?;
         let sweep_timer = myself.send_interval(deps.config.session.sweep_interval, || {
             SessionSupMsg::SweepIdle
         });
@@ -429,14 +492,10 @@ fn apologise(deps: &Deps, inbound: &Inbound) {
     // Not awaited: this actor must not wait on Telegram.
     tokio::spawn(async move {
         let sent = directory
-            .call(Child::Outbox, |reply| OutboxMsg::Deliver {
-                chat_id,
-                parts: vec![Part::plain(text.clone())],
-                commit: Some(commit.clone()),
-                reply,
-            })
+            .outbox()
+            .deliver(chat_id, &[Part::plain(text)], Some(&commit))
             .await;
-        if !matches!(sent, Ok(Ok(_))) {
+        if sent.is_err() {
             tracing::warn!(chat_id = chat_id.0, "could not send the apology");
         }
     });

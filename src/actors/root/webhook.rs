@@ -49,6 +49,8 @@ use url::Url;
 use super::Deps;
 use super::ingress::hand_over;
 use crate::actors::Directory;
+#[cfg(feature = "chaos")]
+use crate::actors::directory::{Address, Child};
 use crate::config::{Network, Secret};
 use crate::ops::Health;
 use crate::telegram::TelegramError;
@@ -59,18 +61,26 @@ use crate::telemetry::{SecurityKind, security_event};
 /// The header Telegram puts the secret token in.
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
+/// Makes the webhook panic (tests only, through [`Directory::ingress`]);
+/// `false` if it is not running.
+#[cfg(feature = "chaos")]
+pub(super) fn panic(directory: &Directory) -> bool {
+    const ADDRESS: Address<WebhookMsg> = Address::new(Child::Ingress);
+    directory.cast_now(ADDRESS, WebhookMsg::Panic)
+}
+
 /// Messages of the webhook ingress.
-pub enum WebhookMsg {
+pub(crate) enum WebhookMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
 }
 
 /// The webhook ingress actor.
-pub struct Webhook;
+pub(crate) struct Webhook;
 
 /// Its state.
-pub struct WebhookState {
+pub(crate) struct WebhookState {
     listener: JoinHandle<()>,
     /// Drops the per-IP limiter state of quiet addresses, so a flood from
     /// many addresses cannot grow it without bound.

@@ -52,17 +52,15 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::SessionSupMsg;
-use crate::actors::Child;
 use crate::actors::root::Deps;
-use crate::actors::root::limiter::{LimiterMsg, Slot};
-use crate::actors::root::llm_pool::{LlmPoolMsg, Overrides};
-use crate::actors::root::outbox::{OutboxMsg, Part, TurnCommit};
-use crate::actors::root::persistence::{PersistenceMsg, RecordChange};
+use crate::actors::root::limiter::Slot;
+use crate::actors::root::llm_pool::Overrides;
+use crate::actors::root::outbox::{Delivered, Part, TurnCommit};
+use crate::actors::root::persistence::RecordChange;
 use crate::history::History;
 use crate::input::{self, Rejection};
 use crate::llm::client::StreamTo;
 use crate::llm::{LlmError, Role};
-use crate::store::StoreError;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings, ChatUsage};
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason};
 use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
@@ -72,13 +70,9 @@ use crate::texts::{Texts, fill};
 use answer::{answer, answer_with, unix_day};
 use burst::{answer_burst, on_arrival};
 use live::LiveAnswer;
-use std::time::Duration;
 
 /// Messages of a session.
-pub enum SessionMsg {
-    /// Panic at once: the chaos hook for tests (feature `chaos` only).
-    #[cfg(feature = "chaos")]
-    Panic,
+pub(crate) enum SessionMsg {
     /// Answer this update (sent only by the session supervisor).
     Handle(Arc<Inbound>),
     /// Timer: the merge window of the texts waiting in `burst` is over (or
@@ -100,7 +94,7 @@ pub struct ChatSignals {
 }
 
 /// Arguments of a session.
-pub struct SessionArgs {
+pub(crate) struct SessionArgs {
     /// The chat this session serves.
     pub chat_id: ChatId,
     /// Shared dependencies.
@@ -118,10 +112,10 @@ pub struct SessionArgs {
 }
 
 /// The session actor.
-pub struct Session;
+pub(crate) struct Session;
 
 /// A session's state.
-pub struct SessionState {
+pub(crate) struct SessionState {
     chat_id: ChatId,
     history: History,
     settings: ChatSettings,
@@ -214,18 +208,16 @@ impl Actor for Session {
         state
             .deps
             .directory
-            .call(Child::Outbox, |reply| OutboxMsg::Flush { chat_id, reply })
+            .outbox()
+            .flush(chat_id)
             .await
             .map_err(|_| crate::telegram::TelegramError::OutboxUnavailable)?;
         let loaded = state
             .deps
             .directory
-            .call(Child::Persistence, |reply| PersistenceMsg::LoadChat {
-                chat_id,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable)??;
+            .persistence()
+            .load_chat(chat_id)
+            .await?;
         if let Some(stored) = loaded {
             state.is_new = false;
             let session = &state.deps.config.session;
@@ -253,8 +245,6 @@ impl Actor for Session {
         // idle session. Boxed, it exists only while a message is handled
         // (BENCHMARKS.md, "Memory").
         match message {
-            #[cfg(feature = "chaos")]
-            SessionMsg::Panic => panic!("chaos: ordered to panic"),
             SessionMsg::Handle(inbound) => Box::pin(on_arrival(&myself, state, inbound)).await?,
             SessionMsg::FlushBurst { generation } => {
                 if generation == state.burst_generation {
@@ -451,12 +441,7 @@ async fn refusal(state: &mut SessionState, inbound: &Inbound) -> Option<String> 
     // Bans and the allowlist were checked on arrival; admission only ever
     // delays, and refuses only when its queue is full. A limiter that is
     // away admits.
-    let slot = state
-        .deps
-        .directory
-        .call(Child::Limiter, |reply| LimiterMsg::AdmitNewChat { reply })
-        .await
-        .unwrap_or(Slot::After(std::time::Duration::ZERO));
+    let slot = state.deps.directory.limiter().admit_new_chat().await;
     match slot {
         Slot::After(wait) => {
             if !wait.is_zero() {
@@ -671,9 +656,6 @@ fn on_command(state: &mut SessionState, texts: &Texts, name: &str) -> String {
 /// Commands for admins only (`/model` without arguments is for everyone).
 const ADMIN_COMMANDS: &[&str] = &["model", "stats", "health", "ban", "unban"];
 
-/// An outbox delivery's outcome.
-type Delivered = Result<Vec<MessageId>, crate::telegram::TelegramError>;
-
 /// Sends parts through the outbox (committing `commit` after them).
 async fn send_parts(
     deps: &Deps,
@@ -682,28 +664,14 @@ async fn send_parts(
     commit: Option<TurnCommit>,
 ) -> Delivered {
     deps.directory
-        .call(Child::Outbox, |reply| OutboxMsg::Deliver {
-            chat_id,
-            parts: parts.clone(),
-            commit: commit.clone(),
-            reply,
-        })
+        .outbox()
+        .deliver(chat_id, &parts, commit.as_ref())
         .await
-        .unwrap_or(Err(crate::telegram::TelegramError::OutboxUnavailable))
 }
 
 /// Sends one of the bot's own texts without waiting for it.
 fn tell(deps: &Deps, chat_id: ChatId, text: &str) {
-    let (reply, _not_awaited) = tokio::sync::oneshot::channel();
-    deps.directory.cast_now(
-        Child::Outbox,
-        OutboxMsg::Deliver {
-            chat_id,
-            parts: vec![Part::plain(text)],
-            commit: None,
-            reply: reply.into(),
-        },
-    );
+    deps.directory.outbox().notify(chat_id, text);
 }
 
 /// Hands the reply (and the turn's commit) to the outbox and waits until it

@@ -3,16 +3,9 @@
 //! Admin rights come from `admin_ids`; anyone else gets "not allowed" and a
 //! security event is counted. `/model` without arguments is for everyone.
 
-use ractor::ActorRef;
-
 use super::SessionState;
-use crate::actors::Child;
-use crate::actors::root::RootMsg;
-use crate::actors::root::breaker::{BreakerMsg, BreakerStatus};
-use crate::actors::root::limiter::LimiterMsg;
-use crate::actors::root::llm_pool::LlmPoolMsg;
-use crate::actors::root::persistence::PersistenceMsg;
-use crate::actors::root::session_sup::SessionSupMsg;
+use crate::actors::root::breaker::BreakerStatus;
+use crate::ops::Snapshot;
 use crate::telegram::inbound::Inbound;
 use crate::telemetry::{SecurityKind, security_event};
 use crate::texts::{Texts, fill};
@@ -51,27 +44,13 @@ pub(super) async fn on_admin_command(
 }
 
 async fn ban(state: &SessionState, texts: &Texts, user: i64, ban: bool) -> String {
-    let stored = state
-        .deps
-        .directory
-        .call(Child::Limiter, |reply| {
-            if ban {
-                LimiterMsg::Ban { user, reply }
-            } else {
-                LimiterMsg::Unban { user, reply }
-            }
-        })
-        .await;
+    let stored = state.deps.directory.limiter().set_banned(user, ban).await;
     let user_text = user.to_string();
     match stored {
-        Ok(Ok(())) if ban => fill(&texts.ban_done, &[("user", &user_text)]),
-        Ok(Ok(())) => fill(&texts.unban_done, &[("user", &user_text)]),
-        Ok(Err(error)) => {
-            tracing::error!(class = error.class(), %error, "ban not stored");
-            texts.internal_error.clone()
-        }
+        Ok(()) if ban => fill(&texts.ban_done, &[("user", &user_text)]),
+        Ok(()) => fill(&texts.unban_done, &[("user", &user_text)]),
         Err(error) => {
-            tracing::error!(%error, "ban not stored");
+            tracing::error!(class = error.class(), %error, "ban not stored");
             texts.internal_error.clone()
         }
     }
@@ -83,7 +62,8 @@ async fn current_model(state: &SessionState, texts: &Texts) -> String {
         None => state
             .deps
             .directory
-            .call(Child::LlmPool, |reply| LlmPoolMsg::CurrentModel { reply })
+            .llm_pool()
+            .current_model()
             .await
             .unwrap_or_else(|_| state.deps.config.llm.model.clone()),
     };
@@ -125,23 +105,10 @@ async fn set_model(state: &SessionState, texts: &Texts, model: &str) -> String {
             &[("model", model), ("models", &allowed.join(", "))],
         );
     }
-    let model_owned = model.to_owned();
-    let set = state
-        .deps
-        .directory
-        .call(Child::LlmPool, |reply| LlmPoolMsg::SetModel {
-            model: model_owned.clone(),
-            reply,
-        })
-        .await;
-    match set {
-        Ok(Ok(())) => fill(&texts.model_set, &[("model", model)]),
-        Ok(Err(error)) => {
-            tracing::error!(class = error.class(), %error, "model not stored");
-            texts.internal_error.clone()
-        }
+    match state.deps.directory.llm_pool().set_model(model).await {
+        Ok(()) => fill(&texts.model_set, &[("model", model)]),
         Err(error) => {
-            tracing::error!(%error, "model not set");
+            tracing::error!(class = error.class(), %error, "model not stored");
             texts.internal_error.clone()
         }
     }
@@ -149,52 +116,45 @@ async fn set_model(state: &SessionState, texts: &Texts, model: &str) -> String {
 
 /// The readiness report of `/readyz`, compact, for admins.
 async fn health(state: &SessionState) -> String {
-    // Readiness only: no mutating route is served from here.
-    let ops = crate::ops::OpsState::new(&state.deps, None);
-    crate::ops::summary(&crate::ops::readiness(&ops).await)
+    let deps = &state.deps;
+    let providers: Vec<String> = deps.llm.iter().map(|p| p.name().to_owned()).collect();
+    crate::ops::summary(
+        &crate::ops::readiness(&deps.directory, &deps.health, &providers, &deps.config).await,
+    )
 }
 
 /// A compact view of the service for admins.
 async fn stats(state: &SessionState, texts: &Texts) -> String {
     let directory = &state.deps.directory;
-    let sessions = state
-        .supervisor
-        .call(|reply| SessionSupMsg::Stats { reply }, None)
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
+    let snapshot = Snapshot::collect(directory, state.deps.llm.len()).await;
+    let sessions = snapshot.sessions.unwrap_or_default();
+    let store = snapshot.store.unwrap_or_default();
+    let restarts: Vec<String> = snapshot
+        .tree
+        .map(|tree| {
+            tree.children
+                .iter()
+                .filter(|c| c.restarts > 0 || !c.alive)
+                .map(|c| format!("{}×{}", c.child.as_str(), c.restarts))
+                .collect()
+        })
         .unwrap_or_default();
-    let store = directory
-        .call(Child::Persistence, |reply| PersistenceMsg::Stats { reply })
-        .await
-        .unwrap_or_default();
-    let restarts = match ractor::registry::where_is(directory.root_name()) {
-        Some(root) => ActorRef::<RootMsg>::from(root)
-            .call(|reply| RootMsg::Status { reply }, None)
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok())
-            .map(|tree| {
-                tree.children
-                    .iter()
-                    .filter(|c| c.restarts > 0 || !c.alive)
-                    .map(|c| format!("{}×{}", c.child.as_str(), c.restarts))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let mut providers = Vec::new();
-    for (index, provider) in state.deps.llm.iter().enumerate() {
-        let breaker = Child::breaker(index);
-        let status = directory
-            .call(breaker, |reply| BreakerMsg::Status { reply })
-            .await
-            .map_or("?", |s: BreakerStatus| s.as_str());
-        providers.push(format!("{} {}", provider.name(), status));
-    }
+    let providers: Vec<String> = state
+        .deps
+        .llm
+        .iter()
+        .zip(&snapshot.breakers)
+        .map(|(provider, status)| {
+            format!(
+                "{} {}",
+                provider.name(),
+                status.map_or("?", |s: BreakerStatus| s.as_str())
+            )
+        })
+        .collect();
     let model = directory
-        .call(Child::LlmPool, |reply| LlmPoolMsg::CurrentModel { reply })
+        .llm_pool()
+        .current_model()
         .await
         .unwrap_or_default();
     fill(

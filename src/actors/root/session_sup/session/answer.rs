@@ -197,26 +197,18 @@ async fn await_answer(
         // full): wait here, in this chat's own session, for the slot, still
         // showing "typing…" and open to /cancel. A limiter that is away lets
         // the call through, as on arrival.
-        let slot = deps
-            .directory
-            .call(Child::Limiter, |reply| LimiterMsg::ReserveLlmCall { reply })
-            .await
-            .unwrap_or(Slot::After(Duration::ZERO));
+        let slot = deps.directory.limiter().reserve_llm_call().await;
         match slot {
             Slot::After(wait) if !wait.is_zero() => {
                 tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting for an llm slot");
                 tokio::time::sleep(wait).await;
             }
             Slot::After(_) => {}
-            Slot::Full { .. } => return Ok(Err(LlmError::Overloaded)),
+            Slot::Full { .. } => return Err(LlmError::Overloaded),
         }
         deps.directory
-            .call(Child::LlmPool, |reply| LlmPoolMsg::Complete {
-                messages: request.prompt.to_vec(),
-                options: request.options.clone(),
-                stream: request.stream.clone(),
-                reply,
-            })
+            .llm_pool()
+            .complete(request.prompt, request.options, request.stream.as_ref())
             .await
     };
     tokio::pin!(call);
@@ -234,7 +226,7 @@ async fn await_answer(
     let notice_at = Instant::now() + deps.config.session.queued_notice_after;
     let result = loop {
         tokio::select! {
-            result = &mut call => break Some(result.unwrap_or(Err(LlmError::PoolUnavailable))),
+            result = &mut call => break Some(result),
             () = &mut cancelled => break None,
             () = &mut arrived, if !queued => queued = true,
             () = tokio::time::sleep_until(notice_at), if queued && !told => {
@@ -251,7 +243,7 @@ async fn await_answer(
                 update = Some(Box::pin(send_parts(deps, chat_id, parts, None)));
             }
             () = tokio::time::sleep_until(next_typing), if !live.is_showing() => {
-                deps.directory.cast_now(Child::Outbox, OutboxMsg::ShowTyping { chat_id });
+                deps.directory.outbox().show_typing(chat_id);
                 next_typing += telegram.typing_interval;
             }
         }
