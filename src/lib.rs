@@ -28,6 +28,19 @@
 //! `supervision.md` at the repository root draws the tree and states, for
 //! each actor, what it owns and what survives its failure.
 
+// Module docs link the private message enums on purpose (each actor's protocol
+// is private to its file, its handle is public): rustdoc still checks those
+// links resolve, so a renamed or removed message fails the doc check.
+#![allow(rustdoc::private_intra_doc_links)]
+#![warn(unreachable_pub)]
+// Not in the unit-test build, which also links the dev-dependencies.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+// Dependencies of the binary only (`src/main.rs`: the command line and the
+// global allocator); named here so the lint above checks all the others.
+use clap as _;
+use mimalloc as _;
+
 pub mod actors;
 pub mod app;
 #[cfg(feature = "chaos")]
