@@ -6,7 +6,9 @@
 //! - **Messages:** [`OutboxMsg::Deliver`] (send these parts, in order, commit
 //!   the turn, and say when done), [`OutboxMsg::Flush`] (answer when the
 //!   chat's earlier jobs are done), [`OutboxMsg::ShowTyping`] (best effort),
-//!   and [`OutboxMsg::JobFinished`] (from its own send tasks).
+//!   [`OutboxMsg::JobFinished`] (from its own send tasks) and
+//!   [`OutboxMsg::Reclaim`] (timer: forget the flood-control state of quiet
+//!   chats). Callers use [`OutboxHandle`].
 //! - **Edits:** a part may replace the text of a message sent before (a
 //!   streamed answer growing). Only an edit Telegram definitely refuses
 //!   (the message to edit was deleted, or can no longer be edited) is sent

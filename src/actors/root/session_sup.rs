@@ -24,8 +24,9 @@
 //! - **On a session's failure:** a new session is spawned and every pending
 //!   update is handed to it again in order; the update it crashed on is
 //!   dropped with an apology after `session.max_redeliveries` attempts. The
-//!   history kept in the dead session's memory is lost (durable history
-//!   arrives with the persistence actor).
+//!   replacement loads the chat's record from the store (after the outbox
+//!   has flushed the dead session's deliveries), so it loses only the turn
+//!   it crashed on, which is redelivered.
 //! - **On its own failure:** root restarts it with an empty map; sessions die
 //!   with it (ractor stops linked children). The new supervisor replays every
 //!   update the store holds as unanswered, so none is lost.
