@@ -20,5 +20,7 @@
 
 pub mod directory;
 pub mod root;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use directory::{Child, Directory};

@@ -173,7 +173,8 @@ async fn start_with(
                 .await
                 .map_err(|e| AppError::Ops(format!("ops.listen {}: {e}", config.ops.listen)))?,
         ),
-        Transport::Console(_) => None,
+        // The console front (and the test stand-in) serve no probes.
+        _ => None,
     };
     let ops_addr = ops_listener
         .as_ref()

@@ -11,6 +11,8 @@ pub mod render;
 pub mod split;
 pub mod transport;
 pub mod updates;
+#[cfg(test)]
+pub(crate) mod scripted;
 
 use std::num::NonZeroU32;
 

@@ -23,6 +23,10 @@ pub enum Transport {
     Telegram(Bot),
     /// The operator's terminal: answers are printed on stdout.
     Console(ConsoleOut),
+    /// A scripted stand-in for the Bot API (unit tests only).
+    #[cfg(test)]
+    #[allow(private_interfaces)]
+    Scripted(std::sync::Arc<super::scripted::ScriptedApi>),
 }
 
 impl Transport {
@@ -31,6 +35,8 @@ impl Transport {
         match self {
             Self::Telegram(bot) => Some(bot),
             Self::Console(_) => None,
+            #[cfg(test)]
+            Self::Scripted(_) => None,
         }
     }
 
@@ -53,6 +59,8 @@ impl Transport {
                 Ok(request.await?.id)
             }
             Self::Console(out) => out.send(&part.text).await,
+            #[cfg(test)]
+            Self::Scripted(api) => api.call(chat_id, "send", &part.text, None).await,
         }
     }
 
@@ -78,6 +86,11 @@ impl Transport {
                 }
             }
             Self::Console(out) => out.edit(message_id, &part.text).await,
+            #[cfg(test)]
+            Self::Scripted(api) => api
+                .call(chat_id, "edit", &part.text, Some(message_id))
+                .await
+                .map(drop),
         }
     }
 
@@ -95,6 +108,8 @@ impl Transport {
                 .is_privileged()),
             // The operator's terminal is one private chat of its owner.
             Self::Console(_) => Ok(true),
+            #[cfg(test)]
+            Self::Scripted(_) => Ok(false),
         }
     }
 
@@ -108,6 +123,8 @@ impl Transport {
             // The prompt does not come back before the answer: enough to
             // show that something is going on.
             Self::Console(_) => Ok(()),
+            #[cfg(test)]
+            Self::Scripted(api) => api.call(chat_id, "typing", "", None).await.map(drop),
         }
     }
 }

@@ -414,3 +414,6 @@ async fn complete_with_fallback(
     }
     Err(LlmError::NoProvider { retry_in, last })
 }
+
+#[cfg(test)]
+mod tests;

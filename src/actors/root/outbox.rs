@@ -595,3 +595,6 @@ async fn send_part(
         tokio::time::sleep(wait).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
