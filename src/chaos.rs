@@ -66,12 +66,14 @@ pub fn panic_session(directory: &Directory, chat_id: ChatId) {
     lock().push((directory.instance().to_owned(), chat_id));
 }
 
-/// Whether the session of `chat_id` was told to panic (the flag is taken).
+/// Whether the session of `chat_id` was told to panic (one order is taken:
+/// told twice, it panics on two updates, or twice on the same one).
 pub fn take_session_panic(directory: &Directory, chat_id: ChatId) -> bool {
     let mut doomed = lock();
-    let before = doomed.len();
-    doomed.retain(|(instance, chat)| !(instance == directory.instance() && *chat == chat_id));
-    doomed.len() != before
+    let order = doomed
+        .iter()
+        .position(|(instance, chat)| instance == directory.instance() && *chat == chat_id);
+    order.map(|index| doomed.remove(index)).is_some()
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Vec<(String, ChatId)>> {

@@ -8,11 +8,11 @@
 pub mod error;
 pub mod inbound;
 pub mod render;
+#[cfg(test)]
+pub(crate) mod scripted;
 pub mod split;
 pub mod transport;
 pub mod updates;
-#[cfg(test)]
-pub(crate) mod scripted;
 
 use std::num::NonZeroU32;
 

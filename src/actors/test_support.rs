@@ -82,11 +82,8 @@ impl TestDeps {
     /// by nobody): the real neighbour of actors that load settings.
     pub(crate) async fn start_persistence(&self) -> ractor::ActorCell {
         #![allow(clippy::expect_used)] // a test's setup failing is a test failure
-        super::root::persistence::start_unsupervised(
-            &self.deps.directory,
-            self.deps.store.clone(),
-        )
-        .await
-        .expect("persistence starts")
+        super::root::persistence::start_unsupervised(&self.deps.directory, self.deps.store.clone())
+            .await
+            .expect("persistence starts")
     }
 }

@@ -121,7 +121,10 @@ impl ScriptedApi {
             method,
             text: text.to_owned(),
             at,
-            outcome: outcome.as_ref().map(|id| id.0).map_err(TelegramError::class),
+            outcome: outcome
+                .as_ref()
+                .map(|id| id.0)
+                .map_err(TelegramError::class),
         });
         outcome
     }

@@ -544,3 +544,6 @@ fn answer_drain_waiters(state: &mut SessionSupState) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

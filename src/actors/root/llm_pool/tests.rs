@@ -67,10 +67,7 @@ impl Pool {
 }
 
 fn primary(llm: &FakeLlm) -> String {
-    format!(
-        "llm.base_url = {:?}\nllm.model = \"m1\"\n",
-        llm.base_url()
-    )
+    format!("llm.base_url = {:?}\nllm.model = \"m1\"\n", llm.base_url())
 }
 
 fn fallback(llm: &FakeLlm) -> String {
@@ -102,7 +99,11 @@ async fn no_more_calls_are_in_flight_than_llm_max_concurrency() {
         assert_eq!(answer, format!("answer to: q{i}"));
     }
     assert_eq!(llm.request_count(), 6);
-    assert_eq!(llm.max_in_flight(), 2, "the bound was not reached or not kept");
+    assert_eq!(
+        llm.max_in_flight(),
+        2,
+        "the bound was not reached or not kept"
+    );
     if let Ok(pool) = Arc::try_unwrap(pool) {
         pool.stop();
     }
@@ -112,7 +113,10 @@ async fn no_more_calls_are_in_flight_than_llm_max_concurrency() {
 async fn a_failing_primary_falls_back_in_order_then_is_skipped_while_open() {
     let first = FakeLlm::start().await;
     let second = FakeLlm::start().await;
-    first.script(vec![LlmReply::status(500, None), LlmReply::status(500, None)]);
+    first.script(vec![
+        LlmReply::status(500, None),
+        LlmReply::status(500, None),
+    ]);
     let config = format!(
         "{}llm.retry.max_attempts = 1\nbreaker.window = 4\nbreaker.min_calls = 2\n\
          breaker.open_for = \"1h\"\nbreaker.first_probe_after = \"1h\"\n{}",

@@ -77,7 +77,10 @@ async fn a_chat_sends_in_order_while_other_chats_go_on() {
     assert_eq!(t.telegram.texts(A), ["a1", "a2", "a3"]);
     let calls = t.telegram.calls();
     let a2 = calls.iter().find(|c| c.text == "a2").expect("a2 sent");
-    assert!(a2.at >= t0 + Duration::from_secs(5), "a2 went before a1 was sent");
+    assert!(
+        a2.at >= t0 + Duration::from_secs(5),
+        "a2 went before a1 was sent"
+    );
     actor.stop(None);
 }
 
@@ -86,8 +89,10 @@ async fn a_flood_wait_is_waited_out_and_the_message_keeps_its_place() {
     let t = test_support::deps("outbox-flood", UNPACED);
     let actor = start(&t).await;
     let t0 = Instant::now();
-    t.telegram
-        .then(A, Step::Fail(TelegramError::RetryAfter(Duration::from_secs(7))));
+    t.telegram.then(
+        A,
+        Step::Fail(TelegramError::RetryAfter(Duration::from_secs(7))),
+    );
     let sent = outbox(&t)
         .deliver(A, &[plain("x1"), plain("x2")], None)
         .await;
@@ -146,7 +151,10 @@ async fn flush_answers_after_the_chats_earlier_deliveries_only() {
     outbox(&t).flush(B).await.expect("outbox answers");
     assert!(t0.elapsed() < Duration::from_secs(1), "B waited for A");
     outbox(&t).flush(A).await.expect("outbox answers");
-    assert!(t0.elapsed() >= Duration::from_secs(10), "flushed before A's send");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(10),
+        "flushed before A's send"
+    );
     assert_eq!(t.telegram.texts(A), ["slow"]);
     assert!(slow.await.expect("task").is_ok());
     actor.stop(None);
