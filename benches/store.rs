@@ -23,9 +23,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use llmgram::actors::root::persistence::{Persistence, PersistenceMsg, RecordChange, StoreWriter};
+use llmgram::actors::root::persistence::{Persistence, PersistenceMsg, RecordChange};
 use llmgram::config::Config;
 use llmgram::store::record::{self, ChatRecord, StoredMessage, StoredRole};
+use llmgram::store::writer::StoreWriter;
 use llmgram::telegram::inbound::ChatId;
 use ractor::{Actor, ActorRef};
 

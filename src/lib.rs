@@ -32,6 +32,7 @@ pub mod actors;
 pub mod app;
 #[cfg(feature = "chaos")]
 pub mod chaos;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod error;

@@ -20,7 +20,7 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -38,6 +38,7 @@ use crate::actors::root::breaker::{BreakerMsg, BreakerStatus};
 use crate::actors::root::persistence::PersistenceMsg;
 use crate::actors::root::session_sup::SessionSupMsg;
 use crate::actors::{Child, Directory};
+use crate::clock::unix_millis;
 use crate::config::{Config, OPS_TOKEN_VAR, Secret};
 use crate::store::backup::BackupError;
 
@@ -92,14 +93,8 @@ impl Health {
 
     /// Stamps `slot` with now.
     pub fn stamp(slot: &AtomicU64) {
-        slot.store(now_ms(), Ordering::Relaxed);
+        slot.store(unix_millis(), Ordering::Relaxed);
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the handlers need.
@@ -296,7 +291,7 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 pub async fn readiness(state: &OpsState) -> Value {
     let directory = &state.directory;
     let config = &state.config;
-    let now = now_ms();
+    let now = unix_millis();
     let age = |stamp: u64| (stamp > 0).then(|| now.saturating_sub(stamp));
     let mut failing = Vec::new();
 
