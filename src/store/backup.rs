@@ -683,6 +683,67 @@ mod tests {
         assert_eq!(frames[2], (2, b"bans".to_vec(), b"x".to_vec()));
     }
 
+    /// Every record of every keyspace, in backup order.
+    fn contents(
+        store: &OpenStore,
+    ) -> Result<Vec<(usize, Vec<u8>, Vec<u8>)>, Box<dyn std::error::Error>> {
+        let mut all = Vec::new();
+        for (index, name) in KEYSPACES.iter().enumerate() {
+            let keyspace = store.keyspace(name).ok_or("keyspace missing")?;
+            for item in keyspace.iter() {
+                let (key, value) = item.into_inner()?;
+                all.push((index, key.to_vec(), value.to_vec()));
+            }
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn a_backup_restores_to_an_equal_store_and_a_tampered_one_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        let data = root.path().join("data");
+        let source = OpenStore::open(&data)?;
+        for chat in 0..30_u8 {
+            source.chats.insert([b'c', chat], vec![chat; 100])?;
+        }
+        source.updates.insert([0, 0, 0, 9], b"update")?;
+        source.bot.insert(b"bans", b"setting")?;
+        source.failed.insert(b"f1", b"bad")?;
+        source.usage.insert([b'c', 1], b"spent")?;
+        let report = write_backup(&source.view(), &root.path().join("copy"), &data)?;
+        assert_eq!(
+            report,
+            BackupReport {
+                records: 34,
+                chats: 30
+            }
+        );
+        // Written after the snapshot: not in the backup.
+        source.chats.insert(b"late", b"x")?;
+        let mut expected = contents(&source)?;
+        expected.retain(|(_, key, _)| key.as_slice() != b"late");
+
+        let restored = root.path().join("restored");
+        assert_eq!(restore(&root.path().join("copy"), &restored)?, report);
+        assert_eq!(contents(&OpenStore::open(&restored)?)?, expected);
+
+        // One byte changed in a value: the checksum no longer matches, and
+        // nothing is restored.
+        let records = root.path().join("copy").join(RECORDS);
+        let mut bytes = std::fs::read(&records)?;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&records, bytes)?;
+        let second = root.path().join("second");
+        assert!(matches!(
+            restore(&root.path().join("copy"), &second),
+            Err(BackupError::NotABackup { .. })
+        ));
+        assert!(!second.exists());
+        Ok(())
+    }
+
     #[test]
     fn an_empty_backup_is_still_a_backup() {
         let dir = backup_with(&[]);

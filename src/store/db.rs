@@ -250,3 +250,85 @@ pub(crate) struct StoreView {
     pub(crate) snapshot: fjall::Snapshot,
     pub(crate) keyspaces: Vec<(&'static str, Keyspace)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+    use crate::telegram::inbound::InboundKind;
+
+    type TestResult = Result<(), Box<dyn Error>>;
+
+    fn count(keyspace: &Keyspace) -> Result<usize, Box<dyn Error>> {
+        let mut n = 0;
+        for item in keyspace.iter() {
+            item.key()?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn pending_update(update_id: u32, admitted: u64) -> Result<Vec<u8>, Box<dyn Error>> {
+        let inbound = Inbound {
+            update_id,
+            chat_id: ChatId(1),
+            user_id: None,
+            language_code: None,
+            kind: InboundKind::Text("hi".into()),
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+        };
+        let entry = UpdateEntry::Pending(record::StoredUpdate::new(&inbound, admitted));
+        Ok(record::encode_update(&entry)?)
+    }
+
+    #[test]
+    fn a_corrupt_record_is_moved_aside_counted_and_the_rest_loads() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = OpenStore::open(dir.path())?;
+        let good = ChatRecord {
+            recent_updates: vec![42],
+            ..ChatRecord::default()
+        };
+        store.chats.insert(chat_key(ChatId(7)), b"\x03garbage")?;
+        store
+            .chats
+            .insert(chat_key(ChatId(8)), record::encode_chat(&good)?)?;
+        store
+            .updates
+            .insert(super::super::update_key(1), b"\x02garbage")?;
+        store
+            .updates
+            .insert(super::super::update_key(2), pending_update(2, 1)?)?;
+        let quarantined = AtomicU64::new(0);
+        let mode = PersistMode::SyncAll;
+
+        assert_eq!(store.load_chat(ChatId(7), mode, &quarantined)?, None);
+        assert_eq!(quarantined.load(Ordering::Relaxed), 1);
+        assert!(store.chats.get(chat_key(ChatId(7)))?.is_none());
+        assert_eq!(count(&store.failed)?, 1);
+        assert!(
+            store
+                .failed
+                .prefix(failed_chat_prefix(ChatId(7)))
+                .next()
+                .is_some()
+        );
+        assert_eq!(store.load_chat(ChatId(8), mode, &quarantined)?, Some(good));
+
+        let ids: Vec<u32> = store
+            .pending(mode, &quarantined)?
+            .iter()
+            .map(|u| u.update_id)
+            .collect();
+        assert_eq!(ids, vec![2]);
+        assert_eq!(quarantined.load(Ordering::Relaxed), 2);
+        assert_eq!(count(&store.failed)?, 2);
+        assert_eq!(count(&store.updates)?, 1);
+        assert_eq!(store.next_admission()?, 2);
+        Ok(())
+    }
+}

@@ -626,3 +626,221 @@ impl Thread {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::path::Path;
+
+    use ractor::concurrency::{OneshotReceiver, oneshot};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::record::ChatRecord;
+    use crate::telegram::inbound::InboundKind;
+
+    type TestResult = Result<(), Box<dyn Error>>;
+
+    /// Storage settings for a store in `dir`, gathering a batch for
+    /// `interval`.
+    fn storage(dir: &Path, interval: &str) -> Result<StorageConfig, Box<dyn Error>> {
+        let config = Config::from_defaults_with(&format!(
+            "storage.path = \"{}\"\nstorage.commit_interval = \"{interval}\"\n",
+            dir.display()
+        ))?;
+        Ok(config.storage)
+    }
+
+    fn port<T>() -> (RpcReplyPort<T>, OneshotReceiver<T>) {
+        let (tx, rx) = oneshot();
+        (RpcReplyPort::from(tx), rx)
+    }
+
+    fn update(update_id: u32, chat_id: i64, text: &str) -> Inbound {
+        Inbound {
+            update_id,
+            chat_id: ChatId(chat_id),
+            user_id: Some(7),
+            language_code: None,
+            kind: InboundKind::Text(text.into()),
+            received_at: Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+        }
+    }
+
+    /// An encoded chat record told apart by `marker`.
+    fn record(marker: u32) -> Result<Vec<u8>, Box<dyn Error>> {
+        let record = ChatRecord {
+            recent_updates: vec![marker],
+            ..ChatRecord::default()
+        };
+        Ok(record::encode_chat(&record)?)
+    }
+
+    fn commit(
+        writer: &StoreWriter,
+        chat_id: i64,
+        update_id: u32,
+        change: RecordChange,
+    ) -> OneshotReceiver<Result<(), StoreError>> {
+        let (reply, answer) = port();
+        writer.submit(StoreOp::CommitTurn {
+            chat_id: ChatId(chat_id),
+            update_id,
+            also_answered: Vec::new(),
+            change,
+            reply,
+        });
+        answer
+    }
+
+    fn admit(writer: &StoreWriter, updates: Vec<Inbound>) -> Result<Vec<u32>, Box<dyn Error>> {
+        let (reply, answer) = port();
+        writer.submit(StoreOp::Admit { updates, reply });
+        Ok(answer
+            .blocking_recv()??
+            .iter()
+            .map(|u| u.update_id)
+            .collect())
+    }
+
+    fn pending(writer: &StoreWriter) -> Result<Vec<u32>, Box<dyn Error>> {
+        let (reply, answer) = port();
+        writer.submit(StoreOp::Read(ReadOp::PendingUpdates { reply }));
+        Ok(answer
+            .blocking_recv()??
+            .iter()
+            .map(|u| u.update_id)
+            .collect())
+    }
+
+    /// Waits until every operation queued before is served (a read is
+    /// answered after its batch's writes).
+    fn settle(writer: &StoreWriter) -> Result<(), Box<dyn Error>> {
+        let (reply, answer) = port();
+        writer.submit(StoreOp::Read(ReadOp::NewestUpdateId { reply }));
+        answer.blocking_recv()??;
+        Ok(())
+    }
+
+    /// Drops the writer and waits for the thread's final persist.
+    fn stop(writer: StoreWriter, thread: JoinHandle<()>) -> TestResult {
+        drop(writer);
+        thread.join().map_err(|_| "writer thread panicked")?;
+        Ok(())
+    }
+
+    fn update_ids(store: &OpenStore) -> Result<Vec<u32>, Box<dyn Error>> {
+        let mut ids = Vec::new();
+        for item in store.updates.iter() {
+            ids.extend(super::super::update_from_key(&item.key()?));
+        }
+        Ok(ids)
+    }
+
+    #[test]
+    fn commits_queued_together_are_one_batch_all_acknowledged_and_durable() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (writer, thread) = StoreWriter::start(&storage(dir.path(), "300ms")?)?;
+        let answers = (1..=5)
+            .map(|chat| {
+                Ok(commit(
+                    &writer,
+                    chat,
+                    100 + chat as u32,
+                    RecordChange::Put(record(chat as u32)?),
+                ))
+            })
+            .collect::<Result<Vec<_>, Box<dyn Error>>>()?;
+        for answer in answers {
+            answer.blocking_recv()??;
+        }
+        let stats = writer.stats();
+        assert_eq!((stats.commits, stats.turns, stats.last_batch), (1, 5, 5));
+        stop(writer, thread)?;
+
+        let store = OpenStore::open(dir.path())?;
+        for chat in 1..=5 {
+            let bytes = store
+                .chats
+                .get(chat_key(ChatId(chat)))?
+                .ok_or("record lost")?;
+            let record = record::decode_chat(&bytes)?;
+            assert_eq!(record.recent_updates, vec![chat as u32]);
+        }
+        assert_eq!(update_ids(&store)?, vec![101, 102, 103, 104, 105]);
+        Ok(())
+    }
+
+    #[test]
+    fn admission_skips_known_updates_and_pending_keeps_arrival_order() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let config = storage(dir.path(), "1ms")?;
+        let (writer, thread) = StoreWriter::start(&config)?;
+        assert_eq!(
+            admit(&writer, vec![update(10, 1, "a"), update(11, 2, "b")])?,
+            vec![10, 11]
+        );
+        // 11 again is skipped; 5 arrives later, so it comes after them
+        // although its id is lower (Telegram started its ids over).
+        assert_eq!(
+            admit(&writer, vec![update(11, 2, "b"), update(5, 1, "c")])?,
+            vec![5]
+        );
+        assert_eq!(pending(&writer)?, vec![10, 11, 5]);
+        commit(&writer, 2, 11, RecordChange::Keep).blocking_recv()??;
+        assert_eq!(pending(&writer)?, vec![10, 5]);
+        stop(writer, thread)?;
+
+        // After a restart the order holds and admission numbers go on.
+        let (writer, thread) = StoreWriter::start(&config)?;
+        assert_eq!(pending(&writer)?, vec![10, 5]);
+        assert_eq!(
+            admit(&writer, vec![update(3, 3, "d"), update(11, 2, "b")])?,
+            vec![3]
+        );
+        assert_eq!(pending(&writer)?, vec![10, 5, 3]);
+        stop(writer, thread)
+    }
+
+    #[test]
+    fn a_confirmed_offset_prunes_answered_markers_below_it_and_keeps_the_rest() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (writer, thread) = StoreWriter::start(&storage(dir.path(), "1ms")?)?;
+        let updates = (1..=5).map(|id| update(id, 1, "x")).collect();
+        assert_eq!(admit(&writer, updates)?, vec![1, 2, 3, 4, 5]);
+        for id in [1, 2, 4] {
+            commit(&writer, 1, id, RecordChange::Keep).blocking_recv()??;
+        }
+        writer.submit(StoreOp::Prune { below: 4 });
+        settle(&writer)?;
+        // Answered 1 and 2 are gone; pending 3, answered 4 (not yet
+        // confirmed) and pending 5 stay.
+        assert_eq!(pending(&writer)?, vec![3, 5]);
+        // The prune point moved: answering 3, below it, leaves no marker.
+        commit(&writer, 1, 3, RecordChange::Keep).blocking_recv()??;
+        stop(writer, thread)?;
+
+        let store = OpenStore::open(dir.path())?;
+        assert_eq!(update_ids(&store)?, vec![4, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_stopped_writer_answers_unavailable() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (writer, thread) = StoreWriter::start(&storage(dir.path(), "1ms")?)?;
+        let (ops, receiver) = mpsc::channel();
+        drop(receiver);
+        let gone = StoreWriter {
+            ops,
+            counters: Arc::clone(&writer.counters),
+            listener: Arc::clone(&writer.listener),
+        };
+        let answer = commit(&gone, 1, 1, RecordChange::Keep);
+        assert_eq!(answer.blocking_recv()?, Err(StoreError::Unavailable));
+        stop(writer, thread)
+    }
+}
