@@ -711,7 +711,10 @@ mod tests {
         source.bot.insert(b"bans", b"setting")?;
         source.failed.insert(b"f1", b"bad")?;
         source.usage.insert([b'c', 1], b"spent")?;
-        let report = write_backup(&source.view(), &root.path().join("copy"), &data)?;
+        let view = source.view();
+        // Written after the snapshot: not in the backup.
+        source.chats.insert(b"late", b"x")?;
+        let report = write_backup(&view, &root.path().join("copy"), &data)?;
         assert_eq!(
             report,
             BackupReport {
@@ -719,8 +722,6 @@ mod tests {
                 chats: 30
             }
         );
-        // Written after the snapshot: not in the backup.
-        source.chats.insert(b"late", b"x")?;
         let mut expected = contents(&source)?;
         expected.retain(|(_, key, _)| key.as_slice() != b"late");
 
