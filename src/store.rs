@@ -39,8 +39,8 @@ pub const USAGE: &str = "usage";
 /// by the rate limiter, the default model by the LLM pool): key a
 /// [`BotKey`] name, value that owner's versioned encoding.
 pub const BOT: &str = "bot";
-/// Keyspace of records that failed to decode: key [`failed_key`], value the
-/// raw bytes, kept for inspection.
+/// Keyspace of records that failed to decode: key [`failed_chat_key`] or
+/// [`failed_update_key`], value the raw bytes, kept for inspection.
 pub const FAILED: &str = "failed";
 
 /// Keys of the `bot` keyspace.

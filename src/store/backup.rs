@@ -683,10 +683,11 @@ mod tests {
         assert_eq!(frames[2], (2, b"bans".to_vec(), b"x".to_vec()));
     }
 
+    /// A record: keyspace index, key, value.
+    type Record = (usize, Vec<u8>, Vec<u8>);
+
     /// Every record of every keyspace, in backup order.
-    fn contents(
-        store: &OpenStore,
-    ) -> Result<Vec<(usize, Vec<u8>, Vec<u8>)>, Box<dyn std::error::Error>> {
+    fn contents(store: &OpenStore) -> Result<Vec<Record>, Box<dyn std::error::Error>> {
         let mut all = Vec::new();
         for (index, name) in KEYSPACES.iter().enumerate() {
             let keyspace = store.keyspace(name).ok_or("keyspace missing")?;
