@@ -24,9 +24,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use llmgram::actors::Directory;
-use llmgram::actors::root::persistence::{self, RecordChange, StoreWriter};
+use llmgram::actors::root::persistence::{self, RecordChange};
 use llmgram::config::Config;
 use llmgram::store::record::{self, ChatRecord, StoredMessage, StoredRole};
+use llmgram::store::writer::StoreWriter;
 use llmgram::telegram::inbound::ChatId;
 
 struct Args {

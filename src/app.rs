@@ -13,12 +13,12 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::actors::Directory;
-use crate::actors::root::persistence::StoreWriter;
 use crate::actors::root::session_sup::SessionStats;
 use crate::actors::root::{Deps, Fatal, Root, RootArgs, TreeStatus};
 use crate::config::{Config, Secret, Secrets};
 use crate::llm::{self, LlmClient, LlmError};
 use crate::ops::{Health, OpsState};
+use crate::store::writer::StoreWriter;
 use crate::telegram::transport::Transport;
 use crate::telegram::{self, TelegramError};
 use crate::texts::{LocaleError, Locales};

@@ -20,10 +20,11 @@
 //! - [`console`]: `llmgram chat`, the console front: the same tree without
 //!   Telegram, talked to from a terminal.
 //! - [`history`]: a chat's bounded history, owned by its session.
-//! - [`store`]: versioned records and their encoding; only the persistence
-//!   actor opens the database.
-//! - [`config`], [`texts`], [`retry`], [`telemetry`], [`error`]: knobs,
-//!   reply texts, backoff, logging, error helpers.
+//! - [`store`]: everything fjall-facing: the database, the group-commit
+//!   writer thread (the only writer, driven only by the persistence actor),
+//!   backup and restore, versioned records and their encoding.
+//! - [`config`], [`texts`], [`retry`], [`telemetry`], [`error`], [`clock`]:
+//!   knobs, reply texts, backoff, logging, error helpers, epoch time.
 //!
 //! `supervision.md` at the repository root draws the tree and states, for
 //! each actor, what it owns and what survives its failure.
@@ -45,6 +46,7 @@ pub mod actors;
 pub mod app;
 #[cfg(feature = "chaos")]
 pub mod chaos;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod error;

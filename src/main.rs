@@ -260,7 +260,7 @@ fn restore(file: Option<&std::path::Path>, from: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match llmgram::actors::root::persistence::restore(from, &config.storage.path) {
+    match llmgram::store::backup::restore(from, &config.storage.path) {
         Ok(report) => {
             println!(
                 "restored {} records ({} chats) into {}",

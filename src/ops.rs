@@ -20,7 +20,7 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -35,10 +35,11 @@ use tokio::net::TcpListener;
 use crate::actors::Directory;
 use crate::actors::root::TreeStatus;
 use crate::actors::root::breaker::BreakerStatus;
-use crate::actors::root::persistence::StoreStats;
 use crate::actors::root::session_sup::SessionStats;
+use crate::clock::unix_millis;
 use crate::config::{Config, OPS_TOKEN_VAR, Secret};
 use crate::store::backup::BackupError;
+use crate::store::writer::StoreStats;
 
 /// Bucket bounds of the latency histograms (seconds): from a few
 /// milliseconds (the bot's own overhead) to a minute (a slow LLM answer).
@@ -91,14 +92,8 @@ impl Health {
 
     /// Stamps `slot` with now.
     pub fn stamp(slot: &AtomicU64) {
-        slot.store(now_ms(), Ordering::Relaxed);
+        slot.store(unix_millis(), Ordering::Relaxed);
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the handlers need.
@@ -337,7 +332,7 @@ pub async fn readiness(
     config: &Config,
 ) -> Value {
     let snapshot = Snapshot::collect(directory, providers.len()).await;
-    let now = now_ms();
+    let now = unix_millis();
     let age = |stamp: u64| (stamp > 0).then(|| now.saturating_sub(stamp));
     let mut failing = Vec::new();
 

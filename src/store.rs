@@ -1,13 +1,25 @@
-//! What llmgram stores and how: versioned records ([`record`]) encoded with
-//! bincode ([`codec`]), and the key layout of the fjall keyspaces.
+//! Everything that touches the fjall database, and what is stored in it:
+//! versioned records ([`record`]) encoded with bincode ([`codec`]), the key
+//! layout of the keyspaces (below), the database and its reads and
+//! quarantine (`db`), the group-commit writer thread ([`writer`]), backup
+//! and restore ([`backup`]), and, for tests and benchmarks only, a raw
+//! inspector (`inspect`, feature `test-support`).
 //!
-//! Only the persistence actor (`actors/root/persistence.rs`) opens or touches
-//! fjall; everything here is pure data and encoding, except [`backup`],
-//! which also reads and writes the files of a backup (never a database).
+//! **Single-writer invariant:** while the service runs, only the thread of
+//! [`writer`] writes to the database, and only the persistence actor
+//! (`actors/root/persistence.rs`) holds a [`writer::StoreWriter`] to give it
+//! work; the actor translates its messages one-to-one into
+//! [`writer::StoreOp`]s and never touches the disk. [`backup::restore`] and
+//! the inspector open a database only while the service is not running on
+//! it.
 
 pub mod backup;
 pub mod codec;
+pub(crate) mod db;
+#[cfg(any(test, feature = "test-support"))]
+pub mod inspect;
 pub mod record;
+pub mod writer;
 
 use crate::telegram::inbound::ChatId;
 
@@ -27,8 +39,8 @@ pub const USAGE: &str = "usage";
 /// by the rate limiter, the default model by the LLM pool): key a
 /// [`BotKey`] name, value that owner's versioned encoding.
 pub const BOT: &str = "bot";
-/// Keyspace of records that failed to decode: key [`failed_key`], value the
-/// raw bytes, kept for inspection.
+/// Keyspace of records that failed to decode: key [`failed_chat_key`] or
+/// [`failed_update_key`], value the raw bytes, kept for inspection.
 pub const FAILED: &str = "failed";
 
 /// Keys of the `bot` keyspace.

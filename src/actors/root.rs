@@ -297,7 +297,7 @@ pub struct Deps {
     /// Reply texts.
     pub locales: Locales,
     /// The store's writer; only the persistence actor can use it.
-    pub store: persistence::StoreWriter,
+    pub store: crate::store::writer::StoreWriter,
     /// The secret token Telegram sends with each webhook request.
     pub webhook_secret: crate::config::Secret,
     /// Timestamps for readiness, stamped by the ingress and the pool.

@@ -9,8 +9,8 @@ use tokio::sync::Semaphore;
 
 use super::Directory;
 use super::root::Deps;
-use super::root::persistence::StoreWriter;
 use crate::config::{Config, Secret};
+use crate::store::writer::StoreWriter;
 use crate::telegram::scripted::ScriptedApi;
 use crate::telegram::transport::Transport;
 use crate::texts::Locales;

@@ -1,5 +1,6 @@
-//! The backup format: what `POST /backup` writes and `llmgram restore`
-//! accepts, and where a backup may be written.
+//! Backup and restore: what `POST /backup` writes (`write_backup`, from a
+//! snapshot the writer takes in its order) and `llmgram restore` reads back
+//! ([`restore`]), the format, and where a backup may be written.
 //!
 //! A backup is a directory holding two files:
 //!
@@ -29,6 +30,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use fjall::{PersistMode, Readable};
+
+use super::db::{OpenStore, StoreView};
 use super::{BOT, CHATS, FAILED, StoreError, UPDATES, USAGE};
 
 /// The `format` of every manifest.
@@ -560,6 +564,99 @@ impl Iterator for Frames {
     }
 }
 
+/// What a backup or restore copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BackupReport {
+    /// Key-value records copied, over all keyspaces.
+    pub records: u64,
+    /// Chat records among them.
+    pub chats: u64,
+}
+
+/// Records restored per write batch: large enough to amortise the commit,
+/// small enough to bound the memory a batch holds.
+const COPY_BATCH: usize = 10_000;
+
+/// Writes `source` as a backup into `to`, which [`prepare_target`] checks
+/// against the data directory `data_dir` first. A failed backup leaves no
+/// partial files behind. Runs on a thread of its own, off the writer: the
+/// view is a snapshot, so writes go on meanwhile.
+pub(crate) fn write_backup(
+    source: &StoreView,
+    to: &Path,
+    data_dir: &Path,
+) -> Result<BackupReport, BackupError> {
+    let target = prepare_target(to, data_dir)?;
+    let written = write_records(source, &target.path);
+    if written.is_err() {
+        RecordsWriter::discard(&target.path, target.created);
+    }
+    written
+}
+
+fn write_records(source: &StoreView, dir: &Path) -> Result<BackupReport, BackupError> {
+    let mut out = RecordsWriter::create(dir)?;
+    for (name, keyspace) in &source.keyspaces {
+        let Some(index) = KEYSPACES.iter().position(|k| k == name) else {
+            continue;
+        };
+        for item in source.snapshot.iter(keyspace) {
+            let (key, value) = item.into_inner().map_err(StoreError::from)?;
+            out.write(index, &key, &value)?;
+        }
+    }
+    let manifest = out.finish()?;
+    Ok(BackupReport {
+        records: manifest.records,
+        chats: manifest.count(CHATS),
+    })
+}
+
+/// Fills the empty data directory `to` from the backup at `from` (the
+/// service must not be running on `to`). The backup is only read: its
+/// manifest, size, checksum and counts are checked before anything is
+/// written, and it is never opened as a database.
+pub fn restore(from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
+    let verified = verify(from)?;
+    check_restore_target(from, to)?;
+    let target = OpenStore::open(to)?;
+    let mut batch = target.db.batch();
+    let mut frames = verified.frames()?;
+    for frame in &mut frames {
+        let (index, key, value) = frame?;
+        let keyspace = KEYSPACES
+            .get(index)
+            .and_then(|name| target.keyspace(name))
+            .ok_or_else(|| BackupError::Target(format!("no keyspace {index}")))?;
+        batch.insert(keyspace, key, value);
+        if batch.len() >= COPY_BATCH {
+            std::mem::replace(&mut batch, target.db.batch())
+                .commit()
+                .map_err(StoreError::from)?;
+        }
+    }
+    // The file was read twice: the verified pass and this one. Were it
+    // changed in between, what was written is not what was verified.
+    if frames.finish() != verified.manifest.sha256 {
+        return Err(BackupError::NotABackup {
+            path: from.display().to_string(),
+            reason: format!(
+                "it changed while being restored; {} holds a partial copy to discard",
+                to.display()
+            ),
+        });
+    }
+    batch.commit().map_err(StoreError::from)?;
+    target
+        .db
+        .persist(PersistMode::SyncAll)
+        .map_err(StoreError::from)?;
+    Ok(BackupReport {
+        records: verified.manifest.records,
+        chats: verified.manifest.count(CHATS),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,6 +681,69 @@ mod tests {
         let frames: Vec<_> = verified.frames().unwrap().map(Result::unwrap).collect();
         assert_eq!(frames[1], (0, b"k2".to_vec(), Vec::new()));
         assert_eq!(frames[2], (2, b"bans".to_vec(), b"x".to_vec()));
+    }
+
+    /// A record: keyspace index, key, value.
+    type Record = (usize, Vec<u8>, Vec<u8>);
+
+    /// Every record of every keyspace, in backup order.
+    fn contents(store: &OpenStore) -> Result<Vec<Record>, Box<dyn std::error::Error>> {
+        let mut all = Vec::new();
+        for (index, name) in KEYSPACES.iter().enumerate() {
+            let keyspace = store.keyspace(name).ok_or("keyspace missing")?;
+            for item in keyspace.iter() {
+                let (key, value) = item.into_inner()?;
+                all.push((index, key.to_vec(), value.to_vec()));
+            }
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn a_backup_restores_to_an_equal_store_and_a_tampered_one_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        let data = root.path().join("data");
+        let source = OpenStore::open(&data)?;
+        for chat in 0..30_u8 {
+            source.chats.insert([b'c', chat], vec![chat; 100])?;
+        }
+        source.updates.insert([0, 0, 0, 9], b"update")?;
+        source.bot.insert(b"bans", b"setting")?;
+        source.failed.insert(b"f1", b"bad")?;
+        source.usage.insert([b'c', 1], b"spent")?;
+        let view = source.view();
+        // Written after the snapshot: not in the backup.
+        source.chats.insert(b"late", b"x")?;
+        let report = write_backup(&view, &root.path().join("copy"), &data)?;
+        assert_eq!(
+            report,
+            BackupReport {
+                records: 34,
+                chats: 30
+            }
+        );
+        let mut expected = contents(&source)?;
+        expected.retain(|(_, key, _)| key.as_slice() != b"late");
+
+        let restored = root.path().join("restored");
+        assert_eq!(restore(&root.path().join("copy"), &restored)?, report);
+        assert_eq!(contents(&OpenStore::open(&restored)?)?, expected);
+
+        // One byte changed in a value: the checksum no longer matches, and
+        // nothing is restored.
+        let records = root.path().join("copy").join(RECORDS);
+        let mut bytes = std::fs::read(&records)?;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&records, bytes)?;
+        let second = root.path().join("second");
+        assert!(matches!(
+            restore(&root.path().join("copy"), &second),
+            Err(BackupError::NotABackup { .. })
+        ));
+        assert!(!second.exists());
+        Ok(())
     }
 
     #[test]

@@ -278,9 +278,7 @@ pub fn encode_usage(usage: &ChatUsage) -> Result<Vec<u8>, CodecError> {
 /// Decodes a chat's usage of any known version.
 pub fn decode_usage(bytes: &[u8]) -> Result<ChatUsage, RecordError> {
     match split_version(bytes)? {
-        (1, body) => {
-            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 1, source })
-        }
+        (1, body) => decode_as::<ChatUsage, _>(1, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -305,9 +303,7 @@ pub fn encode_setting(setting: &BotSetting) -> Result<Vec<u8>, CodecError> {
 /// Decodes a bot setting of any known version.
 pub fn decode_setting(bytes: &[u8]) -> Result<BotSetting, RecordError> {
     match split_version(bytes)? {
-        (1, body) => {
-            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 1, source })
-        }
+        (1, body) => decode_as::<BotSetting, _>(1, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -339,15 +335,9 @@ pub fn encode_chat(record: &ChatRecord) -> Result<Vec<u8>, CodecError> {
 /// Decodes a chat record of any known version.
 pub fn decode_chat(bytes: &[u8]) -> Result<ChatRecord, RecordError> {
     match split_version(bytes)? {
-        (1, body) => codec::decode::<v1::ChatRecord>(body)
-            .map(ChatRecord::from)
-            .map_err(|source| RecordError::Corrupt { version: 1, source }),
-        (2, body) => codec::decode::<v2::ChatRecord>(body)
-            .map(ChatRecord::from)
-            .map_err(|source| RecordError::Corrupt { version: 2, source }),
-        (3, body) => {
-            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 3, source })
-        }
+        (1, body) => decode_as::<v1::ChatRecord, _>(1, body),
+        (2, body) => decode_as::<v2::ChatRecord, _>(2, body),
+        (3, body) => decode_as::<ChatRecord, _>(3, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -360,14 +350,22 @@ pub fn encode_update(entry: &UpdateEntry) -> Result<Vec<u8>, CodecError> {
 /// Decodes an update entry of any known version.
 pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
     match split_version(bytes)? {
-        (1, body) => codec::decode::<v1::UpdateEntry>(body)
-            .map(UpdateEntry::from)
-            .map_err(|source| RecordError::Corrupt { version: 1, source }),
-        (2, body) => {
-            codec::decode(body).map_err(|source| RecordError::Corrupt { version: 2, source })
-        }
+        (1, body) => decode_as::<v1::UpdateEntry, _>(1, body),
+        (2, body) => decode_as::<UpdateEntry, _>(2, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
+}
+
+/// Decodes `body` as the type `Stored` that schema `version` wrote, and
+/// upgrades it to the current type `T` (the identity for the current
+/// version).
+fn decode_as<Stored, T>(version: u8, body: &[u8]) -> Result<T, RecordError>
+where
+    Stored: serde::de::DeserializeOwned + Into<T>,
+{
+    codec::decode::<Stored>(body)
+        .map(Into::into)
+        .map_err(|source| RecordError::Corrupt { version, source })
 }
 
 fn with_version(version: u8, body: Vec<u8>) -> Result<Vec<u8>, CodecError> {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use llmgram::actors::root::persistence::inspect;
+use llmgram::store::inspect;
 use llmgram::telegram::inbound::ChatId;
 use llmgram_fakes::{FakeLlm, FakeTelegram};
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use llmgram::actors::root::persistence::inspect;
+use llmgram::store::inspect;
 use llmgram::telegram::inbound::ChatId;
 
 use crate::common::{Harness, eventually};
@@ -102,7 +102,7 @@ async fn the_spend_kept_across_forget_survives_a_backup_and_restore() {
     h.stop().await;
 
     let restored = tempfile::tempdir().unwrap();
-    llmgram::actors::root::persistence::restore(&target, restored.path()).unwrap();
+    llmgram::store::backup::restore(&target, restored.path()).unwrap();
     let h = Harness::start_in(restored, "llm.daily_token_budget = 10\n").await;
     h.telegram.restart_update_ids(1_000);
     h.say(CHAT, "second question");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use llmgram::actors::root::persistence::inspect;
+use llmgram::store::inspect;
 use llmgram::telegram::inbound::ChatId;
 use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, LlmReplyKind};
 

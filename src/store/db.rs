@@ -1,0 +1,334 @@
+//! The fjall database: opening it and its keyspaces ([`OpenStore`]), the
+//! reads the writer serves, and the quarantine of records that do not
+//! decode.
+//!
+//! Everything here runs on the thread that holds the [`OpenStore`]: in the
+//! service that is the writer thread of [`super::writer`], the only one that
+//! opens the live database; [`super::backup::restore`] and the test
+//! inspector open a database the service is not running on.
+//!
+//! **Quarantine:** a chat record or a stored update that does not decode is
+//! moved to the `failed` keyspace (key [`super::failed_chat_key`] /
+//! [`super::failed_update_key`]), logged and counted, and the read goes on
+//! as if it were absent: the chat starts fresh, the other updates replay. A
+//! bad bot setting or usage entry is only logged and counted (its owner
+//! starts from its default and its next save replaces it).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::record::{self, BotSetting, ChatRecord, UpdateEntry};
+use super::{
+    BOT, BotKey, CHATS, FAILED, StoreError, UPDATES, USAGE, chat_key, failed_chat_key,
+    failed_chat_prefix, failed_update_key, update_from_key,
+};
+use crate::clock::unix_millis;
+use crate::telegram::inbound::{ChatId, Inbound};
+
+/// An open database and its keyspaces.
+pub(crate) struct OpenStore {
+    pub(crate) db: Database,
+    pub(crate) bot: Keyspace,
+    pub(crate) chats: Keyspace,
+    pub(crate) updates: Keyspace,
+    pub(crate) failed: Keyspace,
+    pub(crate) usage: Keyspace,
+}
+
+impl OpenStore {
+    /// Opens with fjall's default memtable size (backup, restore, tests).
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, None)
+    }
+
+    /// `memtable_bytes` (`storage.memtable_mib`) bounds each keyspace's
+    /// memtable: it stays in memory until flushed, active chats or not.
+    pub(crate) fn open_with(path: &Path, memtable_bytes: Option<u64>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Storage(e.to_string()))?;
+        // The journal is persisted by each commit with the configured mode,
+        // so fjall's own background fsync is not needed.
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .open()?;
+        let options = || match memtable_bytes {
+            Some(bytes) => KeyspaceCreateOptions::default().max_memtable_size(bytes),
+            None => KeyspaceCreateOptions::default(),
+        };
+        Ok(Self {
+            chats: db.keyspace(CHATS, options)?,
+            bot: db.keyspace(BOT, options)?,
+            updates: db.keyspace(UPDATES, options)?,
+            failed: db.keyspace(FAILED, options)?,
+            usage: db.keyspace(USAGE, options)?,
+            db,
+        })
+    }
+
+    /// The keyspace called `name` (one of [`super::backup::KEYSPACES`]).
+    pub(crate) fn keyspace(&self, name: &str) -> Option<&Keyspace> {
+        match name {
+            CHATS => Some(&self.chats),
+            UPDATES => Some(&self.updates),
+            BOT => Some(&self.bot),
+            FAILED => Some(&self.failed),
+            USAGE => Some(&self.usage),
+            _ => None,
+        }
+    }
+
+    /// A point-in-time view of every keyspace, for a backup.
+    pub(crate) fn view(&self) -> StoreView {
+        StoreView {
+            snapshot: self.db.snapshot(),
+            keyspaces: vec![
+                (CHATS, self.chats.clone()),
+                (UPDATES, self.updates.clone()),
+                (BOT, self.bot.clone()),
+                (FAILED, self.failed.clone()),
+                (USAGE, self.usage.clone()),
+            ],
+        }
+    }
+
+    /// The chat's record; `None` for a new chat, or one whose record does
+    /// not decode (quarantined with durability `mode`, counted in
+    /// `quarantined`).
+    pub(crate) fn load_chat(
+        &self,
+        chat_id: ChatId,
+        mode: PersistMode,
+        quarantined: &AtomicU64,
+    ) -> Result<Option<ChatRecord>, StoreError> {
+        let Some(bytes) = self.chats.get(chat_key(chat_id))? else {
+            return self.forgotten(chat_id, quarantined);
+        };
+        match record::decode_chat(&bytes) {
+            Ok(record) => Ok(Some(record)),
+            Err(error) => {
+                tracing::error!(chat_id = chat_id.0, %error, "chat record does not decode; quarantined, chat starts fresh");
+                let mut write = self.db.batch().durability(Some(mode));
+                write.insert(&self.failed, failed_chat_key(chat_id, unix_millis()), bytes);
+                write.remove(&self.chats, chat_key(chat_id));
+                write.commit()?;
+                quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A chat without a record: new (`None`), or forgotten, when it keeps
+    /// only what it spent.
+    fn forgotten(
+        &self,
+        chat_id: ChatId,
+        quarantined: &AtomicU64,
+    ) -> Result<Option<ChatRecord>, StoreError> {
+        let Some(bytes) = self.usage.get(chat_key(chat_id))? else {
+            return Ok(None);
+        };
+        match record::decode_usage(&bytes) {
+            Ok(usage) => Ok(Some(ChatRecord {
+                counters: record::ChatCounters {
+                    usage_day: usage.usage_day,
+                    tokens_today: usage.tokens_today,
+                    ..record::ChatCounters::default()
+                },
+                ..ChatRecord::default()
+            })),
+            Err(error) => {
+                // Nothing to quarantine worth keeping: the chat starts fresh.
+                tracing::error!(chat_id = chat_id.0, %error, "chat usage does not decode; ignored");
+                quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A bot-wide setting; `None` if never set or unreadable (logged,
+    /// counted in `quarantined`, left in place for inspection).
+    pub(crate) fn setting(
+        &self,
+        key: BotKey,
+        quarantined: &AtomicU64,
+    ) -> Result<Option<BotSetting>, StoreError> {
+        let Some(bytes) = self.bot.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        match record::decode_setting(&bytes) {
+            Ok(setting) => Ok(Some(setting)),
+            Err(error) => {
+                // Kept where it is for inspection; the owner starts from its
+                // default and its next save replaces it.
+                tracing::error!(key = ?key, %error, "bot setting does not decode; ignored");
+                quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The highest update id held (pending or answered); `None` if none.
+    pub(crate) fn newest_update_id(&self) -> Result<Option<u32>, StoreError> {
+        // Keys are big-endian ids, so the last key is the highest id.
+        match self.updates.last_key_value() {
+            Some(item) => Ok(update_from_key(&item.into_inner()?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds to `write` the removal of every quarantined copy of the chat's
+    /// records (`/forget`).
+    pub(crate) fn forget_quarantined(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        chat_id: ChatId,
+    ) -> Result<(), StoreError> {
+        for item in self.failed.prefix(failed_chat_prefix(chat_id)) {
+            let key = item.key()?;
+            write.remove(&self.failed, key);
+        }
+        Ok(())
+    }
+
+    /// Every update received and not answered, in the order received;
+    /// entries that do not decode are quarantined (durability `mode`,
+    /// counted in `quarantined`) and the rest are returned.
+    pub(crate) fn pending(
+        &self,
+        mode: PersistMode,
+        quarantined: &AtomicU64,
+    ) -> Result<Vec<Inbound>, StoreError> {
+        let mut pending: Vec<record::StoredUpdate> = Vec::new();
+        let mut corrupt = Vec::new();
+        for item in self.updates.iter() {
+            let (key, value) = item.into_inner()?;
+            match record::decode_update(&value) {
+                Ok(UpdateEntry::Pending(update)) => pending.push(update),
+                Ok(UpdateEntry::Answered) => {}
+                Err(error) => {
+                    tracing::error!(update_id = update_from_key(&key), %error, "stored update does not decode; quarantined");
+                    corrupt.push((key, value));
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            let mut write = self.db.batch().durability(Some(mode));
+            for (key, value) in corrupt {
+                let id = update_from_key(&key).unwrap_or_default();
+                write.insert(&self.failed, failed_update_key(id, unix_millis()), value);
+                write.remove(&self.updates, key);
+                quarantined.fetch_add(1, Ordering::Relaxed);
+            }
+            write.commit()?;
+        }
+        // In the order received, which is each chat's order: update ids are
+        // not (Telegram may start them over at a random value).
+        pending.sort_by_key(|update| (update.admitted, update.update_id));
+        Ok(pending
+            .into_iter()
+            .map(record::StoredUpdate::into_inbound)
+            .collect())
+    }
+
+    /// The admission sequence number to continue from: one past the highest
+    /// held by a pending update (answered ones no longer need theirs).
+    pub(crate) fn next_admission(&self) -> Result<u64, StoreError> {
+        let mut next = 1;
+        for item in self.updates.iter() {
+            let (_, value) = item.into_inner()?;
+            if let Ok(UpdateEntry::Pending(update)) = record::decode_update(&value) {
+                next = next.max(update.admitted + 1);
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// A point-in-time view of every keyspace, for copying.
+pub(crate) struct StoreView {
+    pub(crate) snapshot: fjall::Snapshot,
+    pub(crate) keyspaces: Vec<(&'static str, Keyspace)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+    use crate::telegram::inbound::InboundKind;
+
+    type TestResult = Result<(), Box<dyn Error>>;
+
+    fn count(keyspace: &Keyspace) -> Result<usize, Box<dyn Error>> {
+        let mut n = 0;
+        for item in keyspace.iter() {
+            item.key()?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn pending_update(update_id: u32, admitted: u64) -> Result<Vec<u8>, Box<dyn Error>> {
+        let inbound = Inbound {
+            update_id,
+            chat_id: ChatId(1),
+            user_id: None,
+            language_code: None,
+            kind: InboundKind::Text("hi".into()),
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+        };
+        let entry = UpdateEntry::Pending(record::StoredUpdate::new(&inbound, admitted));
+        Ok(record::encode_update(&entry)?)
+    }
+
+    #[test]
+    fn a_corrupt_record_is_moved_aside_counted_and_the_rest_loads() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = OpenStore::open(dir.path())?;
+        let good = ChatRecord {
+            recent_updates: vec![42],
+            ..ChatRecord::default()
+        };
+        store.chats.insert(chat_key(ChatId(7)), b"\x03garbage")?;
+        store
+            .chats
+            .insert(chat_key(ChatId(8)), record::encode_chat(&good)?)?;
+        store
+            .updates
+            .insert(super::super::update_key(1), b"\x02garbage")?;
+        store
+            .updates
+            .insert(super::super::update_key(2), pending_update(2, 1)?)?;
+        let quarantined = AtomicU64::new(0);
+        let mode = PersistMode::SyncAll;
+
+        assert_eq!(store.load_chat(ChatId(7), mode, &quarantined)?, None);
+        assert_eq!(quarantined.load(Ordering::Relaxed), 1);
+        assert!(store.chats.get(chat_key(ChatId(7)))?.is_none());
+        assert_eq!(count(&store.failed)?, 1);
+        assert!(
+            store
+                .failed
+                .prefix(failed_chat_prefix(ChatId(7)))
+                .next()
+                .is_some()
+        );
+        assert_eq!(store.load_chat(ChatId(8), mode, &quarantined)?, Some(good));
+
+        let ids: Vec<u32> = store
+            .pending(mode, &quarantined)?
+            .iter()
+            .map(|u| u.update_id)
+            .collect();
+        assert_eq!(ids, vec![2]);
+        assert_eq!(quarantined.load(Ordering::Relaxed), 2);
+        assert_eq!(count(&store.failed)?, 2);
+        assert_eq!(count(&store.updates)?, 1);
+        assert_eq!(store.next_admission()?, 2);
+        Ok(())
+    }
+}
