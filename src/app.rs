@@ -16,7 +16,9 @@ use crate::actors::Directory;
 use crate::actors::root::persistence::StoreWriter;
 use crate::actors::root::session_sup::SessionStats;
 use crate::actors::root::{Deps, Fatal, Root, RootArgs, TreeStatus};
-use crate::config::{Config, Secret, Secrets};
+use crate::config::{Config, IngressMode, Secret, Secrets};
+use crate::front::Front;
+use crate::front::console::ConsoleOut;
 use crate::llm::{self, LlmClient, LlmError};
 use crate::ops::{Health, OpsState};
 use crate::telegram::transport::Transport;
@@ -69,7 +71,7 @@ pub enum AppError {
     Fatal(#[from] Fatal),
     /// The console front (`llmgram chat`) failed.
     #[error("console: {0}")]
-    Console(#[from] crate::console::ConsoleError),
+    Console(#[from] crate::front::console::ConsoleError),
 }
 
 impl AppError {
@@ -106,22 +108,14 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
 /// Starts the service for the console front (`llmgram chat`): the same tree
 /// without an ingress, answers printed through `out`, no Bot API call and no
 /// ops listener (a bot running beside it may hold `ops.listen`). Updates are
-/// handed over by [`crate::console`].
+/// handed over by [`crate::front::console`].
 pub async fn start_console(
     config: Config,
     secrets: Secrets,
     instance: &str,
-    out: crate::console::ConsoleOut,
+    out: ConsoleOut,
 ) -> Result<Service, AppError> {
     start_with(config, secrets, instance, Front::Console(out)).await
-}
-
-/// Where users' messages come from and answers go.
-enum Front {
-    /// The Bot API, with the token from the secrets.
-    Telegram,
-    /// The operator's terminal.
-    Console(crate::console::ConsoleOut),
 }
 
 async fn start_with(
@@ -164,7 +158,7 @@ async fn start_with(
     let providers: Vec<(&str, &str)> = llm.iter().map(|p| (p.name(), p.model())).collect();
     crate::telemetry::families::register(crate::telemetry::families::Known {
         providers: &providers,
-        actors: &crate::actors::Child::NAMES,
+        actors: &crate::actors::Child::names(),
     });
     let health = Arc::new(Health::new(llm.len()));
     let ops_listener = match &transport {
@@ -180,6 +174,16 @@ async fn start_with(
         .map(TcpListener::local_addr)
         .transpose()
         .map_err(|e| AppError::Ops(e.to_string()))?;
+    let runs_webhook = transport.bot().is_some() && config.telegram.mode == IngressMode::Webhook;
+    let webhook_secret = if runs_webhook {
+        Some(match &secrets.webhook_secret {
+            Some(secret) => secret.clone(),
+            None => random_secret(getrandom::fill)?,
+        })
+    } else {
+        // Polling and the console register no webhook: no secret to make.
+        None
+    };
     let deps = Deps {
         directory: directory.clone(),
         transport,
@@ -191,10 +195,7 @@ async fn start_with(
         pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,
-        webhook_secret: match secrets.webhook_secret.clone() {
-            Some(secret) => secret,
-            None => random_secret(getrandom::fill)?,
-        },
+        webhook_secret,
         health: Arc::clone(&health),
         config: Arc::clone(&config),
     };
