@@ -175,15 +175,11 @@ async fn start_with(
         .transpose()
         .map_err(|e| AppError::Ops(e.to_string()))?;
     let runs_webhook = transport.bot().is_some() && config.telegram.mode == IngressMode::Webhook;
-    let webhook_secret = if runs_webhook {
-        Some(match &secrets.webhook_secret {
-            Some(secret) => secret.clone(),
-            None => random_secret(getrandom::fill)?,
-        })
-    } else {
-        // Polling and the console register no webhook: no secret to make.
-        None
-    };
+    let webhook_secret = webhook_secret(
+        runs_webhook,
+        secrets.webhook_secret.as_ref(),
+        getrandom::fill,
+    )?;
     let deps = Deps {
         directory: directory.clone(),
         transport,
@@ -337,6 +333,23 @@ async fn check_token(bot: &teloxide::Bot) -> Result<Option<String>, AppError> {
     }
 }
 
+/// The secret token of the webhook: `TELEGRAM_WEBHOOK_SECRET` when set,
+/// else a fresh one from `fill`; none unless the webhook runs (polling and
+/// the console register no webhook, so no randomness is asked for).
+fn webhook_secret(
+    runs_webhook: bool,
+    configured: Option<&Secret>,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> Result<Option<Secret>, AppError> {
+    if !runs_webhook {
+        return Ok(None);
+    }
+    match configured {
+        Some(secret) => Ok(Some(secret.clone())),
+        None => random_secret(fill).map(Some),
+    }
+}
+
 /// A fresh webhook secret token (64 hex characters, within Telegram's
 /// 1–256 of `A-Za-z0-9_-`) from 32 bytes of `fill` (the OS's random source,
 /// [`getrandom::fill`]); a new one each start is fine because setWebhook
@@ -363,6 +376,26 @@ mod tests {
         assert_eq!(secret.expose().len(), 64);
         assert!(secret.expose().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(secret, random_secret(getrandom::fill).unwrap());
+    }
+
+    #[test]
+    fn a_webhook_secret_is_made_only_for_the_webhook() {
+        let broken =
+            |_: &mut [u8]| -> Result<(), getrandom::Error> { Err(getrandom::Error::UNSUPPORTED) };
+        // Polling: no secret, and a broken random source does not matter.
+        assert_eq!(webhook_secret(false, None, broken).unwrap(), None);
+        // Webhook: the configured one, else a random one, else no start.
+        let configured = Secret::new(String::from("configured"));
+        assert_eq!(
+            webhook_secret(true, Some(&configured), broken).unwrap(),
+            Some(configured)
+        );
+        let made = webhook_secret(true, None, getrandom::fill).unwrap();
+        assert_eq!(made.map(|s| s.expose().len()), Some(64));
+        assert!(matches!(
+            webhook_secret(true, None, broken),
+            Err(AppError::Random(_))
+        ));
     }
 
     #[test]
