@@ -1,7 +1,8 @@
 //! Ingress: long-polls the Bot API and hands each update to the session
 //! supervisor without waiting for it to be answered.
 //!
-//! - **Supervised by:** root, permanent; started last, stopped (killed) first.
+//! - **Supervised by:** root, permanent, as [`Child::Front`](crate::actors::Child::Front)
+//!   in polling mode; started last, stopped (killed) first.
 //! - **Messages:** [`IngressMsg::Poll`], which it sends itself after each
 //!   round, so the actor is a loop that can still be stopped between rounds.
 //! - **State:** the next `offset` to ask for, the bot's username (from getMe,

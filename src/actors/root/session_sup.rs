@@ -21,11 +21,14 @@
 //!   message, no update can be in a mailbox that eviction throws away. The
 //!   maps are shrunk when mostly empty, so a past peak of chats does not
 //!   keep their tables.
-//! - **On a session's failure:** a new session is spawned and every pending
-//!   update is handed to it again in order; the update it crashed on is
-//!   dropped with an apology after `session.max_redeliveries` attempts. The
-//!   history kept in the dead session's memory is lost (durable history
-//!   arrives with the persistence actor).
+//! - **On a session's failure:** sessions are transient
+//!   ([`SESSION_RESTART`], decided by [`wants_restart`]; a kill counts as a
+//!   failure): a new session is spawned and every pending update is handed
+//!   to it again in order; the update it crashed on is dropped with an
+//!   apology after `session.max_redeliveries` attempts. The replacement
+//!   reloads the chat's record from the store, so only the turn in progress
+//!   is redone. An evicted session is not replaced: the chat's next update
+//!   starts a new one.
 //! - **On its own failure:** root restarts it with an empty map; sessions die
 //!   with it (ractor stops linked children). The new supervisor replays every
 //!   update the store holds as unanswered, so none is lost.
