@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use crate::actors::Directory;
 use crate::actors::root::session_sup::SessionStats;
 use crate::actors::root::{Deps, Fatal, Root, RootArgs, TreeStatus};
-use crate::config::{Config, Secret, Secrets};
+use crate::config::{Config, IngressMode, Secret, Secrets};
+use crate::front::Front;
+use crate::front::console::ConsoleOut;
 use crate::llm::{self, LlmClient, LlmError};
 use crate::ops::{Health, OpsState};
 use crate::store::writer::StoreWriter;
@@ -69,7 +71,7 @@ pub enum AppError {
     Fatal(#[from] Fatal),
     /// The console front (`llmgram chat`) failed.
     #[error("console: {0}")]
-    Console(#[from] crate::console::ConsoleError),
+    Console(#[from] crate::front::console::ConsoleError),
 }
 
 impl AppError {
@@ -106,22 +108,14 @@ pub async fn start(config: Config, secrets: Secrets, instance: &str) -> Result<S
 /// Starts the service for the console front (`llmgram chat`): the same tree
 /// without an ingress, answers printed through `out`, no Bot API call and no
 /// ops listener (a bot running beside it may hold `ops.listen`). Updates are
-/// handed over by [`crate::console`].
+/// handed over by [`crate::front::console`].
 pub async fn start_console(
     config: Config,
     secrets: Secrets,
     instance: &str,
-    out: crate::console::ConsoleOut,
+    out: ConsoleOut,
 ) -> Result<Service, AppError> {
     start_with(config, secrets, instance, Front::Console(out)).await
-}
-
-/// Where users' messages come from and answers go.
-enum Front {
-    /// The Bot API, with the token from the secrets.
-    Telegram,
-    /// The operator's terminal.
-    Console(crate::console::ConsoleOut),
 }
 
 async fn start_with(
@@ -164,7 +158,7 @@ async fn start_with(
     let providers: Vec<(&str, &str)> = llm.iter().map(|p| (p.name(), p.model())).collect();
     crate::telemetry::families::register(crate::telemetry::families::Known {
         providers: &providers,
-        actors: &crate::actors::Child::NAMES,
+        actors: &crate::actors::Child::names(),
     });
     let health = Arc::new(Health::new(llm.len()));
     let ops_listener = match &transport {
@@ -181,6 +175,12 @@ async fn start_with(
         .map(TcpListener::local_addr)
         .transpose()
         .map_err(|e| AppError::Ops(e.to_string()))?;
+    let runs_webhook = transport.bot().is_some() && config.telegram.mode == IngressMode::Webhook;
+    let webhook_secret = webhook_secret(
+        runs_webhook,
+        secrets.webhook_secret.as_ref(),
+        getrandom::fill,
+    )?;
     let deps = Deps {
         directory: directory.clone(),
         transport,
@@ -192,10 +192,7 @@ async fn start_with(
         pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load()?,
         store,
-        webhook_secret: match secrets.webhook_secret.clone() {
-            Some(secret) => secret,
-            None => random_secret(getrandom::fill)?,
-        },
+        webhook_secret,
         health: Arc::clone(&health),
         config: Arc::clone(&config),
     };
@@ -337,6 +334,23 @@ async fn check_token(bot: &teloxide::Bot) -> Result<Option<String>, AppError> {
     }
 }
 
+/// The secret token of the webhook: `TELEGRAM_WEBHOOK_SECRET` when set,
+/// else a fresh one from `fill`; none unless the webhook runs (polling and
+/// the console register no webhook, so no randomness is asked for).
+fn webhook_secret(
+    runs_webhook: bool,
+    configured: Option<&Secret>,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> Result<Option<Secret>, AppError> {
+    if !runs_webhook {
+        return Ok(None);
+    }
+    match configured {
+        Some(secret) => Ok(Some(secret.clone())),
+        None => random_secret(fill).map(Some),
+    }
+}
+
 /// A fresh webhook secret token (64 hex characters, within Telegram's
 /// 1–256 of `A-Za-z0-9_-`) from 32 bytes of `fill` (the OS's random source,
 /// [`getrandom::fill`]); a new one each start is fine because setWebhook
@@ -363,6 +377,26 @@ mod tests {
         assert_eq!(secret.expose().len(), 64);
         assert!(secret.expose().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(secret, random_secret(getrandom::fill).unwrap());
+    }
+
+    #[test]
+    fn a_webhook_secret_is_made_only_for_the_webhook() {
+        let broken =
+            |_: &mut [u8]| -> Result<(), getrandom::Error> { Err(getrandom::Error::UNSUPPORTED) };
+        // Polling: no secret, and a broken random source does not matter.
+        assert_eq!(webhook_secret(false, None, broken).unwrap(), None);
+        // Webhook: the configured one, else a random one, else no start.
+        let configured = Secret::new(String::from("configured"));
+        assert_eq!(
+            webhook_secret(true, Some(&configured), broken).unwrap(),
+            Some(configured)
+        );
+        let made = webhook_secret(true, None, getrandom::fill).unwrap();
+        assert_eq!(made.map(|s| s.expose().len()), Some(64));
+        assert!(matches!(
+            webhook_secret(true, None, broken),
+            Err(AppError::Random(_))
+        ));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use crate::actors::{Child, Directory};
 use crate::telegram::inbound::ChatId;
 
-/// Makes a long-lived actor panic; `false` if it is not running now.
+/// Makes a long-lived actor panic through its handle; `false` if it is not
+/// running now.
 pub fn panic_child(directory: &Directory, child: Child) -> bool {
     match child {
         Child::Persistence => directory.persistence().panic(),
@@ -18,13 +19,14 @@ pub fn panic_child(directory: &Directory, child: Child) -> bool {
         Child::LlmPool => directory.llm_pool().panic(),
         Child::Outbox => directory.outbox().panic(),
         Child::SessionSup => directory.session_sup().panic(),
-        Child::Ingress => directory.ingress().panic(),
+        Child::Front => directory.front().panic(),
     }
 }
 
-/// Makes the actor named by an ops query panic: `actor=persistence`,
-/// `limiter`, `llm_pool`, `breaker.N`, `outbox`, `session_sup`, `ingress`,
-/// or `actor=session&chat=ID` (that chat's session, at its next update).
+/// Makes the actor named by an ops query panic: `actor=NAME` with a child's
+/// registered name as [`Child::parse`] reads it (`persistence`, `limiter`,
+/// `llm_pool`, `breaker.N`, `outbox`, `session_sup`, `ingress`), or
+/// `actor=session&chat=ID` (that chat's session, at its next update).
 /// `Ok(false)` if the actor is not running now (e.g. still restarting).
 pub fn panic_named(directory: &Directory, query: &str) -> Result<bool, String> {
     let param = |name: &str| {
@@ -33,25 +35,14 @@ pub fn panic_named(directory: &Directory, query: &str) -> Result<bool, String> {
             .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
     };
     let actor = param("actor").ok_or("missing actor=NAME")?;
-    let child = match actor {
-        "persistence" => Child::Persistence,
-        "limiter" => Child::Limiter,
-        "llm_pool" => Child::LlmPool,
-        "outbox" => Child::Outbox,
-        "session_sup" => Child::SessionSup,
-        "ingress" => Child::Ingress,
-        "session" => {
-            let chat = param("chat")
-                .and_then(|c| c.parse().ok())
-                .ok_or("actor=session needs chat=ID")?;
-            panic_session(directory, ChatId(chat));
-            return Ok(true);
-        }
-        other => match other.strip_prefix("breaker.").map(str::parse) {
-            Some(Ok(index)) => Child::breaker(index),
-            _ => return Err(format!("unknown actor {other:?}")),
-        },
-    };
+    if actor == "session" {
+        let chat = param("chat")
+            .and_then(|c| c.parse().ok())
+            .ok_or("actor=session needs chat=ID")?;
+        panic_session(directory, ChatId(chat));
+        return Ok(true);
+    }
+    let child = Child::parse(actor).ok_or_else(|| format!("unknown actor {actor:?}"))?;
     Ok(panic_child(directory, child))
 }
 

@@ -17,8 +17,10 @@
 //! - [`ops`]: the operator's HTTP listener (health, readiness, metrics).
 //! - [`listener`]: how the ops and webhook listeners serve connections
 //!   (connection cap, header and request timeouts).
-//! - [`console`]: `llmgram chat`, the console front: the same tree without
-//!   Telegram, talked to from a terminal.
+//! - [`front`]: the front ends apart from their actors: which one a service
+//!   starts with, the intake every one hands updates over through, and
+//!   [`front::console`] (`llmgram chat`: the same tree without Telegram,
+//!   talked to from a terminal).
 //! - [`history`]: a chat's bounded history, owned by its session.
 //! - [`store`]: everything fjall-facing: the database, the group-commit
 //!   writer thread (the only writer, driven only by the persistence actor),
@@ -48,8 +50,8 @@ pub mod app;
 pub mod chaos;
 pub mod clock;
 pub mod config;
-pub mod console;
 pub mod error;
+pub mod front;
 pub mod history;
 pub mod input;
 pub mod listener;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use llmgram::app;
 use llmgram::config::{Config, LogConfig, OPS_TOKEN_VAR, Secrets};
-use llmgram::console::{self, ChatOptions};
+use llmgram::front::console::{self, ChatOptions};
 use llmgram::texts::Locales;
 
 /// A Telegram assistant bot answering with a large language model.

@@ -15,24 +15,38 @@ use tokio::time::Instant;
 
 use crate::config::SupervisionConfig;
 
-/// The long-lived children of the root supervisor, in start order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The long-lived children of the root supervisor.
+///
+/// The enum names them; root's child-spec table
+/// ([`child_specs`](crate::actors::root)) says, once, in which order they
+/// start, how each is restarted and how it is started. This type stays here,
+/// beside the [`Directory`] and [`Address`] built on it, so the name
+/// machinery does not depend on the supervisor. Its registry, log and metric
+/// names come from [`as_str`](Self::as_str);
+/// [`IntoEnumIterator`](strum::IntoEnumIterator) walks one of each (the
+/// breakers as [`Child::Breaker`]`(0)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Child {
     /// `root/persistence.rs`: the only door to the store.
     Persistence,
+    /// `root/breaker.rs`: the circuit breaker of the provider at this index
+    /// of the provider list (0 is the primary).
+    Breaker(u8),
     /// `root/limiter.rs`: rate limits on arriving updates.
     Limiter,
     /// `root/llm_pool.rs`: chat-completion requests.
     LlmPool,
-    /// `root/breaker.rs`: the circuit breaker of the provider at this index
-    /// of the provider list (0 is the primary).
-    Breaker(u8),
     /// `root/outbox.rs`: every Bot API send.
     Outbox,
     /// `root/session_sup.rs`: one session actor per chat.
     SessionSup,
-    /// `root/ingress.rs`: long polling.
-    Ingress,
+    /// The front end taking updates in: long polling (`root/ingress.rs`) or
+    /// the webhook (`root/webhook.rs`), by `telegram.mode`; none for the
+    /// console front. Registered, logged and counted as `ingress`, the name
+    /// the metrics, the chaos hook and the operators' dashboards know.
+    #[strum(serialize = "ingress")]
+    Front,
 }
 
 impl Child {
@@ -42,28 +56,28 @@ impl Child {
         Self::Breaker(u8::try_from(index).unwrap_or(u8::MAX))
     }
 
-    /// Every child's [`as_str`](Self::as_str) name (the breakers share one).
-    pub const NAMES: [&'static str; 7] = [
-        "persistence",
-        "limiter",
-        "llm_pool",
-        "breaker",
-        "outbox",
-        "session_sup",
-        "ingress",
-    ];
+    /// Every child's [`as_str`](Self::as_str) name (the breakers share one),
+    /// in declaration order.
+    pub fn names() -> Vec<&'static str> {
+        <Self as strum::IntoEnumIterator>::iter()
+            .map(Self::as_str)
+            .collect()
+    }
+
+    /// The child an ops query or a log names: `persistence`, `breaker.N`,
+    /// `limiter`, `llm_pool`, `outbox`, `session_sup`, `ingress`.
+    pub fn parse(name: &str) -> Option<Self> {
+        if let Some(index) = name.strip_prefix("breaker.") {
+            return index.parse().ok().map(Self::breaker);
+        }
+        <Self as strum::IntoEnumIterator>::iter()
+            .filter(|child| !matches!(child, Self::Breaker(_)))
+            .find(|child| child.as_str() == name)
+    }
 
     /// The name used in the registry, logs and metrics.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Persistence => "persistence",
-            Self::Limiter => "limiter",
-            Self::LlmPool => "llm_pool",
-            Self::Breaker(_) => "breaker",
-            Self::Outbox => "outbox",
-            Self::SessionSup => "session_sup",
-            Self::Ingress => "ingress",
-        }
+        self.into()
     }
 }
 
@@ -213,5 +227,33 @@ impl Directory {
     pub(crate) fn cast_now<M: ractor::Message>(&self, address: Address<M>, message: M) -> bool {
         self.get(address)
             .is_some_and(|actor| actor.cast(message).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_registered_ones_and_parse_back() {
+        assert_eq!(
+            Child::names(),
+            [
+                "persistence",
+                "breaker",
+                "limiter",
+                "llm_pool",
+                "outbox",
+                "session_sup",
+                "ingress"
+            ]
+        );
+        assert_eq!(Child::parse("ingress"), Some(Child::Front));
+        assert_eq!(Child::parse("breaker.2"), Some(Child::Breaker(2)));
+        assert_eq!(Child::parse("breaker"), None);
+        assert_eq!(Child::parse("session"), None);
+        for name in Child::names().into_iter().filter(|n| *n != "breaker") {
+            assert_eq!(Child::parse(name).map(Child::as_str), Some(name));
+        }
     }
 }

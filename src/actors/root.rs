@@ -2,12 +2,16 @@
 //! it fails, and stops the service when one fails too often.
 //!
 //! - **Supervised by:** nobody; `app` spawns it and waits for it.
-//! - **Children:** the rows of [`POLICY`], started in order, stopped in
-//!   reverse order; with the console front (`llmgram chat`) there is no
-//!   ingress row's child.
+//! - **Children:** the rows of [`child_specs`], started in order, stopped in
+//!   reverse order. Each row names a [`Child`], its [`Restart`] type and the
+//!   start function that builds that child's own arguments (`…Args`) from
+//!   [`Deps`]; one breaker per LLM provider, and no front row for the
+//!   console front (`llmgram chat`).
 //! - **Messages:** [`RootMsg::Shutdown`] (graceful stop), [`RootMsg::Status`]
-//!   (children and their restart counts).
-//! - **State:** the running children and each one's recent restarts.
+//!   (children and their restart counts), [`RootMsg::RestartDue`] (timer: a
+//!   child's restart backoff has passed).
+//! - **State:** one [`ChildRecord`] per child: its running cell, when it
+//!   started, its recent and total restarts and its backoff.
 //! - **On a child's exit:** one-for-one, by its restart type (OTP's
 //!   permanent / transient / temporary, see [`wants_restart`]): it is started
 //!   again under the same name with the same arguments after a backoff that
@@ -32,124 +36,103 @@ pub mod persistence;
 pub mod session_sup;
 pub mod webhook;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::directory::{Child, Directory};
-use crate::config::{Config, IngressMode};
+use crate::config::{Config, IngressMode, Secret};
 use crate::llm::LlmClient;
 use crate::retry::Backoff;
 use crate::store::StoreError;
+use crate::telegram::transport::Transport;
 use crate::texts::Locales;
 
 /// How a child is treated when it exits (the OTP restart types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restart {
-    /// Always restarted, whether it failed or stopped.
+    /// Always restarted, whether it failed or stopped: every row of
+    /// [`child_specs`].
     Permanent,
-    /// Restarted only when it failed.
+    /// Restarted only when it failed: the sessions, which `session_sup`
+    /// re-creates with their pending updates (`session_sup::SESSION_RESTART`).
     Transient,
-    /// Never restarted.
+    /// Never restarted. No child is temporary; the type completes OTP's
+    /// vocabulary that [`wants_restart`] decides on.
     Temporary,
 }
 
-/// A kind of child; `Breakers` stands for one breaker per provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// [`Child::Persistence`].
-    Persistence,
-    /// One [`Child::Breaker`] per provider.
-    Breakers,
-    /// [`Child::Limiter`].
-    Limiter,
-    /// [`Child::LlmPool`].
-    LlmPool,
-    /// [`Child::Outbox`].
-    Outbox,
-    /// [`Child::SessionSup`].
-    SessionSup,
-    /// [`Child::Ingress`].
-    Ingress,
+/// Starts one child: builds its own arguments from [`Deps`], spawns it
+/// linked to the supervisor cell under the child's registered name, and
+/// resolves once its `pre_start` has run.
+type StartFn = fn(&Deps, Child, ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>;
+
+/// One row of the supervision policy: a child, how it is restarted, and how
+/// it is started.
+#[derive(Clone, Copy)]
+pub(crate) struct ChildSpec {
+    /// Which child.
+    pub(crate) child: Child,
+    /// Its restart type.
+    pub(crate) restart: Restart,
+    /// Its start function.
+    start: StartFn,
 }
 
-impl Kind {
-    fn of(child: Child) -> Self {
-        match child {
-            Child::Persistence => Self::Persistence,
-            Child::Breaker(_) => Self::Breakers,
-            Child::Limiter => Self::Limiter,
-            Child::LlmPool => Self::LlmPool,
-            Child::Outbox => Self::Outbox,
-            Child::SessionSup => Self::SessionSup,
-            Child::Ingress => Self::Ingress,
-        }
-    }
-
-    /// The children of this kind for these dependencies: one breaker per
-    /// LLM provider, and no ingress for the console front (its reader hands
-    /// updates over from outside the tree).
-    fn children(self, deps: &Deps) -> Vec<Child> {
-        match self {
-            Self::Persistence => vec![Child::Persistence],
-            Self::Breakers => (0..deps.llm.len()).map(Child::breaker).collect(),
-            Self::Limiter => vec![Child::Limiter],
-            Self::LlmPool => vec![Child::LlmPool],
-            Self::Outbox => vec![Child::Outbox],
-            Self::SessionSup => vec![Child::SessionSup],
-            Self::Ingress if deps.transport.bot().is_none() => Vec::new(),
-            Self::Ingress => vec![Child::Ingress],
-        }
+impl std::fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("child", &self.child)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
     }
 }
 
-/// One row of the supervision policy.
-#[derive(Debug, Clone, Copy)]
-pub struct ChildSpec {
-    /// Which children.
-    pub kind: Kind,
-    /// Their restart type.
-    pub restart: Restart,
+/// The supervision policy of the root: one row per child, in start order,
+/// which is dependency order (a child's start may call the children before
+/// it: session_sup, the limiter and the pool read the store in `pre_start`).
+/// One breaker per LLM provider (`providers` of them); the front only when
+/// there is a Bot API (`front`): the console front's reader hands updates
+/// over from outside the tree. `supervision.md` mirrors this table.
+pub(crate) fn child_specs(providers: usize, front: bool) -> Vec<ChildSpec> {
+    const fn row(child: Child, restart: Restart, start: StartFn) -> ChildSpec {
+        ChildSpec {
+            child,
+            restart,
+            start,
+        }
+    }
+    let mut specs = vec![row(
+        Child::Persistence,
+        Restart::Permanent,
+        start_persistence,
+    )];
+    specs.extend(
+        (0..providers).map(|index| row(Child::breaker(index), Restart::Permanent, start_breaker)),
+    );
+    specs.extend([
+        row(Child::Limiter, Restart::Permanent, start_limiter),
+        row(Child::LlmPool, Restart::Permanent, start_llm_pool),
+        row(Child::Outbox, Restart::Permanent, start_outbox),
+        row(Child::SessionSup, Restart::Permanent, start_session_sup),
+    ]);
+    if front {
+        specs.push(row(Child::Front, Restart::Permanent, start_front));
+    }
+    specs
 }
 
-/// The supervision policy of the root: one row per child, in start order.
-/// `supervision.md` mirrors this table.
-pub const POLICY: [ChildSpec; 7] = [
-    ChildSpec {
-        kind: Kind::Persistence,
-        restart: Restart::Permanent,
-    },
-    ChildSpec {
-        kind: Kind::Breakers,
-        restart: Restart::Permanent,
-    },
-    ChildSpec {
-        kind: Kind::Limiter,
-        restart: Restart::Permanent,
-    },
-    ChildSpec {
-        kind: Kind::LlmPool,
-        restart: Restart::Permanent,
-    },
-    ChildSpec {
-        kind: Kind::Outbox,
-        restart: Restart::Permanent,
-    },
-    ChildSpec {
-        kind: Kind::SessionSup,
-        restart: Restart::Permanent,
-    },
-    ChildSpec {
-        kind: Kind::Ingress,
-        restart: Restart::Permanent,
-    },
-];
+/// The rows of [`child_specs`] for these dependencies.
+fn specs_for(deps: &Deps) -> Vec<ChildSpec> {
+    child_specs(deps.llm.len(), deps.transport.bot().is_some())
+}
 
 /// Why the root stopped the service on its own.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,7 +253,9 @@ pub struct ChildStatus {
 }
 
 /// Everything children are built from. Created once by `app` and kept by the
-/// root, so a restarted child gets the same shared client and limits.
+/// root, so a restarted child gets the same shared client and limits. No
+/// child sees it whole: each row's start function hands its child the
+/// narrow `…Args` it needs.
 #[derive(Clone)]
 pub struct Deps {
     /// The whole configuration.
@@ -278,9 +263,10 @@ pub struct Deps {
     /// Name lookups of this instance.
     pub directory: Directory,
     /// The front end: where the outbox sends, and for Telegram the one Bot
-    /// API client (one connection pool) the ingress polls with. The console
-    /// front has no Bot API client, and root starts no ingress for it.
-    pub transport: crate::telegram::transport::Transport,
+    /// API client (one connection pool) the front polls or registers with.
+    /// The console front has no Bot API client, and root starts no front
+    /// for it.
+    pub transport: Transport,
     /// The bot's username from getMe, when known at start.
     pub bot_username: Option<String>,
     /// The LLM providers in fallback order (one connection pool each).
@@ -298,9 +284,10 @@ pub struct Deps {
     pub locales: Locales,
     /// The store's writer; only the persistence actor can use it.
     pub store: crate::store::writer::StoreWriter,
-    /// The secret token Telegram sends with each webhook request.
-    pub webhook_secret: crate::config::Secret,
-    /// Timestamps for readiness, stamped by the ingress and the pool.
+    /// The secret token Telegram sends with each webhook request; only in
+    /// webhook mode.
+    pub webhook_secret: Option<Secret>,
+    /// Timestamps for readiness, stamped by the front and the pool.
     pub health: Arc<crate::ops::Health>,
 }
 
@@ -312,25 +299,215 @@ pub struct RootArgs {
     pub fatal: oneshot::Sender<Fatal>,
 }
 
+/// Spawns `actor` as `child`, linked to `supervisor`.
+fn spawn<A: Actor>(
+    deps: &Deps,
+    child: Child,
+    actor: A,
+    args: A::Arguments,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let name = deps.directory.name(child);
+    Box::pin(async move {
+        let (actor, _) = Actor::spawn_linked(Some(name), actor, args, supervisor).await?;
+        Ok(actor.get_cell())
+    })
+}
+
+/// A start that cannot happen: a row whose dependencies are missing.
+fn cannot_start(reason: &'static str) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    Box::pin(std::future::ready(Err(SpawnErr::StartupFailed(
+        reason.into(),
+    ))))
+}
+
+fn start_persistence(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    spawn(
+        deps,
+        child,
+        persistence::Persistence,
+        deps.store.clone(),
+        supervisor,
+    )
+}
+
+fn start_breaker(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let provider = match child {
+        Child::Breaker(index) => deps.llm.get(usize::from(index)),
+        _ => None,
+    };
+    let Some(provider) = provider else {
+        return cannot_start("no provider for this breaker");
+    };
+    let args = breaker::BreakerArgs {
+        provider: Arc::from(provider.name()),
+        config: deps.config.breaker.clone(),
+    };
+    spawn(deps, child, breaker::Breaker, args, supervisor)
+}
+
+fn start_limiter(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let args = limiter::LimiterArgs {
+        config: Arc::clone(&deps.config),
+        directory: deps.directory.clone(),
+    };
+    spawn(deps, child, limiter::Limiter, args, supervisor)
+}
+
+/// The llm_pool child's arguments, as the root starts it (and as actor
+/// tests do).
+pub(crate) fn llm_pool_args(deps: &Deps) -> llm_pool::LlmPoolArgs {
+    llm_pool::LlmPoolArgs {
+        providers: Arc::clone(&deps.llm),
+        slots: Arc::clone(&deps.llm_slots),
+        config: Arc::new(deps.config.llm.clone()),
+        health: Arc::clone(&deps.health),
+        directory: deps.directory.clone(),
+    }
+}
+
+fn start_llm_pool(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let args = llm_pool_args(deps);
+    spawn(deps, child, llm_pool::LlmPool, args, supervisor)
+}
+
+/// The outbox child's arguments, as the root starts it (and as actor
+/// tests do).
+pub(crate) fn outbox_args(deps: &Deps) -> outbox::OutboxArgs {
+    outbox::OutboxArgs {
+        transport: deps.transport.clone(),
+        pacing: Arc::clone(&deps.pacing),
+        slots: Arc::clone(&deps.send_slots),
+        deliveries: Arc::clone(&deps.deliveries),
+        config: Arc::new(deps.config.telegram.clone()),
+        reclaim_interval: deps.config.limits.sweep_interval,
+        directory: deps.directory.clone(),
+    }
+}
+
+fn start_outbox(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let args = outbox_args(deps);
+    spawn(deps, child, outbox::Outbox, args, supervisor)
+}
+
+/// The session_sup child's arguments, as the root starts it (and as actor
+/// tests do).
+pub(crate) fn session_sup_args(deps: &Deps) -> session_sup::SessionSupArgs {
+    session_sup::SessionSupArgs {
+        sessions: session_sup::SessionDeps {
+            config: Arc::clone(&deps.config),
+            directory: deps.directory.clone(),
+            transport: deps.transport.clone(),
+            llm: Arc::clone(&deps.llm),
+            health: Arc::clone(&deps.health),
+            locales: deps.locales.clone(),
+        },
+    }
+}
+
+fn start_session_sup(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let args = session_sup_args(deps);
+    spawn(deps, child, session_sup::SessionSup, args, supervisor)
+}
+
+/// The polling ingress or the webhook, by `telegram.mode`.
+fn start_front(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let Some(bot) = deps.transport.bot().cloned() else {
+        return cannot_start("the front end has no Bot API");
+    };
+    match deps.config.telegram.mode {
+        IngressMode::Polling => {
+            let args = ingress::IngressArgs {
+                bot,
+                bot_username: deps.bot_username.clone(),
+                config: Arc::clone(&deps.config),
+                locales: deps.locales.clone(),
+                health: Arc::clone(&deps.health),
+                directory: deps.directory.clone(),
+            };
+            spawn(deps, child, ingress::Ingress, args, supervisor)
+        }
+        IngressMode::Webhook => {
+            let Some(secret) = deps.webhook_secret.clone() else {
+                return cannot_start("no webhook secret");
+            };
+            let args = webhook::WebhookArgs {
+                bot,
+                bot_username: deps.bot_username.clone(),
+                secret,
+                config: Arc::clone(&deps.config),
+                locales: deps.locales.clone(),
+                health: Arc::clone(&deps.health),
+                directory: deps.directory.clone(),
+            };
+            spawn(deps, child, webhook::Webhook, args, supervisor)
+        }
+    }
+}
+
 /// The root supervisor.
 pub(crate) struct Root;
+
+/// What root keeps about one child, across its restarts.
+#[derive(Debug)]
+pub(crate) struct ChildRecord {
+    /// Its row of [`child_specs`].
+    spec: ChildSpec,
+    /// The running actor; `None` while it waits out a restart backoff.
+    cell: Option<ActorCell>,
+    /// When the running actor started; `None` if its last start failed.
+    started_at: Option<Instant>,
+    /// Restart times within the current window, oldest first.
+    recent: VecDeque<Instant>,
+    /// Restarts since the service started.
+    total: u64,
+    /// Delay before the next restart, growing within the window.
+    backoff: Backoff,
+    /// The last restart delay.
+    last_delay: Duration,
+}
 
 /// The root's state.
 pub(crate) struct RootState {
     deps: Deps,
-    running: HashMap<Child, ActorCell>,
-    by_id: HashMap<ActorId, Child>,
-    /// Restart times within the current window, per child.
-    recent_restarts: HashMap<Child, VecDeque<Instant>>,
-    total_restarts: HashMap<Child, u64>,
-    /// Delay before each child's next restart, growing within the window.
-    restart_backoff: HashMap<Child, Backoff>,
-    /// When each running child last started.
-    started_at: HashMap<Child, Instant>,
-    /// Each child's last restart delay.
-    last_delay: HashMap<Child, Duration>,
+    /// One record per row of [`child_specs`], in start order.
+    children: Vec<ChildRecord>,
     fatal: Option<oneshot::Sender<Fatal>>,
     shutting_down: bool,
+}
+
+impl RootState {
+    fn record(&mut self, child: Child) -> Option<&mut ChildRecord> {
+        self.children.iter_mut().find(|r| r.spec.child == child)
+    }
 }
 
 impl Actor for Root {
@@ -343,24 +520,34 @@ impl Actor for Root {
         myself: ActorRef<RootMsg>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
+        let supervision = &args.deps.config.supervision;
+        let children = specs_for(&args.deps)
+            .into_iter()
+            .map(|spec| ChildRecord {
+                spec,
+                cell: None,
+                started_at: None,
+                recent: VecDeque::new(),
+                total: 0,
+                backoff: Backoff::new(
+                    supervision.restart_backoff_min,
+                    supervision.restart_backoff_max,
+                ),
+                last_delay: Duration::ZERO,
+            })
+            .collect();
         let mut state = RootState {
             deps: args.deps,
-            running: HashMap::new(),
-            by_id: HashMap::new(),
-            recent_restarts: HashMap::new(),
-            total_restarts: HashMap::new(),
-            restart_backoff: HashMap::new(),
-            started_at: HashMap::new(),
-            last_delay: HashMap::new(),
+            children,
             fatal: Some(args.fatal),
             shutting_down: false,
         };
-        for child in all_children(&state.deps) {
+        for index in 0..state.children.len() {
             // A child that cannot start at all fails the whole start: the
             // error reaches `app::start` and the process exits non-zero.
-            start_child(&myself, &mut state, child).await?;
+            start_child(&myself, &state.deps, &mut state.children[index]).await?;
         }
-        tracing::info!(children = state.running.len(), "supervision tree started");
+        tracing::info!(children = state.children.len(), "supervision tree started");
         Ok(state)
     }
 
@@ -392,107 +579,70 @@ impl Actor for Root {
                 }
                 (cell, Exit::Failed(error.to_string()))
             }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (
-                cell,
-                Exit::Stopped(reason.unwrap_or_else(|| "no reason".into())),
-            ),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, Exit::terminated(reason)),
             _ => return Ok(()),
         };
-        let Some(child) = state.by_id.remove(&cell.get_id()) else {
+        let id = cell.get_id();
+        let Some(record) = state
+            .children
+            .iter_mut()
+            .find(|r| r.cell.as_ref().is_some_and(|c| c.get_id() == id))
+        else {
             return Ok(());
         };
-        state.running.remove(&child);
+        record.cell = None;
+        let child = record.spec.child;
         if state.shutting_down {
             return Ok(());
         }
-        on_child_exited(&myself, state, child, exit).await;
+        on_child_exited(&myself, state, child, exit);
         Ok(())
     }
 }
 
-/// Every child of the policy, in start order.
-fn all_children(deps: &Deps) -> Vec<Child> {
-    POLICY
-        .iter()
-        .flat_map(|spec| spec.kind.children(deps))
-        .collect()
-}
-
 /// How a child ended.
-enum Exit {
-    /// It returned an error or panicked.
+pub(crate) enum Exit {
+    /// It returned an error, panicked, or was killed.
     Failed(String),
     /// It stopped normally, with this reason.
     Stopped(String),
 }
 
-/// Spawns `actor` linked to `supervisor` and returns its cell.
-async fn spawn<A: Actor>(
-    name: Option<String>,
-    actor: A,
-    args: A::Arguments,
-    supervisor: ActorCell,
-) -> Result<ActorCell, ActorProcessingErr> {
-    Ok(Actor::spawn_linked(name, actor, args, supervisor)
-        .await?
-        .0
-        .get_cell())
+impl Exit {
+    /// A child that terminated with `reason` (ractor's `ActorTerminated`).
+    /// Killed counts as failed, as OTP's `killed` exit is abnormal: only a
+    /// requested stop is normal.
+    pub(crate) fn terminated(reason: Option<String>) -> Self {
+        match reason {
+            Some(reason) if reason == KILLED => Self::Failed(reason),
+            Some(reason) => Self::Stopped(reason),
+            None => Self::Stopped("no reason".into()),
+        }
+    }
 }
 
+/// The reason ractor gives an actor ended by `kill()`.
+const KILLED: &str = "killed";
+
+/// Starts the child of `record` by its row's start function.
 async fn start_child(
     myself: &ActorRef<RootMsg>,
-    state: &mut RootState,
-    child: Child,
-) -> Result<(), ActorProcessingErr> {
-    let deps = state.deps.clone();
-    let name = Some(deps.directory.name(child));
-    let supervisor = myself.get_cell();
-    let cell = match child {
-        Child::Persistence => spawn(name, persistence::Persistence, deps.store, supervisor).await?,
-        Child::Breaker(index) => {
-            let provider = deps
-                .llm
-                .get(usize::from(index))
-                .map(|p| Arc::<str>::from(p.name()))
-                .ok_or("no provider for this breaker")?;
-            let args = breaker::BreakerArgs {
-                provider,
-                config: deps.config.breaker.clone(),
-            };
-            spawn(name, breaker::Breaker, args, supervisor).await?
-        }
-        Child::Limiter => {
-            let args = limiter::LimiterArgs {
-                config: Arc::clone(&deps.config),
-                directory: deps.directory.clone(),
-            };
-            spawn(name, limiter::Limiter, args, supervisor).await?
-        }
-        Child::LlmPool => spawn(name, llm_pool::LlmPool, deps, supervisor).await?,
-        Child::Outbox => spawn(name, outbox::Outbox, deps, supervisor).await?,
-        Child::SessionSup => spawn(name, session_sup::SessionSup, deps, supervisor).await?,
-        Child::Ingress if deps.config.telegram.mode == IngressMode::Webhook => {
-            spawn(name, webhook::Webhook, deps, supervisor).await?
-        }
-        Child::Ingress => spawn(name, ingress::Ingress, deps, supervisor).await?,
-    };
-    state.by_id.insert(cell.get_id(), child);
-    state.running.insert(child, cell);
-    state.started_at.insert(child, Instant::now());
+    deps: &Deps,
+    record: &mut ChildRecord,
+) -> Result<(), SpawnErr> {
+    let child = record.spec.child;
+    let cell = (record.spec.start)(deps, child, myself.get_cell()).await?;
+    record.cell = Some(cell);
+    record.started_at = Some(Instant::now());
     Ok(())
 }
 
-async fn on_child_exited(
-    myself: &ActorRef<RootMsg>,
-    state: &mut RootState,
-    child: Child,
-    exit: Exit,
-) {
-    let restart = POLICY
-        .iter()
-        .find(|spec| spec.kind == Kind::of(child))
-        .map_or(Restart::Temporary, |spec| spec.restart);
-    let wanted = wants_restart(restart, &exit);
+fn on_child_exited(myself: &ActorRef<RootMsg>, state: &mut RootState, child: Child, exit: Exit) {
+    let config = &state.deps.config.supervision;
+    let Some(record) = state.children.iter_mut().find(|r| r.spec.child == child) else {
+        return;
+    };
+    let wanted = wants_restart(record.spec.restart, &exit);
     let last_error = match exit {
         Exit::Failed(error) => error,
         Exit::Stopped(reason) => format!("stopped: {reason}"),
@@ -502,42 +652,41 @@ async fn on_child_exited(
         return;
     }
 
-    let config = &state.deps.config.supervision;
     let now = Instant::now();
-    let recent = state.recent_restarts.entry(child).or_default();
-    while recent
+    while record
+        .recent
         .front()
         .is_some_and(|at| now.duration_since(*at) > config.window)
     {
-        recent.pop_front();
+        record.recent.pop_front();
     }
-    if recent.len() >= config.max_restarts as usize {
+    if record.recent.len() >= config.max_restarts as usize {
         let fatal = Fatal::RestartBudgetExhausted {
             child: child.as_str(),
-            restarts: recent.len(),
+            restarts: record.recent.len(),
             window: config.window,
             last_error,
         };
         escalate(myself, state, fatal);
         return;
     }
-    let backoff = state
-        .restart_backoff
-        .entry(child)
-        .or_insert_with(|| Backoff::new(config.restart_backoff_min, config.restart_backoff_max));
     // Up since its last start (none if that start failed).
-    let uptime = state
+    let uptime = record
         .started_at
-        .remove(&child)
+        .take()
         .map(|started| now.duration_since(started));
-    let last_delay = state.last_delay.get(&child).copied().unwrap_or_default();
-    if backoff_starts_over(recent.is_empty(), uptime, last_delay, config.stable_factor) {
-        backoff.reset();
+    if backoff_starts_over(
+        record.recent.is_empty(),
+        uptime,
+        record.last_delay,
+        config.stable_factor,
+    ) {
+        record.backoff.reset();
     }
-    let delay = backoff.next_delay();
-    state.last_delay.insert(child, delay);
-    recent.push_back(now);
-    *state.total_restarts.entry(child).or_default() += 1;
+    let delay = record.backoff.next_delay();
+    record.last_delay = delay;
+    record.recent.push_back(now);
+    record.total += 1;
     metrics::counter!("llmgram_actor_restarts_total", "actor" => child.as_str()).increment(1);
     tracing::warn!(child = child.as_str(), error = %last_error, ?delay, "restarting child");
     myself.send_after(delay, move || RootMsg::RestartDue { child });
@@ -545,7 +694,7 @@ async fn on_child_exited(
 
 /// The OTP rule: whether a child of this restart type is restarted after
 /// this kind of exit. A panic reaches the supervisor as a failure.
-fn wants_restart(restart: Restart, exit: &Exit) -> bool {
+pub(crate) fn wants_restart(restart: Restart, exit: &Exit) -> bool {
     match restart {
         Restart::Permanent => true,
         Restart::Transient => matches!(exit, Exit::Failed(_)),
@@ -577,18 +726,23 @@ fn backoff_starts_over(
 /// timeout. A restart that fails anyway counts as one more failure of the
 /// child (backoff, restart budget) rather than ending the service at once.
 async fn on_restart_due(myself: &ActorRef<RootMsg>, state: &mut RootState, child: Child) {
-    if state.shutting_down || state.running.contains_key(&child) {
+    if state.shutting_down || state.record(child).is_none_or(|r| r.cell.is_some()) {
         return;
     }
-    let order = all_children(&state.deps);
-    let position = order.iter().position(|c| *c == child).unwrap_or(0);
-    for due in order.into_iter().take(position + 1) {
-        if state.running.contains_key(&due) {
+    let position = state
+        .children
+        .iter()
+        .position(|r| r.spec.child == child)
+        .unwrap_or(0);
+    for index in 0..=position {
+        let record = &mut state.children[index];
+        if record.cell.is_some() {
             continue;
         }
-        if let Err(error) = start_child(myself, state, due).await {
+        if let Err(error) = start_child(myself, &state.deps, record).await {
+            let due = record.spec.child;
             let exit = Exit::Failed(format!("cannot start: {error}"));
-            on_child_exited(myself, state, due, exit).await;
+            on_child_exited(myself, state, due, exit);
             return;
         }
     }
@@ -607,10 +761,10 @@ fn escalate(myself: &ActorRef<RootMsg>, state: &mut RootState, fatal: Fatal) {
 async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: RpcReplyPort<()>) {
     state.shutting_down = true;
     let grace = state.deps.config.shutdown.grace;
-    // The ingress may be inside a long poll; killing it is safe because
+    // The front may be inside a long poll; killing it is safe because
     // Telegram keeps every update it has not seen confirmed.
-    if let Some(ingress) = state.running.remove(&Child::Ingress) {
-        ingress.kill();
+    if let Some(front) = state.record(Child::Front).and_then(|r| r.cell.take()) {
+        front.kill();
     }
     if !state.deps.directory.session_sup().drain_within(grace).await {
         tracing::warn!(
@@ -618,29 +772,29 @@ async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: R
             "in-flight answers did not finish within the grace period"
         );
     }
-    for child in all_children(&state.deps).into_iter().rev() {
-        if let Some(cell) = state.running.remove(&child)
+    for record in state.children.iter_mut().rev() {
+        if let Some(cell) = record.cell.take()
             && let Err(error) = cell
                 .stop_and_wait(Some("shutdown".into()), Some(grace))
                 .await
         {
-            tracing::warn!(child = child.as_str(), %error, "child did not stop in time");
+            tracing::warn!(child = record.spec.child.as_str(), %error, "child did not stop in time");
             cell.kill();
         }
     }
-    state.by_id.clear();
     tracing::info!("supervision tree stopped");
     let _ = reply.send(());
     myself.stop(Some("shutdown".into()));
 }
 
 fn on_status(state: &RootState, reply: RpcReplyPort<TreeStatus>) {
-    let children = all_children(&state.deps)
-        .into_iter()
-        .map(|child| ChildStatus {
-            child,
-            alive: state.deps.directory.is_running(child),
-            restarts: state.total_restarts.get(&child).copied().unwrap_or(0),
+    let children = state
+        .children
+        .iter()
+        .map(|record| ChildStatus {
+            child: record.spec.child,
+            alive: state.deps.directory.is_running(record.spec.child),
+            restarts: record.total,
         })
         .collect();
     let _ = reply.send(TreeStatus { children });
@@ -662,6 +816,19 @@ mod tests {
         assert!(!backoff_starts_over(false, None, ms(10), 10));
         // A long wait needs a long run to count as recovered.
         assert!(!backoff_starts_over(false, Some(ms(800)), ms(1000), 10));
+    }
+
+    #[test]
+    fn a_kill_is_a_failure_and_a_stop_is_not() {
+        assert!(matches!(
+            Exit::terminated(Some("killed".into())),
+            Exit::Failed(_)
+        ));
+        assert!(matches!(
+            Exit::terminated(Some("idle".into())),
+            Exit::Stopped(_)
+        ));
+        assert!(matches!(Exit::terminated(None), Exit::Stopped(_)));
     }
 
     #[test]
@@ -695,16 +862,43 @@ mod tests {
 
     #[test]
     fn every_long_lived_child_is_permanent() {
-        assert!(POLICY.iter().all(|spec| spec.restart == Restart::Permanent));
+        let specs = child_specs(2, true);
+        assert!(specs.iter().all(|spec| spec.restart == Restart::Permanent));
         assert_eq!(
-            POLICY[0].kind,
-            Kind::Persistence,
+            specs[0].child,
+            Child::Persistence,
             "storage starts first, stops last"
         );
         assert_eq!(
-            POLICY[POLICY.len() - 1].kind,
-            Kind::Ingress,
+            specs[specs.len() - 1].child,
+            Child::Front,
             "updates flow in last"
         );
+    }
+
+    #[test]
+    fn the_table_has_a_breaker_per_provider_and_a_front_only_with_a_bot_api() {
+        let children = |providers, front| -> Vec<Child> {
+            child_specs(providers, front)
+                .iter()
+                .map(|spec| spec.child)
+                .collect()
+        };
+        assert_eq!(
+            children(2, true),
+            [
+                Child::Persistence,
+                Child::Breaker(0),
+                Child::Breaker(1),
+                Child::Limiter,
+                Child::LlmPool,
+                Child::Outbox,
+                Child::SessionSup,
+                Child::Front,
+            ]
+        );
+        let console = children(1, false);
+        assert!(!console.contains(&Child::Front), "{console:?}");
+        assert_eq!(console.len(), 6);
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::Directory;
 use super::root::Deps;
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::store::writer::StoreWriter;
 use crate::telegram::scripted::ScriptedApi;
 use crate::telegram::transport::Transport;
@@ -48,7 +48,7 @@ pub(crate) fn deps(instance: &str, overrides: &str) -> TestDeps {
         pacing: Arc::new(crate::telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load().expect("locales"),
         store,
-        webhook_secret: Secret::new("test"),
+        webhook_secret: None,
         health: Arc::new(crate::ops::Health::new(0)),
         config: Arc::new(config),
     };

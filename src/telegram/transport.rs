@@ -14,7 +14,7 @@ use teloxide::{ApiError, RequestError};
 use super::TelegramError;
 use super::inbound::ChatId;
 use super::render::OutgoingText;
-use crate::console::ConsoleOut;
+use crate::front::console::ConsoleOut;
 
 /// The front end the outbox sends through. Cloning is cheap.
 #[derive(Debug, Clone)]

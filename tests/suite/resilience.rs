@@ -191,7 +191,7 @@ async fn chaos_every_long_lived_actor_panics_five_times_and_no_message_is_lost()
         Child::LlmPool,
         Child::Outbox,
         Child::SessionSup,
-        Child::Ingress,
+        Child::Front,
     ];
     let mut random = Lcg(0x5eed);
     let started = Instant::now();

@@ -1,7 +1,8 @@
 //! Ingress: long-polls the Bot API and hands each update to the session
 //! supervisor without waiting for it to be answered.
 //!
-//! - **Supervised by:** root, permanent; started last, stopped (killed) first.
+//! - **Supervised by:** root, permanent, as [`Child::Front`](crate::actors::Child::Front)
+//!   in polling mode; started last, stopped (killed) first.
 //! - **Messages:** [`IngressMsg::Poll`], which it sends itself after each
 //!   round, so the actor is a loop that can still be stopped between rounds.
 //! - **State:** the next `offset` to ask for, the bot's username (from getMe,
@@ -13,7 +14,7 @@
 //!   holds polling up; it is aborted when the actor stops.
 //! - **Per round:** getUpdates with the offset (which confirms every earlier
 //!   update to Telegram) and `telegram.poll_timeout`, read update by update
-//!   (`crate::telegram::updates`): one that cannot be read is logged with
+//!   ([`crate::telegram::updates`]): one that cannot be read is logged with
 //!   its id, counted and skipped, and confirmed with its batch. The message
 //!   updates become [`Inbound`]s, are admitted durably by the persistence
 //!   actor (which drops any it has seen before), and only then cast to the
@@ -38,41 +39,42 @@ use teloxide::prelude::Requester;
 use teloxide::types::AllowedUpdate;
 use teloxide::{ApiError, RequestError};
 
-use super::Deps;
-use super::limiter::{Cost, LimitRequest, Verdict};
 use crate::actors::Directory;
 #[cfg(feature = "chaos")]
 use crate::actors::directory::{Address, Child};
 use crate::config::{Config, TelegramConfig};
+use crate::front::{HandOverError, hand_over};
+use crate::ops::Health;
 use crate::retry::Backoff;
 use crate::store::StoreError;
 use crate::telegram::TelegramError;
-use crate::telegram::inbound::{Inbound, RefusalReason, Refused};
+use crate::telegram::inbound::Inbound;
+use crate::texts::Locales;
 
 // API
 
 /// Typed operations on the front end that takes updates in (the polling
-/// ingress or the webhook, by `telegram.mode`; both run as [`Child::Ingress`]).
+/// ingress or the webhook, by `telegram.mode`; both run as [`Child::Front`]).
 /// Nothing asks it anything: it only has the chaos hook.
 #[cfg(feature = "chaos")]
 #[derive(Clone, Copy)]
-pub struct IngressHandle<'a> {
+pub struct FrontHandle<'a> {
     directory: &'a Directory,
 }
 
 #[cfg(feature = "chaos")]
-const ADDRESS: Address<IngressMsg> = Address::new(Child::Ingress);
+const ADDRESS: Address<IngressMsg> = Address::new(Child::Front);
 
 #[cfg(feature = "chaos")]
 impl Directory {
     /// The front end taking updates in.
-    pub fn ingress(&self) -> IngressHandle<'_> {
-        IngressHandle { directory: self }
+    pub fn front(&self) -> FrontHandle<'_> {
+        FrontHandle { directory: self }
     }
 }
 
 #[cfg(feature = "chaos")]
-impl IngressHandle<'_> {
+impl FrontHandle<'_> {
     /// Makes the front end panic (tests only); `false` if it is not running.
     pub fn panic(&self) -> bool {
         self.directory.cast_now(ADDRESS, IngressMsg::Panic) || super::webhook::panic(self.directory)
@@ -86,6 +88,23 @@ pub(crate) enum IngressMsg {
     Panic,
     /// Run one polling round, then poll again.
     Poll,
+}
+
+/// What the polling ingress is built from.
+pub(crate) struct IngressArgs {
+    /// The Bot API client (the outbox's connection pool).
+    pub(crate) bot: Bot,
+    /// The bot's username, when getMe answered at start.
+    pub(crate) bot_username: Option<String>,
+    /// `[telegram]` for polling, the command costs for the rate limiter and
+    /// the command menu.
+    pub(crate) config: Arc<Config>,
+    /// The command menu's descriptions.
+    pub(crate) locales: Locales,
+    /// Stamped after each good poll, for readiness.
+    pub(crate) health: Arc<Health>,
+    /// To admit, limit and route what it receives.
+    pub(crate) directory: Directory,
 }
 
 /// The ingress actor.
@@ -105,7 +124,7 @@ pub(crate) struct IngressState {
     quick_empty_polls: u32,
     bot_username: Option<String>,
     webhook_removed: bool,
-    health: std::sync::Arc<crate::ops::Health>,
+    health: Arc<Health>,
     /// For command costs and the command menu.
     full_config: Arc<Config>,
     backoff: Backoff,
@@ -122,42 +141,38 @@ enum IngressError {
     SessionsUnavailable,
     #[error(transparent)]
     Store(StoreError),
-    #[error("the front end has no Bot API to poll")]
-    NoBotApi,
 }
 
 impl Actor for Ingress {
     type Msg = IngressMsg;
     type State = IngressState;
-    type Arguments = Deps;
+    type Arguments = IngressArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<IngressMsg>,
-        deps: Deps,
+        args: IngressArgs,
     ) -> Result<IngressState, ActorProcessingErr> {
-        let config = &deps.config.telegram;
-        // Root starts no ingress for the console front.
-        let bot = deps.transport.bot().ok_or(IngressError::NoBotApi)?.clone();
+        let config = &args.config.telegram;
         myself.cast(IngressMsg::Poll)?;
         let menu = crate::telegram::spawn_command_menu(
-            bot.clone(),
-            Arc::clone(&deps.config),
-            deps.locales.clone(),
+            args.bot.clone(),
+            Arc::clone(&args.config),
+            args.locales,
             Backoff::new(config.retry_min, config.retry_max),
         );
         Ok(IngressState {
             backoff: Backoff::new(config.retry_min, config.retry_max),
             config: Arc::new(config.clone()),
-            bot,
-            health: deps.health,
-            full_config: Arc::clone(&deps.config),
+            bot: args.bot,
+            health: args.health,
+            full_config: args.config,
             menu,
-            directory: deps.directory,
+            directory: args.directory,
             offset: 0,
             confirmed: 0,
             quick_empty_polls: 0,
-            bot_username: deps.bot_username,
+            bot_username: args.bot_username,
             webhook_removed: false,
         })
     }
@@ -324,87 +339,4 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
         })?;
     state.offset = next_offset;
     Ok(batch.received)
-}
-
-/// Why received updates could not be handed over.
-#[derive(Debug, thiserror::Error)]
-pub enum HandOverError {
-    /// Storing them failed: they must be fetched (or posted) again.
-    #[error(transparent)]
-    Store(StoreError),
-    /// The session supervisor stayed away past the lookup timeout.
-    #[error("the session supervisor is unavailable")]
-    SessionsUnavailable,
-}
-
-/// What every front end (polling here, `webhook.rs`, the console reader in
-/// `crate::console`) does with received updates: admit them durably
-/// (dropping any the store has seen), mark the ones the rate limiter refuses,
-/// and route them to the session supervisor. Once this returns `Ok`, Telegram
-/// may forget them.
-pub(crate) async fn hand_over(
-    directory: &Directory,
-    config: &Config,
-    inbound: Vec<Inbound>,
-) -> Result<(), HandOverError> {
-    // Durable before routing: once Telegram considers them delivered, the
-    // store is the only copy of an unanswered update.
-    let admitted = directory
-        .persistence()
-        .admit(&inbound)
-        .await
-        .map_err(HandOverError::Store)?;
-    let admitted = apply_limits(directory, config, admitted).await;
-    directory
-        .session_sup()
-        .route(admitted)
-        .await
-        .map_err(|_| HandOverError::SessionsUnavailable)
-}
-
-/// Asks the rate limiter about the batch and marks the updates it limits.
-/// A limiter that is away (restarting) lets everything through: better an
-/// unlimited minute than unanswered users.
-async fn apply_limits(
-    directory: &Directory,
-    config: &Config,
-    mut updates: Vec<Inbound>,
-) -> Vec<Inbound> {
-    if updates.is_empty() {
-        return updates;
-    }
-    let requests: Vec<LimitRequest> = updates
-        .iter()
-        .map(|inbound| LimitRequest {
-            user: inbound
-                .user_id
-                .and_then(|id| i64::try_from(id).ok())
-                .unwrap_or(inbound.chat_id.0),
-            cost: if inbound.costs_llm_call(config) {
-                Cost::Llm
-            } else {
-                Cost::Free
-            },
-        })
-        .collect();
-    let verdicts = directory.limiter().check(requests).await;
-    tracing::debug!(?verdicts, "rate limits checked");
-    for (inbound, verdict) in updates.iter_mut().zip(verdicts) {
-        inbound.refused = match verdict {
-            Verdict::Allowed => None,
-            Verdict::Limited { retry_in, notify } => Some(Refused {
-                reason: RefusalReason::RateLimited { retry_in },
-                notify,
-            }),
-            Verdict::Banned { notify } => Some(Refused {
-                reason: RefusalReason::Banned,
-                notify,
-            }),
-            Verdict::NotAllowed { notify } => Some(Refused {
-                reason: RefusalReason::NotAllowed,
-                notify,
-            }),
-        };
-    }
-    updates
 }

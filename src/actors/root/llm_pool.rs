@@ -35,7 +35,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::Deps;
 use super::breaker::{Admission, CallOutcome};
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::LlmConfig;
@@ -140,6 +139,21 @@ pub(crate) enum LlmPoolMsg {
     },
 }
 
+/// What the pool is built from; the providers, their slots and the health
+/// stamps are created once by `app` and outlive restarts of this actor.
+pub(crate) struct LlmPoolArgs {
+    /// The providers in fallback order (one pooled HTTP client each).
+    pub(crate) providers: Arc<[LlmClient]>,
+    /// Request slots (`llm.max_concurrency`), shared across restarts.
+    pub(crate) slots: Arc<Semaphore>,
+    /// `[llm]`.
+    pub(crate) config: Arc<LlmConfig>,
+    /// Stamped after each answer, for readiness.
+    pub(crate) health: Arc<crate::ops::Health>,
+    /// To reach the breakers and the stored model choice.
+    pub(crate) directory: Directory,
+}
+
 /// The LLM pool actor.
 pub(crate) struct LlmPool;
 
@@ -157,19 +171,19 @@ pub(crate) struct LlmPoolState {
 impl Actor for LlmPool {
     type Msg = LlmPoolMsg;
     type State = LlmPoolState;
-    type Arguments = Deps;
+    type Arguments = LlmPoolArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<LlmPoolMsg>,
-        deps: Deps,
+        args: LlmPoolArgs,
     ) -> Result<LlmPoolState, ActorProcessingErr> {
         tracing::debug!(
-            providers = deps.llm.len(),
-            slots = deps.config.llm.max_concurrency,
+            providers = args.providers.len(),
+            slots = args.config.max_concurrency,
             "llm pool started"
         );
-        let model = match deps
+        let model = match args
             .directory
             .persistence()
             .load_setting(BotKey::DefaultModel)
@@ -180,11 +194,11 @@ impl Actor for LlmPool {
         };
         Ok(LlmPoolState {
             model,
-            health: deps.health,
-            providers: deps.llm,
-            slots: deps.llm_slots,
-            config: Arc::new(deps.config.llm.clone()),
-            directory: deps.directory,
+            health: args.health,
+            providers: args.providers,
+            slots: args.slots,
+            config: args.config,
+            directory: args.directory,
         })
     }
 

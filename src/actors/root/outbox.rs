@@ -45,7 +45,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use teloxide::types::MessageId;
 use tokio::sync::Semaphore;
 
-use super::Deps;
 use super::persistence::RecordChange;
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::TelegramConfig;
@@ -175,6 +174,26 @@ pub(crate) enum OutboxMsg {
         /// The chat.
         chat_id: ChatId,
     },
+}
+
+/// What the outbox is built from; the send slots, the pacing and the
+/// deliveries in progress are created once by `app` and outlive restarts of
+/// this actor (a send task outlives the outbox that started it).
+pub(crate) struct OutboxArgs {
+    /// Where messages go: the Bot API or the console.
+    pub(crate) transport: Transport,
+    /// Telegram's flood limits.
+    pub(crate) pacing: Arc<SendPacing>,
+    /// Send slots (`telegram.max_concurrent_sends`).
+    pub(crate) slots: Arc<Semaphore>,
+    /// Deliveries in progress per chat.
+    pub(crate) deliveries: Arc<Deliveries>,
+    /// `[telegram]`.
+    pub(crate) config: Arc<TelegramConfig>,
+    /// How often idle chat queues are reclaimed (`limits.sweep_interval`).
+    pub(crate) reclaim_interval: std::time::Duration,
+    /// To commit answered turns.
+    pub(crate) directory: Directory,
 }
 
 /// The outbox actor.
@@ -312,24 +331,23 @@ impl Drop for Delivering {
 impl Actor for Outbox {
     type Msg = OutboxMsg;
     type State = OutboxState;
-    type Arguments = Deps;
+    type Arguments = OutboxArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<OutboxMsg>,
-        deps: Deps,
+        args: OutboxArgs,
     ) -> Result<OutboxState, ActorProcessingErr> {
-        let reclaim_timer =
-            myself.send_interval(deps.config.limits.sweep_interval, || OutboxMsg::Reclaim);
+        let reclaim_timer = myself.send_interval(args.reclaim_interval, || OutboxMsg::Reclaim);
         Ok(OutboxState {
             reclaim_timer,
-            transport: deps.transport,
-            pacing: deps.pacing,
-            directory: deps.directory,
-            config: Arc::new(deps.config.telegram.clone()),
+            transport: args.transport,
+            pacing: args.pacing,
+            directory: args.directory,
+            config: args.config,
             chats: HashMap::new(),
-            slots: deps.send_slots,
-            deliveries: deps.deliveries,
+            slots: args.slots,
+            deliveries: args.deliveries,
         })
     }
 

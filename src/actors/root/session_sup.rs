@@ -21,12 +21,14 @@
 //!   message, no update can be in a mailbox that eviction throws away. The
 //!   maps are shrunk when mostly empty, so a past peak of chats does not
 //!   keep their tables.
-//! - **On a session's failure:** a new session is spawned and every pending
-//!   update is handed to it again in order; the update it crashed on is
-//!   dropped with an apology after `session.max_redeliveries` attempts. The
-//!   replacement loads the chat's record from the store (after the outbox
-//!   has flushed the dead session's deliveries), so it loses only the turn
-//!   it crashed on, which is redelivered.
+//! - **On a session's failure:** sessions are transient
+//!   ([`SESSION_RESTART`], decided by [`wants_restart`]; a kill counts as a
+//!   failure): a new session is spawned and every pending update is handed
+//!   to it again in order; the update it crashed on is dropped with an
+//!   apology after `session.max_redeliveries` attempts. The replacement
+//!   reloads the chat's record from the store, so only the turn in progress
+//!   is redone. An evicted session is not replaced: the chat's next update
+//!   starts a new one.
 //! - **On its own failure:** root restarts it with an empty map; sessions die
 //!   with it (ractor stops linked children). The new supervisor replays every
 //!   update the store holds as unanswered, so none is lost.
@@ -40,11 +42,16 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::Deps;
 use super::outbox::{Part, TurnCommit};
 use super::persistence::RecordChange;
+use super::{Exit, Restart, wants_restart};
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
+use crate::config::Config;
+use crate::llm::LlmClient;
+use crate::ops::Health;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
+use crate::telegram::transport::Transport;
+use crate::texts::Locales;
 use session::{ChatSignals, Session, SessionArgs, SessionMsg};
 
 // API
@@ -138,8 +145,8 @@ pub(crate) enum SessionSupMsg {
         chat_id: ChatId,
         /// The session that died (a newer one may exist already).
         session: ActorId,
-        /// Its error or stop reason.
-        reason: String,
+        /// How it ended: a failure is restarted ([`SESSION_RESTART`]).
+        exit: Exit,
     },
     /// Timer: evict sessions idle for `session.idle_timeout`.
     SweepIdle,
@@ -170,6 +177,36 @@ pub struct SessionStats {
     pub dropped: u64,
 }
 
+/// How sessions are restarted: OTP's *transient*. A session that fails is
+/// re-created at once and handed its chat's pending updates again, in
+/// order; one evicted when idle (stopped by this supervisor) or that stopped
+/// by itself is not, and the chat's next update starts a new one.
+pub(crate) const SESSION_RESTART: Restart = Restart::Transient;
+
+/// What every session shares: built once by root's start function and
+/// handed to each session as one `Arc` (not a copy per session).
+pub(crate) struct SessionDeps {
+    /// The whole configuration: sessions read `[llm]`, `[session]`,
+    /// `[input]`, `[telegram]`, the admins and the assistant commands.
+    pub(crate) config: Arc<Config>,
+    /// To reach the store, the limiter, the pool and the outbox.
+    pub(crate) directory: Directory,
+    /// For `getChatMember` (admin commands in groups).
+    pub(crate) transport: Transport,
+    /// The providers, for `/health` and `/stats`.
+    pub(crate) llm: Arc<[LlmClient]>,
+    /// For `/health`.
+    pub(crate) health: Arc<Health>,
+    /// Reply texts.
+    pub(crate) locales: Locales,
+}
+
+/// What the session supervisor is built from.
+pub(crate) struct SessionSupArgs {
+    /// What its sessions (and it) depend on.
+    pub(crate) sessions: SessionDeps,
+}
+
 /// The session supervisor.
 pub(crate) struct SessionSup;
 
@@ -190,8 +227,8 @@ struct Entry {
 /// The session supervisor's state.
 pub(crate) struct SessionSupState {
     /// Shared with every session: one `Arc` each instead of a copy of
-    /// `Deps` (~0.3 KB with its strings) per session.
-    deps: Arc<Deps>,
+    /// [`SessionDeps`] (~0.3 KB with its strings) per session.
+    deps: Arc<SessionDeps>,
     /// `llm.system_prompt`, shared by every session instead of copied.
     system_prompt: Arc<str>,
     chats: HashMap<ChatId, Entry>,
@@ -208,13 +245,14 @@ pub(crate) struct SessionSupState {
 impl Actor for SessionSup {
     type Msg = SessionSupMsg;
     type State = SessionSupState;
-    type Arguments = Deps;
+    type Arguments = SessionSupArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<SessionSupMsg>,
-        deps: Deps,
+        args: SessionSupArgs,
     ) -> Result<SessionSupState, ActorProcessingErr> {
+        let deps = args.sessions;
         // Read here, not in post_start: root waits for pre_start before it
         // starts the ingress, so on a fresh start the replay holds only
         // updates from before it, never one the ingress has just admitted
@@ -278,8 +316,8 @@ impl Actor for SessionSup {
             SessionSupMsg::SessionDied {
                 chat_id,
                 session,
-                reason,
-            } => on_session_died(&myself, state, chat_id, session, reason).await?,
+                exit,
+            } => on_session_died(&myself, state, chat_id, session, exit).await?,
             SessionSupMsg::SweepIdle => on_sweep_idle(state),
             SessionSupMsg::Stats { reply } => {
                 let stats = SessionStats {
@@ -305,11 +343,9 @@ impl Actor for SessionSup {
     ) -> Result<(), ActorProcessingErr> {
         // Never fall back to ractor's default, which would stop this
         // supervisor whenever a session exits (including every eviction).
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
+        let (cell, exit) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Exit::Failed(error.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, Exit::terminated(reason)),
             _ => return Ok(()),
         };
         let session = cell.get_id();
@@ -321,7 +357,7 @@ impl Actor for SessionSup {
             myself.cast(SessionSupMsg::SessionDied {
                 chat_id,
                 session,
-                reason,
+                exit,
             })?;
         }
         Ok(())
@@ -435,7 +471,7 @@ async fn on_session_died(
     state: &mut SessionSupState,
     chat_id: ChatId,
     session: ActorId,
-    reason: String,
+    exit: Exit,
 ) -> Result<(), ActorProcessingErr> {
     let Some(entry) = state.chats.get_mut(&chat_id) else {
         return Ok(());
@@ -443,10 +479,21 @@ async fn on_session_died(
     if entry.session.get_id() != session {
         return Ok(());
     }
-    tracing::warn!(chat_id = chat_id.0, %reason, pending = entry.pending.len(), "session died");
-    if entry.pending.is_empty() {
+    let restart = wants_restart(SESSION_RESTART, &exit);
+    let reason = match &exit {
+        Exit::Failed(error) => error.as_str(),
+        Exit::Stopped(reason) => reason.as_str(),
+    };
+    tracing::warn!(chat_id = chat_id.0, %reason, pending = entry.pending.len(), restart, "session died");
+    if entry.pending.is_empty() || !restart {
+        // Sessions never stop by themselves, so `!restart` with updates
+        // pending is not expected; they stay stored as unanswered and the
+        // next start of this supervisor replays them.
+        let dropped = entry.pending.len();
         state.chats.remove(&chat_id);
+        state.pending -= dropped;
         metrics::gauge!("llmgram_sessions_active").decrement(1.0);
+        answer_drain_waiters(state);
         return Ok(());
     }
 
@@ -479,7 +526,7 @@ async fn on_session_died(
     Ok(())
 }
 
-fn apologise(deps: &Deps, inbound: &Inbound) {
+fn apologise(deps: &SessionDeps, inbound: &Inbound) {
     let texts = deps.locales.for_language(inbound.language_code.as_deref());
     let text = texts.internal_error.clone();
     let chat_id = inbound.chat_id;

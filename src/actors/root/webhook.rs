@@ -2,11 +2,12 @@
 //! to `[webhook].url`; this actor registers the webhook and owns the HTTP
 //! listener that receives them.
 //!
-//! - **Supervised by:** root, permanent, in the ingress's place (the root
-//!   starts this or the polling ingress, by mode).
-//! - **Messages:** none in normal operation; the listener runs in a task the
-//!   actor owns and aborts when it stops.
-//! - **State:** the listener task.
+//! - **Supervised by:** root, permanent, as [`Child::Front`](crate::actors::Child::Front)
+//!   (root's start function starts this or the polling ingress, by mode).
+//! - **Messages:** [`WebhookMsg::Reclaim`], its own timer
+//!   (`limits.sweep_interval`, as the outbox's and the limiter's); requests
+//!   are served by a listener task the actor owns and aborts when it stops.
+//! - **State:** the listener task and the per-address limiters.
 //! - **Per request** (in the listener's tasks, served by
 //!   [`crate::listener::serve`] within the `webhook.max_connections`,
 //!   `header_timeout` and `request_timeout` limits): refused unless it comes
@@ -20,8 +21,8 @@
 //!   an update (no numeric `update_id`) is refused (400); an update that
 //!   cannot be read or is of an unknown kind is logged with its id, counted
 //!   and acknowledged (200), since Telegram would retry it forever and hold
-//!   later updates back. A message update is then handed over exactly as the polling ingress does (admitted
-//!   durably, rate-limited, routed), and only then answered 200: a failure
+//!   later updates back. A message update is then handed over as every front
+//!   end does ([`hand_over`]: admitted durably, rate-limited, routed), and only then answered 200: a failure
 //!   answers 500 and Telegram delivers the update again.
 //! - **Failures:** a failed setWebhook or bind fails the start; root
 //!   restarts it with backoff and, past the budget, stops the service. After
@@ -39,6 +40,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use teloxide::Bot;
 use teloxide::payloads::SetWebhookSetters as _;
 use teloxide::prelude::Requester;
 use teloxide::types::AllowedUpdate;
@@ -46,26 +48,26 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
 
-use super::Deps;
-use super::ingress::hand_over;
 use crate::actors::Directory;
 #[cfg(feature = "chaos")]
 use crate::actors::directory::{Address, Child};
-use crate::config::{Network, Secret};
+use crate::config::{Config, Network, Secret};
+use crate::front::hand_over;
 use crate::ops::Health;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::Inbound;
 use crate::telegram::updates::read_update;
 use crate::telemetry::{SecurityKind, security_event};
+use crate::texts::Locales;
 
 /// The header Telegram puts the secret token in.
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
-/// Makes the webhook panic (tests only, through [`Directory::ingress`]);
+/// Makes the webhook panic (tests only, through [`Directory::front`]);
 /// `false` if it is not running.
 #[cfg(feature = "chaos")]
 pub(super) fn panic(directory: &Directory) -> bool {
-    const ADDRESS: Address<WebhookMsg> = Address::new(Child::Ingress);
+    const ADDRESS: Address<WebhookMsg> = Address::new(Child::Front);
     directory.cast_now(ADDRESS, WebhookMsg::Panic)
 }
 
@@ -74,6 +76,29 @@ pub(crate) enum WebhookMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
+    /// Timer (`limits.sweep_interval`): drop the per-IP limiter state of
+    /// quiet addresses, so a flood from many addresses cannot grow it
+    /// without bound.
+    Reclaim,
+}
+
+/// What the webhook is built from.
+pub(crate) struct WebhookArgs {
+    /// The Bot API client, to register the webhook and the command menu.
+    pub(crate) bot: Bot,
+    /// The bot's username, when getMe answered at start.
+    pub(crate) bot_username: Option<String>,
+    /// The secret token registered with setWebhook and checked on each
+    /// request.
+    pub(crate) secret: Secret,
+    /// `[webhook]`, the command costs and the command menu.
+    pub(crate) config: Arc<Config>,
+    /// The command menu's descriptions.
+    pub(crate) locales: Locales,
+    /// Stamped after each update received, for readiness.
+    pub(crate) health: Arc<Health>,
+    /// To admit, limit and route what it receives.
+    pub(crate) directory: Directory,
 }
 
 /// The webhook ingress actor.
@@ -82,9 +107,10 @@ pub(crate) struct Webhook;
 /// Its state.
 pub(crate) struct WebhookState {
     listener: JoinHandle<()>,
-    /// Drops the per-IP limiter state of quiet addresses, so a flood from
-    /// many addresses cannot grow it without bound.
-    reclaim: JoinHandle<()>,
+    /// The per-address limiters, reclaimed on [`WebhookMsg::Reclaim`].
+    limiters: [Arc<DefaultKeyedRateLimiter<IpAddr>>; 2],
+    /// Sends [`WebhookMsg::Reclaim`].
+    reclaim_timer: JoinHandle<()>,
     /// Registers the command menu in the background.
     menu: JoinHandle<()>,
 }
@@ -93,7 +119,7 @@ pub(crate) struct WebhookState {
 #[derive(Clone)]
 struct Receiver {
     directory: Directory,
-    config: Arc<crate::config::Config>,
+    config: Arc<Config>,
     secret: Secret,
     bot_username: Arc<str>,
     /// Authentic requests (with the secret) per address.
@@ -114,26 +140,23 @@ enum WebhookError {
     Register(TelegramError),
     #[error("cannot listen on webhook.listen {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    #[error("the front end has no Bot API to register with")]
-    NoBotApi,
 }
 
 impl Actor for Webhook {
     type Msg = WebhookMsg;
     type State = WebhookState;
-    type Arguments = Deps;
+    type Arguments = WebhookArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<WebhookMsg>,
-        deps: Deps,
+        myself: ActorRef<WebhookMsg>,
+        args: WebhookArgs,
     ) -> Result<WebhookState, ActorProcessingErr> {
-        let config = &deps.config.webhook;
-        // Root starts no webhook for the console front.
-        let bot = deps.transport.bot().ok_or(WebhookError::NoBotApi)?;
+        let config = &args.config.webhook;
+        let bot = &args.bot;
         let url = Url::parse(&config.url)
             .map_err(|_| WebhookError::Url(crate::config::redact_url_text(&config.url)))?;
-        let bot_username = match &deps.bot_username {
+        let bot_username = match &args.bot_username {
             Some(name) => name.clone(),
             None => bot
                 .get_me()
@@ -146,7 +169,7 @@ impl Actor for Webhook {
             .await
             .map_err(|e| WebhookError::Bind(config.listen, e))?;
         bot.set_webhook(url.clone())
-            .secret_token(deps.webhook_secret.expose().to_owned())
+            .secret_token(args.secret.expose().to_owned())
             .allowed_updates([AllowedUpdate::Message])
             .await
             .map_err(|e| WebhookError::Register(e.into()))?;
@@ -154,43 +177,32 @@ impl Actor for Webhook {
 
         let per_ip = per_address(config.per_ip_per_second);
         let unauthenticated = per_address(config.unauthenticated_per_ip_per_second);
-        let reclaim = {
-            let limiters = [Arc::clone(&per_ip), Arc::clone(&unauthenticated)];
-            let mut every = tokio::time::interval(deps.config.limits.sweep_interval);
-            tokio::spawn(async move {
-                loop {
-                    every.tick().await;
-                    for limiter in &limiters {
-                        limiter.retain_recent();
-                        limiter.shrink_to_fit();
-                    }
-                }
-            })
-        };
+        let reclaim_timer =
+            myself.send_interval(args.config.limits.sweep_interval, || WebhookMsg::Reclaim);
         // The menu is best effort, as in polling mode: a refused
         // setMyCommands must not keep the webhook from taking updates.
         let menu = crate::telegram::spawn_command_menu(
             bot.clone(),
-            Arc::clone(&deps.config),
-            deps.locales.clone(),
+            Arc::clone(&args.config),
+            args.locales.clone(),
             crate::retry::Backoff::new(
-                deps.config.telegram.retry_min,
-                deps.config.telegram.retry_max,
+                args.config.telegram.retry_min,
+                args.config.telegram.retry_max,
             ),
         );
         let receiver = Receiver {
-            directory: deps.directory.clone(),
-            config: Arc::clone(&deps.config),
-            secret: deps.webhook_secret.clone(),
+            directory: args.directory.clone(),
+            config: Arc::clone(&args.config),
+            secret: args.secret.clone(),
             bot_username: bot_username.into(),
-            per_ip,
-            unauthenticated,
+            per_ip: Arc::clone(&per_ip),
+            unauthenticated: Arc::clone(&unauthenticated),
             networks: config
                 .allowed_networks
                 .iter()
                 .filter_map(|n| Network::parse(n))
                 .collect(),
-            health: Arc::clone(&deps.health),
+            health: Arc::clone(&args.health),
         };
         let app = Router::new()
             .route(url.path(), axum::routing::post(receive))
@@ -210,7 +222,8 @@ impl Actor for Webhook {
         ));
         Ok(WebhookState {
             listener,
-            reclaim,
+            limiters: [per_ip, unauthenticated],
+            reclaim_timer,
             menu,
         })
     }
@@ -221,7 +234,7 @@ impl Actor for Webhook {
         state: &mut WebhookState,
     ) -> Result<(), ActorProcessingErr> {
         state.listener.abort();
-        state.reclaim.abort();
+        state.reclaim_timer.abort();
         state.menu.abort();
         Ok(())
     }
@@ -230,12 +243,23 @@ impl Actor for Webhook {
         &self,
         _myself: ActorRef<WebhookMsg>,
         message: WebhookMsg,
-        _state: &mut WebhookState,
+        state: &mut WebhookState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             #[cfg(feature = "chaos")]
             WebhookMsg::Panic => panic!("chaos: ordered to panic"),
+            WebhookMsg::Reclaim => on_reclaim(state),
         }
+        Ok(())
+    }
+}
+
+/// Forgets the addresses that have been quiet long enough to have their
+/// whole allowance back.
+fn on_reclaim(state: &WebhookState) {
+    for limiter in &state.limiters {
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
     }
 }
 

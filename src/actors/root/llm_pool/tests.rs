@@ -40,9 +40,13 @@ impl Pool {
             actors.push(breaker.get_cell());
         }
         let name = t.deps.directory.name(Child::LlmPool);
-        let (pool, _) = Actor::spawn(Some(name), LlmPool, t.deps.clone())
-            .await
-            .expect("pool starts");
+        let (pool, _) = Actor::spawn(
+            Some(name),
+            LlmPool,
+            crate::actors::root::llm_pool_args(&t.deps),
+        )
+        .await
+        .expect("pool starts");
         actors.push(pool.get_cell());
         Self { t, actors }
     }

@@ -24,9 +24,13 @@ const B: ChatId = ChatId(2);
 
 async fn start(t: &TestDeps) -> ActorRef<OutboxMsg> {
     let name = t.deps.directory.name(Child::Outbox);
-    let (outbox, _) = Actor::spawn(Some(name), Outbox, t.deps.clone())
-        .await
-        .expect("outbox starts");
+    let (outbox, _) = Actor::spawn(
+        Some(name),
+        Outbox,
+        crate::actors::root::outbox_args(&t.deps),
+    )
+    .await
+    .expect("outbox starts");
     outbox
 }
 

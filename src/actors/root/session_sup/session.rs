@@ -31,7 +31,7 @@
 //!   an answer is written gets one "still writing" notice.
 //! - **Memory** (one session per active chat, 100,000 must fit 1 GiB): the
 //!   handler's future is boxed, so it exists only while a message is
-//!   handled; `Deps` and the system prompt are shared, not copied; what
+//!   handled; `SessionDeps` and the system prompt are shared, not copied; what
 //!   remains per idle session is mostly ractor's own (channels, task).
 //! - **Failures:** LLM errors are expected: the user gets a fallback reply and
 //!   the user message stays in the history. A panic is a bug: the supervisor
@@ -51,8 +51,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::SessionDeps;
 use super::SessionSupMsg;
-use crate::actors::root::Deps;
 use crate::actors::root::limiter::Slot;
 use crate::actors::root::llm_pool::Overrides;
 use crate::actors::root::outbox::{Delivered, Part, TurnCommit};
@@ -98,7 +98,7 @@ pub(crate) struct SessionArgs {
     /// The chat this session serves.
     pub chat_id: ChatId,
     /// Shared dependencies.
-    pub deps: Arc<Deps>,
+    pub deps: Arc<SessionDeps>,
     /// `llm.system_prompt`, shared by all sessions.
     pub system_prompt: Arc<str>,
     /// Where `TurnFinished` goes.
@@ -151,7 +151,7 @@ pub(crate) struct SessionState {
     /// Group members' admin status as Telegram last said it (groups only;
     /// `telegram.admin_status_cache`). Not stored.
     admin_statuses: Vec<group_admin::CachedStatus>,
-    deps: Arc<Deps>,
+    deps: Arc<SessionDeps>,
     supervisor: ActorRef<SessionSupMsg>,
     system_prompt: Arc<str>,
 }
@@ -658,7 +658,7 @@ const ADMIN_COMMANDS: &[&str] = &["model", "stats", "health", "ban", "unban"];
 
 /// Sends parts through the outbox (committing `commit` after them).
 async fn send_parts(
-    deps: &Deps,
+    deps: &SessionDeps,
     chat_id: ChatId,
     parts: Vec<Part>,
     commit: Option<TurnCommit>,
@@ -670,7 +670,7 @@ async fn send_parts(
 }
 
 /// Sends one of the bot's own texts without waiting for it.
-fn tell(deps: &Deps, chat_id: ChatId, text: &str) {
+fn tell(deps: &SessionDeps, chat_id: ChatId, text: &str) {
     deps.directory.outbox().notify(chat_id, text);
 }
 

@@ -136,14 +136,18 @@ impl Tree {
             .await
             .expect("stand-in starts");
         actors.push(pool.get_cell());
-        let (outbox, _) = Actor::spawn(Some(directory.name(Child::Outbox)), Outbox, t.deps.clone())
-            .await
-            .expect("outbox starts");
+        let (outbox, _) = Actor::spawn(
+            Some(directory.name(Child::Outbox)),
+            Outbox,
+            crate::actors::root::outbox_args(&t.deps),
+        )
+        .await
+        .expect("outbox starts");
         actors.push(outbox.get_cell());
         let (sessions, _) = Actor::spawn(
             Some(directory.name(Child::SessionSup)),
             SessionSup,
-            t.deps.clone(),
+            crate::actors::root::session_sup_args(&t.deps),
         )
         .await
         .expect("session supervisor starts");

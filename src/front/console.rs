@@ -5,7 +5,8 @@
 //!
 //! - **The tree** is the bot's ([`app::start_console`]): persistence,
 //!   breakers, limiter, LLM pool, outbox, session supervisor and sessions,
-//!   with no ingress (root skips it) and no ops listener. The outbox sends
+//!   with no front actor (root's table has no front row without a Bot API)
+//!   and no ops listener. The outbox sends
 //!   through [`Transport::Console`](crate::telegram::transport::Transport),
 //!   which prints on stdout ([`ConsoleOut`]); logs stay on stderr.
 //! - **Who is talking:** one private chat, [`CHAT_ID`], written by one user,
@@ -15,7 +16,7 @@
 //!   exactly as a Telegram text would be (commands parsed by
 //!   [`classify_private_text`]), numbered after the highest update id the
 //!   store holds (a session skips ids it has answered), handed over as a
-//!   polled update is (`ingress::hand_over`: admitted durably, rate-limited,
+//!   polled update is ([`hand_over`]: admitted durably, rate-limited,
 //!   routed). The next line is read only once every routed update is
 //!   answered (the session supervisor's `Drain`), so a piped script gets its
 //!   answers in order. A `you> ` prompt appears only when stdin is a
@@ -36,8 +37,8 @@ use std::time::Instant;
 use teloxide::types::MessageId;
 use tokio::sync::mpsc;
 
+use super::{HandOverError, hand_over};
 use crate::actors::Directory;
-use crate::actors::root::ingress::{HandOverError, hand_over};
 use crate::app::{self, AppError};
 use crate::config::{Config, Secrets};
 use crate::store::StoreError;
