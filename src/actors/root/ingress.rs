@@ -295,7 +295,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
         .updates
         .iter()
         .filter_map(|update| {
-            let converted = Inbound::from_update(update, bot_username);
+            let converted = Inbound::from_update(update, bot_username, &state.full_config.commands);
             if converted.is_none() {
                 tracing::debug!(update_id = update.id.0, "update ignored");
             }
@@ -309,7 +309,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
     );
     metrics::counter!("llmgram_updates_received_total").increment(batch.received as u64);
 
-    hand_over(&state.directory, &state.full_config, inbound)
+    hand_over(&state.directory, inbound)
         .await
         .map_err(|error| match error {
             HandOverError::Store(StoreError::Poisoned(reason)) => {
@@ -344,7 +344,6 @@ pub enum HandOverError {
 /// may forget them.
 pub(crate) async fn hand_over(
     directory: &Directory,
-    config: &Config,
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
     // Durable before routing: once Telegram considers them delivered, the
@@ -354,7 +353,7 @@ pub(crate) async fn hand_over(
         .admit(&inbound)
         .await
         .map_err(HandOverError::Store)?;
-    let admitted = apply_limits(directory, config, admitted).await;
+    let admitted = apply_limits(directory, admitted).await;
     directory
         .session_sup()
         .route(admitted)
@@ -365,11 +364,7 @@ pub(crate) async fn hand_over(
 /// Asks the rate limiter about the batch and marks the updates it limits.
 /// A limiter that is away (restarting) lets everything through: better an
 /// unlimited minute than unanswered users.
-async fn apply_limits(
-    directory: &Directory,
-    config: &Config,
-    mut updates: Vec<Inbound>,
-) -> Vec<Inbound> {
+async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<Inbound> {
     if updates.is_empty() {
         return updates;
     }
@@ -380,7 +375,7 @@ async fn apply_limits(
                 .user_id
                 .and_then(|id| i64::try_from(id).ok())
                 .unwrap_or(inbound.chat_id.0),
-            cost: if inbound.costs_llm_call(config) {
+            cost: if inbound.costs_llm_call() {
                 Cost::Llm
             } else {
                 Cost::Free

@@ -45,7 +45,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
-use crate::config::{PersistModeConfig, StorageConfig};
+use crate::config::{CommandConfig, PersistModeConfig, StorageConfig};
 use crate::store::backup::{self, BackupError, KEYSPACES, RecordsWriter};
 use crate::store::record::{self, BotSetting, ChatRecord, UpdateEntry};
 use crate::store::{
@@ -122,10 +122,20 @@ impl PersistenceHandle<'_> {
         .await
     }
 
-    /// Every update received and not yet answered, in the order received.
-    pub async fn pending_updates(&self) -> Result<Vec<Inbound>, StoreError> {
-        self.request(|reply| PersistenceMsg::PendingUpdates { reply })
-            .await
+    /// Every update received and not yet answered, in the order received;
+    /// commands are parsed against today's configured commands
+    /// (`assistants`).
+    pub async fn pending_updates(
+        &self,
+        assistants: &[CommandConfig],
+    ) -> Result<Vec<Inbound>, StoreError> {
+        let stored = self
+            .request(|reply| PersistenceMsg::PendingUpdates { reply })
+            .await?;
+        Ok(stored
+            .into_iter()
+            .map(|update| update.into_inbound(assistants))
+            .collect())
     }
 
     /// The highest update id the store holds, if any.
@@ -237,8 +247,8 @@ pub(crate) enum PersistenceMsg {
     },
     /// Every update received and not yet answered, in the order received.
     PendingUpdates {
-        /// The updates.
-        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+        /// The updates, as stored.
+        reply: RpcReplyPort<Result<Vec<record::StoredUpdate>, StoreError>>,
     },
     /// The highest update id the store holds (pending, or answered and not
     /// yet pruned); `None` if it holds none. The console front numbers its
@@ -1034,7 +1044,7 @@ impl Thread {
         Ok(())
     }
 
-    fn pending(&self) -> Result<Vec<Inbound>, StoreError> {
+    fn pending(&self) -> Result<Vec<record::StoredUpdate>, StoreError> {
         let mut pending: Vec<record::StoredUpdate> = Vec::new();
         let mut corrupt = Vec::new();
         for item in self.store.updates.iter() {
@@ -1065,10 +1075,7 @@ impl Thread {
         // In the order received, which is each chat's order: update ids are
         // not (Telegram may start them over at a random value).
         pending.sort_by_key(|update| (update.admitted, update.update_id));
-        Ok(pending
-            .into_iter()
-            .map(record::StoredUpdate::into_inbound)
-            .collect())
+        Ok(pending)
     }
 }
 

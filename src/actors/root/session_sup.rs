@@ -43,6 +43,7 @@ use super::Deps;
 use super::outbox::{Part, TurnCommit};
 use super::persistence::RecordChange;
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
+use crate::telegram::command::Command;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 use session::{ChatSignals, Session, SessionArgs, SessionMsg};
 
@@ -218,7 +219,11 @@ impl Actor for SessionSup {
         // starts the ingress, so on a fresh start the replay holds only
         // updates from before it, never one the ingress has just admitted
         // (whose rate-limit verdict the stored copy lacks).
-        let replay = deps.directory.persistence().pending_updates().await?;
+        let replay = deps
+            .directory
+            .persistence()
+            .pending_updates(&deps.config.commands)
+            .await?;
         let sweep_timer = myself.send_interval(deps.config.session.sweep_interval, || {
             SessionSupMsg::SweepIdle
         });
@@ -361,7 +366,7 @@ async fn on_route(
         return Ok(());
     }
     match &inbound.kind {
-        InboundKind::Command { name, .. } if name == "cancel" => {
+        InboundKind::Command(Command::Cancel) => {
             entry.signals.cancel.notify_waiters();
         }
         // Only a session busy answering is waiting for this; it tells the

@@ -24,7 +24,7 @@ const SURPLUS_MESSAGE: &str = "…";
 
 /// What of a streamed answer the chat shows.
 #[derive(Debug)]
-pub struct LiveAnswer {
+pub(super) struct LiveAnswer {
     /// The answer's Markdown so far.
     text: String,
     /// Messages showing it, in order, with their current texts.
@@ -44,7 +44,7 @@ pub struct LiveAnswer {
 impl LiveAnswer {
     /// Nothing shown yet; the first text may go at once. Messages hold up to
     /// `max_units` UTF-16 units; edits are `interval` apart.
-    pub fn new(max_units: usize, interval: Duration) -> Self {
+    pub(super) fn new(max_units: usize, interval: Duration) -> Self {
         Self {
             text: String::new(),
             shown: Vec::new(),
@@ -58,35 +58,35 @@ impl LiveAnswer {
     }
 
     /// More text arrived.
-    pub fn push(&mut self, delta: &str) {
+    pub(super) fn push(&mut self, delta: &str) {
         self.text.push_str(delta);
         self.dirty = true;
     }
 
     /// The answer's Markdown so far.
-    pub fn text(&self) -> &str {
+    pub(super) fn text(&self) -> &str {
         &self.text
     }
 
     /// Whether a message shows (or is about to show) the answer, so
     /// "typing…" is no longer needed.
-    pub fn is_showing(&self) -> bool {
+    pub(super) fn is_showing(&self) -> bool {
         !self.shown.is_empty() || !self.sending.is_empty()
     }
 
     /// Whether an update should be sent once [`Self::next_update`] comes.
-    pub fn wants_update(&self) -> bool {
+    pub(super) fn wants_update(&self) -> bool {
         self.dirty && !self.frozen && self.sending.is_empty() && !self.text.trim().is_empty()
     }
 
     /// When the next update may go.
-    pub fn next_update(&self) -> Instant {
+    pub(super) fn next_update(&self) -> Instant {
         self.next_update
     }
 
     /// The parts that bring the chat up to date; the caller sends them and
     /// reports the outcome with [`Self::finish_update`].
-    pub fn begin_update(&mut self) -> Vec<Part> {
+    pub(super) fn begin_update(&mut self) -> Vec<Part> {
         self.dirty = false;
         // Rendered as it will be once finished, so no raw `**` shows.
         let wanted = to_messages(
@@ -100,7 +100,7 @@ impl LiveAnswer {
 
     /// The update begun last ended: `Ok` with the ids of its messages, or an
     /// error, after which the answer is no longer edited.
-    pub fn finish_update<E>(&mut self, outcome: Result<Vec<MessageId>, E>) {
+    pub(super) fn finish_update<E>(&mut self, outcome: Result<Vec<MessageId>, E>) {
         let sending = std::mem::take(&mut self.sending);
         match outcome {
             Ok(ids) if ids.len() == sending.len() => {
@@ -120,7 +120,7 @@ impl LiveAnswer {
     /// The messages showing the answer, for the final delivery to edit;
     /// none if editing stopped (the final answer then goes as new messages
     /// below what is shown).
-    pub fn into_shown(self) -> Vec<(MessageId, OutgoingText)> {
+    pub(super) fn into_shown(self) -> Vec<(MessageId, OutgoingText)> {
         if self.frozen { Vec::new() } else { self.shown }
     }
 }
@@ -129,7 +129,7 @@ impl LiveAnswer {
 /// changed, new messages past them, and a placeholder in shown messages
 /// `wanted` no longer fills. Also returns, per part, the index it fills and
 /// its text.
-pub fn diff(
+pub(super) fn diff(
     shown: &[(MessageId, OutgoingText)],
     wanted: Vec<OutgoingText>,
 ) -> (Vec<Part>, Vec<(usize, OutgoingText)>) {
