@@ -2,7 +2,7 @@
 //!
 //! A text starting with `/name` (optionally `/name@bot`) is a command. The
 //! boundary ([`super::inbound`]) turns it into one [`Command`]: one of the
-//! bot's own (the table [`BUILT_INS`] here is the only place their names are
+//! bot's own (the table `BUILT_INS` here is the only place their names are
 //! written), an assistant command from `[[commands]]` in the config
 //! ([`Command::Assistant`]), or [`Command::Unknown`]. Everything past the
 //! boundary matches on the enum, so a new command is one variant and the

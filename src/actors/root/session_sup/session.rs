@@ -10,14 +10,14 @@
 //!   counters, and the recently answered update ids. Loaded from the
 //!   persistence actor when the session starts; nobody else reads or writes
 //!   it while the session lives. What belongs to one update lives in a
-//!   [`Turn`], which ends with the update, so nothing of it can leak into
+//!   `Turn` (`turn.rs`), which ends with the update, so nothing of it can leak into
 //!   the next.
-//! - **Per update** ([`on_update`]): an update among the chat's recently
+//! - **Per update** (`on_update`): an update among the chat's recently
 //!   answered ones was answered before (Telegram or a restart delivered it
 //!   again) and is skipped. Ids are only compared for equality: Telegram
 //!   starts them over at a random value after a week without updates. A
-//!   refused update gets its notice ([`admission`]). Otherwise one
-//!   exhaustive `match` on what was sent ([`respond`], [`on_command`])
+//!   refused update gets its notice (`admission.rs`). Otherwise one
+//!   exhaustive `match` on what was sent (`respond`, `on_command`)
 //!   picks the handler: the bot's own commands (`commands.rs`, `admin.rs`)
 //!   answer from the locale texts; text and assistant commands go to the
 //!   LLM (`llm_turn.rs`). The reply is handed to the outbox with the turn's
@@ -112,7 +112,7 @@ pub(crate) struct SessionArgs {
 pub(crate) struct Session;
 
 /// A session's state: the chat's, kept from one update to the next. What
-/// belongs to one update is in its [`Turn`].
+/// belongs to one update is in its `Turn`.
 pub(crate) struct SessionState {
     chat_id: ChatId,
     history: History,
