@@ -444,18 +444,10 @@ pub enum CommandCost {
     Free,
 }
 
-/// The bot's own entries in the command menu, before the configured ones.
-pub const MENU_BUILT_INS: &[&str] = &["help", "retry", "reset", "forget"];
 /// Telegram's limits on setMyCommands: entries per menu, and characters of
 /// one description.
 const MENU_MAX_COMMANDS: usize = 100;
 const MENU_DESCRIPTION_CHARS: std::ops::RangeInclusive<usize> = 1..=256;
-
-/// Commands the bot itself answers; configured commands may not take them.
-pub const BUILT_IN_COMMANDS: &[&str] = &[
-    "start", "help", "reset", "retry", "cancel", "forget", "usage", "model", "stats", "health",
-    "ban", "unban",
-];
 
 impl Config {
     /// The configured command called `name`, if any.
@@ -768,7 +760,7 @@ impl Config {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             let problem = if !valid_name {
                 Some("a name of 1–32 characters a-z, 0-9 or _".to_owned())
-            } else if BUILT_IN_COMMANDS.contains(&name.as_str()) {
+            } else if crate::telegram::command::is_built_in(name) {
                 Some("a name the bot's own commands do not use".to_owned())
             } else if self.commands.iter().filter(|c| &c.name == name).count() > 1 {
                 Some("a unique name".to_owned())
@@ -800,13 +792,14 @@ impl Config {
             }
         }
 
-        if MENU_BUILT_INS.len() + self.commands.len() > MENU_MAX_COMMANDS {
+        let menu_built_ins = crate::telegram::command::menu_len();
+        if menu_built_ins + self.commands.len() > MENU_MAX_COMMANDS {
             return Err(ConfigError::Invalid {
                 key: "commands",
                 reason: format!(
                     "{} commands and the bot's own {} exceed Telegram's menu limit of {MENU_MAX_COMMANDS}",
                     self.commands.len(),
-                    MENU_BUILT_INS.len()
+                    menu_built_ins
                 ),
             });
         }
@@ -1204,7 +1197,7 @@ mod tests {
             assert!(line.contains("`ru` description of 1–256"), "{line}");
         }
         // Commands given in an override replace the default ones.
-        let room = 100 - MENU_BUILT_INS.len();
+        let room = 100 - crate::telegram::command::menu_len();
         let many = |n: usize| -> String { (0..n).map(|i| entry(&format!("c{i}"), "x")).collect() };
         let full = Config::from_defaults_with(&many(room)).unwrap();
         assert_eq!(full.commands.len(), room);

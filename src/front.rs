@@ -14,7 +14,6 @@ pub mod console;
 
 use crate::actors::Directory;
 use crate::actors::root::limiter::{Cost, LimitRequest, Verdict};
-use crate::config::Config;
 use crate::store::StoreError;
 use crate::telegram::inbound::{Inbound, RefusalReason, Refused};
 
@@ -46,7 +45,6 @@ pub enum HandOverError {
 /// may forget them.
 pub(crate) async fn hand_over(
     directory: &Directory,
-    config: &Config,
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
     // Durable before routing: once Telegram considers them delivered, the
@@ -56,7 +54,7 @@ pub(crate) async fn hand_over(
         .admit(&inbound)
         .await
         .map_err(HandOverError::Store)?;
-    let admitted = apply_limits(directory, config, admitted).await;
+    let admitted = apply_limits(directory, admitted).await;
     directory
         .session_sup()
         .route(admitted)
@@ -67,11 +65,7 @@ pub(crate) async fn hand_over(
 /// Asks the rate limiter about the batch and marks the updates it limits.
 /// A limiter that is away (restarting) lets everything through: better an
 /// unlimited minute than unanswered users.
-async fn apply_limits(
-    directory: &Directory,
-    config: &Config,
-    mut updates: Vec<Inbound>,
-) -> Vec<Inbound> {
+async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<Inbound> {
     if updates.is_empty() {
         return updates;
     }
@@ -82,7 +76,7 @@ async fn apply_limits(
                 .user_id
                 .and_then(|id| i64::try_from(id).ok())
                 .unwrap_or(inbound.chat_id.0),
-            cost: if inbound.costs_llm_call(config) {
+            cost: if inbound.costs_llm_call() {
                 Cost::Llm
             } else {
                 Cost::Free

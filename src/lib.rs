@@ -8,7 +8,8 @@
 //! - [`actors`]: the supervision tree, one actor per file, placed as in the
 //!   tree (`actors/root/session_sup/session.rs` is supervised by
 //!   `session_sup`, which root supervises).
-//! - [`telegram`]: updates in ([`telegram::inbound`]), Markdown rendered to
+//! - [`telegram`]: updates in ([`telegram::inbound`]), commands parsed once
+//!   ([`telegram::command`]), Markdown rendered to
 //!   entities ([`telegram::render`]), long answers split
 //!   ([`telegram::split`]), the calls the outbox makes
 //!   ([`telegram::transport`]), Bot API errors classified.

@@ -1,10 +1,11 @@
 //! The Telegram side that is not an actor: turning updates into
-//! [`inbound::Inbound`] messages, splitting long answers, classifying Bot API
+//! [`inbound::Inbound`] messages (commands parsed once, [`command`]), splitting long answers, classifying Bot API
 //! errors, and building the one shared client.
 //!
 //! The actors that talk to Telegram live in the supervision tree:
 //! `actors/root/ingress.rs` (long polling) and `actors/root/outbox.rs` (sends).
 
+pub mod command;
 pub mod error;
 pub mod inbound;
 pub mod render;
@@ -135,14 +136,11 @@ pub async fn register_commands(
 
     for language in crate::texts::Locales::LANGUAGES {
         let texts = locales.for_language(Some(language));
-        // The bot's own entries: `config::MENU_BUILT_INS` counts them for
-        // check-config's limit of 100.
-        let mut commands = vec![
-            BotCommand::new("help", texts.menu_help.clone()),
-            BotCommand::new("retry", texts.menu_retry.clone()),
-            BotCommand::new("reset", texts.menu_reset.clone()),
-            BotCommand::new("forget", texts.menu_forget.clone()),
-        ];
+        // The bot's own entries (check-config counts them against the limit
+        // of 100 with `command::menu_len`).
+        let mut commands: Vec<BotCommand> = command::menu(texts)
+            .map(|(name, description)| BotCommand::new(name, description))
+            .collect();
         for command in &config.commands {
             let description = command
                 .description

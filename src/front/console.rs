@@ -194,7 +194,7 @@ impl Conversation {
             if text.trim().is_empty() {
                 continue;
             }
-            let Some(kind) = classify_private_text(text, NO_USERNAME) else {
+            let Some(kind) = classify_private_text(text, NO_USERNAME, &self.config.commands) else {
                 tracing::warn!("command for another bot ignored");
                 continue;
             };
@@ -211,7 +211,7 @@ impl Conversation {
                 speaker: None,
             };
             next_update_id = next_update_id.saturating_add(1);
-            hand_over(&self.directory, &self.config, vec![inbound]).await?;
+            hand_over(&self.directory, vec![inbound]).await?;
             self.wait_for_answers().await?;
         }
         if self.interactive {

@@ -25,7 +25,7 @@ use super::{
     failed_chat_prefix, failed_update_key, update_from_key,
 };
 use crate::clock::unix_millis;
-use crate::telegram::inbound::{ChatId, Inbound};
+use crate::telegram::inbound::ChatId;
 
 /// An open database and its keyspaces.
 pub(crate) struct OpenStore {
@@ -198,7 +198,7 @@ impl OpenStore {
         &self,
         mode: PersistMode,
         quarantined: &AtomicU64,
-    ) -> Result<Vec<Inbound>, StoreError> {
+    ) -> Result<Vec<record::StoredUpdate>, StoreError> {
         let mut pending: Vec<record::StoredUpdate> = Vec::new();
         let mut corrupt = Vec::new();
         for item in self.updates.iter() {
@@ -225,10 +225,7 @@ impl OpenStore {
         // In the order received, which is each chat's order: update ids are
         // not (Telegram may start them over at a random value).
         pending.sort_by_key(|update| (update.admitted, update.update_id));
-        Ok(pending
-            .into_iter()
-            .map(record::StoredUpdate::into_inbound)
-            .collect())
+        Ok(pending)
     }
 
     /// The admission sequence number to continue from: one past the highest
@@ -256,7 +253,7 @@ mod tests {
     use std::error::Error;
 
     use super::*;
-    use crate::telegram::inbound::InboundKind;
+    use crate::telegram::inbound::{Inbound, InboundKind};
 
     type TestResult = Result<(), Box<dyn Error>>;
 

@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
+use crate::config::CommandConfig;
+use crate::telegram::command::Command;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 
 /// Schema version of [`ChatRecord`] written by this build. Version 2 added
@@ -393,18 +395,22 @@ impl StoredUpdate {
             language_code: inbound.language_code.clone(),
             kind: match &inbound.kind {
                 InboundKind::Text(text) => StoredKind::Text(text.clone()),
-                InboundKind::Command { name, args } => StoredKind::Command {
-                    name: name.clone(),
-                    args: args.clone(),
-                },
+                InboundKind::Command(command) => {
+                    let (name, args) = command.words();
+                    StoredKind::Command {
+                        name: name.to_owned(),
+                        args: args.into_owned(),
+                    }
+                }
                 InboundKind::NonText => StoredKind::NonText,
             },
         }
     }
 
     /// The update as the actors use it; `received_at` is now, since the
-    /// original instant did not survive the restart.
-    pub fn into_inbound(self) -> Inbound {
+    /// original instant did not survive the restart. A command is parsed
+    /// again against today's configured commands (`assistants`).
+    pub fn into_inbound(self, assistants: &[CommandConfig]) -> Inbound {
         Inbound {
             update_id: self.update_id,
             chat_id: ChatId(self.chat_id),
@@ -412,7 +418,9 @@ impl StoredUpdate {
             language_code: self.language_code,
             kind: match self.kind {
                 StoredKind::Text(text) => InboundKind::Text(text),
-                StoredKind::Command { name, args } => InboundKind::Command { name, args },
+                StoredKind::Command { name, args } => {
+                    InboundKind::Command(Command::from_words(&name, &args, assistants))
+                }
                 StoredKind::NonText => InboundKind::NonText,
             },
             received_at: std::time::Instant::now(),

@@ -100,8 +100,8 @@ pub enum ReadOp {
     },
     /// Every update received and not answered, in the order received.
     PendingUpdates {
-        /// The updates.
-        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+        /// The updates, as stored.
+        reply: RpcReplyPort<Result<Vec<record::StoredUpdate>, StoreError>>,
     },
     /// The highest update id held; `None` if none.
     NewestUpdateId {

@@ -4,10 +4,15 @@
 //! front, each line it reads); nothing past the ingress sees teloxide's
 //! update types. Updates that are not for us (edited
 //! messages, channel posts, commands addressed to another bot) become `None`.
+//! Commands are parsed here, once, into a [`Command`]
+//! ([`super::command`]).
 
 use std::time::Instant;
 
 use teloxide::types::{Message, Update, UpdateKind};
+
+use super::command::{self, Command, Parsed};
+use crate::config::CommandConfig;
 
 pub use teloxide::types::ChatId;
 
@@ -63,44 +68,38 @@ pub enum RefusalReason {
 pub enum InboundKind {
     /// Plain text for the assistant.
     Text(String),
-    /// `/name args`: `name` is lower-case without the leading `/` and without
-    /// an `@bot` suffix.
-    Command {
-        /// The command's name, e.g. `reset`.
-        name: String,
-        /// Everything after the command word, trimmed.
-        args: String,
-    },
+    /// `/name args`, parsed.
+    Command(Command),
     /// A sticker, photo, voice note or other message without text.
     NonText,
 }
 
 impl Inbound {
-    /// Whether answering it takes an LLM call: text, `/retry`, and the
-    /// configured commands whose cost is `llm`.
-    pub fn costs_llm_call(&self, config: &crate::config::Config) -> bool {
+    /// Whether answering it takes an LLM call: text, and the commands that
+    /// do ([`Command::costs_llm_call`]).
+    pub fn costs_llm_call(&self) -> bool {
         match &self.kind {
             InboundKind::Text(_) => true,
-            InboundKind::Command { name, .. } => {
-                name == "retry"
-                    || config
-                        .command(name)
-                        .is_some_and(|c| c.cost == crate::config::CommandCost::Llm)
-            }
+            InboundKind::Command(command) => command.costs_llm_call(),
             InboundKind::NonText => false,
         }
     }
 
     /// Converts an update; `None` when it is not a message for this bot.
-    /// `bot_username` is used to ignore `/command@other_bot`.
-    pub fn from_update(update: &Update, bot_username: &str) -> Option<Self> {
+    /// `bot_username` is used to ignore `/command@other_bot`; `assistants`
+    /// are the configured commands.
+    pub fn from_update(
+        update: &Update,
+        bot_username: &str,
+        assistants: &[CommandConfig],
+    ) -> Option<Self> {
         let UpdateKind::Message(message) = &update.kind else {
             return None;
         };
         let kind = if message.chat.is_private() {
-            classify(message, bot_username)?
+            classify(message, bot_username, assistants)?
         } else {
-            classify_in_group(message, bot_username)?
+            classify_in_group(message, bot_username, assistants)?
         };
         let user = message.from.as_ref();
         Some(Self {
@@ -119,19 +118,27 @@ impl Inbound {
     }
 }
 
-fn classify(message: &Message, bot_username: &str) -> Option<InboundKind> {
+fn classify(
+    message: &Message,
+    bot_username: &str,
+    assistants: &[CommandConfig],
+) -> Option<InboundKind> {
     let Some(text) = message.text() else {
         return Some(InboundKind::NonText);
     };
-    classify_private_text(text, bot_username)
+    classify_private_text(text, bot_username, assistants)
 }
 
 /// What a text sent in a private chat is: a command (`/name args`), plain
 /// text, or `None` for a command addressed to another bot
 /// (`/start@other_bot`). The console front classifies its lines here too.
-pub fn classify_private_text(text: &str, bot_username: &str) -> Option<InboundKind> {
-    Some(match parse_command(text, bot_username) {
-        Parsed::Command { name, args } => InboundKind::Command { name, args },
+pub fn classify_private_text(
+    text: &str,
+    bot_username: &str,
+    assistants: &[CommandConfig],
+) -> Option<InboundKind> {
+    Some(match command::parse(text, bot_username, assistants) {
+        Parsed::Command(command) => InboundKind::Command(command),
         Parsed::ForAnotherBot => return None,
         Parsed::Text => InboundKind::Text(text.to_owned()),
     })
@@ -140,10 +147,14 @@ pub fn classify_private_text(text: &str, bot_username: &str) -> Option<InboundKi
 /// In a group the bot answers only what is addressed to it: its commands, a
 /// message mentioning `@bot_username`, or a reply to one of its messages.
 /// Everything else is `None`: never routed, never stored.
-fn classify_in_group(message: &Message, bot_username: &str) -> Option<InboundKind> {
+fn classify_in_group(
+    message: &Message,
+    bot_username: &str,
+    assistants: &[CommandConfig],
+) -> Option<InboundKind> {
     let text = message.text()?;
-    if let Parsed::Command { name, args } = parse_command(text, bot_username) {
-        return Some(InboundKind::Command { name, args });
+    if let Parsed::Command(command) = command::parse(text, bot_username, assistants) {
+        return Some(InboundKind::Command(command));
     }
     let mention = format!("@{bot_username}");
     let mentioned = text.to_lowercase().contains(&mention.to_lowercase());
@@ -171,74 +182,13 @@ fn remove_ignore_case(text: &str, needle: &str) -> String {
     out
 }
 
-enum Parsed {
-    Command { name: String, args: String },
-    ForAnotherBot,
-    Text,
-}
-
-fn parse_command(text: &str, bot_username: &str) -> Parsed {
-    let Some(rest) = text.strip_prefix('/') else {
-        return Parsed::Text;
-    };
-    let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-    let (name, mention) = match word.split_once('@') {
-        Some((name, mention)) => (name, Some(mention)),
-        None => (word, None),
-    };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        // "/ hello" or "/😀" is text that happens to start with a slash.
-        return Parsed::Text;
-    }
-    if mention.is_some_and(|m| !m.eq_ignore_ascii_case(bot_username)) {
-        return Parsed::ForAnotherBot;
-    }
-    Parsed::Command {
-        name: name.to_ascii_lowercase(),
-        args: args.trim().to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn command(text: &str) -> Option<(String, String)> {
-        match parse_command(text, "llmgram_bot") {
-            Parsed::Command { name, args } => Some((name, args)),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn commands_are_parsed() {
-        assert_eq!(command("/start"), Some(("start".into(), String::new())));
-        assert_eq!(
-            command("/Reset@LLMgram_bot  now "),
-            Some(("reset".into(), "now".into()))
-        );
-        assert_eq!(command("/help\nmore"), Some(("help".into(), "more".into())));
-    }
-
-    #[test]
-    fn slash_text_is_text() {
-        assert!(matches!(parse_command("hello", "b"), Parsed::Text));
-        assert!(matches!(parse_command("/ hello", "b"), Parsed::Text));
-        assert!(matches!(parse_command("/😀", "b"), Parsed::Text));
-        assert!(matches!(parse_command("/", "b"), Parsed::Text));
-    }
 
     #[test]
     fn mentions_are_removed_whatever_their_case() {
         assert_eq!(remove_ignore_case("@Bot hi @bot!", "@bot"), " hi !");
         assert_eq!(remove_ignore_case("жж @bot жж", "@BOT"), "жж  жж");
-    }
-
-    #[test]
-    fn commands_for_other_bots_are_ignored() {
-        assert!(matches!(
-            parse_command("/start@other_bot", "llmgram_bot"),
-            Parsed::ForAnotherBot
-        ));
     }
 }

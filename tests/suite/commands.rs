@@ -3,8 +3,9 @@
 
 use llmgram::config::Config;
 use llmgram::texts::fill;
+use llmgram_fakes::BOT_USERNAME;
 
-use crate::common::Harness;
+use crate::common::{Harness, settled_transcript};
 
 fn template(name: &str) -> String {
     Config::from_defaults_with("")
@@ -208,5 +209,30 @@ async fn every_default_command_builds_its_request_and_answers() {
         );
     }
     assert_eq!(h.llm.request_count(), commands.len());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_read_whatever_their_case_suffix_or_arguments() {
+    let h = Harness::start_with("admin_ids = [900]\n").await;
+    // Malformed arguments get the command's usage line, after the admin
+    // check: a non-admin is refused before the argument is looked at.
+    h.say(900, "/ban abc");
+    h.say(900, &format!("/UNBAN@{BOT_USERNAME} 1 2"));
+    h.say(901, "/ban abc");
+    let admin = h.replies(900, 2).await;
+    assert_eq!(admin[0].text, "Usage: /ban <user id>");
+    assert_eq!(admin[1].text, "Usage: /unban <user id>");
+    assert!(h.replies(901, 1).await[0].text.contains("not allowed"));
+    // Case and the @bot suffix do not change a command; an unknown one is
+    // named back in lower case; one for another bot gets no answer at all.
+    h.say(902, "/start@other_bot");
+    h.say(902, "/Nope now");
+    h.say(902, &format!("/FLIRT@{BOT_USERNAME}"));
+    let replies = settled_transcript(&h, 902, 2).await;
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(replies[0].contains("/nope"), "{}", replies[0]);
+    assert!(replies[1].contains("/flirt"), "{}", replies[1]);
+    assert_eq!(h.llm.request_count(), 0);
     h.stop().await;
 }

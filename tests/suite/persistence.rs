@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use llmgram::config::Config;
 use llmgram::store::inspect;
 use llmgram::telegram::inbound::ChatId;
+use llmgram::texts::fill;
 use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, LlmReplyKind};
 
 use crate::common::process::BotProcess;
@@ -116,6 +118,44 @@ async fn a_message_in_flight_at_the_crash_is_answered_once_after_restart() {
     assert_eq!(replies[1].text, "healthy: please hang", "{}", bot.log());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(telegram.sent_to(5).len(), 2, "answered exactly once");
+    assert_eq!(bot.terminate().await, Some(0));
+}
+
+/// A stored command is parsed again when it is replayed: an assistant
+/// command left unanswered by a crash is answered as that command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assistant_command_in_flight_at_the_crash_is_replayed_as_that_command() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    llm.set_responder(|_| LlmReply::now(LlmReplyKind::Hang));
+    let bot = BotProcess::start(&telegram, &llm, &data).await;
+    telegram.push_text(6, 6, "/FLIRT  please hang ");
+    assert_eq!(llm.wait_for_requests(1, WAIT).await, 1);
+    let polls = telegram.get_updates_calls();
+    assert!(telegram.wait_for_get_updates(polls + 1, WAIT).await);
+    bot.kill9().await;
+    let asked = llm.requests()[0].last_user_message().to_owned();
+    let template = Config::from_defaults_with("")
+        .unwrap()
+        .command("flirt")
+        .unwrap()
+        .template
+        .clone();
+    assert_eq!(asked, fill(&template, &[("input", "please hang")]));
+
+    llm.set_responder(|request| {
+        LlmReply::text(format!("healthy: {}", request.last_user_message()))
+    });
+    let bot = BotProcess::start(&telegram, &llm, &data).await;
+    let replies = telegram.wait_for_sent_to(6, 1, WAIT).await;
+    assert_eq!(
+        replies[0].text,
+        format!("healthy: {asked}"),
+        "{}",
+        bot.log()
+    );
     assert_eq!(bot.terminate().await, Some(0));
 }
 

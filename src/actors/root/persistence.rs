@@ -30,8 +30,9 @@ use std::path::{Path, PathBuf};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
+use crate::config::CommandConfig;
 use crate::store::backup::{BackupError, BackupReport};
-use crate::store::record::{BotSetting, ChatRecord};
+use crate::store::record::{self, BotSetting, ChatRecord};
 use crate::store::writer::{ReadOp, StoreOp, StoreStats, StoreWriter};
 use crate::store::{BotKey, StoreError};
 use crate::telegram::inbound::{ChatId, Inbound};
@@ -106,10 +107,20 @@ impl PersistenceHandle<'_> {
         .await
     }
 
-    /// Every update received and not yet answered, in the order received.
-    pub async fn pending_updates(&self) -> Result<Vec<Inbound>, StoreError> {
-        self.request(|reply| PersistenceMsg::PendingUpdates { reply })
-            .await
+    /// Every update received and not yet answered, in the order received;
+    /// commands are parsed against today's configured commands
+    /// (`assistants`).
+    pub async fn pending_updates(
+        &self,
+        assistants: &[CommandConfig],
+    ) -> Result<Vec<Inbound>, StoreError> {
+        let stored = self
+            .request(|reply| PersistenceMsg::PendingUpdates { reply })
+            .await?;
+        Ok(stored
+            .into_iter()
+            .map(|update| update.into_inbound(assistants))
+            .collect())
     }
 
     /// The highest update id the store holds, if any.
@@ -221,8 +232,8 @@ pub(crate) enum PersistenceMsg {
     },
     /// Every update received and not yet answered, in the order received.
     PendingUpdates {
-        /// The updates.
-        reply: RpcReplyPort<Result<Vec<Inbound>, StoreError>>,
+        /// The updates, as stored.
+        reply: RpcReplyPort<Result<Vec<record::StoredUpdate>, StoreError>>,
     },
     /// The highest update id the store holds (pending, or answered and not
     /// yet pruned); `None` if it holds none. The console front numbers its

@@ -49,6 +49,7 @@ use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::Config;
 use crate::llm::LlmClient;
 use crate::ops::Health;
+use crate::telegram::command::Command;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 use crate::telegram::transport::Transport;
 use crate::texts::Locales;
@@ -257,7 +258,11 @@ impl Actor for SessionSup {
         // starts the ingress, so on a fresh start the replay holds only
         // updates from before it, never one the ingress has just admitted
         // (whose rate-limit verdict the stored copy lacks).
-        let replay = deps.directory.persistence().pending_updates().await?;
+        let replay = deps
+            .directory
+            .persistence()
+            .pending_updates(&deps.config.commands)
+            .await?;
         let sweep_timer = myself.send_interval(deps.config.session.sweep_interval, || {
             SessionSupMsg::SweepIdle
         });
@@ -398,7 +403,7 @@ async fn on_route(
         return Ok(());
     }
     match &inbound.kind {
-        InboundKind::Command { name, .. } if name == "cancel" => {
+        InboundKind::Command(Command::Cancel) => {
             entry.signals.cancel.notify_waiters();
         }
         // Only a session busy answering is waiting for this; it tells the

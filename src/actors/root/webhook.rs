@@ -336,10 +336,12 @@ async fn receive(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
     let Some(update) = read.update else {
         return StatusCode::OK;
     };
-    let Some(inbound) = Inbound::from_update(&update, &receiver.bot_username) else {
+    let Some(inbound) =
+        Inbound::from_update(&update, &receiver.bot_username, &receiver.config.commands)
+    else {
         return StatusCode::OK;
     };
-    match hand_over(&receiver.directory, &receiver.config, vec![inbound]).await {
+    match hand_over(&receiver.directory, vec![inbound]).await {
         Ok(()) => StatusCode::OK,
         Err(error) => {
             // Telegram delivers it again; the store recognises it if it was

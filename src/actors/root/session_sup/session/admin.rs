@@ -1,46 +1,59 @@
-//! The session's admin commands: `/stats`, `/health`, `/ban`, `/unban`,
-//! `/model`.
-//! Admin rights come from `admin_ids`; anyone else gets "not allowed" and a
-//! security event is counted. `/model` without arguments is for everyone.
+//! The session's admin commands: `/stats`, `/health`, `/ban`, `/unban`
+//! (for admins only: the session's dispatch refuses anyone else and counts
+//! a security event), and `/model`: without a name for everyone, with one
+//! the bot's model for admins and the chat's own model for anyone else.
 
 use super::SessionState;
+use super::turn::{Reply, Turn};
 use crate::actors::root::breaker::BreakerStatus;
 use crate::ops::Snapshot;
-use crate::telegram::inbound::Inbound;
+use crate::telegram::command::UserArg;
 use crate::telemetry::{SecurityKind, security_event};
 use crate::texts::{Texts, fill};
 
-/// Answers an admin command (or refuses it).
-pub(super) async fn on_admin_command(
+/// `/model` without a name: which model answers this chat, and the choices.
+pub(super) async fn on_model_query(state: &SessionState, turn: &Turn<'_>) -> Reply {
+    Reply::Plain(current_model(state, &turn.texts).await)
+}
+
+/// `/model NAME` (`command` is its name): an admin sets the bot's model;
+/// anyone else chooses this chat's own.
+pub(super) async fn on_model(
     state: &mut SessionState,
-    inbound: &Inbound,
-    texts: &Texts,
-    name: &str,
-    args: &str,
-) -> String {
-    let args = args.trim();
-    if name == "model" && args.is_empty() {
-        return current_model(state, texts).await;
+    turn: &Turn<'_>,
+    command: &str,
+    model: &str,
+) -> Reply {
+    if !state.deps.config.is_admin(turn.inbound.user_id) {
+        return Reply::Plain(choose_own_model(state, &turn.texts, model));
     }
-    let admin = state.deps.config.is_admin(inbound.user_id);
-    if name == "model" && !admin {
-        return choose_own_model(state, texts, args);
-    }
-    if !admin {
-        security_event(SecurityKind::AdminCommandDenied);
-        return texts.not_allowed.clone();
-    }
-    tracing::info!(command = name, "admin command");
-    match name {
-        "stats" => stats(state, texts).await,
-        "health" => health(state).await,
-        "ban" | "unban" => match args.parse::<i64>() {
-            Ok(user) => ban(state, texts, user, name == "ban").await,
-            Err(_) => fill(&texts.usage_user_id, &[("command", name)]),
-        },
-        "model" => set_model(state, texts, args).await,
-        _ => texts.not_allowed.clone(),
-    }
+    tracing::info!(command, "admin command");
+    Reply::Plain(set_model(state, &turn.texts, model).await)
+}
+
+/// `/ban ID` (`banned`) or `/unban ID` (`command` is its name); the command's usage when the
+/// argument is not a user id.
+pub(super) async fn on_ban(
+    state: &SessionState,
+    turn: &Turn<'_>,
+    command: &str,
+    user: &UserArg,
+    banned: bool,
+) -> Reply {
+    Reply::Plain(match user {
+        UserArg::Id(user) => ban(state, &turn.texts, *user, banned).await,
+        UserArg::Malformed(_) => fill(&turn.texts.usage_user_id, &[("command", command)]),
+    })
+}
+
+/// `/health`: the readiness report of `/readyz`, compact.
+pub(super) async fn on_health(state: &SessionState) -> Reply {
+    Reply::Plain(health(state).await)
+}
+
+/// `/stats`: a compact view of the service.
+pub(super) async fn on_stats(state: &SessionState, turn: &Turn<'_>) -> Reply {
+    Reply::Plain(stats(state, &turn.texts).await)
 }
 
 async fn ban(state: &SessionState, texts: &Texts, user: i64, ban: bool) -> String {

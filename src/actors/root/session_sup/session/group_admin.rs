@@ -12,10 +12,10 @@
 use tokio::time::Instant;
 
 use super::SessionState;
+use super::turn::{Reply, Turn};
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::{Inbound, InboundKind};
 use crate::telemetry::{SecurityKind, security_event};
-use crate::texts::Texts;
 
 /// A group member's admin status, as Telegram said it at `checked_at`.
 #[derive(Debug, Clone, Copy)]
@@ -31,39 +31,35 @@ fn changes_the_group(inbound: &Inbound) -> bool {
         return false;
     }
     match &inbound.kind {
-        InboundKind::Command { name, args } => {
-            name == "forget" || name == "reset" || (name == "model" && !args.trim().is_empty())
-        }
+        InboundKind::Command(command) => command.changes_the_group(),
         InboundKind::Text(_) | InboundKind::NonText => false,
     }
 }
 
 /// The refusal to send when the sender may not run this command here;
 /// `None` when they may (or it needs no rights).
-pub(super) async fn refusal(
-    state: &mut SessionState,
-    inbound: &Inbound,
-    texts: &Texts,
-) -> Option<String> {
+pub(super) async fn refusal(state: &mut SessionState, turn: &Turn<'_>) -> Option<Reply> {
+    let inbound = turn.inbound;
     if !changes_the_group(inbound) || state.deps.config.is_admin(inbound.user_id) {
         return None;
     }
+    let texts = &turn.texts;
     // Telegram names no sender (an anonymous admin posting as the group, or
     // a channel): no one to check, so no rights.
     let Some(user_id) = inbound.user_id else {
         security_event(SecurityKind::AdminCommandDenied);
-        return Some(texts.group_admins_only.clone());
+        return Some(Reply::Plain(texts.group_admins_only.clone()));
     };
     match is_group_admin(state, user_id).await {
         Ok(true) => None,
         Ok(false) => {
             security_event(SecurityKind::AdminCommandDenied);
             tracing::info!(user_id, "group command refused: not a group admin");
-            Some(texts.group_admins_only.clone())
+            Some(Reply::Plain(texts.group_admins_only.clone()))
         }
         Err(error) => {
             tracing::warn!(class = error.class(), %error, "cannot check group admin status");
-            Some(texts.admin_check_failed.clone())
+            Some(Reply::Plain(texts.admin_check_failed.clone()))
         }
     }
 }
@@ -98,6 +94,7 @@ async fn is_group_admin(state: &mut SessionState, user_id: u64) -> Result<bool, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telegram::command::Command;
     use crate::telegram::inbound::ChatId;
 
     fn inbound(chat_id: i64, name: &str, args: &str) -> Inbound {
@@ -106,10 +103,7 @@ mod tests {
             chat_id: ChatId(chat_id),
             user_id: Some(5),
             language_code: None,
-            kind: InboundKind::Command {
-                name: name.into(),
-                args: args.into(),
-            },
+            kind: InboundKind::Command(Command::from_words(name, args.trim(), &[])),
             received_at: std::time::Instant::now(),
             sent_at: None,
             refused: None,

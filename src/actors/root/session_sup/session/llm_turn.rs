@@ -3,13 +3,29 @@
 //! the pool works, `/cancel`, the one "still writing" notice, and the
 //! localised reply when no answer could be had.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::SessionState;
+use super::live::LiveAnswer;
+use super::turn::{Reply, Turn, send_parts};
+use crate::actors::root::limiter::Slot;
+use crate::actors::root::llm_pool::Overrides;
+use crate::actors::root::outbox::Delivered;
+use crate::actors::root::session_sup::SessionDeps;
+use crate::config::LlmConfig;
+use crate::llm::client::StreamTo;
+use crate::llm::{ChatMessage, Completion, LlmError, Role};
+use crate::texts::{Texts, fill};
 
 /// Characters per token when the provider reports no usage: the usual rule
 /// of thumb for English and code; generous for other scripts.
 const CHARS_PER_TOKEN: u64 = 4;
 
-fn estimate_tokens(prompt: &[crate::llm::ChatMessage], answer: &str) -> u64 {
+fn estimate_tokens(prompt: &[ChatMessage], answer: &str) -> u64 {
     let chars: usize = prompt
         .iter()
         .map(|m| m.content.chars().count())
@@ -21,9 +37,8 @@ fn estimate_tokens(prompt: &[crate::llm::ChatMessage], answer: &str) -> u64 {
 /// Drops the oldest history messages (never the system prompt or the new
 /// message) until the prompt's estimated tokens fit `budget`, and never
 /// leaves an assistant message first.
-fn fit_context(prompt: &mut Vec<crate::llm::ChatMessage>, budget: u64) {
-    let tokens =
-        |m: &crate::llm::ChatMessage| (m.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN);
+fn fit_context(prompt: &mut Vec<ChatMessage>, budget: u64) {
+    let tokens = |m: &ChatMessage| (m.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN);
     let mut total: u64 = prompt.iter().map(tokens).sum();
     while prompt.len() > 2
         && (total > budget || prompt.get(1).is_some_and(|m| m.role == Role::Assistant))
@@ -41,27 +56,20 @@ pub(super) fn unix_day() -> u32 {
     u32::try_from(seconds / SECONDS_PER_DAY).unwrap_or(u32::MAX)
 }
 
-/// Asks the LLM, showing "typing…" while it works; returns the text to send.
-pub(super) async fn answer(state: &mut SessionState, texts: &Texts, text: &str) -> String {
-    answer_with(state, texts, text, Overrides::default()).await
+/// Asks the LLM, showing "typing…" while it works; returns the reply.
+pub(super) async fn answer(state: &mut SessionState, turn: &mut Turn<'_>, text: &str) -> Reply {
+    answer_with(state, turn, text, Overrides::default()).await
 }
 
 /// [`answer`] with a command's model or temperature.
 pub(super) async fn answer_with(
     state: &mut SessionState,
-    texts: &Texts,
+    turn: &mut Turn<'_>,
     text: &str,
     options: Overrides,
-) -> String {
-    let today = unix_day();
-    if state.counters.usage_day != today {
-        state.counters.usage_day = today;
-        state.counters.tokens_today = 0;
-    }
-    let budget = state.deps.config.llm.daily_token_budget;
-    if budget > 0 && !state.budget_exempt && state.counters.tokens_today >= budget {
-        tracing::info!(budget, "daily token budget used up");
-        return fill(&texts.budget_exceeded, &[("budget", &budget.to_string())]);
+) -> Reply {
+    if let Some(refusal) = over_budget(state, turn) {
+        return refusal;
     }
     // A command's own model first, then the model this chat chose.
     let options = Overrides {
@@ -77,42 +85,98 @@ pub(super) async fn answer_with(
         &mut prompt,
         llm.context_tokens.saturating_sub(u64::from(llm.max_tokens)),
     );
-    let stream = state.deps.config.llm.stream.then(|| {
-        let llm = &state.deps.config.llm;
-        let (deltas, receiver) = mpsc::channel(STREAM_BUFFER);
-        let to = StreamTo {
-            deltas,
-            chunk_timeout: llm.stream_chunk_timeout,
-            max_duration: llm.stream_max_duration,
-        };
-        (to, receiver)
-    });
-    let (stream_to, deltas) = stream.unzip();
+    let (stream_to, deltas) = llm.stream.then(|| stream_channel(llm)).unzip();
     let started = Instant::now();
     let request = Request {
         prompt: &prompt,
         options: &options,
         stream: stream_to,
     };
-    let (result, live) = await_answer(state, texts, request, deltas).await;
-    let partial = live.text().to_owned();
-    state.streamed = live.into_shown();
-    let Some(result) = result else {
-        // The user sent /cancel. A plain call runs out in the pool and its
-        // answer is dropped; a stream stops at once. The question stays for
-        // /retry, and what was shown of the answer stays on screen.
-        tracing::info!("answer cancelled");
-        state.cancelled = true;
-        state.history.push(Role::User, user_text);
-        if partial.trim().is_empty() {
-            return texts.cancelled.clone();
-        }
-        // What was shown was generated, and counts.
-        charge(state, estimate_tokens(&prompt, &partial));
-        state.reply_is_markdown = true;
-        return format!("{partial}\n\n{}", texts.cancelled);
+    let texts = Arc::clone(&turn.texts);
+    let (result, live) = await_answer(state, &texts, request, deltas).await;
+    let asked = Asked {
+        partial: live.text().to_owned(),
+        prompt,
+        user_text,
     };
-    let llm_ms = started.elapsed().as_millis() as u64;
+    turn.streamed = live.into_shown();
+    match result {
+        Some(result) => outcome(state, &texts, asked, result, started.elapsed()),
+        None => {
+            turn.cancelled = true;
+            cancelled(state, &texts, asked)
+        }
+    }
+}
+
+/// The reply when the chat's daily token budget is used up (admins have
+/// none); starts a new day's count first.
+fn over_budget(state: &mut SessionState, turn: &Turn<'_>) -> Option<Reply> {
+    let today = unix_day();
+    if state.counters.usage_day != today {
+        state.counters.usage_day = today;
+        state.counters.tokens_today = 0;
+    }
+    let budget = state.deps.config.llm.daily_token_budget;
+    if budget == 0 || turn.budget_exempt || state.counters.tokens_today < budget {
+        return None;
+    }
+    tracing::info!(budget, "daily token budget used up");
+    Some(Reply::Plain(fill(
+        &turn.texts.budget_exceeded,
+        &[("budget", &budget.to_string())],
+    )))
+}
+
+/// The channel a streamed answer's text arrives through.
+fn stream_channel(llm: &LlmConfig) -> (StreamTo, mpsc::Receiver<String>) {
+    let (deltas, receiver) = mpsc::channel(STREAM_BUFFER);
+    let to = StreamTo {
+        deltas,
+        chunk_timeout: llm.stream_chunk_timeout,
+        max_duration: llm.stream_max_duration,
+    };
+    (to, receiver)
+}
+
+/// What was asked, and what of the answer the user has seen.
+struct Asked {
+    prompt: Vec<ChatMessage>,
+    user_text: Arc<str>,
+    /// The streamed text shown so far (empty without streaming).
+    partial: String,
+}
+
+/// The user sent /cancel. A plain call runs out in the pool and its answer
+/// is dropped; a stream stops at once. The question stays for /retry, and
+/// what was shown of the answer stays on screen.
+fn cancelled(state: &mut SessionState, texts: &Texts, asked: Asked) -> Reply {
+    tracing::info!("answer cancelled");
+    state.history.push(Role::User, asked.user_text);
+    let partial = asked.partial;
+    if partial.trim().is_empty() {
+        return Reply::Plain(texts.cancelled.clone());
+    }
+    // What was shown was generated, and counts.
+    charge(state, estimate_tokens(&asked.prompt, &partial));
+    Reply::Markdown(format!("{partial}\n\n{}", texts.cancelled))
+}
+
+/// The reply to the pool's answer (or failure), which is kept in the
+/// history and charged against the budget.
+fn outcome(
+    state: &mut SessionState,
+    texts: &Texts,
+    asked: Asked,
+    result: Result<Completion, LlmError>,
+    took: Duration,
+) -> Reply {
+    let llm_ms = took.as_millis() as u64;
+    let Asked {
+        prompt,
+        user_text,
+        partial,
+    } = asked;
     match result {
         Ok(completion) => {
             tracing::info!(llm_ms, chars = completion.text.chars().count(), "answered");
@@ -125,15 +189,17 @@ pub(super) async fn answer_with(
             state
                 .history
                 .push(Role::Assistant, completion.text.as_str().into());
-            state.reply_is_markdown = true;
             if completion.truncated {
                 tracing::info!(
                     limit = state.deps.config.llm.max_answer_chars,
                     "answer truncated"
                 );
-                return format!("{}\n\n{}", completion.text, texts.answer_truncated);
+                return Reply::Markdown(format!(
+                    "{}\n\n{}",
+                    completion.text, texts.answer_truncated
+                ));
             }
-            completion.text
+            Reply::Markdown(completion.text)
         }
         Err(LlmError::StreamCut(cause)) if !partial.trim().is_empty() => {
             // The user has seen part of the answer: keep it, say it is cut.
@@ -147,8 +213,7 @@ pub(super) async fn answer_with(
             charge(state, estimate_tokens(&prompt, &partial));
             state.history.push(Role::User, user_text);
             state.history.push(Role::Assistant, partial.as_str().into());
-            state.reply_is_markdown = true;
-            format!("{partial}\n\n{}", texts.answer_cut)
+            Reply::Markdown(format!("{partial}\n\n{}", texts.answer_cut))
         }
         Err(error) => {
             // Provider failures were logged by the pool where it handled
@@ -157,7 +222,7 @@ pub(super) async fn answer_with(
             state.counters.llm_failures += 1;
             // Kept so the conversation stays coherent and /retry can answer it.
             state.history.push(Role::User, user_text);
-            fallback_text(texts, &error)
+            Reply::Plain(fallback_text(texts, &error))
         }
     }
 }
@@ -175,7 +240,7 @@ const STREAM_BUFFER: usize = 64;
 
 /// One LLM request of a session.
 struct Request<'a> {
-    prompt: &'a [crate::llm::ChatMessage],
+    prompt: &'a [ChatMessage],
     options: &'a Overrides,
     stream: Option<StreamTo>,
 }
@@ -188,29 +253,11 @@ async fn await_answer(
     texts: &Texts,
     request: Request<'_>,
     mut deltas: Option<mpsc::Receiver<String>>,
-) -> (Option<Result<crate::llm::Completion, LlmError>>, LiveAnswer) {
+) -> (Option<Result<Completion, LlmError>>, LiveAnswer) {
     let deps = &state.deps;
     let chat_id = state.chat_id;
     let telegram = &deps.config.telegram;
-    let call = async {
-        // The global LLM limit delays, never refuses (unless its queue is
-        // full): wait here, in this chat's own session, for the slot, still
-        // showing "typing…" and open to /cancel. A limiter that is away lets
-        // the call through, as on arrival.
-        let slot = deps.directory.limiter().reserve_llm_call().await;
-        match slot {
-            Slot::After(wait) if !wait.is_zero() => {
-                tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting for an llm slot");
-                tokio::time::sleep(wait).await;
-            }
-            Slot::After(_) => {}
-            Slot::Full { .. } => return Err(LlmError::Overloaded),
-        }
-        deps.directory
-            .llm_pool()
-            .complete(request.prompt, request.options, request.stream.as_ref())
-            .await
-    };
+    let call = call_llm(deps, request);
     tokio::pin!(call);
     let mut live = LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval);
     let mut update: Option<std::pin::Pin<Box<dyn Future<Output = Delivered> + Send + '_>>> = None;
@@ -231,7 +278,7 @@ async fn await_answer(
             () = &mut arrived, if !queued => queued = true,
             () = tokio::time::sleep_until(notice_at), if queued && !told => {
                 told = true;
-                tell(deps, chat_id, &texts.answer_coming);
+                deps.directory.outbox().notify(chat_id, &texts.answer_coming);
             }
             Some(delta) = next_delta(&mut deltas) => live.push(&delta),
             sent = until_done(&mut update) => {
@@ -260,6 +307,26 @@ async fn await_answer(
         live.finish_update(update.await);
     }
     (result, live)
+}
+
+/// Waits for a slot under the global LLM limit, then asks the pool.
+async fn call_llm(deps: &SessionDeps, request: Request<'_>) -> Result<Completion, LlmError> {
+    // The global LLM limit delays, never refuses (unless its queue is full):
+    // wait here, in this chat's own session, for the slot, still showing
+    // "typing…" and open to /cancel. A limiter that is away lets the call
+    // through, as on arrival.
+    match deps.directory.limiter().reserve_llm_call().await {
+        Slot::After(wait) if !wait.is_zero() => {
+            tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting for an llm slot");
+            tokio::time::sleep(wait).await;
+        }
+        Slot::After(_) => {}
+        Slot::Full { .. } => return Err(LlmError::Overloaded),
+    }
+    deps.directory
+        .llm_pool()
+        .complete(request.prompt, request.options, request.stream.as_ref())
+        .await
 }
 
 async fn next_delta(deltas: &mut Option<mpsc::Receiver<String>>) -> Option<String> {

@@ -1,12 +1,25 @@
+//! The session's entry point: an update arrives ([`on_arrival`]) and is
+//! answered at once, or held for the merge window.
+//!
 //! Bursts: texts of one user sent within `session.merge_window` (Telegram
 //! cuts a long paste into several messages) are held in the session's state
 //! and answered as one request. Only a long piece waits for the window; a
 //! short text is merged only with texts already in the mailbox (a
-//! `FlushBurst` the session casts to itself lands behind them). Held texts
-//! stay pending at the supervisor, so a crash loses none; the merged turn
-//! marks each of them answered.
+//! [`SessionMsg::FlushBurst`] the session casts to itself lands behind
+//! them). Held texts stay pending at the supervisor, so a crash loses none;
+//! the merged turn marks each of them answered. A `/cancel` while texts are
+//! held drops them ([`cancel_burst`]).
 
-use super::*;
+use std::sync::Arc;
+
+use ractor::{ActorProcessingErr, ActorRef};
+
+use super::turn::{self, Reply, Turn};
+use super::{SessionMsg, SessionState, on_update};
+use crate::input;
+use crate::llm::Role;
+use crate::telegram::command::Command;
+use crate::telegram::inbound::{Inbound, InboundKind};
 
 /// Holds a text back while more may follow (`session.merge_window`);
 /// answers anything else at once, after the texts held back.
@@ -71,7 +84,7 @@ pub(super) async fn on_arrival(
 }
 
 fn is_cancel(inbound: &Inbound) -> bool {
-    matches!(&inbound.kind, InboundKind::Command { name, .. } if name == "cancel")
+    matches!(&inbound.kind, InboundKind::Command(Command::Cancel))
 }
 
 /// `/cancel` while texts wait to be merged: they are not sent to the LLM.
@@ -88,18 +101,11 @@ async fn cancel_burst(
         state.history.push(Role::User, cleaned.as_str().into());
     }
     tracing::info!(held = earlier.len(), "held messages cancelled");
-    let texts = Arc::clone(
-        state
-            .deps
-            .locales
-            .for_language(inbound.language_code.as_deref()),
-    );
-    state.reply_is_markdown = false;
-    state.streamed.clear();
+    let mut turn = Turn::new(&state.deps, inbound, &earlier);
+    turn.reply = Reply::Plain(turn.texts.cancelled.clone());
     state.counters.answered += 1;
-    let commit = prepare_commit(state, inbound.update_id, &earlier, Change::Update);
-    deliver(state, texts.cancelled.clone(), commit).await;
-    finish(state, inbound, &earlier)
+    turn::conclude(state, turn).await;
+    turn::finish(state, inbound.update_id, &earlier)
 }
 
 /// The texts of a burst, one per line.

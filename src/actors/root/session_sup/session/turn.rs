@@ -1,0 +1,211 @@
+//! One turn: the answer to one update (or to several merged ones), from
+//! its arrival to its delivery and commit.
+//!
+//! A [`Turn`] holds what belongs to this update alone: what is being
+//! answered, the sender's language, budget exemption, the messages a
+//! streamed answer shows, whether it was cancelled, and the [`Reply`]. It
+//! is created for the update and consumed by [`conclude`], so nothing of it
+//! reaches the next update; the chat's own state stays in the session's
+//! state.
+
+use std::sync::Arc;
+
+use ractor::ActorProcessingErr;
+use teloxide::types::MessageId;
+
+use super::SessionState;
+use crate::actors::root::outbox::{Delivered, Part, TurnCommit};
+use crate::actors::root::persistence::RecordChange;
+use crate::actors::root::session_sup::SessionDeps;
+use crate::store::record::{self, ChatCounters, ChatSettings, ChatUsage};
+use crate::telegram::inbound::{ChatId, Inbound};
+use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
+use crate::telegram::split::split_message;
+use crate::texts::Texts;
+
+/// What to send for a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// Nothing (a refused update past its one notice, a `/cancel` whose
+    /// answer already said so). The turn is committed all the same.
+    Silent,
+    /// One of the bot's own texts, sent as it is.
+    Plain(String),
+    /// The LLM's answer: Markdown, sent as text with entities.
+    Markdown(String),
+}
+
+impl Reply {
+    /// The reply as Telegram messages of at most `max` UTF-16 units.
+    fn into_messages(self, max: usize) -> Vec<OutgoingText> {
+        match self {
+            Self::Silent => Vec::new(),
+            Self::Plain(text) => split_message(&text, max)
+                .into_iter()
+                .map(OutgoingText::plain)
+                .collect(),
+            Self::Markdown(text) => to_messages(&render_markdown(&text), max),
+        }
+    }
+}
+
+/// What a turn does to the stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Store the session's current record.
+    Update,
+    /// Delete the chat's record (`/forget`); what it spent stays (in the
+    /// `usage` keyspace).
+    Forget,
+    /// Leave the record alone (the update was refused, not answered).
+    Keep,
+}
+
+/// One update being answered.
+pub(super) struct Turn<'a> {
+    /// The update answered; for a burst, the last one with the texts joined.
+    pub(super) inbound: &'a Inbound,
+    /// The updates merged into it, answered by the same turn.
+    pub(super) earlier: &'a [u32],
+    /// The bot's texts in the sender's language.
+    pub(super) texts: Arc<Texts>,
+    /// The sender is a bot admin: no daily token budget.
+    pub(super) budget_exempt: bool,
+    /// The messages a streamed answer is shown in so far, and their texts;
+    /// the final delivery edits them.
+    pub(super) streamed: Vec<(MessageId, OutgoingText)>,
+    /// A `/cancel` ended this turn's answer (or its admission wait); that
+    /// `/cancel`, handled later, then says nothing.
+    pub(super) cancelled: bool,
+    /// What the turn does to the stored record.
+    pub(super) change: Change,
+    /// What to send.
+    pub(super) reply: Reply,
+}
+
+impl<'a> Turn<'a> {
+    /// A turn for `inbound` (and the updates `earlier` merged into it),
+    /// with nothing to send yet.
+    pub(super) fn new(deps: &SessionDeps, inbound: &'a Inbound, earlier: &'a [u32]) -> Self {
+        Self {
+            inbound,
+            earlier,
+            texts: Arc::clone(deps.locales.for_language(inbound.language_code.as_deref())),
+            budget_exempt: deps.config.is_admin(inbound.user_id),
+            streamed: Vec::new(),
+            cancelled: false,
+            change: Change::Update,
+            reply: Reply::Silent,
+        }
+    }
+}
+
+/// Ends the turn: its commit prepared, its reply handed to the outbox
+/// (which commits after sending) and waited for until delivered or given
+/// up. A streamed answer's messages are edited into the final text.
+pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
+    if turn.cancelled {
+        state.cancel_answered = true;
+    }
+    let commit = prepare_commit(state, turn.inbound.update_id, turn.earlier, turn.change);
+    let messages = turn
+        .reply
+        .into_messages(state.deps.config.telegram.max_message_chars);
+    let (parts, _) = super::live::diff(&turn.streamed, messages);
+    let parts_count = parts.len();
+    match send_parts(&state.deps, state.chat_id, parts, commit).await {
+        Ok(_) => tracing::debug!(parts = parts_count, "delivered"),
+        Err(error) => tracing::warn!(class = error.class(), %error, "reply not delivered"),
+    }
+}
+
+/// Tells the supervisor the update (and those merged into it) is done.
+pub(super) fn finish(
+    state: &SessionState,
+    update_id: u32,
+    earlier: &[u32],
+) -> Result<(), ActorProcessingErr> {
+    for &update_id in earlier.iter().chain([&update_id]) {
+        state.supervisor.cast(super::SessionSupMsg::TurnFinished {
+            chat_id: state.chat_id,
+            update_id,
+        })?;
+    }
+    Ok(())
+}
+
+/// Sends parts through the outbox (committing `commit` after them).
+pub(super) async fn send_parts(
+    deps: &SessionDeps,
+    chat_id: ChatId,
+    parts: Vec<Part>,
+    commit: Option<TurnCommit>,
+) -> Delivered {
+    deps.directory
+        .outbox()
+        .deliver(chat_id, &parts, commit.as_ref())
+        .await
+}
+
+/// The turn's commit: the chat's record after it (or its deletion) with the
+/// update marked answered. The outbox makes it right after sending the reply.
+fn prepare_commit(
+    state: &mut SessionState,
+    update_id: u32,
+    earlier: &[u32],
+    change: Change,
+) -> Option<TurnCommit> {
+    state.note_answered(earlier, update_id);
+    let change = match change {
+        Change::Keep => RecordChange::Keep,
+        Change::Forget => forget(state)?,
+        Change::Update => RecordChange::Put(state.encoded_record()?),
+    };
+    Some(TurnCommit {
+        update_id,
+        also_answered: earlier.to_vec(),
+        change,
+    })
+}
+
+/// Forgets the chat (`/forget`): history, settings and counters, except
+/// today's spend, which is kept apart (a budget counts tokens, not
+/// conversation). `None` (logged) if the spend does not encode.
+fn forget(state: &mut SessionState) -> Option<RecordChange> {
+    state.history.clear();
+    state.settings = ChatSettings::default();
+    state.counters = ChatCounters {
+        usage_day: state.counters.usage_day,
+        tokens_today: state.counters.tokens_today,
+        ..ChatCounters::default()
+    };
+    let usage = ChatUsage {
+        usage_day: state.counters.usage_day,
+        tokens_today: state.counters.tokens_today,
+    };
+    if usage.tokens_today == 0 {
+        return Some(RecordChange::Forget(None));
+    }
+    match record::encode_usage(&usage) {
+        Ok(bytes) => Some(RecordChange::Forget(Some(bytes))),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode the chat usage; turn not stored");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_no_message_and_texts_keep_their_kind() {
+        assert!(Reply::Silent.into_messages(4096).is_empty());
+        let plain = Reply::Plain("**not bold**".into()).into_messages(4096);
+        assert_eq!(plain, vec![OutgoingText::plain("**not bold**")]);
+        let markdown = Reply::Markdown("**bold**".into()).into_messages(4096);
+        assert_eq!(markdown.len(), 1);
+        assert_ne!(markdown[0], OutgoingText::plain("**bold**"));
+    }
+}

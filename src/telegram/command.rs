@@ -1,0 +1,479 @@
+//! The bot's commands, parsed once where an update comes in.
+//!
+//! A text starting with `/name` (optionally `/name@bot`) is a command. The
+//! boundary ([`super::inbound`]) turns it into one [`Command`]: one of the
+//! bot's own (the table `BUILT_INS` here is the only place their names are
+//! written), an assistant command from `[[commands]]` in the config
+//! ([`Command::Assistant`]), or [`Command::Unknown`]. Everything past the
+//! boundary matches on the enum, so a new command is one variant and the
+//! compiler finds every place that must handle it. The command menu
+//! ([`menu`]) and the names configured commands may not take
+//! ([`is_built_in`]) come from the same table.
+//!
+//! Names are case-insensitive (ASCII); `@bot` must name this bot, or the
+//! command is for another bot ([`Parsed::ForAnotherBot`]). Arguments are
+//! everything after the command word, trimmed. Malformed arguments are kept
+//! as such ([`UserArg::Malformed`]): the session answers them with a usage
+//! line, after the admin check, as it did when it parsed them itself.
+
+use std::borrow::Cow;
+
+use crate::config::{CommandConfig, CommandCost};
+use crate::texts::Texts;
+
+/// One command, with the arguments it uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/start`: the greeting.
+    Start,
+    /// `/help`: what the bot does, and the assistant commands.
+    Help,
+    /// `/reset`: the history is cleared; settings stay.
+    Reset,
+    /// `/retry`: the last question is asked again.
+    Retry,
+    /// `/cancel`: the answer being written (or the messages held to be
+    /// merged) is dropped.
+    Cancel,
+    /// `/forget`: the chat's record is deleted (its spend stays).
+    Forget,
+    /// `/usage`: today's tokens against the daily budget.
+    Usage,
+    /// `/model [name]`: without a name, which model answers (anyone); with
+    /// one, sets the bot's model (admins) or this chat's own among
+    /// `llm.user_models` (anyone else).
+    Model(Option<String>),
+    /// `/stats` (admins): a compact view of the service.
+    Stats,
+    /// `/health` (admins): the readiness report.
+    Health,
+    /// `/ban ID` (admins).
+    Ban(UserArg),
+    /// `/unban ID` (admins).
+    Unban(UserArg),
+    /// A `[[commands]]` entry of the config: its template is filled with
+    /// `args` (or with the next text when `args` is empty).
+    Assistant {
+        /// The entry's name.
+        name: String,
+        /// Everything after the command word, trimmed.
+        args: String,
+        /// Its class for the rate limiter.
+        cost: CommandCost,
+    },
+    /// A command nobody defined, by its (lower-case) name.
+    Unknown(String),
+}
+
+/// The user id argument of `/ban` and `/unban`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserArg {
+    /// A user id.
+    Id(i64),
+    /// Not a user id (answered with the command's usage), as given.
+    Malformed(String),
+}
+
+impl UserArg {
+    fn parse(args: &str) -> Self {
+        args.parse()
+            .map_or_else(|_| Self::Malformed(args.to_owned()), Self::Id)
+    }
+}
+
+/// What a text is, as far as commands go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A command for this bot.
+    Command(Command),
+    /// A command addressed to another bot (`/start@other_bot`): ignored.
+    ForAnotherBot,
+    /// Not a command ("/ hello" and "/😀" are text that starts with a slash).
+    Text,
+}
+
+/// One of the bot's own commands: its name, how its arguments are read,
+/// and its line in the command menu, if it has one.
+struct BuiltIn {
+    name: &'static str,
+    parse: fn(&str) -> Command,
+    menu: Option<fn(&Texts) -> &str>,
+}
+
+/// The bot's own commands. The menu lists those with a menu text, in this
+/// order.
+const BUILT_INS: &[BuiltIn] = &[
+    BuiltIn {
+        name: "start",
+        parse: |_| Command::Start,
+        menu: None,
+    },
+    BuiltIn {
+        name: "help",
+        parse: |_| Command::Help,
+        menu: Some(|texts| &texts.menu_help),
+    },
+    BuiltIn {
+        name: "retry",
+        parse: |_| Command::Retry,
+        menu: Some(|texts| &texts.menu_retry),
+    },
+    BuiltIn {
+        name: "reset",
+        parse: |_| Command::Reset,
+        menu: Some(|texts| &texts.menu_reset),
+    },
+    BuiltIn {
+        name: "cancel",
+        parse: |_| Command::Cancel,
+        menu: None,
+    },
+    BuiltIn {
+        name: "forget",
+        parse: |_| Command::Forget,
+        menu: Some(|texts| &texts.menu_forget),
+    },
+    BuiltIn {
+        name: "usage",
+        parse: |_| Command::Usage,
+        menu: None,
+    },
+    BuiltIn {
+        name: "model",
+        parse: |args| Command::Model((!args.is_empty()).then(|| args.to_owned())),
+        menu: None,
+    },
+    BuiltIn {
+        name: "stats",
+        parse: |_| Command::Stats,
+        menu: None,
+    },
+    BuiltIn {
+        name: "health",
+        parse: |_| Command::Health,
+        menu: None,
+    },
+    BuiltIn {
+        name: "ban",
+        parse: |args| Command::Ban(UserArg::parse(args)),
+        menu: None,
+    },
+    BuiltIn {
+        name: "unban",
+        parse: |args| Command::Unban(UserArg::parse(args)),
+        menu: None,
+    },
+];
+
+/// Parses `text`: a command for this bot (`bot_username`, compared without
+/// case), one for another bot, or plain text. `assistants` are the
+/// configured commands (`[[commands]]`).
+pub fn parse(text: &str, bot_username: &str, assistants: &[CommandConfig]) -> Parsed {
+    let Some(rest) = text.strip_prefix('/') else {
+        return Parsed::Text;
+    };
+    let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let (name, mention) = match word.split_once('@') {
+        Some((name, mention)) => (name, Some(mention)),
+        None => (word, None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        // "/ hello" or "/😀" is text that happens to start with a slash.
+        return Parsed::Text;
+    }
+    if mention.is_some_and(|m| !m.eq_ignore_ascii_case(bot_username)) {
+        return Parsed::ForAnotherBot;
+    }
+    Parsed::Command(Command::from_words(
+        &name.to_ascii_lowercase(),
+        args.trim(),
+        assistants,
+    ))
+}
+
+/// Whether `name` is one of the bot's own commands (configured commands may
+/// not take these names).
+pub fn is_built_in(name: &str) -> bool {
+    BUILT_INS.iter().any(|built_in| built_in.name == name)
+}
+
+/// The bot's own entries of the command menu, in order: each name with its
+/// description in `texts`' language. The configured commands follow them.
+pub fn menu(texts: &Texts) -> impl Iterator<Item = (&'static str, &str)> {
+    BUILT_INS
+        .iter()
+        .filter_map(|built_in| Some((built_in.name, (built_in.menu?)(texts))))
+}
+
+/// How many entries [`menu`] gives (check-config counts them against
+/// Telegram's limit).
+pub fn menu_len() -> usize {
+    BUILT_INS.iter().filter(|b| b.menu.is_some()).count()
+}
+
+impl Command {
+    /// The command named `name` (lower-case, without `/` or `@bot`) with
+    /// `args` (trimmed). Also rebuilds a stored update's command from the
+    /// words [`Command::words`] gave, against the configuration of the day.
+    pub fn from_words(name: &str, args: &str, assistants: &[CommandConfig]) -> Self {
+        if let Some(built_in) = BUILT_INS.iter().find(|b| b.name == name) {
+            return (built_in.parse)(args);
+        }
+        match assistants.iter().find(|command| command.name == name) {
+            Some(command) => Self::Assistant {
+                name: name.to_owned(),
+                args: args.to_owned(),
+                cost: command.cost,
+            },
+            None => Self::Unknown(name.to_owned()),
+        }
+    }
+
+    /// The command's name, as typed after `/` (lower-case).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Start => "start",
+            Self::Help => "help",
+            Self::Reset => "reset",
+            Self::Retry => "retry",
+            Self::Cancel => "cancel",
+            Self::Forget => "forget",
+            Self::Usage => "usage",
+            Self::Model(_) => "model",
+            Self::Stats => "stats",
+            Self::Health => "health",
+            Self::Ban(_) => "ban",
+            Self::Unban(_) => "unban",
+            Self::Assistant { name, .. } | Self::Unknown(name) => name,
+        }
+    }
+
+    /// The command as words to store: its name, and the arguments it uses
+    /// (others are dropped). [`Command::from_words`] reads them back.
+    pub fn words(&self) -> (&str, Cow<'_, str>) {
+        let args = match self {
+            Self::Model(Some(model)) => Cow::Borrowed(model.as_str()),
+            Self::Ban(user) | Self::Unban(user) => match user {
+                UserArg::Id(id) => Cow::Owned(id.to_string()),
+                UserArg::Malformed(given) => Cow::Borrowed(given.as_str()),
+            },
+            Self::Assistant { args, .. } => Cow::Borrowed(args.as_str()),
+            Self::Start
+            | Self::Help
+            | Self::Reset
+            | Self::Retry
+            | Self::Cancel
+            | Self::Forget
+            | Self::Usage
+            | Self::Model(None)
+            | Self::Stats
+            | Self::Health
+            | Self::Unknown(_) => Cow::Borrowed(""),
+        };
+        (self.name(), args)
+    }
+
+    /// Whether only admins (`admin_ids`) may run it; anyone else is refused
+    /// and a security event is counted. `/model` is not: anyone may ask
+    /// which model answers, or choose among `llm.user_models`.
+    pub fn is_admin_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Stats | Self::Health | Self::Ban(_) | Self::Unban(_)
+        )
+    }
+
+    /// Whether answering it takes an LLM call (the rate limiter's cost):
+    /// `/retry`, and the assistant commands whose cost is `llm`.
+    pub fn costs_llm_call(&self) -> bool {
+        match self {
+            Self::Retry => true,
+            Self::Assistant { cost, .. } => *cost == CommandCost::Llm,
+            Self::Start
+            | Self::Help
+            | Self::Reset
+            | Self::Cancel
+            | Self::Forget
+            | Self::Usage
+            | Self::Model(_)
+            | Self::Stats
+            | Self::Health
+            | Self::Ban(_)
+            | Self::Unban(_)
+            | Self::Unknown(_) => false,
+        }
+    }
+
+    /// Whether it changes what a whole group shares (its conversation or
+    /// model): in groups only group administrators may run it.
+    pub fn changes_the_group(&self) -> bool {
+        matches!(self, Self::Forget | Self::Reset | Self::Model(Some(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const BOT: &str = "llmgram_bot";
+
+    fn assistants() -> Vec<CommandConfig> {
+        Config::from_defaults_with("").unwrap().commands
+    }
+
+    fn command(text: &str) -> Command {
+        match parse(text, BOT, &assistants()) {
+            Parsed::Command(command) => command,
+            other => panic!("{text:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_built_in_is_parsed_and_named_back() {
+        let expected = [
+            ("start", Command::Start),
+            ("help", Command::Help),
+            ("retry", Command::Retry),
+            ("reset", Command::Reset),
+            ("cancel", Command::Cancel),
+            ("forget", Command::Forget),
+            ("usage", Command::Usage),
+            ("model", Command::Model(None)),
+            ("stats", Command::Stats),
+            ("health", Command::Health),
+            ("ban", Command::Ban(UserArg::Malformed(String::new()))),
+            ("unban", Command::Unban(UserArg::Malformed(String::new()))),
+        ];
+        assert_eq!(expected.len(), BUILT_INS.len());
+        for (name, parsed) in expected {
+            let command = command(&format!("/{name}"));
+            assert_eq!(command, parsed);
+            assert_eq!(command.name(), name);
+            assert!(is_built_in(name));
+        }
+        assert!(!is_built_in("flirt") && !is_built_in("Help"));
+    }
+
+    #[test]
+    fn admin_commands_read_their_arguments() {
+        assert_eq!(command("/ban 42"), Command::Ban(UserArg::Id(42)));
+        assert_eq!(command("/unban -7"), Command::Unban(UserArg::Id(-7)));
+        assert_eq!(
+            command("/ban abc"),
+            Command::Ban(UserArg::Malformed("abc".into()))
+        );
+        assert_eq!(
+            command("/ban 1 2"),
+            Command::Ban(UserArg::Malformed("1 2".into()))
+        );
+        assert_eq!(command("/model"), Command::Model(None));
+        assert_eq!(command("/model   "), Command::Model(None));
+        assert_eq!(
+            command("/model  gpt-x "),
+            Command::Model(Some("gpt-x".into()))
+        );
+        for admin_only in ["/stats", "/health", "/ban 1", "/unban x"] {
+            assert!(command(admin_only).is_admin_only(), "{admin_only}");
+        }
+        for anyone in ["/model", "/model m", "/help", "/flirt", "/nope"] {
+            assert!(!command(anyone).is_admin_only(), "{anyone}");
+        }
+    }
+
+    #[test]
+    fn assistant_commands_come_from_the_config() {
+        let config = assistants();
+        let flirt = config.iter().find(|c| c.name == "flirt").unwrap();
+        assert_eq!(
+            command("/flirt  hi there "),
+            Command::Assistant {
+                name: "flirt".into(),
+                args: "hi there".into(),
+                cost: flirt.cost,
+            }
+        );
+        // Without the config entry, the same word is unknown.
+        assert_eq!(
+            parse("/flirt hi", BOT, &[]),
+            Parsed::Command(Command::Unknown("flirt".into()))
+        );
+        let free = Command::Assistant {
+            name: "x".into(),
+            args: String::new(),
+            cost: CommandCost::Free,
+        };
+        let llm = Command::Assistant {
+            name: "x".into(),
+            args: String::new(),
+            cost: CommandCost::Llm,
+        };
+        assert!(llm.costs_llm_call() && !free.costs_llm_call());
+        assert!(command("/retry").costs_llm_call());
+        for no_call in ["/start", "/help", "/reset", "/cancel", "/usage", "/nope"] {
+            assert!(!command(no_call).costs_llm_call(), "{no_call}");
+        }
+    }
+
+    #[test]
+    fn bot_suffix_and_case() {
+        assert_eq!(command("/Reset@LLMgram_bot  now "), Command::Reset);
+        assert_eq!(command("/HELP"), Command::Help);
+        assert_eq!(command("/help\nmore"), Command::Help);
+        assert_eq!(command("/FLIRT@llmgram_bot x").name(), "flirt");
+        assert_eq!(parse("/start@other_bot", BOT, &[]), Parsed::ForAnotherBot);
+        assert_eq!(parse("/nope@other_bot", BOT, &[]), Parsed::ForAnotherBot);
+    }
+
+    #[test]
+    fn unknown_commands_and_slash_text() {
+        assert_eq!(command("/Nope x"), Command::Unknown("nope".into()));
+        assert_eq!(command("/a_1"), Command::Unknown("a_1".into()));
+        for text in ["hello", "/ hello", "/😀", "/", "/@bot", "a /help"] {
+            assert_eq!(parse(text, BOT, &[]), Parsed::Text, "{text}");
+        }
+    }
+
+    #[test]
+    fn stored_words_read_back_the_same_command() {
+        for text in [
+            "/start now",
+            "/model",
+            "/model m",
+            "/ban 5",
+            "/unban x y",
+            "/flirt hi",
+            "/flirt",
+            "/nope a",
+            "/retry",
+        ] {
+            let command = command(text);
+            let (name, args) = command.words();
+            assert_eq!(
+                Command::from_words(name, &args, &assistants()),
+                command,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_wide_commands() {
+        for group_wide in ["/forget", "/reset", "/model m"] {
+            assert!(command(group_wide).changes_the_group(), "{group_wide}");
+        }
+        for own in ["/model", "/help", "/retry", "/flirt x"] {
+            assert!(!command(own).changes_the_group(), "{own}");
+        }
+    }
+
+    #[test]
+    fn the_menu_lists_its_entries_in_order() {
+        let locales = crate::texts::Locales::load().unwrap();
+        let texts = locales.for_language(Some("en"));
+        let names: Vec<&str> = menu(texts).map(|(name, _)| name).collect();
+        assert_eq!(names, ["help", "retry", "reset", "forget"]);
+        assert_eq!(menu_len(), names.len());
+        assert!(menu(texts).all(|(_, description)| !description.is_empty()));
+    }
+}
