@@ -286,7 +286,7 @@ async fn admit(
     let ip = peer.ip();
     if !receiver.networks.is_empty() && !receiver.networks.iter().any(|n| n.contains(ip)) {
         security_event(SecurityKind::WebhookNetwork);
-        return StatusCode::FORBIDDEN.into_response();
+        return refuse(StatusCode::FORBIDDEN);
     }
     if !has_secret(request.headers(), &receiver.secret) {
         if receiver.unauthenticated.check_key(&ip).is_err() {
@@ -295,16 +295,24 @@ async fn admit(
                 "kind" => SecurityKind::WebhookSecretUnlogged.as_str()
             )
             .increment(1);
-            return StatusCode::TOO_MANY_REQUESTS.into_response();
+            return refuse(StatusCode::TOO_MANY_REQUESTS);
         }
         security_event(SecurityKind::WebhookSecret);
-        return StatusCode::UNAUTHORIZED.into_response();
+        return refuse(StatusCode::UNAUTHORIZED);
     }
     if receiver.per_ip.check_key(&ip).is_err() {
         metrics::counter!("llmgram_rate_limited_total").increment(1);
-        return StatusCode::TOO_MANY_REQUESTS.into_response();
+        return refuse(StatusCode::TOO_MANY_REQUESTS);
     }
     next.run(request).await
+}
+
+/// A refusal sent before the request's body was read. The connection is
+/// closed after it (the unread body cannot be skipped), so it says so:
+/// otherwise a client sending its next request on the same connection sees
+/// it closed under that request instead of an answer.
+fn refuse(status: StatusCode) -> Response {
+    (status, [(axum::http::header::CONNECTION, "close")]).into_response()
 }
 
 /// Whether `headers` carry the registered secret token.
