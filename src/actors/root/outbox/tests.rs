@@ -38,6 +38,17 @@ fn outbox(t: &TestDeps) -> OutboxHandle<'_> {
     t.deps.directory.outbox()
 }
 
+/// Hands a delivery over from a task of its own, so the test goes on
+/// while it is queued or sent.
+fn deliver_in_background(
+    t: &TestDeps,
+    chat: ChatId,
+    parts: Vec<Part>,
+) -> tokio::task::JoinHandle<super::Delivered> {
+    let directory = t.deps.directory.clone();
+    tokio::spawn(async move { directory.outbox().deliver(chat, &parts, None).await })
+}
+
 fn plain(text: &str) -> Part {
     Part::plain(text)
 }
@@ -54,20 +65,9 @@ async fn a_chat_sends_in_order_while_other_chats_go_on() {
     let actor = start(&t).await;
     let t0 = Instant::now();
     t.telegram.then(A, Step::Delay(Duration::from_secs(5)));
-    let first = {
-        let directory = t.deps.directory.clone();
-        tokio::spawn(async move {
-            directory
-                .outbox()
-                .deliver(A, &[plain("a1"), plain("a2")], None)
-                .await
-        })
-    };
+    let first = deliver_in_background(&t, A, vec![plain("a1"), plain("a2")]);
     settle().await;
-    let second = {
-        let directory = t.deps.directory.clone();
-        tokio::spawn(async move { directory.outbox().deliver(A, &[plain("a3")], None).await })
-    };
+    let second = deliver_in_background(&t, A, vec![plain("a3")]);
     settle().await;
     let other = outbox(&t).deliver(B, &[plain("b1")], None).await;
     assert!(other.is_ok(), "{other:?}");
@@ -147,10 +147,7 @@ async fn flush_answers_after_the_chats_earlier_deliveries_only() {
     let actor = start(&t).await;
     let t0 = Instant::now();
     t.telegram.then(A, Step::Delay(Duration::from_secs(10)));
-    let slow = {
-        let directory = t.deps.directory.clone();
-        tokio::spawn(async move { directory.outbox().deliver(A, &[plain("slow")], None).await })
-    };
+    let slow = deliver_in_background(&t, A, vec![plain("slow")]);
     settle().await;
     outbox(&t).flush(B).await.expect("outbox answers");
     assert!(t0.elapsed() < Duration::from_secs(1), "B waited for A");
@@ -170,10 +167,7 @@ async fn a_restarted_outbox_flushes_the_deliveries_its_predecessor_left_running(
     let first = start(&t).await;
     let t0 = Instant::now();
     t.telegram.then(A, Step::Delay(Duration::from_secs(10)));
-    let slow = {
-        let directory = t.deps.directory.clone();
-        tokio::spawn(async move { directory.outbox().deliver(A, &[plain("slow")], None).await })
-    };
+    let slow = deliver_in_background(&t, A, vec![plain("slow")]);
     settle().await;
     // The outbox dies with the send task running; its successor has an
     // empty queue, but a new session must still not read the chat's record
