@@ -23,11 +23,14 @@
 //!   [`front::console`] (`llmgram chat`: the same tree without Telegram,
 //!   talked to from a terminal).
 //! - [`history`]: a chat's bounded history, owned by its session.
+//! - [`input`]: input cleaning (Unicode-aware) and validation, and the
+//!   injection check, before any text reaches a prompt.
 //! - [`store`]: everything fjall-facing: the database, the group-commit
 //!   writer thread (the only writer, driven only by the persistence actor),
 //!   backup and restore, versioned records and their encoding.
 //! - [`config`], [`texts`], [`retry`], [`telemetry`], [`error`], [`clock`]:
 //!   knobs, reply texts, backoff, logging, error helpers, epoch time.
+//! - `chaos` (feature `chaos`, tests only): make any actor panic on command.
 //!
 //! `supervision.md` at the repository root draws the tree and states, for
 //! each actor, what it owns and what survives its failure.
