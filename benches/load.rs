@@ -69,10 +69,13 @@
 //! * `LLMGRAM_BENCH_WRAPPER="heaptrack -o FILE"` (environment): runs the bot
 //!   under a profiler (the `/proc` figures then describe the wrapper). Add
 //!   `--features system-alloc`: heaptrack hooks malloc and sees nothing of
-//!   mimalloc. The bench stops the wrapper, not the bot, which keeps running
+//!   jemalloc. The bench stops the wrapper, not the bot, which keeps running
 //!   (and the trace open): `kill` the leftover bot by its pid to end the
 //!   trace; ended while sessions are live, heaptrack's "leaked" view is
 //!   exactly what they hold;
+//! * `LLMGRAM_BENCH_BIN=PATH` (environment): runs that build of the bot
+//!   instead of the one `cargo bench` built, to compare two commits or
+//!   features with the same bench (copy each build aside first);
 //! * `--set section.key=value` (repeatable): any other bot setting, passed
 //!   as `LLMGRAM_SECTION__KEY=value`, e.g.
 //!   `--set llm.pool_max_idle_per_host=256`.
@@ -117,7 +120,9 @@
 //!
 //! * memory mode: idle baseline, peak (`VmHWM`), RSS and live sessions
 //!   after the last reply, RSS per live session (RSS − baseline) ÷
-//!   sessions, when the last session was evicted and RSS after eviction,
+//!   sessions, when the last session was evicted and RSS after eviction
+//!   (at the baseline and after eviction also split into `RssAnon`, the
+//!   heap and stacks, and `RssFile`, the mapped binary and libraries),
 //!   plus a `summary-memory` line.
 //! * The overhead subtracts the nominal LLM delay; the fake sleeps on
 //!   tokio's 1 ms timer, so up to about 1 ms of timer overshoot counts as
@@ -380,6 +385,7 @@ async fn main() -> ExitCode {
         tokio::time::sleep(BASELINE_SETTLE).await;
         let baseline = read_memory(pid).1;
         println!("memory: idle baseline RSS {}", show_kib(baseline));
+        println!("memory: idle baseline split {}", memory_split(pid));
         baseline
     } else {
         None
@@ -794,15 +800,19 @@ fn spawn_bot(
     let log = std::fs::File::create(log_path).expect("cannot create the bot's log file");
     // `LLMGRAM_BENCH_WRAPPER="heaptrack -o /tmp/x"` runs the bot under a
     // profiler (figures read from /proc then describe the wrapper).
+    // `LLMGRAM_BENCH_BIN=PATH` runs another build of the bot (A/B runs of
+    // two commits or features without rebuilding the bench).
+    let binary = std::env::var("LLMGRAM_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_llmgram").to_owned());
     let wrapper = std::env::var("LLMGRAM_BENCH_WRAPPER").unwrap_or_default();
     let mut wrapper = wrapper.split_whitespace();
     let mut command = match wrapper.next() {
         Some(program) => {
             let mut command = Command::new(program);
-            command.args(wrapper).arg(env!("CARGO_BIN_EXE_llmgram"));
+            command.args(wrapper).arg(&binary);
             command
         }
-        None => Command::new(env!("CARGO_BIN_EXE_llmgram")),
+        None => Command::new(&binary),
     };
     // Only the variables below configure the bot, whatever the shell has.
     for (name, _) in std::env::vars_os() {
@@ -1119,6 +1129,22 @@ fn connections_to(port: u16) -> Option<usize> {
         })
         .count();
     Some(count)
+}
+
+/// What RSS is made of: anonymous memory (heap, stacks), pages of mapped
+/// files (the binary's code and data, shared libraries) and the threads.
+fn memory_split(pid: u32) -> String {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return "unknown".to_owned();
+    };
+    ["RssAnon:", "RssFile:", "Threads:"]
+        .iter()
+        .filter_map(|name| {
+            let line = status.lines().find(|line| line.starts_with(name))?;
+            Some(line.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `VmHWM` and `VmRSS` of process `pid` in KiB, if readable.
@@ -1479,6 +1505,7 @@ async fn idle_phase(ops: &Ops, pid: u32, baseline: Option<u64>, limit: Duration)
             break;
         }
     }
+    println!("memory: after eviction split {}", memory_split(pid));
     MemoryReport {
         baseline,
         live_sessions,

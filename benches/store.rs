@@ -10,7 +10,11 @@
 //!
 //! ```sh
 //! cargo bench --bench store -- --chats 1000 --turns 20 --mode SyncData
+//! cargo bench --bench store -- --chats 1000 --turns 20 --mode SyncData --memtable-mib 8
 //! ```
+//!
+//! `--memtable-mib N` overrides `storage.memtable_mib` (config/default.toml's
+//! otherwise), to weigh memory against flushes.
 //!
 //! Prints turns/s (all turns ÷ wall time, every one durable with the chosen
 //! mode before it counts), commit latency as a session sees it (p50/p99),
@@ -36,6 +40,8 @@ struct Args {
     history: usize,
     chars: usize,
     mode: String,
+    /// `storage.memtable_mib`; `None` keeps config/default.toml's.
+    memtable_mib: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -45,6 +51,7 @@ fn parse_args() -> Args {
         history: 10,
         chars: 200,
         mode: "SyncData".into(),
+        memtable_mib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +62,9 @@ fn parse_args() -> Args {
             "--history" => args.history = value().parse().expect("--history N"),
             "--chars" => args.chars = value().parse().expect("--chars N"),
             "--mode" => args.mode = value(),
+            "--memtable-mib" => {
+                args.memtable_mib = Some(value().parse().expect("--memtable-mib N"));
+            }
             // cargo bench passes --bench; ignore what is not ours.
             _ => {}
         }
@@ -132,8 +142,12 @@ fn main() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
+    let memtable = args
+        .memtable_mib
+        .map(|mib| format!("storage.memtable_mib = {mib}\n"))
+        .unwrap_or_default();
     let config = Config::from_defaults_with(&format!(
-        "storage.path = \"{}\"\nstorage.persist_mode = \"{}\"\n",
+        "storage.path = \"{}\"\nstorage.persist_mode = \"{}\"\n{memtable}",
         data.display(),
         args.mode
     ))

@@ -487,6 +487,7 @@ impl OpsConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    pub buffered_lines: u64,
 }
 
 /// `[console]`: settings of `llmgram chat` only.
@@ -936,6 +937,8 @@ impl Config {
         // fjall flushes a memtable that reaches this size; zero would flush
         // on every write.
         positive("storage.memtable_mib", self.storage.memtable_mib)?;
+        // The log writer's queue; zero lines would drop every line.
+        positive("log.buffered_lines", self.log.buffered_lines)?;
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "storage.path",
@@ -1085,6 +1088,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "config key `llm.max_concurrency`: must be greater than zero"
+        );
+    }
+
+    #[test]
+    fn the_log_queue_is_small_and_never_empty() {
+        let config = Config::from_defaults_with("").unwrap();
+        assert_eq!(config.log.buffered_lines, 16384, "512 KiB, not 4 MiB");
+        let err = Config::from_defaults_with("[log]\nbuffered_lines = 0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `log.buffered_lines`: must be greater than zero"
         );
     }
 

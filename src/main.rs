@@ -61,12 +61,17 @@ enum Command {
     },
 }
 
-/// mimalloc gives freed memory back to the OS; with glibc's malloc the RSS
-/// of 100,000 evicted sessions never came down (BENCHMARKS.md, memory).
-/// The `system-alloc` feature turns it off for heap profilers (heaptrack).
+/// jemalloc gives freed memory back to the OS from its own background thread,
+/// within `dirty_decay_ms` (1 s, compiled in through .cargo/config.toml), even
+/// while the bot is idle: with glibc's malloc the RSS of 100,000 evicted
+/// sessions never came down, and mimalloc kept 0.4-0.6 GiB of it, returning
+/// pages only when the thread that owned them allocated again (BENCHMARKS.md,
+/// "Issue 14: memory"). `_RJEM_MALLOC_CONF` in the environment overrides the
+/// options. The `system-alloc` feature turns it off for heap profilers
+/// (heaptrack).
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
@@ -132,7 +137,7 @@ fn chat(file: Option<&std::path::Path>, options: ChatOptions) -> ExitCode {
     let secrets = Secrets::for_console(&config, |var| std::env::var(var).ok());
     let log = LogConfig {
         level: config.console.log_level.clone(),
-        format: config.log.format,
+        ..config.log.clone()
     };
     run_logged(
         &log,

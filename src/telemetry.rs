@@ -18,8 +18,12 @@ pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
         .or_else(|_| EnvFilter::try_new(&config.level))
         .map_err(|e| format!("config key `log.level`: {e}"))?;
     // Writing happens on a dedicated thread, so a slow terminal or pipe never
-    // stalls an actor.
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // stalls an actor. Its queue is allocated and touched in full at start
+    // (32 bytes a line), so its length is resident memory: `log.buffered_lines`.
+    let buffered_lines = usize::try_from(config.buffered_lines).unwrap_or(usize::MAX);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(buffered_lines)
+        .finish(std::io::stderr());
     // Colour only for a person at a terminal: journald, `docker logs` and
     // log shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
