@@ -46,7 +46,7 @@
 // Dependencies of the binary only (`src/main.rs`: the command line and the
 // global allocator); named here so the lint above checks all the others.
 use clap as _;
-use mimalloc as _;
+use tikv_jemallocator as _;
 
 pub mod actors;
 pub mod app;
