@@ -68,7 +68,6 @@ pub fn take_session_panic(directory: &Directory, chat_id: ChatId) -> bool {
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Vec<(String, ChatId)>> {
-    DOOMED_SESSIONS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    // A flag list: a panic cannot leave it half-changed.
+    crate::error::lock_unpoisoned(&DOOMED_SESSIONS)
 }

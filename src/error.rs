@@ -14,3 +14,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     line
 }
+
+/// Locks `mutex` even if a holder panicked. For the crate's few mutexes,
+/// whose data no panic can leave half-changed (each says why where it
+/// locks): a poisoned lock there is no reason to fail a second time.
+pub fn lock_unpoisoned<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

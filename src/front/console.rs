@@ -31,7 +31,7 @@
 use std::future::Future;
 use std::io::{BufRead as _, IsTerminal as _, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use teloxide::types::MessageId;
@@ -328,7 +328,7 @@ impl ConsoleOut {
         let screen = Arc::clone(&self.screen);
         tokio::task::spawn_blocking(move || {
             // A panic while printing leaves at worst a half-printed line.
-            let mut screen = screen.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut screen = crate::error::lock_unpoisoned(&screen);
             print(&mut screen)
         })
         .await

@@ -32,7 +32,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ use super::db::OpenStore;
 use super::record::{self, BotSetting, ChatRecord, UpdateEntry};
 use super::{BotKey, StoreError, chat_key, update_key};
 use crate::config::{PersistModeConfig, StorageConfig};
+use crate::error::lock_unpoisoned;
 use crate::telegram::inbound::{ChatId, Inbound};
 
 /// One operation for the writer thread.
@@ -249,7 +250,8 @@ impl StoreWriter {
     /// Sets who hears when the writer stops for good (replacing the
     /// previous listener: the current incarnation of the persistence actor).
     pub fn set_failure_listener(&self, listener: impl Fn(StoreError) + Send + 'static) {
-        *self.listener.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(listener));
+        // One slot, replaced whole: a panic cannot leave it half-changed.
+        *lock_unpoisoned(&self.listener) = Some(Box::new(listener));
     }
 }
 
@@ -367,12 +369,7 @@ impl Thread {
     }
 
     fn report_failure(&self, error: StoreError) {
-        if let Some(listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
+        if let Some(listener) = lock_unpoisoned(&self.listener).as_ref() {
             listener(error);
         }
         // Answer everything still queued, so no caller waits forever.

@@ -54,9 +54,7 @@ struct State {
 
 impl ScriptedApi {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::error::lock_unpoisoned(&self.state)
     }
 
     /// Queues what the next unscripted call to `chat_id` does.

@@ -280,9 +280,7 @@ impl Deliveries {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChatId, usize>> {
         // The map stays consistent even if a holder panicked (no code runs
         // between its reads and writes that could).
-        self.busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::error::lock_unpoisoned(&self.busy)
     }
 
     /// Marks a delivery to `chat_id` as started.

@@ -93,9 +93,7 @@ impl Actor for StandInPool {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::error::lock_unpoisoned(mutex)
 }
 
 struct Tree {
