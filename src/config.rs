@@ -685,73 +685,22 @@ impl Config {
 
     /// Rejects values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
-            if value == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: "must be greater than zero".into(),
-                });
-            }
-            Ok(())
-        }
-        fn http_url(key: &'static str, url: &Url) -> Result<(), ConfigError> {
-            if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: format!("`{}` is not an http(s) URL", redact_url(url)),
-                });
-            }
-            Ok(())
-        }
-        fn millis(d: Duration) -> u64 {
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-        }
+        self.telegram.validate()?;
+        self.input.validate()?;
+        self.validate_commands()?;
+        self.webhook.validate(self.telegram.mode)?;
+        self.ops.validate()?;
+        self.llm.validate()?;
+        self.limits.validate()?;
+        self.breaker.validate()?;
+        self.session.validate()?;
+        self.supervision.validate()?;
+        self.storage.validate()?;
+        self.log.validate()
+    }
 
-        let t = &self.telegram;
-        http_url("telegram.api_url", &t.api_url)?;
-        positive("telegram.poll_timeout", t.poll_timeout.as_secs())?;
-        if !(1..=100).contains(&t.poll_limit) {
-            return Err(ConfigError::Invalid {
-                key: "telegram.poll_limit",
-                reason: format!("{} is outside 1..=100", t.poll_limit),
-            });
-        }
-        positive("telegram.retry_min", millis(t.retry_min))?;
-        if t.retry_max < t.retry_min {
-            return Err(ConfigError::Invalid {
-                key: "telegram.retry_max",
-                reason: "must not be shorter than telegram.retry_min".into(),
-            });
-        }
-        positive("telegram.connect_timeout", millis(t.connect_timeout))?;
-        positive("telegram.send_timeout", millis(t.send_timeout))?;
-        positive("telegram.max_message_chars", t.max_message_chars as u64)?;
-        positive("telegram.typing_interval", millis(t.typing_interval))?;
-        positive(
-            "telegram.max_concurrent_sends",
-            t.max_concurrent_sends as u64,
-        )?;
-        positive("telegram.max_send_attempts", u64::from(t.max_send_attempts))?;
-        positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
-        positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
-        positive("telegram.global_rate", u64::from(t.global_rate))?;
-        positive("telegram.group_per_minute", u64::from(t.group_per_minute))?;
-        positive("telegram.edit_interval", millis(t.edit_interval))?;
-        positive(
-            "llm.stream_chunk_timeout",
-            millis(self.llm.stream_chunk_timeout),
-        )?;
-        positive(
-            "llm.stream_max_duration",
-            millis(self.llm.stream_max_duration),
-        )?;
-        if self.input.max_merged_chars < self.input.max_chars {
-            return Err(ConfigError::Invalid {
-                key: "input.max_merged_chars",
-                reason: "must not be less than input.max_chars".into(),
-            });
-        }
-
+    /// Checks the `[[commands]]` entries and that the menu fits Telegram's.
+    fn validate_commands(&self) -> Result<(), ConfigError> {
         for command in &self.commands {
             let name = &command.name;
             let valid_name = !name.is_empty()
@@ -805,8 +754,97 @@ impl Config {
             });
         }
 
-        let w = &self.webhook;
-        if t.mode == IngressMode::Webhook {
+        Ok(())
+    }
+}
+
+// The checks every section's `validate` shares; each error names its key.
+
+/// `value` must not be zero.
+fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: "must be greater than zero".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `url` must be an absolute http(s) URL.
+fn http_url(key: &'static str, url: &Url) -> Result<(), ConfigError> {
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("`{}` is not an http(s) URL", redact_url(url)),
+        });
+    }
+    Ok(())
+}
+
+/// A duration in whole milliseconds, for [`positive`].
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl TelegramConfig {
+    /// Checks the `telegram` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let t = self;
+        http_url("telegram.api_url", &t.api_url)?;
+        positive("telegram.poll_timeout", t.poll_timeout.as_secs())?;
+        if !(1..=100).contains(&t.poll_limit) {
+            return Err(ConfigError::Invalid {
+                key: "telegram.poll_limit",
+                reason: format!("{} is outside 1..=100", t.poll_limit),
+            });
+        }
+        positive("telegram.retry_min", millis(t.retry_min))?;
+        if t.retry_max < t.retry_min {
+            return Err(ConfigError::Invalid {
+                key: "telegram.retry_max",
+                reason: "must not be shorter than telegram.retry_min".into(),
+            });
+        }
+        positive("telegram.connect_timeout", millis(t.connect_timeout))?;
+        positive("telegram.send_timeout", millis(t.send_timeout))?;
+        positive("telegram.max_message_chars", t.max_message_chars as u64)?;
+        positive("telegram.typing_interval", millis(t.typing_interval))?;
+        positive(
+            "telegram.max_concurrent_sends",
+            t.max_concurrent_sends as u64,
+        )?;
+        positive("telegram.max_send_attempts", u64::from(t.max_send_attempts))?;
+        positive("telegram.per_chat_rate", u64::from(t.per_chat_rate))?;
+        positive("telegram.per_chat_burst", u64::from(t.per_chat_burst))?;
+        positive("telegram.global_rate", u64::from(t.global_rate))?;
+        positive("telegram.group_per_minute", u64::from(t.group_per_minute))?;
+        positive("telegram.edit_interval", millis(t.edit_interval))?;
+        Ok(())
+    }
+}
+
+impl InputConfig {
+    /// Checks the `input` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive("input.max_chars", self.max_chars as u64)?;
+
+        if self.max_merged_chars < self.max_chars {
+            return Err(ConfigError::Invalid {
+                key: "input.max_merged_chars",
+                reason: "must not be less than input.max_chars".into(),
+            });
+        }
+
+        Ok(())
+    }
+}
+
+impl WebhookConfig {
+    /// Checks the `webhook` section (its URL only in webhook `mode`).
+    fn validate(&self, mode: IngressMode) -> Result<(), ConfigError> {
+        let w = self;
+        if mode == IngressMode::Webhook {
             let url = Url::parse(&w.url).map_err(|e| ConfigError::Invalid {
                 key: "webhook.url",
                 reason: format!("webhook mode needs the public URL: {e}"),
@@ -822,10 +860,6 @@ impl Config {
         positive("webhook.max_connections", w.max_connections as u64)?;
         positive("webhook.header_timeout", millis(w.header_timeout))?;
         positive("webhook.request_timeout", millis(w.request_timeout))?;
-        let o = &self.ops;
-        positive("ops.max_connections", o.max_connections as u64)?;
-        positive("ops.header_timeout", millis(o.header_timeout))?;
-        positive("ops.request_timeout", millis(o.request_timeout))?;
         if let Some(bad) = w
             .allowed_networks
             .iter()
@@ -837,7 +871,30 @@ impl Config {
             });
         }
 
-        let l = &self.llm;
+        Ok(())
+    }
+}
+
+impl OpsConfig {
+    /// Checks the `ops` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let o = self;
+        positive("ops.max_connections", o.max_connections as u64)?;
+        positive("ops.header_timeout", millis(o.header_timeout))?;
+        positive("ops.request_timeout", millis(o.request_timeout))?;
+        Ok(())
+    }
+}
+
+impl LlmConfig {
+    /// Checks the `llm` section and its fallbacks.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = self;
+        positive(
+            "llm.stream_chunk_timeout",
+            millis(self.stream_chunk_timeout),
+        )?;
+        positive("llm.stream_max_duration", millis(self.stream_max_duration))?;
         http_url("llm.base_url", &l.base_url)?;
         if l.model.trim().is_empty() {
             return Err(ConfigError::Invalid {
@@ -872,7 +929,21 @@ impl Config {
             }
             names.push(&fallback.name);
         }
-        let lim = &self.limits;
+        if !(0.0..=2.0).contains(&l.temperature) {
+            return Err(ConfigError::Invalid {
+                key: "llm.temperature",
+                reason: format!("{} is outside 0.0..=2.0", l.temperature),
+            });
+        }
+
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the `limits` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let lim = self;
         positive(
             "limits.user_messages_per_minute",
             u64::from(lim.user_messages_per_minute),
@@ -890,7 +961,14 @@ impl Config {
             u64::from(lim.new_chats_per_minute),
         )?;
         positive("limits.sweep_interval", millis(lim.sweep_interval))?;
-        let b = &self.breaker;
+        Ok(())
+    }
+}
+
+impl BreakerConfig {
+    /// Checks the `breaker` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let b = self;
         positive("breaker.window", b.window as u64)?;
         positive("breaker.min_calls", b.min_calls as u64)?;
         positive("breaker.open_for", millis(b.open_for))?;
@@ -907,21 +985,26 @@ impl Config {
                 reason: format!("{} is outside (0.0, 1.0]", b.failure_rate),
             });
         }
-        if !(0.0..=2.0).contains(&l.temperature) {
-            return Err(ConfigError::Invalid {
-                key: "llm.temperature",
-                reason: format!("{} is outside 0.0..=2.0", l.temperature),
-            });
-        }
+        Ok(())
+    }
+}
 
-        let s = &self.session;
+impl SessionConfig {
+    /// Checks the `session` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = self;
         positive("session.max_messages", s.max_messages as u64)?;
         positive("session.max_history_chars", s.max_history_chars as u64)?;
         positive("session.idle_timeout", millis(s.idle_timeout))?;
         positive("session.sweep_interval", millis(s.sweep_interval))?;
-        positive("input.max_chars", self.input.max_chars as u64)?;
+        Ok(())
+    }
+}
 
-        let sup = &self.supervision;
+impl SupervisionConfig {
+    /// Checks the `supervision` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let sup = self;
         positive("supervision.window", millis(sup.window))?;
         positive(
             "supervision.restart_backoff_min",
@@ -930,21 +1013,32 @@ impl Config {
         positive("supervision.lookup_timeout", millis(sup.lookup_timeout))?;
         positive("supervision.lookup_interval", millis(sup.lookup_interval))?;
 
-        positive(
-            "storage.commit_max_batch",
-            self.storage.commit_max_batch as u64,
-        )?;
+        Ok(())
+    }
+}
+
+impl StorageConfig {
+    /// Checks the `storage` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive("storage.commit_max_batch", self.commit_max_batch as u64)?;
         // fjall flushes a memtable that reaches this size; zero would flush
         // on every write.
-        positive("storage.memtable_mib", self.storage.memtable_mib)?;
-        // The log writer's queue; zero lines would drop every line.
-        positive("log.buffered_lines", self.log.buffered_lines)?;
-        if self.storage.path.as_os_str().is_empty() {
+        positive("storage.memtable_mib", self.memtable_mib)?;
+        if self.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "storage.path",
                 reason: "must not be empty".into(),
             });
         }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    /// Checks the `log` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        // The log writer's queue; zero lines would drop every line.
+        positive("log.buffered_lines", self.buffered_lines)?;
         Ok(())
     }
 }
