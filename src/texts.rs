@@ -170,8 +170,23 @@ pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
+/// A wait told to users ("try again in about N seconds"): whole seconds,
+/// rounded up, at least one.
+pub fn retry_in_seconds(wait: std::time::Duration) -> String {
+    (wait.as_secs_f64().ceil().max(1.0) as u64).to_string()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_wait_is_told_in_whole_seconds_rounded_up_and_never_zero() {
+        use std::time::Duration;
+        assert_eq!(super::retry_in_seconds(Duration::ZERO), "1");
+        assert_eq!(super::retry_in_seconds(Duration::from_millis(1)), "1");
+        assert_eq!(super::retry_in_seconds(Duration::from_millis(1_001)), "2");
+        assert_eq!(super::retry_in_seconds(Duration::from_secs(30)), "30");
+    }
+
     use super::*;
 
     #[test]

@@ -3,14 +3,12 @@
 //! seen yet, the new-chat admission limit, which delays its first answer
 //! (open to `/cancel`) and refuses only when its queue is full.
 
-use std::time::Duration;
-
 use super::SessionState;
 use super::turn::{Reply, Turn};
 use crate::actors::root::limiter::Slot;
 use crate::telegram::inbound::RefusalReason;
 use crate::telemetry::{SecurityKind, security_event};
-use crate::texts::fill;
+use crate::texts::{fill, retry_in_seconds};
 
 /// The reply when the update is not to be answered now: its sender is over
 /// a rate limit, or the chat is new and new chats are being admitted
@@ -24,9 +22,10 @@ pub(super) async fn refusal(state: &mut SessionState, turn: &mut Turn<'_>) -> Op
             return Some(Reply::Silent);
         }
         return Some(Reply::Plain(match refused.reason {
-            RefusalReason::RateLimited { retry_in } => {
-                fill(&texts.slow_down, &[("seconds", &seconds(retry_in))])
-            }
+            RefusalReason::RateLimited { retry_in } => fill(
+                &texts.slow_down,
+                &[("seconds", &retry_in_seconds(retry_in))],
+            ),
             RefusalReason::Banned => texts.banned.clone(),
             RefusalReason::NotAllowed => texts.private_bot.clone(),
         }));
@@ -63,13 +62,8 @@ pub(super) async fn refusal(state: &mut SessionState, turn: &mut Turn<'_>) -> Op
             security_event(SecurityKind::NewChatFlood);
             Some(Reply::Plain(fill(
                 &texts.new_users_busy,
-                &[("seconds", &seconds(retry_in))],
+                &[("seconds", &retry_in_seconds(retry_in))],
             )))
         }
     }
-}
-
-/// Whole seconds to wait, at least one.
-fn seconds(wait: Duration) -> String {
-    (wait.as_secs_f64().ceil().max(1.0) as u64).to_string()
 }

@@ -19,7 +19,7 @@ use crate::actors::root::session_sup::SessionDeps;
 use crate::config::LlmConfig;
 use crate::llm::client::StreamTo;
 use crate::llm::{ChatMessage, Completion, LlmError, Role};
-use crate::texts::{Texts, fill};
+use crate::texts::{Texts, fill, retry_in_seconds};
 
 /// Characters per token when the provider reports no usage: the usual rule
 /// of thumb for English and code; generous for other scripts.
@@ -349,13 +349,10 @@ fn fallback_text(texts: &Texts, error: &LlmError) -> String {
         LlmError::NoProvider {
             retry_in: Some(wait),
             ..
-        } => {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            fill(
-                &texts.llm_unavailable_retry,
-                &[("seconds", &seconds.to_string())],
-            )
-        }
+        } => fill(
+            &texts.llm_unavailable_retry,
+            &[("seconds", &retry_in_seconds(*wait))],
+        ),
         LlmError::Overloaded | LlmError::RateLimited { .. } => texts.llm_busy.clone(),
         LlmError::NoProvider {
             last: Some(last), ..
