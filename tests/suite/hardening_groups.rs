@@ -41,16 +41,12 @@ async fn a_plain_member_cannot_wipe_the_group_or_change_its_model() {
     }
     ask(&h, 5, ALICE, "what was the code word?");
     h.replies(GROUP, 5).await;
-    let requests = h.llm.requests();
-    let last = requests.last().expect("a request");
-    assert!(
-        last.messages
-            .iter()
-            .any(|(_, c)| c == "Alice: the code word is heron"),
-        "history survived: {:?}",
-        last.messages
+    assert_history_survived(&h);
+    assert_eq!(
+        h.llm.requests().last().expect("a request").model,
+        "llama-3.1-8b-instant",
+        "model unchanged"
     );
-    assert_eq!(last.model, "llama-3.1-8b-instant", "model unchanged");
     h.stop().await;
 }
 
@@ -126,15 +122,7 @@ async fn a_failed_admin_check_refuses_with_a_clear_reply() {
     assert_eq!(replies[2].text, CHECK_FAILED);
     ask(&h, 4, ALICE, "what was the code word?");
     h.replies(GROUP, 4).await;
-    let requests = h.llm.requests();
-    let last = requests.last().expect("a request");
-    assert!(
-        last.messages
-            .iter()
-            .any(|(_, c)| c == "Alice: the code word is heron"),
-        "history survived: {:?}",
-        last.messages
-    );
+    assert_history_survived(&h);
     // Telegram answers again: the failures were not cached as refusals.
     h.telegram.refuse_method("getChatMember", None);
     say_in_group(&h, 5, BOB, "/reset");
@@ -177,4 +165,18 @@ async fn the_admin_status_is_cached_briefly() {
     assert!(replies[3].text.contains("llama-3.1-8b-instant"));
     assert_eq!(h.telegram.method_calls("getChatMember"), 2);
     h.stop().await;
+}
+
+/// The group's last LLM request still carries what Alice said before the
+/// refused commands.
+fn assert_history_survived(h: &Harness) {
+    let requests = h.llm.requests();
+    let last = requests.last().expect("a request");
+    assert!(
+        last.messages
+            .iter()
+            .any(|(_, c)| c == "Alice: the code word is heron"),
+        "history survived: {:?}",
+        last.messages
+    );
 }
