@@ -461,6 +461,22 @@ mod tests {
     }
 
     #[test]
+    fn password_locked_pdf_is_encrypted() {
+        // hello.pdf through `qpdf --encrypt secret owner 128 --use-aes=y`.
+        let locked = include_bytes!("../../tests/fixtures/encrypted.pdf");
+        assert_eq!(read(locked, None, None), Err(DocumentError::Encrypted));
+        assert_eq!(DocumentError::Encrypted.label(), "encrypted");
+    }
+
+    #[test]
+    fn pdf_with_only_an_owner_password_is_read() {
+        // The same with an empty user password (copy or print restricted).
+        let restricted = include_bytes!("../../tests/fixtures/owner-only.pdf");
+        let doc = read(restricted, None, None).unwrap();
+        assert!(doc.text.contains("Hello from a PDF"), "{:?}", doc.text);
+    }
+
+    #[test]
     fn pdf_without_text_is_no_text() {
         let blank = pdf_with_content("");
         assert_eq!(read(&blank, None, None), Err(DocumentError::NoText));
