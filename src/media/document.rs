@@ -232,14 +232,14 @@ pub fn read_document(
     }
     let mime = mime_type.map(base_mime);
     let extension = file_name.and_then(extension);
-    if looks_like_pdf(bytes, mime.as_deref(), extension.as_deref()) {
-        let text = extract_pdf(bytes)?;
-        return Ok(cut(text, DocumentKind::Pdf, false, max_chars));
-    }
     let declared_text = mime.as_deref().is_some_and(is_text_mime)
         || extension
             .as_deref()
             .is_some_and(|e| TEXT_EXTENSIONS.contains(&e));
+    if looks_like_pdf(bytes, mime.as_deref(), extension.as_deref(), declared_text) {
+        let text = extract_pdf(bytes)?;
+        return Ok(cut(text, DocumentKind::Pdf, false, max_chars));
+    }
     let (text, lossy) = decode_text(bytes, declared_text)?;
     if text.trim().is_empty() {
         return Err(DocumentError::Empty);
@@ -275,9 +275,18 @@ fn is_text_mime(mime: &str) -> bool {
         || mime.ends_with("+xml")
 }
 
-fn looks_like_pdf(bytes: &[u8], mime: Option<&str>, extension: Option<&str>) -> bool {
+/// A PDF by its declared type, or by its header: at the start, or anywhere in
+/// the first KiB unless the sender declared text (a note that mentions
+/// `%PDF-` is still a note).
+fn looks_like_pdf(
+    bytes: &[u8],
+    mime: Option<&str>,
+    extension: Option<&str>,
+    declared_text: bool,
+) -> bool {
     let head = &bytes[..bytes.len().min(PDF_HEADER_WITHIN)];
-    head.windows(5).any(|w| w == b"%PDF-")
+    bytes.starts_with(b"%PDF-")
+        || (!declared_text && head.windows(5).any(|w| w == b"%PDF-"))
         || mime == Some("application/pdf")
         || extension == Some("pdf")
 }
@@ -474,6 +483,18 @@ mod tests {
         let restricted = include_bytes!("../../tests/fixtures/owner-only.pdf");
         let doc = read(restricted, None, None).unwrap();
         assert!(doc.text.contains("Hello from a PDF"), "{:?}", doc.text);
+    }
+
+    #[test]
+    fn pdf_header_after_junk_is_a_pdf_unless_declared_text() {
+        let mut junk = b"\r\n\r\n".to_vec();
+        junk.extend_from_slice(HELLO_PDF);
+        assert_eq!(read(&junk, None, None).unwrap().kind, DocumentKind::Pdf);
+        let note = b"Files start with %PDF-1.7 and end with %%EOF.";
+        assert_eq!(
+            read(note, Some("notes.md"), None).unwrap().kind,
+            DocumentKind::Text
+        );
     }
 
     #[test]
