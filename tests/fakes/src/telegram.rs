@@ -14,13 +14,14 @@
 //! `GET /file/bot<TOKEN>/<file_path>`, as from the real Bot API.
 //!
 //! Tests push user updates with [`FakeTelegram::push_text`] and friends
-//! (media messages with [`FakeTelegram::push_media`] and a [`MediaUpdate`]) and
-//! observe what the bot did with [`FakeTelegram::sent`],
-//! [`FakeTelegram::edits`], [`FakeTelegram::chat_actions`], etc. Faults are
-//! injected with [`FakeTelegram::fail_next_sends`] and
-//! [`FakeTelegram::refuse_method`] (for files, [`FakeTelegram::fail_next_get_files`]
-//! and [`FakeTelegram::fail_next_downloads`]); [`FakeTelegram::push_raw_update`] queues
-//! an update as raw JSON text (even JSON no client can parse), and
+//! (media messages with [`FakeTelegram::push_media`] and a [`MediaUpdate`])
+//! and observe what the bot did with [`FakeTelegram::sent`],
+//! [`FakeTelegram::edits`], [`FakeTelegram::chat_actions`],
+//! [`FakeTelegram::downloaded_paths`], etc. Faults are injected with
+//! [`FakeTelegram::fail_next_sends`], [`FakeTelegram::refuse_method`],
+//! [`FakeTelegram::fail_next_get_files`] and
+//! [`FakeTelegram::fail_next_downloads`]; [`FakeTelegram::push_raw_update`]
+//! queues an update as raw JSON text (even JSON no client can parse), and
 //! [`FakeTelegram::set_instant_polls`] makes getUpdates ignore `timeout`, as
 //! a Bot API server or proxy without long polling does.
 
