@@ -5,12 +5,14 @@
 //!
 //! * [`FakeTelegram`] — a small subset of the Telegram Bot API (`getMe`,
 //!   `getUpdates` with long polling, `sendMessage`, `editMessageText`,
-//!   `sendChatAction`, `setMyCommands`, …) with update injection, observation
+//!   `sendChatAction`, `setMyCommands`, `getFile` and file downloads, …) with
+//!   update injection (text and [`MediaUpdate`] media messages), observation
 //!   helpers and fault injection. Point teloxide at it with
 //!   `Bot::set_api_url(fake.api_url().parse()?)`.
 //! * [`FakeLlm`] — an OpenAI-compatible `POST /v1/chat/completions` endpoint
 //!   whose behaviour (latency, errors, malformed bodies, hangs, SSE streams)
-//!   is scripted per request.
+//!   is scripted per request, and `POST /v1/audio/transcriptions`, scripted
+//!   likewise with [`TranscriptionReply`].
 //!
 //! Both handles are cheap to clone (an `Arc` inside) and the server keeps
 //! running until the runtime that started it shuts down.

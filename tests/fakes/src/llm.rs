@@ -1,15 +1,21 @@
-//! A fake OpenAI-compatible chat-completions server.
+//! A fake OpenAI-compatible server: chat completions and transcriptions.
 //!
 //! [`FakeLlm::start`] serves `POST /v1/chat/completions` on `127.0.0.1`.
-//! Every request is recorded as an [`LlmRequest`]; the answer is decided by,
-//! in order of precedence, the replies queued with [`FakeLlm::script`], the
-//! closure installed with [`FakeLlm::set_responder`], and the default echo
-//! responder (`"answer to: <last user message>"` after the latency set by
+//! Every request is recorded as an [`LlmRequest`] (its text and its
+//! `image_url` parts); the answer is decided by, in order of precedence, the
+//! replies queued with [`FakeLlm::script`], the closure installed with
+//! [`FakeLlm::set_responder`], and the default echo responder
+//! (`"answer to: <last user message>"` after the latency set by
 //! [`FakeLlm::set_latency`]).
 //!
 //! [`LlmReplyKind`] covers the interesting failure modes: HTTP errors with
 //! `Retry-After`, malformed JSON, an empty `choices` array, a request that is
 //! never answered, and server-sent-event streams that may break midway.
+//!
+//! The same server fakes speech-to-text, `POST /v1/audio/transcriptions`
+//! (OpenAI's and Groq's multipart shape): see [`TranscriptionRequest`],
+//! [`TranscriptionReply`], [`FakeLlm::script_transcriptions`] and
+//! [`FakeLlm::set_transcript`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -29,6 +35,10 @@ use tokio::sync::Notify;
 
 use crate::{lock, serve, unix_now, wait_until};
 
+mod transcription;
+
+pub use transcription::{DEFAULT_TRANSCRIPT, TranscriptionReply, TranscriptionRequest};
+
 /// How long a [`LlmReplyKind::Hang`] request sleeps before giving up.
 const HANG_FOR: Duration = Duration::from_secs(3600);
 /// Pause before aborting a broken stream, so the chunks already produced
@@ -45,6 +55,9 @@ pub struct LlmRequest {
     /// `(role, content)` of each entry of `messages`; array contents are
     /// flattened to the concatenation of their text parts.
     pub messages: Vec<(String, String)>,
+    /// The `image_url.url` of every `{"type": "image_url", …}` part of every
+    /// message, in order (typically `data:image/jpeg;base64,…` URLs).
+    pub images: Vec<String>,
     /// Whether the body asked for `"stream": true`.
     pub stream: bool,
     /// The `Authorization` header, if any.
@@ -61,6 +74,12 @@ impl LlmRequest {
             .rev()
             .find(|(role, _)| role == "user")
             .map_or("", |(_, content)| content.as_str())
+    }
+
+    /// Number of image parts in the request (the length of
+    /// [`images`](Self::images)).
+    pub fn image_count(&self) -> usize {
+        self.images.len()
     }
 }
 
@@ -191,6 +210,8 @@ struct Inner {
     script: VecDeque<LlmReply>,
     responder: Option<Responder>,
     latency: Duration,
+    /// Transcription requests, script and defaults.
+    transcription: transcription::TranscriptionState,
 }
 
 /// Counts a request as in flight until dropped.
@@ -221,6 +242,10 @@ impl FakeLlm {
         let shared = Arc::new(Shared::default());
         let router = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route(
+                "/v1/audio/transcriptions",
+                post(transcription::transcriptions),
+            )
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(shared.clone());
         let port = serve(router).await;
@@ -296,6 +321,24 @@ fn content_text(content: &Value) -> String {
     }
 }
 
+/// The URLs of the `image_url` parts of a message's `content`.
+fn content_images(content: &Value) -> impl Iterator<Item = String> + '_ {
+    content
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|part| part.get("type").and_then(Value::as_str) == Some("image_url"))
+        .filter_map(|part| {
+            let image = part.get("image_url")?;
+            // `{"url": …}` per the API; a bare string from lax clients.
+            image
+                .get("url")
+                .unwrap_or(image)
+                .as_str()
+                .map(str::to_owned)
+        })
+}
+
 fn parse_request(body: Value, authorization: Option<String>) -> LlmRequest {
     let model = body
         .get("model")
@@ -316,10 +359,19 @@ fn parse_request(body: Value, authorization: Option<String>) -> LlmRequest {
                 .collect()
         })
         .unwrap_or_default();
+    let images = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content"))
+        .flat_map(content_images)
+        .collect();
     LlmRequest {
         body,
         model,
         messages,
+        images,
         stream,
         authorization,
         at: Instant::now(),

@@ -7,15 +7,21 @@
 //! Supported methods: `getMe`, `setWebhook`, `deleteWebhook`, `setMyCommands`,
 //! `deleteMyCommands`, `getUpdates` (with confirmation by `offset` and long
 //! polling by `timeout`), `sendMessage`, `editMessageText`,
-//! `sendChatAction` and `getChatMember` (everyone is a plain `member` unless
-//! [`FakeTelegram::set_member_status`] says otherwise). Anything else answers `404 Not Found: method not found`.
+//! `sendChatAction`, `getChatMember` (everyone is a plain `member` unless
+//! [`FakeTelegram::set_member_status`] says otherwise) and `getFile`.
+//! Anything else answers `404 Not Found: method not found`. Files registered
+//! with [`FakeTelegram::add_file`] are downloaded from
+//! `GET /file/bot<TOKEN>/<file_path>`, as from the real Bot API.
 //!
-//! Tests push user updates with [`FakeTelegram::push_text`] and friends and
-//! observe what the bot did with [`FakeTelegram::sent`],
-//! [`FakeTelegram::edits`], [`FakeTelegram::chat_actions`], etc. Faults are
-//! injected with [`FakeTelegram::fail_next_sends`] and
-//! [`FakeTelegram::refuse_method`]; [`FakeTelegram::push_raw_update`] queues
-//! an update as raw JSON text (even JSON no client can parse), and
+//! Tests push user updates with [`FakeTelegram::push_text`] and friends
+//! (media messages with [`FakeTelegram::push_media`] and a [`MediaUpdate`])
+//! and observe what the bot did with [`FakeTelegram::sent`],
+//! [`FakeTelegram::edits`], [`FakeTelegram::chat_actions`],
+//! [`FakeTelegram::downloaded_paths`], etc. Faults are injected with
+//! [`FakeTelegram::fail_next_sends`], [`FakeTelegram::refuse_method`],
+//! [`FakeTelegram::fail_next_get_files`] and
+//! [`FakeTelegram::fail_next_downloads`]; [`FakeTelegram::push_raw_update`]
+//! queues an update as raw JSON text (even JSON no client can parse), and
 //! [`FakeTelegram::set_instant_polls`] makes getUpdates ignore `timeout`, as
 //! a Bot API server or proxy without long polling does.
 
@@ -34,6 +40,10 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::{lock, serve, unix_now, wait_until};
+
+mod media;
+
+pub use media::{MAX_DOWNLOAD_SIZE, MediaUpdate};
 
 /// The fake bot's user id, as returned by `getMe` and used as `from` of sent
 /// messages.
@@ -119,6 +129,8 @@ struct Shared {
     sent: Notify,
     /// Signalled whenever `getUpdates` is called.
     polls: Notify,
+    /// Signalled whenever getFile is called or a download requested.
+    files: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +174,9 @@ struct Inner {
     instant_polls: bool,
     /// getChatMember's `status` per `(chat, user)`; `member` when absent.
     member_status: HashMap<(i64, u64), String>,
+    /// Files, downloads and the tokens allowed to download (see
+    /// [`media`]).
+    media: media::MediaState,
 }
 
 /// A webhook registered with `setWebhook`.
@@ -198,6 +213,7 @@ impl FakeTelegram {
         });
         let router = Router::new()
             .route("/{bot_token}/{method}", get(handle).post(handle))
+            .route("/file/{bot_token}/{*file_path}", get(media::download))
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(shared.clone());
@@ -747,12 +763,13 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !bot_token.starts_with("bot") {
+    let Some(token) = bot_token.strip_prefix("bot") else {
         return error(404, "Not Found");
-    }
+    };
     let method = method.to_ascii_lowercase();
     {
         let mut inner = lock(&shared.inner);
+        inner.media.saw_token(token);
         match inner.method_calls.get_mut(&method) {
             Some(n) => *n += 1,
             None => {
@@ -818,6 +835,7 @@ async fn handle(
             ok(&Value::Bool(true))
         }
         "getchatmember" => get_chat_member(&shared, &params),
+        "getfile" => media::get_file(&shared, &params),
         _ => error(404, "Not Found: method not found"),
     }
 }
