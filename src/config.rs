@@ -1280,11 +1280,16 @@ mod tests {
             )
         };
         let none = Config::from_defaults_with(&fallback("")).unwrap().llm;
-        assert_eq!((none.vision_model(), none.transcription_model()), (None, None));
+        assert_eq!(
+            (none.vision_model(), none.transcription_model()),
+            (None, None)
+        );
         assert_eq!(none.fallback[0].vision_model(), None);
         assert!(!none.can_see_images() && !none.can_transcribe());
 
-        let seeing = Config::from_defaults_with(&fallback("vision = true\n")).unwrap().llm;
+        let seeing = Config::from_defaults_with(&fallback("vision = true\n"))
+            .unwrap()
+            .llm;
         assert_eq!(seeing.fallback[0].vision_model(), Some("m"));
         assert!(seeing.can_see_images() && !seeing.can_transcribe());
 

@@ -230,15 +230,20 @@ impl LlmClient {
         deadline: Instant,
     ) -> (Result<Transcript, LlmError>, u32) {
         let (result, attempts) = self
-            .with_retries(policy, deadline, || false, move || {
-                let call = self.transcribe(audio.clone(), file_name, mime, model);
-                async move {
-                    match tokio::time::timeout_at(deadline, call).await {
-                        Ok(result) => result,
-                        Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+            .with_retries(
+                policy,
+                deadline,
+                || false,
+                move || {
+                    let call = self.transcribe(audio.clone(), file_name, mime, model);
+                    async move {
+                        match tokio::time::timeout_at(deadline, call).await {
+                            Ok(result) => result,
+                            Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+                        }
                     }
-                }
-            })
+                },
+            )
             .await;
         let outcome = match &result {
             Ok(transcript) if transcript.text.is_empty() => "empty",
@@ -751,7 +756,8 @@ mod tests {
 
     #[test]
     fn transcripts_are_trimmed_cut_and_may_be_empty() {
-        let transcript = parse_transcript("{\"text\":\" привет мир \\n\"}".as_bytes(), 100).unwrap();
+        let transcript =
+            parse_transcript("{\"text\":\" привет мир \\n\"}".as_bytes(), 100).unwrap();
         assert_eq!(transcript.text, "привет мир");
         assert!(!transcript.truncated);
         let cut = parse_transcript("{\"text\":\"привет мир\"}".as_bytes(), 6).unwrap();

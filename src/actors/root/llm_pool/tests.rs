@@ -359,11 +359,7 @@ async fn an_image_prompt_goes_only_to_a_provider_that_sees_with_its_vision_model
     // A text prompt still goes to the primary, with the chat's model.
     let answer = pool
         .handle()
-        .complete(
-            &[ChatMessage::new(Role::User, "hi")],
-            &overrides,
-            None,
-        )
+        .complete(&[ChatMessage::new(Role::User, "hi")], &overrides, None)
         .await
         .expect("answered");
     assert_eq!(answer.text, "seen by first");
@@ -425,7 +421,9 @@ async fn a_transcription_is_retried_after_a_server_error() {
     let request = &seen[1];
     assert_eq!(request.path, "/v1/audio/transcriptions");
     assert!(
-        request.content_type.starts_with("multipart/form-data; boundary="),
+        request
+            .content_type
+            .starts_with("multipart/form-data; boundary="),
         "{}",
         request.content_type
     );
@@ -462,7 +460,10 @@ async fn a_transcription_waits_out_retry_after() {
 async fn a_garbage_transcription_is_classified() {
     let first = Stub::start(
         "first",
-        vec![Reply::Body("<html>oops</html>"), Reply::Body(r#"{"txt":1}"#)],
+        vec![
+            Reply::Body("<html>oops</html>"),
+            Reply::Body(r#"{"txt":1}"#),
+        ],
     )
     .await;
     let config = format!("{}llm.retry.max_attempts = 2\n", first.primary("", "w1"));
