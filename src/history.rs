@@ -110,7 +110,7 @@ impl History {
     /// Appends a message, then drops the oldest until both bounds hold.
     pub fn push(&mut self, role: Role, content: Arc<str>) {
         self.chars += content.chars().count();
-        self.messages.push_back(ChatMessage { role, content });
+        self.messages.push_back(ChatMessage::new(role, content));
         self.enforce_bounds();
     }
 
@@ -118,15 +118,9 @@ impl History {
     /// then `user_text`. Content is shared, not copied.
     pub fn prompt(&self, system_prompt: &Arc<str>, user_text: &Arc<str>) -> Vec<ChatMessage> {
         let mut prompt = Vec::with_capacity(self.messages.len() + 2);
-        prompt.push(ChatMessage {
-            role: Role::System,
-            content: Arc::clone(system_prompt),
-        });
+        prompt.push(ChatMessage::new(Role::System, Arc::clone(system_prompt)));
         prompt.extend(self.messages.iter().cloned());
-        prompt.push(ChatMessage {
-            role: Role::User,
-            content: Arc::clone(user_text),
-        });
+        prompt.push(ChatMessage::new(Role::User, Arc::clone(user_text)));
         prompt
     }
 

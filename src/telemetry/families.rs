@@ -75,6 +75,8 @@ pub const REPLY_LATENCY: &str = "llmgram_reply_latency_seconds";
 pub const LLM_REQUESTS: &str = "llmgram_llm_requests_total";
 /// Failed LLM requests, per provider and error class.
 pub const LLM_ERRORS: &str = "llmgram_llm_errors_total";
+/// Transcriptions of audio, per provider and outcome.
+pub const TRANSCRIPTIONS: &str = "llmgram_transcriptions_total";
 /// LLM call latency, per provider and model.
 pub const LLM_LATENCY: &str = "llmgram_llm_latency_seconds";
 /// Tokens spent (prompt and completion).
@@ -164,6 +166,11 @@ pub const FAMILIES: &[Family] = &[
     seconds(
         LLM_LATENCY,
         "LLM call duration (retries included) per provider and model.",
+    ),
+    family(
+        TRANSCRIPTIONS,
+        Kind::Counter,
+        "Audio transcriptions per provider and outcome (ok, empty, failed).",
     ),
     family(
         LLM_TOKENS,
@@ -270,6 +277,10 @@ pub const REJECT_REASONS: &[&str] = &["empty", "too_long"];
 /// The states a breaker moves to (`to` label of [`BREAKER_TRANSITIONS`]).
 pub const BREAKER_STATES: &[&str] = &["closed", "half_open", "open"];
 
+/// How a provider's transcription ended (`outcome` label of
+/// [`TRANSCRIPTIONS`]): a transcript, one of nothing heard, or an error.
+pub const TRANSCRIPTION_OUTCOMES: &[&str] = &["ok", "empty", "failed"];
+
 /// Bucket bounds of [`STORE_BATCH`] (requests per commit).
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
@@ -324,6 +335,10 @@ pub fn register(known: Known<'_>) {
             "provider" => provider.clone(),
             "model" => model.to_owned()
         ));
+        for outcome in TRANSCRIPTION_OUTCOMES {
+            metrics::counter!(TRANSCRIPTIONS, "provider" => provider.clone(), "outcome" => *outcome)
+                .increment(0);
+        }
         metrics::gauge!(BREAKER_WAITING, "provider" => provider.clone()).increment(0.0);
         // Every breaker starts closed (0).
         metrics::gauge!(BREAKER_STATE, "provider" => provider.clone()).increment(0.0);
