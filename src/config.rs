@@ -53,6 +53,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub input: InputConfig,
+    pub media: MediaConfig,
     pub supervision: SupervisionConfig,
     pub storage: StorageConfig,
     pub ops: OpsConfig,
@@ -419,6 +420,32 @@ pub struct InputConfig {
     pub max_merged_chars: usize,
 }
 
+/// `[media]`: photos, voice notes and documents: sizes, costs and
+/// downloads.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct MediaConfig {
+    pub max_image_bytes: u64,
+    pub max_images_per_turn: usize,
+    pub max_audio_seconds: u32,
+    pub max_audio_bytes: u64,
+    pub max_document_bytes: u64,
+    pub max_document_chars: usize,
+    pub show_transcript: bool,
+    pub describe_images: bool,
+    pub description_max_tokens: u32,
+    pub max_concurrent_downloads: usize,
+    #[serde(with = "humantime_serde")]
+    pub download_timeout: Duration,
+    pub download_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub album_wait: Duration,
+    pub image_cost: u32,
+    pub audio_cost: u32,
+    pub document_cost: u32,
+}
+
 /// `[supervision]`: restart budget and backoff, and how callers wait for
 /// restarting actors.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -731,6 +758,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.telegram.validate()?;
         self.input.validate()?;
+        self.media.validate()?;
         self.validate_commands()?;
         self.webhook.validate(self.telegram.mode)?;
         self.ops.validate()?;
@@ -1082,6 +1110,45 @@ impl SessionConfig {
         positive("session.idle_timeout", millis(s.idle_timeout))?;
         positive("session.sweep_interval", millis(s.sweep_interval))?;
         Ok(())
+    }
+}
+
+impl MediaConfig {
+    /// Checks the `media` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let m = self;
+        positive("media.max_image_bytes", m.max_image_bytes)?;
+        positive("media.max_images_per_turn", m.max_images_per_turn as u64)?;
+        positive("media.max_audio_seconds", u64::from(m.max_audio_seconds))?;
+        positive("media.max_audio_bytes", m.max_audio_bytes)?;
+        positive("media.max_document_bytes", m.max_document_bytes)?;
+        positive("media.max_document_chars", m.max_document_chars as u64)?;
+        positive(
+            "media.description_max_tokens",
+            u64::from(m.description_max_tokens),
+        )?;
+        positive(
+            "media.max_concurrent_downloads",
+            m.max_concurrent_downloads as u64,
+        )?;
+        positive("media.download_timeout", millis(m.download_timeout))?;
+        positive("media.download_attempts", u64::from(m.download_attempts))?;
+        positive("media.image_cost", u64::from(m.image_cost))?;
+        positive("media.audio_cost", u64::from(m.audio_cost))?;
+        positive("media.document_cost", u64::from(m.document_cost))?;
+        Ok(())
+    }
+
+    /// What answering an attachment of `kind` costs against
+    /// `limits.user_llm_per_minute` (LLM calls).
+    pub fn cost(&self, kind: crate::telegram::inbound::AttachmentKind) -> u32 {
+        use crate::telegram::inbound::AttachmentKind as K;
+        match kind {
+            K::Photo => self.image_cost,
+            K::Voice | K::Audio | K::VideoNote => self.audio_cost,
+            K::Document => self.document_cost,
+            K::Unsupported => 0,
+        }
     }
 }
 

@@ -51,8 +51,13 @@ impl ChatMessage {
     /// `data:image/jpeg;base64,…`). It is sent as a list of parts: the text
     /// (left out when blank), then one `image_url` part per image. With no
     /// images it is the same as [`ChatMessage::new`].
-    pub fn with_images(role: Role, content: impl Into<Arc<str>>, images: Vec<String>) -> Self {
-        let images = (!images.is_empty()).then(|| images.into_iter().map(Arc::from).collect());
+    /// Images are shared, not copied: a photo's data URL goes into the
+    /// answer's request and its description's without a second copy.
+    pub fn with_images<I>(role: Role, content: impl Into<Arc<str>>, images: Vec<I>) -> Self
+    where
+        I: Into<Arc<str>>,
+    {
+        let images = (!images.is_empty()).then(|| images.into_iter().map(Into::into).collect());
         Self {
             role,
             content: content.into(),
@@ -252,7 +257,7 @@ mod tests {
             serde_json::to_string(&message).unwrap(),
             r#"{"role":"user","content":"hi"}"#
         );
-        let no_images = ChatMessage::with_images(Role::User, "hi", Vec::new());
+        let no_images = ChatMessage::with_images(Role::User, "hi", Vec::<String>::new());
         assert_eq!(no_images, message);
         assert!(no_images.images().is_empty());
     }

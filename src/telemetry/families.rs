@@ -121,6 +121,11 @@ pub const LIMIT_WAIT: &str = "llmgram_limit_wait_seconds";
 /// Updates that could not be read, skipped and confirmed, per reason.
 pub const UPDATES_SKIPPED: &str = "llmgram_updates_skipped_total";
 
+/// File downloads for media messages, per outcome.
+pub const MEDIA_DOWNLOADS: &str = "llmgram_media_downloads_total";
+/// Media messages answered, per kind and outcome.
+pub const MEDIA_MESSAGES: &str = "llmgram_media_messages_total";
+
 /// Every family, in the order README's table lists them.
 pub const FAMILIES: &[Family] = &[
     family(
@@ -249,6 +254,50 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "Connections the ops or webhook listener closed, per reason.",
     ),
+    family(
+        MEDIA_MESSAGES,
+        Kind::Counter,
+        "Media messages handled, per kind and outcome.",
+    ),
+    family(
+        MEDIA_DOWNLOADS,
+        Kind::Counter,
+        "File downloads from Telegram, per outcome.",
+    ),
+];
+
+/// What a media message was (`kind` label of [`MEDIA_MESSAGES`]).
+pub const MEDIA_KINDS: &[&str] = &[
+    "photo",
+    "voice",
+    "audio",
+    "video_note",
+    "document",
+    "unsupported",
+];
+
+/// How a media message ended (`outcome` label of [`MEDIA_MESSAGES`]).
+pub const MEDIA_OUTCOMES: &[&str] = &[
+    "answered",
+    "too_big",
+    "too_long",
+    "download_failed",
+    "unreadable",
+    "no_vision",
+    "no_transcription",
+    "transcription_failed",
+    "nothing_heard",
+    "unsupported",
+];
+
+/// Outcomes of a download (`outcome` label of [`MEDIA_DOWNLOADS`]).
+pub const DOWNLOAD_OUTCOMES: &[&str] = &[
+    "ok",
+    "too_big",
+    "not_found",
+    "failed",
+    "no_source",
+    "reader",
 ];
 
 /// The global limits that queue (`limit` label of [`LIMIT_QUEUED`] and its
@@ -367,6 +416,14 @@ pub fn register(known: Known<'_>) {
             metrics::counter!(CONNECTIONS_CLOSED, "listener" => *listener, "reason" => *reason)
                 .increment(0);
         }
+    }
+    for kind in MEDIA_KINDS {
+        for outcome in MEDIA_OUTCOMES {
+            metrics::counter!(MEDIA_MESSAGES, "kind" => *kind, "outcome" => *outcome).increment(0);
+        }
+    }
+    for outcome in DOWNLOAD_OUTCOMES {
+        metrics::counter!(MEDIA_DOWNLOADS, "outcome" => *outcome).increment(0);
     }
     for kind in super::SecurityKind::ALL {
         metrics::counter!(SECURITY_EVENTS, "kind" => kind.as_str()).increment(0);
