@@ -11,9 +11,10 @@
 //! short description of a photo, the transcript of a recording, the text of
 //! a document (cut to fit the history).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt as _, stream};
 
 use super::SessionState;
 use super::llm_turn::{self, Ask};
@@ -22,7 +23,7 @@ use crate::actors::root::llm_pool::Overrides;
 use crate::actors::root::session_sup::SessionDeps;
 use crate::llm::{ChatMessage, LlmError, Role};
 use crate::media::document::{self, DocumentError};
-use crate::media::fetch::FetchError;
+use crate::media::fetch::{FetchError, Reservation};
 use crate::media::{audio, image};
 use crate::store::record::{StoredFile, StoredFileKind};
 use crate::telegram::command::Command;
@@ -204,6 +205,17 @@ fn stored_files(attachments: &[&Attachment]) -> Vec<StoredFile> {
         .collect()
 }
 
+/// Download slots for `files` files, waited for; the turn holds them until
+/// its request is sent.
+async fn reserve(deps: &SessionDeps, texts: &Texts, files: usize) -> Result<Reservation, Refusal> {
+    deps.fetcher.reserve(files).await.ok_or_else(|| {
+        Refusal(
+            Outcome::DownloadFailed,
+            Reply::Plain(texts.media_download_failed.clone()),
+        )
+    })
+}
+
 /// Refuses a file over `limit` bytes before anything is downloaded.
 fn check_size(texts: &Texts, attachment: &Attachment, limit: u64) -> Result<(), Refusal> {
     match attachment.size {
@@ -282,15 +294,30 @@ async fn photos(
         check_size(&texts, photo, media.max_image_bytes)?;
     }
     deps.directory.outbox().show_typing(state.chat_id);
-    let downloads = photos[..sent].iter().map(|photo| {
-        deps.fetcher
-            .fetch_then(&photo.file, media.max_image_bytes, |bytes, _path| {
-                image::inspect_image(&bytes, MAX_IMAGE_PIXELS)
-                    .map(|info| Arc::<str>::from(image::data_url(info.format.mime(), &bytes)))
-            })
-    });
+    // Held until the request is sent: the images live only inside it.
+    let held = reserve(&deps, &texts, sent).await?;
+    // Boxed and collected first: a lazily mapped stream of borrowing
+    // futures is not provably `Send` (rustc's higher-ranked lifetimes).
+    let downloads: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> = photos[..sent]
+        .iter()
+        .map(|photo| {
+            Box::pin(deps.fetcher.fetch_then(
+                &held,
+                &photo.file,
+                media.max_image_bytes,
+                |bytes, _path| {
+                    image::inspect_image(&bytes, MAX_IMAGE_PIXELS)
+                        .map(|info| Arc::<str>::from(image::data_url(info.format.mime(), &bytes)))
+                },
+            )) as Pin<Box<dyn Future<Output = _> + Send + '_>>
+        })
+        .collect();
+    let results: Vec<_> = stream::iter(downloads)
+        .buffered(held.slots())
+        .collect()
+        .await;
     let mut images = Vec::with_capacity(sent);
-    for result in join_all(downloads).await {
+    for result in results {
         match result {
             Ok(Ok(url)) => images.push(url),
             Ok(Err(error)) => {
@@ -328,6 +355,7 @@ async fn photos(
         }
         None => (llm_turn::ask(state, turn, question, overrides).await, None),
     };
+    drop(held);
     if let Some((description, tokens)) = description {
         llm_turn::charge(state, tokens);
         let label = label.trim_end_matches(']');
@@ -495,11 +523,16 @@ async fn transcribe(
     recording: &Attachment,
 ) -> Result<String, Refusal> {
     let media = &deps.config.media;
+    // Held until the upload is done: the recording lives only inside it.
+    let held = reserve(deps, texts, 1).await?;
     let audio = deps
         .fetcher
-        .fetch_then(&recording.file, media.max_audio_bytes, |bytes, path| {
-            audio::check_audio(&bytes).map(|()| (bytes, path))
-        })
+        .fetch_then(
+            &held,
+            &recording.file,
+            media.max_audio_bytes,
+            |bytes, path| audio::check_audio(&bytes).map(|()| (bytes, path)),
+        )
         .await
         .map_err(|error| fetch_refusal(texts, &error))?;
     let (bytes, path) = audio.map_err(|error| {
@@ -519,6 +552,7 @@ async fn transcribe(
         }
         Err(error) => Err(error),
     };
+    drop(held);
     match transcribed {
         Ok(transcript) => Ok(transcript.text),
         Err(error) => {
@@ -620,9 +654,12 @@ async fn documents(
         deps.directory.outbox().show_typing(state.chat_id);
         let name = document.file_name.clone();
         let mime = document.mime_type.clone();
+        // The text read is bounded by max_chars; the bytes go with the reader.
+        let held = reserve(&deps, &texts, 1).await?;
         let result = deps
             .fetcher
             .fetch_then(
+                &held,
                 &document.file,
                 media.max_document_bytes,
                 move |bytes, path| {
