@@ -21,6 +21,7 @@ use super::llm_turn::{self, Ask};
 use super::turn::{Reply, Turn};
 use crate::actors::root::llm_pool::Overrides;
 use crate::actors::root::session_sup::SessionDeps;
+use crate::input;
 use crate::llm::{ChatMessage, LlmError, Role};
 use crate::media::document::{self, DocumentError};
 use crate::media::fetch::{FetchError, Reservation};
@@ -29,6 +30,7 @@ use crate::store::record::{StoredFile, StoredFileKind};
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{Attachment, AttachmentKind, FileRef, MediaMessage};
 use crate::telemetry::families::MEDIA_MESSAGES;
+use crate::telemetry::{SecurityKind, security_event};
 use crate::texts::{Texts, fill};
 
 /// Largest image (pixels) sent to a model: 50 Mpx is far above any photo
@@ -87,11 +89,17 @@ pub(super) async fn on_media(
 ) -> Reply {
     // A caption that is one of the bot's own commands is that command; an
     // assistant command applies its template to the files.
+    // The user's words are cleaned as any text is (`input::clean`).
+    let cleaned_args;
     let assistant = match &media.command {
-        Some(Command::Assistant { name, args, .. }) => Some((name.as_str(), args.as_str())),
+        Some(Command::Assistant { name, args, .. }) => {
+            cleaned_args = input::clean(args);
+            Some((name.as_str(), cleaned_args.as_str()))
+        }
         Some(command) => return super::on_command(state, turn, command).await,
         None => None,
     };
+    let caption = input::clean(media.caption.as_deref().unwrap_or_default());
     let readable: Vec<&Attachment> = media
         .attachments
         .iter()
@@ -101,7 +109,7 @@ pub(super) async fn on_media(
         .first()
         .map_or(AttachmentKind::Unsupported, |first| first.kind);
     let words = Words {
-        caption: media.caption.as_deref().unwrap_or_default().trim(),
+        caption: &caption,
         assistant,
         speaker: turn.inbound.speaker.clone(),
     };
@@ -154,19 +162,23 @@ impl Words<'_> {
     /// files, then the user's words), through the assistant command's
     /// template when there is one; and the command's model and temperature.
     fn prompt(&self, deps: &SessionDeps, content: &str) -> (String, Overrides) {
-        let input = join_nonempty(&[content, self.own()], "\n\n");
+        let asked = join_nonempty(&[content, self.own()], "\n\n");
+        if input::looks_like_injection(&asked) {
+            // Answered all the same: it only ever travels as a user message.
+            security_event(SecurityKind::InjectionPhrase);
+        }
         let command = self
             .assistant
             .and_then(|(name, _)| deps.config.command(name));
         match command {
             Some(command) => (
-                fill(&command.template, &[("input", &input)]),
+                fill(&command.template, &[("input", &asked)]),
                 Overrides {
                     model: command.model.as_deref().map(Arc::from),
                     temperature: command.temperature,
                 },
             ),
-            None => (self.spoken(&input), Overrides::default()),
+            None => (self.spoken(&asked), Overrides::default()),
         }
     }
 
@@ -487,7 +499,8 @@ async fn recordings(
         deps.directory.outbox().show_typing(state.chat_id);
         transcripts.push(transcribe(&deps, &texts, recording).await?);
     }
-    let transcript = transcripts.join("\n\n");
+    // What was said is user text like any other.
+    let transcript = input::clean(&transcripts.join("\n\n"));
     if transcript.trim().is_empty() {
         return Err(Refusal(
             Outcome::NothingHeard,
@@ -666,6 +679,10 @@ async fn documents(
                     let name = name
                         .or_else(|| path.map(|p| p.rsplit('/').next().unwrap_or("").to_owned()));
                     document::read_document(&bytes, name.as_deref(), mime.as_deref(), max_chars)
+                        .map(|read| document::DocumentText {
+                            text: input::clean(&read.text),
+                            ..read
+                        })
                 },
             )
             .await
