@@ -21,9 +21,11 @@ use crate::telegram::inbound::{
 /// newest applied update id with the set of recently answered ones
 /// (Telegram's update ids are not monotonic); version 4 added the files of
 /// a history message ([`StoredFile`]) and the one-time "images cannot be
-/// seen" notice. Older records are read through [`v1`], [`v2`] and [`v3`]
-/// and migrated.
-pub const CHAT_RECORD_VERSION: u8 = 4;
+/// seen" notice; version 5 added the chat's persona and own system prompt,
+/// the month's usage and spend, and the summary of turns that left the
+/// history. Older records are read through [`v1`], [`v2`], [`v3`] and
+/// [`v4`] and migrated.
+pub const CHAT_RECORD_VERSION: u8 = 5;
 /// Schema version of [`UpdateEntry`] written by this build. Version 2 added
 /// the admission sequence number of a pending update; version 3 added media
 /// ([`StoredKind::Media`], a new last variant, so version 2 entries read as
@@ -49,6 +51,9 @@ pub struct ChatRecord {
     /// is recognised by being in this set, never by comparing ids: Telegram
     /// picks a random next id after a week without updates.
     pub recent_updates: Vec<u32>,
+    /// What the turns that left the history said, written by the LLM;
+    /// `None` until a turn leaves the history (or after `/reset`).
+    pub summary: Option<String>,
 }
 
 impl ChatRecord {
@@ -117,6 +122,11 @@ pub struct ChatSettings {
     /// The chat was told that images cannot be seen with this setup (told
     /// once).
     pub told_no_vision: bool,
+    /// The `[[personas]]` entry this chat chose; `None` for the default.
+    pub persona: Option<String>,
+    /// The chat's own system prompt (`/persona custom …`), cleaned and
+    /// bounded; it replaces the persona's while set.
+    pub custom_prompt: Option<String>,
 }
 
 /// Per-chat counters.
@@ -131,6 +141,16 @@ pub struct ChatCounters {
     /// LLM tokens used on `usage_day` (reported by the provider, estimated
     /// when it reports none).
     pub tokens_today: u64,
+    /// The UTC month (`year * 12 + month - 1`) `tokens_month` and
+    /// `cost_month` count.
+    pub usage_month: u32,
+    /// LLM tokens used in `usage_month`.
+    pub tokens_month: u64,
+    /// What `tokens_today` cost at the configured prices (millionths of the
+    /// price's currency unit).
+    pub cost_today: u64,
+    /// What `tokens_month` cost (millionths of the currency unit).
+    pub cost_month: u64,
 }
 
 /// Version 1 of the chat record, frozen: the layout bincode wrote, so old
@@ -168,7 +188,7 @@ pub mod v1 {
                     language_code: old.settings.language_code,
                     model: None,
                 },
-                counters: super::ChatCounters {
+                counters: super::v4::ChatCounters {
                     answered: old.counters.answered,
                     llm_failures: old.counters.llm_failures,
                     usage_day: 0,
@@ -224,8 +244,8 @@ pub mod v1 {
 pub mod v2 {
     use serde::Deserialize;
 
-    use super::ChatCounters;
     use super::v3::{ChatSettings, StoredMessage};
+    use super::v4::ChatCounters;
 
     /// A version 2 chat record.
     #[derive(Debug, Deserialize)]
@@ -254,7 +274,8 @@ pub mod v2 {
 pub mod v3 {
     use serde::{Deserialize, Serialize};
 
-    use super::{ChatCounters, StoredRole};
+    use super::StoredRole;
+    use super::v4::ChatCounters;
 
     /// A version 3 chat record.
     #[derive(Debug, Serialize, Deserialize)]
@@ -281,7 +302,7 @@ pub mod v3 {
 
     impl From<ChatRecord> for super::ChatRecord {
         fn from(old: ChatRecord) -> Self {
-            Self {
+            super::v4::ChatRecord {
                 history: old
                     .history
                     .into_iter()
@@ -291,13 +312,72 @@ pub mod v3 {
                         files: Vec::new(),
                     })
                     .collect(),
-                settings: super::ChatSettings {
+                settings: super::v4::ChatSettings {
                     language_code: old.settings.language_code,
                     model: old.settings.model,
                     told_no_vision: false,
                 },
                 counters: old.counters,
                 recent_updates: old.recent_updates,
+            }
+            .into()
+        }
+    }
+}
+
+/// Version 4 of the chat record, frozen: no persona, custom prompt, month
+/// counters or summary. Migrated on load.
+pub mod v4 {
+    use serde::{Deserialize, Serialize};
+
+    use super::StoredMessage;
+
+    /// A version 4 chat record.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct ChatRecord {
+        pub(super) history: Vec<StoredMessage>,
+        pub(super) settings: ChatSettings,
+        pub(super) counters: ChatCounters,
+        pub(super) recent_updates: Vec<u32>,
+    }
+
+    /// Version 4 chat settings.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ChatSettings {
+        pub(super) language_code: Option<String>,
+        pub(super) model: Option<String>,
+        pub(super) told_no_vision: bool,
+    }
+
+    /// Version 2–4 chat counters (version 1's are read into these).
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+    pub struct ChatCounters {
+        pub(super) answered: u64,
+        pub(super) llm_failures: u64,
+        pub(super) usage_day: u32,
+        pub(super) tokens_today: u64,
+    }
+
+    impl From<ChatRecord> for super::ChatRecord {
+        fn from(old: ChatRecord) -> Self {
+            Self {
+                history: old.history,
+                settings: super::ChatSettings {
+                    language_code: old.settings.language_code,
+                    model: old.settings.model,
+                    told_no_vision: old.settings.told_no_vision,
+                    persona: None,
+                    custom_prompt: None,
+                },
+                counters: super::ChatCounters {
+                    answered: old.counters.answered,
+                    llm_failures: old.counters.llm_failures,
+                    usage_day: old.counters.usage_day,
+                    tokens_today: old.counters.tokens_today,
+                    ..super::ChatCounters::default()
+                },
+                recent_updates: old.recent_updates,
+                summary: None,
             }
         }
     }
@@ -477,7 +557,8 @@ pub fn decode_chat(bytes: &[u8]) -> Result<ChatRecord, RecordError> {
         (1, body) => decode_as::<v1::ChatRecord, _>(1, body),
         (2, body) => decode_as::<v2::ChatRecord, _>(2, body),
         (3, body) => decode_as::<v3::ChatRecord, _>(3, body),
-        (4, body) => decode_as::<ChatRecord, _>(4, body),
+        (4, body) => decode_as::<v4::ChatRecord, _>(4, body),
+        (5, body) => decode_as::<ChatRecord, _>(5, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -678,16 +759,25 @@ mod tests {
             ],
             settings: ChatSettings {
                 language_code: Some("ru".into()),
-                model: None,
-                told_no_vision: false,
+                ..ChatSettings::default()
             },
             counters: ChatCounters {
                 answered: 7,
                 llm_failures: 1,
-                usage_day: 0,
-                tokens_today: 0,
+                ..ChatCounters::default()
             },
             recent_updates: vec![123_456_789],
+            summary: None,
+        }
+    }
+
+    /// The fixture's counters in their version 2–4 layout.
+    fn old_counters(record: &ChatRecord) -> v4::ChatCounters {
+        v4::ChatCounters {
+            answered: record.counters.answered,
+            llm_failures: record.counters.llm_failures,
+            usage_day: record.counters.usage_day,
+            tokens_today: record.counters.tokens_today,
         }
     }
 
@@ -722,7 +812,7 @@ mod tests {
         struct V2 {
             history: Vec<v3::StoredMessage>,
             settings: v3::ChatSettings,
-            counters: ChatCounters,
+            counters: v4::ChatCounters,
             last_update_id: u32,
         }
         let old = fixture_record();
@@ -730,7 +820,7 @@ mod tests {
         let v2 = V2 {
             history: history.clone(),
             settings: settings.clone(),
-            counters: old.counters,
+            counters: old_counters(&old),
             last_update_id: 123_456_789,
         };
         let bytes = with_version(2, codec::encode(&v2).unwrap()).unwrap();
@@ -738,7 +828,7 @@ mod tests {
         let v3 = v3::ChatRecord {
             history,
             settings,
-            counters: old.counters,
+            counters: old_counters(&old),
             recent_updates: old.recent_updates.clone(),
         };
         let bytes = with_version(3, codec::encode(&v3).unwrap()).unwrap();
@@ -812,23 +902,45 @@ mod tests {
 
     const FIXTURE_V4: &[u8] = include_bytes!("../../tests/fixtures/chat_record_v4.bin");
 
-    /// Writes the version 4 fixture (run once, with
-    /// `LLMGRAM_WRITE_FIXTURE=1`, when version 4 was introduced); the
-    /// fixture then stays as it is, for every later version to decode.
+    /// Version 4 wrote [`media_record`] (without version 5's fields).
     #[test]
     fn version_4_fixture_decodes() {
+        assert_eq!(FIXTURE_V4[0], 4);
+        assert_eq!(decode_chat(FIXTURE_V4).unwrap(), media_record());
+    }
+
+    /// A version 5 record: persona, own prompt, month counters, summary.
+    fn v5_record() -> ChatRecord {
+        let mut record = media_record();
+        record.settings.persona = Some("brand".into());
+        record.settings.custom_prompt = Some("You are Mia's warm, witty voice.".into());
+        record.counters.usage_month = 24_323;
+        record.counters.tokens_month = 123_456;
+        record.counters.cost_today = 1_250;
+        record.counters.cost_month = 98_765;
+        record.summary = Some("The user plans a beach shoot at dawn.".into());
+        record
+    }
+
+    const FIXTURE_V5: &[u8] = include_bytes!("../../tests/fixtures/chat_record_v5.bin");
+
+    /// Writes the version 5 fixture (run once, with
+    /// `LLMGRAM_WRITE_FIXTURE=1`, when version 5 was introduced); the
+    /// fixture then stays as it is, for every later version to decode.
+    #[test]
+    fn version_5_fixture_decodes() {
         if std::env::var_os("LLMGRAM_WRITE_FIXTURE").is_some() {
             std::fs::write(
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/tests/fixtures/chat_record_v4.bin"
+                    "/tests/fixtures/chat_record_v5.bin"
                 ),
-                encode_chat(&media_record()).unwrap(),
+                encode_chat(&v5_record()).unwrap(),
             )
             .unwrap();
         }
-        assert_eq!(FIXTURE_V4[0], 4);
-        assert_eq!(decode_chat(FIXTURE_V4).unwrap(), media_record());
+        assert_eq!(FIXTURE_V5[0], 5);
+        assert_eq!(decode_chat(FIXTURE_V5).unwrap(), v5_record());
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub(crate) struct Session;
 pub(crate) struct SessionState {
     chat_id: ChatId,
     history: History,
+    /// What the turns that left the history said (stored; written by the
+    /// LLM once the history overflows).
+    summary: Option<String>,
     settings: ChatSettings,
     counters: ChatCounters,
     /// The chat's recently answered update ids, oldest first (stored).
@@ -165,6 +168,7 @@ impl Actor for Session {
         Ok(SessionState {
             chat_id: args.chat_id,
             history: History::new(session.max_messages, session.max_history_chars),
+            summary: None,
             settings: ChatSettings::default(),
             counters: ChatCounters::default(),
             recent_updates: Vec::new(),
@@ -220,6 +224,7 @@ impl Actor for Session {
                 session.max_history_chars,
             );
             state.settings = stored.settings;
+            state.summary = stored.summary;
             state.counters = stored.counters;
             state.recent_updates = stored.recent_updates;
         }
@@ -409,6 +414,7 @@ impl SessionState {
             settings: self.settings.clone(),
             counters: self.counters,
             recent_updates: self.recent_updates.clone(),
+            summary: self.summary.clone(),
         };
         match record::encode_chat(&record) {
             Ok(bytes) => Some(bytes),
