@@ -409,6 +409,9 @@ pub struct SessionConfig {
     pub merge_wait_chars: usize,
     #[serde(with = "humantime_serde")]
     pub queued_notice_after: Duration,
+    pub summarize: bool,
+    pub summary_model: String,
+    pub summary_max_chars: usize,
 }
 
 /// `[input]`: what user text is accepted.
@@ -1104,6 +1107,7 @@ impl SessionConfig {
     /// Checks the `session` section.
     fn validate(&self) -> Result<(), ConfigError> {
         let s = self;
+        positive("session.summary_max_chars", s.summary_max_chars as u64)?;
         positive("session.max_messages", s.max_messages as u64)?;
         positive("session.max_history_chars", s.max_history_chars as u64)?;
         positive("session.idle_timeout", millis(s.idle_timeout))?;

@@ -51,6 +51,7 @@ mod intake;
 mod live;
 mod llm_turn;
 mod media_turn;
+mod summary;
 mod turn;
 
 use std::sync::Arc;
@@ -78,6 +79,19 @@ pub(crate) enum SessionMsg {
     FlushBurst {
         /// The burst's generation when the timer was set.
         generation: u64,
+    },
+    /// The running summary of the turns that left the history is written
+    /// (`None`: it failed); sent by the session's own summary task
+    /// (`summary.rs`).
+    Summarized {
+        /// The new summary.
+        summary: Option<String>,
+        /// The summary generation it was asked under (`/reset` and
+        /// `/forget` void earlier ones).
+        generation: u64,
+        /// The turn whose evicted messages it folds in; storing it
+        /// re-commits that turn.
+        update_id: u32,
     },
 }
 
@@ -118,8 +132,16 @@ pub(crate) struct SessionState {
     chat_id: ChatId,
     history: History,
     /// What the turns that left the history said (stored; written by the
-    /// LLM once the history overflows).
+    /// LLM once the history overflows, `summary.rs`).
     summary: Option<String>,
+    /// Turns dropped from the history and not yet summarised (not stored).
+    unsummarized: Vec<crate::llm::ChatMessage>,
+    /// A summary request is running.
+    summary_in_flight: bool,
+    /// Bumped by `/reset` and `/forget`: summaries asked before are void.
+    summary_generation: u64,
+    /// This session, for its summary task's answer.
+    myself: ActorRef<SessionMsg>,
     settings: ChatSettings,
     counters: ChatCounters,
     /// The chat's recently answered update ids, oldest first (stored).
@@ -161,7 +183,7 @@ impl Actor for Session {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<SessionMsg>,
+        myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let session = &args.deps.config.session;
@@ -169,6 +191,10 @@ impl Actor for Session {
             chat_id: args.chat_id,
             history: History::new(session.max_messages, session.max_history_chars),
             summary: None,
+            unsummarized: Vec::new(),
+            summary_in_flight: false,
+            summary_generation: 0,
+            myself,
             settings: ChatSettings::default(),
             counters: ChatCounters::default(),
             recent_updates: Vec::new(),
@@ -251,6 +277,16 @@ impl Actor for Session {
                     Box::pin(intake::answer_burst(state)).await?;
                 }
             }
+            SessionMsg::Summarized {
+                summary,
+                generation,
+                update_id,
+            } => {
+                Box::pin(summary::on_summarized(
+                    state, summary, generation, update_id,
+                ))
+                .await;
+            }
         }
         Ok(())
     }
@@ -301,6 +337,7 @@ async fn on_update(
         turn.reply = respond(state, &mut turn).await;
         state.counters.answered += 1;
         turn::conclude(state, turn).await;
+        summary::after_turn(state, inbound.update_id);
         let latency = inbound.received_at.elapsed();
         metrics::histogram!("llmgram_reply_latency_seconds").record(latency.as_secs_f64());
         tracing::debug!(latency_ms = latency.as_millis() as u64, "update finished");

@@ -38,7 +38,7 @@ pub(super) fn on_help(state: &SessionState, turn: &Turn<'_>) -> Reply {
 /// `/reset`: the history is cleared; settings and counters stay.
 pub(super) fn on_reset(state: &mut SessionState, turn: &Turn<'_>) -> Reply {
     state.history.clear();
-    state.summary = None;
+    super::summary::clear(state);
     Reply::Plain(turn.texts.reset_done.clone())
 }
 

@@ -41,16 +41,17 @@ fn estimate_tokens(prompt: &[ChatMessage], answer: &str) -> u64 {
         + (answer.chars().count() as u64).div_ceil(CHARS_PER_TOKEN)
 }
 
-/// Drops the oldest history messages (never the system prompt or the new
-/// message) until the prompt's estimated tokens fit `budget`, and never
-/// leaves an assistant message first.
-fn fit_context(prompt: &mut Vec<ChatMessage>, budget: u64) {
+/// Drops the oldest history messages (never the `fixed` first ones — the
+/// system prompt and the summary — or the new message) until the prompt's
+/// estimated tokens fit `budget`, and never leaves an assistant message
+/// first.
+fn fit_context(prompt: &mut Vec<ChatMessage>, fixed: usize, budget: u64) {
     let tokens = message_tokens;
     let mut total: u64 = prompt.iter().map(tokens).sum();
-    while prompt.len() > 2
-        && (total > budget || prompt.get(1).is_some_and(|m| m.role == Role::Assistant))
+    while prompt.len() > fixed + 1
+        && (total > budget || prompt.get(fixed).is_some_and(|m| m.role == Role::Assistant))
     {
-        total -= tokens(&prompt.remove(1));
+        total -= tokens(&prompt.remove(fixed));
     }
 }
 
@@ -130,6 +131,14 @@ pub(super) async fn ask(
         files,
     } = question;
     let mut prompt = state.history.prompt(&state.system_prompt, &text);
+    // The summary of what left the history, right after the system prompt.
+    let fixed = match super::summary::context_message(state.summary.as_deref()) {
+        Some(context) => {
+            prompt.insert(1, context);
+            2
+        }
+        None => 1,
+    };
     if !images.is_empty()
         && let Some(last) = prompt.last_mut()
     {
@@ -138,6 +147,7 @@ pub(super) async fn ask(
     let llm = &state.deps.config.llm;
     fit_context(
         &mut prompt,
+        fixed,
         llm.context_tokens.saturating_sub(u64::from(llm.max_tokens)),
     );
     let (stream_to, deltas) = llm.stream.then(|| stream_channel(llm)).unzip();

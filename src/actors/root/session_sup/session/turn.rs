@@ -173,7 +173,7 @@ fn prepare_commit(
 /// conversation). `None` (logged) if the spend does not encode.
 fn forget(state: &mut SessionState) -> Option<RecordChange> {
     state.history.clear();
-    state.summary = None;
+    super::summary::clear(state);
     state.settings = ChatSettings::default();
     state.counters = ChatCounters {
         usage_day: state.counters.usage_day,
