@@ -437,7 +437,7 @@ pub struct MediaConfig {
     pub max_document_chars: usize,
     pub show_transcript: bool,
     pub describe_images: bool,
-    pub max_concurrent_downloads: usize,
+    pub max_in_flight_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub download_timeout: Duration,
     pub download_attempts: u32,
@@ -1126,10 +1126,18 @@ impl MediaConfig {
         positive("media.max_audio_bytes", m.max_audio_bytes)?;
         positive("media.max_document_bytes", m.max_document_bytes)?;
         positive("media.max_document_chars", m.max_document_chars as u64)?;
-        positive(
-            "media.max_concurrent_downloads",
-            m.max_concurrent_downloads as u64,
-        )?;
+        positive("media.max_in_flight_bytes", m.max_in_flight_bytes)?;
+        if m.max_in_flight_bytes < m.max_image_bytes
+            || m.max_in_flight_bytes < m.max_audio_bytes
+            || m.max_in_flight_bytes < m.max_document_bytes
+        {
+            return Err(ConfigError::Invalid {
+                key: "media.max_in_flight_bytes",
+                reason: "at least each of media.max_image_bytes, max_audio_bytes and \
+                         max_document_bytes (one file must fit)"
+                    .into(),
+            });
+        }
         positive("media.download_timeout", millis(m.download_timeout))?;
         positive("media.download_attempts", u64::from(m.download_attempts))?;
         positive("media.image_cost", u64::from(m.image_cost))?;

@@ -263,7 +263,10 @@ mod tests {
         history.push(Role::Assistant, "a2".into());
         history.push(Role::User, "q3".into());
         history.clear();
-        assert!(history.take_evicted().is_empty(), "cleared with the history");
+        assert!(
+            history.take_evicted().is_empty(),
+            "cleared with the history"
+        );
     }
 
     #[test]

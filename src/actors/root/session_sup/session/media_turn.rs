@@ -59,6 +59,7 @@ enum Outcome {
     TranscriptionFailed,
     NothingHeard,
     Unsupported,
+    Busy,
 }
 
 impl Outcome {
@@ -74,6 +75,7 @@ impl Outcome {
             Self::TranscriptionFailed => "transcription_failed",
             Self::NothingHeard => "nothing_heard",
             Self::Unsupported => "unsupported",
+            Self::Busy => "busy",
         }
     }
 }
@@ -217,15 +219,35 @@ fn stored_files(attachments: &[&Attachment]) -> Vec<StoredFile> {
         .collect()
 }
 
-/// Download slots for `files` files, waited for; the turn holds them until
-/// its request is sent.
-async fn reserve(deps: &SessionDeps, texts: &Texts, files: usize) -> Result<Reservation, Refusal> {
-    deps.fetcher.reserve(files).await.ok_or_else(|| {
-        Refusal(
+/// The files' room in the byte budget (`media.max_in_flight_bytes`; each
+/// file's declared size, else `limit`), waited for at most
+/// `limits.max_queue_wait` like an LLM slot; the turn holds it until its
+/// request is sent.
+async fn reserve(
+    deps: &SessionDeps,
+    texts: &Texts,
+    files: &[&Attachment],
+    limit: u64,
+) -> Result<Reservation, Refusal> {
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|file| file.size.unwrap_or(limit).min(limit))
+        .collect();
+    let wait = deps.config.limits.max_queue_wait;
+    match tokio::time::timeout(wait, deps.fetcher.reserve(&sizes)).await {
+        Ok(Some(reservation)) => Ok(reservation),
+        Ok(None) => Err(Refusal(
             Outcome::DownloadFailed,
             Reply::Plain(texts.media_download_failed.clone()),
-        )
-    })
+        )),
+        Err(_) => {
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                "no room for the files in time"
+            );
+            Err(Refusal(Outcome::Busy, Reply::Plain(texts.llm_busy.clone())))
+        }
+    }
 }
 
 /// Refuses a file over `limit` bytes before anything is downloaded.
@@ -306,8 +328,8 @@ async fn photos(
         check_size(&texts, photo, media.max_image_bytes)?;
     }
     deps.directory.outbox().show_typing(state.chat_id);
-    // Held until the request is sent: the images live only inside it.
-    let held = reserve(&deps, &texts, sent).await?;
+    // Held until the request is answered: the images live only inside it.
+    let held = reserve(&deps, &texts, &photos[..sent], media.max_image_bytes).await?;
     // Boxed and collected first: a lazily mapped stream of borrowing
     // futures is not provably `Send` (rustc's higher-ranked lifetimes).
     let downloads: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> = photos[..sent]
@@ -537,7 +559,7 @@ async fn transcribe(
 ) -> Result<String, Refusal> {
     let media = &deps.config.media;
     // Held until the upload is done: the recording lives only inside it.
-    let held = reserve(deps, texts, 1).await?;
+    let held = reserve(deps, texts, &[recording], media.max_audio_bytes).await?;
     let audio = deps
         .fetcher
         .fetch_then(
@@ -668,7 +690,7 @@ async fn documents(
         let name = document.file_name.clone();
         let mime = document.mime_type.clone();
         // The text read is bounded by max_chars; the bytes go with the reader.
-        let held = reserve(&deps, &texts, 1).await?;
+        let held = reserve(&deps, &texts, &[document], media.max_document_bytes).await?;
         let result = deps
             .fetcher
             .fetch_then(
@@ -777,6 +799,7 @@ mod tests {
             Outcome::TranscriptionFailed,
             Outcome::NothingHeard,
             Outcome::Unsupported,
+            Outcome::Busy,
         ] {
             assert!(MEDIA_OUTCOMES.contains(&outcome.label()));
         }
