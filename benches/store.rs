@@ -107,10 +107,12 @@ async fn chat(
         record.history.push(StoredMessage {
             role: StoredRole::User,
             content: text("q"),
+            files: Vec::new(),
         });
         record.history.push(StoredMessage {
             role: StoredRole::Assistant,
             content: text("a"),
+            files: Vec::new(),
         });
         let excess = record.history.len().saturating_sub(history);
         record.history.drain(..excess);

@@ -182,6 +182,7 @@ async fn start_with(
         getrandom::fill,
     )?;
     let deps = Deps {
+        fetcher: crate::media::fetch::Fetcher::new(transport.bot().cloned(), &config.media),
         directory: directory.clone(),
         transport,
         bot_username,

@@ -53,6 +53,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub input: InputConfig,
+    pub media: MediaConfig,
     pub supervision: SupervisionConfig,
     pub storage: StorageConfig,
     pub ops: OpsConfig,
@@ -280,6 +281,20 @@ pub struct LlmConfig {
     #[serde(with = "humantime_serde")]
     pub fallback_after: Duration,
     pub retry: RetryConfig,
+    /// The primary's model for messages with images; empty: the primary
+    /// cannot see images. Read it through [`LlmConfig::vision_model`].
+    #[serde(default)]
+    pub vision_model: String,
+    /// The primary's speech-to-text model (`POST /audio/transcriptions`);
+    /// empty: the primary does not transcribe. Read it through
+    /// [`LlmConfig::transcription_model`].
+    #[serde(default)]
+    pub transcription_model: String,
+    /// Time limit for one transcription request, upload included.
+    #[serde(with = "humantime_serde")]
+    pub transcription_timeout: Duration,
+    /// Longest transcript kept (characters); past it the text is cut.
+    pub max_transcript_chars: usize,
     #[serde(default)]
     pub fallback: Vec<FallbackConfig>,
 }
@@ -311,6 +326,36 @@ pub struct FallbackConfig {
     pub model: String,
     /// The environment variable holding this provider's key, if it needs one.
     pub api_key_env: Option<String>,
+    /// Whether this provider receives messages with images (with
+    /// `vision_model`, else with `model`).
+    #[serde(default)]
+    pub vision: bool,
+    /// The model for messages with images, when not `model`; only with
+    /// `vision = true`.
+    pub vision_model: Option<String>,
+    /// This provider's speech-to-text model, if it transcribes.
+    pub transcription_model: Option<String>,
+}
+
+impl FallbackConfig {
+    /// The model this provider gets messages with images with, if it can
+    /// see images.
+    pub fn vision_model(&self) -> Option<&str> {
+        if !self.vision {
+            return None;
+        }
+        Some(model_name(self.vision_model.as_deref()).unwrap_or(&self.model))
+    }
+
+    /// This provider's speech-to-text model, if it transcribes.
+    pub fn transcription_model(&self) -> Option<&str> {
+        model_name(self.transcription_model.as_deref())
+    }
+}
+
+/// A model name, unless it is missing or blank (which means "none").
+fn model_name(text: Option<&str>) -> Option<&str> {
+    text.filter(|text| !text.trim().is_empty())
 }
 
 /// `[limits]`: rate limits on arriving updates.
@@ -373,6 +418,32 @@ pub struct SessionConfig {
 pub struct InputConfig {
     pub max_chars: usize,
     pub max_merged_chars: usize,
+}
+
+/// `[media]`: photos, voice notes and documents: sizes, costs and
+/// downloads.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct MediaConfig {
+    pub max_image_bytes: u64,
+    pub max_images_per_turn: usize,
+    pub max_audio_seconds: u32,
+    pub max_audio_bytes: u64,
+    pub max_document_bytes: u64,
+    pub max_document_chars: usize,
+    pub show_transcript: bool,
+    pub describe_images: bool,
+    pub description_max_tokens: u32,
+    pub max_concurrent_downloads: usize,
+    #[serde(with = "humantime_serde")]
+    pub download_timeout: Duration,
+    pub download_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub album_wait: Duration,
+    pub image_cost: u32,
+    pub audio_cost: u32,
+    pub document_cost: u32,
 }
 
 /// `[supervision]`: restart budget and backoff, and how callers wait for
@@ -687,6 +758,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.telegram.validate()?;
         self.input.validate()?;
+        self.media.validate()?;
         self.validate_commands()?;
         self.webhook.validate(self.telegram.mode)?;
         self.ops.validate()?;
@@ -887,6 +959,35 @@ impl OpsConfig {
 }
 
 impl LlmConfig {
+    /// The primary's model for messages with images, if it can see images.
+    pub fn vision_model(&self) -> Option<&str> {
+        model_name(Some(&self.vision_model))
+    }
+
+    /// The primary's speech-to-text model, if it transcribes.
+    pub fn transcription_model(&self) -> Option<&str> {
+        model_name(Some(&self.transcription_model))
+    }
+
+    /// Whether any provider (the primary or a fallback) can see images.
+    pub fn can_see_images(&self) -> bool {
+        self.vision_model().is_some()
+            || self
+                .fallback
+                .iter()
+                .any(|fallback| fallback.vision_model().is_some())
+    }
+
+    /// Whether any provider (the primary or a fallback) can transcribe
+    /// audio.
+    pub fn can_transcribe(&self) -> bool {
+        self.transcription_model().is_some()
+            || self
+                .fallback
+                .iter()
+                .any(|fallback| fallback.transcription_model().is_some())
+    }
+
     /// Checks the `llm` section and its fallbacks.
     fn validate(&self) -> Result<(), ConfigError> {
         let l = self;
@@ -918,6 +1019,8 @@ impl LlmConfig {
         positive("llm.fallback_after", millis(l.fallback_after))?;
         positive("llm.retry.max_attempts", u64::from(l.retry.max_attempts))?;
         positive("llm.retry.initial_backoff", millis(l.retry.initial_backoff))?;
+        positive("llm.transcription_timeout", millis(l.transcription_timeout))?;
+        positive("llm.max_transcript_chars", l.max_transcript_chars as u64)?;
         let mut names = vec![l.name.as_str()];
         for (index, fallback) in l.fallback.iter().enumerate() {
             http_url("llm.fallback.base_url", &fallback.base_url)?;
@@ -928,6 +1031,15 @@ impl LlmConfig {
                 });
             }
             names.push(&fallback.name);
+            if !fallback.vision && model_name(fallback.vision_model.as_deref()).is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "llm.fallback.vision_model",
+                    reason: format!(
+                        "entry {} names a vision model but has vision = false",
+                        index + 1
+                    ),
+                });
+            }
         }
         if !(0.0..=2.0).contains(&l.temperature) {
             return Err(ConfigError::Invalid {
@@ -998,6 +1110,45 @@ impl SessionConfig {
         positive("session.idle_timeout", millis(s.idle_timeout))?;
         positive("session.sweep_interval", millis(s.sweep_interval))?;
         Ok(())
+    }
+}
+
+impl MediaConfig {
+    /// Checks the `media` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let m = self;
+        positive("media.max_image_bytes", m.max_image_bytes)?;
+        positive("media.max_images_per_turn", m.max_images_per_turn as u64)?;
+        positive("media.max_audio_seconds", u64::from(m.max_audio_seconds))?;
+        positive("media.max_audio_bytes", m.max_audio_bytes)?;
+        positive("media.max_document_bytes", m.max_document_bytes)?;
+        positive("media.max_document_chars", m.max_document_chars as u64)?;
+        positive(
+            "media.description_max_tokens",
+            u64::from(m.description_max_tokens),
+        )?;
+        positive(
+            "media.max_concurrent_downloads",
+            m.max_concurrent_downloads as u64,
+        )?;
+        positive("media.download_timeout", millis(m.download_timeout))?;
+        positive("media.download_attempts", u64::from(m.download_attempts))?;
+        positive("media.image_cost", u64::from(m.image_cost))?;
+        positive("media.audio_cost", u64::from(m.audio_cost))?;
+        positive("media.document_cost", u64::from(m.document_cost))?;
+        Ok(())
+    }
+
+    /// What answering an attachment of `kind` costs against
+    /// `limits.user_llm_per_minute` (LLM calls).
+    pub fn cost(&self, kind: crate::telegram::inbound::AttachmentKind) -> u32 {
+        use crate::telegram::inbound::AttachmentKind as K;
+        match kind {
+            K::Photo => self.image_cost,
+            K::Voice | K::Audio | K::VideoNote => self.audio_cost,
+            K::Document => self.document_cost,
+            K::Unsupported => 0,
+        }
     }
 }
 
@@ -1174,6 +1325,59 @@ mod tests {
         let config = Config::from_defaults_with("[llm]\nmodel = \"other\"\n").unwrap();
         assert_eq!(config.llm.model, "other");
         assert_eq!(config.llm.max_concurrency, 16);
+    }
+
+    #[test]
+    fn media_models_by_provider() {
+        let config = Config::from_defaults_with("").unwrap();
+        let llm = &config.llm;
+        assert_eq!(
+            llm.vision_model(),
+            Some("meta-llama/llama-4-scout-17b-16e-instruct")
+        );
+        assert_eq!(llm.transcription_model(), Some("whisper-large-v3-turbo"));
+        assert_eq!(llm.transcription_timeout, Duration::from_secs(60));
+        assert_eq!(llm.max_transcript_chars, 8000);
+        assert!(llm.can_see_images() && llm.can_transcribe());
+
+        let fallback = |extra: &str| {
+            format!(
+                "llm.vision_model = \"\"\nllm.transcription_model = \" \"\n\
+                 [[llm.fallback]]\nname = \"b\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n{extra}"
+            )
+        };
+        let none = Config::from_defaults_with(&fallback("")).unwrap().llm;
+        assert_eq!(
+            (none.vision_model(), none.transcription_model()),
+            (None, None)
+        );
+        assert_eq!(none.fallback[0].vision_model(), None);
+        assert!(!none.can_see_images() && !none.can_transcribe());
+
+        let seeing = Config::from_defaults_with(&fallback("vision = true\n"))
+            .unwrap()
+            .llm;
+        assert_eq!(seeing.fallback[0].vision_model(), Some("m"));
+        assert!(seeing.can_see_images() && !seeing.can_transcribe());
+
+        let own = Config::from_defaults_with(&fallback(
+            "vision = true\nvision_model = \"v\"\ntranscription_model = \"w\"\n",
+        ))
+        .unwrap()
+        .llm;
+        assert_eq!(own.fallback[0].vision_model(), Some("v"));
+        assert_eq!(own.fallback[0].transcription_model(), Some("w"));
+        assert!(own.can_see_images() && own.can_transcribe());
+
+        let err = Config::from_defaults_with(&fallback("vision_model = \"v\"\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("llm.fallback.vision_model"),
+            "{err}"
+        );
+        for key in ["transcription_timeout = \"0s\"", "max_transcript_chars = 0"] {
+            let err = Config::from_defaults_with(&format!("[llm]\n{key}\n")).unwrap_err();
+            assert!(err.to_string().contains("llm."), "{err}");
+        }
     }
 
     #[test]

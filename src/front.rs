@@ -14,6 +14,7 @@ pub mod console;
 
 use crate::actors::Directory;
 use crate::actors::root::limiter::{Cost, LimitRequest, Verdict};
+use crate::config::MediaConfig;
 use crate::store::StoreError;
 use crate::telegram::inbound::{Inbound, RefusalReason, Refused};
 
@@ -45,6 +46,7 @@ pub enum HandOverError {
 /// may forget them.
 pub(crate) async fn hand_over(
     directory: &Directory,
+    media: &MediaConfig,
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
     // Durable before routing: once Telegram considers them delivered, the
@@ -54,7 +56,7 @@ pub(crate) async fn hand_over(
         .admit(&inbound)
         .await
         .map_err(HandOverError::Store)?;
-    let admitted = apply_limits(directory, admitted).await;
+    let admitted = apply_limits(directory, media, admitted).await;
     directory
         .session_sup()
         .route(admitted)
@@ -65,7 +67,11 @@ pub(crate) async fn hand_over(
 /// Asks the rate limiter about the batch and marks the updates it limits.
 /// A limiter that is away (restarting) lets everything through: better an
 /// unlimited minute than unanswered users.
-async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<Inbound> {
+async fn apply_limits(
+    directory: &Directory,
+    media: &MediaConfig,
+    mut updates: Vec<Inbound>,
+) -> Vec<Inbound> {
     if updates.is_empty() {
         return updates;
     }
@@ -76,10 +82,10 @@ async fn apply_limits(directory: &Directory, mut updates: Vec<Inbound>) -> Vec<I
                 .user_id
                 .and_then(|id| i64::try_from(id).ok())
                 .unwrap_or(inbound.chat_id.0),
-            cost: if inbound.costs_llm_call() {
-                Cost::Llm
-            } else {
-                Cost::Free
+            cost: match inbound.llm_cost(media) {
+                0 => Cost::Free,
+                1 => Cost::Llm,
+                calls => Cost::Calls(calls),
             },
         })
         .collect();

@@ -9,12 +9,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::llm::{ChatMessage, Role};
-use crate::store::record::{StoredMessage, StoredRole};
+use crate::store::record::{StoredFile, StoredMessage, StoredRole};
 
 /// Bounded chat history.
 #[derive(Debug, Clone)]
 pub struct History {
     messages: VecDeque<ChatMessage>,
+    /// The files each message came with (references only), parallel to
+    /// `messages`; empty slices (no allocation) for text.
+    files: VecDeque<Box<[StoredFile]>>,
     /// Sum of `chars().count()` over `messages`, kept to avoid rescanning.
     chars: usize,
     max_messages: usize,
@@ -26,6 +29,7 @@ impl History {
     pub fn new(max_messages: usize, max_chars: usize) -> Self {
         Self {
             messages: VecDeque::new(),
+            files: VecDeque::new(),
             chars: 0,
             max_messages,
             max_chars,
@@ -64,7 +68,7 @@ impl History {
                 StoredRole::User => Role::User,
                 StoredRole::Assistant => Role::Assistant,
             };
-            history.push(role, message.content.into());
+            history.push_with_files(role, message.content.into(), message.files);
         }
         history
     }
@@ -73,7 +77,8 @@ impl History {
     pub fn to_stored(&self) -> Vec<StoredMessage> {
         self.messages
             .iter()
-            .filter_map(|m| {
+            .zip(&self.files)
+            .filter_map(|(m, files)| {
                 let role = match m.role {
                     Role::User => StoredRole::User,
                     Role::Assistant => StoredRole::Assistant,
@@ -83,6 +88,7 @@ impl History {
                 Some(StoredMessage {
                     role,
                     content: m.content.to_string(),
+                    files: files.to_vec(),
                 })
             })
             .collect()
@@ -93,6 +99,7 @@ impl History {
     /// `/retry` regenerates the last answer or answers a message that failed.
     pub fn take_last_question(&mut self) -> Option<Arc<str>> {
         let last_user = self.messages.iter().rposition(|m| m.role == Role::User)?;
+        self.files.truncate(last_user);
         let removed: Vec<ChatMessage> = self.messages.drain(last_user..).collect();
         self.chars -= removed
             .iter()
@@ -104,13 +111,40 @@ impl History {
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.messages.clear();
+        self.files.clear();
         self.chars = 0;
     }
 
     /// Appends a message, then drops the oldest until both bounds hold.
     pub fn push(&mut self, role: Role, content: Arc<str>) {
+        self.push_with_files(role, content, Vec::new());
+    }
+
+    /// [`History::push`] for a message the user sent files with.
+    pub fn push_with_files(&mut self, role: Role, content: Arc<str>, files: Vec<StoredFile>) {
         self.chars += content.chars().count();
-        self.messages.push_back(ChatMessage { role, content });
+        self.messages.push_back(ChatMessage::new(role, content));
+        self.files.push_back(files.into_boxed_slice());
+        self.enforce_bounds();
+    }
+
+    /// Replaces the text of the last user message, if it is still `was`
+    /// (what was known of a photo when it was asked about, once its
+    /// description arrives). Bounds hold after.
+    pub fn rewrite_last_user(&mut self, was: &str, now: Arc<str>) {
+        let Some(last) = self
+            .messages
+            .iter_mut()
+            .rev()
+            .find(|m| m.role == Role::User)
+        else {
+            return;
+        };
+        if &*last.content != was {
+            return;
+        }
+        self.chars = self.chars - was.chars().count() + now.chars().count();
+        last.content = now;
         self.enforce_bounds();
     }
 
@@ -118,15 +152,9 @@ impl History {
     /// then `user_text`. Content is shared, not copied.
     pub fn prompt(&self, system_prompt: &Arc<str>, user_text: &Arc<str>) -> Vec<ChatMessage> {
         let mut prompt = Vec::with_capacity(self.messages.len() + 2);
-        prompt.push(ChatMessage {
-            role: Role::System,
-            content: Arc::clone(system_prompt),
-        });
+        prompt.push(ChatMessage::new(Role::System, Arc::clone(system_prompt)));
         prompt.extend(self.messages.iter().cloned());
-        prompt.push(ChatMessage {
-            role: Role::User,
-            content: Arc::clone(user_text),
-        });
+        prompt.push(ChatMessage::new(Role::User, Arc::clone(user_text)));
         prompt
     }
 
@@ -141,6 +169,7 @@ impl History {
             let Some(oldest) = self.messages.pop_front() else {
                 break;
             };
+            self.files.pop_front();
             self.chars -= oldest.content.chars().count();
         }
     }

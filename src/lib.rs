@@ -60,6 +60,7 @@ pub mod history;
 pub mod input;
 pub mod listener;
 pub mod llm;
+pub mod media;
 pub mod ops;
 pub mod retry;
 pub mod store;

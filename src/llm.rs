@@ -10,4 +10,4 @@ pub mod wire;
 
 pub use client::LlmClient;
 pub use error::LlmError;
-pub use wire::{ChatMessage, Completion, Role};
+pub use wire::{ChatMessage, Completion, Role, Transcript};

@@ -17,6 +17,14 @@ pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .map_err(|e| format!("config key `log.level`: {e}"))?;
+    // The PDF reader's crates log through `log` (forwarded here), and some
+    // of their warnings quote the document's content: never logged.
+    let mut filter = filter;
+    for quiet in ["pdf_extract=off", "lopdf=off"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     // Writing happens on a dedicated thread, so a slow terminal or pipe never
     // stalls an actor. Its queue is allocated and touched in full at start
     // (32 bytes a line), so its length is resident memory: `log.buffered_lines`.

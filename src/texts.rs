@@ -75,6 +75,26 @@ pub struct Texts {
     pub answer_cut: String,
     pub answer_truncated: String,
     pub answer_coming: String,
+    /// Placeholders: `{size}`, `{limit}` (megabytes).
+    pub media_too_big: String,
+    /// Placeholders: `{seconds}`, `{limit}`.
+    pub audio_too_long: String,
+    pub media_download_failed: String,
+    pub media_unsupported: String,
+    pub image_unreadable: String,
+    pub no_vision: String,
+    pub no_vision_notice: String,
+    pub no_transcription: String,
+    pub transcription_failed: String,
+    pub nothing_heard: String,
+    pub audio_unreadable: String,
+    pub document_unreadable: String,
+    pub document_no_text: String,
+    /// Placeholder: `{chars}`.
+    pub document_truncated: String,
+    pub document_lossy: String,
+    /// Placeholder: `{count}`.
+    pub album_truncated: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -278,6 +278,9 @@ pub struct Deps {
     pub send_slots: Arc<Semaphore>,
     /// Deliveries in progress per chat, likewise shared across restarts.
     pub deliveries: Arc<outbox::Deliveries>,
+    /// Fetches the files of media messages; its download slots are shared
+    /// across session supervisor restarts.
+    pub fetcher: crate::media::fetch::Fetcher,
     /// Telegram's flood limits, shared across outbox restarts.
     pub pacing: Arc<crate::telegram::SendPacing>,
     /// Reply texts.
@@ -421,6 +424,7 @@ pub(crate) fn session_sup_args(deps: &Deps) -> session_sup::SessionSupArgs {
             llm: Arc::clone(&deps.llm),
             health: Arc::clone(&deps.health),
             locales: deps.locales.clone(),
+            fetcher: deps.fetcher.clone(),
         },
     }
 }

@@ -45,6 +45,7 @@ pub(crate) fn deps(instance: &str, overrides: &str) -> TestDeps {
         llm_slots: Arc::new(Semaphore::new(config.llm.max_concurrency)),
         send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
         deliveries: Arc::default(),
+        fetcher: crate::media::fetch::Fetcher::new(None, &config.media),
         pacing: Arc::new(crate::telegram::SendPacing::new(&config.telegram)),
         locales: Locales::load().expect("locales"),
         store,

@@ -14,7 +14,9 @@
 //!   work) and whose language is `--language`.
 //! - **Per line** read from stdin (blank lines are skipped): an [`Inbound`]
 //!   exactly as a Telegram text would be (commands parsed by
-//!   [`classify_private_text`]), numbered after the highest update id the
+//!   [`classify_private_text`]; `/image PATH`, `/voice PATH` and
+//!   `/file PATH` send a local file as a photo, voice note or document,
+//!   [`classify_line`]), numbered after the highest update id the
 //!   store holds (a session skips ids it has answered), handed over as a
 //!   polled update is ([`hand_over`]: admitted durably, rate-limited,
 //!   routed). The next line is read only once every routed update is
@@ -43,7 +45,9 @@ use crate::app::{self, AppError};
 use crate::config::{Config, Secrets};
 use crate::store::StoreError;
 use crate::telegram::TelegramError;
-use crate::telegram::inbound::{ChatId, Inbound, classify_private_text};
+use crate::telegram::inbound::{
+    AttachmentKind, ChatId, Inbound, InboundKind, classify_private_text, local_media,
+};
 
 /// The console's chat: a private chat, so its id is its user's.
 pub const CHAT_ID: ChatId = ChatId(USER_ID);
@@ -168,6 +172,29 @@ fn read_lines() -> mpsc::Receiver<String> {
     received
 }
 
+/// What a line sends: `/image PATH [caption]`, `/voice PATH [caption]` and
+/// `/file PATH [caption]` send that local file as Telegram would a photo, a
+/// voice note or a document (the caption may be a command, such as
+/// `/caption for my beach post`); any other line is a text or a command.
+fn classify_line(line: &str, config: &Config) -> Option<InboundKind> {
+    let (word, rest) = line
+        .trim_start()
+        .split_once(char::is_whitespace)
+        .unwrap_or((line.trim(), ""));
+    let kind = match word {
+        "/image" => AttachmentKind::Photo,
+        "/voice" => AttachmentKind::Voice,
+        "/file" => AttachmentKind::Document,
+        _ => return classify_private_text(line, NO_USERNAME, &config.commands),
+    };
+    let rest = rest.trim_start();
+    let (path, caption) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    if path.is_empty() {
+        return classify_private_text(line, NO_USERNAME, &config.commands);
+    }
+    local_media(kind, PathBuf::from(path), caption, &config.commands)
+}
+
 /// The operator's side of the conversation.
 struct Conversation {
     directory: Directory,
@@ -194,7 +221,7 @@ impl Conversation {
             if text.trim().is_empty() {
                 continue;
             }
-            let Some(kind) = classify_private_text(text, NO_USERNAME, &self.config.commands) else {
+            let Some(kind) = classify_line(text, &self.config) else {
                 tracing::warn!("command for another bot ignored");
                 continue;
             };
@@ -211,7 +238,7 @@ impl Conversation {
                 speaker: None,
             };
             next_update_id = next_update_id.saturating_add(1);
-            hand_over(&self.directory, vec![inbound]).await?;
+            hand_over(&self.directory, &self.config.media, vec![inbound]).await?;
             self.wait_for_answers().await?;
         }
         if self.interactive {

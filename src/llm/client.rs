@@ -1,12 +1,14 @@
-//! One provider: chat-completion calls over its own pooled HTTP client, every
-//! failure classified into an [`LlmError`], and the retry loop that honours
-//! `Retry-After` and backs off with jitter.
+//! One provider: chat-completion and audio-transcription calls over its own
+//! pooled HTTP client, every failure classified into an [`LlmError`], and the
+//! retry loop (shared by both) that honours `Retry-After` and backs off with
+//! jitter.
 //!
 //! Nothing a provider sends is unbounded: a body is read up to
 //! `llm.max_response_bytes` (a plain body past it is refused, a stream is
 //! cut there), and an answer is cut at `llm.max_answer_chars` (a stream is
 //! then closed, so the provider stops generating); a cut answer is marked
-//! [`Completion::truncated`].
+//! [`Completion::truncated`]. A transcript is cut at
+//! `llm.max_transcript_chars` likewise ([`Transcript::truncated`]).
 
 use std::time::Duration;
 
@@ -16,12 +18,16 @@ use eventsource_stream::{EventStreamError, Eventsource as _};
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
+use reqwest::multipart::{Form, Part};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use url::Url;
 
 use super::error::{LlmError, TimeoutPhase};
-use super::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, Completion, StreamOptions};
+use super::wire::{
+    ChatChunk, ChatMessage, ChatRequest, ChatResponse, Completion, StreamOptions, Transcript,
+    TranscriptionResponse,
+};
 use crate::config::{Config, LlmConfig, RetryConfig, Secret, Secrets};
 use crate::retry::Backoff;
 
@@ -42,6 +48,14 @@ pub struct LlmClient {
     temperature: f32,
     max_answer_chars: usize,
     max_response_bytes: usize,
+    /// The model for messages with images, if this provider can see them.
+    vision_model: Option<Arc<str>>,
+    /// The speech-to-text model, if this provider transcribes.
+    transcription_model: Option<Arc<str>>,
+    /// `{base_url}/audio/transcriptions`.
+    transcriptions: Url,
+    transcription_timeout: Duration,
+    max_transcript_chars: usize,
 }
 
 /// Per-call choices over a provider's configuration.
@@ -73,21 +87,27 @@ pub struct StreamTo {
 /// try them; each with its own client.
 pub fn providers(config: &Config, secrets: &Secrets) -> Result<Vec<LlmClient>, LlmError> {
     let llm = &config.llm;
-    let mut providers = vec![LlmClient::new(
-        &llm.name,
-        &llm.base_url,
-        &llm.model,
-        llm,
-        secrets.llm_api_key.clone(),
-    )?];
-    for fallback in &llm.fallback {
-        providers.push(LlmClient::new(
-            &fallback.name,
-            &fallback.base_url,
-            &fallback.model,
+    let mut providers = vec![
+        LlmClient::new(
+            &llm.name,
+            &llm.base_url,
+            &llm.model,
             llm,
-            secrets.fallback_keys.get(&fallback.name).cloned(),
-        )?);
+            secrets.llm_api_key.clone(),
+        )?
+        .with_media(llm.vision_model(), llm.transcription_model()),
+    ];
+    for fallback in &llm.fallback {
+        providers.push(
+            LlmClient::new(
+                &fallback.name,
+                &fallback.base_url,
+                &fallback.model,
+                llm,
+                secrets.fallback_keys.get(&fallback.name).cloned(),
+            )?
+            .with_media(fallback.vision_model(), fallback.transcription_model()),
+        );
     }
     Ok(providers)
 }
@@ -113,14 +133,41 @@ impl LlmClient {
         Ok(Self {
             name: name.into(),
             http,
-            endpoint: completions_url(base_url)?,
+            endpoint: endpoint_url(base_url, "chat/completions")?,
             api_key,
             model: model.into(),
             max_tokens: config.max_tokens,
             temperature: config.temperature,
             max_answer_chars: config.max_answer_chars,
             max_response_bytes: config.max_response_bytes,
+            vision_model: None,
+            transcription_model: None,
+            transcriptions: endpoint_url(base_url, "audio/transcriptions")?,
+            transcription_timeout: config.transcription_timeout,
+            max_transcript_chars: config.max_transcript_chars,
         })
+    }
+
+    /// The same provider, able to see images with `vision_model` and to
+    /// transcribe audio with `transcription_model` (each when given).
+    pub fn with_media(
+        mut self,
+        vision_model: Option<&str>,
+        transcription_model: Option<&str>,
+    ) -> Self {
+        self.vision_model = vision_model.map(Arc::from);
+        self.transcription_model = transcription_model.map(Arc::from);
+        self
+    }
+
+    /// The model messages with images go to, if this provider can see them.
+    pub fn vision_model(&self) -> Option<&str> {
+        self.vision_model.as_deref()
+    }
+
+    /// The speech-to-text model, if this provider transcribes.
+    pub fn transcription_model(&self) -> Option<&str> {
+        self.transcription_model.as_deref()
     }
 
     /// The model requests are sent to.
@@ -145,14 +192,9 @@ impl LlmClient {
     ) -> (Result<Completion, LlmError>, u32) {
         let model = options.model.unwrap_or(&self.model);
         let temperature = options.temperature.unwrap_or(self.temperature);
-        let started = Instant::now();
-        let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
-        let mut attempt = 1;
-        loop {
-            if options.stream.is_some_and(|s| s.deltas.is_closed()) {
-                return (Err(LlmError::Abandoned), attempt);
-            }
-            let result = match options.stream {
+        let abandoned = || options.stream.is_some_and(|s| s.deltas.is_closed());
+        self.with_retries(policy, deadline, abandoned, move || async move {
+            match options.stream {
                 // A stream is bounded by the deadline only until its first
                 // text: after that, cutting it would waste a shown answer.
                 Some(stream) => {
@@ -166,9 +208,81 @@ impl LlmClient {
                         Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
                     }
                 }
-            };
-            let error = match result {
-                Ok(completion) => return (Ok(completion), attempt),
+            }
+        })
+        .await
+    }
+
+    /// Transcribes `audio` (a file named `file_name` of type `mime`) with
+    /// `model`, retrying what may succeed later exactly like
+    /// [`complete_with_retries`](Self::complete_with_retries), until a
+    /// transcript, a final error, `policy`'s limits, or `deadline`. Each
+    /// request has `llm.transcription_timeout`. Returns the result and the
+    /// number of calls made; counts the outcome in
+    /// `llmgram_transcriptions_total`.
+    pub async fn transcribe_with_retries(
+        &self,
+        audio: bytes::Bytes,
+        file_name: &str,
+        mime: &str,
+        model: &str,
+        policy: &RetryConfig,
+        deadline: Instant,
+    ) -> (Result<Transcript, LlmError>, u32) {
+        let (result, attempts) = self
+            .with_retries(
+                policy,
+                deadline,
+                || false,
+                move || {
+                    let call = self.transcribe(audio.clone(), file_name, mime, model);
+                    async move {
+                        match tokio::time::timeout_at(deadline, call).await {
+                            Ok(result) => result,
+                            Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+                        }
+                    }
+                },
+            )
+            .await;
+        let outcome = match &result {
+            Ok(transcript) if transcript.text.is_empty() => "empty",
+            Ok(_) => "ok",
+            Err(_) => "failed",
+        };
+        metrics::counter!(
+            crate::telemetry::families::TRANSCRIPTIONS,
+            "provider" => self.name.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        (result, attempts)
+    }
+
+    /// The retry loop of every call: runs `call` until it succeeds, fails
+    /// for good, `policy`'s limits are reached, `deadline` would pass, or
+    /// `abandoned` says nobody wants the result any more. Counts each error
+    /// in `llmgram_llm_errors_total`.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        policy: &RetryConfig,
+        deadline: Instant,
+        abandoned: impl Fn() -> bool,
+        mut call: F,
+    ) -> (Result<T, LlmError>, u32)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, LlmError>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
+        let mut attempt = 1;
+        loop {
+            if abandoned() {
+                return (Err(LlmError::Abandoned), attempt);
+            }
+            let error = match call().await {
+                Ok(value) => return (Ok(value), attempt),
                 Err(error) => error,
             };
             metrics::counter!(
@@ -196,6 +310,44 @@ impl LlmClient {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// Sends one transcription request (`POST /audio/transcriptions`,
+    /// multipart: the file, `model`, `response_format=json`) and returns
+    /// the transcript, cut at `llm.max_transcript_chars`.
+    pub async fn transcribe(
+        &self,
+        audio: bytes::Bytes,
+        file_name: &str,
+        mime: &str,
+        model: &str,
+    ) -> Result<Transcript, LlmError> {
+        let length = audio.len() as u64;
+        let file = || {
+            Part::stream_with_length(reqwest::Body::from(audio.clone()), length)
+                .file_name(file_name.to_owned())
+        };
+        let file = file().mime_str(mime).unwrap_or_else(|_| {
+            // The provider tells the format from the file name too.
+            tracing::debug!(provider = %self.name, "not a MIME type; file sent without one");
+            file()
+        });
+        let form = Form::new()
+            .part("file", file)
+            .text("model", model.to_owned())
+            .text("response_format", "json");
+        let request = self
+            .http
+            .post(self.transcriptions.clone())
+            .multipart(form)
+            .timeout(self.transcription_timeout);
+        let request = match &self.api_key {
+            Some(key) => request.bearer_auth(key.expose()),
+            None => request,
+        };
+        let response = check_status(request.send().await?).await?;
+        let bytes = read_capped(response, self.max_response_bytes).await?;
+        parse_transcript(&bytes, self.max_transcript_chars)
     }
 
     /// Sends one chat-completion request to the provider's configured model
@@ -492,13 +644,13 @@ fn stream_error(error: EventStreamError<BodyError>, limit: usize) -> LlmError {
     }
 }
 
-/// `{base_url}/chat/completions`, keeping every segment of the base path
-/// (`Url::join` would drop the last one of `.../openai/v1`).
-fn completions_url(base: &Url) -> Result<Url, LlmError> {
-    let joined = format!("{}/chat/completions", base.as_str().trim_end_matches('/'));
+/// `{base_url}/{path}`, keeping every segment of the base path (`Url::join`
+/// would drop the last one of `.../openai/v1`).
+fn endpoint_url(base: &Url, path: &str) -> Result<Url, LlmError> {
+    let joined = format!("{}/{path}", base.as_str().trim_end_matches('/'));
     Url::parse(&joined).map_err(|e| {
         let base = crate::config::redact_url(base);
-        LlmError::Connect(format!("bad endpoint {base}/chat/completions: {e}"))
+        LlmError::Connect(format!("bad endpoint {base}/{path}: {e}"))
     })
 }
 
@@ -537,6 +689,22 @@ pub fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
     })
 }
 
+/// Reads a transcription's text, trimmed and cut at `max_chars`
+/// characters; a body that is not JSON or has no `text` is an
+/// [`LlmError::InvalidResponse`]. Blank text is a transcript of nothing, not
+/// an error: the audio may hold no speech.
+pub fn parse_transcript(bytes: &[u8], max_chars: usize) -> Result<Transcript, LlmError> {
+    let response: TranscriptionResponse = serde_json::from_slice(bytes)
+        .map_err(|e| LlmError::InvalidResponse(format!("not a transcription: {e}")))?;
+    let mut text = response.text.trim().to_owned();
+    let mut truncated = false;
+    if let Some((end, _)) = text.char_indices().nth(max_chars) {
+        text.truncate(end);
+        truncated = true;
+    }
+    Ok(Transcript { text, truncated })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,12 +713,12 @@ mod tests {
     fn endpoint_keeps_the_base_path() {
         let base = Url::parse("https://api.groq.com/openai/v1").unwrap();
         assert_eq!(
-            completions_url(&base).unwrap().as_str(),
+            endpoint_url(&base, "chat/completions").unwrap().as_str(),
             "https://api.groq.com/openai/v1/chat/completions"
         );
         let base = Url::parse("http://127.0.0.1:11434/v1/").unwrap();
         assert_eq!(
-            completions_url(&base).unwrap().as_str(),
+            endpoint_url(&base, "chat/completions").unwrap().as_str(),
             "http://127.0.0.1:11434/v1/chat/completions"
         );
     }
@@ -584,6 +752,22 @@ mod tests {
             (completion.text.as_str(), completion.truncated),
             ("жжж", true)
         );
+    }
+
+    #[test]
+    fn transcripts_are_trimmed_cut_and_may_be_empty() {
+        let transcript =
+            parse_transcript("{\"text\":\" привет мир \\n\"}".as_bytes(), 100).unwrap();
+        assert_eq!(transcript.text, "привет мир");
+        assert!(!transcript.truncated);
+        let cut = parse_transcript("{\"text\":\"привет мир\"}".as_bytes(), 6).unwrap();
+        assert_eq!((cut.text.as_str(), cut.truncated), ("привет", true));
+        let silence = parse_transcript(br#"{"text":"  "}"#, 100).unwrap();
+        assert_eq!((silence.text.as_str(), silence.truncated), ("", false));
+        for body in [&b"<html>502</html>"[..], b"{}", b"{\"text\": null}"] {
+            let err = parse_transcript(body, 100).unwrap_err();
+            assert_eq!(err.class(), "invalid_response", "{err}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub enum TimeoutPhase {
     Read,
 }
 
-/// A failed chat-completion call.
+/// A failed chat-completion or transcription call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
     /// DNS resolution or the TCP connection failed: nothing reached the
@@ -79,6 +79,13 @@ pub enum LlmError {
     /// the call ends, nothing is retried, and the provider is not blamed.
     #[error("the answer is no longer wanted")]
     Abandoned,
+    /// The prompt carries images and no provider can see images (none has
+    /// a vision model). The session avoids asking; this is the safety net.
+    #[error("no provider can see images")]
+    NoVision,
+    /// Audio to transcribe and no provider has a transcription model.
+    #[error("no provider can transcribe audio")]
+    NoTranscription,
     /// Every provider's circuit breaker is open or every provider failed;
     /// `retry_in` is when the first breaker lets a call through again.
     #[error("no provider can answer now (retry in {retry_in:?})")]
@@ -93,7 +100,7 @@ pub enum LlmError {
 impl LlmError {
     /// Every value [`class`](Self::class) returns, so the error counters can
     /// start at zero for each (an alert on their rate sees 0, not "no data").
-    pub const CLASSES: [&'static str; 15] = [
+    pub const CLASSES: [&'static str; 17] = [
         "connect",
         "tls",
         "connect_timeout",
@@ -109,6 +116,8 @@ impl LlmError {
         "no_provider",
         "stream_cut",
         "abandoned",
+        "no_vision",
+        "no_transcription",
     ];
 
     /// A short stable name for logs and metrics.
@@ -129,6 +138,8 @@ impl LlmError {
             Self::NoProvider { .. } => "no_provider",
             Self::StreamCut(_) => "stream_cut",
             Self::Abandoned => "abandoned",
+            Self::NoVision => "no_vision",
+            Self::NoTranscription => "no_transcription",
         }
     }
 
@@ -157,6 +168,8 @@ impl LlmError {
             Self::Overloaded
             | Self::PoolUnavailable
             | Self::NoProvider { .. }
+            | Self::NoVision
+            | Self::NoTranscription
             | Self::Abandoned => false,
             _ => true,
         }
@@ -231,6 +244,10 @@ mod tests {
         };
         assert!(!too_long.counts_against_provider());
         assert!(!LlmError::Overloaded.counts_against_provider());
+        for missing in [LlmError::NoVision, LlmError::NoTranscription] {
+            assert!(!missing.is_retryable());
+            assert!(!missing.counts_against_provider());
+        }
     }
 
     #[test]
@@ -257,6 +274,8 @@ mod tests {
             },
             LlmError::StreamCut(Box::new(LlmError::Overloaded)),
             LlmError::Abandoned,
+            LlmError::NoVision,
+            LlmError::NoTranscription,
         ];
         let classes: Vec<&str> = every.iter().map(LlmError::class).collect();
         assert_eq!(classes, LlmError::CLASSES);

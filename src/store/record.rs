@@ -12,18 +12,23 @@ use serde::{Deserialize, Serialize};
 use super::codec::{self, CodecError};
 use crate::config::CommandConfig;
 use crate::telegram::command::Command;
-use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
+use crate::telegram::inbound::{
+    Attachment, AttachmentKind, ChatId, FileRef, Inbound, InboundKind, MediaMessage,
+};
 
 /// Schema version of [`ChatRecord`] written by this build. Version 2 added
 /// the chat's chosen model and its daily token usage; version 3 replaced the
 /// newest applied update id with the set of recently answered ones
-/// (Telegram's update ids are not monotonic). Older records are read through
-/// [`v1`] and [`v2`] and migrated.
-pub const CHAT_RECORD_VERSION: u8 = 3;
+/// (Telegram's update ids are not monotonic); version 4 added the files of
+/// a history message ([`StoredFile`]) and the one-time "images cannot be
+/// seen" notice. Older records are read through [`v1`], [`v2`] and [`v3`]
+/// and migrated.
+pub const CHAT_RECORD_VERSION: u8 = 4;
 /// Schema version of [`UpdateEntry`] written by this build. Version 2 added
-/// the admission sequence number of a pending update; version 1 entries are
-/// read through [`v1`].
-pub const UPDATE_ENTRY_VERSION: u8 = 2;
+/// the admission sequence number of a pending update; version 3 added media
+/// ([`StoredKind::Media`], a new last variant, so version 2 entries read as
+/// they are); version 1 entries are read through [`v1`].
+pub const UPDATE_ENTRY_VERSION: u8 = 3;
 
 /// How many answered update ids a chat record keeps (besides every id of its
 /// latest turn): enough to recognise any redelivery the restart and replay
@@ -58,8 +63,39 @@ impl ChatRecord {
 pub struct StoredMessage {
     /// Who wrote it.
     pub role: StoredRole,
-    /// The text.
+    /// The text, as later prompts see it: for media, what was read from it
+    /// (the caption or a description of a photo, a transcript, a
+    /// document's text) with the user's own words.
     pub content: String,
+    /// The files the user sent with it: references, never their bytes.
+    pub files: Vec<StoredFile>,
+}
+
+/// A file a history message came with: Telegram's id for it (enough to
+/// fetch it again), never its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// What it was.
+    pub kind: StoredFileKind,
+    /// Telegram's `file_id`; empty for a console file.
+    pub file_id: String,
+    /// The sender's file name, for documents and audio files.
+    pub name: Option<String>,
+}
+
+/// What a [`StoredFile`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredFileKind {
+    /// A photo.
+    Photo,
+    /// A voice note.
+    Voice,
+    /// An audio file.
+    Audio,
+    /// A round video message.
+    VideoNote,
+    /// A document.
+    Document,
 }
 
 /// Author of a [`StoredMessage`]; the system prompt is never stored.
@@ -78,6 +114,9 @@ pub struct ChatSettings {
     pub language_code: Option<String>,
     /// The model this chat chose with `/model` (one of `llm.user_models`).
     pub model: Option<String>,
+    /// The chat was told that images cannot be seen with this setup (told
+    /// once).
+    pub told_no_vision: bool,
 }
 
 /// Per-chat counters.
@@ -99,7 +138,7 @@ pub struct ChatCounters {
 pub mod v1 {
     use serde::Deserialize;
 
-    use super::StoredMessage;
+    use super::v3::StoredMessage;
 
     /// A version 1 chat record.
     #[derive(Debug, Deserialize)]
@@ -123,9 +162,9 @@ pub mod v1 {
 
     impl From<ChatRecord> for super::ChatRecord {
         fn from(old: ChatRecord) -> Self {
-            Self {
+            super::v3::ChatRecord {
                 history: old.history,
-                settings: super::ChatSettings {
+                settings: super::v3::ChatSettings {
                     language_code: old.settings.language_code,
                     model: None,
                 },
@@ -137,6 +176,7 @@ pub mod v1 {
                 },
                 recent_updates: super::recent_from_last(old.last_update_id),
             }
+            .into()
         }
     }
 
@@ -184,7 +224,8 @@ pub mod v1 {
 pub mod v2 {
     use serde::Deserialize;
 
-    use super::{ChatCounters, ChatSettings, StoredMessage};
+    use super::ChatCounters;
+    use super::v3::{ChatSettings, StoredMessage};
 
     /// A version 2 chat record.
     #[derive(Debug, Deserialize)]
@@ -197,11 +238,66 @@ pub mod v2 {
 
     impl From<ChatRecord> for super::ChatRecord {
         fn from(old: ChatRecord) -> Self {
-            Self {
+            super::v3::ChatRecord {
                 history: old.history,
                 settings: old.settings,
                 counters: old.counters,
                 recent_updates: super::recent_from_last(old.last_update_id),
+            }
+            .into()
+        }
+    }
+}
+
+/// Version 3 of the chat record, frozen: history messages had no files and
+/// settings no notice flag. Migrated on load.
+pub mod v3 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{ChatCounters, StoredRole};
+
+    /// A version 3 chat record.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct ChatRecord {
+        pub(super) history: Vec<StoredMessage>,
+        pub(super) settings: ChatSettings,
+        pub(super) counters: ChatCounters,
+        pub(super) recent_updates: Vec<u32>,
+    }
+
+    /// A version 1–3 history message: text only.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct StoredMessage {
+        pub(super) role: StoredRole,
+        pub(super) content: String,
+    }
+
+    /// Version 2–3 chat settings.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ChatSettings {
+        pub(super) language_code: Option<String>,
+        pub(super) model: Option<String>,
+    }
+
+    impl From<ChatRecord> for super::ChatRecord {
+        fn from(old: ChatRecord) -> Self {
+            Self {
+                history: old
+                    .history
+                    .into_iter()
+                    .map(|message| super::StoredMessage {
+                        role: message.role,
+                        content: message.content,
+                        files: Vec::new(),
+                    })
+                    .collect(),
+                settings: super::ChatSettings {
+                    language_code: old.settings.language_code,
+                    model: old.settings.model,
+                    told_no_vision: false,
+                },
+                counters: old.counters,
+                recent_updates: old.recent_updates,
             }
         }
     }
@@ -257,6 +353,47 @@ pub enum StoredKind {
     },
     /// A message without text.
     NonText,
+    /// Files with their caption (update entry version 3).
+    Media(StoredMedia),
+}
+
+/// A [`MediaMessage`] as stored: file references, never bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMedia {
+    /// The files.
+    pub attachments: Vec<StoredAttachment>,
+    /// The caption, when it is not a command.
+    pub caption: Option<String>,
+    /// The caption's command, as its words (parsed again on replay).
+    pub command: Option<(String, String)>,
+    /// The album id.
+    pub media_group: Option<String>,
+}
+
+/// An [`Attachment`] as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAttachment {
+    /// What it is: `AttachmentKind::label`.
+    pub kind: String,
+    /// Telegram's `file_id`, or the console's local path.
+    pub file: StoredFileRef,
+    /// Size in bytes, if known.
+    pub size: Option<u64>,
+    /// Length in seconds, if known.
+    pub duration: Option<u32>,
+    /// The sender's file name.
+    pub file_name: Option<String>,
+    /// The MIME type.
+    pub mime_type: Option<String>,
+}
+
+/// A [`FileRef`] as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredFileRef {
+    /// A Telegram `file_id`.
+    Telegram(String),
+    /// A local path (console front).
+    Local(String),
 }
 
 /// Schema version of [`ChatUsage`] written by this build.
@@ -339,7 +476,8 @@ pub fn decode_chat(bytes: &[u8]) -> Result<ChatRecord, RecordError> {
     match split_version(bytes)? {
         (1, body) => decode_as::<v1::ChatRecord, _>(1, body),
         (2, body) => decode_as::<v2::ChatRecord, _>(2, body),
-        (3, body) => decode_as::<ChatRecord, _>(3, body),
+        (3, body) => decode_as::<v3::ChatRecord, _>(3, body),
+        (4, body) => decode_as::<ChatRecord, _>(4, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -353,7 +491,8 @@ pub fn encode_update(entry: &UpdateEntry) -> Result<Vec<u8>, CodecError> {
 pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
     match split_version(bytes)? {
         (1, body) => decode_as::<v1::UpdateEntry, _>(1, body),
-        (2, body) => decode_as::<UpdateEntry, _>(2, body),
+        // Version 3 only appended a variant: version 2 bytes read as it.
+        (version @ (2 | 3), body) => decode_as::<UpdateEntry, _>(version, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -402,6 +541,7 @@ impl StoredUpdate {
                         args: args.into_owned(),
                     }
                 }
+                InboundKind::Media(media) => StoredKind::Media(StoredMedia::new(media)),
                 InboundKind::NonText => StoredKind::NonText,
             },
         }
@@ -422,12 +562,97 @@ impl StoredUpdate {
                     InboundKind::Command(Command::from_words(&name, &args, assistants))
                 }
                 StoredKind::NonText => InboundKind::NonText,
+                StoredKind::Media(media) => InboundKind::Media(media.into_media(assistants)),
             },
             received_at: std::time::Instant::now(),
             sent_at: None,
             refused: None,
             // Not stored: a replayed group message loses its speaker's name.
             speaker: None,
+        }
+    }
+}
+
+impl StoredMedia {
+    fn new(media: &MediaMessage) -> Self {
+        Self {
+            attachments: media
+                .attachments
+                .iter()
+                .map(|a| StoredAttachment {
+                    kind: a.kind.label().to_owned(),
+                    file: match &a.file {
+                        FileRef::Telegram { file_id } => StoredFileRef::Telegram(file_id.clone()),
+                        FileRef::Local(path) => {
+                            StoredFileRef::Local(path.to_string_lossy().into_owned())
+                        }
+                    },
+                    size: a.size,
+                    duration: a.duration,
+                    file_name: a.file_name.clone(),
+                    mime_type: a.mime_type.clone(),
+                })
+                .collect(),
+            caption: media.caption.clone(),
+            command: media.command.as_ref().map(|command| {
+                let (name, args) = command.words();
+                (name.to_owned(), args.into_owned())
+            }),
+            media_group: media.media_group.clone(),
+        }
+    }
+
+    fn into_media(self, assistants: &[CommandConfig]) -> MediaMessage {
+        MediaMessage {
+            attachments: self
+                .attachments
+                .into_iter()
+                .map(|a| Attachment {
+                    kind: kind_from_label(&a.kind),
+                    file: match a.file {
+                        StoredFileRef::Telegram(file_id) => FileRef::Telegram { file_id },
+                        StoredFileRef::Local(path) => FileRef::Local(path.into()),
+                    },
+                    size: a.size,
+                    duration: a.duration,
+                    file_name: a.file_name,
+                    mime_type: a.mime_type,
+                })
+                .collect(),
+            caption: self.caption,
+            command: self
+                .command
+                .map(|(name, args)| Command::from_words(&name, &args, assistants)),
+            media_group: self.media_group,
+        }
+    }
+}
+
+/// The kind a stored label names; a label this build does not know (a
+/// newer build's) is answered as unsupported, never dropped.
+fn kind_from_label(label: &str) -> AttachmentKind {
+    [
+        AttachmentKind::Photo,
+        AttachmentKind::Voice,
+        AttachmentKind::Audio,
+        AttachmentKind::VideoNote,
+        AttachmentKind::Document,
+    ]
+    .into_iter()
+    .find(|kind| kind.label() == label)
+    .unwrap_or(AttachmentKind::Unsupported)
+}
+
+impl StoredFileKind {
+    /// The stored kind of an attachment; `None` for what is not kept.
+    pub fn of(kind: AttachmentKind) -> Option<Self> {
+        match kind {
+            AttachmentKind::Photo => Some(Self::Photo),
+            AttachmentKind::Voice => Some(Self::Voice),
+            AttachmentKind::Audio => Some(Self::Audio),
+            AttachmentKind::VideoNote => Some(Self::VideoNote),
+            AttachmentKind::Document => Some(Self::Document),
+            AttachmentKind::Unsupported => None,
         }
     }
 }
@@ -443,15 +668,18 @@ mod tests {
                 StoredMessage {
                     role: StoredRole::User,
                     content: "Привет! Write me a caption 📸".into(),
+                    files: Vec::new(),
                 },
                 StoredMessage {
                     role: StoredRole::Assistant,
                     content: "Golden hour, golden mood ✨".into(),
+                    files: Vec::new(),
                 },
             ],
             settings: ChatSettings {
                 language_code: Some("ru".into()),
                 model: None,
+                told_no_vision: false,
             },
             counters: ChatCounters {
                 answered: 7,
@@ -471,23 +699,49 @@ mod tests {
         assert_eq!(decode_chat(FIXTURE_V1).unwrap(), fixture_record());
     }
 
+    /// The fixture's history and settings in their version 2–3 layout.
+    fn old_layout(record: &ChatRecord) -> (Vec<v3::StoredMessage>, v3::ChatSettings) {
+        let history = record
+            .history
+            .iter()
+            .map(|m| v3::StoredMessage {
+                role: m.role,
+                content: m.content.clone(),
+            })
+            .collect();
+        let settings = v3::ChatSettings {
+            language_code: record.settings.language_code.clone(),
+            model: record.settings.model.clone(),
+        };
+        (history, settings)
+    }
+
     #[test]
-    fn version_2_records_and_version_1_entries_migrate() {
+    fn version_2_and_3_records_and_version_1_entries_migrate() {
         #[derive(Serialize)]
         struct V2 {
-            history: Vec<StoredMessage>,
-            settings: ChatSettings,
+            history: Vec<v3::StoredMessage>,
+            settings: v3::ChatSettings,
             counters: ChatCounters,
             last_update_id: u32,
         }
         let old = fixture_record();
+        let (history, settings) = old_layout(&old);
         let v2 = V2 {
-            history: old.history.clone(),
-            settings: old.settings.clone(),
+            history: history.clone(),
+            settings: settings.clone(),
             counters: old.counters,
             last_update_id: 123_456_789,
         };
         let bytes = with_version(2, codec::encode(&v2).unwrap()).unwrap();
+        assert_eq!(decode_chat(&bytes).unwrap(), old);
+        let v3 = v3::ChatRecord {
+            history,
+            settings,
+            counters: old.counters,
+            recent_updates: old.recent_updates.clone(),
+        };
+        let bytes = with_version(3, codec::encode(&v3).unwrap()).unwrap();
         assert_eq!(decode_chat(&bytes).unwrap(), old);
 
         #[derive(Serialize)]
@@ -521,6 +775,98 @@ mod tests {
                 kind: StoredKind::NonText,
             })
         );
+    }
+
+    /// A version 4 record with a photo, a voice note and a document.
+    fn media_record() -> ChatRecord {
+        let mut record = fixture_record();
+        let file = |kind, file_id: &str, name: Option<&str>| StoredFile {
+            kind,
+            file_id: file_id.into(),
+            name: name.map(str::to_owned),
+        };
+        record.history.extend([
+            StoredMessage {
+                role: StoredRole::User,
+                content: "[Photo: a beach at sunset] for my beach post".into(),
+                files: vec![file(StoredFileKind::Photo, "AgACAgIAAxkBAAIBc2", None)],
+            },
+            StoredMessage {
+                role: StoredRole::User,
+                content: "[Voice message] привет, как дела".into(),
+                files: vec![file(StoredFileKind::Voice, "AwACAgIAAxkBAAIBdG", None)],
+            },
+            StoredMessage {
+                role: StoredRole::User,
+                content: "File \"notes.txt\":\n```\nbuy milk\n```".into(),
+                files: vec![file(
+                    StoredFileKind::Document,
+                    "BQACAgIAAxkBAAIBdW",
+                    Some("notes.txt"),
+                )],
+            },
+        ]);
+        record.settings.told_no_vision = true;
+        record
+    }
+
+    const FIXTURE_V4: &[u8] = include_bytes!("../../tests/fixtures/chat_record_v4.bin");
+
+    /// Writes the version 4 fixture (run once, with
+    /// `LLMGRAM_WRITE_FIXTURE=1`, when version 4 was introduced); the
+    /// fixture then stays as it is, for every later version to decode.
+    #[test]
+    fn version_4_fixture_decodes() {
+        if std::env::var_os("LLMGRAM_WRITE_FIXTURE").is_some() {
+            std::fs::write(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/chat_record_v4.bin"
+                ),
+                encode_chat(&media_record()).unwrap(),
+            )
+            .unwrap();
+        }
+        assert_eq!(FIXTURE_V4[0], 4);
+        assert_eq!(decode_chat(FIXTURE_V4).unwrap(), media_record());
+    }
+
+    #[test]
+    fn media_updates_round_trip_without_bytes() {
+        let inbound = Inbound {
+            update_id: 7,
+            chat_id: ChatId(5),
+            user_id: Some(5),
+            language_code: None,
+            kind: InboundKind::Media(MediaMessage {
+                attachments: vec![Attachment {
+                    kind: AttachmentKind::Voice,
+                    file: FileRef::Telegram {
+                        file_id: "AwACAg".into(),
+                    },
+                    size: Some(12_345),
+                    duration: Some(4),
+                    file_name: None,
+                    mime_type: Some("audio/ogg".into()),
+                }],
+                caption: Some("what do you think?".into()),
+                command: None,
+                media_group: Some("1357".into()),
+            }),
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+        };
+        let entry = UpdateEntry::Pending(StoredUpdate::new(&inbound, 3));
+        let bytes = encode_update(&entry).unwrap();
+        assert_eq!(bytes[0], UPDATE_ENTRY_VERSION);
+        let UpdateEntry::Pending(stored) = decode_update(&bytes).unwrap() else {
+            panic!("not pending");
+        };
+        assert_eq!(stored.into_inbound(&[]).kind, inbound.kind);
+        // A label from a newer build reads as unsupported, not as an error.
+        assert_eq!(kind_from_label("hologram"), AttachmentKind::Unsupported);
     }
 
     #[test]

@@ -7,12 +7,13 @@
 //! Commands are parsed here, once, into a [`Command`]
 //! ([`super::command`]).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use teloxide::types::{Message, Update, UpdateKind};
+use teloxide::types::{FileMeta, Message, PhotoSize, Update, UpdateKind};
 
 use super::command::{self, Command, Parsed};
-use crate::config::CommandConfig;
+use crate::config::{CommandConfig, Config, MediaConfig};
 
 pub use teloxide::types::ChatId;
 
@@ -70,8 +71,108 @@ pub enum InboundKind {
     Text(String),
     /// `/name args`, parsed.
     Command(Command),
-    /// A sticker, photo, voice note or other message without text.
+    /// A photo, voice note, audio file, video note or document, with its
+    /// caption.
+    Media(MediaMessage),
+    /// A sticker, location, contact or other message without text or media
+    /// the bot reads.
     NonText,
+}
+
+/// A message carrying files: one, or an album's several merged into one
+/// turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaMessage {
+    /// The files, in the order sent.
+    pub attachments: Vec<Attachment>,
+    /// The caption (in a group without the bot's `@mention`); `None` when
+    /// there is none or it is a command.
+    pub caption: Option<String>,
+    /// The caption was a command (`/caption for my beach post`): it applies
+    /// to the files.
+    pub command: Option<Command>,
+    /// Telegram's album id: the album's photos arrive as separate updates
+    /// and are answered as one turn.
+    pub media_group: Option<String>,
+}
+
+/// One file of a [`MediaMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// What it is, which decides how it is read.
+    pub kind: AttachmentKind,
+    /// Where its bytes are.
+    pub file: FileRef,
+    /// Its size in bytes, when Telegram says.
+    pub size: Option<u64>,
+    /// Its length in seconds (voice, audio, video notes).
+    pub duration: Option<u32>,
+    /// The sender's file name (documents, audio files).
+    pub file_name: Option<String>,
+    /// The MIME type Telegram reports.
+    pub mime_type: Option<String>,
+}
+
+/// What an [`Attachment`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachmentKind {
+    /// A photo: shown to a vision model.
+    Photo,
+    /// A voice note: transcribed.
+    Voice,
+    /// An audio file: transcribed.
+    Audio,
+    /// A round video message: its sound is transcribed.
+    VideoNote,
+    /// A file: read as text or PDF when it is one.
+    Document,
+    /// A video, animation or other file kind the bot cannot read.
+    Unsupported,
+}
+
+impl AttachmentKind {
+    /// Its label in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Photo => "photo",
+            Self::Voice => "voice",
+            Self::Audio => "audio",
+            Self::VideoNote => "video_note",
+            Self::Document => "document",
+            Self::Unsupported => "unsupported",
+        }
+    }
+
+    /// Whether it is listened to (transcribed).
+    pub fn is_audio(self) -> bool {
+        matches!(self, Self::Voice | Self::Audio | Self::VideoNote)
+    }
+}
+
+/// Where an attachment's bytes are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRef {
+    /// A Telegram file: `getFile`, then the file download URL.
+    Telegram {
+        /// Telegram's `file_id` (valid for this bot, for a long time).
+        file_id: String,
+    },
+    /// A file on this machine (the console front's `/image PATH`).
+    Local(PathBuf),
+}
+
+impl MediaMessage {
+    /// What answering it costs against the per-user LLM limit (LLM calls):
+    /// its most expensive file's `media.*_cost`, or one call for a command
+    /// or a caption alone.
+    pub fn cost(&self, media: &MediaConfig) -> u32 {
+        self.attachments
+            .iter()
+            .map(|attachment| media.cost(attachment.kind))
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    }
 }
 
 impl Inbound {
@@ -81,25 +182,38 @@ impl Inbound {
         match &self.kind {
             InboundKind::Text(_) => true,
             InboundKind::Command(command) => command.costs_llm_call(),
+            // Unsupported files are answered from the bot's texts, but what
+            // it can read costs a call; the session decides the rest.
+            InboundKind::Media(media) => media
+                .attachments
+                .iter()
+                .any(|attachment| attachment.kind != AttachmentKind::Unsupported),
             InboundKind::NonText => false,
         }
     }
 
+    /// LLM calls answering it costs against `limits.user_llm_per_minute`:
+    /// 0 for the bot's own replies, one for text, more for media
+    /// (`media.*_cost`).
+    pub fn llm_cost(&self, media: &MediaConfig) -> u32 {
+        match &self.kind {
+            InboundKind::Media(message) if self.costs_llm_call() => message.cost(media),
+            _ => u32::from(self.costs_llm_call()),
+        }
+    }
+
     /// Converts an update; `None` when it is not a message for this bot.
-    /// `bot_username` is used to ignore `/command@other_bot`; `assistants`
-    /// are the configured commands.
-    pub fn from_update(
-        update: &Update,
-        bot_username: &str,
-        assistants: &[CommandConfig],
-    ) -> Option<Self> {
+    /// `bot_username` is used to ignore `/command@other_bot`; the config
+    /// gives the assistant commands and the media limits.
+    pub fn from_update(update: &Update, bot_username: &str, config: &Config) -> Option<Self> {
         let UpdateKind::Message(message) = &update.kind else {
             return None;
         };
+        let assistants = &config.commands;
         let kind = if message.chat.is_private() {
-            classify(message, bot_username, assistants)?
+            classify(message, bot_username, assistants, &config.media)?
         } else {
-            classify_in_group(message, bot_username, assistants)?
+            classify_in_group(message, bot_username, assistants, &config.media)?
         };
         let user = message.from.as_ref();
         Some(Self {
@@ -122,11 +236,114 @@ fn classify(
     message: &Message,
     bot_username: &str,
     assistants: &[CommandConfig],
+    media: &MediaConfig,
 ) -> Option<InboundKind> {
+    if let Some(attachment) = attachment(message, media) {
+        return media_message(message, attachment, bot_username, assistants, None);
+    }
     let Some(text) = message.text() else {
         return Some(InboundKind::NonText);
     };
     classify_private_text(text, bot_username, assistants)
+}
+
+/// A message's file, if it has one the bot knows about.
+fn attachment(message: &Message, media: &MediaConfig) -> Option<Attachment> {
+    let with = |kind, file: &FileMeta| Attachment {
+        kind,
+        file: FileRef::Telegram {
+            file_id: file.id.0.clone(),
+        },
+        size: known_size(file),
+        duration: None,
+        file_name: None,
+        mime_type: None,
+    };
+    if let Some(sizes) = message.photo() {
+        let chosen = choose_photo_size(sizes, media.max_image_bytes)?;
+        return Some(with(AttachmentKind::Photo, &chosen.file));
+    }
+    if let Some(voice) = message.voice() {
+        return Some(Attachment {
+            duration: Some(voice.duration.seconds()),
+            mime_type: voice.mime_type.as_ref().map(ToString::to_string),
+            ..with(AttachmentKind::Voice, &voice.file)
+        });
+    }
+    if let Some(audio) = message.audio() {
+        return Some(Attachment {
+            duration: Some(audio.duration.seconds()),
+            file_name: audio.file_name.clone(),
+            mime_type: audio.mime_type.as_ref().map(ToString::to_string),
+            ..with(AttachmentKind::Audio, &audio.file)
+        });
+    }
+    if let Some(note) = message.video_note() {
+        return Some(Attachment {
+            duration: Some(note.duration.seconds()),
+            mime_type: Some("video/mp4".into()),
+            file_name: Some("video_note.mp4".into()),
+            ..with(AttachmentKind::VideoNote, &note.file)
+        });
+    }
+    if let Some(document) = message.document() {
+        return Some(Attachment {
+            file_name: document.file_name.clone(),
+            mime_type: document.mime_type.as_ref().map(ToString::to_string),
+            ..with(AttachmentKind::Document, &document.file)
+        });
+    }
+    if let Some(video) = message.video() {
+        return Some(with(AttachmentKind::Unsupported, &video.file));
+    }
+    if let Some(animation) = message.animation() {
+        return Some(with(AttachmentKind::Unsupported, &animation.file));
+    }
+    None
+}
+
+/// Telegram reports `u32::MAX` (teloxide's fallback) when it gave no size.
+fn known_size(file: &FileMeta) -> Option<u64> {
+    (file.size != u32::MAX).then_some(u64::from(file.size))
+}
+
+/// The largest size of a photo within `max_bytes` (sizes of unknown bytes
+/// count as fitting); the smallest when none fits, so the session can say
+/// the photo is too large.
+fn choose_photo_size(sizes: &[PhotoSize], max_bytes: u64) -> Option<&PhotoSize> {
+    let area = |size: &&PhotoSize| u64::from(size.width) * u64::from(size.height);
+    sizes
+        .iter()
+        .filter(|size| known_size(&size.file).is_none_or(|bytes| bytes <= max_bytes))
+        .max_by_key(area)
+        .or_else(|| sizes.iter().min_by_key(area))
+}
+
+/// A media message: the attachment with its caption, which may be a
+/// command applying to it. `group_text` is the caption a group message
+/// was addressed with (the mention removed).
+fn media_message(
+    message: &Message,
+    attachment: Attachment,
+    bot_username: &str,
+    assistants: &[CommandConfig],
+    group_text: Option<String>,
+) -> Option<InboundKind> {
+    let caption = group_text.or_else(|| message.caption().map(str::to_owned));
+    let (caption, command) = match caption.as_deref().map(str::trim) {
+        None | Some("") => (None, None),
+        Some(caption) => match command::parse(caption, bot_username, assistants) {
+            Parsed::Command(command) => (None, Some(command)),
+            Parsed::ForAnotherBot => return None,
+            Parsed::Text => (Some(caption.to_owned()), None),
+        },
+    };
+    Some(InboundKind::Media(MediaMessage {
+        attachments: vec![attachment],
+        caption,
+        command,
+        media_group: message.media_group_id().map(|id| id.0.clone()),
+    }))
 }
 
 /// What a text sent in a private chat is: a command (`/name args`), plain
@@ -144,6 +361,58 @@ pub fn classify_private_text(
     })
 }
 
+/// What the console's `/image PATH`, `/voice PATH` and `/file PATH` lines
+/// send: a local file of `kind`, with the rest of the line as its caption
+/// (which may be a command). `None` for a caption command addressed to
+/// another bot.
+pub fn local_media(
+    kind: AttachmentKind,
+    path: PathBuf,
+    caption: &str,
+    assistants: &[CommandConfig],
+) -> Option<InboundKind> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned());
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let mime_type = match (kind, extension.as_str()) {
+        (AttachmentKind::Voice, "ogg" | "oga" | "opus") => Some("audio/ogg"),
+        (AttachmentKind::Voice, "mp3") => Some("audio/mpeg"),
+        (AttachmentKind::Voice, "wav") => Some("audio/wav"),
+        (AttachmentKind::Voice, "m4a" | "mp4") => Some("audio/mp4"),
+        (AttachmentKind::Voice, "flac") => Some("audio/flac"),
+        (AttachmentKind::Voice, "webm") => Some("audio/webm"),
+        _ => None,
+    };
+    let attachment = Attachment {
+        kind,
+        file: FileRef::Local(path),
+        size: None,
+        duration: None,
+        file_name,
+        mime_type: mime_type.map(str::to_owned),
+    };
+    let caption = caption.trim();
+    let (caption, command) = if caption.is_empty() {
+        (None, None)
+    } else {
+        match command::parse(caption, "", assistants) {
+            Parsed::Command(command) => (None, Some(command)),
+            Parsed::ForAnotherBot => return None,
+            Parsed::Text => (Some(caption.to_owned()), None),
+        }
+    };
+    Some(InboundKind::Media(MediaMessage {
+        attachments: vec![attachment],
+        caption,
+        command,
+        media_group: None,
+    }))
+}
+
 /// In a group the bot answers only what is addressed to it: its commands, a
 /// message mentioning `@bot_username`, or a reply to one of its messages.
 /// Everything else is `None`: never routed, never stored.
@@ -151,10 +420,19 @@ fn classify_in_group(
     message: &Message,
     bot_username: &str,
     assistants: &[CommandConfig],
+    media: &MediaConfig,
 ) -> Option<InboundKind> {
-    let text = message.text()?;
+    // Unaddressed media is dropped here, before anything is downloaded.
+    let attachment = attachment(message, media);
+    let text = match &attachment {
+        Some(_) => message.caption().unwrap_or_default(),
+        None => message.text()?,
+    };
     if let Parsed::Command(command) = command::parse(text, bot_username, assistants) {
-        return Some(InboundKind::Command(command));
+        return match attachment {
+            Some(attachment) => media_message(message, attachment, bot_username, assistants, None),
+            None => Some(InboundKind::Command(command)),
+        };
     }
     let mention = format!("@{bot_username}");
     let mentioned = text.to_lowercase().contains(&mention.to_lowercase());
@@ -167,7 +445,17 @@ fn classify_in_group(
         return None;
     }
     let without_mention = remove_ignore_case(text, &mention);
-    Some(InboundKind::Text(without_mention.trim().to_owned()))
+    let without_mention = without_mention.trim().to_owned();
+    match attachment {
+        Some(attachment) => media_message(
+            message,
+            attachment,
+            bot_username,
+            assistants,
+            Some(without_mention),
+        ),
+        None => Some(InboundKind::Text(without_mention)),
+    }
 }
 
 /// `text` without any `needle` (ASCII case-insensitive).
@@ -184,7 +472,115 @@ fn remove_ignore_case(text: &str, needle: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
+
+    fn config() -> Config {
+        Config::from_defaults_with("media.max_image_bytes = 50000\n").unwrap()
+    }
+
+    fn update(chat: &str, fields: &str) -> Update {
+        serde_json::from_str(&format!(
+            r#"{{"update_id":9,"message":{{"message_id":1,"date":1700000000,"chat":{chat},
+            "from":{{"id":5,"is_bot":false,"first_name":"Ann"}},{fields}}}}}"#
+        ))
+        .unwrap()
+    }
+
+    const PRIVATE: &str = r#"{"id":5,"type":"private","first_name":"Ann"}"#;
+    const GROUP: &str = r#"{"id":-7,"type":"group","title":"G"}"#;
+
+    fn photo(sizes: &[(&str, u32, u32)]) -> String {
+        let sizes: Vec<String> = sizes
+            .iter()
+            .map(|(id, side, bytes)| {
+                format!(
+                    r#"{{"file_id":"{id}","file_unique_id":"u{id}","width":{side},"height":{side},"file_size":{bytes}}}"#
+                )
+            })
+            .collect();
+        format!(r#""photo":[{}]"#, sizes.join(","))
+    }
+
+    fn media_of(inbound: Option<Inbound>) -> MediaMessage {
+        match inbound.expect("a message for the bot").kind {
+            InboundKind::Media(media) => media,
+            other => panic!("not media: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_largest_photo_size_within_the_limit_is_chosen() {
+        let config = config();
+        let fields = photo(&[("s", 90, 1_000), ("m", 320, 20_000), ("l", 1280, 90_000)]);
+        let media = media_of(Inbound::from_update(
+            &update(PRIVATE, &fields),
+            "bot",
+            &config,
+        ));
+        assert_eq!(
+            media.attachments[0].file,
+            FileRef::Telegram {
+                file_id: "m".into()
+            }
+        );
+        assert_eq!(media.attachments[0].size, Some(20_000));
+        // None fits: the smallest, so the session can say it is too large.
+        let fields = photo(&[("l", 1280, 90_000), ("xl", 2560, 300_000)]);
+        let media = media_of(Inbound::from_update(
+            &update(PRIVATE, &fields),
+            "bot",
+            &config,
+        ));
+        assert_eq!(media.attachments[0].size, Some(90_000));
+    }
+
+    #[test]
+    fn captions_are_text_or_commands_and_albums_keep_their_id() {
+        let config = config();
+        let fields = format!(
+            r#"{},"caption":"/caption for my beach post","media_group_id":"g1""#,
+            photo(&[("a", 90, 100)])
+        );
+        let media = media_of(Inbound::from_update(
+            &update(PRIVATE, &fields),
+            "bot",
+            &config,
+        ));
+        assert!(matches!(
+            media.command,
+            Some(Command::Assistant { ref name, ref args, .. }) if name == "caption" && args == "for my beach post"
+        ));
+        assert_eq!(media.caption, None);
+        assert_eq!(media.media_group.as_deref(), Some("g1"));
+        let voice = r#""voice":{"file_id":"v","file_unique_id":"uv","duration":4,"mime_type":"audio/ogg","file_size":3000},"caption":"hi""#;
+        let inbound = Inbound::from_update(&update(PRIVATE, voice), "bot", &config).unwrap();
+        assert_eq!(inbound.llm_cost(&config.media), config.media.audio_cost);
+        let media = media_of(Some(inbound));
+        assert_eq!(media.attachments[0].kind, AttachmentKind::Voice);
+        assert_eq!(media.attachments[0].duration, Some(4));
+        assert_eq!(media.caption.as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn in_groups_only_addressed_media_is_kept() {
+        let config = config();
+        let plain = photo(&[("a", 90, 100)]);
+        assert!(Inbound::from_update(&update(GROUP, &plain), "bot", &config).is_none());
+        let mentioned = format!(r#"{plain},"caption":"@Bot what is it?""#);
+        let media = media_of(Inbound::from_update(
+            &update(GROUP, &mentioned),
+            "bot",
+            &config,
+        ));
+        assert_eq!(media.caption.as_deref(), Some("what is it?"));
+        let command = format!(r#"{plain},"caption":"/caption sunset""#);
+        assert!(Inbound::from_update(&update(GROUP, &command), "bot", &config).is_some());
+        let sticker = r#""sticker":{"file_id":"s","file_unique_id":"us","type":"regular","width":1,"height":1,"is_animated":false,"is_video":false}"#;
+        let inbound = Inbound::from_update(&update(PRIVATE, sticker), "bot", &config).unwrap();
+        assert_eq!(inbound.kind, InboundKind::NonText);
+    }
 
     #[test]
     fn mentions_are_removed_whatever_their_case() {

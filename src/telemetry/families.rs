@@ -75,6 +75,8 @@ pub const REPLY_LATENCY: &str = "llmgram_reply_latency_seconds";
 pub const LLM_REQUESTS: &str = "llmgram_llm_requests_total";
 /// Failed LLM requests, per provider and error class.
 pub const LLM_ERRORS: &str = "llmgram_llm_errors_total";
+/// Transcriptions of audio, per provider and outcome.
+pub const TRANSCRIPTIONS: &str = "llmgram_transcriptions_total";
 /// LLM call latency, per provider and model.
 pub const LLM_LATENCY: &str = "llmgram_llm_latency_seconds";
 /// Tokens spent (prompt and completion).
@@ -118,6 +120,11 @@ pub const LIMIT_WAIT: &str = "llmgram_limit_wait_seconds";
 
 /// Updates that could not be read, skipped and confirmed, per reason.
 pub const UPDATES_SKIPPED: &str = "llmgram_updates_skipped_total";
+
+/// File downloads for media messages, per outcome.
+pub const MEDIA_DOWNLOADS: &str = "llmgram_media_downloads_total";
+/// Media messages answered, per kind and outcome.
+pub const MEDIA_MESSAGES: &str = "llmgram_media_messages_total";
 
 /// Every family, in the order README's table lists them.
 pub const FAMILIES: &[Family] = &[
@@ -164,6 +171,11 @@ pub const FAMILIES: &[Family] = &[
     seconds(
         LLM_LATENCY,
         "LLM call duration (retries included) per provider and model.",
+    ),
+    family(
+        TRANSCRIPTIONS,
+        Kind::Counter,
+        "Audio transcriptions per provider and outcome (ok, empty, failed).",
     ),
     family(
         LLM_TOKENS,
@@ -242,6 +254,50 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "Connections the ops or webhook listener closed, per reason.",
     ),
+    family(
+        MEDIA_MESSAGES,
+        Kind::Counter,
+        "Media messages handled, per kind and outcome.",
+    ),
+    family(
+        MEDIA_DOWNLOADS,
+        Kind::Counter,
+        "File downloads from Telegram, per outcome.",
+    ),
+];
+
+/// What a media message was (`kind` label of [`MEDIA_MESSAGES`]).
+pub const MEDIA_KINDS: &[&str] = &[
+    "photo",
+    "voice",
+    "audio",
+    "video_note",
+    "document",
+    "unsupported",
+];
+
+/// How a media message ended (`outcome` label of [`MEDIA_MESSAGES`]).
+pub const MEDIA_OUTCOMES: &[&str] = &[
+    "answered",
+    "too_big",
+    "too_long",
+    "download_failed",
+    "unreadable",
+    "no_vision",
+    "no_transcription",
+    "transcription_failed",
+    "nothing_heard",
+    "unsupported",
+];
+
+/// Outcomes of a download (`outcome` label of [`MEDIA_DOWNLOADS`]).
+pub const DOWNLOAD_OUTCOMES: &[&str] = &[
+    "ok",
+    "too_big",
+    "not_found",
+    "failed",
+    "no_source",
+    "reader",
 ];
 
 /// The global limits that queue (`limit` label of [`LIMIT_QUEUED`] and its
@@ -269,6 +325,10 @@ pub const REJECT_REASONS: &[&str] = &["empty", "too_long"];
 
 /// The states a breaker moves to (`to` label of [`BREAKER_TRANSITIONS`]).
 pub const BREAKER_STATES: &[&str] = &["closed", "half_open", "open"];
+
+/// How a provider's transcription ended (`outcome` label of
+/// [`TRANSCRIPTIONS`]): a transcript, one of nothing heard, or an error.
+pub const TRANSCRIPTION_OUTCOMES: &[&str] = &["ok", "empty", "failed"];
 
 /// Bucket bounds of [`STORE_BATCH`] (requests per commit).
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
@@ -324,6 +384,10 @@ pub fn register(known: Known<'_>) {
             "provider" => provider.clone(),
             "model" => model.to_owned()
         ));
+        for outcome in TRANSCRIPTION_OUTCOMES {
+            metrics::counter!(TRANSCRIPTIONS, "provider" => provider.clone(), "outcome" => *outcome)
+                .increment(0);
+        }
         metrics::gauge!(BREAKER_WAITING, "provider" => provider.clone()).increment(0.0);
         // Every breaker starts closed (0).
         metrics::gauge!(BREAKER_STATE, "provider" => provider.clone()).increment(0.0);
@@ -352,6 +416,14 @@ pub fn register(known: Known<'_>) {
             metrics::counter!(CONNECTIONS_CLOSED, "listener" => *listener, "reason" => *reason)
                 .increment(0);
         }
+    }
+    for kind in MEDIA_KINDS {
+        for outcome in MEDIA_OUTCOMES {
+            metrics::counter!(MEDIA_MESSAGES, "kind" => *kind, "outcome" => *outcome).increment(0);
+        }
+    }
+    for outcome in DOWNLOAD_OUTCOMES {
+        metrics::counter!(MEDIA_DOWNLOADS, "outcome" => *outcome).increment(0);
     }
     for kind in super::SecurityKind::ALL {
         metrics::counter!(SECURITY_EVENTS, "kind" => kind.as_str()).increment(0);

@@ -18,6 +18,7 @@ mod hardening_sessions;
 mod hardening_startup;
 mod isolation;
 mod long_answer;
+mod media;
 mod operations;
 mod ordering;
 mod persistence;

@@ -310,7 +310,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
         .updates
         .iter()
         .filter_map(|update| {
-            let converted = Inbound::from_update(update, bot_username, &state.full_config.commands);
+            let converted = Inbound::from_update(update, bot_username, &state.full_config);
             if converted.is_none() {
                 tracing::debug!(update_id = update.id.0, "update ignored");
             }
@@ -324,7 +324,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
     );
     metrics::counter!("llmgram_updates_received_total").increment(batch.received as u64);
 
-    hand_over(&state.directory, inbound)
+    hand_over(&state.directory, &state.full_config.media, inbound)
         .await
         .map_err(|error| match error {
             HandOverError::Store(StoreError::Poisoned(reason)) => {

@@ -186,6 +186,20 @@ pub enum Cost {
     Free,
     /// An LLM call.
     Llm,
+    /// A media message: this many LLM calls (`media.*_cost`), since a
+    /// vision request or a transcription costs the provider more.
+    Calls(u32),
+}
+
+impl Cost {
+    /// LLM calls it counts as.
+    fn calls(self) -> u32 {
+        match self {
+            Self::Free => 0,
+            Self::Llm => 1,
+            Self::Calls(n) => n,
+        }
+    }
 }
 
 /// The limiter's decision.
@@ -318,6 +332,8 @@ pub(crate) struct LimiterState {
     bans: HashSet<i64>,
     per_user: DefaultKeyedRateLimiter<i64>,
     per_user_llm: DefaultKeyedRateLimiter<i64>,
+    /// `limits.user_llm_per_minute`: the most calls one message may count as.
+    llm_burst: NonZeroU32,
     global_llm: Pacer,
     new_chats: Pacer,
     /// Until when each limited user has been told to wait.
@@ -356,6 +372,7 @@ impl Actor for Limiter {
             directory: args.directory,
             per_user: RateLimiter::keyed(per_minute(config.user_messages_per_minute)),
             per_user_llm: RateLimiter::keyed(per_minute(config.user_llm_per_minute)),
+            llm_burst: NonZeroU32::new(config.user_llm_per_minute).unwrap_or(NonZeroU32::MIN),
             global_llm,
             new_chats,
             notified_until: HashMap::new(),
@@ -487,14 +504,17 @@ fn on_check(state: &mut LimiterState, request: LimitRequest) -> Verdict {
         .check_key(&user)
         .err()
         .map(|n| n.wait_time_from(now));
-    if wait.is_none() && request.cost == Cost::Llm {
+    if let Some(calls) = NonZeroU32::new(request.cost.calls()).filter(|_| wait.is_none()) {
         // The global LLM limit is not checked here: it delays the call
-        // itself (`ReserveLlmCall`) rather than refusing the message.
-        wait = state
-            .per_user_llm
-            .check_key(&user)
-            .err()
-            .map(|n| n.wait_time_from(now));
+        // itself (`ReserveLlmCall`) rather than refusing the message. A
+        // cost above the whole allowance counts as the whole allowance, so
+        // an expensive message is never refused forever.
+        let calls = calls.min(state.llm_burst);
+        wait = match state.per_user_llm.check_key_n(&user, calls) {
+            Ok(Ok(())) => None,
+            Ok(Err(not_until)) => Some(not_until.wait_time_from(now)),
+            Err(_insufficient) => None,
+        };
     }
     let Some(retry_in) = wait else {
         return Verdict::Allowed;
@@ -538,6 +558,7 @@ mod tests {
             bans: HashSet::from([66, 99]),
             per_user: RateLimiter::keyed(per_minute(limits.user_messages_per_minute)),
             per_user_llm: RateLimiter::keyed(per_minute(limits.user_llm_per_minute)),
+            llm_burst: NonZeroU32::new(limits.user_llm_per_minute).unwrap_or(NonZeroU32::MIN),
             global_llm: pacers(limits).0,
             new_chats: pacers(limits).1,
             notified_until: HashMap::new(),

@@ -1,12 +1,24 @@
-//! LLM pool: every chat-completion request goes through here, at most
-//! `llm.max_concurrency` at a time, to the first provider whose circuit
-//! breaker admits it, with retries, and falling back along the provider list.
+//! LLM pool: every chat-completion and transcription request goes through
+//! here, at most `llm.max_concurrency` at a time (both share the slots), to
+//! the first provider whose circuit breaker admits it, with retries, and
+//! falling back along the provider list.
 //!
 //! - **Supervised by:** root, permanent.
 //! - **Messages:** [`LlmPoolMsg::Complete`] — a prompt in, an answer or a
-//!   classified [`LlmError`] out; [`LlmPoolMsg::SetModel`] (admin `/model`,
-//!   stored as the `default_model` setting and reloaded on start) and
-//!   [`LlmPoolMsg::CurrentModel`].
+//!   classified [`LlmError`] out; [`LlmPoolMsg::Transcribe`] — audio in, a
+//!   [`Transcript`] or a classified [`LlmError`] out;
+//!   [`LlmPoolMsg::SetModel`] (admin `/model`, stored as the `default_model`
+//!   setting and reloaded on start) and [`LlmPoolMsg::CurrentModel`].
+//! - **Which providers:** a prompt with images goes only to the providers
+//!   that can see images (the primary with `llm.vision_model`, fallbacks
+//!   with `vision = true`), each with its vision model: neither a chat's nor
+//!   the admin's `/model` choice applies to it (a text model cannot read
+//!   the image). None: [`LlmError::NoVision`] at once. Audio goes only to
+//!   providers with a transcription model, in fallback order; none:
+//!   [`LlmError::NoTranscription`] at once. A transcription's time is not
+//!   judged as a slow call by the breaker (it follows the audio's length);
+//!   its failures count like a chat call's. Its overall bound is the longer
+//!   of `llm.fallback_after` and `llm.transcription_timeout`.
 //! - **State:** the providers' [`LlmClient`]s (one pooled HTTP client each)
 //!   and the request slots, all created once by `app` so they outlive
 //!   restarts of this actor.
@@ -39,7 +51,7 @@ use super::breaker::{Admission, CallOutcome};
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::LlmConfig;
 use crate::llm::client::{CallOptions, StreamTo};
-use crate::llm::{ChatMessage, Completion, LlmClient, LlmError};
+use crate::llm::{ChatMessage, Completion, LlmClient, LlmError, Transcript};
 use crate::store::record::BotSetting;
 use crate::store::{BotKey, StoreError};
 
@@ -76,6 +88,29 @@ impl LlmPoolHandle<'_> {
                 messages: messages.to_vec(),
                 options: options.clone(),
                 stream: stream.cloned(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(LlmError::PoolUnavailable))
+    }
+
+    /// Transcribes `audio` (a file named `file_name`, of MIME type `mime`,
+    /// e.g. `voice.ogg`, `audio/ogg`) with the first provider that has a
+    /// transcription model and answers. An empty [`Transcript::text`] means
+    /// nothing was heard. **Fails closed** with a classified [`LlmError`]
+    /// ([`LlmError::PoolUnavailable`] when the pool stays away); a request is
+    /// resent to a restarted pool.
+    pub async fn transcribe(
+        &self,
+        audio: bytes::Bytes,
+        file_name: &str,
+        mime: &str,
+    ) -> Result<Transcript, LlmError> {
+        self.directory
+            .call(ADDRESS, |reply| LlmPoolMsg::Transcribe {
+                audio: audio.clone(),
+                file_name: file_name.to_owned(),
+                mime: mime.to_owned(),
                 reply,
             })
             .await
@@ -136,6 +171,17 @@ pub(crate) enum LlmPoolMsg {
         stream: Option<StreamTo>,
         /// The answer or the classified failure.
         reply: RpcReplyPort<Result<Completion, LlmError>>,
+    },
+    /// Transcribe this audio.
+    Transcribe {
+        /// The file's bytes (shared, not copied, across retries).
+        audio: bytes::Bytes,
+        /// Its name; providers tell the format from the extension.
+        file_name: String,
+        /// Its MIME type.
+        mime: String,
+        /// The transcript or the classified failure.
+        reply: RpcReplyPort<Result<Transcript, LlmError>>,
     },
 }
 
@@ -217,6 +263,12 @@ impl Actor for LlmPool {
                 stream,
                 reply,
             } => on_complete(state, messages, options, stream, reply),
+            LlmPoolMsg::Transcribe {
+                audio,
+                file_name,
+                mime,
+                reply,
+            } => on_transcribe(state, audio, file_name, mime, reply),
             LlmPoolMsg::SetModel { model, reply } => {
                 let stored = state
                     .directory
@@ -249,7 +301,8 @@ impl Actor for LlmPool {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// A model for the primary provider (a command's), over the admin's and
-    /// the configured one.
+    /// the configured one. Not for a prompt with images, which goes to
+    /// each provider's vision model.
     pub model: Option<Arc<str>>,
     /// A sampling temperature for every provider.
     pub temperature: Option<f32>,
@@ -271,23 +324,108 @@ fn on_complete(
     let health = Arc::clone(&state.health);
     tokio::spawn(async move {
         let deadline = Instant::now() + config.fallback_after;
-        let result = match tokio::time::timeout(config.queue_timeout, slots.acquire_owned()).await {
-            Ok(Ok(_slot)) => {
-                let call = Call {
-                    messages: &messages,
-                    primary_model: model.as_deref(),
-                    temperature,
-                    stream: stream.as_ref(),
-                    deadline,
-                    health: &health,
-                };
-                complete_with_fallback(&providers, &directory, &config, call).await
+        let with_images = messages.iter().any(|message| !message.images().is_empty());
+        // Each provider the prompt may go to, in order, with its model
+        // (`None`: the provider's own).
+        let route: Vec<(usize, Option<&str>)> = if with_images {
+            providers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, provider)| Some((index, Some(provider.vision_model()?))))
+                .collect()
+        } else {
+            (0..providers.len())
+                .map(|index| (index, if index == 0 { model.as_deref() } else { None }))
+                .collect()
+        };
+        let result = if route.is_empty() {
+            tracing::debug!("a prompt with images, and no provider can see images");
+            Err(LlmError::NoVision)
+        } else {
+            match tokio::time::timeout(config.queue_timeout, slots.acquire_owned()).await {
+                Ok(Ok(_slot)) => {
+                    let call = Call {
+                        messages: &messages,
+                        temperature,
+                        stream: stream.as_ref(),
+                        deadline,
+                    };
+                    complete_with_fallback(&providers, &route, &directory, &config, &health, call)
+                        .await
+                }
+                // The semaphore is never closed; treat it like a missing pool.
+                Ok(Err(_closed)) => Err(LlmError::PoolUnavailable),
+                Err(_elapsed) => Err(LlmError::Overloaded),
             }
-            // The semaphore is never closed; treat it like a missing pool.
-            Ok(Err(_closed)) => Err(LlmError::PoolUnavailable),
-            Err(_elapsed) => Err(LlmError::Overloaded),
         };
         // The caller may have given up (its session stopped): nothing to do.
+        let _ = reply.send(result);
+    });
+}
+
+fn on_transcribe(
+    state: &LlmPoolState,
+    audio: bytes::Bytes,
+    file_name: String,
+    mime: String,
+    reply: RpcReplyPort<Result<Transcript, LlmError>>,
+) {
+    let providers = Arc::clone(&state.providers);
+    let slots = Arc::clone(&state.slots);
+    let config = Arc::clone(&state.config);
+    let directory = state.directory.clone();
+    let health = Arc::clone(&state.health);
+    tokio::spawn(async move {
+        // One transcription may take transcription_timeout: a bound below
+        // it would cut every slow one short.
+        let deadline = Instant::now() + config.fallback_after.max(config.transcription_timeout);
+        let route: Vec<usize> = providers
+            .iter()
+            .enumerate()
+            .filter(|(_, provider)| provider.transcription_model().is_some())
+            .map(|(index, _)| index)
+            .collect();
+        let result = if route.is_empty() {
+            tracing::debug!("audio to transcribe, and no provider transcribes");
+            Err(LlmError::NoTranscription)
+        } else {
+            match tokio::time::timeout(config.queue_timeout, slots.acquire_owned()).await {
+                Ok(Ok(_slot)) => {
+                    let (audio, file_name, mime) = (&audio, file_name.as_str(), mime.as_str());
+                    let providers = &*providers;
+                    let retry = &config.retry;
+                    let limits = Limits {
+                        deadline,
+                        call_timeout: config.transcription_timeout,
+                    };
+                    with_fallback(providers, &route, &directory, &health, limits, |_, provider| {
+                        let model = provider.transcription_model().unwrap_or_default();
+                        async move {
+                            let (result, attempts) = provider
+                                .transcribe_with_retries(
+                                    audio.clone(),
+                                    file_name,
+                                    mime,
+                                    model,
+                                    retry,
+                                    deadline,
+                                )
+                                .await;
+                            metrics::counter!("llmgram_llm_requests_total", "provider" => provider.name().to_owned())
+                                .increment(u64::from(attempts));
+                            // Its time follows the audio's length, not the
+                            // provider's health (a hung call still fails,
+                            // at transcription_timeout).
+                            (result, attempts, Duration::ZERO)
+                        }
+                    })
+                    .await
+                }
+                // The semaphore is never closed; treat it like a missing pool.
+                Ok(Err(_closed)) => Err(LlmError::PoolUnavailable),
+                Err(_elapsed) => Err(LlmError::Overloaded),
+            }
+        };
         let _ = reply.send(result);
     });
 }
@@ -295,42 +433,113 @@ fn on_complete(
 /// One request's prompt and limits.
 struct Call<'a> {
     messages: &'a [ChatMessage],
-    /// The model for the primary provider only (a command's or the admin's).
-    primary_model: Option<&'a str>,
     temperature: Option<f32>,
     stream: Option<&'a StreamTo>,
     deadline: Instant,
-    health: &'a crate::ops::Health,
 }
 
+/// A prompt through [`with_fallback`], each provider called with its model
+/// of `route`.
 async fn complete_with_fallback(
     providers: &[LlmClient],
+    route: &[(usize, Option<&str>)],
     directory: &Directory,
     config: &LlmConfig,
+    health: &crate::ops::Health,
     call: Call<'_>,
 ) -> Result<Completion, LlmError> {
     let Call {
         messages,
-        primary_model,
         temperature,
         stream,
         deadline,
-        health,
     } = call;
+    let order: Vec<usize> = route.iter().map(|&(index, _)| index).collect();
+    let limits = Limits {
+        deadline,
+        call_timeout: config.request_timeout,
+    };
+    with_fallback(providers, &order, directory, health, limits, |index, provider| {
+        let model = route
+            .iter()
+            .find(|&&(at, _)| at == index)
+            .and_then(|&(_, model)| model);
+        async move {
+            let started = Instant::now();
+            let (result, attempts) = provider
+                .complete_with_retries(
+                    messages,
+                    CallOptions {
+                        model,
+                        temperature,
+                        stream,
+                    },
+                    &config.retry,
+                    deadline,
+                )
+                .await;
+            let elapsed = started.elapsed();
+            metrics::counter!("llmgram_llm_requests_total", "provider" => provider.name().to_owned())
+                .increment(u64::from(attempts));
+            metrics::histogram!(
+                "llmgram_llm_latency_seconds",
+                "provider" => provider.name().to_owned(),
+                "model" => model.unwrap_or(provider.model()).to_owned()
+            )
+            .record(elapsed.as_secs_f64());
+            // A stream is as slow as its first text.
+            let duration = result
+                .as_ref()
+                .ok()
+                .and_then(|completion| completion.first_text_after)
+                .unwrap_or(elapsed);
+            (result, attempts, duration)
+        }
+    })
+    .await
+}
+
+/// The time bounds of one request through [`with_fallback`].
+#[derive(Clone, Copy)]
+struct Limits {
+    /// When the caller gets [`LlmError::NoProvider`] at the latest.
+    deadline: Instant,
+    /// One call's own time limit: a probe admitted later than
+    /// `deadline - call_timeout` could not finish.
+    call_timeout: Duration,
+}
+
+/// Tries the providers of `route` (indices into `providers`, in order) with
+/// `call` (given the index and the provider), each guarded by its breaker, until one succeeds: first every
+/// provider whose breaker admits a call now; then, if none succeeded, waits
+/// for the probe of the open breaker that probes first. `call` returns the
+/// result, the calls made, and the duration the breaker judges.
+async fn with_fallback<'p, T, F, Fut>(
+    providers: &'p [LlmClient],
+    route: &[usize],
+    directory: &Directory,
+    health: &crate::ops::Health,
+    limits: Limits,
+    mut call: F,
+) -> Result<T, LlmError>
+where
+    F: FnMut(usize, &'p LlmClient) -> Fut,
+    Fut: Future<Output = (Result<T, LlmError>, u32, Duration)>,
+{
+    let Limits {
+        deadline,
+        call_timeout,
+    } = limits;
     let mut retry_in: Option<Duration> = None;
     let mut last = None;
     // A probe admitted later than this could not finish before the deadline
     // (and, cut short, would count as a failure against the provider).
-    let latest_start = deadline
-        .checked_sub(config.request_timeout)
-        .unwrap_or(deadline);
-    // First every provider whose breaker admits a call now; then, if none
-    // answered, wait for the probe of the open breaker that probes first.
+    let latest_start = deadline.checked_sub(call_timeout).unwrap_or(deadline);
     let mut soonest: Option<(usize, Duration)> = None;
-    let mut candidates: Vec<(usize, bool)> = (0..providers.len()).map(|i| (i, false)).collect();
+    let mut candidates: Vec<(usize, bool)> = route.iter().map(|&index| (index, false)).collect();
     let mut next = 0;
     loop {
-        if next == providers.len()
+        if next == route.len()
             && let Some((index, _)) = soonest.take()
         {
             candidates.push((index, true));
@@ -370,48 +579,21 @@ async fn complete_with_fallback(
             }
             continue;
         }
-        let started = Instant::now();
-        let (result, attempts) = provider
-            .complete_with_retries(
-                messages,
-                CallOptions {
-                    model: if index == 0 { primary_model } else { None },
-                    temperature,
-                    stream,
-                },
-                &config.retry,
-                deadline,
-            )
-            .await;
-        let elapsed = started.elapsed();
-        metrics::counter!("llmgram_llm_requests_total", "provider" => provider.name().to_owned())
-            .increment(u64::from(attempts));
-        metrics::histogram!(
-            "llmgram_llm_latency_seconds",
-            "provider" => provider.name().to_owned(),
-            "model" => if index == 0 { primary_model.unwrap_or(provider.model()) } else { provider.model() }.to_owned()
-        )
-        .record(elapsed.as_secs_f64());
-        let outcome = CallOutcome {
+        let (result, attempts, duration) = call(index, provider).await;
+        breaker.record(CallOutcome {
             failed: result
                 .as_ref()
                 .err()
                 .is_some_and(LlmError::counts_against_provider),
-            // A stream is as slow as its first text.
-            duration: result
-                .as_ref()
-                .ok()
-                .and_then(|completion| completion.first_text_after)
-                .unwrap_or(elapsed),
-        };
-        breaker.record(outcome);
+            duration,
+        });
         match result {
-            Ok(completion) => {
+            Ok(value) => {
                 tracing::debug!(provider = provider.name(), attempts, "answered");
                 if let Some(slot) = health.provider_ok_ms.get(index) {
                     crate::ops::Health::stamp(slot);
                 }
-                return Ok(completion);
+                return Ok(value);
             }
             Err(LlmError::Abandoned) => return Err(LlmError::Abandoned),
             Err(error @ LlmError::StreamCut(_)) => {

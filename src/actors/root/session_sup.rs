@@ -200,6 +200,8 @@ pub(crate) struct SessionDeps {
     pub(crate) health: Arc<Health>,
     /// Reply texts.
     pub(crate) locales: Locales,
+    /// Fetches the files of media messages (bounded downloads).
+    pub(crate) fetcher: crate::media::fetch::Fetcher,
 }
 
 /// What the session supervisor is built from.

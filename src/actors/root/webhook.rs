@@ -344,12 +344,11 @@ async fn receive(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
     let Some(update) = read.update else {
         return StatusCode::OK;
     };
-    let Some(inbound) =
-        Inbound::from_update(&update, &receiver.bot_username, &receiver.config.commands)
+    let Some(inbound) = Inbound::from_update(&update, &receiver.bot_username, &receiver.config)
     else {
         return StatusCode::OK;
     };
-    match hand_over(&receiver.directory, vec![inbound]).await {
+    match hand_over(&receiver.directory, &receiver.config.media, vec![inbound]).await {
         Ok(()) => StatusCode::OK,
         Err(error) => {
             // Telegram delivers it again; the store recognises it if it was

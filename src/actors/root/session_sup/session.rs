@@ -50,6 +50,7 @@ mod group_admin;
 mod intake;
 mod live;
 mod llm_turn;
+mod media_turn;
 mod turn;
 
 use std::sync::Arc;
@@ -132,6 +133,9 @@ pub(crate) struct SessionState {
     burst_generation: u64,
     /// `session.merge_window`, or zero when this session does not merge.
     merge_window: std::time::Duration,
+    /// Whether an album's updates are held and answered together (not in
+    /// a session replacing one that crashed: each is retried alone).
+    merges_albums: bool,
     /// An answer (or an admission wait) was cancelled by a `/cancel` that
     /// is still to be handled: that `/cancel` says nothing, since the
     /// cancelled turn already said so.
@@ -170,6 +174,7 @@ impl Actor for Session {
             signals: Arc::clone(&args.signals),
             burst: Vec::new(),
             burst_generation: 0,
+            merges_albums: args.merge,
             merge_window: if args.merge {
                 session.merge_window
             } else {
@@ -281,7 +286,10 @@ async fn on_update(
                 .language_code
                 .clone_from(&inbound.language_code);
         }
-        if matches!(inbound.kind, InboundKind::Command(_)) {
+        if matches!(
+            inbound.kind,
+            InboundKind::Command(_) | InboundKind::Media(_)
+        ) {
             // Another command means the user moved on.
             state.awaiting_input = None;
         }
@@ -308,6 +316,7 @@ async fn respond(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
     match &inbound.kind {
         InboundKind::Command(command) => on_command(state, turn, command).await,
         InboundKind::Text(text) => on_text(state, turn, text).await,
+        InboundKind::Media(media) => media_turn::on_media(state, turn, media).await,
         InboundKind::NonText => Reply::Plain(turn.texts.non_text.clone()),
     }
 }

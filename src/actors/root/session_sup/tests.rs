@@ -85,6 +85,9 @@ impl Actor for StandInPool {
             }
             LlmPoolMsg::CurrentModel { reply } => drop(reply.send("stand-in".into())),
             LlmPoolMsg::SetModel { reply, .. } => drop(reply.send(Ok(()))),
+            LlmPoolMsg::Transcribe { reply, .. } => {
+                drop(reply.send(Err(crate::llm::LlmError::NoTranscription)));
+            }
             #[cfg(feature = "chaos")]
             LlmPoolMsg::Panic => {}
         }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::SessionState;
 use super::turn::{Reply, Turn};
 use crate::telegram::TelegramError;
+use crate::telegram::command::Command;
 use crate::telegram::inbound::{Inbound, InboundKind};
 use crate::telemetry::{SecurityKind, security_event};
 
@@ -32,6 +33,10 @@ fn changes_the_group(inbound: &Inbound) -> bool {
     }
     match &inbound.kind {
         InboundKind::Command(command) => command.changes_the_group(),
+        InboundKind::Media(media) => media
+            .command
+            .as_ref()
+            .is_some_and(Command::changes_the_group),
         InboundKind::Text(_) | InboundKind::NonText => false,
     }
 }

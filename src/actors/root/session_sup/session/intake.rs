@@ -9,6 +9,11 @@
 //! them). Held texts stay pending at the supervisor, so a crash loses none;
 //! the merged turn marks each of them answered. A `/cancel` while texts are
 //! held drops them ([`cancel_burst`]).
+//!
+//! Albums: Telegram delivers an album's photos (or documents, or audio
+//! files) as separate updates sharing a `media_group_id`. They are held the
+//! same way, for `media.album_wait` after the last one, and answered as one
+//! media turn with all the files.
 
 use std::sync::Arc;
 
@@ -19,7 +24,7 @@ use super::{SessionMsg, SessionState, on_update};
 use crate::input;
 use crate::llm::Role;
 use crate::telegram::command::Command;
-use crate::telegram::inbound::{Inbound, InboundKind};
+use crate::telegram::inbound::{Inbound, InboundKind, MediaMessage};
 
 /// Holds a text back while more may follow (`session.merge_window`);
 /// answers anything else at once, after the texts held back.
@@ -29,10 +34,29 @@ pub(super) async fn on_arrival(
     inbound: Arc<Inbound>,
 ) -> Result<(), ActorProcessingErr> {
     let window = state.merge_window;
-    let mergeable = !window.is_zero()
-        && inbound.refused.is_none()
+    let holdable = inbound.refused.is_none()
         && inbound.sent_at.is_some()
         && !state.answered_before(inbound.update_id);
+    let mergeable = !window.is_zero() && holdable;
+    let album = album_of(&inbound)
+        .filter(|_| holdable && state.merges_albums)
+        .map(str::to_owned);
+    if let Some(album) = album {
+        let joins = state
+            .burst
+            .first()
+            .is_some_and(|first| album_of(first) == Some(album.as_str()));
+        if !joins {
+            answer_burst(state).await?;
+        }
+        state.burst.push(inbound);
+        state.burst_generation += 1;
+        let generation = state.burst_generation;
+        myself.send_after(state.deps.config.media.album_wait, move || {
+            SessionMsg::FlushBurst { generation }
+        });
+        return Ok(());
+    }
     let text_chars = match &inbound.kind {
         InboundKind::Text(text) if mergeable => Some(text.chars().count()),
         _ => None,
@@ -53,7 +77,8 @@ pub(super) async fn on_arrival(
             .sent_at
             .zip(inbound.sent_at)
             .is_some_and(|(first, this)| (this - first).abs() <= window_secs.max(1));
-        let joins = first.user_id == inbound.user_id
+        let joins = matches!(first.kind, InboundKind::Text(_))
+            && first.user_id == inbound.user_id
             && sent_together
             && inbound
                 .received_at
@@ -81,6 +106,32 @@ pub(super) async fn on_arrival(
         myself.cast(SessionMsg::FlushBurst { generation })?;
     }
     Ok(())
+}
+
+/// The album an update belongs to, if any.
+fn album_of(inbound: &Inbound) -> Option<&str> {
+    match &inbound.kind {
+        InboundKind::Media(media) => media.media_group.as_deref(),
+        _ => None,
+    }
+}
+
+/// An album's updates as one media message: every file in arrival order,
+/// the first caption or command.
+fn merged_album(burst: &[Arc<Inbound>]) -> Option<MediaMessage> {
+    let mut parts = burst.iter().filter_map(|inbound| match &inbound.kind {
+        InboundKind::Media(media) => Some(media),
+        _ => None,
+    });
+    let mut merged = parts.next()?.clone();
+    for part in parts {
+        merged.attachments.extend(part.attachments.iter().cloned());
+        if merged.caption.is_none() && merged.command.is_none() {
+            merged.caption.clone_from(&part.caption);
+            merged.command.clone_from(&part.command);
+        }
+    }
+    Some(merged)
 }
 
 fn is_cancel(inbound: &Inbound) -> bool {
@@ -136,9 +187,12 @@ pub(super) async fn answer_burst(state: &mut SessionState) -> Result<(), ActorPr
     if earlier.is_empty() {
         return on_update(state, last, &[]).await;
     }
-    let text = merged_text(&burst);
+    let kind = match merged_album(&burst) {
+        Some(album) => InboundKind::Media(album),
+        None => InboundKind::Text(merged_text(&burst)),
+    };
     let merged = Inbound {
-        kind: InboundKind::Text(text),
+        kind,
         ..Inbound::clone(last)
     };
     let earlier: Vec<u32> = earlier.iter().map(|inbound| inbound.update_id).collect();

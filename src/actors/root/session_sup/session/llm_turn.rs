@@ -19,26 +19,33 @@ use crate::actors::root::session_sup::SessionDeps;
 use crate::config::LlmConfig;
 use crate::llm::client::StreamTo;
 use crate::llm::{ChatMessage, Completion, LlmError, Role};
+use crate::store::record::StoredFile;
 use crate::texts::{Texts, fill, retry_in_seconds};
 
 /// Characters per token when the provider reports no usage: the usual rule
 /// of thumb for English and code; generous for other scripts.
 const CHARS_PER_TOKEN: u64 = 4;
+/// Tokens an image counts as when the provider reports no usage: OpenAI
+/// bills a 1024×1024 image at high detail 765 tokens, Llama 4 vision tiles
+/// cost about as much; rounded up.
+pub(super) const IMAGE_TOKENS: u64 = 800;
+
+/// A message's estimated tokens: its characters, and its images.
+fn message_tokens(message: &ChatMessage) -> u64 {
+    (message.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN)
+        + message.images().len() as u64 * IMAGE_TOKENS
+}
 
 fn estimate_tokens(prompt: &[ChatMessage], answer: &str) -> u64 {
-    let chars: usize = prompt
-        .iter()
-        .map(|m| m.content.chars().count())
-        .sum::<usize>()
-        + answer.chars().count();
-    (chars as u64).div_ceil(CHARS_PER_TOKEN)
+    prompt.iter().map(message_tokens).sum::<u64>()
+        + (answer.chars().count() as u64).div_ceil(CHARS_PER_TOKEN)
 }
 
 /// Drops the oldest history messages (never the system prompt or the new
 /// message) until the prompt's estimated tokens fit `budget`, and never
 /// leaves an assistant message first.
 fn fit_context(prompt: &mut Vec<ChatMessage>, budget: u64) {
-    let tokens = |m: &ChatMessage| (m.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN);
+    let tokens = message_tokens;
     let mut total: u64 = prompt.iter().map(tokens).sum();
     while prompt.len() > 2
         && (total > budget || prompt.get(1).is_some_and(|m| m.role == Role::Assistant))
@@ -61,11 +68,49 @@ pub(super) async fn answer(state: &mut SessionState, turn: &mut Turn<'_>, text: 
     answer_with(state, turn, text, Overrides::default()).await
 }
 
+/// What the user asks in one turn: what the model gets now, and what the
+/// history keeps of it.
+pub(super) struct Ask {
+    /// The user's message as the model gets it now.
+    pub(super) text: Arc<str>,
+    /// Images sent with it this once (data URLs); never kept.
+    pub(super) images: Vec<Arc<str>>,
+    /// What the history keeps of the message: for media, what was read
+    /// from the files (a description, a transcript, a document's text).
+    pub(super) remembered: Arc<str>,
+    /// The files it came with (references only).
+    pub(super) files: Vec<StoredFile>,
+}
+
+impl Ask {
+    /// A text, asked and kept as it is.
+    pub(super) fn text(text: &str) -> Self {
+        let text: Arc<str> = text.into();
+        Self {
+            remembered: Arc::clone(&text),
+            text,
+            images: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
 /// [`answer`] with a command's model or temperature.
 pub(super) async fn answer_with(
     state: &mut SessionState,
     turn: &mut Turn<'_>,
     text: &str,
+    options: Overrides,
+) -> Reply {
+    ask(state, turn, Ask::text(text), options).await
+}
+
+/// Asks the LLM `question` (text, possibly images), with a command's model
+/// or temperature.
+pub(super) async fn ask(
+    state: &mut SessionState,
+    turn: &mut Turn<'_>,
+    question: Ask,
     options: Overrides,
 ) -> Reply {
     if let Some(refusal) = over_budget(state, turn) {
@@ -78,8 +123,18 @@ pub(super) async fn answer_with(
             .or_else(|| state.settings.model.as_deref().map(Arc::from)),
         ..options
     };
-    let user_text: Arc<str> = text.into();
-    let mut prompt = state.history.prompt(&state.system_prompt, &user_text);
+    let Ask {
+        text,
+        images,
+        remembered,
+        files,
+    } = question;
+    let mut prompt = state.history.prompt(&state.system_prompt, &text);
+    if !images.is_empty()
+        && let Some(last) = prompt.last_mut()
+    {
+        *last = ChatMessage::with_images(Role::User, text, images);
+    }
     let llm = &state.deps.config.llm;
     fit_context(
         &mut prompt,
@@ -97,7 +152,7 @@ pub(super) async fn answer_with(
     let asked = Asked {
         partial: live.text().to_owned(),
         prompt,
-        user_text,
+        question: Question { remembered, files },
     };
     turn.streamed = live.into_shown();
     match result {
@@ -142,9 +197,25 @@ fn stream_channel(llm: &LlmConfig) -> (StreamTo, mpsc::Receiver<String>) {
 /// What was asked, and what of the answer the user has seen.
 struct Asked {
     prompt: Vec<ChatMessage>,
-    user_text: Arc<str>,
+    question: Question,
     /// The streamed text shown so far (empty without streaming).
     partial: String,
+}
+
+/// The user's message as the history keeps it.
+struct Question {
+    remembered: Arc<str>,
+    files: Vec<StoredFile>,
+}
+
+impl Question {
+    /// Puts the user's message in the history: it stays whatever became of
+    /// the answer, so `/retry` can ask it again.
+    fn remember(self, state: &mut SessionState) {
+        state
+            .history
+            .push_with_files(Role::User, self.remembered, self.files);
+    }
 }
 
 /// The user sent /cancel. A plain call runs out in the pool and its answer
@@ -152,7 +223,7 @@ struct Asked {
 /// what was shown of the answer stays on screen.
 fn cancelled(state: &mut SessionState, texts: &Texts, asked: Asked) -> Reply {
     tracing::info!("answer cancelled");
-    state.history.push(Role::User, asked.user_text);
+    asked.question.remember(state);
     let partial = asked.partial;
     if partial.trim().is_empty() {
         return Reply::Plain(texts.cancelled.clone());
@@ -174,7 +245,7 @@ fn outcome(
     let llm_ms = took.as_millis() as u64;
     let Asked {
         prompt,
-        user_text,
+        question,
         partial,
     } = asked;
     match result {
@@ -185,7 +256,7 @@ fn outcome(
                 |usage| usage.prompt_tokens + usage.completion_tokens,
             );
             charge(state, tokens);
-            state.history.push(Role::User, user_text);
+            question.remember(state);
             state
                 .history
                 .push(Role::Assistant, completion.text.as_str().into());
@@ -211,7 +282,7 @@ fn outcome(
             );
             state.counters.llm_failures += 1;
             charge(state, estimate_tokens(&prompt, &partial));
-            state.history.push(Role::User, user_text);
+            question.remember(state);
             state.history.push(Role::Assistant, partial.as_str().into());
             Reply::Markdown(format!("{partial}\n\n{}", texts.answer_cut))
         }
@@ -221,14 +292,14 @@ fn outcome(
             tracing::info!(llm_ms, class = error.class(), "fallback reply");
             state.counters.llm_failures += 1;
             // Kept so the conversation stays coherent and /retry can answer it.
-            state.history.push(Role::User, user_text);
+            question.remember(state);
             Reply::Plain(fallback_text(texts, &error))
         }
     }
 }
 
 /// Counts `tokens` against the chat's daily budget and the metrics.
-fn charge(state: &mut SessionState, tokens: u64) {
+pub(super) fn charge(state: &mut SessionState, tokens: u64) {
     state.counters.tokens_today += tokens;
     metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
 }
@@ -309,8 +380,9 @@ async fn await_answer(
     (result, live)
 }
 
-/// Waits for a slot under the global LLM limit, then asks the pool.
-async fn call_llm(deps: &SessionDeps, request: Request<'_>) -> Result<Completion, LlmError> {
+/// Waits for a slot under the global LLM limit (`limits.global_llm_per_second`);
+/// `Overloaded` when its queue is full.
+pub(super) async fn llm_slot(deps: &SessionDeps) -> Result<(), LlmError> {
     // The global LLM limit delays, never refuses (unless its queue is full):
     // wait here, in this chat's own session, for the slot, still showing
     // "typing…" and open to /cancel. A limiter that is away lets the call
@@ -319,10 +391,16 @@ async fn call_llm(deps: &SessionDeps, request: Request<'_>) -> Result<Completion
         Slot::After(wait) if !wait.is_zero() => {
             tracing::debug!(wait_ms = wait.as_millis() as u64, "waiting for an llm slot");
             tokio::time::sleep(wait).await;
+            Ok(())
         }
-        Slot::After(_) => {}
-        Slot::Full { .. } => return Err(LlmError::Overloaded),
+        Slot::After(_) => Ok(()),
+        Slot::Full { .. } => Err(LlmError::Overloaded),
     }
+}
+
+/// Waits for a slot under the global LLM limit, then asks the pool.
+async fn call_llm(deps: &SessionDeps, request: Request<'_>) -> Result<Completion, LlmError> {
+    llm_slot(deps).await?;
     deps.directory
         .llm_pool()
         .complete(request.prompt, request.options, request.stream.as_ref())
@@ -344,7 +422,7 @@ async fn until_done<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
 }
 
 /// The localised reply when no answer could be had.
-fn fallback_text(texts: &Texts, error: &LlmError) -> String {
+pub(super) fn fallback_text(texts: &Texts, error: &LlmError) -> String {
     match error {
         LlmError::NoProvider {
             retry_in: Some(wait),
