@@ -434,7 +434,6 @@ pub struct MediaConfig {
     pub max_document_chars: usize,
     pub show_transcript: bool,
     pub describe_images: bool,
-    pub description_max_tokens: u32,
     pub max_concurrent_downloads: usize,
     #[serde(with = "humantime_serde")]
     pub download_timeout: Duration,
@@ -1123,10 +1122,6 @@ impl MediaConfig {
         positive("media.max_audio_bytes", m.max_audio_bytes)?;
         positive("media.max_document_bytes", m.max_document_bytes)?;
         positive("media.max_document_chars", m.max_document_chars as u64)?;
-        positive(
-            "media.description_max_tokens",
-            u64::from(m.description_max_tokens),
-        )?;
         positive(
             "media.max_concurrent_downloads",
             m.max_concurrent_downloads as u64,

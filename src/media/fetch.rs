@@ -1,12 +1,18 @@
 //! Fetching a file a user sent: `getFile`, then the file download URL, with
 //! a size cap, retries and a global bound on downloads in flight.
 //!
+//! - **Bounded memory.** A media turn first reserves download slots
+//!   ([`Fetcher::reserve`]: one per file, at most all
+//!   `media.max_concurrent_downloads` of them, taken at once so two turns
+//!   can never each hold part of what the other waits for) and keeps them
+//!   until its request is sent: what a file becomes (a data URL, audio to
+//!   upload) lives only inside a reservation, so the memory media takes is
+//!   bounded by the slots, not by the chats.
 //! - **Off the actors.** [`Fetcher::fetch_then`] runs the download in a
-//!   spawned task holding one of `media.max_concurrent_downloads` slots,
-//!   then hands the bytes to a CPU-bound reader (base64, PDF text) on a
-//!   blocking thread; the session only awaits the result. The bytes are
-//!   dropped as soon as the reader has made what the request needs of them,
-//!   so the memory media takes is bounded by the slots, not by the chats.
+//!   spawned task, then hands the bytes to a CPU-bound reader (base64, PDF
+//!   text) on a blocking thread; the session only awaits the result. The
+//!   bytes are dropped as soon as the reader has made what the request
+//!   needs of them.
 //! - **The token.** The download URL holds the bot token. It is built here,
 //!   used for one request, and never logged: errors keep only their class
 //!   (reqwest's errors name the URL, so they are never formatted).
@@ -21,7 +27,7 @@ use teloxide::Bot;
 use teloxide::requests::Requester as _;
 use teloxide::types::FileId;
 use teloxide::{ApiError, RequestError};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::MediaConfig;
@@ -92,27 +98,63 @@ enum Attempt {
 pub struct Fetcher {
     bot: Option<Bot>,
     slots: Arc<Semaphore>,
+    /// `media.max_concurrent_downloads`: the slots there are.
+    capacity: usize,
     timeout: Duration,
     attempts: u32,
+}
+
+/// Download slots a media turn holds until its request is sent: files are
+/// in memory only inside one.
+#[derive(Debug)]
+pub struct Reservation {
+    /// Files that may be fetched at once under it.
+    slots: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Reservation {
+    /// Files that may be fetched at once under it (at least one).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
 }
 
 impl Fetcher {
     /// A fetcher over the front's Bot API client (`None` on the console,
     /// which only reads local files).
     pub fn new(bot: Option<Bot>, media: &MediaConfig) -> Self {
+        let capacity = media.max_concurrent_downloads.max(1);
         Self {
             bot,
-            slots: Arc::new(Semaphore::new(media.max_concurrent_downloads)),
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
             timeout: media.download_timeout,
             attempts: media.download_attempts,
         }
     }
 
+    /// Waits for slots to fetch `files` files (all the slots there are, if
+    /// fewer), taken at once. `None` only if the fetcher is shutting down.
+    pub async fn reserve(&self, files: usize) -> Option<Reservation> {
+        let slots = files.clamp(1, self.capacity);
+        let permit = Arc::clone(&self.slots)
+            .acquire_many_owned(u32::try_from(slots).unwrap_or(u32::MAX))
+            .await
+            .ok()?;
+        Some(Reservation {
+            slots,
+            _permit: permit,
+        })
+    }
+
     /// Downloads `file` (at most `limit` bytes) in a task of its own, then
     /// runs `read` on the bytes on a blocking thread and returns what it
-    /// made; the bytes are dropped there. Waits for a download slot first.
+    /// made; the bytes are dropped there. The caller holds a
+    /// [`Reservation`] while it keeps what `read` made.
     pub async fn fetch_then<T, F>(
         &self,
+        _held: &Reservation,
         file: &FileRef,
         limit: u64,
         read: F,
@@ -124,16 +166,7 @@ impl Fetcher {
         let fetcher = self.clone();
         let file = file.clone();
         let task = tokio::spawn(async move {
-            let (bytes, path) = {
-                // Held for the download only: the reader's output is what
-                // the request needs; the bytes go with the reader.
-                let _slot = fetcher
-                    .slots
-                    .acquire()
-                    .await
-                    .map_err(|_| FetchError::Reader)?;
-                fetcher.fetch(&file, limit).await?
-            };
+            let (bytes, path) = fetcher.fetch(&file, limit).await?;
             tokio::task::spawn_blocking(move || read(bytes, path))
                 .await
                 .map_err(|_| FetchError::Reader)
@@ -305,5 +338,68 @@ fn get_file_error(error: RequestError, limit: u64) -> Attempt {
             class: "invalid_answer",
             wait: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::config::Config;
+
+    fn fetcher(slots: usize) -> Fetcher {
+        let config =
+            Config::from_defaults_with(&format!("media.max_concurrent_downloads = {slots}\n"))
+                .unwrap();
+        Fetcher::new(None, &config.media)
+    }
+
+    #[tokio::test]
+    async fn local_files_are_read_within_their_limit() {
+        let fetcher = fetcher(2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("note.txt");
+        std::fs::write(&path, b"hello").unwrap();
+        let held = fetcher.reserve(1).await.unwrap();
+        let file = FileRef::Local(path);
+        let read = fetcher
+            .fetch_then(&held, &file, 5, |bytes, _| bytes.len())
+            .await;
+        assert_eq!(read, Ok(5));
+        let refused = fetcher.fetch_then(&held, &file, 4, |_, _| ()).await;
+        assert_eq!(
+            refused,
+            Err(FetchError::TooBig {
+                size: Some(5),
+                limit: 4
+            })
+        );
+        let missing = FileRef::Local(dir.path().join("missing"));
+        let gone = fetcher.fetch_then(&held, &missing, 5, |_, _| ()).await;
+        assert_eq!(gone, Err(FetchError::NotFound));
+        let telegram = FileRef::Telegram {
+            file_id: "x".into(),
+        };
+        let no_bot = fetcher.fetch_then(&held, &telegram, 5, |_, _| ()).await;
+        assert_eq!(no_bot, Err(FetchError::NoSource));
+    }
+
+    #[tokio::test]
+    async fn reservations_are_taken_whole_and_capped_at_the_slots() {
+        let fetcher = fetcher(3);
+        let album = fetcher.reserve(10).await.unwrap();
+        assert_eq!(
+            album.slots(),
+            3,
+            "an album larger than the slots takes them all"
+        );
+        // Nothing left: the next turn waits until the album's request is sent.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), fetcher.reserve(1)).await;
+        assert!(waiting.is_err());
+        drop(album);
+        let next = fetcher.reserve(2).await.unwrap();
+        assert_eq!(next.slots(), 2);
+        assert_eq!(fetcher.reserve(0).await.unwrap().slots(), 1);
     }
 }

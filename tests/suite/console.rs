@@ -221,3 +221,46 @@ async fn a_streamed_answer_prints_as_it_grows_and_only_once() {
     assert_eq!(squeeze(&out), squeeze(&full), "every word once, in order");
     assert!(llm.requests()[0].stream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sends_local_images_voice_notes_and_files() {
+    let llm = FakeLlm::start().await;
+    llm.set_transcript("a question spoken aloud");
+    let files = tempfile::tempdir().unwrap();
+    let image = files.path().join("beach.jpg");
+    std::fs::write(&image, super::media::jpeg(320, 240, 1_000)).unwrap();
+    let voice = files.path().join("note.ogg");
+    let mut ogg = b"OggS\x00\x02".to_vec();
+    ogg.resize(500, 1);
+    std::fs::write(&voice, &ogg).unwrap();
+    let text = files.path().join("list.md");
+    std::fs::write(&text, "# Plan\n- shoot at dawn\n").unwrap();
+    let input = format!(
+        "/image {} /caption for my beach post\n/voice {}\n/file {} summarise\n/file {}/missing.txt\n",
+        image.display(),
+        voice.display(),
+        text.display(),
+        files.path().display(),
+    );
+    let output = chat(&llm, &input, &[], None).await;
+    let out = stdout(&output);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 3, "{out}");
+    assert_eq!(requests[0].images.len(), 1);
+    assert!(
+        requests[0]
+            .last_user_message()
+            .contains("for my beach post")
+    );
+    assert_eq!(llm.transcription_requests()[0].bytes, ogg);
+    assert!(
+        requests[1]
+            .last_user_message()
+            .contains("a question spoken aloud")
+    );
+    assert!(out.contains("a question spoken aloud"), "{out}");
+    assert!(requests[2].last_user_message().contains("shoot at dawn"));
+    assert!(out.contains("couldn't get this file"), "{out}");
+}

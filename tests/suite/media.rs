@@ -476,3 +476,24 @@ async fn a_voice_note_in_flight_at_sigkill_is_answered_once_after_restart() {
             .all(|r| !r.body.to_string().contains("123456:test"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_costs_more_of_the_per_user_llm_limit() {
+    let h = Harness::start_with("limits.user_llm_per_minute = 4\nmedia.image_cost = 3\n").await;
+    for i in 0..2 {
+        let photo = h
+            .telegram
+            .add_file(jpeg(64, 64, 300), &format!("photos/c{i}.jpg"));
+        h.telegram
+            .push_media(MediaUpdate::photo(49, 49, &[&photo]).caption("rate me"));
+    }
+    let sent = h.replies(49, 2).await;
+    assert!(sent[0].text.starts_with("answer to:"), "{}", sent[0].text);
+    assert!(sent[1].text.contains("too fast"), "{}", sent[1].text);
+    // One text still fits what is left of the allowance.
+    h.say(49, "and a text?");
+    let sent = h.replies(49, 3).await;
+    assert!(sent[2].text.starts_with("answer to:"), "{}", sent[2].text);
+    assert_eq!(h.llm.request_count(), 2);
+    h.stop().await;
+}

@@ -11,23 +11,26 @@
 //! short description of a photo, the transcript of a recording, the text of
 //! a document (cut to fit the history).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt as _, stream};
 
 use super::SessionState;
 use super::llm_turn::{self, Ask};
 use super::turn::{Reply, Turn};
 use crate::actors::root::llm_pool::Overrides;
 use crate::actors::root::session_sup::SessionDeps;
+use crate::input;
 use crate::llm::{ChatMessage, LlmError, Role};
 use crate::media::document::{self, DocumentError};
-use crate::media::fetch::FetchError;
+use crate::media::fetch::{FetchError, Reservation};
 use crate::media::{audio, image};
 use crate::store::record::{StoredFile, StoredFileKind};
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{Attachment, AttachmentKind, FileRef, MediaMessage};
 use crate::telemetry::families::MEDIA_MESSAGES;
+use crate::telemetry::{SecurityKind, security_event};
 use crate::texts::{Texts, fill};
 
 /// Largest image (pixels) sent to a model: 50 Mpx is far above any photo
@@ -86,11 +89,17 @@ pub(super) async fn on_media(
 ) -> Reply {
     // A caption that is one of the bot's own commands is that command; an
     // assistant command applies its template to the files.
+    // The user's words are cleaned as any text is (`input::clean`).
+    let cleaned_args;
     let assistant = match &media.command {
-        Some(Command::Assistant { name, args, .. }) => Some((name.as_str(), args.as_str())),
+        Some(Command::Assistant { name, args, .. }) => {
+            cleaned_args = input::clean(args);
+            Some((name.as_str(), cleaned_args.as_str()))
+        }
         Some(command) => return super::on_command(state, turn, command).await,
         None => None,
     };
+    let caption = input::clean(media.caption.as_deref().unwrap_or_default());
     let readable: Vec<&Attachment> = media
         .attachments
         .iter()
@@ -100,7 +109,7 @@ pub(super) async fn on_media(
         .first()
         .map_or(AttachmentKind::Unsupported, |first| first.kind);
     let words = Words {
-        caption: media.caption.as_deref().unwrap_or_default().trim(),
+        caption: &caption,
         assistant,
         speaker: turn.inbound.speaker.clone(),
     };
@@ -153,19 +162,23 @@ impl Words<'_> {
     /// files, then the user's words), through the assistant command's
     /// template when there is one; and the command's model and temperature.
     fn prompt(&self, deps: &SessionDeps, content: &str) -> (String, Overrides) {
-        let input = join_nonempty(&[content, self.own()], "\n\n");
+        let asked = join_nonempty(&[content, self.own()], "\n\n");
+        if input::looks_like_injection(&asked) {
+            // Answered all the same: it only ever travels as a user message.
+            security_event(SecurityKind::InjectionPhrase);
+        }
         let command = self
             .assistant
             .and_then(|(name, _)| deps.config.command(name));
         match command {
             Some(command) => (
-                fill(&command.template, &[("input", &input)]),
+                fill(&command.template, &[("input", &asked)]),
                 Overrides {
                     model: command.model.as_deref().map(Arc::from),
                     temperature: command.temperature,
                 },
             ),
-            None => (self.spoken(&input), Overrides::default()),
+            None => (self.spoken(&asked), Overrides::default()),
         }
     }
 
@@ -202,6 +215,17 @@ fn stored_files(attachments: &[&Attachment]) -> Vec<StoredFile> {
             })
         })
         .collect()
+}
+
+/// Download slots for `files` files, waited for; the turn holds them until
+/// its request is sent.
+async fn reserve(deps: &SessionDeps, texts: &Texts, files: usize) -> Result<Reservation, Refusal> {
+    deps.fetcher.reserve(files).await.ok_or_else(|| {
+        Refusal(
+            Outcome::DownloadFailed,
+            Reply::Plain(texts.media_download_failed.clone()),
+        )
+    })
 }
 
 /// Refuses a file over `limit` bytes before anything is downloaded.
@@ -282,15 +306,30 @@ async fn photos(
         check_size(&texts, photo, media.max_image_bytes)?;
     }
     deps.directory.outbox().show_typing(state.chat_id);
-    let downloads = photos[..sent].iter().map(|photo| {
-        deps.fetcher
-            .fetch_then(&photo.file, media.max_image_bytes, |bytes, _path| {
-                image::inspect_image(&bytes, MAX_IMAGE_PIXELS)
-                    .map(|info| Arc::<str>::from(image::data_url(info.format.mime(), &bytes)))
-            })
-    });
+    // Held until the request is sent: the images live only inside it.
+    let held = reserve(&deps, &texts, sent).await?;
+    // Boxed and collected first: a lazily mapped stream of borrowing
+    // futures is not provably `Send` (rustc's higher-ranked lifetimes).
+    let downloads: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> = photos[..sent]
+        .iter()
+        .map(|photo| {
+            Box::pin(deps.fetcher.fetch_then(
+                &held,
+                &photo.file,
+                media.max_image_bytes,
+                |bytes, _path| {
+                    image::inspect_image(&bytes, MAX_IMAGE_PIXELS)
+                        .map(|info| Arc::<str>::from(image::data_url(info.format.mime(), &bytes)))
+                },
+            )) as Pin<Box<dyn Future<Output = _> + Send + '_>>
+        })
+        .collect();
+    let results: Vec<_> = stream::iter(downloads)
+        .buffered(held.slots())
+        .collect()
+        .await;
     let mut images = Vec::with_capacity(sent);
-    for result in join_all(downloads).await {
+    for result in results {
         match result {
             Ok(Ok(url)) => images.push(url),
             Ok(Err(error)) => {
@@ -328,6 +367,7 @@ async fn photos(
         }
         None => (llm_turn::ask(state, turn, question, overrides).await, None),
     };
+    drop(held);
     if let Some((description, tokens)) = description {
         llm_turn::charge(state, tokens);
         let label = label.trim_end_matches(']');
@@ -459,7 +499,8 @@ async fn recordings(
         deps.directory.outbox().show_typing(state.chat_id);
         transcripts.push(transcribe(&deps, &texts, recording).await?);
     }
-    let transcript = transcripts.join("\n\n");
+    // What was said is user text like any other.
+    let transcript = input::clean(&transcripts.join("\n\n"));
     if transcript.trim().is_empty() {
         return Err(Refusal(
             Outcome::NothingHeard,
@@ -495,11 +536,16 @@ async fn transcribe(
     recording: &Attachment,
 ) -> Result<String, Refusal> {
     let media = &deps.config.media;
+    // Held until the upload is done: the recording lives only inside it.
+    let held = reserve(deps, texts, 1).await?;
     let audio = deps
         .fetcher
-        .fetch_then(&recording.file, media.max_audio_bytes, |bytes, path| {
-            audio::check_audio(&bytes).map(|()| (bytes, path))
-        })
+        .fetch_then(
+            &held,
+            &recording.file,
+            media.max_audio_bytes,
+            |bytes, path| audio::check_audio(&bytes).map(|()| (bytes, path)),
+        )
         .await
         .map_err(|error| fetch_refusal(texts, &error))?;
     let (bytes, path) = audio.map_err(|error| {
@@ -519,6 +565,7 @@ async fn transcribe(
         }
         Err(error) => Err(error),
     };
+    drop(held);
     match transcribed {
         Ok(transcript) => Ok(transcript.text),
         Err(error) => {
@@ -620,15 +667,22 @@ async fn documents(
         deps.directory.outbox().show_typing(state.chat_id);
         let name = document.file_name.clone();
         let mime = document.mime_type.clone();
+        // The text read is bounded by max_chars; the bytes go with the reader.
+        let held = reserve(&deps, &texts, 1).await?;
         let result = deps
             .fetcher
             .fetch_then(
+                &held,
                 &document.file,
                 media.max_document_bytes,
                 move |bytes, path| {
                     let name = name
                         .or_else(|| path.map(|p| p.rsplit('/').next().unwrap_or("").to_owned()));
                     document::read_document(&bytes, name.as_deref(), mime.as_deref(), max_chars)
+                        .map(|read| document::DocumentText {
+                            text: input::clean(&read.text),
+                            ..read
+                        })
                 },
             )
             .await
