@@ -61,6 +61,9 @@ pub struct Config {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub commands: Vec<CommandConfig>,
+    /// The personas a chat may pick with `/persona` (`[[personas]]`).
+    #[serde(default)]
+    pub personas: Vec<PersonaConfig>,
     pub shutdown: ShutdownConfig,
     /// `LLMGRAM_*` environment variables that are not settings (no `__`
     /// and no top-level key of that name), ignored; the service names them
@@ -278,6 +281,10 @@ pub struct LlmConfig {
     pub max_response_bytes: usize,
     pub temperature: f32,
     pub system_prompt: String,
+    /// The `[[personas]]` entry chats use until they pick another; empty:
+    /// `system_prompt` (with the section's model and temperature).
+    #[serde(default)]
+    pub default_persona: String,
     #[serde(with = "humantime_serde")]
     pub fallback_after: Duration,
     pub retry: RetryConfig,
@@ -418,6 +425,9 @@ pub struct SessionConfig {
 pub struct InputConfig {
     pub max_chars: usize,
     pub max_merged_chars: usize,
+    /// Longest own system prompt a chat may set with `/persona custom`
+    /// (characters, after cleaning); also bounds the configured personas'.
+    pub max_system_prompt_chars: usize,
 }
 
 /// `[media]`: photos, voice notes and documents: sizes, costs and
@@ -504,6 +514,26 @@ pub struct CommandConfig {
     pub cost: CommandCost,
 }
 
+/// One `[[personas]]` entry: a system prompt a chat may pick with
+/// `/persona <name>`, with its own model and temperature if it wants them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct PersonaConfig {
+    pub name: String,
+    /// Per language code (`en` required), shown by `/persona`.
+    pub description: std::collections::BTreeMap<String, String>,
+    /// Sent as the system message, exactly as written.
+    pub system_prompt: String,
+    /// A model for the primary provider; a chat's own `/model` choice wins.
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+}
+
+/// Words `/persona` reads as its own (`/persona custom …`, `/persona
+/// show`, `/persona default`), so no persona may be named so.
+pub const PERSONA_RESERVED_NAMES: &[&str] = &["default", "custom", "show"];
+
 /// A command's class for the rate limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -523,6 +553,11 @@ impl Config {
     /// The configured command called `name`, if any.
     pub fn command(&self, name: &str) -> Option<&CommandConfig> {
         self.commands.iter().find(|c| c.name == name)
+    }
+
+    /// The configured persona called `name`, if any.
+    pub fn persona(&self, name: &str) -> Option<&PersonaConfig> {
+        self.personas.iter().find(|p| p.name == name)
     }
 }
 
@@ -759,6 +794,7 @@ impl Config {
         self.input.validate()?;
         self.media.validate()?;
         self.validate_commands()?;
+        self.validate_personas()?;
         self.webhook.validate(self.telegram.mode)?;
         self.ops.validate()?;
         self.llm.validate()?;
@@ -825,6 +861,67 @@ impl Config {
             });
         }
 
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks the `[[personas]]` entries and `llm.default_persona`.
+    fn validate_personas(&self) -> Result<(), ConfigError> {
+        let limit = self.input.max_system_prompt_chars;
+        for persona in &self.personas {
+            let name = &persona.name;
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let prompt_chars = persona.system_prompt.chars().count();
+            let problem = if !valid_name {
+                Some("a name of 1–32 characters a-z, 0-9 or _".to_owned())
+            } else if PERSONA_RESERVED_NAMES.contains(&name.as_str()) {
+                Some(format!(
+                    "a name other than {}",
+                    PERSONA_RESERVED_NAMES.join(", ")
+                ))
+            } else if self.personas.iter().filter(|p| &p.name == name).count() > 1 {
+                Some("a unique name".to_owned())
+            } else if !persona.description.contains_key("en") {
+                Some("an `en` description".to_owned())
+            } else if let Some((language, _)) = persona
+                .description
+                .iter()
+                .find(|(_, text)| text.trim().is_empty())
+            {
+                Some(format!("a non-empty `{language}` description"))
+            } else if persona.system_prompt.trim().is_empty() {
+                Some("a non-empty system_prompt".to_owned())
+            } else if prompt_chars > limit {
+                Some(format!(
+                    "a system_prompt of at most input.max_system_prompt_chars ({limit}) characters, not {prompt_chars}"
+                ))
+            } else if persona
+                .temperature
+                .is_some_and(|t| !(0.0..=2.0).contains(&t))
+            {
+                Some("a temperature within 0.0..=2.0".to_owned())
+            } else {
+                None
+            };
+            if let Some(needs) = problem {
+                return Err(ConfigError::Invalid {
+                    key: "personas",
+                    reason: format!("persona `{name}` needs {needs}"),
+                });
+            }
+        }
+        let default = &self.llm.default_persona;
+        if !default.is_empty() && self.persona(default).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "llm.default_persona",
+                reason: format!("`{default}` is not a [[personas]] entry"),
+            });
+        }
         Ok(())
     }
 }
@@ -899,6 +996,10 @@ impl InputConfig {
     /// Checks the `input` section.
     fn validate(&self) -> Result<(), ConfigError> {
         positive("input.max_chars", self.max_chars as u64)?;
+        positive(
+            "input.max_system_prompt_chars",
+            self.max_system_prompt_chars as u64,
+        )?;
 
         if self.max_merged_chars < self.max_chars {
             return Err(ConfigError::Invalid {
