@@ -1477,6 +1477,60 @@ mod tests {
     }
 
     #[test]
+    fn personas_are_validated() {
+        let defaults = Config::from_defaults_with("").unwrap();
+        assert!(defaults.personas.len() >= 2);
+        for persona in &defaults.personas {
+            assert!(persona.description.contains_key("ru"), "{}", persona.name);
+        }
+        let entry = |name: &str, prompt: &str, extra: &str| {
+            format!(
+                "[[personas]]\nname = \"{name}\"\ndescription = {{ en = \"d\" }}\nsystem_prompt = \"{prompt}\"\n{extra}"
+            )
+        };
+        let long = "x".repeat(2001);
+        for (overrides, needs) in [
+            (entry("Bad", "p", ""), "a name of 1–32"),
+            (entry("custom", "p", ""), "a name other than"),
+            (entry("default", "p", ""), "a name other than"),
+            (entry("a", "  ", ""), "a non-empty system_prompt"),
+            (
+                entry("a", &long, ""),
+                "at most input.max_system_prompt_chars (2000)",
+            ),
+            (entry("a", "p", "temperature = 3.0\n"), "a temperature"),
+            (
+                format!("{}{}", entry("a", "p", ""), entry("a", "q", "")),
+                "a unique name",
+            ),
+            (
+                "[[personas]]\nname = \"a\"\ndescription = { ru = \"d\" }\nsystem_prompt = \"p\"\n"
+                    .to_owned(),
+                "an `en` description",
+            ),
+        ] {
+            let err = Config::from_defaults_with(&overrides)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("personas") && err.contains(needs), "{err}");
+        }
+        let err = Config::from_defaults_with("[llm]\ndefault_persona = \"nobody\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("llm.default_persona"), "{err}");
+        let err = Config::from_defaults_with("[input]\nmax_system_prompt_chars = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input.max_system_prompt_chars"), "{err}");
+        // The limit bounds the configured prompts: a raised one admits them.
+        let raised = format!(
+            "[input]\nmax_system_prompt_chars = 3000\n{}",
+            entry("a", &long, "")
+        );
+        assert!(Config::from_defaults_with(&raised).is_ok());
+    }
+
+    #[test]
     fn zero_limit_names_the_key() {
         let err = Config::from_defaults_with("[llm]\nmax_concurrency = 0\n").unwrap_err();
         assert_eq!(

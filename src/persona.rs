@@ -119,7 +119,10 @@ mod tests {
     fn the_default_is_the_system_prompt_unless_a_persona_is_named() {
         let config = Config::from_defaults_with("").unwrap();
         let personas = Personas::from_config(&config);
-        assert_eq!(&*personas.default_persona().prompt, config.llm.system_prompt);
+        assert_eq!(
+            &*personas.default_persona().prompt,
+            config.llm.system_prompt
+        );
         assert_eq!(&*personas.default_persona().name, DEFAULT_NAME);
         assert!(personas.named().len() >= 2);
 

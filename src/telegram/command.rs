@@ -365,9 +365,7 @@ impl Command {
             Self::Forget
                 | Self::Reset
                 | Self::Model(Some(_))
-                | Self::Persona(
-                    PersonaArg::Default | PersonaArg::Custom(_) | PersonaArg::Pick(_)
-                )
+                | Self::Persona(PersonaArg::Default | PersonaArg::Custom(_) | PersonaArg::Pick(_))
         )
     }
 }
@@ -538,7 +536,10 @@ mod tests {
     #[test]
     fn persona_reads_its_forms() {
         assert_eq!(command("/persona"), Command::Persona(PersonaArg::List));
-        assert_eq!(command("/persona  SHOW "), Command::Persona(PersonaArg::Show));
+        assert_eq!(
+            command("/persona  SHOW "),
+            Command::Persona(PersonaArg::Show)
+        );
         assert_eq!(
             command("/persona default"),
             Command::Persona(PersonaArg::Default)

@@ -128,10 +128,7 @@ fn show(state: &mut SessionState, texts: &Texts) -> String {
     let prompt = voice(state).prompt;
     fill(
         &texts.persona_show,
-        &[
-            ("persona", current_name(state, texts)),
-            ("prompt", &prompt),
-        ],
+        &[("persona", current_name(state, texts)), ("prompt", &prompt)],
     )
 }
 
