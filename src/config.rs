@@ -61,6 +61,9 @@ pub struct Config {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub commands: Vec<CommandConfig>,
+    /// The personas a chat may pick with `/persona` (`[[personas]]`).
+    #[serde(default)]
+    pub personas: Vec<PersonaConfig>,
     pub shutdown: ShutdownConfig,
     /// `LLMGRAM_*` environment variables that are not settings (no `__`
     /// and no top-level key of that name), ignored; the service names them
@@ -278,6 +281,10 @@ pub struct LlmConfig {
     pub max_response_bytes: usize,
     pub temperature: f32,
     pub system_prompt: String,
+    /// The `[[personas]]` entry chats use until they pick another; empty:
+    /// `system_prompt` (with the section's model and temperature).
+    #[serde(default)]
+    pub default_persona: String,
     #[serde(with = "humantime_serde")]
     pub fallback_after: Duration,
     pub retry: RetryConfig,
@@ -421,6 +428,9 @@ pub struct SessionConfig {
 pub struct InputConfig {
     pub max_chars: usize,
     pub max_merged_chars: usize,
+    /// Longest own system prompt a chat may set with `/persona custom`
+    /// (characters, after cleaning); also bounds the configured personas'.
+    pub max_system_prompt_chars: usize,
 }
 
 /// `[media]`: photos, voice notes and documents: sizes, costs and
@@ -507,6 +517,26 @@ pub struct CommandConfig {
     pub cost: CommandCost,
 }
 
+/// One `[[personas]]` entry: a system prompt a chat may pick with
+/// `/persona <name>`, with its own model and temperature if it wants them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct PersonaConfig {
+    pub name: String,
+    /// Per language code (`en` required), shown by `/persona`.
+    pub description: std::collections::BTreeMap<String, String>,
+    /// Sent as the system message, exactly as written.
+    pub system_prompt: String,
+    /// A model for the primary provider; a chat's own `/model` choice wins.
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+}
+
+/// Words `/persona` reads as its own (`/persona custom …`, `/persona
+/// show`, `/persona default`), so no persona may be named so.
+pub const PERSONA_RESERVED_NAMES: &[&str] = &["default", "custom", "show"];
+
 /// A command's class for the rate limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -526,6 +556,11 @@ impl Config {
     /// The configured command called `name`, if any.
     pub fn command(&self, name: &str) -> Option<&CommandConfig> {
         self.commands.iter().find(|c| c.name == name)
+    }
+
+    /// The configured persona called `name`, if any.
+    pub fn persona(&self, name: &str) -> Option<&PersonaConfig> {
+        self.personas.iter().find(|p| p.name == name)
     }
 }
 
@@ -762,6 +797,7 @@ impl Config {
         self.input.validate()?;
         self.media.validate()?;
         self.validate_commands()?;
+        self.validate_personas()?;
         self.webhook.validate(self.telegram.mode)?;
         self.ops.validate()?;
         self.llm.validate()?;
@@ -828,6 +864,67 @@ impl Config {
             });
         }
 
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks the `[[personas]]` entries and `llm.default_persona`.
+    fn validate_personas(&self) -> Result<(), ConfigError> {
+        let limit = self.input.max_system_prompt_chars;
+        for persona in &self.personas {
+            let name = &persona.name;
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let prompt_chars = persona.system_prompt.chars().count();
+            let problem = if !valid_name {
+                Some("a name of 1–32 characters a-z, 0-9 or _".to_owned())
+            } else if PERSONA_RESERVED_NAMES.contains(&name.as_str()) {
+                Some(format!(
+                    "a name other than {}",
+                    PERSONA_RESERVED_NAMES.join(", ")
+                ))
+            } else if self.personas.iter().filter(|p| &p.name == name).count() > 1 {
+                Some("a unique name".to_owned())
+            } else if !persona.description.contains_key("en") {
+                Some("an `en` description".to_owned())
+            } else if let Some((language, _)) = persona
+                .description
+                .iter()
+                .find(|(_, text)| text.trim().is_empty())
+            {
+                Some(format!("a non-empty `{language}` description"))
+            } else if persona.system_prompt.trim().is_empty() {
+                Some("a non-empty system_prompt".to_owned())
+            } else if prompt_chars > limit {
+                Some(format!(
+                    "a system_prompt of at most input.max_system_prompt_chars ({limit}) characters, not {prompt_chars}"
+                ))
+            } else if persona
+                .temperature
+                .is_some_and(|t| !(0.0..=2.0).contains(&t))
+            {
+                Some("a temperature within 0.0..=2.0".to_owned())
+            } else {
+                None
+            };
+            if let Some(needs) = problem {
+                return Err(ConfigError::Invalid {
+                    key: "personas",
+                    reason: format!("persona `{name}` needs {needs}"),
+                });
+            }
+        }
+        let default = &self.llm.default_persona;
+        if !default.is_empty() && self.persona(default).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "llm.default_persona",
+                reason: format!("`{default}` is not a [[personas]] entry"),
+            });
+        }
         Ok(())
     }
 }
@@ -902,6 +999,10 @@ impl InputConfig {
     /// Checks the `input` section.
     fn validate(&self) -> Result<(), ConfigError> {
         positive("input.max_chars", self.max_chars as u64)?;
+        positive(
+            "input.max_system_prompt_chars",
+            self.max_system_prompt_chars as u64,
+        )?;
 
         if self.max_merged_chars < self.max_chars {
             return Err(ConfigError::Invalid {
@@ -1385,6 +1486,60 @@ mod tests {
             let err = Config::from_defaults_with(&format!("[llm]\n{key}\n")).unwrap_err();
             assert!(err.to_string().contains("llm."), "{err}");
         }
+    }
+
+    #[test]
+    fn personas_are_validated() {
+        let defaults = Config::from_defaults_with("").unwrap();
+        assert!(defaults.personas.len() >= 2);
+        for persona in &defaults.personas {
+            assert!(persona.description.contains_key("ru"), "{}", persona.name);
+        }
+        let entry = |name: &str, prompt: &str, extra: &str| {
+            format!(
+                "[[personas]]\nname = \"{name}\"\ndescription = {{ en = \"d\" }}\nsystem_prompt = \"{prompt}\"\n{extra}"
+            )
+        };
+        let long = "x".repeat(2001);
+        for (overrides, needs) in [
+            (entry("Bad", "p", ""), "a name of 1–32"),
+            (entry("custom", "p", ""), "a name other than"),
+            (entry("default", "p", ""), "a name other than"),
+            (entry("a", "  ", ""), "a non-empty system_prompt"),
+            (
+                entry("a", &long, ""),
+                "at most input.max_system_prompt_chars (2000)",
+            ),
+            (entry("a", "p", "temperature = 3.0\n"), "a temperature"),
+            (
+                format!("{}{}", entry("a", "p", ""), entry("a", "q", "")),
+                "a unique name",
+            ),
+            (
+                "[[personas]]\nname = \"a\"\ndescription = { ru = \"d\" }\nsystem_prompt = \"p\"\n"
+                    .to_owned(),
+                "an `en` description",
+            ),
+        ] {
+            let err = Config::from_defaults_with(&overrides)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("personas") && err.contains(needs), "{err}");
+        }
+        let err = Config::from_defaults_with("[llm]\ndefault_persona = \"nobody\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("llm.default_persona"), "{err}");
+        let err = Config::from_defaults_with("[input]\nmax_system_prompt_chars = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input.max_system_prompt_chars"), "{err}");
+        // The limit bounds the configured prompts: a raised one admits them.
+        let raised = format!(
+            "[input]\nmax_system_prompt_chars = 3000\n{}",
+            entry("a", &long, "")
+        );
+        assert!(Config::from_defaults_with(&raised).is_ok());
     }
 
     #[test]

@@ -95,6 +95,24 @@ pub struct Texts {
     pub document_lossy: String,
     /// Placeholder: `{count}`.
     pub album_truncated: String,
+    /// Placeholders: `{current}`, `{personas}` (one line each).
+    pub persona_list: String,
+    /// The default persona's line in `/persona` when it is `llm.system_prompt`.
+    pub persona_default_description: String,
+    /// What `/persona` calls the chat's own system prompt.
+    pub persona_custom_name: String,
+    /// Placeholder: `{persona}`.
+    pub persona_chosen: String,
+    /// Placeholders: `{persona}`, `{personas}`.
+    pub persona_unknown: String,
+    /// Placeholder: `{length}`.
+    pub persona_custom_set: String,
+    pub persona_custom_empty: String,
+    /// Placeholders: `{length}`, `{limit}`.
+    pub persona_custom_too_long: String,
+    /// Placeholders: `{persona}`, `{prompt}`.
+    pub persona_show: String,
+    pub persona_default_set: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -47,6 +47,8 @@ pub enum Command {
     Stats,
     /// `/health` (admins): the readiness report.
     Health,
+    /// `/persona …`: the chat's persona or own system prompt.
+    Persona(PersonaArg),
     /// `/ban ID` (admins).
     Ban(UserArg),
     /// `/unban ID` (admins).
@@ -78,6 +80,49 @@ impl UserArg {
     fn parse(args: &str) -> Self {
         args.parse()
             .map_or_else(|_| Self::Malformed(args.to_owned()), Self::Id)
+    }
+}
+
+/// What `/persona` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonaArg {
+    /// `/persona`: list the personas, marking the chat's.
+    List,
+    /// `/persona show`: the system prompt in effect.
+    Show,
+    /// `/persona default`: back to the default persona (the chat's own
+    /// prompt and pick are cleared).
+    Default,
+    /// `/persona custom TEXT`: the chat's own system prompt, as typed (the
+    /// session cleans and bounds it; empty when none was given).
+    Custom(String),
+    /// `/persona NAME`: pick a configured persona (lower-cased; the
+    /// session checks it exists).
+    Pick(String),
+}
+
+impl PersonaArg {
+    fn parse(args: &str) -> Self {
+        let (word, rest) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+        match word.to_ascii_lowercase().as_str() {
+            "" => Self::List,
+            "show" if rest.is_empty() => Self::Show,
+            "default" if rest.is_empty() => Self::Default,
+            "custom" => Self::Custom(rest.trim().to_owned()),
+            _ => Self::Pick(args.to_ascii_lowercase()),
+        }
+    }
+
+    /// The arguments that parse back to it.
+    fn words(&self) -> Cow<'_, str> {
+        match self {
+            Self::List => Cow::Borrowed(""),
+            Self::Show => Cow::Borrowed("show"),
+            Self::Default => Cow::Borrowed("default"),
+            Self::Custom(text) if text.is_empty() => Cow::Borrowed("custom"),
+            Self::Custom(text) => Cow::Owned(format!("custom {text}")),
+            Self::Pick(name) => Cow::Borrowed(name.as_str()),
+        }
     }
 }
 
@@ -141,6 +186,11 @@ const BUILT_INS: &[BuiltIn] = &[
     BuiltIn {
         name: "model",
         parse: |args| Command::Model((!args.is_empty()).then(|| args.to_owned())),
+        menu: None,
+    },
+    BuiltIn {
+        name: "persona",
+        parse: |args| Command::Persona(PersonaArg::parse(args)),
         menu: None,
     },
     BuiltIn {
@@ -240,6 +290,7 @@ impl Command {
             Self::Forget => "forget",
             Self::Usage => "usage",
             Self::Model(_) => "model",
+            Self::Persona(_) => "persona",
             Self::Stats => "stats",
             Self::Health => "health",
             Self::Ban(_) => "ban",
@@ -258,6 +309,7 @@ impl Command {
                 UserArg::Malformed(given) => Cow::Borrowed(given.as_str()),
             },
             Self::Assistant { args, .. } => Cow::Borrowed(args.as_str()),
+            Self::Persona(arg) => arg.words(),
             Self::Start
             | Self::Help
             | Self::Reset
@@ -296,6 +348,7 @@ impl Command {
             | Self::Forget
             | Self::Usage
             | Self::Model(_)
+            | Self::Persona(_)
             | Self::Stats
             | Self::Health
             | Self::Ban(_)
@@ -304,10 +357,16 @@ impl Command {
         }
     }
 
-    /// Whether it changes what a whole group shares (its conversation or
-    /// model): in groups only group administrators may run it.
+    /// Whether it changes what a whole group shares (its conversation,
+    /// model or persona): in groups only group administrators may run it.
     pub fn changes_the_group(&self) -> bool {
-        matches!(self, Self::Forget | Self::Reset | Self::Model(Some(_)))
+        matches!(
+            self,
+            Self::Forget
+                | Self::Reset
+                | Self::Model(Some(_))
+                | Self::Persona(PersonaArg::Default | PersonaArg::Custom(_) | PersonaArg::Pick(_))
+        )
     }
 }
 
@@ -340,6 +399,7 @@ mod tests {
             ("forget", Command::Forget),
             ("usage", Command::Usage),
             ("model", Command::Model(None)),
+            ("persona", Command::Persona(PersonaArg::List)),
             ("stats", Command::Stats),
             ("health", Command::Health),
             ("ban", Command::Ban(UserArg::Malformed(String::new()))),
@@ -446,6 +506,12 @@ mod tests {
             "/flirt",
             "/nope a",
             "/retry",
+            "/persona",
+            "/persona show",
+            "/persona default",
+            "/persona brand",
+            "/persona custom",
+            "/persona custom You are Mia.\n\nBe brief.",
         ] {
             let command = command(text);
             let (name, args) = command.words();
@@ -464,6 +530,48 @@ mod tests {
         }
         for own in ["/model", "/help", "/retry", "/flirt x"] {
             assert!(!command(own).changes_the_group(), "{own}");
+        }
+    }
+
+    #[test]
+    fn persona_reads_its_forms() {
+        assert_eq!(command("/persona"), Command::Persona(PersonaArg::List));
+        assert_eq!(
+            command("/persona  SHOW "),
+            Command::Persona(PersonaArg::Show)
+        );
+        assert_eq!(
+            command("/persona default"),
+            Command::Persona(PersonaArg::Default)
+        );
+        assert_eq!(
+            command("/persona Brand"),
+            Command::Persona(PersonaArg::Pick("brand".into()))
+        );
+        assert_eq!(
+            command("/persona custom  You are Mia.\nBe brief. "),
+            Command::Persona(PersonaArg::Custom("You are Mia.\nBe brief.".into()))
+        );
+        assert_eq!(
+            command("/persona Custom\nYou are Mia."),
+            Command::Persona(PersonaArg::Custom("You are Mia.".into()))
+        );
+        assert_eq!(
+            command("/persona custom"),
+            Command::Persona(PersonaArg::Custom(String::new()))
+        );
+        // "show" or "default" with more words is a name nobody configured.
+        assert_eq!(
+            command("/persona show me"),
+            Command::Persona(PersonaArg::Pick("show me".into()))
+        );
+        for changing in ["/persona brand", "/persona custom x", "/persona default"] {
+            let command = command(changing);
+            assert!(command.changes_the_group(), "{changing}");
+            assert!(!command.is_admin_only() && !command.costs_llm_call());
+        }
+        for reading in ["/persona", "/persona show"] {
+            assert!(!command(reading).changes_the_group(), "{reading}");
         }
     }
 

@@ -22,6 +22,7 @@ mod media;
 mod operations;
 mod ordering;
 mod persistence;
+mod personas;
 mod protection;
 mod resilience;
 mod restarts;

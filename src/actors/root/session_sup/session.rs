@@ -51,6 +51,7 @@ mod intake;
 mod live;
 mod llm_turn;
 mod media_turn;
+mod persona;
 mod summary;
 mod turn;
 
@@ -64,6 +65,7 @@ use super::SessionDeps;
 use super::SessionSupMsg;
 use crate::history::History;
 use crate::input::{self, Rejection};
+use crate::persona::Personas;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
@@ -111,8 +113,8 @@ pub(crate) struct SessionArgs {
     pub(crate) chat_id: ChatId,
     /// Shared dependencies.
     pub(crate) deps: Arc<SessionDeps>,
-    /// `llm.system_prompt`, shared by all sessions.
-    pub(crate) system_prompt: Arc<str>,
+    /// The personas (system prompts), shared by all sessions.
+    pub(crate) personas: Arc<Personas>,
     /// Where `TurnFinished` goes.
     pub(crate) supervisor: ActorRef<SessionSupMsg>,
     /// Wakes the session's answer in flight (`/cancel`, new messages).
@@ -173,7 +175,12 @@ pub(crate) struct SessionState {
     admin_statuses: Vec<group_admin::CachedStatus>,
     deps: Arc<SessionDeps>,
     supervisor: ActorRef<SessionSupMsg>,
-    system_prompt: Arc<str>,
+    /// The personas (system prompts), shared by all sessions.
+    personas: Arc<Personas>,
+    /// The chat's own system prompt (`settings.custom_prompt`) as last
+    /// sent, shared by its requests instead of copied for each
+    /// (`persona.rs` keeps it in step with the settings).
+    own_prompt: Option<Arc<str>>,
 }
 
 impl Actor for Session {
@@ -211,7 +218,8 @@ impl Actor for Session {
                 std::time::Duration::ZERO
             },
             cancel_answered: false,
-            system_prompt: args.system_prompt,
+            personas: args.personas,
+            own_prompt: None,
             deps: args.deps,
             supervisor: args.supervisor,
         })
@@ -382,6 +390,7 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
         Command::Usage => commands::on_usage(state, turn),
         Command::Model(None) => admin::on_model_query(state, turn).await,
         Command::Model(Some(model)) => admin::on_model(state, turn, command.name(), model).await,
+        Command::Persona(arg) => persona::on_persona(state, turn, arg),
         Command::Stats => admin::on_stats(state, turn).await,
         Command::Health => admin::on_health(state).await,
         Command::Ban(user) => admin::on_ban(state, turn, command.name(), user, true).await,

@@ -117,12 +117,17 @@ pub(super) async fn ask(
     if let Some(refusal) = over_budget(state, turn) {
         return refusal;
     }
-    // A command's own model first, then the model this chat chose.
+    // The chat's persona (or own prompt) is the system message, whatever
+    // is asked. A command's own model first, then the model this chat
+    // chose, then its persona's; a command's temperature, then the
+    // persona's.
+    let voice = super::persona::voice(state);
     let options = Overrides {
         model: options
             .model
-            .or_else(|| state.settings.model.as_deref().map(Arc::from)),
-        ..options
+            .or_else(|| state.settings.model.as_deref().map(Arc::from))
+            .or(voice.model),
+        temperature: options.temperature.or(voice.temperature),
     };
     let Ask {
         text,
@@ -130,7 +135,7 @@ pub(super) async fn ask(
         remembered,
         files,
     } = question;
-    let mut prompt = state.history.prompt(&state.system_prompt, &text);
+    let mut prompt = state.history.prompt(&voice.prompt, &text);
     // The summary of what left the history, right after the system prompt.
     let fixed = match super::summary::context_message(state.summary.as_deref()) {
         Some(context) => {
