@@ -23,6 +23,8 @@
 //!   [`front::console`] (`llmgram chat`: the same tree without Telegram,
 //!   talked to from a terminal).
 //! - [`history`]: a chat's bounded history, owned by its session.
+//! - [`pricing`]: what LLM tokens cost, in integer millionths of the
+//!   currency (`[[llm.prices]]`), and amounts written for people.
 //! - [`input`]: input cleaning (Unicode-aware) and validation, and the
 //!   injection check, before any text reaches a prompt.
 //! - [`store`]: everything fjall-facing: the database, the group-commit
@@ -62,6 +64,7 @@ pub mod listener;
 pub mod llm;
 pub mod media;
 pub mod ops;
+pub mod pricing;
 pub mod retry;
 pub mod store;
 pub mod telegram;
