@@ -27,3 +27,4 @@ mod resilience;
 mod restarts;
 mod slow_chat;
 mod streaming;
+mod usage;
