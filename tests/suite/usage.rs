@@ -21,16 +21,24 @@ fn fake_tokens(chars: usize) -> u64 {
 /// The prompt and answer tokens the fake reported for `request`, whose
 /// answer was "answer to: <last user message>".
 fn reported(request: &LlmRequest) -> (u64, u64) {
-    let prompt: usize = request.messages.iter().map(|(_, c)| c.chars().count()).sum();
+    let prompt: usize = request
+        .messages
+        .iter()
+        .map(|(_, c)| c.chars().count())
+        .sum();
     let answer = format!("answer to: {}", request.last_user_message());
     (fake_tokens(prompt), fake_tokens(answer.chars().count()))
 }
 
 /// Total tokens and cost (micros, at [`PRICED`]) of every request so far.
 fn spent(h: &Harness) -> (u64, u64) {
-    h.llm.requests().iter().map(reported).fold((0, 0), |(t, c), (i, o)| {
-        (t + i + o, c + i * 1_000 + o * 3_000)
-    })
+    h.llm
+        .requests()
+        .iter()
+        .map(reported)
+        .fold((0, 0), |(t, c), (i, o)| {
+            (t + i + o, c + i * 1_000 + o * 3_000)
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +121,10 @@ async fn the_monthly_money_budget_stops_llm_calls() {
     assert_eq!(h.llm.request_count(), 1, "no LLM call over budget");
     h.say(34, "/usage");
     let usage = &h.replies(34, 3).await[2].text;
-    assert!(usage.ends_with("\nMonthly spending limit: $0.01."), "{usage}");
+    assert!(
+        usage.ends_with("\nMonthly spending limit: $0.01."),
+        "{usage}"
+    );
     h.stop().await;
 }
 
@@ -139,8 +150,14 @@ async fn admins_see_a_users_usage_and_nobody_else_does() {
     // A user nobody has heard from has spent nothing.
     h.say(35, "/usage 999");
     let nobody = &h.replies(35, 2).await[1].text;
-    assert!(nobody.starts_with("Usage of user 999:\nToday you have used 0 of"), "{nobody}");
-    assert!(nobody.contains("Cost: $0.00 today, $0.00 this month."), "{nobody}");
+    assert!(
+        nobody.starts_with("Usage of user 999:\nToday you have used 0 of"),
+        "{nobody}"
+    );
+    assert!(
+        nobody.contains("Cost: $0.00 today, $0.00 this month."),
+        "{nobody}"
+    );
     h.say(35, "/usage someone");
     assert_eq!(h.replies(35, 3).await[2].text, "Usage: /usage <user id>");
 
@@ -167,7 +184,11 @@ async fn forget_keeps_the_months_spend_across_a_restart() {
     h.say(37, "/forget");
     h.replies(37, 3).await;
     h.say(37, "/usage");
-    assert_eq!(h.replies(37, 4).await[3].text, before, "kept in the session");
+    assert_eq!(
+        h.replies(37, 4).await[3].text,
+        before,
+        "kept in the session"
+    );
 
     let h = h.restart(PRICED).await;
     h.say(37, "/usage");
