@@ -20,6 +20,8 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::pricing::{Price, PriceConfig};
+
 /// The embedded default configuration, the base layer of every load.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -258,6 +260,19 @@ pub struct LlmConfig {
     pub allowed_models: Vec<String>,
     pub user_models: Vec<String>,
     pub daily_token_budget: u64,
+    /// LLM tokens one user may use per UTC calendar month; 0: no budget.
+    pub monthly_token_budget: u64,
+    /// What one user's answers may cost per UTC calendar month (`currency`
+    /// units, at `prices`); 0: no budget. Read it through
+    /// [`LlmConfig::monthly_cost_budget_micros`].
+    pub monthly_cost_budget: f64,
+    /// The currency of `prices` and `monthly_cost_budget` (ISO 4217 code;
+    /// USD, EUR and GBP are shown with their sign).
+    pub currency: String,
+    /// What each model's tokens cost (`[[llm.prices]]`); a model without an
+    /// entry costs nothing shown. Read it through [`LlmConfig::price`].
+    #[serde(default)]
+    pub prices: Vec<PriceConfig>,
     pub max_concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
@@ -1091,9 +1106,66 @@ impl LlmConfig {
                 .any(|fallback| fallback.transcription_model().is_some())
     }
 
+    /// The price of `model`'s tokens, if `[[llm.prices]]` has one.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.prices
+            .iter()
+            .find(|entry| entry.model == model)
+            .and_then(PriceConfig::price)
+    }
+
+    /// `monthly_cost_budget` in millionths of the currency unit (0: none).
+    pub fn monthly_cost_budget_micros(&self) -> u64 {
+        crate::pricing::micros(self.monthly_cost_budget).unwrap_or(0)
+    }
+
+    /// Checks `[[llm.prices]]`, `llm.currency` and `llm.monthly_cost_budget`.
+    fn validate_prices(&self) -> Result<(), ConfigError> {
+        let currency = self.currency.trim();
+        if currency.is_empty() || currency.len() > 8 || currency != self.currency {
+            return Err(ConfigError::Invalid {
+                key: "llm.currency",
+                reason: "must be a currency code such as \"USD\"".into(),
+            });
+        }
+        if crate::pricing::micros(self.monthly_cost_budget).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "llm.monthly_cost_budget",
+                reason: format!(
+                    "{} is not an amount between 0 and {}",
+                    self.monthly_cost_budget,
+                    crate::pricing::MAX_AMOUNT
+                ),
+            });
+        }
+        for (index, entry) in self.prices.iter().enumerate() {
+            if entry.model.trim().is_empty()
+                || self.prices[..index].iter().any(|e| e.model == entry.model)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "llm.prices.model",
+                    reason: format!("entry {} needs a unique, non-empty model", index + 1),
+                });
+            }
+            if entry.price().is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "llm.prices",
+                    reason: format!(
+                        "entry {} ({}) needs prices between 0 and {} per million tokens",
+                        index + 1,
+                        entry.model,
+                        crate::pricing::MAX_AMOUNT
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the `llm` section and its fallbacks.
     fn validate(&self) -> Result<(), ConfigError> {
         let l = self;
+        l.validate_prices()?;
         positive(
             "llm.stream_chunk_timeout",
             millis(self.stream_chunk_timeout),
@@ -1654,6 +1726,43 @@ mod tests {
         let err =
             Config::from_defaults_with("llm.base_url = \"ftp://u:hunter2@x/v1\"\n").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn prices_and_money_budgets_are_validated() {
+        let price = |model: &str, input: &str, output: &str| {
+            format!(
+                "[[llm.prices]]\nmodel = \"{model}\"\ninput_per_million = {input}\noutput_per_million = {output}\n"
+            )
+        };
+        let config = Config::from_defaults_with(&format!(
+            "llm.monthly_cost_budget = 2.5\n{}{}",
+            price("a", "0.05", "0.08"),
+            price("b", "0", "1")
+        ))
+        .unwrap();
+        assert_eq!(
+            config.llm.price("a"),
+            Some(Price {
+                input: 50_000,
+                output: 80_000
+            })
+        );
+        assert_eq!(config.llm.price("c"), None);
+        assert_eq!(config.llm.monthly_cost_budget_micros(), 2_500_000);
+        let rejected = |toml: &str, key: &str| {
+            let err = Config::from_defaults_with(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        };
+        rejected(&price("a", "-0.01", "1"), "llm.prices");
+        rejected(&price("a", "1", "nan"), "llm.prices");
+        rejected(
+            &format!("{}{}", price("a", "1", "1"), price("a", "2", "2")),
+            "llm.prices.model",
+        );
+        rejected(&price(" ", "1", "1"), "llm.prices.model");
+        rejected("llm.monthly_cost_budget = -1\n", "llm.monthly_cost_budget");
+        rejected("llm.currency = \"\"\n", "llm.currency");
     }
 
     #[test]

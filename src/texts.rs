@@ -113,6 +113,21 @@ pub struct Texts {
     /// Placeholders: `{persona}`, `{prompt}`.
     pub persona_show: String,
     pub persona_default_set: String,
+    /// Placeholders: `{tokens}`, `{budget}`.
+    pub usage_month: String,
+    /// Placeholder: `{tokens}`.
+    pub usage_month_unlimited: String,
+    /// Placeholders: `{today}`, `{month}` (amounts with their currency).
+    pub usage_cost: String,
+    /// Placeholder: `{budget}` (an amount with its currency).
+    pub usage_cost_budget: String,
+    /// The first line of an admin's `/usage <user id>`. Placeholder:
+    /// `{user}`.
+    pub usage_of_user: String,
+    /// Placeholder: `{budget}`.
+    pub monthly_budget_exceeded: String,
+    /// Placeholder: `{budget}` (an amount with its currency).
+    pub monthly_cost_exceeded: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -37,8 +37,9 @@ pub enum Command {
     Cancel,
     /// `/forget`: the chat's record is deleted (its spend stays).
     Forget,
-    /// `/usage`: today's tokens against the daily budget.
-    Usage,
+    /// `/usage`: this chat's tokens (and their cost) today and this month,
+    /// with the budgets; `/usage ID` (admins): that user's private chat's.
+    Usage(Option<UserArg>),
     /// `/model [name]`: without a name, which model answers (anyone); with
     /// one, sets the bot's model (admins) or this chat's own among
     /// `llm.user_models` (anyone else).
@@ -67,7 +68,7 @@ pub enum Command {
     Unknown(String),
 }
 
-/// The user id argument of `/ban` and `/unban`.
+/// The user id argument of `/ban`, `/unban` and `/usage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserArg {
     /// A user id.
@@ -180,7 +181,7 @@ const BUILT_INS: &[BuiltIn] = &[
     },
     BuiltIn {
         name: "usage",
-        parse: |_| Command::Usage,
+        parse: |args| Command::Usage((!args.is_empty()).then(|| UserArg::parse(args))),
         menu: None,
     },
     BuiltIn {
@@ -288,7 +289,7 @@ impl Command {
             Self::Retry => "retry",
             Self::Cancel => "cancel",
             Self::Forget => "forget",
-            Self::Usage => "usage",
+            Self::Usage(_) => "usage",
             Self::Model(_) => "model",
             Self::Persona(_) => "persona",
             Self::Stats => "stats",
@@ -304,7 +305,7 @@ impl Command {
     pub fn words(&self) -> (&str, Cow<'_, str>) {
         let args = match self {
             Self::Model(Some(model)) => Cow::Borrowed(model.as_str()),
-            Self::Ban(user) | Self::Unban(user) => match user {
+            Self::Ban(user) | Self::Unban(user) | Self::Usage(Some(user)) => match user {
                 UserArg::Id(id) => Cow::Owned(id.to_string()),
                 UserArg::Malformed(given) => Cow::Borrowed(given.as_str()),
             },
@@ -316,7 +317,7 @@ impl Command {
             | Self::Retry
             | Self::Cancel
             | Self::Forget
-            | Self::Usage
+            | Self::Usage(None)
             | Self::Model(None)
             | Self::Stats
             | Self::Health
@@ -331,7 +332,7 @@ impl Command {
     pub fn is_admin_only(&self) -> bool {
         matches!(
             self,
-            Self::Stats | Self::Health | Self::Ban(_) | Self::Unban(_)
+            Self::Stats | Self::Health | Self::Ban(_) | Self::Unban(_) | Self::Usage(Some(_))
         )
     }
 
@@ -346,7 +347,7 @@ impl Command {
             | Self::Reset
             | Self::Cancel
             | Self::Forget
-            | Self::Usage
+            | Self::Usage(_)
             | Self::Model(_)
             | Self::Persona(_)
             | Self::Stats
@@ -397,7 +398,7 @@ mod tests {
             ("reset", Command::Reset),
             ("cancel", Command::Cancel),
             ("forget", Command::Forget),
-            ("usage", Command::Usage),
+            ("usage", Command::Usage(None)),
             ("model", Command::Model(None)),
             ("persona", Command::Persona(PersonaArg::List)),
             ("stats", Command::Stats),
@@ -433,10 +434,17 @@ mod tests {
             command("/model  gpt-x "),
             Command::Model(Some("gpt-x".into()))
         );
-        for admin_only in ["/stats", "/health", "/ban 1", "/unban x"] {
+        assert_eq!(command("/usage 42"), Command::Usage(Some(UserArg::Id(42))));
+        assert_eq!(
+            command("/usage me"),
+            Command::Usage(Some(UserArg::Malformed("me".into())))
+        );
+        for admin_only in [
+            "/stats", "/health", "/ban 1", "/unban x", "/usage 1", "/usage x",
+        ] {
             assert!(command(admin_only).is_admin_only(), "{admin_only}");
         }
-        for anyone in ["/model", "/model m", "/help", "/flirt", "/nope"] {
+        for anyone in ["/model", "/model m", "/help", "/flirt", "/nope", "/usage"] {
             assert!(!command(anyone).is_admin_only(), "{anyone}");
         }
     }

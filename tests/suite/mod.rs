@@ -29,3 +29,4 @@ mod restarts;
 mod slow_chat;
 mod streaming;
 mod summaries;
+mod usage;

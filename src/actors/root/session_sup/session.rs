@@ -54,6 +54,7 @@ mod media_turn;
 mod persona;
 mod summary;
 mod turn;
+mod usage;
 
 use std::sync::Arc;
 
@@ -387,7 +388,7 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
         Command::Retry => commands::on_retry(state, turn).await,
         Command::Cancel => commands::on_cancel(state, turn),
         Command::Forget => commands::on_forget(turn),
-        Command::Usage => commands::on_usage(state, turn),
+        Command::Usage(user) => usage::on_usage(state, turn, user.as_ref()).await,
         Command::Model(None) => admin::on_model_query(state, turn).await,
         Command::Model(Some(model)) => admin::on_model(state, turn, command.name(), model).await,
         Command::Persona(arg) => persona::on_persona(state, turn, arg),

@@ -390,8 +390,21 @@ async fn photos(
         None => (llm_turn::ask(state, turn, question, overrides).await, None),
     };
     drop(held);
-    if let Some((description, tokens)) = description {
-        llm_turn::charge(state, tokens);
+    if let Some(Described {
+        text: description,
+        input,
+        output,
+        model,
+    }) = description
+    {
+        llm_turn::charge(
+            state,
+            &llm_turn::Spent {
+                input,
+                output,
+                model: &model,
+            },
+        );
         let label = label.trim_end_matches(']');
         let described = words.spoken(&join_nonempty(
             &[&format!("{label}: {description}]"), words.own()],
@@ -446,7 +459,18 @@ async fn caption_only(
 
 /// A one-line description of the images for the history, and the tokens
 /// it cost; `None` when it could not be had (the turn goes on without it).
-async fn describe(deps: &SessionDeps, images: Vec<Arc<str>>) -> Option<(String, u64)> {
+/// An image description, and what asking for it spent.
+struct Described {
+    text: String,
+    /// Prompt tokens (an image as [`llm_turn::IMAGE_TOKENS`] when the
+    /// provider reported none).
+    input: u64,
+    output: u64,
+    /// The (vision) model that described it.
+    model: String,
+}
+
+async fn describe(deps: &SessionDeps, images: Vec<Arc<str>>) -> Option<Described> {
     llm_turn::llm_slot(deps).await.ok()?;
     let prompt = [
         ChatMessage::new(Role::System, DESCRIBE_PROMPT),
@@ -467,10 +491,17 @@ async fn describe(deps: &SessionDeps, images: Vec<Arc<str>>) -> Option<(String, 
                 .chars()
                 .take(DESCRIPTION_MAX_CHARS)
                 .collect();
-            let tokens = completion.usage.map_or(llm_turn::IMAGE_TOKENS, |usage| {
-                usage.prompt_tokens + usage.completion_tokens
-            });
-            (!text.is_empty()).then_some((text, tokens))
+            let (input, output) = completion
+                .usage
+                .map_or((llm_turn::IMAGE_TOKENS, 0), |usage| {
+                    (usage.prompt_tokens, usage.completion_tokens)
+                });
+            (!text.is_empty()).then_some(Described {
+                text,
+                input,
+                output,
+                model: completion.model,
+            })
         }
         Err(error) => {
             tracing::info!(class = error.class(), "no description of the image");
