@@ -418,6 +418,9 @@ pub struct SessionConfig {
 pub struct InputConfig {
     pub max_chars: usize,
     pub max_merged_chars: usize,
+    /// Longest quoted text a reply carries into the prompt (characters);
+    /// 0 leaves quotes out.
+    pub max_quote_chars: usize,
 }
 
 /// `[media]`: photos, voice notes and documents: sizes, costs and
@@ -904,6 +907,12 @@ impl InputConfig {
             return Err(ConfigError::Invalid {
                 key: "input.max_merged_chars",
                 reason: "must not be less than input.max_chars".into(),
+            });
+        }
+        if self.max_quote_chars > self.max_chars {
+            return Err(ConfigError::Invalid {
+                key: "input.max_quote_chars",
+                reason: "must not be more than input.max_chars".into(),
             });
         }
 

@@ -51,6 +51,7 @@ mod intake;
 mod live;
 mod llm_turn;
 mod media_turn;
+mod reply_context;
 mod turn;
 
 use std::sync::Arc;
@@ -279,6 +280,10 @@ async fn on_update(
             return turn::finish(state, inbound.update_id, earlier);
         }
         let mut turn = Turn::new(&state.deps, inbound, earlier);
+        turn.quote = inbound
+            .reply_to
+            .as_ref()
+            .and_then(|quoted| reply_context::quote_line(&state.history, quoted));
         if let Some(refusal) = admission::refusal(state, &mut turn).await {
             turn.reply = refusal;
             turn.change = Change::Keep;

@@ -44,6 +44,8 @@ pub(super) fn on_reset(state: &mut SessionState, turn: &Turn<'_>) -> Reply {
 
 /// `/retry`: the last question is asked again.
 pub(super) async fn on_retry(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
+    // The question asked again has its own quote already.
+    turn.quote = None;
     match state.history.take_last_question() {
         Some(question) => llm_turn::answer(state, turn, &question).await,
         None => Reply::Plain(turn.texts.nothing_to_retry.clone()),
