@@ -23,6 +23,7 @@ mod operations;
 mod ordering;
 mod persistence;
 mod protection;
+mod reply_context;
 mod resilience;
 mod restarts;
 mod slow_chat;
