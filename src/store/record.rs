@@ -472,8 +472,9 @@ pub struct StoredUpdate {
     /// The message's id in its chat (version 4): a group answer replies to
     /// it.
     pub message_id: Option<i32>,
-    /// What the message replies to (version 4).
-    pub reply_to: Option<StoredQuote>,
+    /// What the message replies to (version 4; boxed: most messages are
+    /// not replies).
+    pub reply_to: Option<Box<StoredQuote>>,
 }
 
 /// A [`Quoted`] as stored.
@@ -695,10 +696,12 @@ impl StoredUpdate {
                 InboundKind::NonText => StoredKind::NonText,
             },
             message_id: inbound.message_id.map(|id| id.0),
-            reply_to: inbound.reply_to.as_ref().map(|quote| StoredQuote {
-                text: quote.text.clone(),
-                from_bot: quote.from_bot,
-                partial: quote.partial,
+            reply_to: inbound.reply_to.as_ref().map(|quote| {
+                Box::new(StoredQuote {
+                    text: quote.text.clone(),
+                    from_bot: quote.from_bot,
+                    partial: quote.partial,
+                })
             }),
         }
     }
@@ -726,10 +729,12 @@ impl StoredUpdate {
             // Not stored: a replayed group message loses its speaker's name.
             speaker: None,
             message_id: self.message_id.map(MessageId),
-            reply_to: self.reply_to.map(|quote| Quoted {
-                text: quote.text,
-                from_bot: quote.from_bot,
-                partial: quote.partial,
+            reply_to: self.reply_to.map(|quote| {
+                Box::new(Quoted {
+                    text: quote.text,
+                    from_bot: quote.from_bot,
+                    partial: quote.partial,
+                })
             }),
         }
     }
@@ -984,11 +989,11 @@ mod tests {
         );
 
         expected.message_id = Some(42);
-        expected.reply_to = Some(StoredQuote {
+        expected.reply_to = Some(Box::new(StoredQuote {
             text: "the beach at dawn".into(),
             from_bot: true,
             partial: false,
-        });
+        }));
         let bytes = encode_update(&UpdateEntry::Pending(expected.clone())).unwrap();
         assert_eq!(bytes[0], 4);
         let UpdateEntry::Pending(stored) = decode_update(&bytes).unwrap() else {
@@ -998,7 +1003,7 @@ mod tests {
         let inbound = stored.into_inbound(&[]);
         assert_eq!(inbound.message_id, Some(MessageId(42)));
         assert_eq!(
-            inbound.reply_to,
+            inbound.reply_to.map(|quote| *quote),
             Some(Quoted {
                 text: "the beach at dawn".into(),
                 from_bot: true,

@@ -43,8 +43,9 @@ pub struct Inbound {
     /// The message's own id in its chat: in groups the answer is sent as a
     /// reply to it. `None` for the console's lines.
     pub message_id: Option<MessageId>,
-    /// What the message replies to, when it is a reply with text to quote.
-    pub reply_to: Option<Quoted>,
+    /// What the message replies to, when it is a reply with text to quote
+    /// (boxed: most messages are not replies).
+    pub reply_to: Option<Box<Quoted>>,
 }
 
 /// The text a message replies to, as the prompt quotes it: Telegram's
@@ -290,7 +291,7 @@ impl Inbound {
                 .then(|| user.map(|u| u.first_name.clone()))
                 .flatten(),
             message_id: Some(message.id),
-            reply_to: Quoted::of(message, bot_username, config.input.max_quote_chars),
+            reply_to: Quoted::of(message, bot_username, config.input.max_quote_chars).map(Box::new),
         })
     }
 }
@@ -663,7 +664,7 @@ mod tests {
         let inbound = Inbound::from_update(&update(PRIVATE, &fields), "bot", &config).unwrap();
         assert_eq!(inbound.message_id, Some(MessageId(1)));
         assert_eq!(
-            inbound.reply_to,
+            inbound.reply_to.map(|quote| *quote),
             Some(Quoted {
                 text: "see you at 5".into(),
                 from_bot: false,
@@ -679,7 +680,7 @@ mod tests {
         let inbound = Inbound::from_update(&update(GROUP, &fields), "bot", &config).unwrap();
         assert_eq!(inbound.kind, InboundKind::Text("why?".into()));
         assert_eq!(
-            inbound.reply_to,
+            inbound.reply_to.map(|quote| *quote),
             Some(Quoted {
                 text: "at the pier".into(),
                 from_bot: true,
