@@ -419,7 +419,8 @@ pub struct InputConfig {
     pub max_chars: usize,
     pub max_merged_chars: usize,
     /// Longest quoted text a reply carries into the prompt (characters);
-    /// 0 leaves quotes out.
+    /// 0 leaves quotes out. Any value is valid: the quote is bounded on its
+    /// own, not counted against `max_chars`.
     pub max_quote_chars: usize,
 }
 
@@ -907,12 +908,6 @@ impl InputConfig {
             return Err(ConfigError::Invalid {
                 key: "input.max_merged_chars",
                 reason: "must not be less than input.max_chars".into(),
-            });
-        }
-        if self.max_quote_chars > self.max_chars {
-            return Err(ConfigError::Invalid {
-                key: "input.max_quote_chars",
-                reason: "must not be more than input.max_chars".into(),
             });
         }
 

@@ -210,3 +210,29 @@ async fn a_media_caption_reply_carries_the_quote() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_as_a_reply_takes_the_quote_as_its_input() {
+    let h = Harness::start().await;
+    h.telegram.push_raw_message(replying_to_user(
+        message(46, 10, 46, "/reply"),
+        "I love your sunset posts!",
+    ));
+    h.replies(46, 1).await;
+    let asked = h.llm.requests()[0].last_user_message().to_owned();
+    assert!(asked.contains("I love your sunset posts!"), "{asked}");
+    assert!(!asked.contains("[Replying to"), "{asked}");
+    // With its own text, the command quotes the message as any text does.
+    h.telegram.push_raw_message(replying_to_user(
+        message(46, 11, 46, "/reply thank them warmly"),
+        "I love your sunset posts!",
+    ));
+    h.replies(46, 2).await;
+    let asked = h.llm.requests()[1].last_user_message().to_owned();
+    assert!(
+        asked.starts_with("[Replying to: «I love your sunset posts!»]\n"),
+        "{asked}"
+    );
+    assert!(asked.contains("thank them warmly"), "{asked}");
+    h.stop().await;
+}
