@@ -28,6 +28,8 @@
 //!     --timeout-secs 300 --set session.idle_timeout=60s --set session.sweep_interval=5s
 //! cargo bench --bench load -- --startups 5
 //! cargo bench --bench load -- --chats 1000 --messages 30 --chaos-every-ms 100
+//! cargo bench --bench load -- --chats 200 --messages 2 --llm-latency-ms 50 \
+//!     --photo-bytes 204800 --set media.max_concurrent_downloads=2
 //! ```
 //!
 //! Options (defaults in brackets):
@@ -66,6 +68,18 @@
 //!   (`supervision.max_restarts`), since panics every 100 ms exceed any sane
 //!   budget. A reply quoting no message counts as a fallback answer, not a
 //!   violation; a second reply to a message is a violation;
+//! * `--photo-bytes N` [off]: **media** mode: every message is a photo
+//!   instead of a text, captioned with its marker (the fake LLM's echo of
+//!   the caption routes the reply as in text mode). Each photo is a file of
+//!   its own registered with the fake Bot API (one size, a 1280×960 JPEG
+//!   header padded to `N` bytes), which the bot resolves with `getFile`,
+//!   downloads and sends to the LLM as a data URL. Every LLM request must
+//!   carry an image (else a violation). The bot's RSS is sampled every
+//!   100 ms during the run; the fake LLM keeps no request bodies nor image
+//!   data (`FakeLlm::set_lean_records`). Works with the closed and the open
+//!   loop. The overhead then includes `getFile`, the download and the
+//!   base64 encoding. Pair it with `--set media.max_concurrent_downloads=N`
+//!   to see what bounds the memory;
 //! * `LLMGRAM_BENCH_WRAPPER="heaptrack -o FILE"` (environment): runs the bot
 //!   under a profiler (the `/proc` figures then describe the wrapper). Add
 //!   `--features system-alloc`: heaptrack hooks malloc and sees nothing of
@@ -124,6 +138,9 @@
 //!   (at the baseline and after eviction also split into `RssAnon`, the
 //!   heap and stacks, and `RssFile`, the mapped binary and libraries),
 //!   plus a `summary-memory` line.
+//! * media mode: `getFile` calls and file downloads the fake served, the
+//!   LLM requests with and without an image, the peak RSS and the largest
+//!   of the RSS samples taken during the run, plus a `summary-media` line.
 //! * The overhead subtracts the nominal LLM delay; the fake sleeps on
 //!   tokio's 1 ms timer, so up to about 1 ms of timer overshoot counts as
 //!   overhead (the figure errs high).
@@ -149,7 +166,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use llmgram_fakes::{FakeLlm, FakeTelegram, SentMessage};
+use llmgram_fakes::{FakeLlm, FakeTelegram, LlmRequest, MediaUpdate, SentMessage, jpeg};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -190,6 +207,9 @@ struct Options {
     /// Chaos mode: only these victims (names of [`CHAOS_VICTIMS`]); empty
     /// means all of them.
     chaos_only: Vec<String>,
+    /// Media mode: every message is a photo of this many bytes captioned
+    /// with its marker.
+    photo_bytes: Option<usize>,
     /// Extra `LLMGRAM_*` variables for the bot, from `--set section.key=value`.
     extra_env: Vec<(String, String)>,
 }
@@ -198,7 +218,7 @@ impl Options {
     const USAGE: &'static str = "usage: cargo bench --bench load -- [--chats U] [--messages K] \
          [--llm-latency-ms MS] [--llm-concurrency N] [--timeout-secs S] [--think-ms MS] \
          [--rate R --duration-secs D] [--idle-secs S] [--startups N] \
-         [--chaos-every-ms MS [--chaos-only NAME]...] \
+         [--chaos-every-ms MS [--chaos-only NAME]...] [--photo-bytes N] \
          [--set section.key=value]...";
 
     /// Parses `--name value` pairs; ignores the `--bench` flag cargo adds.
@@ -216,6 +236,7 @@ impl Options {
             startups: None,
             chaos_every: None,
             chaos_only: Vec::new(),
+            photo_bytes: None,
             extra_env: Vec::new(),
         };
         let mut args = args.into_iter();
@@ -253,6 +274,13 @@ impl Options {
                 }
                 "--chaos-every-ms" => {
                     options.chaos_every = Some(Duration::from_millis(number(1)?));
+                }
+                "--photo-bytes" => {
+                    let bytes = number(1)?;
+                    options.photo_bytes = Some(
+                        usize::try_from(bytes)
+                            .map_err(|_| format!("{flag}: {bytes} is too large"))?,
+                    );
                 }
                 "--set" => options.extra_env.push(Self::config_env(&value)?),
                 _ => return Err(format!("unknown option {flag}\n{}", Self::USAGE)),
@@ -320,7 +348,7 @@ async fn main() -> ExitCode {
     };
     println!(
         "load: chats={} messages={} llm_latency_ms={} llm_concurrency={} timeout_secs={} \
-         think_ms={} rate={} duration_secs={} idle_secs={} chaos_every_ms={}",
+         think_ms={} rate={} duration_secs={} idle_secs={} chaos_every_ms={} photo_bytes={}",
         options.chats,
         options.messages,
         options.llm_latency.as_millis(),
@@ -335,6 +363,9 @@ async fn main() -> ExitCode {
         options
             .chaos_every
             .map_or("-".to_owned(), |d| d.as_millis().to_string()),
+        options
+            .photo_bytes
+            .map_or("-".to_owned(), |n| n.to_string()),
     );
     if let Some(runs) = options.startups {
         return startup_series(&options, runs).await;
@@ -344,6 +375,8 @@ async fn main() -> ExitCode {
     let telegram = FakeTelegram::start().await;
     let llm = FakeLlm::start().await;
     llm.set_latency(options.llm_latency);
+    // Hundreds of megabytes of images would otherwise stay recorded here.
+    llm.set_lean_records(options.photo_bytes.is_some());
     let dir = tempfile::tempdir().expect("cannot create a temporary directory");
     let log_path = dir.path().join("llmgram.stderr.log");
     println!(
@@ -395,10 +428,15 @@ async fn main() -> ExitCode {
     let chaos = options
         .chaos_every
         .map(|every| ops.start_chaos(every, options.chats, &options.chaos_only));
+    let sampler = options.photo_bytes.map(|_| RssSampler::start(pid));
     let run = if let Some(rate) = options.rate {
         run_open_loop(&options, rate, &telegram, &mut child).await
     } else {
         run_load(&options, &telegram, &mut child).await
+    };
+    let rss_samples = match sampler {
+        Some(sampler) => sampler.stop().await,
+        None => Vec::new(),
     };
     let chaos = chaos.map(|(tally, task)| {
         task.abort();
@@ -430,8 +468,10 @@ async fn main() -> ExitCode {
         "sendMessage",
         "sendChatAction",
         "editMessageText",
+        "getFile",
     ]
     .map(|m| (m, telegram.method_calls(m)));
+    let downloads = telegram.downloads();
 
     let stop_started = Instant::now();
     let exit = stop_bot(&mut child).await;
@@ -480,7 +520,7 @@ async fn main() -> ExitCode {
         let _ = write!(s, " {m}={n}");
         s
     });
-    println!("telegram calls:{calls}");
+    println!("telegram calls:{calls} (file downloads={downloads})");
     let opened = connections.iter().fold(String::new(), |mut s, (name, n)| {
         match n {
             Some(n) => {
@@ -527,7 +567,7 @@ async fn main() -> ExitCode {
     {
         let prefix = format!("c{chat}-m");
         for request in llm.requests() {
-            if request.last_user_message().starts_with(&prefix) {
+            if marker_of(request.last_user_message()).is_some_and(|m| m.starts_with(&prefix)) {
                 println!(
                     "  chat {chat}: LLM request {:?} at {}",
                     request.last_user_message(),
@@ -557,6 +597,23 @@ async fn main() -> ExitCode {
     }
     if let Some(memory) = &memory {
         println!("{memory}");
+    }
+    if let Some(photo_bytes) = options.photo_bytes {
+        let media = MediaReport {
+            photo_bytes,
+            photos: total,
+            llm: &analysis.images,
+            downloads,
+            get_file: telegram.method_calls("getFile"),
+            peak: vm_hwm,
+            samples: &rss_samples,
+            download_concurrency: options
+                .extra_env
+                .iter()
+                .find(|(name, _)| name == "LLMGRAM_MEDIA__MAX_CONCURRENT_DOWNLOADS")
+                .map_or("default", |(_, value)| value.as_str()),
+        };
+        println!("{media}");
     }
 
     let clean_exit = matches!(&exit, Exit::Exited(status) if status.success());
@@ -648,6 +705,7 @@ async fn run_load(
                 messages: options.messages,
                 think: options.think,
                 accept_fallback: options.chaos_every.is_some(),
+                photo_bytes: options.photo_bytes,
             },
             start_after,
             inbox,
@@ -706,6 +764,8 @@ struct Analysis {
     after_llm: Percentiles,
     by_round: BTreeMap<u32, Percentiles>,
     cpu: String,
+    /// What the LLM requests carried in the way of images.
+    images: ImageTally,
 }
 
 impl Analysis {
@@ -733,11 +793,25 @@ impl Analysis {
         });
 
         // Per message: getUpdates delivery -> LLM request -> sendMessage.
-        let mut llm_arrivals: HashMap<String, Instant> = HashMap::new();
-        for request in llm.requests() {
-            llm_arrivals
-                .entry(request.last_user_message().to_owned())
-                .or_insert(request.at);
+        let requests = llm.requests();
+        let mut llm_arrivals: HashMap<&str, Instant> = HashMap::new();
+        for request in &requests {
+            if let Some(marker) = marker_of(request.last_user_message()) {
+                llm_arrivals.entry(marker).or_insert(request.at);
+            }
+        }
+        let images = ImageTally::of(&requests);
+        if options.photo_bytes.is_some() && images.without_image > 0 {
+            violations.push(format!(
+                "{} LLM request(s) carried no image in media mode",
+                images.without_image
+            ));
+        }
+        if images.not_data_urls > 0 {
+            violations.push(format!(
+                "{} image part(s) were not data:image/jpeg;base64 URLs",
+                images.not_data_urls
+            ));
         }
         let latency_ms = options.llm_latency.as_secs_f64() * 1e3;
         let mut overheads = Vec::with_capacity(answered.len());
@@ -755,7 +829,7 @@ impl Analysis {
             let ms = ms_between(delivered, a.replied_at) - latency_ms;
             overheads.push(ms);
             by_round.entry(a.round).or_default().push(ms);
-            if let Some(&asked) = llm_arrivals.get(&a.marker) {
+            if let Some(&asked) = llm_arrivals.get(a.marker.as_str()) {
                 to_llm.push(ms_between(delivered, asked));
                 after_llm.push(ms_between(asked, a.replied_at) - latency_ms);
             }
@@ -784,6 +858,7 @@ impl Analysis {
                 .map(|(round, values)| (round, Percentiles::of(values)))
                 .collect(),
             cpu: run.cpu_after.since(&run.cpu_before, run_secs),
+            images,
         }
     }
 }
@@ -904,6 +979,8 @@ struct ChatPlan {
     /// Whether a reply quoting no message is taken as a fallback answer
     /// (chaos mode) rather than a violation.
     accept_fallback: bool,
+    /// Media mode: send photos of this many bytes.
+    photo_bytes: Option<usize>,
 }
 
 /// One chat's closed loop: push message `k`, wait for its reply, repeat.
@@ -919,8 +996,8 @@ async fn run_chat(
         messages,
         think,
         accept_fallback,
+        photo_bytes,
     } = plan;
-    let user_id = chat_id.unsigned_abs();
     let mut outcome = ChatOutcome {
         answered: Vec::with_capacity(messages as usize),
         ..ChatOutcome::default()
@@ -934,7 +1011,7 @@ async fn run_chat(
         }
         let marker = format!("c{chat_id}-m{k}");
         let pushed_at = Instant::now();
-        let update_id = telegram.push_text(chat_id, user_id, &marker);
+        let update_id = push_message(&telegram, chat_id, &marker, photo_bytes);
         loop {
             let Ok(Some(reply)) = tokio::time::timeout_at(deadline, inbox.recv()).await else {
                 outcome.missing += (messages - k + 1) as usize;
@@ -966,6 +1043,46 @@ async fn run_chat(
         }
     }
     outcome
+}
+
+/// Width and height written in the media mode's photos: a phone photo as
+/// Telegram serves its largest size (1280 px on the long side).
+const PHOTO_SIZE: (u16, u16) = (1280, 960);
+
+/// Pushes the message `marker` of chat `chat_id` (sent by user `chat_id`):
+/// its text or, in media mode (`photo_bytes`), a photo of that many bytes
+/// captioned with it. Each photo is a file of its own (registered at
+/// `photos/<marker>.jpg`, one size only), as every photo a user sends is.
+/// Returns the update id.
+fn push_message(
+    telegram: &FakeTelegram,
+    chat_id: i64,
+    marker: &str,
+    photo_bytes: Option<usize>,
+) -> i64 {
+    let user_id = chat_id.unsigned_abs();
+    let Some(bytes) = photo_bytes else {
+        return telegram.push_text(chat_id, user_id, marker);
+    };
+    let (width, height) = PHOTO_SIZE;
+    let file_id = telegram.add_file(jpeg(width, height, bytes), &format!("photos/{marker}.jpg"));
+    telegram.push_media(MediaUpdate::photo(chat_id, user_id, &[&file_id]).caption(marker))
+}
+
+/// The first marker `c{chat}-m{k}` in `text` (an LLM request's user turn
+/// may wrap the caption of a photo in more text).
+fn marker_of(text: &str) -> Option<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .find(|token| {
+            token
+                .strip_prefix('c')
+                .and_then(|rest| rest.split_once("-m"))
+                .is_some_and(|(chat, k)| {
+                    [chat, k]
+                        .iter()
+                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+        })
 }
 
 /// Whether `text` contains `marker` as a whole token (`c1-m1` does not match
@@ -1400,6 +1517,150 @@ impl std::fmt::Display for ChaosTally {
     }
 }
 
+/// What the LLM requests carried in the way of images (media mode).
+#[derive(Debug, Default)]
+struct ImageTally {
+    requests: usize,
+    /// Requests with at least one image part.
+    with_image: usize,
+    without_image: usize,
+    /// Image parts over all requests.
+    images: usize,
+    /// Image parts that were not `data:image/jpeg;base64,` URLs (a file
+    /// download URL there would carry the bot token to the provider).
+    not_data_urls: usize,
+}
+
+impl ImageTally {
+    fn of(requests: &[LlmRequest]) -> ImageTally {
+        let mut tally = ImageTally {
+            requests: requests.len(),
+            ..ImageTally::default()
+        };
+        for request in requests {
+            if request.image_count() > 0 {
+                tally.with_image += 1;
+            } else {
+                tally.without_image += 1;
+            }
+            tally.images += request.image_count();
+            tally.not_data_urls += request
+                .images
+                .iter()
+                .filter(|url| !url.starts_with("data:image/jpeg;base64,"))
+                .count();
+        }
+        tally
+    }
+}
+
+/// How often the media mode samples the bot's RSS during the run.
+const RSS_SAMPLE: Duration = Duration::from_millis(100);
+/// Most RSS samples printed one by one.
+const RSS_SAMPLES_SHOWN: usize = 12;
+
+/// Samples the bot's `VmRSS` every [`RSS_SAMPLE`] until stopped.
+struct RssSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<Vec<(f64, u64)>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(RSS_SAMPLE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        if let (_, Some(rss)) = read_memory(pid) {
+                            samples.push((started.elapsed().as_secs_f64(), rss));
+                        }
+                    }
+                }
+            }
+            samples
+        });
+        RssSampler { stop, task }
+    }
+
+    /// `(seconds since the start, VmRSS KiB)` of every sample.
+    async fn stop(self) -> Vec<(f64, u64)> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The media mode's figures.
+struct MediaReport<'a> {
+    photo_bytes: usize,
+    photos: usize,
+    llm: &'a ImageTally,
+    downloads: usize,
+    get_file: usize,
+    /// `VmHWM` at the end, KiB.
+    peak: Option<u64>,
+    /// `(seconds into the run, VmRSS KiB)`.
+    samples: &'a [(f64, u64)],
+    /// `media.max_concurrent_downloads` as set, or `default`.
+    download_concurrency: &'a str,
+}
+
+impl std::fmt::Display for MediaReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (width, height) = PHOTO_SIZE;
+        writeln!(
+            f,
+            "media: {} photos of {} bytes ({width}x{height} JPEG headers, one file each), \
+             media.max_concurrent_downloads={}",
+            self.photos, self.photo_bytes, self.download_concurrency
+        )?;
+        writeln!(
+            f,
+            "media: getFile={} downloads={}; LLM requests={} with an image={} without={} \
+             images={} not data URLs={}",
+            self.get_file,
+            self.downloads,
+            self.llm.requests,
+            self.llm.with_image,
+            self.llm.without_image,
+            self.llm.images,
+            self.llm.not_data_urls
+        )?;
+        let sampled_max = self.samples.iter().map(|s| s.1).max();
+        write!(
+            f,
+            "media: bot peak RSS (VmHWM) {}; RSS sampled every {} ms during the run: \
+             {} samples, max {}",
+            show_kib(self.peak),
+            RSS_SAMPLE.as_millis(),
+            self.samples.len(),
+            show_kib(sampled_max)
+        )?;
+        let step = self.samples.len().div_ceil(RSS_SAMPLES_SHOWN).max(1);
+        for (at, rss) in self.samples.iter().step_by(step) {
+            write!(f, "\n  t+{at:>5.1} s rss={}", show_kib(Some(*rss)))?;
+        }
+        let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
+        write!(
+            f,
+            "\nsummary-media photo_bytes={} photos={} downloads={} llm_images={} \
+             peak_rss_mib={:.1} sampled_max_rss_mib={:.1} max_concurrent_downloads={}",
+            self.photo_bytes,
+            self.photos,
+            self.downloads,
+            self.llm.images,
+            mib(self.peak),
+            mib(sampled_max),
+            self.download_concurrency
+        )
+    }
+}
+
 /// The memory mode's figures, in KiB.
 struct MemoryReport {
     baseline: Option<u64>,
@@ -1594,6 +1855,7 @@ async fn run_open_loop(
     let pid = child.id();
     let cpu_before = CpuSample::take(pid);
     let started = Instant::now();
+    let photo_bytes = options.photo_bytes;
     let pusher = {
         let telegram = telegram.clone();
         tokio::spawn(async move {
@@ -1608,7 +1870,7 @@ async fn run_open_loop(
                 let round = u32::try_from(i / chats + 1).expect("rounds fit in u32");
                 let marker = format!("c{chat_id}-m{round}");
                 let pushed_at = Instant::now();
-                let update_id = telegram.push_text(chat_id, chat_id.unsigned_abs(), &marker);
+                let update_id = push_message(&telegram, chat_id, &marker, photo_bytes);
                 pushed.push(Pushed {
                     chat_id,
                     round,

@@ -20,6 +20,8 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::pricing::{Price, PriceConfig};
+
 /// The embedded default configuration, the base layer of every load.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -61,6 +63,9 @@ pub struct Config {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub commands: Vec<CommandConfig>,
+    /// The personas a chat may pick with `/persona` (`[[personas]]`).
+    #[serde(default)]
+    pub personas: Vec<PersonaConfig>,
     pub shutdown: ShutdownConfig,
     /// `LLMGRAM_*` environment variables that are not settings (no `__`
     /// and no top-level key of that name), ignored; the service names them
@@ -255,6 +260,19 @@ pub struct LlmConfig {
     pub allowed_models: Vec<String>,
     pub user_models: Vec<String>,
     pub daily_token_budget: u64,
+    /// LLM tokens one user may use per UTC calendar month; 0: no budget.
+    pub monthly_token_budget: u64,
+    /// What one user's answers may cost per UTC calendar month (`currency`
+    /// units, at `prices`); 0: no budget. Read it through
+    /// [`LlmConfig::monthly_cost_budget_micros`].
+    pub monthly_cost_budget: f64,
+    /// The currency of `prices` and `monthly_cost_budget` (ISO 4217 code;
+    /// USD, EUR and GBP are shown with their sign).
+    pub currency: String,
+    /// What each model's tokens cost (`[[llm.prices]]`); a model without an
+    /// entry costs nothing shown. Read it through [`LlmConfig::price`].
+    #[serde(default)]
+    pub prices: Vec<PriceConfig>,
     pub max_concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
@@ -278,6 +296,10 @@ pub struct LlmConfig {
     pub max_response_bytes: usize,
     pub temperature: f32,
     pub system_prompt: String,
+    /// The `[[personas]]` entry chats use until they pick another; empty:
+    /// `system_prompt` (with the section's model and temperature).
+    #[serde(default)]
+    pub default_persona: String,
     #[serde(with = "humantime_serde")]
     pub fallback_after: Duration,
     pub retry: RetryConfig,
@@ -409,6 +431,9 @@ pub struct SessionConfig {
     pub merge_wait_chars: usize,
     #[serde(with = "humantime_serde")]
     pub queued_notice_after: Duration,
+    pub summarize: bool,
+    pub summary_model: String,
+    pub summary_max_chars: usize,
 }
 
 /// `[input]`: what user text is accepted.
@@ -422,6 +447,9 @@ pub struct InputConfig {
     /// 0 leaves quotes out. Any value is valid: the quote is bounded on its
     /// own, not counted against `max_chars`.
     pub max_quote_chars: usize,
+    /// Longest own system prompt a chat may set with `/persona custom`
+    /// (characters, after cleaning); also bounds the configured personas'.
+    pub max_system_prompt_chars: usize,
 }
 
 /// `[media]`: photos, voice notes and documents: sizes, costs and
@@ -438,7 +466,7 @@ pub struct MediaConfig {
     pub max_document_chars: usize,
     pub show_transcript: bool,
     pub describe_images: bool,
-    pub max_concurrent_downloads: usize,
+    pub max_in_flight_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub download_timeout: Duration,
     pub download_attempts: u32,
@@ -508,6 +536,26 @@ pub struct CommandConfig {
     pub cost: CommandCost,
 }
 
+/// One `[[personas]]` entry: a system prompt a chat may pick with
+/// `/persona <name>`, with its own model and temperature if it wants them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct PersonaConfig {
+    pub name: String,
+    /// Per language code (`en` required), shown by `/persona`.
+    pub description: std::collections::BTreeMap<String, String>,
+    /// Sent as the system message, exactly as written.
+    pub system_prompt: String,
+    /// A model for the primary provider; a chat's own `/model` choice wins.
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+}
+
+/// Words `/persona` reads as its own (`/persona custom …`, `/persona
+/// show`, `/persona default`), so no persona may be named so.
+pub const PERSONA_RESERVED_NAMES: &[&str] = &["default", "custom", "show"];
+
 /// A command's class for the rate limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -527,6 +575,11 @@ impl Config {
     /// The configured command called `name`, if any.
     pub fn command(&self, name: &str) -> Option<&CommandConfig> {
         self.commands.iter().find(|c| c.name == name)
+    }
+
+    /// The configured persona called `name`, if any.
+    pub fn persona(&self, name: &str) -> Option<&PersonaConfig> {
+        self.personas.iter().find(|p| p.name == name)
     }
 }
 
@@ -763,6 +816,7 @@ impl Config {
         self.input.validate()?;
         self.media.validate()?;
         self.validate_commands()?;
+        self.validate_personas()?;
         self.webhook.validate(self.telegram.mode)?;
         self.ops.validate()?;
         self.llm.validate()?;
@@ -829,6 +883,67 @@ impl Config {
             });
         }
 
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks the `[[personas]]` entries and `llm.default_persona`.
+    fn validate_personas(&self) -> Result<(), ConfigError> {
+        let limit = self.input.max_system_prompt_chars;
+        for persona in &self.personas {
+            let name = &persona.name;
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let prompt_chars = persona.system_prompt.chars().count();
+            let problem = if !valid_name {
+                Some("a name of 1–32 characters a-z, 0-9 or _".to_owned())
+            } else if PERSONA_RESERVED_NAMES.contains(&name.as_str()) {
+                Some(format!(
+                    "a name other than {}",
+                    PERSONA_RESERVED_NAMES.join(", ")
+                ))
+            } else if self.personas.iter().filter(|p| &p.name == name).count() > 1 {
+                Some("a unique name".to_owned())
+            } else if !persona.description.contains_key("en") {
+                Some("an `en` description".to_owned())
+            } else if let Some((language, _)) = persona
+                .description
+                .iter()
+                .find(|(_, text)| text.trim().is_empty())
+            {
+                Some(format!("a non-empty `{language}` description"))
+            } else if persona.system_prompt.trim().is_empty() {
+                Some("a non-empty system_prompt".to_owned())
+            } else if prompt_chars > limit {
+                Some(format!(
+                    "a system_prompt of at most input.max_system_prompt_chars ({limit}) characters, not {prompt_chars}"
+                ))
+            } else if persona
+                .temperature
+                .is_some_and(|t| !(0.0..=2.0).contains(&t))
+            {
+                Some("a temperature within 0.0..=2.0".to_owned())
+            } else {
+                None
+            };
+            if let Some(needs) = problem {
+                return Err(ConfigError::Invalid {
+                    key: "personas",
+                    reason: format!("persona `{name}` needs {needs}"),
+                });
+            }
+        }
+        let default = &self.llm.default_persona;
+        if !default.is_empty() && self.persona(default).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "llm.default_persona",
+                reason: format!("`{default}` is not a [[personas]] entry"),
+            });
+        }
         Ok(())
     }
 }
@@ -903,6 +1018,10 @@ impl InputConfig {
     /// Checks the `input` section.
     fn validate(&self) -> Result<(), ConfigError> {
         positive("input.max_chars", self.max_chars as u64)?;
+        positive(
+            "input.max_system_prompt_chars",
+            self.max_system_prompt_chars as u64,
+        )?;
 
         if self.max_merged_chars < self.max_chars {
             return Err(ConfigError::Invalid {
@@ -991,9 +1110,66 @@ impl LlmConfig {
                 .any(|fallback| fallback.transcription_model().is_some())
     }
 
+    /// The price of `model`'s tokens, if `[[llm.prices]]` has one.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.prices
+            .iter()
+            .find(|entry| entry.model == model)
+            .and_then(PriceConfig::price)
+    }
+
+    /// `monthly_cost_budget` in millionths of the currency unit (0: none).
+    pub fn monthly_cost_budget_micros(&self) -> u64 {
+        crate::pricing::micros(self.monthly_cost_budget).unwrap_or(0)
+    }
+
+    /// Checks `[[llm.prices]]`, `llm.currency` and `llm.monthly_cost_budget`.
+    fn validate_prices(&self) -> Result<(), ConfigError> {
+        let currency = self.currency.trim();
+        if currency.is_empty() || currency.len() > 8 || currency != self.currency {
+            return Err(ConfigError::Invalid {
+                key: "llm.currency",
+                reason: "must be a currency code such as \"USD\"".into(),
+            });
+        }
+        if crate::pricing::micros(self.monthly_cost_budget).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "llm.monthly_cost_budget",
+                reason: format!(
+                    "{} is not an amount between 0 and {}",
+                    self.monthly_cost_budget,
+                    crate::pricing::MAX_AMOUNT
+                ),
+            });
+        }
+        for (index, entry) in self.prices.iter().enumerate() {
+            if entry.model.trim().is_empty()
+                || self.prices[..index].iter().any(|e| e.model == entry.model)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "llm.prices.model",
+                    reason: format!("entry {} needs a unique, non-empty model", index + 1),
+                });
+            }
+            if entry.price().is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "llm.prices",
+                    reason: format!(
+                        "entry {} ({}) needs prices between 0 and {} per million tokens",
+                        index + 1,
+                        entry.model,
+                        crate::pricing::MAX_AMOUNT
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the `llm` section and its fallbacks.
     fn validate(&self) -> Result<(), ConfigError> {
         let l = self;
+        l.validate_prices()?;
         positive(
             "llm.stream_chunk_timeout",
             millis(self.stream_chunk_timeout),
@@ -1108,6 +1284,7 @@ impl SessionConfig {
     /// Checks the `session` section.
     fn validate(&self) -> Result<(), ConfigError> {
         let s = self;
+        positive("session.summary_max_chars", s.summary_max_chars as u64)?;
         positive("session.max_messages", s.max_messages as u64)?;
         positive("session.max_history_chars", s.max_history_chars as u64)?;
         positive("session.idle_timeout", millis(s.idle_timeout))?;
@@ -1126,10 +1303,18 @@ impl MediaConfig {
         positive("media.max_audio_bytes", m.max_audio_bytes)?;
         positive("media.max_document_bytes", m.max_document_bytes)?;
         positive("media.max_document_chars", m.max_document_chars as u64)?;
-        positive(
-            "media.max_concurrent_downloads",
-            m.max_concurrent_downloads as u64,
-        )?;
+        positive("media.max_in_flight_bytes", m.max_in_flight_bytes)?;
+        if m.max_in_flight_bytes < m.max_image_bytes
+            || m.max_in_flight_bytes < m.max_audio_bytes
+            || m.max_in_flight_bytes < m.max_document_bytes
+        {
+            return Err(ConfigError::Invalid {
+                key: "media.max_in_flight_bytes",
+                reason: "at least each of media.max_image_bytes, max_audio_bytes and \
+                         max_document_bytes (one file must fit)"
+                    .into(),
+            });
+        }
         positive("media.download_timeout", millis(m.download_timeout))?;
         positive("media.download_attempts", u64::from(m.download_attempts))?;
         positive("media.image_cost", u64::from(m.image_cost))?;
@@ -1380,6 +1565,60 @@ mod tests {
     }
 
     #[test]
+    fn personas_are_validated() {
+        let defaults = Config::from_defaults_with("").unwrap();
+        assert!(defaults.personas.len() >= 2);
+        for persona in &defaults.personas {
+            assert!(persona.description.contains_key("ru"), "{}", persona.name);
+        }
+        let entry = |name: &str, prompt: &str, extra: &str| {
+            format!(
+                "[[personas]]\nname = \"{name}\"\ndescription = {{ en = \"d\" }}\nsystem_prompt = \"{prompt}\"\n{extra}"
+            )
+        };
+        let long = "x".repeat(2001);
+        for (overrides, needs) in [
+            (entry("Bad", "p", ""), "a name of 1–32"),
+            (entry("custom", "p", ""), "a name other than"),
+            (entry("default", "p", ""), "a name other than"),
+            (entry("a", "  ", ""), "a non-empty system_prompt"),
+            (
+                entry("a", &long, ""),
+                "at most input.max_system_prompt_chars (2000)",
+            ),
+            (entry("a", "p", "temperature = 3.0\n"), "a temperature"),
+            (
+                format!("{}{}", entry("a", "p", ""), entry("a", "q", "")),
+                "a unique name",
+            ),
+            (
+                "[[personas]]\nname = \"a\"\ndescription = { ru = \"d\" }\nsystem_prompt = \"p\"\n"
+                    .to_owned(),
+                "an `en` description",
+            ),
+        ] {
+            let err = Config::from_defaults_with(&overrides)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("personas") && err.contains(needs), "{err}");
+        }
+        let err = Config::from_defaults_with("[llm]\ndefault_persona = \"nobody\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("llm.default_persona"), "{err}");
+        let err = Config::from_defaults_with("[input]\nmax_system_prompt_chars = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input.max_system_prompt_chars"), "{err}");
+        // The limit bounds the configured prompts: a raised one admits them.
+        let raised = format!(
+            "[input]\nmax_system_prompt_chars = 3000\n{}",
+            entry("a", &long, "")
+        );
+        assert!(Config::from_defaults_with(&raised).is_ok());
+    }
+
+    #[test]
     fn zero_limit_names_the_key() {
         let err = Config::from_defaults_with("[llm]\nmax_concurrency = 0\n").unwrap_err();
         assert_eq!(
@@ -1491,6 +1730,43 @@ mod tests {
         let err =
             Config::from_defaults_with("llm.base_url = \"ftp://u:hunter2@x/v1\"\n").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn prices_and_money_budgets_are_validated() {
+        let price = |model: &str, input: &str, output: &str| {
+            format!(
+                "[[llm.prices]]\nmodel = \"{model}\"\ninput_per_million = {input}\noutput_per_million = {output}\n"
+            )
+        };
+        let config = Config::from_defaults_with(&format!(
+            "llm.monthly_cost_budget = 2.5\n{}{}",
+            price("a", "0.05", "0.08"),
+            price("b", "0", "1")
+        ))
+        .unwrap();
+        assert_eq!(
+            config.llm.price("a"),
+            Some(Price {
+                input: 50_000,
+                output: 80_000
+            })
+        );
+        assert_eq!(config.llm.price("c"), None);
+        assert_eq!(config.llm.monthly_cost_budget_micros(), 2_500_000);
+        let rejected = |toml: &str, key: &str| {
+            let err = Config::from_defaults_with(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        };
+        rejected(&price("a", "-0.01", "1"), "llm.prices");
+        rejected(&price("a", "1", "nan"), "llm.prices");
+        rejected(
+            &format!("{}{}", price("a", "1", "1"), price("a", "2", "2")),
+            "llm.prices.model",
+        );
+        rejected(&price(" ", "1", "1"), "llm.prices.model");
+        rejected("llm.monthly_cost_budget = -1\n", "llm.monthly_cost_budget");
+        rejected("llm.currency = \"\"\n", "llm.currency");
     }
 
     #[test]

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use crate::llm::{ChatMessage, Role};
 use crate::store::record::{StoredFile, StoredMessage, StoredRole};
 
+/// Most dropped messages kept for [`History::take_evicted`]: a config
+/// change shrinking the bounds must not hold a whole old history.
+const MAX_EVICTED: usize = 64;
+
 /// Bounded chat history.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -18,6 +22,10 @@ pub struct History {
     /// The files each message came with (references only), parallel to
     /// `messages`; empty slices (no allocation) for text.
     files: VecDeque<Box<[StoredFile]>>,
+    /// Messages dropped to keep the bounds, oldest first, until
+    /// [`History::take_evicted`] takes them (to be summarised); at most
+    /// [`MAX_EVICTED`].
+    evicted: Vec<ChatMessage>,
     /// Sum of `chars().count()` over `messages`, kept to avoid rescanning.
     chars: usize,
     max_messages: usize,
@@ -30,6 +38,7 @@ impl History {
         Self {
             messages: VecDeque::new(),
             files: VecDeque::new(),
+            evicted: Vec::new(),
             chars: 0,
             max_messages,
             max_chars,
@@ -112,6 +121,7 @@ impl History {
     pub fn clear(&mut self) {
         self.messages.clear();
         self.files.clear();
+        self.evicted.clear();
         self.chars = 0;
     }
 
@@ -126,6 +136,12 @@ impl History {
         self.messages.push_back(ChatMessage::new(role, content));
         self.files.push_back(files.into_boxed_slice());
         self.enforce_bounds();
+    }
+
+    /// The messages dropped to keep the bounds since the last call, oldest
+    /// first.
+    pub fn take_evicted(&mut self) -> Vec<ChatMessage> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Replaces the text of the last user message, if it is still `was`
@@ -171,6 +187,10 @@ impl History {
             };
             self.files.pop_front();
             self.chars -= oldest.content.chars().count();
+            if self.evicted.len() == MAX_EVICTED {
+                self.evicted.remove(0);
+            }
+            self.evicted.push(oldest);
         }
     }
 }
@@ -224,6 +244,29 @@ mod tests {
         assert_eq!(again.to_stored(), stored);
         // Tighter bounds after a config change apply on load.
         assert!(History::from_stored(stored, 1, 100).is_empty());
+    }
+
+    #[test]
+    fn dropped_messages_are_kept_for_the_summary_until_taken() {
+        let mut history = History::new(2, 1000);
+        history.push(Role::User, "q1".into());
+        history.push(Role::Assistant, "a1".into());
+        history.push(Role::User, "q2".into());
+        // q1 went for the bound, a1 for leading the history.
+        let evicted: Vec<String> = history
+            .take_evicted()
+            .iter()
+            .map(|m| m.content.to_string())
+            .collect();
+        assert_eq!(evicted, ["q1", "a1"]);
+        assert!(history.take_evicted().is_empty());
+        history.push(Role::Assistant, "a2".into());
+        history.push(Role::User, "q3".into());
+        history.clear();
+        assert!(
+            history.take_evicted().is_empty(),
+            "cleared with the history"
+        );
     }
 
     #[test]

@@ -95,6 +95,39 @@ pub struct Texts {
     pub document_lossy: String,
     /// Placeholder: `{count}`.
     pub album_truncated: String,
+    /// Placeholders: `{current}`, `{personas}` (one line each).
+    pub persona_list: String,
+    /// The default persona's line in `/persona` when it is `llm.system_prompt`.
+    pub persona_default_description: String,
+    /// What `/persona` calls the chat's own system prompt.
+    pub persona_custom_name: String,
+    /// Placeholder: `{persona}`.
+    pub persona_chosen: String,
+    /// Placeholders: `{persona}`, `{personas}`.
+    pub persona_unknown: String,
+    /// Placeholder: `{length}`.
+    pub persona_custom_set: String,
+    pub persona_custom_empty: String,
+    /// Placeholders: `{length}`, `{limit}`.
+    pub persona_custom_too_long: String,
+    /// Placeholders: `{persona}`, `{prompt}`.
+    pub persona_show: String,
+    pub persona_default_set: String,
+    /// Placeholders: `{tokens}`, `{budget}`.
+    pub usage_month: String,
+    /// Placeholder: `{tokens}`.
+    pub usage_month_unlimited: String,
+    /// Placeholders: `{today}`, `{month}` (amounts with their currency).
+    pub usage_cost: String,
+    /// Placeholder: `{budget}` (an amount with its currency).
+    pub usage_cost_budget: String,
+    /// The first line of an admin's `/usage <user id>`. Placeholder:
+    /// `{user}`.
+    pub usage_of_user: String,
+    /// Placeholder: `{budget}`.
+    pub monthly_budget_exceeded: String,
+    /// Placeholder: `{budget}` (an amount with its currency).
+    pub monthly_cost_exceeded: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -193,24 +193,31 @@ impl LlmClient {
         let model = options.model.unwrap_or(&self.model);
         let temperature = options.temperature.unwrap_or(self.temperature);
         let abandoned = || options.stream.is_some_and(|s| s.deltas.is_closed());
-        self.with_retries(policy, deadline, abandoned, move || async move {
-            match options.stream {
-                // A stream is bounded by the deadline only until its first
-                // text: after that, cutting it would waste a shown answer.
-                Some(stream) => {
-                    self.stream_with(messages, model, temperature, stream, deadline)
-                        .await
-                }
-                None => {
-                    let call = self.complete_with(messages, model, temperature);
-                    match tokio::time::timeout_at(deadline, call).await {
-                        Ok(result) => result,
-                        Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+        let (result, calls) = self
+            .with_retries(policy, deadline, abandoned, move || async move {
+                match options.stream {
+                    // A stream is bounded by the deadline only until its first
+                    // text: after that, cutting it would waste a shown answer.
+                    Some(stream) => {
+                        self.stream_with(messages, model, temperature, stream, deadline)
+                            .await
+                    }
+                    None => {
+                        let call = self.complete_with(messages, model, temperature);
+                        match tokio::time::timeout_at(deadline, call).await {
+                            Ok(result) => result,
+                            Err(_) => Err(LlmError::Timeout(TimeoutPhase::Read)),
+                        }
                     }
                 }
-            }
-        })
-        .await
+            })
+            .await;
+        // Whoever is charged for the answer prices it by its model.
+        let result = result.map(|completion| Completion {
+            model: model.to_owned(),
+            ..completion
+        });
+        (result, calls)
     }
 
     /// Transcribes `audio` (a file named `file_name` of type `mime`) with
@@ -515,6 +522,7 @@ impl LlmClient {
                 finish_reason,
                 first_text_after,
                 truncated,
+                model: String::new(),
             }),
             Err(LlmError::Abandoned) => Err(LlmError::Abandoned),
             // Nothing the user could read arrived: the call may be retried
@@ -686,6 +694,7 @@ pub fn parse_completion(bytes: &[u8]) -> Result<Completion, LlmError> {
         finish_reason: choice.finish_reason,
         first_text_after: None,
         truncated: false,
+        model: String::new(),
     })
 }
 

@@ -226,6 +226,9 @@ pub struct Completion {
     /// The answer went past `llm.max_answer_chars` or
     /// `llm.max_response_bytes` and `text` is its beginning.
     pub truncated: bool,
+    /// The model that answered (the one it was asked of), which prices the
+    /// tokens; empty until the client that made the call sets it.
+    pub model: String,
 }
 
 /// The parts of a `POST /audio/transcriptions` response llmgram reads

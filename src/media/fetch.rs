@@ -1,13 +1,14 @@
 //! Fetching a file a user sent: `getFile`, then the file download URL, with
 //! a size cap, retries and a global bound on downloads in flight.
 //!
-//! - **Bounded memory.** A media turn first reserves download slots
-//!   ([`Fetcher::reserve`]: one per file, at most all
-//!   `media.max_concurrent_downloads` of them, taken at once so two turns
-//!   can never each hold part of what the other waits for) and keeps them
-//!   until its request is sent: what a file becomes (a data URL, audio to
-//!   upload) lives only inside a reservation, so the memory media takes is
-//!   bounded by the slots, not by the chats.
+//! - **Bounded memory.** A media turn first reserves its files' sizes from a
+//!   byte budget ([`Fetcher::reserve`]: `media.max_in_flight_bytes`, in
+//!   [`UNIT`]s, taken at once so two turns can never each hold part of what
+//!   the other waits for) and keeps them until its request is answered: what a
+//!   file becomes (a data URL, audio to upload) lives only inside a
+//!   reservation, so the memory media takes is bounded by the budget, not by
+//!   the chats, while small files (the usual photo) do not queue behind
+//!   each other.
 //! - **Off the actors.** [`Fetcher::fetch_then`] runs the download in a
 //!   spawned task, then hands the bytes to a CPU-bound reader (base64, PDF
 //!   text) on a blocking thread; the session only awaits the result. The
@@ -39,6 +40,9 @@ use crate::telemetry::families::MEDIA_DOWNLOADS;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(300);
 /// Longest delay between download attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// The byte budget's grain (bytes): a file reserves its size rounded up to
+/// it. 64 KiB keeps the count of permits small for any budget.
+pub const UNIT: u64 = 64 * 1024;
 
 /// Why a file could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,26 +101,27 @@ enum Attempt {
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     bot: Option<Bot>,
-    slots: Arc<Semaphore>,
-    /// `media.max_concurrent_downloads`: the slots there are.
-    capacity: usize,
+    /// The byte budget, in [`UNIT`]s.
+    budget: Arc<Semaphore>,
+    /// `media.max_in_flight_bytes` in [`UNIT`]s.
+    capacity: u32,
     timeout: Duration,
     attempts: u32,
 }
 
-/// Download slots a media turn holds until its request is sent: files are
-/// in memory only inside one.
+/// Part of the byte budget a media turn holds until its request is answered:
+/// files are in memory only inside one.
 #[derive(Debug)]
 pub struct Reservation {
-    /// Files that may be fetched at once under it.
-    slots: usize,
+    /// The files it was taken for.
+    files: usize,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Reservation {
     /// Files that may be fetched at once under it (at least one).
     pub fn slots(&self) -> usize {
-        self.slots
+        self.files.max(1)
     }
 }
 
@@ -124,26 +129,32 @@ impl Fetcher {
     /// A fetcher over the front's Bot API client (`None` on the console,
     /// which only reads local files).
     pub fn new(bot: Option<Bot>, media: &MediaConfig) -> Self {
-        let capacity = media.max_concurrent_downloads.max(1);
+        let capacity = u32::try_from(media.max_in_flight_bytes.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
         Self {
             bot,
-            slots: Arc::new(Semaphore::new(capacity)),
+            budget: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
             timeout: media.download_timeout,
             attempts: media.download_attempts,
         }
     }
 
-    /// Waits for slots to fetch `files` files (all the slots there are, if
-    /// fewer), taken at once. `None` only if the fetcher is shutting down.
-    pub async fn reserve(&self, files: usize) -> Option<Reservation> {
-        let slots = files.clamp(1, self.capacity);
-        let permit = Arc::clone(&self.slots)
-            .acquire_many_owned(u32::try_from(slots).unwrap_or(u32::MAX))
+    /// Waits until the files of `sizes` (bytes each; the kind's limit when
+    /// Telegram declares none) fit the budget, and takes them at once (all
+    /// of it, if they are more). `None` only if the fetcher is shutting down.
+    pub async fn reserve(&self, sizes: &[u64]) -> Option<Reservation> {
+        let units: u64 = sizes.iter().map(|size| size.div_ceil(UNIT).max(1)).sum();
+        let units = u32::try_from(units)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity);
+        let permit = Arc::clone(&self.budget)
+            .acquire_many_owned(units)
             .await
             .ok()?;
         Some(Reservation {
-            slots,
+            files: sizes.len(),
             _permit: permit,
         })
     }
@@ -348,20 +359,22 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn fetcher(slots: usize) -> Fetcher {
-        let config =
-            Config::from_defaults_with(&format!("media.max_concurrent_downloads = {slots}\n"))
-                .unwrap();
+    fn fetcher(budget: u64) -> Fetcher {
+        let config = Config::from_defaults_with(&format!(
+            "media.max_in_flight_bytes = {budget}\nmedia.max_image_bytes = 1\n\
+             media.max_audio_bytes = 1\nmedia.max_document_bytes = 1\n"
+        ))
+        .unwrap();
         Fetcher::new(None, &config.media)
     }
 
     #[tokio::test]
     async fn local_files_are_read_within_their_limit() {
-        let fetcher = fetcher(2);
+        let fetcher = fetcher(UNIT);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("note.txt");
         std::fs::write(&path, b"hello").unwrap();
-        let held = fetcher.reserve(1).await.unwrap();
+        let held = fetcher.reserve(&[5]).await.unwrap();
         let file = FileRef::Local(path);
         let read = fetcher
             .fetch_then(&held, &file, 5, |bytes, _| bytes.len())
@@ -386,20 +399,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reservations_are_taken_whole_and_capped_at_the_slots() {
-        let fetcher = fetcher(3);
-        let album = fetcher.reserve(10).await.unwrap();
-        assert_eq!(
-            album.slots(),
-            3,
-            "an album larger than the slots takes them all"
-        );
-        // Nothing left: the next turn waits until the album's request is sent.
-        let waiting = tokio::time::timeout(Duration::from_millis(50), fetcher.reserve(1)).await;
+    async fn reservations_take_bytes_whole_and_at_most_the_budget() {
+        // A budget of 4 units (256 KiB).
+        let fetcher = fetcher(4 * UNIT);
+        let album = fetcher.reserve(&[10 * UNIT, 10 * UNIT]).await.unwrap();
+        assert_eq!(album.slots(), 2, "files fetched at once under it");
+        // More than the budget takes all of it: nothing left for the next.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), fetcher.reserve(&[1])).await;
         assert!(waiting.is_err());
         drop(album);
-        let next = fetcher.reserve(2).await.unwrap();
-        assert_eq!(next.slots(), 2);
-        assert_eq!(fetcher.reserve(0).await.unwrap().slots(), 1);
+        // Small files share the budget: three photos of 60 KiB at once.
+        let photos: Vec<_> =
+            futures_util::future::join_all((0..3).map(|_| fetcher.reserve(&[60 * 1024]))).await;
+        assert!(photos.iter().all(Option::is_some));
+        let fourth = fetcher.reserve(&[2 * UNIT]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), fourth)
+                .await
+                .is_err(),
+            "one unit is left, two are asked"
+        );
     }
 }

@@ -130,11 +130,7 @@ impl OpenStore {
         };
         match record::decode_usage(&bytes) {
             Ok(usage) => Ok(Some(ChatRecord {
-                counters: record::ChatCounters {
-                    usage_day: usage.usage_day,
-                    tokens_today: usage.tokens_today,
-                    ..record::ChatCounters::default()
-                },
+                counters: usage.counters(),
                 ..ChatRecord::default()
             })),
             Err(error) => {

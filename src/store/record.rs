@@ -242,6 +242,25 @@ pub mod v1 {
             }
         }
     }
+
+    /// A version 1 chat usage, frozen: the day's tokens only.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+    pub struct ChatUsage {
+        /// The UTC day `tokens_today` counts.
+        pub usage_day: u32,
+        /// LLM tokens used on `usage_day`.
+        pub tokens_today: u64,
+    }
+
+    impl From<ChatUsage> for super::ChatUsage {
+        fn from(old: ChatUsage) -> Self {
+            Self {
+                usage_day: old.usage_day,
+                tokens_today: old.tokens_today,
+                ..Self::default()
+            }
+        }
+    }
 }
 
 /// Versions 2 and 3 of the update entry, frozen: a pending update had no
@@ -545,8 +564,10 @@ pub enum StoredFileRef {
     Local(String),
 }
 
-/// Schema version of [`ChatUsage`] written by this build.
-pub const CHAT_USAGE_VERSION: u8 = 1;
+/// Schema version of [`ChatUsage`] written by this build. Version 2 added
+/// the month's tokens and the day's and month's cost; version 1 usage is
+/// read through [`v1::ChatUsage`].
+pub const CHAT_USAGE_VERSION: u8 = 2;
 
 /// What a chat spent, kept when `/forget` deletes its record: a budget
 /// counts spend, not conversation.
@@ -556,6 +577,50 @@ pub struct ChatUsage {
     pub usage_day: u32,
     /// LLM tokens used on `usage_day`.
     pub tokens_today: u64,
+    /// The UTC month `tokens_month` and `cost_month` count (as
+    /// [`ChatCounters::usage_month`]).
+    pub usage_month: u32,
+    /// LLM tokens used in `usage_month`.
+    pub tokens_month: u64,
+    /// What `tokens_today` cost (millionths of the currency unit).
+    pub cost_today: u64,
+    /// What `tokens_month` cost (millionths of the currency unit).
+    pub cost_month: u64,
+}
+
+impl ChatUsage {
+    /// The spend in `counters`.
+    pub fn of(counters: &ChatCounters) -> Self {
+        Self {
+            usage_day: counters.usage_day,
+            tokens_today: counters.tokens_today,
+            usage_month: counters.usage_month,
+            tokens_month: counters.tokens_month,
+            cost_today: counters.cost_today,
+            cost_month: counters.cost_month,
+        }
+    }
+
+    /// Whether nothing was spent (nothing worth keeping).
+    pub fn is_nothing(&self) -> bool {
+        self.tokens_today == 0
+            && self.tokens_month == 0
+            && self.cost_today == 0
+            && self.cost_month == 0
+    }
+
+    /// Counters holding this spend and nothing else.
+    pub fn counters(&self) -> ChatCounters {
+        ChatCounters {
+            usage_day: self.usage_day,
+            tokens_today: self.tokens_today,
+            usage_month: self.usage_month,
+            tokens_month: self.tokens_month,
+            cost_today: self.cost_today,
+            cost_month: self.cost_month,
+            ..ChatCounters::default()
+        }
+    }
 }
 
 /// Encodes a chat's usage with its version byte.
@@ -566,7 +631,8 @@ pub fn encode_usage(usage: &ChatUsage) -> Result<Vec<u8>, CodecError> {
 /// Decodes a chat's usage of any known version.
 pub fn decode_usage(bytes: &[u8]) -> Result<ChatUsage, RecordError> {
     match split_version(bytes)? {
-        (1, body) => decode_as::<ChatUsage, _>(1, body),
+        (1, body) => decode_as::<v1::ChatUsage, _>(1, body),
+        (2, body) => decode_as::<ChatUsage, _>(2, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -1176,5 +1242,42 @@ mod tests {
             decode_chat(&padded),
             Err(RecordError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn version_1_usage_decodes_and_version_2_round_trips() {
+        let old = v1::ChatUsage {
+            usage_day: 20_424,
+            tokens_today: 1_234,
+        };
+        let bytes = with_version(1, codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(
+            decode_usage(&bytes).unwrap(),
+            ChatUsage {
+                usage_day: 20_424,
+                tokens_today: 1_234,
+                ..ChatUsage::default()
+            }
+        );
+        let mut counters = ChatCounters {
+            answered: 9,
+            llm_failures: 2,
+            usage_day: 20_424,
+            tokens_today: 1_234,
+            usage_month: 24_323,
+            tokens_month: 56_789,
+            cost_today: 1_250,
+            cost_month: 98_765,
+        };
+        let usage = ChatUsage::of(&counters);
+        let bytes = encode_usage(&usage).unwrap();
+        assert_eq!(bytes[0], CHAT_USAGE_VERSION);
+        assert_eq!(decode_usage(&bytes).unwrap(), usage);
+        // What the usage restores is the spend, and nothing else.
+        counters.answered = 0;
+        counters.llm_failures = 0;
+        assert_eq!(usage.counters(), counters);
+        assert!(!usage.is_nothing() && ChatUsage::default().is_nothing());
+        assert_eq!(decode_usage(&[3, 0]), Err(RecordError::UnknownVersion(3)));
     }
 }

@@ -37,8 +37,9 @@ pub enum Command {
     Cancel,
     /// `/forget`: the chat's record is deleted (its spend stays).
     Forget,
-    /// `/usage`: today's tokens against the daily budget.
-    Usage,
+    /// `/usage`: this chat's tokens (and their cost) today and this month,
+    /// with the budgets; `/usage ID` (admins): that user's private chat's.
+    Usage(Option<UserArg>),
     /// `/model [name]`: without a name, which model answers (anyone); with
     /// one, sets the bot's model (admins) or this chat's own among
     /// `llm.user_models` (anyone else).
@@ -47,6 +48,8 @@ pub enum Command {
     Stats,
     /// `/health` (admins): the readiness report.
     Health,
+    /// `/persona …`: the chat's persona or own system prompt.
+    Persona(PersonaArg),
     /// `/ban ID` (admins).
     Ban(UserArg),
     /// `/unban ID` (admins).
@@ -65,7 +68,7 @@ pub enum Command {
     Unknown(String),
 }
 
-/// The user id argument of `/ban` and `/unban`.
+/// The user id argument of `/ban`, `/unban` and `/usage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserArg {
     /// A user id.
@@ -78,6 +81,49 @@ impl UserArg {
     fn parse(args: &str) -> Self {
         args.parse()
             .map_or_else(|_| Self::Malformed(args.to_owned()), Self::Id)
+    }
+}
+
+/// What `/persona` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonaArg {
+    /// `/persona`: list the personas, marking the chat's.
+    List,
+    /// `/persona show`: the system prompt in effect.
+    Show,
+    /// `/persona default`: back to the default persona (the chat's own
+    /// prompt and pick are cleared).
+    Default,
+    /// `/persona custom TEXT`: the chat's own system prompt, as typed (the
+    /// session cleans and bounds it; empty when none was given).
+    Custom(String),
+    /// `/persona NAME`: pick a configured persona (lower-cased; the
+    /// session checks it exists).
+    Pick(String),
+}
+
+impl PersonaArg {
+    fn parse(args: &str) -> Self {
+        let (word, rest) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+        match word.to_ascii_lowercase().as_str() {
+            "" => Self::List,
+            "show" if rest.is_empty() => Self::Show,
+            "default" if rest.is_empty() => Self::Default,
+            "custom" => Self::Custom(rest.trim().to_owned()),
+            _ => Self::Pick(args.to_ascii_lowercase()),
+        }
+    }
+
+    /// The arguments that parse back to it.
+    fn words(&self) -> Cow<'_, str> {
+        match self {
+            Self::List => Cow::Borrowed(""),
+            Self::Show => Cow::Borrowed("show"),
+            Self::Default => Cow::Borrowed("default"),
+            Self::Custom(text) if text.is_empty() => Cow::Borrowed("custom"),
+            Self::Custom(text) => Cow::Owned(format!("custom {text}")),
+            Self::Pick(name) => Cow::Borrowed(name.as_str()),
+        }
     }
 }
 
@@ -135,12 +181,17 @@ const BUILT_INS: &[BuiltIn] = &[
     },
     BuiltIn {
         name: "usage",
-        parse: |_| Command::Usage,
+        parse: |args| Command::Usage((!args.is_empty()).then(|| UserArg::parse(args))),
         menu: None,
     },
     BuiltIn {
         name: "model",
         parse: |args| Command::Model((!args.is_empty()).then(|| args.to_owned())),
+        menu: None,
+    },
+    BuiltIn {
+        name: "persona",
+        parse: |args| Command::Persona(PersonaArg::parse(args)),
         menu: None,
     },
     BuiltIn {
@@ -238,8 +289,9 @@ impl Command {
             Self::Retry => "retry",
             Self::Cancel => "cancel",
             Self::Forget => "forget",
-            Self::Usage => "usage",
+            Self::Usage(_) => "usage",
             Self::Model(_) => "model",
+            Self::Persona(_) => "persona",
             Self::Stats => "stats",
             Self::Health => "health",
             Self::Ban(_) => "ban",
@@ -253,18 +305,19 @@ impl Command {
     pub fn words(&self) -> (&str, Cow<'_, str>) {
         let args = match self {
             Self::Model(Some(model)) => Cow::Borrowed(model.as_str()),
-            Self::Ban(user) | Self::Unban(user) => match user {
+            Self::Ban(user) | Self::Unban(user) | Self::Usage(Some(user)) => match user {
                 UserArg::Id(id) => Cow::Owned(id.to_string()),
                 UserArg::Malformed(given) => Cow::Borrowed(given.as_str()),
             },
             Self::Assistant { args, .. } => Cow::Borrowed(args.as_str()),
+            Self::Persona(arg) => arg.words(),
             Self::Start
             | Self::Help
             | Self::Reset
             | Self::Retry
             | Self::Cancel
             | Self::Forget
-            | Self::Usage
+            | Self::Usage(None)
             | Self::Model(None)
             | Self::Stats
             | Self::Health
@@ -279,7 +332,7 @@ impl Command {
     pub fn is_admin_only(&self) -> bool {
         matches!(
             self,
-            Self::Stats | Self::Health | Self::Ban(_) | Self::Unban(_)
+            Self::Stats | Self::Health | Self::Ban(_) | Self::Unban(_) | Self::Usage(Some(_))
         )
     }
 
@@ -294,8 +347,9 @@ impl Command {
             | Self::Reset
             | Self::Cancel
             | Self::Forget
-            | Self::Usage
+            | Self::Usage(_)
             | Self::Model(_)
+            | Self::Persona(_)
             | Self::Stats
             | Self::Health
             | Self::Ban(_)
@@ -304,10 +358,16 @@ impl Command {
         }
     }
 
-    /// Whether it changes what a whole group shares (its conversation or
-    /// model): in groups only group administrators may run it.
+    /// Whether it changes what a whole group shares (its conversation,
+    /// model or persona): in groups only group administrators may run it.
     pub fn changes_the_group(&self) -> bool {
-        matches!(self, Self::Forget | Self::Reset | Self::Model(Some(_)))
+        matches!(
+            self,
+            Self::Forget
+                | Self::Reset
+                | Self::Model(Some(_))
+                | Self::Persona(PersonaArg::Default | PersonaArg::Custom(_) | PersonaArg::Pick(_))
+        )
     }
 }
 
@@ -338,8 +398,9 @@ mod tests {
             ("reset", Command::Reset),
             ("cancel", Command::Cancel),
             ("forget", Command::Forget),
-            ("usage", Command::Usage),
+            ("usage", Command::Usage(None)),
             ("model", Command::Model(None)),
+            ("persona", Command::Persona(PersonaArg::List)),
             ("stats", Command::Stats),
             ("health", Command::Health),
             ("ban", Command::Ban(UserArg::Malformed(String::new()))),
@@ -373,10 +434,17 @@ mod tests {
             command("/model  gpt-x "),
             Command::Model(Some("gpt-x".into()))
         );
-        for admin_only in ["/stats", "/health", "/ban 1", "/unban x"] {
+        assert_eq!(command("/usage 42"), Command::Usage(Some(UserArg::Id(42))));
+        assert_eq!(
+            command("/usage me"),
+            Command::Usage(Some(UserArg::Malformed("me".into())))
+        );
+        for admin_only in [
+            "/stats", "/health", "/ban 1", "/unban x", "/usage 1", "/usage x",
+        ] {
             assert!(command(admin_only).is_admin_only(), "{admin_only}");
         }
-        for anyone in ["/model", "/model m", "/help", "/flirt", "/nope"] {
+        for anyone in ["/model", "/model m", "/help", "/flirt", "/nope", "/usage"] {
             assert!(!command(anyone).is_admin_only(), "{anyone}");
         }
     }
@@ -446,6 +514,12 @@ mod tests {
             "/flirt",
             "/nope a",
             "/retry",
+            "/persona",
+            "/persona show",
+            "/persona default",
+            "/persona brand",
+            "/persona custom",
+            "/persona custom You are Mia.\n\nBe brief.",
         ] {
             let command = command(text);
             let (name, args) = command.words();
@@ -464,6 +538,48 @@ mod tests {
         }
         for own in ["/model", "/help", "/retry", "/flirt x"] {
             assert!(!command(own).changes_the_group(), "{own}");
+        }
+    }
+
+    #[test]
+    fn persona_reads_its_forms() {
+        assert_eq!(command("/persona"), Command::Persona(PersonaArg::List));
+        assert_eq!(
+            command("/persona  SHOW "),
+            Command::Persona(PersonaArg::Show)
+        );
+        assert_eq!(
+            command("/persona default"),
+            Command::Persona(PersonaArg::Default)
+        );
+        assert_eq!(
+            command("/persona Brand"),
+            Command::Persona(PersonaArg::Pick("brand".into()))
+        );
+        assert_eq!(
+            command("/persona custom  You are Mia.\nBe brief. "),
+            Command::Persona(PersonaArg::Custom("You are Mia.\nBe brief.".into()))
+        );
+        assert_eq!(
+            command("/persona Custom\nYou are Mia."),
+            Command::Persona(PersonaArg::Custom("You are Mia.".into()))
+        );
+        assert_eq!(
+            command("/persona custom"),
+            Command::Persona(PersonaArg::Custom(String::new()))
+        );
+        // "show" or "default" with more words is a name nobody configured.
+        assert_eq!(
+            command("/persona show me"),
+            Command::Persona(PersonaArg::Pick("show me".into()))
+        );
+        for changing in ["/persona brand", "/persona custom x", "/persona default"] {
+            let command = command(changing);
+            assert!(command.changes_the_group(), "{changing}");
+            assert!(!command.is_admin_only() && !command.costs_llm_call());
+        }
+        for reading in ["/persona", "/persona show"] {
+            assert!(!command(reading).changes_the_group(), "{reading}");
         }
     }
 

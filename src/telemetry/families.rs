@@ -288,6 +288,7 @@ pub const MEDIA_OUTCOMES: &[&str] = &[
     "transcription_failed",
     "nothing_heard",
     "unsupported",
+    "busy",
 ];
 
 /// Outcomes of a download (`outcome` label of [`MEDIA_DOWNLOADS`]).

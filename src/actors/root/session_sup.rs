@@ -49,6 +49,7 @@ use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::Config;
 use crate::llm::LlmClient;
 use crate::ops::Health;
+use crate::persona::Personas;
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 use crate::telegram::transport::Transport;
@@ -236,8 +237,9 @@ pub(crate) struct SessionSupState {
     /// Shared with every session: one `Arc` each instead of a copy of
     /// [`SessionDeps`] (~0.3 KB with its strings) per session.
     deps: Arc<SessionDeps>,
-    /// `llm.system_prompt`, shared by every session instead of copied.
-    system_prompt: Arc<str>,
+    /// The personas (system prompts), shared by every session instead of
+    /// copied.
+    personas: Arc<Personas>,
     chats: HashMap<ChatId, Entry>,
     chat_of: HashMap<ActorId, ChatId>,
     /// Sum of `pending.len()` over all chats.
@@ -273,7 +275,7 @@ impl Actor for SessionSup {
             SessionSupMsg::SweepIdle
         });
         Ok(SessionSupState {
-            system_prompt: deps.config.llm.system_prompt.as_str().into(),
+            personas: Arc::new(Personas::from_config(&deps.config)),
             deps: Arc::new(deps),
             chats: HashMap::new(),
             chat_of: HashMap::new(),
@@ -439,7 +441,7 @@ async fn spawn_session(
         signals,
         merge,
         deps: Arc::clone(&state.deps),
-        system_prompt: Arc::clone(&state.system_prompt),
+        personas: Arc::clone(&state.personas),
         supervisor: myself.clone(),
     };
     // Session start-up does no I/O, so waiting for it here is short.

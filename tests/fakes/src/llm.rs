@@ -81,6 +81,27 @@ impl LlmRequest {
     pub fn image_count(&self) -> usize {
         self.images.len()
     }
+
+    /// The copy kept under [`FakeLlm::set_lean_records`]: no body, and each
+    /// image URL cut after its first comma (`data:image/jpeg;base64,`).
+    fn lean(&self) -> LlmRequest {
+        LlmRequest {
+            body: Value::Null,
+            model: self.model.clone(),
+            messages: self.messages.clone(),
+            images: self
+                .images
+                .iter()
+                .map(|url| match url.split_once(',') {
+                    Some((head, _)) => format!("{head},"),
+                    None => url.clone(),
+                })
+                .collect(),
+            stream: self.stream,
+            authorization: self.authorization.clone(),
+            at: self.at,
+        }
+    }
 }
 
 /// What to answer to one request.
@@ -210,6 +231,9 @@ struct Inner {
     script: VecDeque<LlmReply>,
     responder: Option<Responder>,
     latency: Duration,
+    /// Record requests without their body and image data
+    /// ([`FakeLlm::set_lean_records`]).
+    lean_records: bool,
     /// Transcription requests, script and defaults.
     transcription: transcription::TranscriptionState,
 }
@@ -270,6 +294,16 @@ impl FakeLlm {
     /// Sets the latency of the default (echo) responder.
     pub fn set_latency(&self, d: Duration) {
         lock(&self.shared.inner).latency = d;
+    }
+
+    /// With `true`, requests received from now on are recorded without
+    /// their JSON [`body`](LlmRequest::body) (`null`) and with each of their
+    /// [`images`](LlmRequest::images) cut after its first comma
+    /// (`data:image/jpeg;base64,`), so a benchmark sending hundreds of
+    /// megabytes of images does not keep them all; responders still see the
+    /// whole request. Off by default.
+    pub fn set_lean_records(&self, lean: bool) {
+        lock(&self.shared.inner).lean_records = lean;
     }
 
     /// Queues replies for the next requests (first in, first out), used before
@@ -408,7 +442,12 @@ async fn chat_completions(
 
     let (scripted, responder, latency) = {
         let mut inner = lock(&shared.inner);
-        inner.requests.push(request.clone());
+        let record = if inner.lean_records {
+            request.lean()
+        } else {
+            request.clone()
+        };
+        inner.requests.push(record);
         (
             inner.script.pop_front(),
             inner.responder.clone(),

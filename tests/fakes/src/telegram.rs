@@ -43,7 +43,7 @@ use crate::{lock, serve, unix_now, wait_until};
 
 mod media;
 
-pub use media::{MAX_DOWNLOAD_SIZE, MediaUpdate};
+pub use media::{MAX_DOWNLOAD_SIZE, MediaUpdate, jpeg};
 
 /// The fake bot's user id, as returned by `getMe` and used as `from` of sent
 /// messages.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use llmgram_fakes::{
     BOT_USER_ID, DEFAULT_TRANSCRIPT, FakeLlm, FakeTelegram, MAX_DOWNLOAD_SIZE, MediaUpdate,
-    TelegramFault, TranscriptionReply,
+    TelegramFault, TranscriptionReply, jpeg,
 };
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -420,6 +420,52 @@ async fn image_parts_are_recorded() {
         .await
         .unwrap();
     assert_eq!(llm.requests()[1].image_count(), 0);
+}
+
+#[tokio::test]
+async fn lean_records_keep_no_body_nor_image_data() {
+    let llm = FakeLlm::start().await;
+    llm.set_lean_records(true);
+    let image = format!("data:image/jpeg;base64,{}", "A".repeat(10_000));
+    let body = json!({
+        "model": "vision",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "c1-m1"},
+            {"type": "image_url", "image_url": {"url": image}},
+        ]}],
+    });
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/chat/completions", llm.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "answer to: c1-m1"
+    );
+    let request = &llm.requests()[0];
+    assert_eq!(request.body, Value::Null);
+    assert_eq!(request.images, ["data:image/jpeg;base64,"]);
+    assert_eq!(request.last_user_message(), "c1-m1");
+    assert_eq!(request.model, "vision");
+}
+
+#[test]
+fn jpeg_carries_its_dimensions_and_is_padded() {
+    let bytes = jpeg(1280, 960, 200_000);
+    assert_eq!(bytes.len(), 200_000);
+    assert_eq!(bytes[..4], [0xFF, 0xD8, 0xFF, 0xE0]);
+    let frame = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a start-of-frame marker");
+    assert_eq!(bytes[frame + 5..frame + 7], 960_u16.to_be_bytes());
+    assert_eq!(bytes[frame + 7..frame + 9], 1280_u16.to_be_bytes());
+    assert_eq!(jpeg(1, 1, 0).len(), 41, "never cut below the headers");
 }
 
 fn audio_form(bytes: &[u8], extra: &[(&str, &str)]) -> Form {

@@ -51,8 +51,11 @@ mod intake;
 mod live;
 mod llm_turn;
 mod media_turn;
+mod persona;
 mod reply_context;
+mod summary;
 mod turn;
+mod usage;
 
 use std::sync::Arc;
 
@@ -64,6 +67,7 @@ use super::SessionDeps;
 use super::SessionSupMsg;
 use crate::history::History;
 use crate::input::{self, Rejection};
+use crate::persona::Personas;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
@@ -79,6 +83,19 @@ pub(crate) enum SessionMsg {
     FlushBurst {
         /// The burst's generation when the timer was set.
         generation: u64,
+    },
+    /// The running summary of the turns that left the history is written
+    /// (`None`: it failed); sent by the session's own summary task
+    /// (`summary.rs`).
+    Summarized {
+        /// The new summary.
+        summary: Option<String>,
+        /// The summary generation it was asked under (`/reset` and
+        /// `/forget` void earlier ones).
+        generation: u64,
+        /// The turn whose evicted messages it folds in; storing it
+        /// re-commits that turn.
+        update_id: u32,
     },
 }
 
@@ -98,8 +115,8 @@ pub(crate) struct SessionArgs {
     pub(crate) chat_id: ChatId,
     /// Shared dependencies.
     pub(crate) deps: Arc<SessionDeps>,
-    /// `llm.system_prompt`, shared by all sessions.
-    pub(crate) system_prompt: Arc<str>,
+    /// The personas (system prompts), shared by all sessions.
+    pub(crate) personas: Arc<Personas>,
     /// Where `TurnFinished` goes.
     pub(crate) supervisor: ActorRef<SessionSupMsg>,
     /// Wakes the session's answer in flight (`/cancel`, new messages).
@@ -119,8 +136,16 @@ pub(crate) struct SessionState {
     chat_id: ChatId,
     history: History,
     /// What the turns that left the history said (stored; written by the
-    /// LLM once the history overflows).
+    /// LLM once the history overflows, `summary.rs`).
     summary: Option<String>,
+    /// Turns dropped from the history and not yet summarised (not stored).
+    unsummarized: Vec<crate::llm::ChatMessage>,
+    /// A summary request is running.
+    summary_in_flight: bool,
+    /// Bumped by `/reset` and `/forget`: summaries asked before are void.
+    summary_generation: u64,
+    /// This session, for its summary task's answer.
+    myself: ActorRef<SessionMsg>,
     settings: ChatSettings,
     counters: ChatCounters,
     /// The chat's recently answered update ids, oldest first (stored).
@@ -152,7 +177,12 @@ pub(crate) struct SessionState {
     admin_statuses: Vec<group_admin::CachedStatus>,
     deps: Arc<SessionDeps>,
     supervisor: ActorRef<SessionSupMsg>,
-    system_prompt: Arc<str>,
+    /// The personas (system prompts), shared by all sessions.
+    personas: Arc<Personas>,
+    /// The chat's own system prompt (`settings.custom_prompt`) as last
+    /// sent, shared by its requests instead of copied for each
+    /// (`persona.rs` keeps it in step with the settings).
+    own_prompt: Option<Arc<str>>,
 }
 
 impl Actor for Session {
@@ -162,7 +192,7 @@ impl Actor for Session {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<SessionMsg>,
+        myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let session = &args.deps.config.session;
@@ -170,6 +200,10 @@ impl Actor for Session {
             chat_id: args.chat_id,
             history: History::new(session.max_messages, session.max_history_chars),
             summary: None,
+            unsummarized: Vec::new(),
+            summary_in_flight: false,
+            summary_generation: 0,
+            myself,
             settings: ChatSettings::default(),
             counters: ChatCounters::default(),
             recent_updates: Vec::new(),
@@ -186,7 +220,8 @@ impl Actor for Session {
                 std::time::Duration::ZERO
             },
             cancel_answered: false,
-            system_prompt: args.system_prompt,
+            personas: args.personas,
+            own_prompt: None,
             deps: args.deps,
             supervisor: args.supervisor,
         })
@@ -252,6 +287,16 @@ impl Actor for Session {
                     Box::pin(intake::answer_burst(state)).await?;
                 }
             }
+            SessionMsg::Summarized {
+                summary,
+                generation,
+                update_id,
+            } => {
+                Box::pin(summary::on_summarized(
+                    state, summary, generation, update_id,
+                ))
+                .await;
+            }
         }
         Ok(())
     }
@@ -306,6 +351,7 @@ async fn on_update(
         turn.reply = respond(state, &mut turn).await;
         state.counters.answered += 1;
         turn::conclude(state, turn).await;
+        summary::after_turn(state, inbound.update_id);
         let latency = inbound.received_at.elapsed();
         metrics::histogram!("llmgram_reply_latency_seconds").record(latency.as_secs_f64());
         tracing::debug!(latency_ms = latency.as_millis() as u64, "update finished");
@@ -347,9 +393,10 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
         Command::Retry => commands::on_retry(state, turn).await,
         Command::Cancel => commands::on_cancel(state, turn),
         Command::Forget => commands::on_forget(turn),
-        Command::Usage => commands::on_usage(state, turn),
+        Command::Usage(user) => usage::on_usage(state, turn, user.as_ref()).await,
         Command::Model(None) => admin::on_model_query(state, turn).await,
         Command::Model(Some(model)) => admin::on_model(state, turn, command.name(), model).await,
+        Command::Persona(arg) => persona::on_persona(state, turn, arg),
         Command::Stats => admin::on_stats(state, turn).await,
         Command::Health => admin::on_health(state).await,
         Command::Ban(user) => admin::on_ban(state, turn, command.name(), user, true).await,

@@ -80,6 +80,7 @@ impl Actor for StandInPool {
                         finish_reason: None,
                         first_text_after: None,
                         truncated: false,
+                        model: "stand-in".into(),
                     }));
                 });
             }

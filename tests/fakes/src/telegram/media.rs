@@ -88,6 +88,26 @@ impl MediaState {
     }
 }
 
+/// A minimal JPEG of `width` × `height` pixels, `size` bytes long: the
+/// JFIF and start-of-frame headers (enough for a reader of the dimensions,
+/// not for a decoder of the pixels) and the end marker, padded with zeros
+/// to `size` (or left at its 41 bytes if `size` is smaller). For photos
+/// registered with [`FakeTelegram::add_file`] in tests and benchmarks.
+pub fn jpeg(width: u16, height: u16, size: usize) -> Vec<u8> {
+    let mut bytes = vec![
+        0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0,
+    ];
+    // Start of frame (baseline): length 17, 8 bits, height, width, 3
+    // components.
+    bytes.extend([0xFF, 0xC0, 0x00, 0x11, 0x08]);
+    bytes.extend(height.to_be_bytes());
+    bytes.extend(width.to_be_bytes());
+    bytes.extend([0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
+    bytes.extend([0xFF, 0xD9]);
+    bytes.resize(size.max(bytes.len()), 0);
+    bytes
+}
+
 /// A file registered with [`FakeTelegram::add_file`].
 #[derive(Debug)]
 struct StoredFile {

@@ -1,13 +1,13 @@
 //! The bot's own commands for everyone (`/start`, `/help`, `/reset`,
-//! `/retry`, `/cancel`, `/forget`, `/usage`), the configured assistant
-//! commands, and the reply to an unknown one. Each is one `on_<command>`
-//! called from the session's dispatch; the admin commands are in
-//! `admin.rs`.
+//! `/retry`, `/cancel`, `/forget`), the configured assistant commands, and
+//! the reply to an unknown one. Each is one `on_<command>` called from the
+//! session's dispatch; the admin commands are in `admin.rs`, `/usage` in
+//! `usage.rs`.
 
 use std::sync::Arc;
 
 use super::SessionState;
-use super::llm_turn::{self, unix_day};
+use super::llm_turn;
 use super::turn::{Change, Reply, Turn};
 use crate::actors::root::llm_pool::Overrides;
 use crate::input::{self, Rejection};
@@ -38,7 +38,7 @@ pub(super) fn on_help(state: &SessionState, turn: &Turn<'_>) -> Reply {
 /// `/reset`: the history is cleared; settings and counters stay.
 pub(super) fn on_reset(state: &mut SessionState, turn: &Turn<'_>) -> Reply {
     state.history.clear();
-    state.summary = None;
+    super::summary::clear(state);
     Reply::Plain(turn.texts.reset_done.clone())
 }
 
@@ -68,28 +68,6 @@ pub(super) fn on_cancel(state: &mut SessionState, turn: &Turn<'_>) -> Reply {
 pub(super) fn on_forget(turn: &mut Turn<'_>) -> Reply {
     turn.change = Change::Forget;
     Reply::Plain(turn.texts.forgotten.clone())
-}
-
-/// `/usage`: today's tokens, against the daily budget if there is one.
-pub(super) fn on_usage(state: &SessionState, turn: &Turn<'_>) -> Reply {
-    let tokens = if state.counters.usage_day == unix_day() {
-        state.counters.tokens_today
-    } else {
-        0
-    };
-    let budget = state.deps.config.llm.daily_token_budget;
-    let texts = &turn.texts;
-    Reply::Plain(if budget == 0 {
-        fill(&texts.usage_unlimited, &[("tokens", &tokens.to_string())])
-    } else {
-        fill(
-            &texts.usage,
-            &[
-                ("tokens", &tokens.to_string()),
-                ("budget", &budget.to_string()),
-            ],
-        )
-    })
 }
 
 /// A command nobody defined.

@@ -1,8 +1,8 @@
 //! In groups, the commands that change what the whole group shares —
-//! `/forget`, `/reset` and `/model <name>` — need the sender to be a group
-//! administrator (creator or administrator, asked of Telegram with
-//! `getChatMember`) or a bot admin (`admin_ids`). Private chats are not
-//! checked.
+//! `/forget`, `/reset`, `/model <name>` and `/persona <name>` (or
+//! `custom`, `default`) — need the sender to be a group administrator
+//! (creator or administrator, asked of Telegram with `getChatMember`) or a
+//! bot admin (`admin_ids`). Private chats are not checked.
 //!
 //! The answer is cached per session for `telegram.admin_status_cache`. The
 //! call runs in the group's own session turn, bounded by

@@ -1,4 +1,5 @@
-//! Asking the LLM for one answer: the daily budget, the prompt trimmed to
+//! Asking the LLM for one answer: the daily and monthly budgets, what the
+//! answer spent (tokens, and their cost at `[[llm.prices]]`), the prompt trimmed to
 //! the context window, "typing…" or the streamed answer shown live while
 //! the pool works, `/cancel`, the one "still writing" notice, and the
 //! localised reply when no answer could be had.
@@ -17,10 +18,12 @@ use crate::actors::root::limiter::Slot;
 use crate::actors::root::llm_pool::Overrides;
 use crate::actors::root::outbox::{Delivered, Part};
 use crate::actors::root::session_sup::SessionDeps;
+use crate::clock::month_of_day;
 use crate::config::LlmConfig;
 use crate::llm::client::StreamTo;
 use crate::llm::{ChatMessage, Completion, LlmError, Role};
-use crate::store::record::StoredFile;
+use crate::pricing::format_money;
+use crate::store::record::{ChatCounters, StoredFile};
 use crate::texts::{Texts, fill, retry_in_seconds};
 
 /// Characters per token when the provider reports no usage: the usual rule
@@ -37,21 +40,54 @@ fn message_tokens(message: &ChatMessage) -> u64 {
         + message.images().len() as u64 * IMAGE_TOKENS
 }
 
-fn estimate_tokens(prompt: &[ChatMessage], answer: &str) -> u64 {
-    prompt.iter().map(message_tokens).sum::<u64>()
-        + (answer.chars().count() as u64).div_ceil(CHARS_PER_TOKEN)
+/// What one LLM call spent: its prompt and answer tokens, and the model
+/// whose prices they are charged at.
+pub(super) struct Spent<'a> {
+    /// Prompt (input) tokens.
+    pub(super) input: u64,
+    /// Answer (output) tokens.
+    pub(super) output: u64,
+    /// The model that answered.
+    pub(super) model: &'a str,
 }
 
-/// Drops the oldest history messages (never the system prompt or the new
-/// message) until the prompt's estimated tokens fit `budget`, and never
-/// leaves an assistant message first.
-fn fit_context(prompt: &mut Vec<ChatMessage>, budget: u64) {
+impl<'a> Spent<'a> {
+    /// The tokens the provider reported for `completion`, or estimated from
+    /// `prompt` and its text when it reported none (an image as
+    /// [`IMAGE_TOKENS`]).
+    pub(super) fn of(completion: &'a Completion, prompt: &[ChatMessage]) -> Self {
+        match completion.usage {
+            Some(usage) => Self {
+                input: usage.prompt_tokens,
+                output: usage.completion_tokens,
+                model: &completion.model,
+            },
+            None => Self::estimated(prompt, &completion.text, &completion.model),
+        }
+    }
+
+    /// `prompt` and `answer` estimated (the provider reported nothing, or
+    /// the answer was cut or cancelled), charged at `model`'s prices.
+    fn estimated(prompt: &[ChatMessage], answer: &str, model: &'a str) -> Self {
+        Self {
+            input: prompt.iter().map(message_tokens).sum(),
+            output: (answer.chars().count() as u64).div_ceil(CHARS_PER_TOKEN),
+            model,
+        }
+    }
+}
+
+/// Drops the oldest history messages (never the `fixed` first ones — the
+/// system prompt and the summary — or the new message) until the prompt's
+/// estimated tokens fit `budget`, and never leaves an assistant message
+/// first.
+fn fit_context(prompt: &mut Vec<ChatMessage>, fixed: usize, budget: u64) {
     let tokens = message_tokens;
     let mut total: u64 = prompt.iter().map(tokens).sum();
-    while prompt.len() > 2
-        && (total > budget || prompt.get(1).is_some_and(|m| m.role == Role::Assistant))
+    while prompt.len() > fixed + 1
+        && (total > budget || prompt.get(fixed).is_some_and(|m| m.role == Role::Assistant))
     {
-        total -= tokens(&prompt.remove(1));
+        total -= tokens(&prompt.remove(fixed));
     }
 }
 
@@ -117,12 +153,17 @@ pub(super) async fn ask(
     if let Some(refusal) = over_budget(state, turn) {
         return refusal;
     }
-    // A command's own model first, then the model this chat chose.
+    // The chat's persona (or own prompt) is the system message, whatever
+    // is asked. A command's own model first, then the model this chat
+    // chose, then its persona's; a command's temperature, then the
+    // persona's.
+    let voice = super::persona::voice(state);
     let options = Overrides {
         model: options
             .model
-            .or_else(|| state.settings.model.as_deref().map(Arc::from)),
-        ..options
+            .or_else(|| state.settings.model.as_deref().map(Arc::from))
+            .or(voice.model),
+        temperature: options.temperature.or(voice.temperature),
     };
     let Ask {
         text,
@@ -136,7 +177,15 @@ pub(super) async fn ask(
         Some(_) => (turn.quoted(&text).into(), turn.quoted(&remembered).into()),
         None => (text, remembered),
     };
-    let mut prompt = state.history.prompt(&state.system_prompt, &text);
+    let mut prompt = state.history.prompt(&voice.prompt, &text);
+    // The summary of what left the history, right after the system prompt.
+    let fixed = match super::summary::context_message(state.summary.as_deref()) {
+        Some(context) => {
+            prompt.insert(1, context);
+            2
+        }
+        None => 1,
+    };
     if !images.is_empty()
         && let Some(last) = prompt.last_mut()
     {
@@ -145,8 +194,18 @@ pub(super) async fn ask(
     let llm = &state.deps.config.llm;
     fit_context(
         &mut prompt,
+        fixed,
         llm.context_tokens.saturating_sub(u64::from(llm.max_tokens)),
     );
+    // The model an answer cut or cancelled before it came is charged at:
+    // the one it was asked of, as far as the session knows (the admin's
+    // `/model` choice is the pool's; the configured model stands for it).
+    let model: Arc<str> = if prompt.iter().any(|m| !m.images().is_empty()) {
+        llm.vision_model().map(Arc::from)
+    } else {
+        options.model.clone()
+    }
+    .unwrap_or_else(|| Arc::from(llm.model.as_str()));
     let (stream_to, deltas) = llm.stream.then(|| stream_channel(llm)).unzip();
     let started = Instant::now();
     let request = Request {
@@ -160,6 +219,7 @@ pub(super) async fn ask(
     let asked = Asked {
         partial: live.text().to_owned(),
         prompt,
+        model,
         question: Question { remembered, files },
     };
     turn.streamed = live.into_shown();
@@ -172,23 +232,59 @@ pub(super) async fn ask(
     }
 }
 
-/// The reply when the chat's daily token budget is used up (admins have
-/// none); starts a new day's count first.
+/// The reply when one of the chat's budgets is used up: the daily or
+/// monthly tokens, or the monthly spend (admins have none); starts a new
+/// day's and month's count first.
 fn over_budget(state: &mut SessionState, turn: &Turn<'_>) -> Option<Reply> {
-    let today = unix_day();
-    if state.counters.usage_day != today {
-        state.counters.usage_day = today;
-        state.counters.tokens_today = 0;
-    }
-    let budget = state.deps.config.llm.daily_token_budget;
-    if budget == 0 || turn.budget_exempt || state.counters.tokens_today < budget {
+    roll_over(&mut state.counters, unix_day());
+    if turn.budget_exempt {
         return None;
     }
-    tracing::info!(budget, "daily token budget used up");
-    Some(Reply::Plain(fill(
-        &turn.texts.budget_exceeded,
-        &[("budget", &budget.to_string())],
-    )))
+    let llm = &state.deps.config.llm;
+    let counters = &state.counters;
+    let texts = &turn.texts;
+    let budget = llm.daily_token_budget;
+    if budget > 0 && counters.tokens_today >= budget {
+        tracing::info!(budget, "daily token budget used up");
+        return Some(Reply::Plain(fill(
+            &texts.budget_exceeded,
+            &[("budget", &budget.to_string())],
+        )));
+    }
+    let budget = llm.monthly_token_budget;
+    if budget > 0 && counters.tokens_month >= budget {
+        tracing::info!(budget, "monthly token budget used up");
+        return Some(Reply::Plain(fill(
+            &texts.monthly_budget_exceeded,
+            &[("budget", &budget.to_string())],
+        )));
+    }
+    let budget = llm.monthly_cost_budget_micros();
+    if budget > 0 && counters.cost_month >= budget {
+        tracing::info!(budget_micros = budget, "monthly cost budget used up");
+        let budget = format_money(budget, &llm.currency);
+        return Some(Reply::Plain(fill(
+            &texts.monthly_cost_exceeded,
+            &[("budget", &budget)],
+        )));
+    }
+    None
+}
+
+/// Starts a new count for a new UTC day (`day`, days since the epoch) and
+/// a new calendar month: what was spent before counts no more.
+pub(super) fn roll_over(counters: &mut ChatCounters, day: u32) {
+    if counters.usage_day != day {
+        counters.usage_day = day;
+        counters.tokens_today = 0;
+        counters.cost_today = 0;
+    }
+    let month = month_of_day(day);
+    if counters.usage_month != month {
+        counters.usage_month = month;
+        counters.tokens_month = 0;
+        counters.cost_month = 0;
+    }
 }
 
 /// The channel a streamed answer's text arrives through.
@@ -205,6 +301,8 @@ fn stream_channel(llm: &LlmConfig) -> (StreamTo, mpsc::Receiver<String>) {
 /// What was asked, and what of the answer the user has seen.
 struct Asked {
     prompt: Vec<ChatMessage>,
+    /// The model an estimate is charged at.
+    model: Arc<str>,
     question: Question,
     /// The streamed text shown so far (empty without streaming).
     partial: String,
@@ -237,7 +335,10 @@ fn cancelled(state: &mut SessionState, texts: &Texts, asked: Asked) -> Reply {
         return Reply::Plain(texts.cancelled.clone());
     }
     // What was shown was generated, and counts.
-    charge(state, estimate_tokens(&asked.prompt, &partial));
+    charge(
+        state,
+        &Spent::estimated(&asked.prompt, &partial, &asked.model),
+    );
     Reply::Markdown(format!("{partial}\n\n{}", texts.cancelled))
 }
 
@@ -253,17 +354,14 @@ fn outcome(
     let llm_ms = took.as_millis() as u64;
     let Asked {
         prompt,
+        model,
         question,
         partial,
     } = asked;
     match result {
         Ok(completion) => {
             tracing::info!(llm_ms, chars = completion.text.chars().count(), "answered");
-            let tokens = completion.usage.map_or_else(
-                || estimate_tokens(&prompt, &completion.text),
-                |usage| usage.prompt_tokens + usage.completion_tokens,
-            );
-            charge(state, tokens);
+            charge(state, &Spent::of(&completion, &prompt));
             question.remember(state);
             state
                 .history
@@ -289,7 +387,7 @@ fn outcome(
                 "stream cut"
             );
             state.counters.llm_failures += 1;
-            charge(state, estimate_tokens(&prompt, &partial));
+            charge(state, &Spent::estimated(&prompt, &partial, &model));
             question.remember(state);
             state.history.push(Role::Assistant, partial.as_str().into());
             Reply::Markdown(format!("{partial}\n\n{}", texts.answer_cut))
@@ -306,10 +404,27 @@ fn outcome(
     }
 }
 
-/// Counts `tokens` against the chat's daily budget and the metrics.
-pub(super) fn charge(state: &mut SessionState, tokens: u64) {
-    state.counters.tokens_today += tokens;
-    metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+/// Counts what a call spent against the chat's day and month (tokens, and
+/// their cost when the model has a price) and in the metrics.
+pub(super) fn charge(state: &mut SessionState, spent: &Spent<'_>) {
+    let cost = state
+        .deps
+        .config
+        .llm
+        .price(spent.model)
+        .map_or(0, |price| price.cost(spent.input, spent.output));
+    add_spend(&mut state.counters, unix_day(), spent, cost);
+    metrics::counter!("llmgram_llm_tokens_total").increment(spent.input + spent.output);
+}
+
+/// Adds `spent` (costing `cost` micros) to the counters of `day`.
+fn add_spend(counters: &mut ChatCounters, day: u32, spent: &Spent<'_>, cost: u64) {
+    roll_over(counters, day);
+    let tokens = spent.input.saturating_add(spent.output);
+    counters.tokens_today = counters.tokens_today.saturating_add(tokens);
+    counters.tokens_month = counters.tokens_month.saturating_add(tokens);
+    counters.cost_today = counters.cost_today.saturating_add(cost);
+    counters.cost_month = counters.cost_month.saturating_add(cost);
 }
 
 /// Capacity of the channel a streamed answer's text arrives through
@@ -450,5 +565,56 @@ pub(super) fn fallback_text(texts: &Texts, error: &LlmError) -> String {
             last: Some(last), ..
         } if matches!(**last, LlmError::RateLimited { .. }) => texts.llm_busy.clone(),
         _ => texts.llm_unavailable.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::Price;
+
+    #[test]
+    fn spend_counts_by_day_and_month_and_rolls_over() {
+        let mut counters = ChatCounters::default();
+        let spent = Spent {
+            input: 1_000,
+            output: 200,
+            model: "m",
+        };
+        let cost = Price {
+            input: 50_000,
+            output: 80_000,
+        }
+        .cost(spent.input, spent.output);
+        // 2026-01-30 and 2026-01-31: one month, two days.
+        add_spend(&mut counters, 20_483, &spent, cost);
+        add_spend(&mut counters, 20_484, &spent, cost);
+        assert_eq!(counters.usage_day, 20_484);
+        assert_eq!((counters.tokens_today, counters.cost_today), (1_200, 66));
+        assert_eq!(counters.usage_month, 2026 * 12);
+        assert_eq!((counters.tokens_month, counters.cost_month), (2_400, 132));
+        // 2026-02-01: a new day and a new month.
+        add_spend(&mut counters, 20_485, &spent, cost);
+        assert_eq!(counters.usage_month, 2026 * 12 + 1);
+        assert_eq!((counters.tokens_today, counters.cost_today), (1_200, 66));
+        assert_eq!((counters.tokens_month, counters.cost_month), (1_200, 66));
+        // Rolling over to the same day changes nothing; to a later one
+        // clears what it counted.
+        let before = counters;
+        roll_over(&mut counters, 20_485);
+        assert_eq!(counters, before);
+        roll_over(&mut counters, 20_520);
+        assert_eq!((counters.tokens_today, counters.tokens_month), (0, 0));
+        assert_eq!((counters.cost_today, counters.cost_month), (0, 0));
+    }
+
+    #[test]
+    fn estimates_split_prompt_and_answer() {
+        let prompt = [
+            ChatMessage::new(Role::System, "12345678"),
+            ChatMessage::with_images(Role::User, "1234", vec!["data:"]),
+        ];
+        let spent = Spent::estimated(&prompt, "123456789", "m");
+        assert_eq!((spent.input, spent.output), (2 + 1 + IMAGE_TOKENS, 3));
     }
 }

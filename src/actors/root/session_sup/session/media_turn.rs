@@ -59,6 +59,7 @@ enum Outcome {
     TranscriptionFailed,
     NothingHeard,
     Unsupported,
+    Busy,
 }
 
 impl Outcome {
@@ -74,6 +75,7 @@ impl Outcome {
             Self::TranscriptionFailed => "transcription_failed",
             Self::NothingHeard => "nothing_heard",
             Self::Unsupported => "unsupported",
+            Self::Busy => "busy",
         }
     }
 }
@@ -217,15 +219,35 @@ fn stored_files(attachments: &[&Attachment]) -> Vec<StoredFile> {
         .collect()
 }
 
-/// Download slots for `files` files, waited for; the turn holds them until
-/// its request is sent.
-async fn reserve(deps: &SessionDeps, texts: &Texts, files: usize) -> Result<Reservation, Refusal> {
-    deps.fetcher.reserve(files).await.ok_or_else(|| {
-        Refusal(
+/// The files' room in the byte budget (`media.max_in_flight_bytes`; each
+/// file's declared size, else `limit`), waited for at most
+/// `limits.max_queue_wait` like an LLM slot; the turn holds it until its
+/// request is sent.
+async fn reserve(
+    deps: &SessionDeps,
+    texts: &Texts,
+    files: &[&Attachment],
+    limit: u64,
+) -> Result<Reservation, Refusal> {
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|file| file.size.unwrap_or(limit).min(limit))
+        .collect();
+    let wait = deps.config.limits.max_queue_wait;
+    match tokio::time::timeout(wait, deps.fetcher.reserve(&sizes)).await {
+        Ok(Some(reservation)) => Ok(reservation),
+        Ok(None) => Err(Refusal(
             Outcome::DownloadFailed,
             Reply::Plain(texts.media_download_failed.clone()),
-        )
-    })
+        )),
+        Err(_) => {
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                "no room for the files in time"
+            );
+            Err(Refusal(Outcome::Busy, Reply::Plain(texts.llm_busy.clone())))
+        }
+    }
 }
 
 /// Refuses a file over `limit` bytes before anything is downloaded.
@@ -306,8 +328,8 @@ async fn photos(
         check_size(&texts, photo, media.max_image_bytes)?;
     }
     deps.directory.outbox().show_typing(state.chat_id);
-    // Held until the request is sent: the images live only inside it.
-    let held = reserve(&deps, &texts, sent).await?;
+    // Held until the request is answered: the images live only inside it.
+    let held = reserve(&deps, &texts, &photos[..sent], media.max_image_bytes).await?;
     // Boxed and collected first: a lazily mapped stream of borrowing
     // futures is not provably `Send` (rustc's higher-ranked lifetimes).
     let downloads: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> = photos[..sent]
@@ -368,8 +390,21 @@ async fn photos(
         None => (llm_turn::ask(state, turn, question, overrides).await, None),
     };
     drop(held);
-    if let Some((description, tokens)) = description {
-        llm_turn::charge(state, tokens);
+    if let Some(Described {
+        text: description,
+        input,
+        output,
+        model,
+    }) = description
+    {
+        llm_turn::charge(
+            state,
+            &llm_turn::Spent {
+                input,
+                output,
+                model: &model,
+            },
+        );
         let label = label.trim_end_matches(']');
         let described = words.spoken(&join_nonempty(
             &[&format!("{label}: {description}]"), words.own()],
@@ -425,7 +460,18 @@ async fn caption_only(
 
 /// A one-line description of the images for the history, and the tokens
 /// it cost; `None` when it could not be had (the turn goes on without it).
-async fn describe(deps: &SessionDeps, images: Vec<Arc<str>>) -> Option<(String, u64)> {
+/// An image description, and what asking for it spent.
+struct Described {
+    text: String,
+    /// Prompt tokens (an image as [`llm_turn::IMAGE_TOKENS`] when the
+    /// provider reported none).
+    input: u64,
+    output: u64,
+    /// The (vision) model that described it.
+    model: String,
+}
+
+async fn describe(deps: &SessionDeps, images: Vec<Arc<str>>) -> Option<Described> {
     llm_turn::llm_slot(deps).await.ok()?;
     let prompt = [
         ChatMessage::new(Role::System, DESCRIBE_PROMPT),
@@ -446,10 +492,17 @@ async fn describe(deps: &SessionDeps, images: Vec<Arc<str>>) -> Option<(String, 
                 .chars()
                 .take(DESCRIPTION_MAX_CHARS)
                 .collect();
-            let tokens = completion.usage.map_or(llm_turn::IMAGE_TOKENS, |usage| {
-                usage.prompt_tokens + usage.completion_tokens
-            });
-            (!text.is_empty()).then_some((text, tokens))
+            let (input, output) = completion
+                .usage
+                .map_or((llm_turn::IMAGE_TOKENS, 0), |usage| {
+                    (usage.prompt_tokens, usage.completion_tokens)
+                });
+            (!text.is_empty()).then_some(Described {
+                text,
+                input,
+                output,
+                model: completion.model,
+            })
         }
         Err(error) => {
             tracing::info!(class = error.class(), "no description of the image");
@@ -538,7 +591,7 @@ async fn transcribe(
 ) -> Result<String, Refusal> {
     let media = &deps.config.media;
     // Held until the upload is done: the recording lives only inside it.
-    let held = reserve(deps, texts, 1).await?;
+    let held = reserve(deps, texts, &[recording], media.max_audio_bytes).await?;
     let audio = deps
         .fetcher
         .fetch_then(
@@ -669,7 +722,7 @@ async fn documents(
         let name = document.file_name.clone();
         let mime = document.mime_type.clone();
         // The text read is bounded by max_chars; the bytes go with the reader.
-        let held = reserve(&deps, &texts, 1).await?;
+        let held = reserve(&deps, &texts, &[document], media.max_document_bytes).await?;
         let result = deps
             .fetcher
             .fetch_then(
@@ -778,6 +831,7 @@ mod tests {
             Outcome::TranscriptionFailed,
             Outcome::NothingHeard,
             Outcome::Unsupported,
+            Outcome::Busy,
         ] {
             assert!(MEDIA_OUTCOMES.contains(&outcome.label()));
         }

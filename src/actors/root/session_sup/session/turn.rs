@@ -17,7 +17,7 @@ use super::SessionState;
 use crate::actors::root::outbox::{Delivered, Part, TurnCommit};
 use crate::actors::root::persistence::RecordChange;
 use crate::actors::root::session_sup::SessionDeps;
-use crate::store::record::{self, ChatCounters, ChatSettings, ChatUsage};
+use crate::store::record::{self, ChatSettings, ChatUsage};
 use crate::telegram::inbound::{ChatId, Inbound};
 use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
@@ -189,22 +189,16 @@ fn prepare_commit(
 }
 
 /// Forgets the chat (`/forget`): history, settings and counters, except
-/// today's spend, which is kept apart (a budget counts tokens, not
-/// conversation). `None` (logged) if the spend does not encode.
+/// the day's and month's spend (tokens and cost), which is kept apart (a
+/// budget counts spend, not conversation). `None` (logged) if the spend
+/// does not encode.
 fn forget(state: &mut SessionState) -> Option<RecordChange> {
     state.history.clear();
-    state.summary = None;
+    super::summary::clear(state);
     state.settings = ChatSettings::default();
-    state.counters = ChatCounters {
-        usage_day: state.counters.usage_day,
-        tokens_today: state.counters.tokens_today,
-        ..ChatCounters::default()
-    };
-    let usage = ChatUsage {
-        usage_day: state.counters.usage_day,
-        tokens_today: state.counters.tokens_today,
-    };
-    if usage.tokens_today == 0 {
+    let usage = ChatUsage::of(&state.counters);
+    state.counters = usage.counters();
+    if usage.is_nothing() {
         return Some(RecordChange::Forget(None));
     }
     match record::encode_usage(&usage) {
