@@ -443,6 +443,10 @@ pub struct SessionConfig {
 pub struct InputConfig {
     pub max_chars: usize,
     pub max_merged_chars: usize,
+    /// Longest quoted text a reply carries into the prompt (characters);
+    /// 0 leaves quotes out. Any value is valid: the quote is bounded on its
+    /// own, not counted against `max_chars`.
+    pub max_quote_chars: usize,
     /// Longest own system prompt a chat may set with `/persona custom`
     /// (characters, after cleaning); also bounds the configured personas'.
     pub max_system_prompt_chars: usize,

@@ -236,6 +236,8 @@ impl Conversation {
                 sent_at: None,
                 refused: None,
                 speaker: None,
+                message_id: None,
+                reply_to: None,
             };
             next_update_id = next_update_id.saturating_add(1);
             hand_over(&self.directory, &self.config.media, vec![inbound]).await?;

@@ -273,6 +273,8 @@ mod tests {
             sent_at: None,
             refused: None,
             speaker: None,
+            message_id: None,
+            reply_to: None,
         };
         let entry = UpdateEntry::Pending(record::StoredUpdate::new(&inbound, admitted));
         Ok(record::encode_update(&entry)?)

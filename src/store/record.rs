@@ -13,7 +13,8 @@ use super::codec::{self, CodecError};
 use crate::config::CommandConfig;
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{
-    Attachment, AttachmentKind, ChatId, FileRef, Inbound, InboundKind, MediaMessage,
+    Attachment, AttachmentKind, ChatId, FileRef, Inbound, InboundKind, MediaMessage, MessageId,
+    Quoted,
 };
 
 /// Schema version of [`ChatRecord`] written by this build. Version 2 added
@@ -29,8 +30,10 @@ pub const CHAT_RECORD_VERSION: u8 = 5;
 /// Schema version of [`UpdateEntry`] written by this build. Version 2 added
 /// the admission sequence number of a pending update; version 3 added media
 /// ([`StoredKind::Media`], a new last variant, so version 2 entries read as
-/// they are); version 1 entries are read through [`v1`].
-pub const UPDATE_ENTRY_VERSION: u8 = 3;
+/// they are); version 4 added the message's id and what it replies to
+/// ([`StoredQuote`]). Version 1 entries are read through [`v1`], versions
+/// 2 and 3 through [`entry_v3`].
+pub const UPDATE_ENTRY_VERSION: u8 = 4;
 
 /// How many answered update ids a chat record keeps (besides every id of its
 /// latest turn): enough to recognise any redelivery the restart and replay
@@ -232,6 +235,8 @@ pub mod v1 {
                     user_id: old.user_id,
                     language_code: old.language_code,
                     kind: old.kind,
+                    message_id: None,
+                    reply_to: None,
                 }),
                 UpdateEntry::Answered => Self::Answered,
             }
@@ -253,6 +258,53 @@ pub mod v1 {
                 usage_day: old.usage_day,
                 tokens_today: old.tokens_today,
                 ..Self::default()
+            }
+        }
+    }
+}
+
+/// Versions 2 and 3 of the update entry, frozen: a pending update had no
+/// message id and no quote. Migrated on load (a replayed version 3 update
+/// is answered without its quote and, in a group, not as a reply).
+pub mod entry_v3 {
+    use serde::{Deserialize, Serialize};
+
+    use super::StoredKind;
+
+    /// A version 2–3 update entry.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub enum UpdateEntry {
+        /// Received and not yet answered.
+        Pending(StoredUpdate),
+        /// Answered.
+        Answered,
+    }
+
+    /// A version 2–3 stored update.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct StoredUpdate {
+        pub(super) update_id: u32,
+        pub(super) admitted: u64,
+        pub(super) chat_id: i64,
+        pub(super) user_id: Option<u64>,
+        pub(super) language_code: Option<String>,
+        pub(super) kind: StoredKind,
+    }
+
+    impl From<UpdateEntry> for super::UpdateEntry {
+        fn from(old: UpdateEntry) -> Self {
+            match old {
+                UpdateEntry::Pending(old) => Self::Pending(super::StoredUpdate {
+                    update_id: old.update_id,
+                    admitted: old.admitted,
+                    chat_id: old.chat_id,
+                    user_id: old.user_id,
+                    language_code: old.language_code,
+                    kind: old.kind,
+                    message_id: None,
+                    reply_to: None,
+                }),
+                UpdateEntry::Answered => Self::Answered,
             }
         }
     }
@@ -436,6 +488,23 @@ pub struct StoredUpdate {
     pub language_code: Option<String>,
     /// The content.
     pub kind: StoredKind,
+    /// The message's id in its chat (version 4): a group answer replies to
+    /// it.
+    pub message_id: Option<i32>,
+    /// What the message replies to (version 4; boxed: most messages are
+    /// not replies).
+    pub reply_to: Option<Box<StoredQuote>>,
+}
+
+/// A [`Quoted`] as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredQuote {
+    /// The quoted text, already cleaned and bounded.
+    pub text: String,
+    /// It is one of the bot's own answers.
+    pub from_bot: bool,
+    /// Only part of the replied message was quoted.
+    pub partial: bool,
 }
 
 /// The content of a [`StoredUpdate`].
@@ -639,7 +708,8 @@ pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
     match split_version(bytes)? {
         (1, body) => decode_as::<v1::UpdateEntry, _>(1, body),
         // Version 3 only appended a variant: version 2 bytes read as it.
-        (version @ (2 | 3), body) => decode_as::<UpdateEntry, _>(version, body),
+        (version @ (2 | 3), body) => decode_as::<entry_v3::UpdateEntry, _>(version, body),
+        (4, body) => decode_as::<UpdateEntry, _>(4, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -691,6 +761,14 @@ impl StoredUpdate {
                 InboundKind::Media(media) => StoredKind::Media(StoredMedia::new(media)),
                 InboundKind::NonText => StoredKind::NonText,
             },
+            message_id: inbound.message_id.map(|id| id.0),
+            reply_to: inbound.reply_to.as_ref().map(|quote| {
+                Box::new(StoredQuote {
+                    text: quote.text.clone(),
+                    from_bot: quote.from_bot,
+                    partial: quote.partial,
+                })
+            }),
         }
     }
 
@@ -716,6 +794,14 @@ impl StoredUpdate {
             refused: None,
             // Not stored: a replayed group message loses its speaker's name.
             speaker: None,
+            message_id: self.message_id.map(MessageId),
+            reply_to: self.reply_to.map(|quote| {
+                Box::new(Quoted {
+                    text: quote.text,
+                    from_bot: quote.from_bot,
+                    partial: quote.partial,
+                })
+            }),
         }
     }
 }
@@ -929,6 +1015,65 @@ mod tests {
                 user_id: Some(3),
                 language_code: None,
                 kind: StoredKind::NonText,
+                message_id: None,
+                reply_to: None,
+            })
+        );
+    }
+
+    /// Version 3 entries (no message id, no quote) still decode, and the
+    /// current version keeps both.
+    #[test]
+    fn version_3_entries_decode_and_version_4_keeps_the_quote() {
+        let v3 = entry_v3::UpdateEntry::Pending(entry_v3::StoredUpdate {
+            update_id: 11,
+            admitted: 4,
+            chat_id: -100,
+            user_id: Some(9),
+            language_code: Some("en".into()),
+            kind: StoredKind::Text("and this?".into()),
+        });
+        let bytes = with_version(3, codec::encode(&v3).unwrap()).unwrap();
+        let mut expected = StoredUpdate {
+            update_id: 11,
+            admitted: 4,
+            chat_id: -100,
+            user_id: Some(9),
+            language_code: Some("en".into()),
+            kind: StoredKind::Text("and this?".into()),
+            message_id: None,
+            reply_to: None,
+        };
+        assert_eq!(
+            decode_update(&bytes).unwrap(),
+            UpdateEntry::Pending(expected.clone())
+        );
+        let answered = with_version(3, codec::encode(&entry_v3::UpdateEntry::Answered).unwrap());
+        assert_eq!(
+            decode_update(&answered.unwrap()).unwrap(),
+            UpdateEntry::Answered
+        );
+
+        expected.message_id = Some(42);
+        expected.reply_to = Some(Box::new(StoredQuote {
+            text: "the beach at dawn".into(),
+            from_bot: true,
+            partial: false,
+        }));
+        let bytes = encode_update(&UpdateEntry::Pending(expected.clone())).unwrap();
+        assert_eq!(bytes[0], 4);
+        let UpdateEntry::Pending(stored) = decode_update(&bytes).unwrap() else {
+            panic!("not pending");
+        };
+        assert_eq!(stored, expected);
+        let inbound = stored.into_inbound(&[]);
+        assert_eq!(inbound.message_id, Some(MessageId(42)));
+        assert_eq!(
+            inbound.reply_to.map(|quote| *quote),
+            Some(Quoted {
+                text: "the beach at dawn".into(),
+                from_bot: true,
+                partial: false,
             })
         );
     }
@@ -1035,6 +1180,8 @@ mod tests {
             sent_at: None,
             refused: None,
             speaker: None,
+            message_id: None,
+            reply_to: None,
         };
         let entry = UpdateEntry::Pending(StoredUpdate::new(&inbound, 3));
         let bytes = encode_update(&entry).unwrap();
@@ -1069,6 +1216,8 @@ mod tests {
                 name: "reset".into(),
                 args: String::new(),
             },
+            message_id: Some(3),
+            reply_to: None,
         });
         assert_eq!(
             decode_update(&encode_update(&entry).unwrap()).unwrap(),

@@ -14,8 +14,9 @@ use teloxide::types::{FileMeta, Message, PhotoSize, Update, UpdateKind};
 
 use super::command::{self, Command, Parsed};
 use crate::config::{CommandConfig, Config, MediaConfig};
+use crate::input;
 
-pub use teloxide::types::ChatId;
+pub use teloxide::types::{ChatId, MessageId};
 
 /// One message from a user, addressed to one chat's session.
 #[derive(Debug, Clone)]
@@ -39,6 +40,67 @@ pub struct Inbound {
     pub refused: Option<Refused>,
     /// In group chats, the sender's first name: the history names speakers.
     pub speaker: Option<String>,
+    /// The message's own id in its chat: in groups the answer is sent as a
+    /// reply to it. `None` for the console's lines.
+    pub message_id: Option<MessageId>,
+    /// What the message replies to, when it is a reply with text to quote
+    /// (boxed: most messages are not replies).
+    pub reply_to: Option<Box<Quoted>>,
+}
+
+/// The text a message replies to, as the prompt quotes it: Telegram's
+/// partial `quote` when the user picked one, else the replied message's
+/// text or caption; cleaned ([`input::clean`]) and cut to
+/// `input.max_quote_chars`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quoted {
+    /// The quoted text (ending in `…` when it was cut).
+    pub text: String,
+    /// The replied message is one of this bot's own answers.
+    pub from_bot: bool,
+    /// The user quoted only part of the message.
+    pub partial: bool,
+}
+
+impl Quoted {
+    /// What `message` replies to, if it is a reply with text to quote;
+    /// `max_chars` bounds the text (characters).
+    pub fn of(message: &Message, bot_username: &str, max_chars: usize) -> Option<Self> {
+        let original = message.reply_to_message();
+        let from_bot = original.is_some_and(|original| is_from(original, bot_username));
+        let (text, partial) = match message.quote() {
+            Some(quote) => (quote.text.as_str(), true),
+            None => (original?.text().or_else(|| original?.caption())?, false),
+        };
+        Self::bounded(text, from_bot, partial, max_chars)
+    }
+
+    /// `text` cleaned and cut to `max_chars` characters (an ellipsis marks
+    /// the cut); `None` when nothing is left of it.
+    pub fn bounded(text: &str, from_bot: bool, partial: bool, max_chars: usize) -> Option<Self> {
+        let cleaned = input::clean(text);
+        if cleaned.is_empty() || max_chars == 0 {
+            return None;
+        }
+        let text = match cleaned.char_indices().nth(max_chars) {
+            Some((cut, _)) => format!("{}…", cleaned[..cut].trim_end()),
+            None => cleaned,
+        };
+        Some(Self {
+            text,
+            from_bot,
+            partial,
+        })
+    }
+}
+
+/// Whether `message` was sent by the bot named `bot_username`.
+fn is_from(message: &Message, bot_username: &str) -> bool {
+    message
+        .from
+        .as_ref()
+        .and_then(|author| author.username.as_deref())
+        .is_some_and(|name| name.eq_ignore_ascii_case(bot_username))
 }
 
 /// The rate limiter's "no" for an update.
@@ -228,6 +290,8 @@ impl Inbound {
             speaker: (!message.chat.is_private())
                 .then(|| user.map(|u| u.first_name.clone()))
                 .flatten(),
+            message_id: Some(message.id),
+            reply_to: Quoted::of(message, bot_username, config.input.max_quote_chars).map(Box::new),
         })
     }
 }
@@ -438,9 +502,7 @@ fn classify_in_group(
     let mentioned = text.to_lowercase().contains(&mention.to_lowercase());
     let replied_to_bot = message
         .reply_to_message()
-        .and_then(|original| original.from.as_ref())
-        .and_then(|author| author.username.as_deref())
-        .is_some_and(|name| name.eq_ignore_ascii_case(bot_username));
+        .is_some_and(|original| is_from(original, bot_username));
     if !mentioned && !replied_to_bot {
         return None;
     }
@@ -580,6 +642,102 @@ mod tests {
         let sticker = r#""sticker":{"file_id":"s","file_unique_id":"us","type":"regular","width":1,"height":1,"is_animated":false,"is_video":false}"#;
         let inbound = Inbound::from_update(&update(PRIVATE, sticker), "bot", &config).unwrap();
         assert_eq!(inbound.kind, InboundKind::NonText);
+    }
+
+    const BOT: &str = r#"{"id":1,"is_bot":true,"first_name":"B","username":"Bot"}"#;
+    const BOB: &str = r#"{"id":6,"is_bot":false,"first_name":"Bob"}"#;
+
+    /// A `reply_to_message` by `from` with `fields` (text or caption).
+    fn replying(from: &str, chat: &str, fields: &str) -> String {
+        format!(
+            r#""reply_to_message":{{"message_id":40,"date":1699999999,"chat":{chat},"from":{from},{fields}}}"#
+        )
+    }
+
+    #[test]
+    fn a_reply_carries_the_replied_text_or_the_users_quote() {
+        let config = config();
+        let fields = format!(
+            r#""text":"and this?",{}"#,
+            replying(BOB, PRIVATE, r#""text":"see you at 5""#)
+        );
+        let inbound = Inbound::from_update(&update(PRIVATE, &fields), "bot", &config).unwrap();
+        assert_eq!(inbound.message_id, Some(MessageId(1)));
+        assert_eq!(
+            inbound.reply_to.map(|quote| *quote),
+            Some(Quoted {
+                text: "see you at 5".into(),
+                from_bot: false,
+                partial: false,
+            })
+        );
+        // Telegram's partial quote wins over the whole message; the bot's
+        // own message is recognised by its username.
+        let fields = format!(
+            r#""text":"why?",{},"quote":{{"text":"at the pier","position":20,"is_manual":true}}"#,
+            replying(BOT, GROUP, r#""text":"Try a sunrise shot at the pier.""#)
+        );
+        let inbound = Inbound::from_update(&update(GROUP, &fields), "bot", &config).unwrap();
+        assert_eq!(inbound.kind, InboundKind::Text("why?".into()));
+        assert_eq!(
+            inbound.reply_to.map(|quote| *quote),
+            Some(Quoted {
+                text: "at the pier".into(),
+                from_bot: true,
+                partial: true,
+            })
+        );
+        // A caption is quoted; a photo without one has nothing to quote.
+        let caption = format!(
+            r#""text":"nice",{}"#,
+            replying(
+                BOB,
+                PRIVATE,
+                &format!(r#"{},"caption":"my beach""#, photo(&[("a", 9, 9)]))
+            )
+        );
+        let inbound = Inbound::from_update(&update(PRIVATE, &caption), "bot", &config).unwrap();
+        assert_eq!(inbound.reply_to.unwrap().text, "my beach");
+        let bare = format!(
+            r#""text":"nice",{}"#,
+            replying(BOB, PRIVATE, &photo(&[("a", 9, 9)]))
+        );
+        let inbound = Inbound::from_update(&update(PRIVATE, &bare), "bot", &config).unwrap();
+        assert_eq!(inbound.reply_to, None);
+        // Not a reply at all.
+        let inbound =
+            Inbound::from_update(&update(PRIVATE, r#""text":"hi""#), "bot", &config).unwrap();
+        assert_eq!(inbound.reply_to, None);
+    }
+
+    #[test]
+    fn quotes_are_cleaned_and_bounded() {
+        let cut = Quoted::bounded("  abcdef  ", false, false, 3).unwrap();
+        assert_eq!(cut.text, "abc…");
+        let whole = Quoted::bounded("abc", true, false, 3).unwrap();
+        assert_eq!(whole.text, "abc");
+        assert!(whole.from_bot);
+        // Invisible characters go, as in any user text.
+        assert_eq!(
+            Quoted::bounded("a\u{200B}b", false, false, 10)
+                .unwrap()
+                .text,
+            "ab"
+        );
+        assert_eq!(Quoted::bounded(" \u{200B} ", false, false, 10), None);
+        assert_eq!(Quoted::bounded("abc", false, false, 0), None);
+        // Multi-byte characters are counted, never split.
+        assert_eq!(
+            Quoted::bounded("привет мир", false, false, 6).unwrap().text,
+            "привет…"
+        );
+        let config = Config::from_defaults_with("input.max_quote_chars = 5\n").unwrap();
+        let fields = format!(
+            r#""text":"?",{}"#,
+            replying(BOB, PRIVATE, r#""text":"a long message here""#)
+        );
+        let inbound = Inbound::from_update(&update(PRIVATE, &fields), "bot", &config).unwrap();
+        assert_eq!(inbound.reply_to.unwrap().text, "a lon…");
     }
 
     #[test]

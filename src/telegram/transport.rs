@@ -8,7 +8,7 @@
 use teloxide::Bot;
 use teloxide::payloads::{EditMessageTextSetters as _, SendMessageSetters as _};
 use teloxide::prelude::Requester as _;
-use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId, UserId};
+use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId, ReplyParameters, UserId};
 use teloxide::{ApiError, RequestError};
 
 use super::TelegramError;
@@ -40,17 +40,25 @@ impl Transport {
         }
     }
 
-    /// Sends one message; returns its id (for later edits).
+    /// Sends one message, as a reply to `reply_to` when given (sent all the
+    /// same if that message is gone); returns its id (for later edits).
     pub async fn send(
         &self,
         chat_id: ChatId,
         part: &OutgoingText,
+        reply_to: Option<MessageId>,
     ) -> Result<MessageId, TelegramError> {
         match self {
             Self::Telegram(bot) => {
                 let mut request = bot
                     .send_message(chat_id, part.text.clone())
                     .link_preview_options(no_link_preview());
+                if let Some(message_id) = reply_to {
+                    request = request.reply_parameters(ReplyParameters {
+                        allow_sending_without_reply: Some(true),
+                        ..ReplyParameters::new(message_id)
+                    });
+                }
                 if !part.entities.is_empty() {
                     // Entities, never a parse mode: nothing the model writes
                     // can make Telegram refuse the message as unparseable.

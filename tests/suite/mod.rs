@@ -24,6 +24,7 @@ mod ordering;
 mod persistence;
 mod personas;
 mod protection;
+mod reply_context;
 mod resilience;
 mod restarts;
 mod slow_chat;

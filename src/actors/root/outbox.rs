@@ -204,6 +204,15 @@ pub(crate) struct Outbox;
 pub enum Part {
     /// A new message.
     New(OutgoingText),
+    /// A new message sent as a reply to `to` (in groups, the first message
+    /// of an answer replies to the message it answers). Sent even when
+    /// `to` was deleted meanwhile (`allow_sending_without_reply`).
+    Reply {
+        /// The message replied to.
+        to: MessageId,
+        /// The new message's text.
+        text: OutgoingText,
+    },
     /// New text for a message sent before (a streamed answer growing).
     Edit {
         /// The message to change.
@@ -217,6 +226,25 @@ impl Part {
     /// A new message of plain text (the bot's own texts).
     pub fn plain(text: impl Into<String>) -> Self {
         Self::New(OutgoingText::plain(text))
+    }
+
+    /// `parts` with their first new message sent as a reply to `to`, when
+    /// there is one; nothing changes for `None` or parts that only edit.
+    pub fn reply_first(mut parts: Vec<Part>, to: Option<MessageId>) -> Vec<Part> {
+        let Some(to) = to else {
+            return parts;
+        };
+        if let Some(first) = parts
+            .iter_mut()
+            .find(|part| !matches!(part, Part::Edit { .. }))
+            && let Part::New(text) = first
+        {
+            *first = Part::Reply {
+                to,
+                text: std::mem::take(text),
+            };
+        }
+        parts
     }
 }
 
@@ -553,7 +581,8 @@ async fn send_part(
         pacing.until_ready(chat_id).await;
         let call = async {
             match part {
-                Part::New(text) => transport.send(chat_id, text).await,
+                Part::New(text) => transport.send(chat_id, text, None).await,
+                Part::Reply { to, text } => transport.send(chat_id, text, Some(*to)).await,
                 Part::Edit { message_id, text } => transport
                     .edit(chat_id, *message_id, text)
                     .await
@@ -572,7 +601,9 @@ async fn send_part(
             }
             (Ok(Ok(id)), _) => {
                 match part {
-                    Part::New(_) => metrics::counter!("llmgram_replies_sent_total").increment(1),
+                    Part::New(_) | Part::Reply { .. } => {
+                        metrics::counter!("llmgram_replies_sent_total").increment(1);
+                    }
                     Part::Edit { .. } => {
                         metrics::counter!("llmgram_message_edits_total").increment(1);
                     }

@@ -81,7 +81,10 @@ impl SessionSupHandle<'_> {
     pub async fn route(&self, updates: Vec<Inbound>) -> Result<(), Unavailable> {
         let sessions = self.directory.wait_for(ADDRESS).await?;
         for inbound in updates {
-            if sessions.cast(SessionSupMsg::Route(inbound)).is_err() {
+            if sessions
+                .cast(SessionSupMsg::Route(Arc::new(inbound)))
+                .is_err()
+            {
                 tracing::warn!("session supervisor gone while routing; it replays from the store");
                 break;
             }
@@ -131,8 +134,9 @@ pub(crate) enum SessionSupMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
-    /// Hand this update to its chat's session (creating it if needed).
-    Route(Inbound),
+    /// Hand this update to its chat's session (creating it if needed);
+    /// shared, as the session and the pending queue hold it.
+    Route(Arc<Inbound>),
     /// A session finished an update: answered and delivered, or gave up.
     TurnFinished {
         /// The chat.
@@ -295,7 +299,7 @@ impl Actor for SessionSup {
             tracing::info!(count = replay.len(), "replaying unanswered updates");
         }
         for inbound in replay {
-            on_route(&myself, state, inbound).await?;
+            on_route(&myself, state, Arc::new(inbound)).await?;
         }
         Ok(())
     }
@@ -376,10 +380,9 @@ impl Actor for SessionSup {
 async fn on_route(
     myself: &ActorRef<SessionSupMsg>,
     state: &mut SessionSupState,
-    inbound: Inbound,
+    inbound: Arc<Inbound>,
 ) -> Result<(), ActorProcessingErr> {
     let chat_id = inbound.chat_id;
-    let inbound = Arc::new(inbound);
     if !state.chats.contains_key(&chat_id) {
         let signals = Arc::new(ChatSignals::default());
         let session = spawn_session(myself, state, chat_id, Arc::clone(&signals), true).await?;

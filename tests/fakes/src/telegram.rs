@@ -82,6 +82,10 @@ pub struct SentMessage {
     pub message_id: i64,
     /// The message text as sent.
     pub text: String,
+    /// `reply_parameters.message_id`: the message this one replies to.
+    pub reply_to: Option<i64>,
+    /// `reply_parameters.allow_sending_without_reply`.
+    pub reply_without_original: bool,
     /// All request parameters as a JSON object (`parse_mode`,
     /// `reply_parameters`, `entities`, …).
     pub body: Value,
@@ -990,10 +994,15 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
     if let (Some(entities), Some(obj)) = (params.get("entities"), message.as_object_mut()) {
         obj.insert("entities".into(), entities.clone());
     }
+    let reply = params.get("reply_parameters");
     let record = SentMessage {
         chat_id,
         message_id,
         text,
+        reply_to: reply.and_then(|reply| reply.get("message_id")?.as_i64()),
+        reply_without_original: reply
+            .and_then(|reply| reply.get("allow_sending_without_reply")?.as_bool())
+            .unwrap_or(false),
         body: Value::Object(params),
         at: now,
     };

@@ -9,7 +9,8 @@ use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, LlmReplyKind, TelegramFault
 use serde_json::{Value, json};
 use teloxide::prelude::*;
 use teloxide::types::{
-    BotCommand, ChatAction, MessageEntityKind, MessageId, ParseMode, Update, UpdateKind,
+    BotCommand, ChatAction, MessageEntityKind, MessageId, ParseMode, ReplyParameters, Update,
+    UpdateKind,
 };
 use teloxide::{ApiError, RequestError};
 
@@ -179,6 +180,25 @@ async fn long_polling() {
         waited < Duration::from_millis(1000),
         "returned after {waited:?}"
     );
+}
+
+#[tokio::test]
+async fn reply_parameters_are_recorded() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    bot.send_message(ChatId(-5), "as a reply")
+        .reply_parameters(ReplyParameters {
+            allow_sending_without_reply: Some(true),
+            ..ReplyParameters::new(MessageId(41))
+        })
+        .await
+        .unwrap();
+    bot.send_message(ChatId(-5), "plain").await.unwrap();
+    let sent = fake.wait_for_sent_to(-5, 2, Duration::from_secs(1)).await;
+    assert_eq!(sent[0].reply_to, Some(41));
+    assert!(sent[0].reply_without_original);
+    assert_eq!(sent[1].reply_to, None);
+    assert!(!sent[1].reply_without_original);
 }
 
 #[tokio::test]

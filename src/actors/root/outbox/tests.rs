@@ -185,3 +185,39 @@ async fn a_restarted_outbox_flushes_the_deliveries_its_predecessor_left_running(
     assert!(slow.await.expect("task").is_ok(), "the send task finished");
     second.stop(None);
 }
+
+#[test]
+fn only_the_first_new_message_replies() {
+    use teloxide::types::MessageId;
+    let describe = |parts: &[Part]| -> Vec<String> {
+        parts
+            .iter()
+            .map(|part| match part {
+                Part::New(text) => format!("new:{}", text.text),
+                Part::Reply { to, text } => format!("reply {}:{}", to.0, text.text),
+                Part::Edit { message_id, text } => format!("edit {}:{}", message_id.0, text.text),
+            })
+            .collect()
+    };
+    let parts = vec![plain("one"), plain("two")];
+    assert_eq!(
+        describe(&Part::reply_first(parts.clone(), Some(MessageId(7)))),
+        ["reply 7:one", "new:two"]
+    );
+    assert_eq!(
+        describe(&Part::reply_first(parts, None)),
+        ["new:one", "new:two"]
+    );
+    // Edits of what is shown stay edits; the first new message replies.
+    let edit = Part::Edit {
+        message_id: MessageId(3),
+        text: crate::telegram::render::OutgoingText::plain("grown"),
+    };
+    assert_eq!(
+        describe(&Part::reply_first(
+            vec![edit, plain("more")],
+            Some(MessageId(7))
+        )),
+        ["edit 3:grown", "reply 7:more"]
+    );
+}

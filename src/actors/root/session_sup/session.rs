@@ -52,6 +52,7 @@ mod live;
 mod llm_turn;
 mod media_turn;
 mod persona;
+mod reply_context;
 mod summary;
 mod turn;
 mod usage;
@@ -324,6 +325,10 @@ async fn on_update(
             return turn::finish(state, inbound.update_id, earlier);
         }
         let mut turn = Turn::new(&state.deps, inbound, earlier);
+        turn.quote = inbound
+            .reply_to
+            .as_ref()
+            .and_then(|quoted| reply_context::quote_line(&state.history, quoted));
         if let Some(refusal) = admission::refusal(state, &mut turn).await {
             turn.reply = refusal;
             turn.change = Change::Keep;

@@ -177,6 +177,8 @@ impl Tree {
             sent_at: None,
             refused: None,
             speaker: None,
+            message_id: None,
+            reply_to: None,
         };
         self.next_update += 1;
         let directory = &self.t.deps.directory;

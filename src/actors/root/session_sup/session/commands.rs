@@ -44,6 +44,8 @@ pub(super) fn on_reset(state: &mut SessionState, turn: &Turn<'_>) -> Reply {
 
 /// `/retry`: the last question is asked again.
 pub(super) async fn on_retry(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
+    // The question asked again has its own quote already.
+    turn.quote = None;
     match state.history.take_last_question() {
         Some(question) => llm_turn::answer(state, turn, &question).await,
         None => Reply::Plain(turn.texts.nothing_to_retry.clone()),
@@ -78,13 +80,25 @@ pub(super) fn on_unknown(turn: &Turn<'_>, name: &str) -> Reply {
 
 /// A configured assistant command: its template filled with the text, or a
 /// request for the text when none came with it (the next text is its
-/// input).
+/// input). Sent without text as a reply (`/caption` replying to a
+/// message), the quoted text is its input instead of a quote.
 pub(super) async fn on_assistant(
     state: &mut SessionState,
     turn: &mut Turn<'_>,
     name: &str,
     args: &str,
 ) -> Reply {
+    let quoted = match &turn.inbound.reply_to {
+        Some(quoted) if args.trim().is_empty() => Some(quoted.text.clone()),
+        _ => None,
+    };
+    let args = match &quoted {
+        Some(text) => {
+            turn.quote = None;
+            text.as_str()
+        }
+        None => args,
+    };
     match input::validate(args, state.deps.config.input.max_chars) {
         Err(Rejection::Empty) => {
             state.awaiting_input = Some(name.to_owned());

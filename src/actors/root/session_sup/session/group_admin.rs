@@ -113,6 +113,8 @@ mod tests {
             sent_at: None,
             refused: None,
             speaker: None,
+            message_id: None,
+            reply_to: None,
         }
     }
 

@@ -14,6 +14,9 @@
 //! files) as separate updates sharing a `media_group_id`. They are held the
 //! same way, for `media.album_wait` after the last one, and answered as one
 //! media turn with all the files.
+//!
+//! A merged turn carries the first message's quote (what it replied to)
+//! and, in groups, is answered as a reply to that first message.
 
 use std::sync::Arc;
 
@@ -191,8 +194,13 @@ pub(super) async fn answer_burst(state: &mut SessionState) -> Result<(), ActorPr
         Some(album) => InboundKind::Media(album),
         None => InboundKind::Text(merged_text(&burst)),
     };
+    // The burst reads as one message starting with its first: that one's
+    // quote, and in groups the answer replies to it.
+    let first = earlier.first().unwrap_or(last);
     let merged = Inbound {
         kind,
+        message_id: first.message_id,
+        reply_to: first.reply_to.clone(),
         ..Inbound::clone(last)
     };
     let earlier: Vec<u32> = earlier.iter().map(|inbound| inbound.update_id).collect();

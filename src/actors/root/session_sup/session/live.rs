@@ -174,6 +174,7 @@ mod tests {
             .iter()
             .map(|part| match part {
                 Part::New(text) => format!("new:{}", text.text),
+                Part::Reply { to, text } => format!("reply {}:{}", to.0, text.text),
                 Part::Edit { message_id, text } => format!("edit {}:{}", message_id.0, text.text),
             })
             .collect()

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use teloxide::types::MessageId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -15,7 +16,7 @@ use super::live::LiveAnswer;
 use super::turn::{Reply, Turn, send_parts};
 use crate::actors::root::limiter::Slot;
 use crate::actors::root::llm_pool::Overrides;
-use crate::actors::root::outbox::Delivered;
+use crate::actors::root::outbox::{Delivered, Part};
 use crate::actors::root::session_sup::SessionDeps;
 use crate::clock::month_of_day;
 use crate::config::LlmConfig;
@@ -170,6 +171,12 @@ pub(super) async fn ask(
         remembered,
         files,
     } = question;
+    // What the message replies to is part of the user's message, in the
+    // prompt and in the history.
+    let (text, remembered): (Arc<str>, Arc<str>) = match turn.quote {
+        Some(_) => (turn.quoted(&text).into(), turn.quoted(&remembered).into()),
+        None => (text, remembered),
+    };
     let mut prompt = state.history.prompt(&voice.prompt, &text);
     // The summary of what left the history, right after the system prompt.
     let fixed = match super::summary::context_message(state.summary.as_deref()) {
@@ -205,6 +212,7 @@ pub(super) async fn ask(
         prompt: &prompt,
         options: &options,
         stream: stream_to,
+        reply_to: turn.reply_to,
     };
     let texts = Arc::clone(&turn.texts);
     let (result, live) = await_answer(state, &texts, request, deltas).await;
@@ -429,6 +437,8 @@ struct Request<'a> {
     prompt: &'a [ChatMessage],
     options: &'a Overrides,
     stream: Option<StreamTo>,
+    /// In groups, the message the answer's first message replies to.
+    reply_to: Option<MessageId>,
 }
 
 /// Waits for the LLM pool's answer while showing "typing…", or the streamed
@@ -443,6 +453,7 @@ async fn await_answer(
     let deps = &state.deps;
     let chat_id = state.chat_id;
     let telegram = &deps.config.telegram;
+    let reply_to = request.reply_to;
     let call = call_llm(deps, request);
     tokio::pin!(call);
     let mut live = LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval);
@@ -472,7 +483,10 @@ async fn await_answer(
                 live.finish_update(sent);
             }
             () = tokio::time::sleep_until(live.next_update()), if update.is_none() && live.wants_update() => {
+                // The answer's first message replies to the question.
+                let first = !live.is_showing();
                 let parts = live.begin_update();
+                let parts = Part::reply_first(parts, reply_to.filter(|_| first));
                 update = Some(Box::pin(send_parts(deps, chat_id, parts, None)));
             }
             () = tokio::time::sleep_until(next_typing), if !live.is_showing() => {

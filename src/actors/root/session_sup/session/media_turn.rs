@@ -410,9 +410,10 @@ async fn photos(
             &[&format!("{label}: {description}]"), words.own()],
             " ",
         ));
+        // The history has the message as asked: with its quote line.
         state
             .history
-            .rewrite_last_user(&remembered, described.into());
+            .rewrite_last_user(&turn.quoted(&remembered), turn.quoted(&described).into());
     }
     if sent < photos.len() {
         with_note(

@@ -81,6 +81,12 @@ pub(super) struct Turn<'a> {
     pub(super) change: Change,
     /// What to send.
     pub(super) reply: Reply,
+    /// The line quoting what the update replies to, put above the user's
+    /// text in the prompt and the history (`reply_context.rs`); `None`
+    /// when there is nothing to quote.
+    pub(super) quote: Option<String>,
+    /// In groups, the message the answer replies to (its first message).
+    pub(super) reply_to: Option<MessageId>,
 }
 
 impl<'a> Turn<'a> {
@@ -96,6 +102,18 @@ impl<'a> Turn<'a> {
             cancelled: false,
             change: Change::Update,
             reply: Reply::Silent,
+            quote: None,
+            // In a private chat the answer follows the question anyway.
+            reply_to: inbound.message_id.filter(|_| !inbound.chat_id.is_user()),
+        }
+    }
+
+    /// `text` as the user's message reads with its quote: the quote line
+    /// first, when there is one.
+    pub(super) fn quoted(&self, text: &str) -> String {
+        match &self.quote {
+            Some(quote) => format!("{quote}\n{text}"),
+            None => text.to_owned(),
         }
     }
 }
@@ -112,6 +130,8 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
         .reply
         .into_messages(state.deps.config.telegram.max_message_chars);
     let (parts, _) = super::live::diff(&turn.streamed, messages);
+    // A streamed answer's first message replied when it was first shown.
+    let parts = Part::reply_first(parts, turn.reply_to.filter(|_| turn.streamed.is_empty()));
     let parts_count = parts.len();
     match send_parts(&state.deps, state.chat_id, parts, commit).await {
         Ok(_) => tracing::debug!(parts = parts_count, "delivered"),
