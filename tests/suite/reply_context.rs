@@ -93,7 +93,8 @@ async fn a_partial_quote_is_used_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_to_an_answer_that_left_the_history_still_carries_it() {
-    let h = Harness::start_with("session.max_messages = 2\n").await;
+    // No summary: the quote alone must carry the answer that left.
+    let h = Harness::start_with("session.max_messages = 2\nsession.summarize = false\n").await;
     h.say(43, "name a colour");
     let first = h.replies(43, 1).await[0].clone();
     h.say(43, "name a fruit");
