@@ -228,7 +228,7 @@ async fn chat_sends_local_images_voice_notes_and_files() {
     llm.set_transcript("a question spoken aloud");
     let files = tempfile::tempdir().unwrap();
     let image = files.path().join("beach.jpg");
-    std::fs::write(&image, super::media::jpeg(320, 240, 1_000)).unwrap();
+    std::fs::write(&image, llmgram_fakes::jpeg(320, 240, 1_000)).unwrap();
     let voice = files.path().join("note.ogg");
     let mut ogg = b"OggS\x00\x02".to_vec();
     ogg.resize(500, 1);

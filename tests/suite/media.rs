@@ -7,25 +7,10 @@ use std::time::Duration;
 
 use llmgram::store::inspect;
 use llmgram::telegram::inbound::ChatId;
-use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, MediaUpdate, TranscriptionReply};
+use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, MediaUpdate, TranscriptionReply, jpeg};
 
 use crate::common::process::BotProcess;
 use crate::common::{Harness, WAIT};
-
-/// A JPEG header with the given dimensions, padded to about `size` bytes:
-/// enough for the bot to recognise and measure it.
-pub fn jpeg(width: u16, height: u16, size: usize) -> Vec<u8> {
-    let mut bytes = vec![
-        0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0,
-    ];
-    bytes.extend([0xFF, 0xC0, 0x00, 0x11, 0x08]);
-    bytes.extend(height.to_be_bytes());
-    bytes.extend(width.to_be_bytes());
-    bytes.extend([0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
-    bytes.extend([0xFF, 0xD9]);
-    bytes.resize(size.max(bytes.len()), 0);
-    bytes
-}
 
 /// An Ogg voice note's first bytes, padded.
 fn ogg(size: usize) -> Vec<u8> {

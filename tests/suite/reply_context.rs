@@ -185,7 +185,7 @@ async fn a_media_caption_reply_carries_the_quote() {
     let h = Harness::start_with("llm.vision_model = \"see-model\"\n").await;
     let photo = h
         .telegram
-        .add_file(super::media::jpeg(640, 480, 2_000), "photos/file_0.jpg");
+        .add_file(llmgram_fakes::jpeg(640, 480, 2_000), "photos/file_0.jpg");
     let (_, update) = h
         .telegram
         .media_update(MediaUpdate::photo(45, 45, &[&photo]).caption("does this fit?"));
