@@ -431,6 +431,8 @@ pub struct SessionConfig {
     pub merge_wait_chars: usize,
     #[serde(with = "humantime_serde")]
     pub queued_notice_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub edit_window: Duration,
     pub summarize: bool,
     pub summary_model: String,
     pub summary_max_chars: usize,

@@ -31,9 +31,11 @@ pub const CHAT_RECORD_VERSION: u8 = 5;
 /// the admission sequence number of a pending update; version 3 added media
 /// ([`StoredKind::Media`], a new last variant, so version 2 entries read as
 /// they are); version 4 added the message's id and what it replies to
-/// ([`StoredQuote`]). Version 1 entries are read through [`v1`], versions
-/// 2 and 3 through [`entry_v3`].
-pub const UPDATE_ENTRY_VERSION: u8 = 4;
+/// ([`StoredQuote`]); version 5 added edited messages
+/// ([`StoredKind::Edited`], a new last variant, so version 4 entries read
+/// as they are). Version 1 entries are read through [`v1`], versions 2 and
+/// 3 through [`entry_v3`].
+pub const UPDATE_ENTRY_VERSION: u8 = 5;
 
 /// How many answered update ids a chat record keeps (besides every id of its
 /// latest turn): enough to recognise any redelivery the restart and replay
@@ -523,6 +525,8 @@ pub enum StoredKind {
     NonText,
     /// Files with their caption (update entry version 3).
     Media(StoredMedia),
+    /// A text the user edited, its new text (update entry version 5).
+    Edited(String),
 }
 
 /// A [`MediaMessage`] as stored: file references, never bytes.
@@ -709,7 +713,7 @@ pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
         (1, body) => decode_as::<v1::UpdateEntry, _>(1, body),
         // Version 3 only appended a variant: version 2 bytes read as it.
         (version @ (2 | 3), body) => decode_as::<entry_v3::UpdateEntry, _>(version, body),
-        (4, body) => decode_as::<UpdateEntry, _>(4, body),
+        (version @ (4 | 5), body) => decode_as::<UpdateEntry, _>(version, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -760,6 +764,7 @@ impl StoredUpdate {
                 }
                 InboundKind::Media(media) => StoredKind::Media(StoredMedia::new(media)),
                 InboundKind::NonText => StoredKind::NonText,
+                InboundKind::Edited(text) => StoredKind::Edited(text.clone()),
             },
             message_id: inbound.message_id.map(|id| id.0),
             reply_to: inbound.reply_to.as_ref().map(|quote| {
@@ -787,6 +792,7 @@ impl StoredUpdate {
                     InboundKind::Command(Command::from_words(&name, &args, assistants))
                 }
                 StoredKind::NonText => InboundKind::NonText,
+                StoredKind::Edited(text) => InboundKind::Edited(text),
                 StoredKind::Media(media) => InboundKind::Media(media.into_media(assistants)),
             },
             received_at: std::time::Instant::now(),

@@ -139,6 +139,9 @@ pub enum InboundKind {
     /// A sticker, location, contact or other message without text or media
     /// the bot reads.
     NonText,
+    /// A text message the user edited, with its new text (the message is
+    /// [`Inbound::message_id`]).
+    Edited(String),
 }
 
 /// A message carrying files: one, or an album's several merged into one
@@ -251,6 +254,7 @@ impl Inbound {
                 .iter()
                 .any(|attachment| attachment.kind != AttachmentKind::Unsupported),
             InboundKind::NonText => false,
+            InboundKind::Edited(_) => true,
         }
     }
 
@@ -268,14 +272,23 @@ impl Inbound {
     /// `bot_username` is used to ignore `/command@other_bot`; the config
     /// gives the assistant commands and the media limits.
     pub fn from_update(update: &Update, bot_username: &str, config: &Config) -> Option<Self> {
-        let UpdateKind::Message(message) = &update.kind else {
-            return None;
+        let (message, edited) = match &update.kind {
+            UpdateKind::Message(message) => (message, false),
+            UpdateKind::EditedMessage(message) => (message, true),
+            _ => return None,
         };
         let assistants = &config.commands;
         let kind = if message.chat.is_private() {
             classify(message, bot_username, assistants, &config.media)?
         } else {
             classify_in_group(message, bot_username, assistants, &config.media)?
+        };
+        // Only an edited text is answered again (an edited command or
+        // caption is not); the session decides whether it still may be.
+        let kind = match (edited, kind) {
+            (false, kind) => kind,
+            (true, InboundKind::Text(text)) => InboundKind::Edited(text),
+            (true, _) => return None,
         };
         let user = message.from.as_ref();
         Some(Self {
@@ -623,6 +636,25 @@ mod tests {
         assert_eq!(media.attachments[0].kind, AttachmentKind::Voice);
         assert_eq!(media.attachments[0].duration, Some(4));
         assert_eq!(media.caption.as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn only_edited_texts_are_kept_as_edits() {
+        let config = config();
+        let edited = |fields: &str| -> Update {
+            serde_json::from_str(&format!(
+                r#"{{"update_id":9,"edited_message":{{"message_id":7,"date":1700000000,"edit_date":1700000060,"chat":{PRIVATE},
+                "from":{{"id":5,"is_bot":false,"first_name":"Ann"}},{fields}}}}}"#
+            ))
+            .unwrap()
+        };
+        let inbound =
+            Inbound::from_update(&edited(r#""text":"new text""#), "bot", &config).unwrap();
+        assert_eq!(inbound.kind, InboundKind::Edited("new text".into()));
+        assert_eq!(inbound.message_id, Some(MessageId(7)));
+        assert!(Inbound::from_update(&edited(r#""text":"/reset""#), "bot", &config).is_none());
+        let caption = format!(r#"{},"caption":"new caption""#, photo(&[("a", 90, 100)]));
+        assert!(Inbound::from_update(&edited(&caption), "bot", &config).is_none());
     }
 
     #[test]

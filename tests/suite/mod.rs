@@ -6,6 +6,7 @@ mod bursts;
 mod commands;
 mod console;
 mod conversation;
+mod edits;
 mod eviction;
 mod groups;
 mod hardening_content;

@@ -292,7 +292,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
         state.offset,
         state.config.poll_limit,
         state.config.poll_timeout,
-        &[AllowedUpdate::Message],
+        &[AllowedUpdate::Message, AllowedUpdate::EditedMessage],
     )
     .await
     .map_err(failed("getUpdates"))?;

@@ -170,7 +170,7 @@ impl Actor for Webhook {
             .map_err(|e| WebhookError::Bind(config.listen, e))?;
         bot.set_webhook(url.clone())
             .secret_token(args.secret.expose().to_owned())
-            .allowed_updates([AllowedUpdate::Message])
+            .allowed_updates([AllowedUpdate::Message, AllowedUpdate::EditedMessage])
             .await
             .map_err(|e| WebhookError::Register(e.into()))?;
         tracing::info!(url = %crate::config::redact_url(&url), listen = %config.listen, "webhook registered");

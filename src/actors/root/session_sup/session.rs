@@ -172,6 +172,10 @@ pub(crate) struct SessionState {
     /// An assistant command sent without text: the next text is its input.
     /// Not stored; an evicted or restarted session forgets it.
     awaiting_input: Option<String>,
+    /// The last answer to a text, for an edit of that text
+    /// (`session.edit_window`); not stored, so an edit after a restart or
+    /// an eviction is ignored.
+    last_answer: Option<turn::LastAnswer>,
     /// Group members' admin status as Telegram last said it (groups only;
     /// `telegram.admin_status_cache`). Not stored.
     admin_statuses: Vec<group_admin::CachedStatus>,
@@ -210,6 +214,7 @@ impl Actor for Session {
             is_new: true,
             awaiting_input: None,
             admin_statuses: Vec::new(),
+            last_answer: None,
             signals: Arc::clone(&args.signals),
             burst: Vec::new(),
             burst_generation: 0,
@@ -372,6 +377,7 @@ async fn respond(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
     match &inbound.kind {
         InboundKind::Command(command) => on_command(state, turn, command).await,
         InboundKind::Text(text) => on_text(state, turn, text).await,
+        InboundKind::Edited(text) => on_edit(state, turn, text).await,
         InboundKind::Media(media) => media_turn::on_media(state, turn, media).await,
         InboundKind::NonText => Reply::Plain(turn.texts.non_text.clone()),
     }
@@ -406,6 +412,31 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
         }
         Command::Unknown(name) => commands::on_unknown(turn, name),
     }
+}
+
+/// The user edited a message: if it is the one last answered, within
+/// `session.edit_window` and before anything else was sent, the edited text
+/// is answered again, the shown answer edited in place, and the history
+/// keeps the edited turn only. Any other edit is ignored (silently, marked
+/// answered).
+async fn on_edit(state: &mut SessionState, turn: &mut Turn<'_>, text: &str) -> Reply {
+    let window = state.deps.config.session.edit_window;
+    let last = state.last_answer.take().filter(|last| {
+        !window.is_zero()
+            && turn.inbound.message_id == Some(last.user_message)
+            && last.at.elapsed() <= window
+    });
+    let Some(last) = last else {
+        tracing::debug!("edit of an older message ignored");
+        turn.change = Change::Keep;
+        turn.ignored_edit = true;
+        return Reply::Silent;
+    };
+    tracing::info!("last message edited; answering it again");
+    // The replaced exchange leaves the history; the new one takes its place.
+    state.history.take_last_question();
+    turn.replaces = last.shown;
+    on_text(state, turn, text).await
 }
 
 /// Text for the assistant: checked, then answered by the LLM (or used as

@@ -37,7 +37,7 @@ fn changes_the_group(inbound: &Inbound) -> bool {
             .command
             .as_ref()
             .is_some_and(Command::changes_the_group),
-        InboundKind::Text(_) | InboundKind::NonText => false,
+        InboundKind::Text(_) | InboundKind::NonText | InboundKind::Edited(_) => false,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::actors::root::outbox::{Delivered, Part, TurnCommit};
 use crate::actors::root::persistence::RecordChange;
 use crate::actors::root::session_sup::SessionDeps;
 use crate::store::record::{self, ChatSettings, ChatUsage};
-use crate::telegram::inbound::{ChatId, Inbound};
+use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
 use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
 use crate::texts::Texts;
@@ -49,6 +49,18 @@ impl Reply {
     }
 }
 
+/// The answer to the user's last text as shown, kept for an edit of that
+/// text.
+#[derive(Debug, Clone)]
+pub(super) struct LastAnswer {
+    /// The user's message it answers.
+    pub(super) user_message: MessageId,
+    /// When it was delivered.
+    pub(super) at: std::time::Instant,
+    /// The messages showing it, for an edit to replace in place.
+    pub(super) shown: Vec<(MessageId, OutgoingText)>,
+}
+
 /// What a turn does to the stored record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Change {
@@ -77,6 +89,12 @@ pub(super) struct Turn<'a> {
     /// A `/cancel` ended this turn's answer (or its admission wait); that
     /// `/cancel`, handled later, then says nothing.
     pub(super) cancelled: bool,
+    /// An edit that was not answered again: the last answer stays as the
+    /// one an edit may replace.
+    pub(super) ignored_edit: bool,
+    /// For an edited message: the messages showing its earlier answer, which
+    /// this turn's answer replaces in place (unless it was streamed anew).
+    pub(super) replaces: Vec<(MessageId, OutgoingText)>,
     /// What the turn does to the stored record.
     pub(super) change: Change,
     /// What to send.
@@ -100,6 +118,8 @@ impl<'a> Turn<'a> {
             budget_exempt: deps.config.is_admin(inbound.user_id),
             streamed: Vec::new(),
             cancelled: false,
+            ignored_edit: false,
+            replaces: Vec::new(),
             change: Change::Update,
             reply: Reply::Silent,
             quote: None,
@@ -126,15 +146,49 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
         state.cancel_answered = true;
     }
     let commit = prepare_commit(state, turn.inbound.update_id, turn.earlier, turn.change);
+    // An answer to a text may be replaced when the user edits that text.
+    let answered_text = matches!(turn.reply, Reply::Markdown(_))
+        && matches!(
+            turn.inbound.kind,
+            InboundKind::Text(_) | InboundKind::Edited(_)
+        );
+    let user_message = turn.inbound.message_id.filter(|_| answered_text);
+    let streamed = !turn.streamed.is_empty();
+    let mut shown = if streamed {
+        turn.streamed
+    } else {
+        turn.replaces
+    };
     let messages = turn
         .reply
         .into_messages(state.deps.config.telegram.max_message_chars);
-    let (parts, _) = super::live::diff(&turn.streamed, messages);
+    let (parts, filled) = super::live::diff(&shown, messages);
     // A streamed answer's first message replied when it was first shown.
-    let parts = Part::reply_first(parts, turn.reply_to.filter(|_| turn.streamed.is_empty()));
+    let parts = Part::reply_first(parts, turn.reply_to.filter(|_| shown.is_empty()));
     let parts_count = parts.len();
-    match send_parts(&state.deps, state.chat_id, parts, commit).await {
-        Ok(_) => tracing::debug!(parts = parts_count, "delivered"),
+    let delivered = send_parts(&state.deps, state.chat_id, parts, commit).await;
+    if !turn.ignored_edit {
+        state.last_answer = None;
+    }
+    match delivered {
+        Ok(ids) => {
+            tracing::debug!(parts = parts_count, "delivered");
+            if let Some(user_message) = user_message
+                && ids.len() == filled.len()
+            {
+                for (id, (index, text)) in ids.into_iter().zip(filled) {
+                    match shown.get_mut(index) {
+                        Some(slot) => *slot = (id, text),
+                        None => shown.push((id, text)),
+                    }
+                }
+                state.last_answer = Some(LastAnswer {
+                    user_message,
+                    at: std::time::Instant::now(),
+                    shown,
+                });
+            }
+        }
         Err(error) => tracing::warn!(class = error.class(), %error, "reply not delivered"),
     }
 }
