@@ -1066,12 +1066,19 @@ mod tests {
             from_bot: true,
             partial: false,
         }));
-        let bytes = encode_update(&UpdateEntry::Pending(expected.clone())).unwrap();
-        assert_eq!(bytes[0], 4);
+        let mut bytes = encode_update(&UpdateEntry::Pending(expected.clone())).unwrap();
+        assert_eq!(bytes[0], UPDATE_ENTRY_VERSION);
         let UpdateEntry::Pending(stored) = decode_update(&bytes).unwrap() else {
             panic!("not pending");
         };
         assert_eq!(stored, expected);
+        // Version 5 only appended a variant: the same bytes as version 4 read
+        // the same.
+        bytes[0] = 4;
+        assert_eq!(
+            decode_update(&bytes).unwrap(),
+            UpdateEntry::Pending(expected.clone())
+        );
         let inbound = stored.into_inbound(&[]);
         assert_eq!(inbound.message_id, Some(MessageId(42)));
         assert_eq!(
