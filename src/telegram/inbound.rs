@@ -407,19 +407,39 @@ fn media_message(
     group_text: Option<String>,
 ) -> Option<InboundKind> {
     let caption = group_text.or_else(|| message.caption().map(str::to_owned));
-    let (caption, command) = match caption.as_deref().map(str::trim) {
-        None | Some("") => (None, None),
-        Some(caption) => match command::parse(caption, bot_username, assistants) {
+    with_caption(
+        attachment,
+        caption.as_deref().unwrap_or_default(),
+        bot_username,
+        assistants,
+        message.media_group_id().map(|id| id.0.clone()),
+    )
+}
+
+/// A media message of one file: its caption, or the command the caption
+/// is; `None` for a command addressed to another bot.
+fn with_caption(
+    attachment: Attachment,
+    caption: &str,
+    bot_username: &str,
+    assistants: &[CommandConfig],
+    media_group: Option<String>,
+) -> Option<InboundKind> {
+    let caption = caption.trim();
+    let (caption, command) = if caption.is_empty() {
+        (None, None)
+    } else {
+        match command::parse(caption, bot_username, assistants) {
             Parsed::Command(command) => (None, Some(command)),
             Parsed::ForAnotherBot => return None,
             Parsed::Text => (Some(caption.to_owned()), None),
-        },
+        }
     };
     Some(InboundKind::Media(MediaMessage {
         attachments: vec![attachment],
         caption,
         command,
-        media_group: message.media_group_id().map(|id| id.0.clone()),
+        media_group,
     }))
 }
 
@@ -472,22 +492,7 @@ pub fn local_media(
         file_name,
         mime_type: mime_type.map(str::to_owned),
     };
-    let caption = caption.trim();
-    let (caption, command) = if caption.is_empty() {
-        (None, None)
-    } else {
-        match command::parse(caption, "", assistants) {
-            Parsed::Command(command) => (None, Some(command)),
-            Parsed::ForAnotherBot => return None,
-            Parsed::Text => (Some(caption.to_owned()), None),
-        }
-    };
-    Some(InboundKind::Media(MediaMessage {
-        attachments: vec![attachment],
-        caption,
-        command,
-        media_group: None,
-    }))
+    with_caption(attachment, caption, "", assistants, None)
 }
 
 /// In a group the bot answers only what is addressed to it: its commands, a

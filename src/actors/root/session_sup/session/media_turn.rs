@@ -202,6 +202,19 @@ fn join_nonempty(parts: &[&str], separator: &str) -> String {
         .join(separator)
 }
 
+/// The files of the kinds `wanted` picks (an album may mix photos with
+/// videos, which are left out).
+fn of_kind<'a>(
+    attachments: &[&'a Attachment],
+    wanted: impl Fn(AttachmentKind) -> bool,
+) -> Vec<&'a Attachment> {
+    attachments
+        .iter()
+        .copied()
+        .filter(|attachment| wanted(attachment.kind))
+        .collect()
+}
+
 /// The files as the history keeps them.
 fn stored_files(attachments: &[&Attachment]) -> Vec<StoredFile> {
     attachments
@@ -309,11 +322,7 @@ async fn photos(
     let texts = Arc::clone(&turn.texts);
     let deps = Arc::clone(&state.deps);
     let media = &deps.config.media;
-    let photos: Vec<&Attachment> = attachments
-        .iter()
-        .copied()
-        .filter(|a| a.kind == AttachmentKind::Photo)
-        .collect();
+    let photos = of_kind(attachments, |kind| kind == AttachmentKind::Photo);
     let sent = photos.len().min(media.max_images_per_turn);
     let files = stored_files(&photos);
     let label = if photos.len() == 1 {
@@ -522,11 +531,7 @@ async fn recordings(
     let texts = Arc::clone(&turn.texts);
     let deps = Arc::clone(&state.deps);
     let media = &deps.config.media;
-    let recordings: Vec<&Attachment> = attachments
-        .iter()
-        .copied()
-        .filter(|a| a.kind.is_audio())
-        .collect();
+    let recordings = of_kind(attachments, AttachmentKind::is_audio);
     if !deps.config.llm.can_transcribe() {
         return Err(Refusal(
             Outcome::NoTranscription,
@@ -697,11 +702,7 @@ async fn documents(
     let texts = Arc::clone(&turn.texts);
     let deps = Arc::clone(&state.deps);
     let media = &deps.config.media;
-    let documents: Vec<&Attachment> = attachments
-        .iter()
-        .copied()
-        .filter(|a| a.kind == AttachmentKind::Document)
-        .collect();
+    let documents = of_kind(attachments, |kind| kind == AttachmentKind::Document);
     for document in &documents {
         check_size(&texts, document, media.max_document_bytes)?;
     }

@@ -191,7 +191,7 @@ impl Request {
                 let tokens = completion
                     .usage
                     .map_or(0, |u| u.prompt_tokens + u.completion_tokens);
-                metrics::counter!("llmgram_llm_tokens_total").increment(tokens);
+                metrics::counter!(crate::telemetry::families::LLM_TOKENS).increment(tokens);
                 let summary: String = completion
                     .text
                     .trim()
