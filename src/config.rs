@@ -436,6 +436,8 @@ pub struct SessionConfig {
     pub summarize: bool,
     pub summary_model: String,
     pub summary_max_chars: usize,
+    #[serde(with = "humantime_serde")]
+    pub new_dialog_after: Duration,
 }
 
 /// `[input]`: what user text is accepted.

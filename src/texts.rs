@@ -128,6 +128,9 @@ pub struct Texts {
     pub monthly_budget_exceeded: String,
     /// Placeholder: `{budget}` (an amount with its currency).
     pub monthly_cost_exceeded: String,
+    /// Above the first answer after `session.new_dialog_after` of silence
+    /// (plain text; shown in italics).
+    pub new_dialog_notice: String,
 }
 
 /// Errors loading the compiled-in locale files.

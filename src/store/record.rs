@@ -24,9 +24,10 @@ use crate::telegram::inbound::{
 /// a history message ([`StoredFile`]) and the one-time "images cannot be
 /// seen" notice; version 5 added the chat's persona and own system prompt,
 /// the month's usage and spend, and the summary of turns that left the
-/// history. Older records are read through [`v1`], [`v2`], [`v3`] and
-/// [`v4`] and migrated.
-pub const CHAT_RECORD_VERSION: u8 = 5;
+/// history; version 6 added when the conversation was last active
+/// ([`ChatCounters::last_turn_at`]). Older records are read through
+/// [`v1`], [`v2`], [`v3`], [`v4`] and [`v5`] and migrated.
+pub const CHAT_RECORD_VERSION: u8 = 6;
 /// Schema version of [`UpdateEntry`] written by this build. Version 2 added
 /// the admission sequence number of a pending update; version 3 added media
 /// ([`StoredKind::Media`], a new last variant, so version 2 entries read as
@@ -156,6 +157,10 @@ pub struct ChatCounters {
     pub cost_today: u64,
     /// What `tokens_month` cost (millionths of the currency unit).
     pub cost_month: u64,
+    /// When the conversation last had a message answered (milliseconds
+    /// since the Unix epoch; 0 when unknown, as for records before version
+    /// 6): `session.new_dialog_after` counts the idle time from it.
+    pub last_turn_at: u64,
 }
 
 /// Version 1 of the chat record, frozen: the layout bincode wrote, so old
@@ -456,6 +461,77 @@ pub mod v4 {
     }
 }
 
+/// Version 5 of the chat record, frozen: no last-activity time. Migrated on
+/// load.
+pub mod v5 {
+    use serde::{Deserialize, Serialize};
+
+    use super::StoredMessage;
+
+    /// A version 5 chat record.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct ChatRecord {
+        pub(super) history: Vec<StoredMessage>,
+        pub(super) settings: ChatSettings,
+        pub(super) counters: ChatCounters,
+        pub(super) recent_updates: Vec<u32>,
+        pub(super) summary: Option<String>,
+    }
+
+    /// Version 5 chat settings.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ChatSettings {
+        pub(super) language_code: Option<String>,
+        pub(super) model: Option<String>,
+        pub(super) told_no_vision: bool,
+        pub(super) persona: Option<String>,
+        pub(super) custom_prompt: Option<String>,
+    }
+
+    /// Version 5 chat counters.
+    #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+    pub struct ChatCounters {
+        pub(super) answered: u64,
+        pub(super) llm_failures: u64,
+        pub(super) usage_day: u32,
+        pub(super) tokens_today: u64,
+        pub(super) usage_month: u32,
+        pub(super) tokens_month: u64,
+        pub(super) cost_today: u64,
+        pub(super) cost_month: u64,
+    }
+
+    impl From<ChatRecord> for super::ChatRecord {
+        fn from(old: ChatRecord) -> Self {
+            let settings = old.settings;
+            let counters = old.counters;
+            Self {
+                history: old.history,
+                settings: super::ChatSettings {
+                    language_code: settings.language_code,
+                    model: settings.model,
+                    told_no_vision: settings.told_no_vision,
+                    persona: settings.persona,
+                    custom_prompt: settings.custom_prompt,
+                },
+                counters: super::ChatCounters {
+                    answered: counters.answered,
+                    llm_failures: counters.llm_failures,
+                    usage_day: counters.usage_day,
+                    tokens_today: counters.tokens_today,
+                    usage_month: counters.usage_month,
+                    tokens_month: counters.tokens_month,
+                    cost_today: counters.cost_today,
+                    cost_month: counters.cost_month,
+                    last_turn_at: 0,
+                },
+                recent_updates: old.recent_updates,
+                summary: old.summary,
+            }
+        }
+    }
+}
+
 /// The answered set of a record that kept only its newest update id.
 fn recent_from_last(last_update_id: u32) -> Vec<u32> {
     if last_update_id == 0 {
@@ -697,7 +773,8 @@ pub fn decode_chat(bytes: &[u8]) -> Result<ChatRecord, RecordError> {
         (2, body) => decode_as::<v2::ChatRecord, _>(2, body),
         (3, body) => decode_as::<v3::ChatRecord, _>(3, body),
         (4, body) => decode_as::<v4::ChatRecord, _>(4, body),
-        (5, body) => decode_as::<ChatRecord, _>(5, body),
+        (5, body) => decode_as::<v5::ChatRecord, _>(5, body),
+        (6, body) => decode_as::<ChatRecord, _>(6, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -1148,23 +1225,40 @@ mod tests {
 
     const FIXTURE_V5: &[u8] = include_bytes!("../../tests/fixtures/chat_record_v5.bin");
 
-    /// Writes the version 5 fixture (run once, with
-    /// `LLMGRAM_WRITE_FIXTURE=1`, when version 5 was introduced); the
-    /// fixture then stays as it is, for every later version to decode.
+    /// Version 5 wrote [`v5_record`] (without version 6's last-activity
+    /// time).
     #[test]
     fn version_5_fixture_decodes() {
+        assert_eq!(FIXTURE_V5[0], 5);
+        assert_eq!(decode_chat(FIXTURE_V5).unwrap(), v5_record());
+    }
+
+    /// A version 6 record: the conversation's last activity.
+    fn v6_record() -> ChatRecord {
+        let mut record = v5_record();
+        record.counters.last_turn_at = 1_796_000_000_000;
+        record
+    }
+
+    const FIXTURE_V6: &[u8] = include_bytes!("../../tests/fixtures/chat_record_v6.bin");
+
+    /// Writes the version 6 fixture (run once, with
+    /// `LLMGRAM_WRITE_FIXTURE=1`, when version 6 was introduced); the
+    /// fixture then stays as it is, for every later version to decode.
+    #[test]
+    fn version_6_fixture_decodes() {
         if std::env::var_os("LLMGRAM_WRITE_FIXTURE").is_some() {
             std::fs::write(
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/tests/fixtures/chat_record_v5.bin"
+                    "/tests/fixtures/chat_record_v6.bin"
                 ),
-                encode_chat(&v5_record()).unwrap(),
+                encode_chat(&v6_record()).unwrap(),
             )
             .unwrap();
         }
-        assert_eq!(FIXTURE_V5[0], 5);
-        assert_eq!(decode_chat(FIXTURE_V5).unwrap(), v5_record());
+        assert_eq!(FIXTURE_V6[0], 6);
+        assert_eq!(decode_chat(FIXTURE_V6).unwrap(), v6_record());
     }
 
     #[test]
@@ -1281,6 +1375,7 @@ mod tests {
             tokens_month: 56_789,
             cost_today: 1_250,
             cost_month: 98_765,
+            last_turn_at: 1_796_000_000_000,
         };
         let usage = ChatUsage::of(&counters);
         let bytes = encode_usage(&usage).unwrap();
@@ -1289,6 +1384,7 @@ mod tests {
         // What the usage restores is the spend, and nothing else.
         counters.answered = 0;
         counters.llm_failures = 0;
+        counters.last_turn_at = 0;
         assert_eq!(usage.counters(), counters);
         assert!(!usage.is_nothing() && ChatUsage::default().is_nothing());
         assert_eq!(decode_usage(&[3, 0]), Err(RecordError::UnknownVersion(3)));

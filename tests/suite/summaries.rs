@@ -111,3 +111,79 @@ async fn a_failing_summariser_changes_nothing_else() {
     assert!(h.llm.requests().iter().any(is_summary_request));
     h.stop().await;
 }
+
+/// `session.new_dialog_after`: a message after that long idle starts a
+/// fresh conversation (the earlier turns leave the request), and the answer
+/// says so; within the idle time, and with the knob at its default (off),
+/// the conversation goes on. The idle time is counted from the stored
+/// record, so it holds across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_after_the_idle_time_starts_a_new_conversation() {
+    let config = "session.new_dialog_after = \"2s\"\n";
+    let h = Harness::start_with(config).await;
+    h.llm.set_responder(|request| {
+        LlmReply::text(format!("answer to: {}", request.last_user_message()))
+    });
+    h.say(61, "my name is Mia");
+    h.replies(61, 1).await;
+    h.say(61, "and I shoot at dawn");
+    let sent = h.replies(61, 2).await;
+    // Quick follow-ups stay one conversation, without a notice.
+    let request = h.llm.requests().pop().unwrap();
+    assert!(
+        request
+            .messages
+            .iter()
+            .any(|(_, text)| text.contains("my name is Mia")),
+        "{request:?}"
+    );
+    assert!(
+        !sent[1].text.contains("new conversation"),
+        "{}",
+        sent[1].text
+    );
+
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let h = h.restart(config).await;
+    h.llm.set_responder(|request| {
+        LlmReply::text(format!("answer to: {}", request.last_user_message()))
+    });
+    h.say(61, "what is the weather like?");
+    let sent = h.replies(61, 3).await;
+    let request = h.llm.requests().pop().unwrap();
+    assert!(
+        !request
+            .messages
+            .iter()
+            .any(|(_, text)| text.contains("Mia") || text.contains("dawn")),
+        "the idle conversation was set aside: {request:?}"
+    );
+    let answer = &sent[2].text;
+    assert!(answer.contains("new conversation"), "{answer}");
+    assert!(
+        answer.contains("answer to: what is the weather like?"),
+        "{answer}"
+    );
+
+    // Off by default: a long pause changes nothing.
+    let h = h.restart("").await;
+    h.llm.set_responder(|request| {
+        LlmReply::text(format!("answer to: {}", request.last_user_message()))
+    });
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    h.say(61, "and tomorrow?");
+    let sent = h.replies(61, 4).await;
+    let request = h.llm.requests().pop().unwrap();
+    assert!(
+        request
+            .messages
+            .iter()
+            .any(|(_, text)| text.contains("weather")),
+        "{request:?}"
+    );
+    assert!(
+        !sent[3].text.contains("new conversation"),
+        "{}",
+        sent[3].text
+    );
+}

@@ -51,6 +51,7 @@ mod intake;
 mod live;
 mod llm_turn;
 mod media_turn;
+mod new_dialog;
 mod persona;
 mod reply_context;
 mod summary;
@@ -353,7 +354,11 @@ async fn on_update(
             // Another command means the user moved on.
             state.awaiting_input = None;
         }
+        let fresh = new_dialog::begin(state, &inbound.kind, crate::clock::unix_millis());
         turn.reply = respond(state, &mut turn).await;
+        if fresh {
+            new_dialog::announce(&mut turn);
+        }
         state.counters.answered += 1;
         turn::conclude(state, turn).await;
         summary::after_turn(state, inbound.update_id);

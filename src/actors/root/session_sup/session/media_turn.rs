@@ -18,7 +18,7 @@ use futures_util::{StreamExt as _, stream};
 
 use super::SessionState;
 use super::llm_turn::{self, Ask};
-use super::turn::{Reply, Turn};
+use super::turn::{Reply, Turn, escape_markdown};
 use crate::actors::root::llm_pool::Overrides;
 use crate::actors::root::session_sup::SessionDeps;
 use crate::input;
@@ -671,24 +671,7 @@ fn audio_name(recording: &Attachment, path: Option<&str>) -> (String, String) {
 /// Markdown.
 fn with_transcript(reply: Reply, transcript: &str) -> Reply {
     let quoted = format!("> 🎙 {}", escape_markdown(transcript).replace('\n', "\n> "));
-    match reply {
-        Reply::Markdown(answer) => Reply::Markdown(format!("{quoted}\n\n{answer}")),
-        Reply::Plain(text) => Reply::Markdown(format!("{quoted}\n\n{}", escape_markdown(&text))),
-        Reply::Silent => Reply::Markdown(quoted),
-    }
-}
-
-/// `text` with every ASCII punctuation character backslash-escaped, so
-/// CommonMark shows it literally.
-fn escape_markdown(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 8);
-    for c in text.chars() {
-        if c.is_ascii_punctuation() {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+    reply.below(&quoted)
 }
 
 // --------------------------------------------------------------- documents

@@ -47,6 +47,31 @@ impl Reply {
             Self::Markdown(text) => to_messages(&render_markdown(&text), max),
         }
     }
+
+    /// The reply with `markdown` (a Markdown block) above it; a plain reply
+    /// becomes Markdown, escaped so it still reads as it was written.
+    pub(super) fn below(self, markdown: &str) -> Self {
+        match self {
+            Self::Markdown(answer) => Self::Markdown(format!("{markdown}\n\n{answer}")),
+            Self::Plain(text) => {
+                Self::Markdown(format!("{markdown}\n\n{}", escape_markdown(&text)))
+            }
+            Self::Silent => Self::Markdown(markdown.to_owned()),
+        }
+    }
+}
+
+/// `text` with every ASCII punctuation character backslash-escaped, so
+/// CommonMark shows it literally.
+pub(super) fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for c in text.chars() {
+        if c.is_ascii_punctuation() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The answer to the user's last text as shown, kept for an edit of that
