@@ -19,13 +19,14 @@ pub fn panic_child(directory: &Directory, child: Child) -> bool {
         Child::LlmPool => directory.llm_pool().panic(),
         Child::Outbox => directory.outbox().panic(),
         Child::SessionSup => directory.session_sup().panic(),
+        Child::Business => directory.business().panic(),
         Child::Front => directory.front().panic(),
     }
 }
 
 /// Makes the actor named by an ops query panic: `actor=NAME` with a child's
 /// registered name as [`Child::parse`] reads it (`persistence`, `limiter`,
-/// `llm_pool`, `breaker.N`, `outbox`, `session_sup`, `ingress`), or
+/// `llm_pool`, `breaker.N`, `outbox`, `session_sup`, `business`, `ingress`), or
 /// `actor=session&chat=ID` (that chat's session, at its next update).
 /// `Ok(false)` if the actor is not running now (e.g. still restarting).
 pub fn panic_named(directory: &Directory, query: &str) -> Result<bool, String> {

@@ -67,6 +67,7 @@ pub struct Config {
     #[serde(default)]
     pub personas: Vec<PersonaConfig>,
     pub shutdown: ShutdownConfig,
+    pub business: BusinessConfig,
     /// `LLMGRAM_*` environment variables that are not settings (no `__`
     /// and no top-level key of that name), ignored; the service names them
     /// in one warning at start.
@@ -648,6 +649,149 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
+/// `[business]`: answering fans in a creator's own chats through Telegram
+/// Business (the creator connects the bot in their Business settings).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct BusinessConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "ids")]
+    pub allowed_owner_ids: Vec<i64>,
+    pub mode: BusinessMode,
+    #[serde(with = "humantime_serde")]
+    pub auto_after: Duration,
+    pub active_hours: String,
+    pub utc_offset: String,
+    pub persona: String,
+    pub fan_messages_per_minute: u32,
+    pub connection_messages_per_minute: u32,
+    pub max_connections: usize,
+    pub max_fans_listed: usize,
+}
+
+/// What the bot does with a fan's message under a Business connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusinessMode {
+    /// Suggest a reply to the creator, who sends it with a tap.
+    Draft,
+    /// Answer the fan as the creator.
+    Auto,
+    /// Keep the conversation as context; neither draft nor answer.
+    Off,
+}
+
+impl BusinessConfig {
+    /// Whether `user` may connect the bot to their Business account:
+    /// listed in `business.allowed_owner_ids`, or, when that list is empty,
+    /// a bot admin (`admin_ids`).
+    pub fn may_connect(&self, admin_ids: &[i64], user: i64) -> bool {
+        if self.allowed_owner_ids.is_empty() {
+            admin_ids.contains(&user)
+        } else {
+            self.allowed_owner_ids.contains(&user)
+        }
+    }
+
+    /// `business.active_hours` as minutes of the day `[from, to)` in
+    /// `business.utc_offset`'s time, and that offset; `None` for "always".
+    pub fn active_window(&self) -> Result<Option<ActiveHours>, ConfigError> {
+        let hours = self.active_hours.trim();
+        if hours.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |reason: &str| ConfigError::Invalid {
+            key: "business.active_hours",
+            reason: format!("`{hours}` {reason}; write \"HH:MM-HH:MM\" or \"\""),
+        };
+        let (from, to) = hours.split_once('-').ok_or_else(|| invalid("has no `-`"))?;
+        let minute = |text: &str| -> Option<u16> {
+            let (h, m) = text.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let from = minute(from).ok_or_else(|| invalid("has a bad start time"))?;
+        let to = minute(to).ok_or_else(|| invalid("has a bad end time"))?;
+        if from == to {
+            return Err(invalid("is empty (start equals end)"));
+        }
+        Ok(Some(ActiveHours {
+            from,
+            to,
+            offset_minutes: self.offset_minutes()?,
+        }))
+    }
+
+    /// `business.utc_offset` (`"+03:00"`, `"-05:30"`, `"Z"`) in minutes.
+    fn offset_minutes(&self) -> Result<i32, ConfigError> {
+        let text = self.utc_offset.trim();
+        let invalid = || ConfigError::Invalid {
+            key: "business.utc_offset",
+            reason: format!("`{text}` is not an offset like \"+03:00\" or \"Z\""),
+        };
+        if text.is_empty() || text.eq_ignore_ascii_case("z") {
+            return Ok(0);
+        }
+        let (sign, rest) = match text.as_bytes().first() {
+            Some(b'+') => (1, &text[1..]),
+            Some(b'-') => (-1, &text[1..]),
+            _ => return Err(invalid()),
+        };
+        let (h, m) = rest.split_once(':').ok_or_else(invalid)?;
+        let (h, m): (i32, i32) = (
+            h.parse().map_err(|_| invalid())?,
+            m.parse().map_err(|_| invalid())?,
+        );
+        if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+            return Err(invalid());
+        }
+        Ok(sign * (h * 60 + m))
+    }
+
+    /// Checks the `business` section.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.active_window()?;
+        positive(
+            "business.fan_messages_per_minute",
+            u64::from(self.fan_messages_per_minute),
+        )?;
+        positive(
+            "business.connection_messages_per_minute",
+            u64::from(self.connection_messages_per_minute),
+        )?;
+        positive("business.max_connections", self.max_connections as u64)?;
+        positive("business.max_fans_listed", self.max_fans_listed as u64)?;
+        Ok(())
+    }
+}
+
+/// The creator's working hours for `auto` mode (`business.active_hours`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveHours {
+    /// Start, minutes after local midnight (inclusive).
+    pub from: u16,
+    /// End, minutes after local midnight (exclusive); before `from` when
+    /// the window spans midnight.
+    pub to: u16,
+    /// The creator's offset from UTC, minutes.
+    pub offset_minutes: i32,
+}
+
+impl ActiveHours {
+    /// Whether `unix_seconds` falls inside the window.
+    pub fn contains(&self, unix_seconds: i64) -> bool {
+        let local = unix_seconds.div_euclid(60) + i64::from(self.offset_minutes);
+        // In 0..1440, so it fits a u16.
+        let minute = local.rem_euclid(24 * 60) as u16;
+        if self.from < self.to {
+            (self.from..self.to).contains(&minute)
+        } else {
+            minute >= self.from || minute < self.to
+        }
+    }
+}
+
 /// A secret string: shown as `***` by `Debug` and `Display`, so it cannot leak
 /// through a log line or an error message.
 #[derive(Clone, PartialEq, Eq)]
@@ -829,6 +973,7 @@ impl Config {
         self.session.validate()?;
         self.supervision.validate()?;
         self.storage.validate()?;
+        self.business.validate()?;
         self.log.validate()
     }
 
@@ -1483,6 +1628,47 @@ fn parse_error(error: figment::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn business_hours_and_owners_read_as_written() {
+        let config = Config::from_defaults_with(
+            "admin_ids = [7]\nbusiness.active_hours = \"22:00-06:30\"\n\
+             business.utc_offset = \"+03:00\"\n",
+        )
+        .unwrap();
+        let business = &config.business;
+        assert!(business.may_connect(&config.admin_ids, 7));
+        assert!(!business.may_connect(&config.admin_ids, 8));
+        let hours = business.active_window().unwrap().unwrap();
+        assert_eq!(
+            (hours.from, hours.to, hours.offset_minutes),
+            (1320, 390, 180)
+        );
+        // 2025-12-01 20:00 UTC is 23:00 at +03:00: inside; 04:00 UTC (07:00
+        // local) is outside.
+        assert!(hours.contains(1_764_619_200));
+        assert!(!hours.contains(1_764_561_600));
+        let allowed =
+            Config::from_defaults_with("business.allowed_owner_ids = \"5, 6\"\n").unwrap();
+        assert!(allowed.business.may_connect(&allowed.admin_ids, 6));
+        for bad in [
+            "business.active_hours = \"9-17\"",
+            "business.active_hours = \"09:00-09:00\"",
+            "business.active_hours = \"25:00-01:00\"",
+            "business.active_hours = \"09:00-17:00\"\nbusiness.utc_offset = \"3h\"",
+            "business.mode = \"maybe\"",
+        ] {
+            assert!(Config::from_defaults_with(bad).is_err(), "{bad}");
+        }
+        assert!(
+            Config::from_defaults_with("business.active_hours = \"\"")
+                .unwrap()
+                .business
+                .active_window()
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn env_names_without_a_section_are_settings_only_when_top_level() {

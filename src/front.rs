@@ -13,8 +13,9 @@
 pub mod console;
 
 use crate::actors::Directory;
+use crate::actors::root::business::ConnectionUpdate;
 use crate::actors::root::limiter::{Cost, LimitRequest, Verdict};
-use crate::config::MediaConfig;
+use crate::config::{Config, MediaConfig};
 use crate::store::StoreError;
 use crate::telegram::inbound::{Inbound, RefusalReason, Refused};
 
@@ -37,6 +38,35 @@ pub enum HandOverError {
     /// The session supervisor stayed away past the lookup timeout.
     #[error("the session supervisor is unavailable")]
     SessionsUnavailable,
+}
+
+/// Records the `business_connection` updates among `updates` with the
+/// business actor, before anything else of the batch is handed over (a fan
+/// message in the same batch then finds its connection). Once this returns
+/// `Ok`, they are durable; a connection from a user who may not connect is
+/// dropped here (logged as a security event by the business actor). Without
+/// `business.enabled` (no business actor runs) they are ignored: the bot did
+/// not ask for them.
+pub(crate) async fn take_connections<'a>(
+    directory: &Directory,
+    config: &Config,
+    updates: impl IntoIterator<Item = &'a teloxide::types::Update>,
+) -> Result<(), HandOverError> {
+    for update in updates {
+        if let teloxide::types::UpdateKind::BusinessConnection(connection) = &update.kind {
+            if !config.business.enabled {
+                tracing::debug!("business connection update ignored: business.enabled is off");
+                continue;
+            }
+            let update = ConnectionUpdate::of(connection);
+            directory
+                .business()
+                .changed(update)
+                .await
+                .map_err(HandOverError::Store)?;
+        }
+    }
+    Ok(())
 }
 
 /// What every front end (the polling ingress, the webhook, the console

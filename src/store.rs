@@ -50,6 +50,8 @@ pub enum BotKey {
     Bans,
     /// The default model set by an admin (owner: the LLM pool).
     DefaultModel,
+    /// The Telegram Business connections (owner: the business actor).
+    Business,
 }
 
 impl BotKey {
@@ -58,6 +60,7 @@ impl BotKey {
         match self {
             Self::Bans => b"bans",
             Self::DefaultModel => b"default_model",
+            Self::Business => b"business",
         }
     }
 }

@@ -75,11 +75,14 @@ pub enum SecurityKind {
     NewChatFlood,
     /// A mutating ops request without the right `OPS_API_TOKEN`.
     OpsToken,
+    /// A Telegram Business connection from a user not in
+    /// `business.allowed_owner_ids` (ignored).
+    BusinessOwnerDenied,
 }
 
 impl SecurityKind {
     /// Every kind, so each counter starts at zero.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::WebhookNetwork,
         Self::WebhookSecret,
         Self::WebhookSecretUnlogged,
@@ -87,6 +90,7 @@ impl SecurityKind {
         Self::InjectionPhrase,
         Self::NewChatFlood,
         Self::OpsToken,
+        Self::BusinessOwnerDenied,
     ];
 
     /// The label value.
@@ -99,6 +103,7 @@ impl SecurityKind {
             Self::InjectionPhrase => "injection_phrase",
             Self::NewChatFlood => "new_chat_flood",
             Self::OpsToken => "ops_token",
+            Self::BusinessOwnerDenied => "business_owner_denied",
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum Child {
     Outbox,
     /// `root/session_sup.rs`: one session actor per chat.
     SessionSup,
+    /// `root/business.rs`: the Telegram Business connections (only with
+    /// `business.enabled`).
+    Business,
     /// The front end taking updates in: long polling (`root/ingress.rs`) or
     /// the webhook (`root/webhook.rs`), by `telegram.mode`; none for the
     /// console front. Registered, logged and counted as `ingress`, the name
@@ -245,6 +248,7 @@ mod tests {
                 "llm_pool",
                 "outbox",
                 "session_sup",
+                "business",
                 "ingress"
             ]
         );

@@ -28,6 +28,7 @@
 //! - **On its own failure:** the process exits (nobody restarts the root).
 
 pub mod breaker;
+pub mod business;
 pub mod ingress;
 pub mod limiter;
 pub mod llm_pool;
@@ -100,7 +101,8 @@ impl std::fmt::Debug for ChildSpec {
 /// it: session_sup, the limiter and the pool read the store in `pre_start`).
 /// One breaker per LLM provider (`providers` of them); the front only when
 /// there is a Bot API (`front`): the console front's reader hands updates
-/// over from outside the tree. `supervision.md` mirrors this table.
+/// over from outside the tree. `supervision.md` mirrors this table. The
+/// business actor (`business.enabled`) is added by [`with_business`].
 pub(crate) fn child_specs(providers: usize, front: bool) -> Vec<ChildSpec> {
     const fn row(child: Child, restart: Restart, start: StartFn) -> ChildSpec {
         ChildSpec {
@@ -129,9 +131,33 @@ pub(crate) fn child_specs(providers: usize, front: bool) -> Vec<ChildSpec> {
     specs
 }
 
+/// `specs` with the business actor's row, right after the session
+/// supervisor (fans' sessions ask it) and before the front (which hands it
+/// `business_connection` updates).
+pub(crate) fn with_business(mut specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
+    let at = specs
+        .iter()
+        .position(|spec| spec.child == Child::SessionSup)
+        .map_or(specs.len(), |index| index + 1);
+    specs.insert(
+        at,
+        ChildSpec {
+            child: Child::Business,
+            restart: Restart::Permanent,
+            start: start_business,
+        },
+    );
+    specs
+}
+
 /// The rows of [`child_specs`] for these dependencies.
 fn specs_for(deps: &Deps) -> Vec<ChildSpec> {
-    child_specs(deps.llm.len(), deps.transport.bot().is_some())
+    let specs = child_specs(deps.llm.len(), deps.transport.bot().is_some());
+    if deps.config.business.enabled {
+        with_business(specs)
+    } else {
+        specs
+    }
 }
 
 /// Why the root stopped the service on its own.
@@ -436,6 +462,18 @@ fn start_session_sup(
 ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
     let args = session_sup_args(deps);
     spawn(deps, child, session_sup::SessionSup, args, supervisor)
+}
+
+fn start_business(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let args = business::BusinessArgs {
+        config: Arc::clone(&deps.config),
+        directory: deps.directory.clone(),
+    };
+    spawn(deps, child, business::Business, args, supervisor)
 }
 
 /// The polling ingress or the webhook, by `telegram.mode`.
@@ -904,5 +942,26 @@ mod tests {
         let console = children(1, false);
         assert!(!console.contains(&Child::Front), "{console:?}");
         assert_eq!(console.len(), 6);
+    }
+
+    #[test]
+    fn the_business_actor_starts_after_the_sessions_and_before_the_front() {
+        let children: Vec<Child> = with_business(child_specs(1, true))
+            .iter()
+            .map(|spec| spec.child)
+            .collect();
+        assert_eq!(
+            children,
+            [
+                Child::Persistence,
+                Child::Breaker(0),
+                Child::Limiter,
+                Child::LlmPool,
+                Child::Outbox,
+                Child::SessionSup,
+                Child::Business,
+                Child::Front,
+            ]
+        );
     }
 }

@@ -727,6 +727,60 @@ pub enum BotSetting {
     Bans(Vec<i64>),
     /// The model admins chose for everyone.
     DefaultModel(String),
+    /// The Telegram Business connections (a new last variant: version 1
+    /// settings read as they are).
+    Business(Vec<StoredConnection>),
+}
+
+/// A Telegram Business connection as stored: what Telegram said about it and
+/// what its creator chose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredConnection {
+    /// Telegram's connection id.
+    pub id: String,
+    /// The creator (the business account's user id).
+    pub owner_user_id: i64,
+    /// The creator's private chat with the bot: their control room.
+    pub owner_chat_id: i64,
+    /// The creator let the bot reply in their chats (`rights.can_reply`).
+    pub can_reply: bool,
+    /// The connection is on (Telegram's `is_enabled`).
+    pub enabled: bool,
+    /// What fans' messages get, unless a fan has their own.
+    pub mode: StoredMode,
+    /// The creator paused every fan (`/pause`).
+    pub paused: bool,
+    /// The `[[personas]]` entry fans are answered in; `None` for the
+    /// configured one.
+    pub persona: Option<String>,
+    /// Recently active fans and fans with their own mode.
+    pub fans: Vec<StoredFan>,
+}
+
+/// A fan's chat under a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFan {
+    /// The fan's chat id (a private chat with the creator).
+    pub chat_id: i64,
+    /// The fan's first name, as Telegram last said.
+    pub name: String,
+    /// When the fan last wrote (Unix seconds).
+    pub last_at: i64,
+    /// The fan's own mode, overriding the connection's.
+    pub mode: Option<StoredMode>,
+    /// The creator paused this fan.
+    pub paused: bool,
+}
+
+/// A business mode as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredMode {
+    /// Suggest a reply to the creator.
+    Draft,
+    /// Answer the fan as the creator.
+    Auto,
+    /// Context only.
+    Off,
 }
 
 /// Encodes a bot setting with its version byte.

@@ -24,6 +24,17 @@ use serde_json::value::RawValue;
 use teloxide::types::{AllowedUpdate, ResponseParameters, Update, UpdateKind};
 use teloxide::{ApiError, Bot, RequestError};
 
+/// The update kinds the bot asks Telegram for (`allowed_updates` of
+/// getUpdates and setWebhook): exactly what it handles. Messages and their
+/// edits always; with `business.enabled`, the Business connections.
+pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
+    let mut kinds = vec![AllowedUpdate::Message, AllowedUpdate::EditedMessage];
+    if config.business.enabled {
+        kinds.push(AllowedUpdate::BusinessConnection);
+    }
+    kinds
+}
+
 /// Why an update was skipped, the `reason` label of
 /// `llmgram_updates_skipped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

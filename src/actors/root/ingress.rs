@@ -36,14 +36,13 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::Bot;
 use teloxide::prelude::Requester;
-use teloxide::types::AllowedUpdate;
 use teloxide::{ApiError, RequestError};
 
 use crate::actors::Directory;
 #[cfg(feature = "chaos")]
 use crate::actors::directory::{Address, Child};
 use crate::config::{Config, TelegramConfig};
-use crate::front::{HandOverError, hand_over};
+use crate::front::{HandOverError, hand_over, take_connections};
 use crate::ops::Health;
 use crate::retry::Backoff;
 use crate::store::StoreError;
@@ -292,7 +291,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
         state.offset,
         state.config.poll_limit,
         state.config.poll_timeout,
-        &[AllowedUpdate::Message, AllowedUpdate::EditedMessage],
+        &crate::telegram::updates::allowed_updates(&state.full_config),
     )
     .await
     .map_err(failed("getUpdates"))?;
@@ -306,6 +305,9 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
     let Some(next_offset) = batch.next_offset else {
         return Ok(batch.received);
     };
+    take_connections(&state.directory, &state.full_config, &batch.updates)
+        .await
+        .map_err(hand_over_failure)?;
     let inbound: Vec<Inbound> = batch
         .updates
         .iter()
@@ -326,17 +328,22 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
 
     hand_over(&state.directory, &state.full_config.media, inbound)
         .await
-        .map_err(|error| match error {
-            HandOverError::Store(StoreError::Poisoned(reason)) => {
-                Failure::Fatal(IngressError::Store(StoreError::Poisoned(reason)))
-            }
-            // Not a Bot API call: the batch could not be stored.
-            HandOverError::Store(other) => Failure::Retry {
-                method: "store",
-                error: TelegramError::Store(other),
-            },
-            HandOverError::SessionsUnavailable => Failure::Fatal(IngressError::SessionsUnavailable),
-        })?;
+        .map_err(hand_over_failure)?;
     state.offset = next_offset;
     Ok(batch.received)
+}
+
+/// What a batch that could not be handed over means for the loop.
+fn hand_over_failure(error: HandOverError) -> Failure {
+    match error {
+        HandOverError::Store(StoreError::Poisoned(reason)) => {
+            Failure::Fatal(IngressError::Store(StoreError::Poisoned(reason)))
+        }
+        // Not a Bot API call: the batch could not be stored.
+        HandOverError::Store(other) => Failure::Retry {
+            method: "store",
+            error: TelegramError::Store(other),
+        },
+        HandOverError::SessionsUnavailable => Failure::Fatal(IngressError::SessionsUnavailable),
+    }
 }

@@ -43,7 +43,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::Bot;
 use teloxide::payloads::SetWebhookSetters as _;
 use teloxide::prelude::Requester;
-use teloxide::types::AllowedUpdate;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -52,7 +51,7 @@ use crate::actors::Directory;
 #[cfg(feature = "chaos")]
 use crate::actors::directory::{Address, Child};
 use crate::config::{Config, Network, Secret};
-use crate::front::hand_over;
+use crate::front::{hand_over, take_connections};
 use crate::ops::Health;
 use crate::telegram::TelegramError;
 use crate::telegram::inbound::Inbound;
@@ -170,7 +169,7 @@ impl Actor for Webhook {
             .map_err(|e| WebhookError::Bind(config.listen, e))?;
         bot.set_webhook(url.clone())
             .secret_token(args.secret.expose().to_owned())
-            .allowed_updates([AllowedUpdate::Message, AllowedUpdate::EditedMessage])
+            .allowed_updates(crate::telegram::updates::allowed_updates(&args.config))
             .await
             .map_err(|e| WebhookError::Register(e.into()))?;
         tracing::info!(url = %crate::config::redact_url(&url), listen = %config.listen, "webhook registered");
@@ -344,6 +343,10 @@ async fn receive(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
     let Some(update) = read.update else {
         return StatusCode::OK;
     };
+    if let Err(error) = take_connections(&receiver.directory, &receiver.config, [&update]).await {
+        tracing::warn!(%error, "business connection not stored; Telegram will retry");
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
     let Some(inbound) = Inbound::from_update(&update, &receiver.bot_username, &receiver.config)
     else {
         return StatusCode::OK;

@@ -1,0 +1,868 @@
+//! Business: the Telegram Business connections — which creators connected
+//! the bot to their account, what they let it do, and what they chose for
+//! their fans (mode, pause, persona) — and the rate limits on fans.
+//!
+//! - **Supervised by:** root, permanent; started (after the session
+//!   supervisor, before the front) only with `business.enabled`.
+//! - **Messages:** [`BusinessMsg::Changed`] (a `business_connection` update,
+//!   from the front, answered once it is durable), [`BusinessMsg::Get`],
+//!   [`BusinessMsg::OwnedBy`], [`BusinessMsg::Configure`] (the creator's
+//!   `/mode`, `/pause`, `/resume`, `/persona`), [`BusinessMsg::FanSeen`]
+//!   (a fan wrote), [`BusinessMsg::Fans`] (`/fans`),
+//!   [`BusinessMsg::AdmitFan`] (a fan's message may cost an LLM call) and
+//!   [`BusinessMsg::Flush`] (timer). Callers use [`BusinessHandle`].
+//! - **State:** every connection (at most `business.max_connections`), each
+//!   with its recently active fans (`business.max_fans_listed`, plus the
+//!   fans with a mode of their own), loaded from the store's `business`
+//!   setting at start; GCRA limiters per fan and per connection.
+//! - **Writes:** a change Telegram or the creator makes is stored before it
+//!   is answered, so a `business_connection` update is confirmed to
+//!   Telegram only once it is durable, and a creator is told "done" only
+//!   when it is. A fan's last activity (for `/fans`) is kept in memory and
+//!   stored with the next write or by the `Flush` timer: losing a few
+//!   seconds of it to a crash costs nothing.
+//! - **Who may connect:** a connection from a user not allowed
+//!   (`business.allowed_owner_ids`; empty = the bot admins) is not stored,
+//!   counted and logged as a security event: nothing of it is ever acted on.
+//! - **Failures:** restarted by root and reloaded from the store (the fans'
+//!   last activity since the last write is lost, and the rate limits start
+//!   full). While it is away, lookups **fail closed**: nothing is drafted or
+//!   sent for any connection until it is back.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
+
+use crate::actors::directory::Address;
+use crate::actors::{Child, Directory};
+use crate::config::{BusinessMode, Config};
+use crate::store::record::{BotSetting, StoredConnection, StoredFan, StoredMode};
+use crate::store::{BotKey, StoreError};
+use crate::telemetry::{SecurityKind, security_event};
+
+/// How often the fans' last activity is stored when nothing else was.
+const FLUSH_EVERY: Duration = Duration::from_secs(30);
+
+// API
+
+/// Typed operations on the business actor.
+#[derive(Clone, Copy)]
+pub struct BusinessHandle<'a> {
+    directory: &'a Directory,
+}
+
+const ADDRESS: Address<BusinessMsg> = Address::new(Child::Business);
+
+impl Directory {
+    /// The Telegram Business connections.
+    pub fn business(&self) -> BusinessHandle<'_> {
+        BusinessHandle { directory: self }
+    }
+}
+
+impl BusinessHandle<'_> {
+    /// Records a `business_connection` update; `Ok` once it is durable (or
+    /// refused: [`Accepted::Refused`]). **Fails closed:**
+    /// [`StoreError::Unavailable`] when the actor cannot be reached, so the
+    /// update is not confirmed to Telegram and comes again.
+    pub async fn changed(&self, update: ConnectionUpdate) -> Result<Accepted, StoreError> {
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::Changed {
+                update: update.clone(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// The connection `id`, if it is known. **Fails closed:** `None` when
+    /// the actor cannot be reached, so nothing is done for it meanwhile.
+    pub async fn get(&self, id: &str) -> Option<Connection> {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::Get {
+                id: Arc::clone(&id),
+                reply,
+            })
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "business connections unavailable");
+                None
+            })
+    }
+
+    /// The enabled connections of the creator `owner` (their control room
+    /// acts on these). **Fails closed:** empty when unreachable.
+    pub async fn owned_by(&self, owner: i64) -> Vec<Connection> {
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::OwnedBy { owner, reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Applies a creator's choice; `Ok(true)` once durable, `Ok(false)` when
+    /// the connection (or fan) is unknown.
+    pub async fn configure(&self, id: &str, change: Configure) -> Result<bool, StoreError> {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::Configure {
+                id: Arc::clone(&id),
+                change: change.clone(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Notes that a fan wrote (for `/fans`); best effort.
+    pub fn fan_seen(&self, id: &str, fan: i64, name: &str, at: i64) {
+        self.directory.cast_now(
+            ADDRESS,
+            BusinessMsg::FanSeen {
+                id: id.into(),
+                fan,
+                name: name.to_owned(),
+                at,
+            },
+        );
+    }
+
+    /// The connection's fans, most recently active first.
+    pub async fn fans(&self, id: &str) -> Vec<FanView> {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::Fans {
+                id: Arc::clone(&id),
+                reply,
+            })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Whether a fan's message may cost an LLM call now
+    /// (`business.fan_messages_per_minute`,
+    /// `business.connection_messages_per_minute`). **Fails closed.**
+    pub async fn admit_fan(&self, id: &str, fan: i64) -> bool {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::AdmitFan {
+                id: Arc::clone(&id),
+                fan,
+                reply,
+            })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Makes the actor panic (tests only); `false` if it is not running.
+    #[cfg(feature = "chaos")]
+    pub fn panic(&self) -> bool {
+        self.directory.cast_now(ADDRESS, BusinessMsg::Panic)
+    }
+}
+
+/// A `business_connection` update, as the front reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionUpdate {
+    /// Telegram's connection id.
+    pub id: String,
+    /// The creator.
+    pub owner_user_id: i64,
+    /// The creator's private chat with the bot.
+    pub owner_chat_id: i64,
+    /// `rights.can_reply`.
+    pub can_reply: bool,
+    /// `is_enabled`.
+    pub enabled: bool,
+}
+
+impl ConnectionUpdate {
+    /// The update's fields, from teloxide's type.
+    pub fn of(connection: &teloxide::types::BusinessConnection) -> Self {
+        Self {
+            id: connection.id.0.clone(),
+            owner_user_id: i64::try_from(connection.user.id.0).unwrap_or(i64::MAX),
+            owner_chat_id: i64::try_from(connection.user_chat_id.0).unwrap_or(i64::MAX),
+            can_reply: connection.rights.as_ref().is_some_and(|r| r.can_reply),
+            enabled: connection.is_enabled,
+        }
+    }
+}
+
+/// What became of a [`ConnectionUpdate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored; the connection is (now) in this state.
+    Stored,
+    /// Not stored: the owner may not connect the bot, or there are already
+    /// `business.max_connections`.
+    Refused,
+}
+
+/// A creator's choice for a connection or one of its fans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Configure {
+    /// `/mode <mode> [fan]`: the connection's mode, or one fan's.
+    Mode {
+        /// `None` for the connection.
+        fan: Option<i64>,
+        /// The new mode.
+        mode: BusinessMode,
+    },
+    /// `/pause [fan]` (`true`) and `/resume [fan]` (`false`).
+    Paused {
+        /// `None` for every fan.
+        fan: Option<i64>,
+        /// Paused or not.
+        paused: bool,
+    },
+    /// `/persona` in the control room.
+    Persona(Option<String>),
+}
+
+/// A connection as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// Telegram's connection id.
+    pub id: Arc<str>,
+    /// The creator.
+    pub owner_user_id: i64,
+    /// The creator's control room (private chat with the bot).
+    pub owner_chat_id: i64,
+    /// The bot may send as the creator.
+    pub can_reply: bool,
+    /// The connection is on.
+    pub enabled: bool,
+    /// The connection's mode.
+    pub mode: BusinessMode,
+    /// Every fan paused.
+    pub paused: bool,
+    /// The persona fans are answered in (`None`: `business.persona`).
+    pub persona: Option<String>,
+    /// Fans with a mode or pause of their own: (chat, mode, paused).
+    overrides: Vec<(i64, Option<BusinessMode>, bool)>,
+}
+
+impl Connection {
+    /// What a message from `fan` gets now: `Off` when the connection is
+    /// disabled or paused, or the fan is.
+    pub fn mode_for(&self, fan: i64) -> BusinessMode {
+        let own = self.overrides.iter().find(|(chat, _, _)| *chat == fan);
+        if !self.enabled || self.paused || own.is_some_and(|(_, _, paused)| *paused) {
+            return BusinessMode::Off;
+        }
+        own.and_then(|(_, mode, _)| *mode).unwrap_or(self.mode)
+    }
+}
+
+/// A fan as `/fans` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanView {
+    /// The fan's chat id.
+    pub chat_id: i64,
+    /// Their first name.
+    pub name: String,
+    /// When they last wrote (Unix seconds).
+    pub last_at: i64,
+    /// What their messages get now.
+    pub mode: BusinessMode,
+}
+
+/// Messages of the business actor.
+pub enum BusinessMsg {
+    /// A `business_connection` update.
+    Changed {
+        /// What Telegram said.
+        update: ConnectionUpdate,
+        /// Answered once stored (or refused).
+        reply: RpcReplyPort<Result<Accepted, StoreError>>,
+    },
+    /// One connection.
+    Get {
+        /// Its id.
+        id: Arc<str>,
+        /// The connection, if known.
+        reply: RpcReplyPort<Option<Connection>>,
+    },
+    /// A creator's enabled connections.
+    OwnedBy {
+        /// The creator's user id.
+        owner: i64,
+        /// Their connections.
+        reply: RpcReplyPort<Vec<Connection>>,
+    },
+    /// A creator's choice.
+    Configure {
+        /// The connection.
+        id: Arc<str>,
+        /// The choice.
+        change: Configure,
+        /// `Ok(false)`: unknown connection.
+        reply: RpcReplyPort<Result<bool, StoreError>>,
+    },
+    /// A fan wrote.
+    FanSeen {
+        /// The connection.
+        id: Arc<str>,
+        /// The fan's chat.
+        fan: i64,
+        /// Their first name.
+        name: String,
+        /// When (Unix seconds).
+        at: i64,
+    },
+    /// `/fans`.
+    Fans {
+        /// The connection.
+        id: Arc<str>,
+        /// Its fans, most recent first.
+        reply: RpcReplyPort<Vec<FanView>>,
+    },
+    /// May this fan's message cost an LLM call?
+    AdmitFan {
+        /// The connection.
+        id: Arc<str>,
+        /// The fan's chat.
+        fan: i64,
+        /// The verdict.
+        reply: RpcReplyPort<bool>,
+    },
+    /// Timer: store the fans' activity if it changed.
+    Flush,
+    /// Chaos: panic (tests only).
+    #[cfg(feature = "chaos")]
+    Panic,
+}
+
+// State
+
+/// The business actor.
+pub struct Business;
+
+/// What the root gives it.
+pub struct BusinessArgs {
+    /// The service's configuration.
+    pub config: Arc<Config>,
+    /// Where the store is.
+    pub directory: Directory,
+}
+
+/// The business actor's state.
+pub struct BusinessState {
+    config: Arc<Config>,
+    directory: Directory,
+    connections: HashMap<Arc<str>, StoredConnection>,
+    per_fan: DefaultKeyedRateLimiter<(Arc<str>, i64)>,
+    per_connection: DefaultKeyedRateLimiter<Arc<str>>,
+    /// Fans' activity changed since the last write.
+    dirty: bool,
+    flusher: JoinHandle<()>,
+}
+
+impl Actor for Business {
+    type Msg = BusinessMsg;
+    type State = BusinessState;
+    type Arguments = BusinessArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<BusinessMsg>,
+        args: BusinessArgs,
+    ) -> Result<BusinessState, ActorProcessingErr> {
+        let stored = match args
+            .directory
+            .persistence()
+            .load_setting(BotKey::Business)
+            .await?
+        {
+            Some(BotSetting::Business(connections)) => connections,
+            _ => Vec::new(),
+        };
+        let connections = stored
+            .into_iter()
+            .map(|connection| (Arc::from(connection.id.as_str()), connection))
+            .collect();
+        let config = &args.config.business;
+        let flusher = {
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(FLUSH_EVERY);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if myself.cast(BusinessMsg::Flush).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        Ok(BusinessState {
+            per_fan: RateLimiter::keyed(per_minute(config.fan_messages_per_minute)),
+            per_connection: RateLimiter::keyed(per_minute(config.connection_messages_per_minute)),
+            config: Arc::clone(&args.config),
+            directory: args.directory,
+            connections,
+            dirty: false,
+            flusher,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BusinessMsg>,
+        state: &mut BusinessState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.flusher.abort();
+        if state.dirty {
+            // Best effort: the fans' activity only feeds /fans.
+            if let Err(error) = save(state).await {
+                tracing::warn!(%error, "fans' activity not stored at stop");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<BusinessMsg>,
+        message: BusinessMsg,
+        state: &mut BusinessState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            BusinessMsg::Changed { update, reply } => {
+                let _ = reply.send(on_changed(state, update).await);
+            }
+            BusinessMsg::Get { id, reply } => {
+                let _ = reply.send(state.connections.get(&id).map(view));
+            }
+            BusinessMsg::OwnedBy { owner, reply } => {
+                let mut owned: Vec<Connection> = state
+                    .connections
+                    .values()
+                    .filter(|c| c.owner_user_id == owner && c.enabled)
+                    .map(view)
+                    .collect();
+                owned.sort_by(|a, b| a.id.cmp(&b.id));
+                let _ = reply.send(owned);
+            }
+            BusinessMsg::Configure { id, change, reply } => {
+                let _ = reply.send(on_configure(state, &id, change).await);
+            }
+            BusinessMsg::FanSeen { id, fan, name, at } => on_fan_seen(state, &id, fan, name, at),
+            BusinessMsg::Fans { id, reply } => {
+                let _ = reply.send(fans(state, &id));
+            }
+            BusinessMsg::AdmitFan { id, fan, reply } => {
+                let admitted = state.per_connection.check_key(&id).is_ok()
+                    && state.per_fan.check_key(&(Arc::clone(&id), fan)).is_ok();
+                if !admitted {
+                    tracing::info!(fan, "fan over the business rate limit");
+                }
+                let _ = reply.send(admitted);
+            }
+            BusinessMsg::Flush => {
+                if state.dirty {
+                    save(state).await?;
+                }
+                state.per_fan.retain_recent();
+                state.per_connection.retain_recent();
+            }
+            #[cfg(feature = "chaos")]
+            BusinessMsg::Panic => panic!("chaos: business ordered to panic"),
+        }
+        Ok(())
+    }
+}
+
+// Handlers
+
+/// A `business_connection` update: stored if its owner may connect.
+async fn on_changed(
+    state: &mut BusinessState,
+    update: ConnectionUpdate,
+) -> Result<Accepted, StoreError> {
+    let config = &state.config.business;
+    if !config.may_connect(&state.config.admin_ids, update.owner_user_id) {
+        security_event(SecurityKind::BusinessOwnerDenied);
+        tracing::warn!(
+            owner = update.owner_user_id,
+            "business connection from a user not in business.allowed_owner_ids; ignored"
+        );
+        return Ok(Accepted::Refused);
+    }
+    let id: Arc<str> = update.id.as_str().into();
+    let before = state.connections.get(&id).cloned();
+    if before.is_none() && state.connections.len() >= config.max_connections {
+        tracing::warn!(
+            owner = update.owner_user_id,
+            "business.max_connections reached; connection ignored"
+        );
+        return Ok(Accepted::Refused);
+    }
+    let connection = state
+        .connections
+        .entry(Arc::clone(&id))
+        .or_insert_with(|| StoredConnection {
+            id: update.id.clone(),
+            owner_user_id: update.owner_user_id,
+            owner_chat_id: update.owner_chat_id,
+            can_reply: false,
+            enabled: false,
+            mode: stored_mode(config.mode),
+            paused: false,
+            persona: None,
+            fans: Vec::new(),
+        });
+    connection.owner_user_id = update.owner_user_id;
+    connection.owner_chat_id = update.owner_chat_id;
+    connection.can_reply = update.can_reply;
+    connection.enabled = update.enabled;
+    tracing::info!(
+        owner = update.owner_user_id,
+        enabled = update.enabled,
+        can_reply = update.can_reply,
+        "business connection updated"
+    );
+    if let Err(error) = save(state).await {
+        // Not stored: as if it never came (Telegram sends it again).
+        match before {
+            Some(before) => state.connections.insert(id, before),
+            None => state.connections.remove(&id),
+        };
+        return Err(error);
+    }
+    Ok(Accepted::Stored)
+}
+
+/// A creator's choice, stored before it is confirmed.
+async fn on_configure(
+    state: &mut BusinessState,
+    id: &Arc<str>,
+    change: Configure,
+) -> Result<bool, StoreError> {
+    let Some(connection) = state.connections.get_mut(id) else {
+        return Ok(false);
+    };
+    let before = connection.clone();
+    match change {
+        Configure::Mode { fan: None, mode } => connection.mode = stored_mode(mode),
+        Configure::Paused { fan: None, paused } => {
+            connection.paused = paused;
+            if !paused {
+                // /resume for everyone also resumes each paused fan.
+                for fan in &mut connection.fans {
+                    fan.paused = false;
+                }
+            }
+        }
+        Configure::Mode {
+            fan: Some(chat),
+            mode,
+        } => {
+            fan_entry(connection, chat).mode = Some(stored_mode(mode));
+        }
+        Configure::Paused {
+            fan: Some(chat),
+            paused,
+        } => fan_entry(connection, chat).paused = paused,
+        Configure::Persona(persona) => connection.persona = persona,
+    }
+    if let Err(error) = save(state).await {
+        state.connections.insert(Arc::clone(id), before);
+        return Err(error);
+    }
+    Ok(true)
+}
+
+/// A fan wrote: kept first in the connection's list.
+fn on_fan_seen(state: &mut BusinessState, id: &Arc<str>, fan: i64, name: String, at: i64) {
+    let max = state.config.business.max_fans_listed;
+    let Some(connection) = state.connections.get_mut(id) else {
+        return;
+    };
+    let entry = fan_entry(connection, fan);
+    entry.name = name;
+    entry.last_at = entry.last_at.max(at);
+    bound_fans(connection, max);
+    state.dirty = true;
+}
+
+/// The connection's fans, most recently active first.
+fn fans(state: &BusinessState, id: &Arc<str>) -> Vec<FanView> {
+    let Some(connection) = state.connections.get(id) else {
+        return Vec::new();
+    };
+    let view = view(connection);
+    let mut fans: Vec<FanView> = connection
+        .fans
+        .iter()
+        .map(|fan| FanView {
+            chat_id: fan.chat_id,
+            name: fan.name.clone(),
+            last_at: fan.last_at,
+            mode: view.mode_for(fan.chat_id),
+        })
+        .collect();
+    fans.sort_by(|a, b| b.last_at.cmp(&a.last_at).then(a.chat_id.cmp(&b.chat_id)));
+    fans.truncate(state.config.business.max_fans_listed);
+    fans
+}
+
+/// The fan's entry, created when missing.
+fn fan_entry(connection: &mut StoredConnection, chat: i64) -> &mut StoredFan {
+    let index = match connection.fans.iter().position(|fan| fan.chat_id == chat) {
+        Some(index) => index,
+        None => {
+            connection.fans.push(StoredFan {
+                chat_id: chat,
+                name: String::new(),
+                last_at: 0,
+                mode: None,
+                paused: false,
+            });
+            connection.fans.len() - 1
+        }
+    };
+    &mut connection.fans[index]
+}
+
+/// Keeps the `max` most recently active fans, and every fan with a choice
+/// of their own (the creator made it; it must not vanish).
+fn bound_fans(connection: &mut StoredConnection, max: usize) {
+    let own_choice = |fan: &StoredFan| fan.mode.is_some() || fan.paused;
+    let mut plain: Vec<(i64, i64)> = connection
+        .fans
+        .iter()
+        .filter(|fan| !own_choice(fan))
+        .map(|fan| (fan.last_at, fan.chat_id))
+        .collect();
+    if plain.len() <= max {
+        return;
+    }
+    plain.sort_unstable_by(|a, b| b.cmp(a));
+    let dropped: Vec<i64> = plain[max..].iter().map(|(_, chat)| *chat).collect();
+    connection
+        .fans
+        .retain(|fan| own_choice(fan) || !dropped.contains(&fan.chat_id));
+}
+
+/// Stores every connection.
+async fn save(state: &mut BusinessState) -> Result<(), StoreError> {
+    let mut connections: Vec<StoredConnection> = state.connections.values().cloned().collect();
+    connections.sort_by(|a, b| a.id.cmp(&b.id));
+    state
+        .directory
+        .persistence()
+        .save_setting(BotKey::Business, &BotSetting::Business(connections))
+        .await?;
+    state.dirty = false;
+    Ok(())
+}
+
+/// What callers see of a stored connection.
+fn view(stored: &StoredConnection) -> Connection {
+    Connection {
+        id: stored.id.as_str().into(),
+        owner_user_id: stored.owner_user_id,
+        owner_chat_id: stored.owner_chat_id,
+        can_reply: stored.can_reply,
+        enabled: stored.enabled,
+        mode: config_mode(stored.mode),
+        paused: stored.paused,
+        persona: stored.persona.clone(),
+        overrides: stored
+            .fans
+            .iter()
+            .filter(|fan| fan.mode.is_some() || fan.paused)
+            .map(|fan| (fan.chat_id, fan.mode.map(config_mode), fan.paused))
+            .collect(),
+    }
+}
+
+fn stored_mode(mode: BusinessMode) -> StoredMode {
+    match mode {
+        BusinessMode::Draft => StoredMode::Draft,
+        BusinessMode::Auto => StoredMode::Auto,
+        BusinessMode::Off => StoredMode::Off,
+    }
+}
+
+fn config_mode(mode: StoredMode) -> BusinessMode {
+    match mode {
+        StoredMode::Draft => BusinessMode::Draft,
+        StoredMode::Auto => BusinessMode::Auto,
+        StoredMode::Off => BusinessMode::Off,
+    }
+}
+
+/// A quota of `n` per minute (validated positive).
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use ractor::Actor;
+
+    use super::*;
+    use crate::actors::test_support::{self, TestDeps};
+
+    const CONFIG: &str = "admin_ids = [7]\nbusiness.enabled = true\n\
+                          business.fan_messages_per_minute = 2\n\
+                          business.max_fans_listed = 2\n";
+
+    async fn start(t: &TestDeps) -> ActorRef<BusinessMsg> {
+        let (actor, _) = Actor::spawn(
+            Some(t.deps.directory.name(Child::Business)),
+            Business,
+            BusinessArgs {
+                config: Arc::clone(&t.deps.config),
+                directory: t.deps.directory.clone(),
+            },
+        )
+        .await
+        .expect("business starts");
+        actor
+    }
+
+    fn connection(owner: i64, enabled: bool) -> ConnectionUpdate {
+        ConnectionUpdate {
+            id: format!("conn-{owner}"),
+            owner_user_id: owner,
+            owner_chat_id: owner,
+            can_reply: true,
+            enabled,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_allowed_owners_connect_and_choices_survive_a_restart() {
+        let t = test_support::deps("business-owners", CONFIG);
+        t.start_persistence().await;
+        let actor = start(&t).await;
+        let business = t.deps.directory.business();
+
+        // Not an admin (the allowed list is empty): refused, not stored.
+        assert_eq!(
+            business.changed(connection(99, true)).await,
+            Ok(Accepted::Refused)
+        );
+        assert_eq!(business.get("conn-99").await, None);
+
+        assert_eq!(
+            business.changed(connection(7, true)).await,
+            Ok(Accepted::Stored)
+        );
+        let stored = business.get("conn-7").await.unwrap();
+        assert_eq!(stored.mode_for(100), BusinessMode::Draft);
+        assert_eq!(business.owned_by(7).await.len(), 1);
+
+        // A fan of their own: auto; everyone else paused.
+        let auto = Configure::Mode {
+            fan: Some(100),
+            mode: BusinessMode::Auto,
+        };
+        assert_eq!(business.configure("conn-7", auto).await, Ok(true));
+        assert_eq!(
+            business.get("conn-7").await.unwrap().mode_for(100),
+            BusinessMode::Auto
+        );
+        let pause = Configure::Paused {
+            fan: Some(101),
+            paused: true,
+        };
+        assert_eq!(business.configure("conn-7", pause).await, Ok(true));
+        assert_eq!(
+            business.get("conn-7").await.unwrap().mode_for(101),
+            BusinessMode::Off
+        );
+        assert_eq!(
+            business.configure("conn-8", Configure::Persona(None)).await,
+            Ok(false),
+            "unknown connection"
+        );
+
+        // Restarted: everything read back from the store.
+        actor.stop(None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        start(&t).await;
+        let again = business.get("conn-7").await.unwrap();
+        assert_eq!(again.mode_for(100), BusinessMode::Auto);
+        assert_eq!(again.mode_for(101), BusinessMode::Off);
+        assert_eq!(again.mode_for(102), BusinessMode::Draft);
+
+        // Disabled by the creator: nothing for anyone, and not in the
+        // creator's list.
+        assert_eq!(
+            business.changed(connection(7, false)).await,
+            Ok(Accepted::Stored)
+        );
+        assert_eq!(
+            business.get("conn-7").await.unwrap().mode_for(100),
+            BusinessMode::Off
+        );
+        assert!(business.owned_by(7).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn fans_are_listed_newest_first_bounded_and_rate_limited() {
+        let t = test_support::deps("business-fans", CONFIG);
+        t.start_persistence().await;
+        start(&t).await;
+        let business = t.deps.directory.business();
+        business.changed(connection(7, true)).await.unwrap();
+        let own = Configure::Mode {
+            fan: Some(1),
+            mode: BusinessMode::Off,
+        };
+        business.configure("conn-7", own).await.unwrap();
+        for (fan, at) in [(1, 10), (2, 20), (3, 30), (4, 40)] {
+            business.fan_seen("conn-7", fan, &format!("fan {fan}"), at);
+        }
+        let fans = business.fans("conn-7").await;
+        let listed: Vec<i64> = fans.iter().map(|fan| fan.chat_id).collect();
+        assert_eq!(listed, [4, 3], "the two most recent");
+        assert_eq!(fans[0].name, "fan 4");
+
+        // Two a minute per fan; another fan has their own allowance.
+        assert!(business.admit_fan("conn-7", 2).await);
+        assert!(business.admit_fan("conn-7", 2).await);
+        assert!(!business.admit_fan("conn-7", 2).await);
+        assert!(business.admit_fan("conn-7", 3).await);
+    }
+
+    #[test]
+    fn a_fan_with_a_choice_of_their_own_is_never_dropped() {
+        let fan = |chat_id, last_at, mode| StoredFan {
+            chat_id,
+            name: String::new(),
+            last_at,
+            mode,
+            paused: false,
+        };
+        let mut connection = StoredConnection {
+            id: "c".into(),
+            owner_user_id: 1,
+            owner_chat_id: 1,
+            can_reply: true,
+            enabled: true,
+            mode: StoredMode::Draft,
+            paused: false,
+            persona: None,
+            fans: vec![
+                fan(1, 1, Some(StoredMode::Auto)),
+                fan(2, 2, None),
+                fan(3, 3, None),
+                fan(4, 4, None),
+            ],
+        };
+        bound_fans(&mut connection, 2);
+        let kept: Vec<i64> = connection.fans.iter().map(|f| f.chat_id).collect();
+        assert_eq!(kept, [1, 3, 4]);
+    }
+}
