@@ -193,6 +193,13 @@ async fn business_messages_parse() {
         vec![(m2, Some(BusinessFrom::Owner), "hi, thanks!".to_owned())]
     );
 
+    // The update as a webhook would receive it.
+    let posted = fake.issued_update(u_fan).unwrap();
+    assert_eq!(posted["business_message"]["text"], "hello 👋");
+    let parsed: Update = serde_json::from_str(&posted.to_string()).unwrap();
+    assert!(matches!(parsed.kind, UpdateKind::BusinessMessage(_)));
+    assert!(fake.issued_update(99).is_none());
+
     // Business updates are redelivered like any other.
     let confirmed = bot.get_updates().offset(6).await.unwrap();
     assert!(confirmed.is_empty());

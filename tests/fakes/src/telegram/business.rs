@@ -517,6 +517,14 @@ impl FakeTelegram {
         lock(&self.shared.inner).next_update_id - 1
     }
 
+    /// The JSON of update `update_id` as queued (any update the fake issued,
+    /// business or not, except raw ones), e.g. to post a business update to
+    /// the bot's webhook as Telegram would.
+    pub fn issued_update(&self, update_id: i64) -> Option<Value> {
+        let inner = lock(&self.shared.inner);
+        serde_json::from_str(inner.issued.get(&update_id)?).ok()
+    }
+
     fn enqueue_business(&self, inner: &mut Inner, kind: &'static str, payload: Value) -> i64 {
         let update_id = inner.next_update_id;
         inner.next_update_id += 1;
