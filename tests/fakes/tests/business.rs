@@ -299,10 +299,35 @@ async fn sends_as_the_creator_are_recorded_apart() {
     assert_eq!(fake.business_deletions(), vec![("c1".to_owned(), vec![2])]);
     assert_eq!(fake.business_transcript("c1", chat(FAN).0).len(), 1);
 
+    // The fan replies to the bot's answer: reply_to_message shows it as
+    // the creator's, sent by the bot.
+    let answer = bot
+        .send_message(chat(FAN), "another answer")
+        .business_connection_id(conn_id("c1"))
+        .await
+        .unwrap();
+    let reply = fake.push_business_reply(
+        "c1",
+        chat(FAN).0,
+        BusinessFrom::Fan(FAN),
+        "thanks",
+        i64::from(answer.id.0),
+    );
+    let updates = bot.get_updates().await.unwrap();
+    let UpdateKind::BusinessMessage(m) = &updates.last().unwrap().kind else {
+        panic!("not a business message");
+    };
+    assert_eq!(i64::from(m.id.0), reply);
+    let original = m.reply_to_message().unwrap();
+    assert_eq!(original.id, answer.id);
+    assert_eq!(original.text(), Some("another answer"));
+    assert_eq!(original.from.as_ref().unwrap().id, UserId(OWNER));
+    assert!(original.sender_business_bot.is_some());
+
     let waited = fake
-        .wait_for_business_sent("c1", chat(FAN).0, 1, Duration::from_millis(10))
+        .wait_for_business_sent("c1", chat(FAN).0, 2, Duration::from_millis(10))
         .await;
-    assert_eq!(waited.len(), 1);
+    assert_eq!(waited.len(), 2);
 }
 
 #[tokio::test]

@@ -301,6 +301,37 @@ fn fan_chat(chat_id: i64) -> Value {
     json!({"id": chat_id, "type": "private", "first_name": FAN_FIRST_NAME})
 }
 
+/// A stored message of business account `owner` as a `Message` object.
+fn stored_message_json(
+    conn_id: &str,
+    owner: u64,
+    message_id: i64,
+    stored: &StoredMessage,
+) -> Value {
+    let mut message = json!({
+        "message_id": message_id,
+        "date": unix_now(),
+        "chat": fan_chat(stored.chat_id),
+        "text": stored.text,
+        "business_connection_id": conn_id,
+    });
+    let from = match stored.author {
+        Author::Fan => json!({
+            "id": stored.chat_id,
+            "is_bot": false,
+            "first_name": FAN_FIRST_NAME,
+        }),
+        Author::Owner | Author::Bot => owner_user(owner),
+    };
+    if let Some(obj) = message.as_object_mut() {
+        obj.insert("from".into(), from);
+        if stored.author == Author::Bot {
+            obj.insert("sender_business_bot".into(), bot_user());
+        }
+    }
+    message
+}
+
 /// The `BusinessConnection` object for `conn`.
 fn connection_json(conn: &BusinessConn) -> Value {
     // Only rights that are granted are sent, as Telegram does.
@@ -406,6 +437,36 @@ impl FakeTelegram {
         from: BusinessFrom,
         text: &str,
     ) -> i64 {
+        self.push_business(conn_id, fan_chat_id, from, text, None)
+    }
+
+    /// Like [`push_business_message`](Self::push_business_message), the
+    /// message replying to message `reply_to` of the same fan chat (the fan
+    /// answering the creator's or the bot's message): `reply_to_message`
+    /// carries that message as the account holds it now.
+    ///
+    /// # Panics
+    ///
+    /// If `conn_id` was never connected.
+    pub fn push_business_reply(
+        &self,
+        conn_id: &str,
+        fan_chat_id: i64,
+        from: BusinessFrom,
+        text: &str,
+        reply_to: i64,
+    ) -> i64 {
+        self.push_business(conn_id, fan_chat_id, from, text, Some(reply_to))
+    }
+
+    fn push_business(
+        &self,
+        conn_id: &str,
+        fan_chat_id: i64,
+        from: BusinessFrom,
+        text: &str,
+        reply_to: Option<i64>,
+    ) -> i64 {
         let mut inner = lock(&self.shared.inner);
         let owner = known_owner(&inner, conn_id);
         let message_id = inner.business.next_message_id(owner);
@@ -433,7 +494,7 @@ impl FakeTelegram {
                 deleted: false,
             },
         );
-        let message = json!({
+        let mut message = json!({
             "message_id": message_id,
             "date": unix_now(),
             "chat": fan_chat(fan_chat_id),
@@ -441,6 +502,14 @@ impl FakeTelegram {
             "text": text,
             "business_connection_id": conn_id,
         });
+        let original = reply_to.and_then(|id| {
+            let stored = inner.business.messages.get(&(owner, id))?;
+            (stored.chat_id == fan_chat_id && !stored.deleted)
+                .then(|| stored_message_json(conn_id, owner, id, stored))
+        });
+        if let (Some(original), Some(obj)) = (original, message.as_object_mut()) {
+            obj.insert("reply_to_message".into(), original);
+        }
         self.enqueue_business(&mut inner, "business_message", message);
         message_id
     }
