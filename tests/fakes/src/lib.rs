@@ -6,8 +6,9 @@
 //! * [`FakeTelegram`] — a small subset of the Telegram Bot API (`getMe`,
 //!   `getUpdates` with long polling, `sendMessage`, `editMessageText`,
 //!   `sendChatAction`, `setMyCommands`, `getFile` and file downloads, …) with
-//!   update injection (text and [`MediaUpdate`] media messages), observation
-//!   helpers and fault injection. Point teloxide at it with
+//!   update injection (text and [`MediaUpdate`] media messages), Telegram
+//!   Business connections and fan chats ([`telegram::business`]),
+//!   observation helpers and fault injection. Point teloxide at it with
 //!   `Bot::set_api_url(fake.api_url().parse()?)`.
 //! * [`FakeLlm`] — an OpenAI-compatible `POST /v1/chat/completions` endpoint
 //!   whose behaviour (latency, errors, malformed bodies, hangs, SSE streams)

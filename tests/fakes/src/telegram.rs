@@ -8,7 +8,12 @@
 //! `deleteMyCommands`, `getUpdates` (with confirmation by `offset` and long
 //! polling by `timeout`), `sendMessage`, `editMessageText`,
 //! `sendChatAction`, `getChatMember` (everyone is a plain `member` unless
-//! [`FakeTelegram::set_member_status`] says otherwise) and `getFile`.
+//! [`FakeTelegram::set_member_status`] says otherwise) and `getFile`; and
+//! Telegram Business (see [`business`]): `getBusinessConnection`,
+//! `deleteBusinessMessages`, `readBusinessMessage` and the business variants
+//! (with `business_connection_id`) of `sendMessage`, `sendChatAction` and
+//! `editMessageText`, with business updates pushed by
+//! [`FakeTelegram::connect_business`] and friends.
 //! Anything else answers `404 Not Found: method not found`. Files registered
 //! with [`FakeTelegram::add_file`] are downloaded from
 //! `GET /file/bot<TOKEN>/<file_path>`, as from the real Bot API.
@@ -41,8 +46,14 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::{lock, serve, unix_now, wait_until};
 
+pub mod business;
 mod media;
 
+pub use business::{
+    BUSINESS_BOT_ACCESS_FORBIDDEN, BUSINESS_CONNECTION_INVALID, BUSINESS_CONNECTION_NOT_FOUND,
+    BUSINESS_NOT_PRIVATE_CHAT, BUSINESS_PEER_USAGE_MISSING, BUSINESS_SENT_TO_SELF, BusinessAction,
+    BusinessConn, BusinessEdit, BusinessFrom, BusinessRefusal, BusinessSent,
+};
 pub use media::{MAX_DOWNLOAD_SIZE, MediaUpdate, jpeg};
 
 /// The fake bot's user id, as returned by `getMe` and used as `from` of sent
@@ -181,6 +192,8 @@ struct Inner {
     /// Files, downloads and the tokens allowed to download (see
     /// [`media`]).
     media: media::MediaState,
+    /// Business connections, messages and calls (see [`business`]).
+    business: business::BusinessState,
 }
 
 /// A webhook registered with `setWebhook`.
@@ -788,6 +801,9 @@ async fn handle(
         Ok(p) => p,
         Err(failure) => return failure.into_response(),
     };
+    if let Some(response) = business::route(&shared, &method, &params) {
+        return response;
+    }
     match method.as_str() {
         "getme" => ok(&json!({
             "id": BOT_USER_ID,
@@ -797,7 +813,7 @@ async fn handle(
             "can_join_groups": true,
             "can_read_all_group_messages": false,
             "supports_inline_queries": false,
-            "can_connect_to_business": false,
+            "can_connect_to_business": lock(&shared.inner).business.business_mode(),
             "has_main_web_app": false,
         })),
         "deletemycommands" => ok(&Value::Bool(true)),
@@ -891,6 +907,7 @@ async fn get_updates(shared: &Shared, params: &Map<String, Value>) -> Response {
         let timeout_secs = if inner.instant_polls { 0 } else { timeout_secs };
         deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
         inner.get_updates_calls += 1;
+        inner.business.saw_allowed_updates(params);
         inner.confirmed_offset = inner.confirmed_offset.max(offset);
         let newest_queued = inner.queue.iter().map(|(id, _)| *id).max().unwrap_or(0);
         if offset > inner.next_update_id && offset > newest_queued + 1 {
@@ -930,7 +947,7 @@ fn take_updates(shared: &Shared, offset: i64, limit: usize) -> Option<Response> 
     for (id, update) in inner
         .queue
         .iter()
-        .filter(|(id, _)| *id >= offset)
+        .filter(|(id, _)| *id >= offset && !inner.business.withheld(*id))
         .take(limit)
     {
         if count > 0 {
