@@ -865,6 +865,64 @@ mod tests {
     }
 
     #[test]
+    fn forget_in_a_topic_deletes_every_record_of_the_chat_and_keeps_each_spend() -> TestResult {
+        use teloxide::types::{MessageId, ThreadId};
+        let dir = tempfile::tempdir()?;
+        let (writer, thread) = StoreWriter::start(&storage(dir.path(), "1ms")?)?;
+        let forum = ChatId(-100_5);
+        let topic = |n| SessionKey::new(forum, Some(ThreadId(MessageId(n))));
+        let spent = ChatRecord {
+            counters: record::ChatCounters {
+                usage_day: 9,
+                tokens_today: 77,
+                ..record::ChatCounters::default()
+            },
+            ..ChatRecord::default()
+        };
+        let put = |key: SessionKey, update_id, bytes: Vec<u8>| {
+            let (reply, answer) = port();
+            writer.submit(StoreOp::CommitTurn {
+                key,
+                update_id,
+                also_answered: Vec::new(),
+                change: RecordChange::Put(bytes),
+                reply,
+            });
+            answer
+        };
+        put(SessionKey::of_chat(forum), 1, record(1)?).blocking_recv()??;
+        put(topic(3), 2, record::encode_chat(&spent)?).blocking_recv()??;
+        put(topic(4), 3, record(3)?).blocking_recv()??;
+        // A neighbouring chat is not touched.
+        put(SessionKey::of_chat(ChatId(-100_4)), 4, record(4)?).blocking_recv()??;
+        let (reply, answer) = port();
+        writer.submit(StoreOp::CommitTurn {
+            key: topic(4),
+            update_id: 5,
+            also_answered: Vec::new(),
+            change: RecordChange::Forget(None),
+            reply,
+        });
+        answer.blocking_recv()??;
+        stop(writer, thread)?;
+
+        let store = OpenStore::open(dir.path())?;
+        let left: Vec<Option<SessionKey>> = store
+            .chats
+            .iter()
+            .map(|item| Ok(super::super::session_from_key(&item.key()?)))
+            .collect::<Result<_, Box<dyn Error>>>()?;
+        assert_eq!(left, vec![Some(SessionKey::of_chat(ChatId(-100_4)))]);
+        let usage = store
+            .usage
+            .get(session_key(&topic(3)))?
+            .ok_or("the topic's spend is kept")?;
+        assert_eq!(record::decode_usage(&usage)?.tokens_today, 77);
+        assert!(store.usage.get(session_key(&topic(4)))?.is_none());
+        Ok(())
+    }
+
+    #[test]
     fn a_stopped_writer_answers_unavailable() -> TestResult {
         let dir = tempfile::tempdir()?;
         let (writer, thread) = StoreWriter::start(&storage(dir.path(), "1ms")?)?;
