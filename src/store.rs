@@ -122,7 +122,7 @@ const TOPIC_TAG: u8 = b't';
 
 /// The store key of a conversation (chat record, usage): the [`chat_key`],
 /// then one tagged field per part of the key that is set, in a fixed order:
-/// [`TOPIC_TAG`] and the thread for a forum topic. A whole chat's key is
+/// the tag `t` and the thread for a forum topic. A whole chat's key is
 /// exactly its 8-byte [`chat_key`], as it was before topics existed (stores
 /// need no migration); a topic's is longer, so the two never collide, and a
 /// later part of the key is one more tag.

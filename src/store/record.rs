@@ -521,6 +521,9 @@ fn recent_from_last(last_update_id: u32) -> Vec<u32> {
 }
 
 /// A received update's entry in the updates keyspace.
+// Entries live only while being encoded or decoded, one at a time, so the
+// size of the `Answered` marker does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateEntry {
     /// Received and not yet answered: replayed after a restart.

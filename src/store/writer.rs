@@ -869,7 +869,7 @@ mod tests {
         use teloxide::types::{MessageId, ThreadId};
         let dir = tempfile::tempdir()?;
         let (writer, thread) = StoreWriter::start(&storage(dir.path(), "1ms")?)?;
-        let forum = ChatId(-100_5);
+        let forum = ChatId(-1_005);
         let topic = |n| SessionKey::new(forum, Some(ThreadId(MessageId(n))));
         let spent = ChatRecord {
             counters: record::ChatCounters {
@@ -894,7 +894,7 @@ mod tests {
         put(topic(3), 2, record::encode_chat(&spent)?).blocking_recv()??;
         put(topic(4), 3, record(3)?).blocking_recv()??;
         // A neighbouring chat is not touched.
-        put(SessionKey::of_chat(ChatId(-100_4)), 4, record(4)?).blocking_recv()??;
+        put(SessionKey::of_chat(ChatId(-1_004)), 4, record(4)?).blocking_recv()??;
         let (reply, answer) = port();
         writer.submit(StoreOp::CommitTurn {
             key: topic(4),
@@ -912,7 +912,7 @@ mod tests {
             .iter()
             .map(|item| Ok(super::super::session_from_key(&item.key()?)))
             .collect::<Result<_, Box<dyn Error>>>()?;
-        assert_eq!(left, vec![Some(SessionKey::of_chat(ChatId(-100_4)))]);
+        assert_eq!(left, vec![Some(SessionKey::of_chat(ChatId(-1_004)))]);
         let usage = store
             .usage
             .get(session_key(&topic(3)))?

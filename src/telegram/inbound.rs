@@ -22,7 +22,8 @@ use crate::input;
 pub use super::session_key::{ChatId, SessionKey, ThreadId};
 pub use teloxide::types::MessageId;
 
-/// One message from a user, addressed to one chat's session.
+/// One message from a user, addressed to one conversation's session (a
+/// chat's, or a forum topic's: [`SessionKey`]).
 #[derive(Debug, Clone)]
 pub struct Inbound {
     /// Telegram's update id: increasing, unique per bot.

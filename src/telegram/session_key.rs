@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn a_topic_is_its_own_conversation_of_its_chat() {
-        let chat = ChatId(-100_5);
+        let chat = ChatId(-1_005);
         let general = SessionKey::of_chat(chat);
         let topic = SessionKey::new(chat, Some(ThreadId(MessageId(7))));
         assert_ne!(general, topic);

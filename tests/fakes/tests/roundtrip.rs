@@ -470,8 +470,8 @@ async fn garbled_answers_hide_calls_that_happened() {
 async fn forum_topics_are_pushed_and_sends_keep_their_thread() {
     let fake = FakeTelegram::start().await;
     let bot = bot(&fake);
-    let in_topic = fake.push_topic_text(-100_9, Some(5), 11, "Alice", "in topic 5");
-    let in_general = fake.push_topic_text(-100_9, None, 12, "Bob", "in General");
+    let in_topic = fake.push_topic_text(-1_009, Some(5), 11, "Alice", "in topic 5");
+    let in_general = fake.push_topic_text(-1_009, None, 12, "Bob", "in General");
     let updates = bot.get_updates().await.unwrap();
     assert_eq!(updates.len(), 2);
     let topic = message(&updates[0]);
@@ -487,28 +487,28 @@ async fn forum_topics_are_pushed_and_sends_keep_their_thread() {
     assert_eq!(general.thread_id, None);
 
     let sent = bot
-        .send_message(ChatId(-100_9), "to topic 5")
+        .send_message(ChatId(-1_009), "to topic 5")
         .message_thread_id(ThreadId(MessageId(5)))
         .await
         .unwrap();
     assert_eq!(sent.thread_id, Some(ThreadId(MessageId(5))));
-    bot.send_message(ChatId(-100_9), "to General")
+    bot.send_message(ChatId(-1_009), "to General")
         .await
         .unwrap();
-    bot.send_chat_action(ChatId(-100_9), ChatAction::Typing)
+    bot.send_chat_action(ChatId(-1_009), ChatAction::Typing)
         .message_thread_id(ThreadId(MessageId(5)))
         .await
         .unwrap();
-    let all = fake.sent_to(-100_9);
+    let all = fake.sent_to(-1_009);
     assert_eq!(
         all.iter().map(|m| m.thread_id).collect::<Vec<_>>(),
         vec![Some(5), None]
     );
-    let topic5 = fake.sent_to_topic(-100_9, Some(5));
+    let topic5 = fake.sent_to_topic(-1_009, Some(5));
     assert_eq!(topic5.len(), 1);
     assert_eq!(topic5[0].text, "to topic 5");
-    assert_eq!(fake.sent_to_topic(-100_9, None)[0].text, "to General");
-    assert_eq!(fake.chat_actions_to(-100_9)[0].thread_id, Some(5));
+    assert_eq!(fake.sent_to_topic(-1_009, None)[0].text, "to General");
+    assert_eq!(fake.chat_actions_to(-1_009)[0].thread_id, Some(5));
 }
 
 fn fake_is_forum(chat: &teloxide::types::Chat) -> bool {

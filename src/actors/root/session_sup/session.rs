@@ -1,12 +1,14 @@
-//! Session: one chat's conversation. Answers the chat's updates one at a
-//! time, in order, and owns its bounded history.
+//! Session: one conversation — a chat, or one topic of a forum supergroup
+//! (its [`SessionKey`]). Answers the conversation's updates one at a time,
+//! in order, and owns its bounded history; every send goes to its chat and
+//! topic, and its record is stored under its key.
 //!
 //! - **Supervised by:** the session supervisor; evicted when idle and
 //!   re-created on the next message, re-created with its pending updates
 //!   when it fails.
 //! - **Messages:** [`SessionMsg::Handle`] (one update of this chat) and
 //!   [`SessionMsg::FlushBurst`] (timer: the merge window closed).
-//! - **State:** [`SessionState`]: the chat id, its [`History`], settings and
+//! - **State:** [`SessionState`]: the session key, its [`History`], settings and
 //!   counters, and the recently answered update ids. Loaded from the
 //!   persistence actor when the session starts; nobody else reads or writes
 //!   it while the session lives. What belongs to one update lives in a
