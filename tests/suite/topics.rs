@@ -5,10 +5,11 @@
 
 use llmgram::store::inspect;
 use llmgram::telegram::inbound::SessionKey;
-use llmgram_fakes::BOT_USERNAME;
+use llmgram_fakes::{BOT_USERNAME, FakeLlm, FakeTelegram, LlmReply, LlmReplyKind};
 use serde_json::json;
 use teloxide::types::{ChatId, MessageId, ThreadId};
 
+use crate::common::process::BotProcess;
 use crate::common::{Harness, WAIT};
 
 const FORUM: i64 = -100_777;
@@ -213,4 +214,58 @@ async fn the_general_topic_and_reply_threads_outside_a_forum_are_one_conversatio
         "first thread question"
     ));
     h.stop().await;
+}
+
+/// A topic message admitted before a SIGKILL is replayed to its topic:
+/// answered there, as a reply, with that topic's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_message_in_flight_at_the_crash_is_answered_in_its_topic_after_restart() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    llm.set_responder(|request| {
+        if request.last_user_message().contains("hang") {
+            LlmReply::now(LlmReplyKind::Hang)
+        } else {
+            LlmReply::text(format!("answer to: {}", request.last_user_message()))
+        }
+    });
+    let mention = |text: &str| format!("@{BOT_USERNAME} {text}");
+
+    let bot = BotProcess::start(&telegram, &llm, &data).await;
+    telegram.push_topic_text(
+        FORUM,
+        Some(TOPIC_A),
+        11,
+        "Alice",
+        &mention("the lighthouse"),
+    );
+    telegram.wait_for_sent_to(FORUM, 1, WAIT).await;
+    telegram.push_topic_text(FORUM, Some(TOPIC_B), 12, "Bob", &mention("the bakery"));
+    telegram.wait_for_sent_to(FORUM, 2, WAIT).await;
+    let asked =
+        telegram.push_topic_text(FORUM, Some(TOPIC_A), 11, "Alice", &mention("please hang"));
+    assert_eq!(llm.wait_for_requests(3, WAIT).await, 3);
+    // Confirmed to Telegram: from now on the store is the only copy.
+    let polls = telegram.get_updates_calls();
+    assert!(telegram.wait_for_get_updates(polls + 1, WAIT).await);
+    bot.kill9().await;
+
+    llm.set_responder(|request| {
+        LlmReply::text(format!("healthy: {}", request.last_user_message()))
+    });
+    let bot = BotProcess::start(&telegram, &llm, &data).await;
+    let sent = telegram.wait_for_sent_to(FORUM, 3, WAIT).await;
+    assert_eq!(sent.len(), 3, "{}", bot.log());
+    // A replayed group message has lost its speaker's name (not stored).
+    assert_eq!(sent[2].text, "healthy: please hang");
+    assert_eq!(
+        (sent[2].thread_id, sent[2].reply_to),
+        (Some(TOPIC_A), Some(asked))
+    );
+    let replayed = llm.requests().last().unwrap().clone();
+    assert!(mentions(&replayed, "lighthouse"));
+    assert!(!mentions(&replayed, "bakery"));
+    assert_eq!(bot.terminate().await, Some(0));
 }
