@@ -128,7 +128,12 @@ async fn chat(
         let started = Instant::now();
         directory
             .persistence()
-            .commit_turn(ChatId(chat_id), update_id, &[], &RecordChange::Put(bytes))
+            .commit_turn(
+                &ChatId(chat_id).into(),
+                update_id,
+                &[],
+                &RecordChange::Put(bytes),
+            )
             .await
             .expect("committed");
         latencies.push(started.elapsed());

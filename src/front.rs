@@ -111,7 +111,7 @@ async fn apply_limits(
             user: inbound
                 .user_id
                 .and_then(|id| i64::try_from(id).ok())
-                .unwrap_or(inbound.chat_id.0),
+                .unwrap_or(inbound.key.chat().0),
             cost: match inbound.llm_cost(media) {
                 0 => Cost::Free,
                 1 => Cost::Llm,

@@ -21,9 +21,10 @@ pub mod inspect;
 pub mod record;
 pub mod writer;
 
-use crate::telegram::inbound::ChatId;
+use crate::telegram::inbound::{ChatId, SessionKey, ThreadId};
 
-/// Keyspace of chat records: key [`chat_key`], value an encoded
+/// Keyspace of chat records: key [`session_key`] (a plain chat's is its
+/// [`chat_key`]), value an encoded
 /// [`record::ChatRecord`].
 pub const CHATS: &str = "chats";
 /// Keyspace of received updates: key [`update_key`], value an encoded
@@ -31,7 +32,7 @@ pub const CHATS: &str = "chats";
 /// answered, until Telegram can no longer send it again).
 pub const UPDATES: &str = "updates";
 /// Keyspace of what a chat has spent (`/forget` does not delete it): key
-/// [`chat_key`], value an encoded [`record::ChatUsage`]. Written only by
+/// [`session_key`], value an encoded [`record::ChatUsage`]. Written only by
 /// `/forget`; while the chat has a record, the record's counters are the
 /// current ones.
 pub const USAGE: &str = "usage";
@@ -105,16 +106,58 @@ impl From<fjall::Error> for StoreError {
     }
 }
 
-/// Key of a chat record: the chat id, big-endian with the sign bit flipped so
-/// keys sort like the ids.
+/// The store key of a whole chat: the chat id, big-endian with the sign bit
+/// flipped so keys sort like the ids. It is also the first part of every
+/// [`session_key`] of the chat.
 pub fn chat_key(chat_id: ChatId) -> [u8; 8] {
     ((chat_id.0 as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-/// The chat id of a [`chat_key`].
+/// The chat id of a [`chat_key`] (or of any [`session_key`] of the chat).
 pub fn chat_from_key(key: &[u8]) -> Option<ChatId> {
     let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;
     Some(ChatId((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64))
+}
+
+/// Tag of a forum topic in a [`session_key`], followed by its thread id
+/// (`i32`, big-endian).
+const TOPIC_TAG: u8 = b't';
+
+/// The store key of a conversation (chat record, usage): the [`chat_key`],
+/// then one tagged field per part of the key that is set, in a fixed order:
+/// the tag `t` and the thread for a forum topic. A whole chat's key is
+/// exactly its 8-byte [`chat_key`], as it was before topics existed (stores
+/// need no migration); a topic's is longer, so the two never collide, and a
+/// later part of the key is one more tag.
+pub fn session_key(key: &SessionKey) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(13);
+    bytes.extend_from_slice(&chat_key(key.chat()));
+    if let Some(thread) = key.thread_number() {
+        bytes.push(TOPIC_TAG);
+        bytes.extend_from_slice(&thread.to_be_bytes());
+    }
+    bytes
+}
+
+/// The conversation of a [`session_key`]; `None` for bytes that are not
+/// one (an unknown tag, a cut field).
+pub fn session_from_key(bytes: &[u8]) -> Option<SessionKey> {
+    let chat = chat_from_key(bytes)?;
+    let mut rest = bytes.get(8..)?;
+    let mut thread = None;
+    while let Some((&tag, fields)) = rest.split_first() {
+        match tag {
+            TOPIC_TAG if thread.is_none() => {
+                let number: [u8; 4] = fields.get(..4)?.try_into().ok()?;
+                thread = Some(ThreadId(teloxide::types::MessageId(i32::from_be_bytes(
+                    number,
+                ))));
+                rest = fields.get(4..)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(SessionKey::new(chat, thread))
 }
 
 /// Key of an update: its id, big-endian, so a range scan visits ids in order.
@@ -127,14 +170,14 @@ pub fn update_from_key(key: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(key.get(..4)?.try_into().ok()?))
 }
 
-/// Key of a quarantined chat record: `c`, the chat key, then when it was
-/// moved (milliseconds since the Unix epoch), so several bad records of one
-/// chat are all kept.
-pub fn failed_chat_key(chat_id: ChatId, unix_millis: u64) -> Vec<u8> {
-    failed_key(b'c', &chat_key(chat_id), unix_millis)
+/// Key of a quarantined chat record: `c`, the [`session_key`], then when
+/// it was moved (milliseconds since the Unix epoch), so several bad records
+/// of one conversation are all kept.
+pub fn failed_chat_key(key: &SessionKey, unix_millis: u64) -> Vec<u8> {
+    failed_key(b'c', &session_key(key), unix_millis)
 }
 
-/// The prefix of every [`failed_chat_key`] of one chat.
+/// The prefix of every [`failed_chat_key`] of one chat, any of its topics.
 pub fn failed_chat_prefix(chat_id: ChatId) -> Vec<u8> {
     let mut prefix = Vec::with_capacity(9);
     prefix.push(b'c');
@@ -166,6 +209,36 @@ mod tests {
         }
         assert!(chat_key(ChatId(-5)) < chat_key(ChatId(3)));
         assert!(chat_key(ChatId(3)) < chat_key(ChatId(300)));
+    }
+
+    #[test]
+    fn a_whole_chat_keeps_its_old_key_and_topics_extend_it() {
+        use teloxide::types::MessageId;
+        let chat = ChatId(-1_001_234_567_890);
+        let whole = SessionKey::of_chat(chat);
+        // Exactly the key stores were written with before topics.
+        assert_eq!(session_key(&whole), chat_key(chat).to_vec());
+        let topic = SessionKey::new(chat, Some(ThreadId(MessageId(42))));
+        let bytes = session_key(&topic);
+        assert_eq!(bytes.len(), 13);
+        assert!(bytes.starts_with(&chat_key(chat)));
+        assert_ne!(bytes, session_key(&whole));
+        for key in [whole, topic, SessionKey::of_chat(ChatId(7))] {
+            assert_eq!(session_from_key(&session_key(&key)), Some(key));
+        }
+        // A neighbouring chat never shares a topic's prefix.
+        assert!(
+            !session_key(&SessionKey::of_chat(ChatId(-1_001_234_567_889)))
+                .starts_with(&chat_key(chat))
+        );
+        assert_eq!(
+            session_from_key(&[&chat_key(chat)[..], b"x"].concat()),
+            None
+        );
+        assert_eq!(
+            session_from_key(&[&chat_key(chat)[..], b"t\0"].concat()),
+            None
+        );
     }
 
     #[test]

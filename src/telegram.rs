@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod render;
 #[cfg(test)]
 pub(crate) mod scripted;
+pub mod session_key;
 pub mod split;
 pub mod transport;
 pub mod updates;

@@ -227,7 +227,7 @@ impl Conversation {
             };
             let inbound = Inbound {
                 update_id: next_update_id,
-                chat_id: CHAT_ID,
+                key: CHAT_ID.into(),
                 user_id: Some(USER_ID.unsigned_abs()),
                 language_code: Some(self.language.clone()),
                 kind,
@@ -259,7 +259,7 @@ impl Conversation {
             .await
             .map_err(ConsoleError::Store)?;
         let record = store
-            .load_chat(CHAT_ID)
+            .load_chat(&CHAT_ID.into())
             .await
             .map_err(ConsoleError::Store)?;
         let answered = record.and_then(|r| r.newest_known_update()).unwrap_or(0);

@@ -21,11 +21,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::record::{self, BotSetting, ChatRecord, UpdateEntry};
 use super::{
-    BOT, BotKey, CHATS, FAILED, StoreError, UPDATES, USAGE, chat_key, failed_chat_key,
-    failed_chat_prefix, failed_update_key, update_from_key,
+    BOT, BotKey, CHATS, FAILED, StoreError, UPDATES, USAGE, failed_chat_key, failed_chat_prefix,
+    failed_update_key, session_key, update_from_key,
 };
 use crate::clock::unix_millis;
-use crate::telegram::inbound::ChatId;
+use crate::telegram::inbound::{ChatId, SessionKey};
 
 /// An open database and its keyspaces.
 pub(crate) struct OpenStore {
@@ -92,25 +92,25 @@ impl OpenStore {
         }
     }
 
-    /// The chat's record; `None` for a new chat, or one whose record does
-    /// not decode (quarantined with durability `mode`, counted in
+    /// The conversation's record; `None` for a new one, or one whose record
+    /// does not decode (quarantined with durability `mode`, counted in
     /// `quarantined`).
     pub(crate) fn load_chat(
         &self,
-        chat_id: ChatId,
+        key: &SessionKey,
         mode: PersistMode,
         quarantined: &AtomicU64,
     ) -> Result<Option<ChatRecord>, StoreError> {
-        let Some(bytes) = self.chats.get(chat_key(chat_id))? else {
-            return self.forgotten(chat_id, quarantined);
+        let Some(bytes) = self.chats.get(session_key(key))? else {
+            return self.forgotten(key, quarantined);
         };
         match record::decode_chat(&bytes) {
             Ok(record) => Ok(Some(record)),
             Err(error) => {
-                tracing::error!(chat_id = chat_id.0, %error, "chat record does not decode; quarantined, chat starts fresh");
+                tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat record does not decode; quarantined, chat starts fresh");
                 let mut write = self.db.batch().durability(Some(mode));
-                write.insert(&self.failed, failed_chat_key(chat_id, unix_millis()), bytes);
-                write.remove(&self.chats, chat_key(chat_id));
+                write.insert(&self.failed, failed_chat_key(key, unix_millis()), bytes);
+                write.remove(&self.chats, session_key(key));
                 write.commit()?;
                 quarantined.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
@@ -122,10 +122,10 @@ impl OpenStore {
     /// only what it spent.
     fn forgotten(
         &self,
-        chat_id: ChatId,
+        key: &SessionKey,
         quarantined: &AtomicU64,
     ) -> Result<Option<ChatRecord>, StoreError> {
-        let Some(bytes) = self.usage.get(chat_key(chat_id))? else {
+        let Some(bytes) = self.usage.get(session_key(key))? else {
             return Ok(None);
         };
         match record::decode_usage(&bytes) {
@@ -135,7 +135,7 @@ impl OpenStore {
             })),
             Err(error) => {
                 // Nothing to quarantine worth keeping: the chat starts fresh.
-                tracing::error!(chat_id = chat_id.0, %error, "chat usage does not decode; ignored");
+                tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat usage does not decode; ignored");
                 quarantined.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
@@ -174,7 +174,7 @@ impl OpenStore {
     }
 
     /// Adds to `write` the removal of every quarantined copy of the chat's
-    /// records (`/forget`).
+    /// records, those of its topics too (`/forget`).
     pub(crate) fn forget_quarantined(
         &self,
         write: &mut fjall::OwnedWriteBatch,
@@ -249,6 +249,7 @@ mod tests {
     use std::error::Error;
 
     use super::*;
+    use crate::store::chat_key;
     use crate::telegram::inbound::{Inbound, InboundKind};
 
     type TestResult = Result<(), Box<dyn Error>>;
@@ -265,7 +266,7 @@ mod tests {
     fn pending_update(update_id: u32, admitted: u64) -> Result<Vec<u8>, Box<dyn Error>> {
         let inbound = Inbound {
             update_id,
-            chat_id: ChatId(1),
+            key: SessionKey::of_chat(ChatId(1)),
             user_id: None,
             language_code: None,
             kind: InboundKind::Text("hi".into()),
@@ -301,7 +302,10 @@ mod tests {
         let quarantined = AtomicU64::new(0);
         let mode = PersistMode::SyncAll;
 
-        assert_eq!(store.load_chat(ChatId(7), mode, &quarantined)?, None);
+        assert_eq!(
+            store.load_chat(&ChatId(7).into(), mode, &quarantined)?,
+            None
+        );
         assert_eq!(quarantined.load(Ordering::Relaxed), 1);
         assert!(store.chats.get(chat_key(ChatId(7)))?.is_none());
         assert_eq!(count(&store.failed)?, 1);
@@ -312,7 +316,10 @@ mod tests {
                 .next()
                 .is_some()
         );
-        assert_eq!(store.load_chat(ChatId(8), mode, &quarantined)?, Some(good));
+        assert_eq!(
+            store.load_chat(&ChatId(8).into(), mode, &quarantined)?,
+            Some(good)
+        );
 
         let ids: Vec<u32> = store
             .pending(mode, &quarantined)?

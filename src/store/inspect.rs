@@ -9,8 +9,8 @@ use fjall::PersistMode;
 
 use super::db::OpenStore;
 use super::record::{self, ChatRecord, UpdateEntry};
-use super::{StoreError, chat_key, update_from_key};
-use crate::telegram::inbound::ChatId;
+use super::{StoreError, session_from_key, session_key, update_from_key};
+use crate::telegram::inbound::SessionKey;
 
 /// Keys of the store, re-exported for tests that plant data.
 pub use super::chat_key as key_of_chat;
@@ -24,9 +24,10 @@ pub fn open(path: &Path) -> Result<Inspector, StoreError> {
 pub struct Inspector(OpenStore);
 
 impl Inspector {
-    /// The decoded record of a chat.
-    pub fn chat(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StoreError> {
-        let Some(bytes) = self.0.chats.get(chat_key(chat_id))? else {
+    /// The decoded record of a conversation: a chat (a `ChatId` will do) or
+    /// a forum topic.
+    pub fn chat(&self, key: impl Into<SessionKey>) -> Result<Option<ChatRecord>, StoreError> {
+        let Some(bytes) = self.0.chats.get(session_key(&key.into()))? else {
             return Ok(None);
         };
         record::decode_chat(&bytes)
@@ -34,14 +35,18 @@ impl Inspector {
             .map_err(|e| StoreError::Storage(e.to_string()))
     }
 
-    /// Raw bytes under a chat's key.
-    pub fn raw_chat(&self, chat_id: ChatId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0.chats.get(chat_key(chat_id))?.map(|v| v.to_vec()))
+    /// Raw bytes under a conversation's key.
+    pub fn raw_chat(&self, key: impl Into<SessionKey>) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .chats
+            .get(session_key(&key.into()))?
+            .map(|v| v.to_vec()))
     }
 
-    /// Writes raw bytes under a chat's key, durably.
-    pub fn put_raw_chat(&self, chat_id: ChatId, bytes: &[u8]) -> Result<(), StoreError> {
-        self.0.chats.insert(chat_key(chat_id), bytes)?;
+    /// Writes raw bytes under a conversation's key, durably.
+    pub fn put_raw_chat(&self, key: impl Into<SessionKey>, bytes: &[u8]) -> Result<(), StoreError> {
+        self.0.chats.insert(session_key(&key.into()), bytes)?;
         self.0.db.persist(PersistMode::SyncAll)?;
         Ok(())
     }
@@ -53,6 +58,21 @@ impl Inspector {
             .iter()
             .map(|item| Ok(item.into_inner()?.1.to_vec()))
             .collect()
+    }
+
+    /// The conversation of every chat record, in key order (a chat, then
+    /// its topics); printed with `Display` they read `-1001234` and
+    /// `-1001234/7`. A key this build cannot read is an error.
+    pub fn conversations(&self) -> Result<Vec<SessionKey>, StoreError> {
+        let mut keys = Vec::new();
+        for item in self.0.chats.iter() {
+            let key = item.key()?;
+            let session = session_from_key(&key).ok_or_else(|| {
+                StoreError::Storage(format!("unreadable chat key {:02x?}", &key[..]))
+            })?;
+            keys.push(session);
+        }
+        Ok(keys)
     }
 
     /// Number of chat records.

@@ -14,7 +14,7 @@ use crate::config::CommandConfig;
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{
     Attachment, AttachmentKind, ChatId, FileRef, Inbound, InboundKind, MediaMessage, MessageId,
-    Quoted,
+    Quoted, SessionKey, ThreadId,
 };
 
 /// Schema version of [`ChatRecord`] written by this build. Version 2 added
@@ -34,9 +34,12 @@ pub const CHAT_RECORD_VERSION: u8 = 6;
 /// they are); version 4 added the message's id and what it replies to
 /// ([`StoredQuote`]); version 5 added edited messages
 /// ([`StoredKind::Edited`], a new last variant, so version 4 entries read
-/// as they are). Version 1 entries are read through [`v1`], versions 2 and
-/// 3 through [`entry_v3`].
-pub const UPDATE_ENTRY_VERSION: u8 = 5;
+/// as they are); version 6 added the forum topic of the message
+/// ([`StoredUpdate::thread_id`]), so a topic message admitted before a
+/// crash is replayed to its topic. Version 1 entries are read through
+/// [`v1`], versions 2 and 3 through [`entry_v3`], 4 and 5 through
+/// [`entry_v5`].
+pub const UPDATE_ENTRY_VERSION: u8 = 6;
 
 /// How many answered update ids a chat record keeps (besides every id of its
 /// latest turn): enough to recognise any redelivery the restart and replay
@@ -244,6 +247,7 @@ pub mod v1 {
                     kind: old.kind,
                     message_id: None,
                     reply_to: None,
+                    thread_id: None,
                 }),
                 UpdateEntry::Answered => Self::Answered,
             }
@@ -310,6 +314,57 @@ pub mod entry_v3 {
                     kind: old.kind,
                     message_id: None,
                     reply_to: None,
+                    thread_id: None,
+                }),
+                UpdateEntry::Answered => Self::Answered,
+            }
+        }
+    }
+}
+
+/// Versions 4 and 5 of the update entry, frozen: a pending update had no
+/// forum topic. Migrated on load (such an update was admitted before this
+/// build knew topics, so it belongs to its whole chat).
+pub mod entry_v5 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{StoredKind, StoredQuote};
+
+    /// A version 4–5 update entry.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub enum UpdateEntry {
+        /// Received and not yet answered.
+        Pending(StoredUpdate),
+        /// Answered.
+        Answered,
+    }
+
+    /// A version 4–5 stored update.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct StoredUpdate {
+        pub(super) update_id: u32,
+        pub(super) admitted: u64,
+        pub(super) chat_id: i64,
+        pub(super) user_id: Option<u64>,
+        pub(super) language_code: Option<String>,
+        pub(super) kind: StoredKind,
+        pub(super) message_id: Option<i32>,
+        pub(super) reply_to: Option<Box<StoredQuote>>,
+    }
+
+    impl From<UpdateEntry> for super::UpdateEntry {
+        fn from(old: UpdateEntry) -> Self {
+            match old {
+                UpdateEntry::Pending(old) => Self::Pending(super::StoredUpdate {
+                    update_id: old.update_id,
+                    admitted: old.admitted,
+                    chat_id: old.chat_id,
+                    user_id: old.user_id,
+                    language_code: old.language_code,
+                    kind: old.kind,
+                    message_id: old.message_id,
+                    reply_to: old.reply_to,
+                    thread_id: None,
                 }),
                 UpdateEntry::Answered => Self::Answered,
             }
@@ -542,6 +597,9 @@ fn recent_from_last(last_update_id: u32) -> Vec<u32> {
 }
 
 /// A received update's entry in the updates keyspace.
+// Entries live only while being encoded or decoded, one at a time, so the
+// size of the `Answered` marker does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateEntry {
     /// Received and not yet answered: replayed after a restart.
@@ -572,6 +630,9 @@ pub struct StoredUpdate {
     /// What the message replies to (version 4; boxed: most messages are
     /// not replies).
     pub reply_to: Option<Box<StoredQuote>>,
+    /// The forum topic (`message_thread_id`) the message was sent in
+    /// (version 6): with `chat_id`, its [`SessionKey`].
+    pub thread_id: Option<i32>,
 }
 
 /// A [`Quoted`] as stored.
@@ -847,7 +908,8 @@ pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
         (1, body) => decode_as::<v1::UpdateEntry, _>(1, body),
         // Version 3 only appended a variant: version 2 bytes read as it.
         (version @ (2 | 3), body) => decode_as::<entry_v3::UpdateEntry, _>(version, body),
-        (version @ (4 | 5), body) => decode_as::<UpdateEntry, _>(version, body),
+        (version @ (4 | 5), body) => decode_as::<entry_v5::UpdateEntry, _>(version, body),
+        (6, body) => decode_as::<UpdateEntry, _>(6, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -884,7 +946,7 @@ impl StoredUpdate {
         Self {
             update_id: inbound.update_id,
             admitted,
-            chat_id: inbound.chat_id.0,
+            chat_id: inbound.key.chat().0,
             user_id: inbound.user_id,
             language_code: inbound.language_code.clone(),
             kind: match &inbound.kind {
@@ -908,6 +970,7 @@ impl StoredUpdate {
                     partial: quote.partial,
                 })
             }),
+            thread_id: inbound.key.thread_number(),
         }
     }
 
@@ -917,7 +980,10 @@ impl StoredUpdate {
     pub fn into_inbound(self, assistants: &[CommandConfig]) -> Inbound {
         Inbound {
             update_id: self.update_id,
-            chat_id: ChatId(self.chat_id),
+            key: SessionKey::new(
+                ChatId(self.chat_id),
+                self.thread_id.map(|thread| ThreadId(MessageId(thread))),
+            ),
             user_id: self.user_id,
             language_code: self.language_code,
             kind: match self.kind {
@@ -1157,6 +1223,7 @@ mod tests {
                 kind: StoredKind::NonText,
                 message_id: None,
                 reply_to: None,
+                thread_id: None,
             })
         );
     }
@@ -1183,6 +1250,7 @@ mod tests {
             kind: StoredKind::Text("and this?".into()),
             message_id: None,
             reply_to: None,
+            thread_id: None,
         };
         assert_eq!(
             decode_update(&bytes).unwrap(),
@@ -1200,14 +1268,21 @@ mod tests {
             from_bot: true,
             partial: false,
         }));
-        let mut bytes = encode_update(&UpdateEntry::Pending(expected.clone())).unwrap();
+        let bytes = encode_update(&UpdateEntry::Pending(expected.clone())).unwrap();
         assert_eq!(bytes[0], UPDATE_ENTRY_VERSION);
         let UpdateEntry::Pending(stored) = decode_update(&bytes).unwrap() else {
             panic!("not pending");
         };
         assert_eq!(stored, expected);
         // Version 5 only appended a variant: the same bytes as version 4 read
-        // the same.
+        // the same (version 6 added a field, so they are written in the
+        // frozen version 4–5 layout).
+        let mut bytes = v5_entry_bytes(&expected);
+        assert_eq!(bytes[0], 5);
+        assert_eq!(
+            decode_update(&bytes).unwrap(),
+            UpdateEntry::Pending(expected.clone())
+        );
         bytes[0] = 4;
         assert_eq!(
             decode_update(&bytes).unwrap(),
@@ -1222,6 +1297,72 @@ mod tests {
                 from_bot: true,
                 partial: false,
             })
+        );
+    }
+
+    /// `update` (without a topic) encoded as version 5 wrote it.
+    fn v5_entry_bytes(update: &StoredUpdate) -> Vec<u8> {
+        assert_eq!(update.thread_id, None);
+        let old = entry_v5::UpdateEntry::Pending(entry_v5::StoredUpdate {
+            update_id: update.update_id,
+            admitted: update.admitted,
+            chat_id: update.chat_id,
+            user_id: update.user_id,
+            language_code: update.language_code.clone(),
+            kind: update.kind.clone(),
+            message_id: update.message_id,
+            reply_to: update.reply_to.clone(),
+        });
+        with_version(5, codec::encode(&old).unwrap()).unwrap()
+    }
+
+    /// Version 6 keeps a topic message's thread, so it is replayed to its
+    /// topic; a version 5 entry is its whole chat's.
+    #[test]
+    fn version_6_entries_keep_the_topic_and_version_5_ones_read_as_whole_chats() {
+        let topic = SessionKey::new(ChatId(-100_777), Some(ThreadId(MessageId(12))));
+        let inbound = Inbound {
+            update_id: 21,
+            key: topic.clone(),
+            user_id: Some(9),
+            language_code: Some("en".into()),
+            kind: InboundKind::Edited("@bot and now?".into()),
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: Some(MessageId(40)),
+            reply_to: None,
+        };
+        let stored = StoredUpdate::new(&inbound, 8);
+        assert_eq!(stored.thread_id, Some(12));
+        let bytes = encode_update(&UpdateEntry::Pending(stored.clone())).unwrap();
+        assert_eq!(bytes[0], 6);
+        let UpdateEntry::Pending(decoded) = decode_update(&bytes).unwrap() else {
+            panic!("not pending");
+        };
+        assert_eq!(decoded, stored);
+        let replayed = decoded.into_inbound(&[]);
+        assert_eq!(replayed.key, topic);
+        assert_eq!(replayed.kind, inbound.kind);
+        assert_eq!(replayed.message_id, Some(MessageId(40)));
+
+        let whole = StoredUpdate {
+            thread_id: None,
+            ..stored
+        };
+        let UpdateEntry::Pending(old) = decode_update(&v5_entry_bytes(&whole)).unwrap() else {
+            panic!("not pending");
+        };
+        assert_eq!(old, whole);
+        assert_eq!(
+            old.into_inbound(&[]).key,
+            SessionKey::of_chat(ChatId(-100_777))
+        );
+        let answered = with_version(5, codec::encode(&entry_v5::UpdateEntry::Answered).unwrap());
+        assert_eq!(
+            decode_update(&answered.unwrap()).unwrap(),
+            UpdateEntry::Answered
         );
     }
 
@@ -1322,7 +1463,7 @@ mod tests {
     fn media_updates_round_trip_without_bytes() {
         let inbound = Inbound {
             update_id: 7,
-            chat_id: ChatId(5),
+            key: SessionKey::of_chat(ChatId(5)),
             user_id: Some(5),
             language_code: None,
             kind: InboundKind::Media(MediaMessage {
@@ -1382,6 +1523,7 @@ mod tests {
             },
             message_id: Some(3),
             reply_to: None,
+            thread_id: Some(4),
         });
         assert_eq!(
             decode_update(&encode_update(&entry).unwrap()).unwrap(),

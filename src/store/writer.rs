@@ -42,18 +42,18 @@ use ractor::RpcReplyPort;
 use super::backup::{self, BackupError, BackupReport};
 use super::db::OpenStore;
 use super::record::{self, BotSetting, ChatRecord, UpdateEntry};
-use super::{BotKey, StoreError, chat_key, update_key};
+use super::{BotKey, StoreError, chat_key, session_key, update_key};
 use crate::config::{PersistModeConfig, StorageConfig};
 use crate::error::lock_unpoisoned;
-use crate::telegram::inbound::{ChatId, Inbound};
+use crate::telegram::inbound::{Inbound, SessionKey};
 
 /// One operation for the writer thread.
 pub enum StoreOp {
-    /// Store the chat's new record (or delete it) and mark the update, and
-    /// those answered with it, answered, in one atomic batch.
+    /// Store the conversation's new record (or delete it) and mark the
+    /// update, and those answered with it, answered, in one atomic batch.
     CommitTurn {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation (chat, or forum topic).
+        key: SessionKey,
         /// The answered update.
         update_id: u32,
         /// Earlier updates of the chat answered by the same turn.
@@ -92,10 +92,11 @@ pub enum StoreOp {
 
 /// A read of the store, served after the writes of the batch it came in.
 pub enum ReadOp {
-    /// The chat's record; `None` for a new chat or a quarantined record.
+    /// The conversation's record; `None` for a new one or a quarantined
+    /// record.
     LoadChat {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation (chat, or forum topic).
+        key: SessionKey,
         /// The record.
         reply: RpcReplyPort<Result<Option<ChatRecord>, StoreError>>,
     },
@@ -136,7 +137,9 @@ pub enum RecordChange {
     Delete,
     /// `/forget`: delete the record and every quarantined copy of the chat's
     /// old records; keep what the chat spent (an encoded
-    /// [`record::ChatUsage`], `None` if nothing), which outlives it.
+    /// [`record::ChatUsage`], `None` if nothing), which outlives it. In a
+    /// forum supergroup the records of every topic of the chat go too (the
+    /// user's data is in all of them); each topic keeps its own spend.
     Forget(Option<Vec<u8>>),
     /// Leave the record as it is; only mark the update answered.
     Keep,
@@ -392,20 +395,18 @@ impl Thread {
         for op in batch {
             match op {
                 StoreOp::CommitTurn {
-                    chat_id,
+                    key,
                     update_id,
                     also_answered,
                     change,
                     reply,
-                } => {
-                    match self.commit_turn(&mut write, chat_id, update_id, also_answered, change) {
-                        Ok(()) => {
-                            turns += 1;
-                            after_commit.push(Done::Commit(reply));
-                        }
-                        Err(error) => drop(reply.send(Err(error))),
+                } => match self.commit_turn(&mut write, &key, update_id, also_answered, change) {
+                    Ok(()) => {
+                        turns += 1;
+                        after_commit.push(Done::Commit(reply));
                     }
-                }
+                    Err(error) => drop(reply.send(Err(error))),
+                },
                 StoreOp::Admit { updates, reply } => {
                     match self.admit(&mut write, &mut admitted_now, updates) {
                         Ok(new) => after_commit.push(Done::Admit(reply, new)),
@@ -474,7 +475,7 @@ impl Thread {
     fn commit_turn(
         &self,
         write: &mut fjall::OwnedWriteBatch,
-        chat_id: ChatId,
+        session: &SessionKey,
         update_id: u32,
         also_answered: Vec<u32>,
         change: RecordChange,
@@ -490,21 +491,57 @@ impl Thread {
                 write.insert(updates, update_key(id), answered.clone());
             }
         }
-        let key = chat_key(chat_id);
+        let key = session_key(session);
         match change {
             RecordChange::Put(bytes) => write.insert(&self.store.chats, key, bytes),
             RecordChange::Delete => write.remove(&self.store.chats, key),
             RecordChange::Forget(usage) => {
-                write.remove(&self.store.chats, key);
+                write.remove(&self.store.chats, key.as_slice());
+                if let Err(error) = self.forget_other_topics(write, session) {
+                    tracing::error!(chat_id = session.chat().0, %error, "cannot list the chat's topics to forget");
+                }
                 match usage {
                     Some(bytes) => write.insert(&self.store.usage, key, bytes),
                     None => write.remove(&self.store.usage, key),
                 }
-                if let Err(error) = self.store.forget_quarantined(write, chat_id) {
-                    tracing::error!(chat_id = chat_id.0, %error, "cannot list the quarantined records to forget");
+                if let Err(error) = self.store.forget_quarantined(write, session.chat()) {
+                    tracing::error!(chat_id = session.chat().0, %error, "cannot list the quarantined records to forget");
                 }
             }
             RecordChange::Keep => {}
+        }
+        Ok(())
+    }
+
+    /// Adds to `write` the deletion of every other record of `session`'s
+    /// chat (its forum topics, or the chat's own when `session` is a
+    /// topic), each keeping its spend in the `usage` keyspace as `/forget`
+    /// keeps the forgetting conversation's. A record that does not decode
+    /// goes without its spend (it could not have been read anyway).
+    fn forget_other_topics(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        session: &SessionKey,
+    ) -> Result<(), StoreError> {
+        let own = session_key(session);
+        // Every key of the chat starts with its 8-byte chat key, and no
+        // other chat's does.
+        for item in self.store.chats.prefix(chat_key(session.chat())) {
+            let (key, value) = item.into_inner()?;
+            if *key == *own {
+                continue;
+            }
+            let usage = record::decode_chat(&value)
+                .ok()
+                .map(|other| record::ChatUsage::of(&other.counters))
+                .filter(|usage| !usage.is_nothing());
+            if let Some(usage) = usage {
+                match record::encode_usage(&usage) {
+                    Ok(bytes) => write.insert(&self.store.usage, key.clone(), bytes),
+                    Err(error) => tracing::error!(%error, "cannot encode a topic's usage"),
+                }
+            }
+            write.remove(&self.store.chats, key);
         }
         Ok(())
     }
@@ -571,8 +608,8 @@ impl Thread {
     fn read(&self, read: ReadOp) -> Result<(), StoreError> {
         let quarantined = &self.counters.quarantined;
         match read {
-            ReadOp::LoadChat { chat_id, reply } => {
-                let loaded = self.store.load_chat(chat_id, self.mode, quarantined);
+            ReadOp::LoadChat { key, reply } => {
+                let loaded = self.store.load_chat(&key, self.mode, quarantined);
                 let poisoned = matches!(loaded, Err(StoreError::Poisoned(_)));
                 let _ = reply.send(loaded.clone());
                 if poisoned {
@@ -634,7 +671,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::store::record::ChatRecord;
-    use crate::telegram::inbound::InboundKind;
+    use crate::telegram::inbound::{ChatId, InboundKind};
 
     type TestResult = Result<(), Box<dyn Error>>;
 
@@ -656,7 +693,7 @@ mod tests {
     fn update(update_id: u32, chat_id: i64, text: &str) -> Inbound {
         Inbound {
             update_id,
-            chat_id: ChatId(chat_id),
+            key: SessionKey::of_chat(ChatId(chat_id)),
             user_id: Some(7),
             language_code: None,
             kind: InboundKind::Text(text.into()),
@@ -686,7 +723,7 @@ mod tests {
     ) -> OneshotReceiver<Result<(), StoreError>> {
         let (reply, answer) = port();
         writer.submit(StoreOp::CommitTurn {
-            chat_id: ChatId(chat_id),
+            key: SessionKey::of_chat(ChatId(chat_id)),
             update_id,
             also_answered: Vec::new(),
             change,
@@ -824,6 +861,64 @@ mod tests {
 
         let store = OpenStore::open(dir.path())?;
         assert_eq!(update_ids(&store)?, vec![4, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn forget_in_a_topic_deletes_every_record_of_the_chat_and_keeps_each_spend() -> TestResult {
+        use teloxide::types::{MessageId, ThreadId};
+        let dir = tempfile::tempdir()?;
+        let (writer, thread) = StoreWriter::start(&storage(dir.path(), "1ms")?)?;
+        let forum = ChatId(-1_005);
+        let topic = |n| SessionKey::new(forum, Some(ThreadId(MessageId(n))));
+        let spent = ChatRecord {
+            counters: record::ChatCounters {
+                usage_day: 9,
+                tokens_today: 77,
+                ..record::ChatCounters::default()
+            },
+            ..ChatRecord::default()
+        };
+        let put = |key: SessionKey, update_id, bytes: Vec<u8>| {
+            let (reply, answer) = port();
+            writer.submit(StoreOp::CommitTurn {
+                key,
+                update_id,
+                also_answered: Vec::new(),
+                change: RecordChange::Put(bytes),
+                reply,
+            });
+            answer
+        };
+        put(SessionKey::of_chat(forum), 1, record(1)?).blocking_recv()??;
+        put(topic(3), 2, record::encode_chat(&spent)?).blocking_recv()??;
+        put(topic(4), 3, record(3)?).blocking_recv()??;
+        // A neighbouring chat is not touched.
+        put(SessionKey::of_chat(ChatId(-1_004)), 4, record(4)?).blocking_recv()??;
+        let (reply, answer) = port();
+        writer.submit(StoreOp::CommitTurn {
+            key: topic(4),
+            update_id: 5,
+            also_answered: Vec::new(),
+            change: RecordChange::Forget(None),
+            reply,
+        });
+        answer.blocking_recv()??;
+        stop(writer, thread)?;
+
+        let store = OpenStore::open(dir.path())?;
+        let left: Vec<Option<SessionKey>> = store
+            .chats
+            .iter()
+            .map(|item| Ok(super::super::session_from_key(&item.key()?)))
+            .collect::<Result<_, Box<dyn Error>>>()?;
+        assert_eq!(left, vec![Some(SessionKey::of_chat(ChatId(-1_004)))]);
+        let usage = store
+            .usage
+            .get(session_key(&topic(3)))?
+            .ok_or("the topic's spend is kept")?;
+        assert_eq!(record::decode_usage(&usage)?.tokens_today, 77);
+        assert!(store.usage.get(session_key(&topic(4)))?.is_none());
         Ok(())
     }
 

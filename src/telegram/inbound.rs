@@ -10,21 +10,27 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use teloxide::types::{FileMeta, Message, PhotoSize, Update, UpdateKind};
+use teloxide::types::{
+    ChatKind, ChatPublic, FileMeta, Message, PhotoSize, PublicChatKind, PublicChatSupergroup,
+    Update, UpdateKind,
+};
 
 use super::command::{self, Command, Parsed};
 use crate::config::{CommandConfig, Config, MediaConfig};
 use crate::input;
 
-pub use teloxide::types::{ChatId, MessageId};
+pub use super::session_key::{ChatId, SessionKey, ThreadId};
+pub use teloxide::types::MessageId;
 
-/// One message from a user, addressed to one chat's session.
+/// One message from a user, addressed to one conversation's session (a
+/// chat's, or a forum topic's: [`SessionKey`]).
 #[derive(Debug, Clone)]
 pub struct Inbound {
     /// Telegram's update id: increasing, unique per bot.
     pub update_id: u32,
-    /// The chat to answer in; also the session key.
-    pub chat_id: ChatId,
+    /// The conversation: the chat to answer in and, in a forum supergroup,
+    /// the topic (the session key).
+    pub key: SessionKey,
     /// The sender, when Telegram names one.
     pub user_id: Option<u64>,
     /// The sender's `language_code`, which picks the reply language.
@@ -293,7 +299,7 @@ impl Inbound {
         let user = message.from.as_ref();
         Some(Self {
             update_id: update.id.0,
-            chat_id: message.chat.id,
+            key: SessionKey::new(message.chat.id, topic(message)),
             user_id: user.map(|u| u.id.0),
             language_code: user.and_then(|u| u.language_code.clone()),
             kind,
@@ -307,6 +313,23 @@ impl Inbound {
             reply_to: Quoted::of(message, bot_username, config.input.max_quote_chars).map(Box::new),
         })
     }
+}
+
+/// The forum topic `message` was sent in: its thread, only for a topic
+/// message of a forum supergroup. A reply thread of an ordinary group is
+/// not a topic (one conversation), and the General topic has no thread id
+/// (it is the chat's own conversation).
+fn topic(message: &Message) -> Option<ThreadId> {
+    let forum = matches!(
+        &message.chat.kind,
+        ChatKind::Public(ChatPublic {
+            kind: PublicChatKind::Supergroup(PublicChatSupergroup { is_forum: true, .. }),
+            ..
+        })
+    );
+    message
+        .thread_id
+        .filter(|_| forum && message.is_topic_message)
 }
 
 fn classify(
@@ -660,6 +683,38 @@ mod tests {
         assert!(Inbound::from_update(&edited(r#""text":"/reset""#), "bot", &config).is_none());
         let caption = format!(r#"{},"caption":"new caption""#, photo(&[("a", 90, 100)]));
         assert!(Inbound::from_update(&edited(&caption), "bot", &config).is_none());
+    }
+
+    #[test]
+    fn only_a_forum_topic_message_names_a_topic() {
+        let config = config();
+        const FORUM: &str = r#"{"id":-1001,"type":"supergroup","title":"F","is_forum":true}"#;
+        const SUPERGROUP: &str = r#"{"id":-1002,"type":"supergroup","title":"S"}"#;
+        let key = |chat: &str, fields: &str| {
+            Inbound::from_update(&update(chat, fields), "bot", &config)
+                .unwrap()
+                .key
+        };
+        let in_topic = r#""text":"/start","is_topic_message":true,"message_thread_id":5"#;
+        let topic = key(FORUM, in_topic);
+        assert_eq!(topic.chat(), ChatId(-1001));
+        assert_eq!(topic.thread_number(), Some(5));
+        // An edit in a topic stays in it.
+        let edited: Update = serde_json::from_str(&format!(
+            r#"{{"update_id":9,"edited_message":{{"message_id":7,"date":1700000000,"edit_date":1700000060,"chat":{FORUM},
+            "from":{{"id":5,"is_bot":false,"first_name":"Ann"}},"text":"@bot new","is_topic_message":true,"message_thread_id":5}}}}"#
+        ))
+        .unwrap();
+        let edited = Inbound::from_update(&edited, "bot", &config).unwrap();
+        assert_eq!(edited.key, topic);
+        // The General topic, and a reply thread outside a forum, are the
+        // whole chat's conversation.
+        assert!(key(FORUM, r#""text":"/start""#).is_whole_chat());
+        let reply_thread = r#""text":"/start","message_thread_id":5"#;
+        assert!(key(FORUM, reply_thread).is_whole_chat());
+        assert!(key(SUPERGROUP, reply_thread).is_whole_chat());
+        assert!(key(SUPERGROUP, in_topic).is_whole_chat());
+        assert!(key(PRIVATE, "\"text\":\"hi\"").is_whole_chat());
     }
 
     #[test]

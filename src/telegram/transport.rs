@@ -6,13 +6,15 @@
 //! lets the same actors serve another front end without a Bot API.
 
 use teloxide::Bot;
-use teloxide::payloads::{EditMessageTextSetters as _, SendMessageSetters as _};
+use teloxide::payloads::{
+    EditMessageTextSetters as _, SendChatActionSetters as _, SendMessageSetters as _,
+};
 use teloxide::prelude::Requester as _;
 use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId, ReplyParameters, UserId};
 use teloxide::{ApiError, RequestError};
 
 use super::TelegramError;
-use super::inbound::ChatId;
+use super::inbound::{ChatId, SessionKey};
 use super::render::OutgoingText;
 use crate::front::console::ConsoleOut;
 
@@ -40,19 +42,23 @@ impl Transport {
         }
     }
 
-    /// Sends one message, as a reply to `reply_to` when given (sent all the
-    /// same if that message is gone); returns its id (for later edits).
+    /// Sends one message to the conversation `to` (its chat, and its forum
+    /// topic when it is one), as a reply to `reply_to` when given (sent all
+    /// the same if that message is gone); returns its id (for later edits).
     pub async fn send(
         &self,
-        chat_id: ChatId,
+        to: &SessionKey,
         part: &OutgoingText,
         reply_to: Option<MessageId>,
     ) -> Result<MessageId, TelegramError> {
         match self {
             Self::Telegram(bot) => {
                 let mut request = bot
-                    .send_message(chat_id, part.text.clone())
+                    .send_message(to.chat(), part.text.clone())
                     .link_preview_options(no_link_preview());
+                if let Some(thread) = to.thread() {
+                    request = request.message_thread_id(thread);
+                }
                 if let Some(message_id) = reply_to {
                     request = request.reply_parameters(ReplyParameters {
                         allow_sending_without_reply: Some(true),
@@ -68,7 +74,7 @@ impl Transport {
             }
             Self::Console(out) => out.send(&part.text).await,
             #[cfg(test)]
-            Self::Scripted(api) => api.call(chat_id, "send", &part.text, None).await,
+            Self::Scripted(api) => api.call(to.chat(), "send", &part.text, None).await,
         }
     }
 
@@ -121,18 +127,23 @@ impl Transport {
         }
     }
 
-    /// Shows "typing…" in the chat.
-    pub async fn typing(&self, chat_id: ChatId) -> Result<(), TelegramError> {
+    /// Shows "typing…" in the conversation `to` (in its forum topic when it
+    /// is one).
+    pub async fn typing(&self, to: &SessionKey) -> Result<(), TelegramError> {
         match self {
             Self::Telegram(bot) => {
-                bot.send_chat_action(chat_id, ChatAction::Typing).await?;
+                let mut request = bot.send_chat_action(to.chat(), ChatAction::Typing);
+                if let Some(thread) = to.thread() {
+                    request = request.message_thread_id(thread);
+                }
+                request.await?;
                 Ok(())
             }
             // The prompt does not come back before the answer: enough to
             // show that something is going on.
             Self::Console(_) => Ok(()),
             #[cfg(test)]
-            Self::Scripted(api) => api.call(chat_id, "typing", "", None).await.map(drop),
+            Self::Scripted(api) => api.call(to.chat(), "typing", "", None).await.map(drop),
         }
     }
 }

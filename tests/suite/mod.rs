@@ -31,4 +31,5 @@ mod restarts;
 mod slow_chat;
 mod streaming;
 mod summaries;
+mod topics;
 mod usage;

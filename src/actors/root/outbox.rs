@@ -1,6 +1,9 @@
 //! Outbox: every Bot API send goes through here. Each chat's messages leave
 //! one at a time and in order; different chats send in parallel up to
-//! `telegram.max_concurrent_sends`.
+//! `telegram.max_concurrent_sends`. The queues are per Telegram chat (its
+//! flood limits are), so the topics of a forum supergroup share one; each
+//! job names its conversation ([`SessionKey`]), whose topic the messages go
+//! to and whose record the turn's commit writes.
 //!
 //! - **Supervised by:** root, permanent.
 //! - **Messages:** [`OutboxMsg::Deliver`] (send these parts, in order, commit
@@ -49,7 +52,7 @@ use super::persistence::RecordChange;
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
-use crate::telegram::inbound::ChatId;
+use crate::telegram::inbound::{ChatId, SessionKey};
 use crate::telegram::render::OutgoingText;
 use crate::telegram::transport::Transport;
 use crate::telegram::{SendPacing, TelegramError};
@@ -76,19 +79,20 @@ impl Directory {
 }
 
 impl OutboxHandle<'_> {
-    /// Sends `parts` to the chat in order (committing `commit` after them)
-    /// and waits until they are sent or given up, and the turn committed.
-    /// **Fails closed** with [`TelegramError::OutboxUnavailable`] when the
-    /// outbox stays away; a delivery is resent to a restarted outbox.
+    /// Sends `parts` to the conversation `to` in order (committing `commit`
+    /// to its record after them) and waits until they are sent or given up,
+    /// and the turn committed. **Fails closed** with
+    /// [`TelegramError::OutboxUnavailable`] when the outbox stays away; a
+    /// delivery is resent to a restarted outbox.
     pub async fn deliver(
         &self,
-        chat_id: ChatId,
+        to: &SessionKey,
         parts: &[Part],
         commit: Option<&TurnCommit>,
     ) -> Delivered {
         self.directory
             .call(ADDRESS, |reply| OutboxMsg::Deliver {
-                chat_id,
+                to: to.clone(),
                 parts: parts.to_vec(),
                 commit: commit.cloned(),
                 reply,
@@ -97,15 +101,16 @@ impl OutboxHandle<'_> {
             .unwrap_or(Err(TelegramError::OutboxUnavailable))
     }
 
-    /// Sends one of the bot's own texts without waiting for it. Best
-    /// effort: not sent if the outbox is restarting right now.
-    pub fn notify(&self, chat_id: ChatId, text: &str) {
+    /// Sends one of the bot's own texts to the conversation `to` without
+    /// waiting for it. Best effort: not sent if the outbox is restarting
+    /// right now.
+    pub fn notify(&self, to: &SessionKey, text: &str) {
         // Nobody awaits the outcome; the outbox logs a failed send.
         let (reply, _not_awaited) = tokio::sync::oneshot::channel();
         self.directory.cast_now(
             ADDRESS,
             OutboxMsg::Deliver {
-                chat_id,
+                to: to.clone(),
                 parts: vec![Part::plain(text)],
                 commit: None,
                 reply: reply.into(),
@@ -113,17 +118,19 @@ impl OutboxHandle<'_> {
         );
     }
 
-    /// Waits until every job of this chat queued before has finished.
-    pub async fn flush(&self, chat_id: ChatId) -> Result<(), Unavailable> {
+    /// Waits until every job of `to`'s chat queued before has finished
+    /// (those of the chat's other topics too: they share a queue).
+    pub async fn flush(&self, to: &SessionKey) -> Result<(), Unavailable> {
+        let chat_id = to.chat();
         self.directory
             .call(ADDRESS, |reply| OutboxMsg::Flush { chat_id, reply })
             .await
     }
 
-    /// Shows "typing…" in the chat. Best effort.
-    pub fn show_typing(&self, chat_id: ChatId) {
+    /// Shows "typing…" in the conversation `to`. Best effort.
+    pub fn show_typing(&self, to: &SessionKey) {
         self.directory
-            .cast_now(ADDRESS, OutboxMsg::ShowTyping { chat_id });
+            .cast_now(ADDRESS, OutboxMsg::ShowTyping { to: to.clone() });
     }
 
     /// Makes the outbox panic (tests only); `false` if it is not running.
@@ -138,11 +145,11 @@ pub(crate) enum OutboxMsg {
     /// Panic at once: the chaos hook for tests (feature `chaos` only).
     #[cfg(feature = "chaos")]
     Panic,
-    /// Send these texts to the chat as separate messages (or edit messages
-    /// sent before), in order.
+    /// Send these texts to the conversation as separate messages (or edit
+    /// messages sent before), in order.
     Deliver {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation: the chat, and the forum topic if it is one.
+        to: SessionKey,
         /// Messages (text and entities), each within Telegram's size limit.
         parts: Vec<Part>,
         /// The turn to commit once the parts are sent (or sending gave up).
@@ -162,10 +169,11 @@ pub(crate) enum OutboxMsg {
         /// Answered when the chat's earlier jobs are done.
         reply: RpcReplyPort<()>,
     },
-    /// Show "typing…" in the chat, unless it is busy sending already.
+    /// Show "typing…" in the conversation, unless its chat is busy sending
+    /// already.
     ShowTyping {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation.
+        to: SessionKey,
     },
     /// Timer: drop the flood-control state of chats that went quiet.
     Reclaim,
@@ -261,11 +269,12 @@ pub struct TurnCommit {
 
 enum Job {
     Deliver {
+        to: SessionKey,
         parts: Vec<Part>,
         commit: Option<TurnCommit>,
         reply: RpcReplyPort<Result<Vec<MessageId>, TelegramError>>,
     },
-    Typing,
+    Typing(SessionKey),
     Flush(RpcReplyPort<()>),
 }
 
@@ -396,15 +405,16 @@ impl Actor for Outbox {
             #[cfg(feature = "chaos")]
             OutboxMsg::Panic => panic!("chaos: ordered to panic"),
             OutboxMsg::Deliver {
-                chat_id,
+                to,
                 parts,
                 commit,
                 reply,
             } => on_job(
                 &myself,
                 state,
-                chat_id,
+                to.chat(),
                 Job::Deliver {
+                    to,
                     parts,
                     commit,
                     reply,
@@ -417,10 +427,10 @@ impl Actor for Outbox {
                     let _ = reply.send(());
                 }
             }
-            OutboxMsg::ShowTyping { chat_id } => {
+            OutboxMsg::ShowTyping { to } => {
                 // A chat that is sending shows its message soon anyway.
-                if !state.chats.contains_key(&chat_id) {
-                    on_job(&myself, state, chat_id, Job::Typing);
+                if !state.chats.contains_key(&to.chat()) {
+                    on_job(&myself, state, to.chat(), Job::Typing(to));
                 }
             }
             OutboxMsg::JobFinished { chat_id } => on_job_finished(&myself, state, chat_id),
@@ -476,13 +486,14 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
         let _slot = slots.acquire_owned().await;
         match job {
             Job::Deliver {
+                to,
                 parts,
                 commit,
                 reply,
             } => {
                 let mut result = Ok(Vec::with_capacity(parts.len()));
                 for part in &parts {
-                    let mut sent = send_part(&transport, &config, &pacing, chat_id, part).await;
+                    let mut sent = send_part(&transport, &config, &pacing, &to, part).await;
                     // A message that cannot be edited (deleted by the user,
                     // too old) must not cost the rest of the answer: its
                     // text goes as a new message instead. Only then: after
@@ -495,7 +506,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                         _ => None,
                     };
                     if let Some(part) = resend {
-                        sent = send_part(&transport, &config, &pacing, chat_id, &part).await;
+                        sent = send_part(&transport, &config, &pacing, &to, &part).await;
                     }
                     match sent {
                         Ok(id) => {
@@ -519,7 +530,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                     metrics::counter!("llmgram_chats_blocked_total").increment(1);
                 }
                 if let Some(commit) = commit {
-                    commit_turn(&directory, chat_id, commit).await;
+                    commit_turn(&directory, &to, commit).await;
                 }
                 drop(delivering);
                 let _ = reply.send(result);
@@ -530,8 +541,8 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                 deliveries.until_idle(chat_id).await;
                 let _ = reply.send(());
             }
-            Job::Typing => {
-                let typing = transport.typing(chat_id);
+            Job::Typing(to) => {
+                let typing = transport.typing(&to);
                 match tokio::time::timeout(config.send_timeout, typing).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::debug!(%error, "typing indicator not shown"),
@@ -550,18 +561,13 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
 /// an update Telegram rejected is not replayed forever. A failure is logged:
 /// the update then stays pending and is answered again after a restart (a
 /// duplicate, never a loss).
-async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit) {
+async fn commit_turn(directory: &Directory, to: &SessionKey, commit: TurnCommit) {
     let committed = directory
         .persistence()
-        .commit_turn(
-            chat_id,
-            commit.update_id,
-            &commit.also_answered,
-            &commit.change,
-        )
+        .commit_turn(to, commit.update_id, &commit.also_answered, &commit.change)
         .await;
     if let Err(error) = committed {
-        tracing::error!(chat_id = chat_id.0, update_id = commit.update_id, class = error.class(), %error, "turn not stored");
+        tracing::error!(chat_id = to.chat().0, thread_id = to.thread_number(), update_id = commit.update_id, class = error.class(), %error, "turn not stored");
     }
 }
 
@@ -571,9 +577,10 @@ async fn send_part(
     transport: &Transport,
     config: &TelegramConfig,
     pacing: &SendPacing,
-    chat_id: ChatId,
+    to: &SessionKey,
     part: &Part,
 ) -> Result<MessageId, TelegramError> {
+    let chat_id = to.chat();
     let mut backoff = Backoff::new(config.retry_min, config.retry_max);
     let mut attempt = 1;
     let mut flood_waits = 0;
@@ -581,8 +588,8 @@ async fn send_part(
         pacing.until_ready(chat_id).await;
         let call = async {
             match part {
-                Part::New(text) => transport.send(chat_id, text, None).await,
-                Part::Reply { to, text } => transport.send(chat_id, text, Some(*to)).await,
+                Part::New(text) => transport.send(to, text, None).await,
+                Part::Reply { to: message, text } => transport.send(to, text, Some(*message)).await,
                 Part::Edit { message_id, text } => transport
                     .edit(chat_id, *message_id, text)
                     .await

@@ -35,7 +35,7 @@ use crate::store::backup::{BackupError, BackupReport};
 use crate::store::record::{self, BotSetting, ChatRecord};
 use crate::store::writer::{ReadOp, StoreOp, StoreStats, StoreWriter};
 use crate::store::{BotKey, StoreError};
-use crate::telegram::inbound::{ChatId, Inbound};
+use crate::telegram::inbound::{Inbound, SessionKey};
 
 pub use crate::store::writer::RecordChange;
 
@@ -71,11 +71,15 @@ impl PersistenceHandle<'_> {
             .unwrap_or(Err(StoreError::Unavailable))
     }
 
-    /// The chat's record, once every earlier write is applied; `None` for a
-    /// new chat (or one whose corrupt record was quarantined).
-    pub async fn load_chat(&self, chat_id: ChatId) -> Result<Option<ChatRecord>, StoreError> {
-        self.request(|reply| PersistenceMsg::LoadChat { chat_id, reply })
-            .await
+    /// The conversation's record (a chat's, or a forum topic's), once every
+    /// earlier write is applied; `None` for a new one (or one whose corrupt
+    /// record was quarantined).
+    pub async fn load_chat(&self, key: &SessionKey) -> Result<Option<ChatRecord>, StoreError> {
+        self.request(|reply| PersistenceMsg::LoadChat {
+            key: key.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Records received updates durably; returns the ones not seen before,
@@ -88,17 +92,17 @@ impl PersistenceHandle<'_> {
         .await
     }
 
-    /// Stores the chat's record after a turn and marks the update (and
-    /// `also_answered`) answered, atomically; `Ok` once durable.
+    /// Stores the conversation's record after a turn and marks the update
+    /// (and `also_answered`) answered, atomically; `Ok` once durable.
     pub async fn commit_turn(
         &self,
-        chat_id: ChatId,
+        key: &SessionKey,
         update_id: u32,
         also_answered: &[u32],
         change: &RecordChange,
     ) -> Result<(), StoreError> {
         self.request(|reply| PersistenceMsg::CommitTurn {
-            chat_id,
+            key: key.clone(),
             update_id,
             also_answered: also_answered.to_vec(),
             change: change.clone(),
@@ -202,8 +206,8 @@ pub(crate) enum PersistenceMsg {
     /// The chat's record; `None` for a new chat (or one whose record was
     /// corrupt and has been quarantined).
     LoadChat {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation.
+        key: SessionKey,
         /// The record, once every earlier write is applied.
         reply: RpcReplyPort<Result<Option<ChatRecord>, StoreError>>,
     },
@@ -218,8 +222,8 @@ pub(crate) enum PersistenceMsg {
     /// An update was answered: store the chat's new record (or delete it)
     /// and mark the update answered, atomically.
     CommitTurn {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation.
+        key: SessionKey,
         /// The answered update.
         update_id: u32,
         /// Earlier updates of the chat answered by the same turn (messages
@@ -327,18 +331,18 @@ impl Actor for Persistence {
                 return Ok(());
             }
             PersistenceMsg::WriterFailed { error } => return Err(Box::new(error)),
-            PersistenceMsg::LoadChat { chat_id, reply } => {
-                StoreOp::Read(ReadOp::LoadChat { chat_id, reply })
+            PersistenceMsg::LoadChat { key, reply } => {
+                StoreOp::Read(ReadOp::LoadChat { key, reply })
             }
             PersistenceMsg::AdmitUpdates { updates, reply } => StoreOp::Admit { updates, reply },
             PersistenceMsg::CommitTurn {
-                chat_id,
+                key,
                 update_id,
                 also_answered,
                 change,
                 reply,
             } => StoreOp::CommitTurn {
-                chat_id,
+                key,
                 update_id,
                 also_answered,
                 change,

@@ -1,20 +1,29 @@
-//! Session supervisor: routes each update to its chat's session actor,
-//! creating the session on the chat's first message and evicting it when the
-//! chat goes idle.
+//! Session supervisor: routes each update to its conversation's session
+//! actor, creating the session on the conversation's first message and
+//! evicting it when it goes idle. A conversation is a chat, or one topic of
+//! a forum supergroup ([`SessionKey`]): each topic has its own session.
 //!
 //! - **Supervised by:** root, permanent.
-//! - **Children:** one [`session::Session`] per active chat, unnamed, linked.
+//! - **Children:** one [`session::Session`] per active conversation,
+//!   unnamed, linked.
 //! - **Messages:** [`SessionSupMsg::Route`] (an update from the ingress),
 //!   [`SessionSupMsg::TurnFinished`] (a session answered an update),
 //!   [`SessionSupMsg::SessionDied`] (a session crashed; queued behind the
 //!   session's own earlier messages), [`SessionSupMsg::SweepIdle`] (timer),
 //!   [`SessionSupMsg::Stats`], [`SessionSupMsg::Drain`] (shutdown).
-//! - **State:** per chat: the session's reference, the updates routed to it
-//!   and not yet answered (`pending`), and when it was last active. This map
-//!   is the only place user state is indexed, and only this actor touches it.
-//! - **Ordering:** updates of one chat go to one session whose mailbox handles
-//!   them one at a time, so they are answered in order; different chats run
-//!   in parallel.
+//! - **State:** per conversation: the session's reference, the updates
+//!   routed to it and not yet answered (`pending`), and when it was last
+//!   active. This map is the only place user state is indexed, and only this
+//!   actor touches it.
+//! - **Ordering:** updates of one conversation go to one session whose
+//!   mailbox handles them one at a time, so they are answered in order;
+//!   different conversations (chats, topics) run in parallel.
+//! - **`/forget` in a forum topic** deletes the records of every topic of
+//!   the chat (the store does that); sessions of the chat's other topics
+//!   that are idle are evicted when it is routed, so none writes its old
+//!   history back (their next update loads from the store after the
+//!   chat's deliveries, the `/forget` among them). One busy answering at
+//!   that moment still commits its turn.
 //! - **Eviction:** a session is stopped only when its `pending` queue is empty
 //!   and it has been idle for `session.idle_timeout`. Because this actor is
 //!   the only sender to sessions and decides eviction while handling one
@@ -51,7 +60,7 @@ use crate::llm::LlmClient;
 use crate::ops::Health;
 use crate::persona::Personas;
 use crate::telegram::command::Command;
-use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
+use crate::telegram::inbound::{Inbound, InboundKind, SessionKey};
 use crate::telegram::transport::Transport;
 use crate::texts::Locales;
 use session::{ChatSignals, Session, SessionArgs, SessionMsg};
@@ -139,16 +148,16 @@ pub(crate) enum SessionSupMsg {
     Route(Arc<Inbound>),
     /// A session finished an update: answered and delivered, or gave up.
     TurnFinished {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation.
+        key: SessionKey,
         /// The update that was finished.
         update_id: u32,
     },
     /// A session actor ended without being evicted. Sent by this actor to
     /// itself so it is handled after anything the session sent before dying.
     SessionDied {
-        /// The chat.
-        chat_id: ChatId,
+        /// The conversation.
+        key: SessionKey,
         /// The session that died (a newer one may exist already).
         session: ActorId,
         /// How it ended: a failure is restarted ([`SESSION_RESTART`]).
@@ -240,8 +249,9 @@ pub(crate) struct SessionSupState {
     /// The personas (system prompts), shared by every session instead of
     /// copied.
     personas: Arc<Personas>,
-    chats: HashMap<ChatId, Entry>,
-    chat_of: HashMap<ActorId, ChatId>,
+    /// Per conversation (chat, or forum topic).
+    chats: HashMap<SessionKey, Entry>,
+    chat_of: HashMap<ActorId, SessionKey>,
     /// Sum of `pending.len()` over all chats.
     pending: usize,
     stats: SessionStats,
@@ -323,14 +333,12 @@ impl Actor for SessionSup {
             #[cfg(feature = "chaos")]
             SessionSupMsg::Panic => panic!("chaos: ordered to panic"),
             SessionSupMsg::Route(inbound) => on_route(&myself, state, inbound).await?,
-            SessionSupMsg::TurnFinished { chat_id, update_id } => {
-                on_turn_finished(state, chat_id, update_id);
+            SessionSupMsg::TurnFinished { key, update_id } => {
+                on_turn_finished(state, &key, update_id);
             }
-            SessionSupMsg::SessionDied {
-                chat_id,
-                session,
-                exit,
-            } => on_session_died(&myself, state, chat_id, session, exit).await?,
+            SessionSupMsg::SessionDied { key, session, exit } => {
+                on_session_died(&myself, state, key, session, exit).await?;
+            }
             SessionSupMsg::SweepIdle => on_sweep_idle(state),
             SessionSupMsg::Stats { reply } => {
                 let stats = SessionStats {
@@ -363,15 +371,11 @@ impl Actor for SessionSup {
         };
         let session = cell.get_id();
         // Evicted sessions were removed from `chat_of` before being stopped.
-        if let Some(chat_id) = state.chat_of.remove(&session) {
+        if let Some(key) = state.chat_of.remove(&session) {
             // Handle it behind whatever the session sent before dying (a
             // `TurnFinished` must not be overtaken, or a finished update
             // would be delivered twice).
-            myself.cast(SessionSupMsg::SessionDied {
-                chat_id,
-                session,
-                exit,
-            })?;
+            myself.cast(SessionSupMsg::SessionDied { key, session, exit })?;
         }
         Ok(())
     }
@@ -382,12 +386,15 @@ async fn on_route(
     state: &mut SessionSupState,
     inbound: Arc<Inbound>,
 ) -> Result<(), ActorProcessingErr> {
-    let chat_id = inbound.chat_id;
-    if !state.chats.contains_key(&chat_id) {
+    let key = &inbound.key;
+    if matches!(inbound.kind, InboundKind::Command(Command::Forget)) && inbound.refused.is_none() {
+        evict_other_topics(state, key);
+    }
+    if !state.chats.contains_key(key) {
         let signals = Arc::new(ChatSignals::default());
-        let session = spawn_session(myself, state, chat_id, Arc::clone(&signals), true).await?;
+        let session = spawn_session(myself, state, key, Arc::clone(&signals), true).await?;
         state.chats.insert(
-            chat_id,
+            key.clone(),
             Entry {
                 session,
                 signals,
@@ -397,7 +404,7 @@ async fn on_route(
             },
         );
     }
-    let Some(entry) = state.chats.get_mut(&chat_id) else {
+    let Some(entry) = state.chats.get_mut(key) else {
         return Ok(());
     };
     // Replay and the ingress can both hand over an update admitted just
@@ -432,12 +439,12 @@ async fn on_route(
 async fn spawn_session(
     myself: &ActorRef<SessionSupMsg>,
     state: &mut SessionSupState,
-    chat_id: ChatId,
+    key: &SessionKey,
     signals: Arc<ChatSignals>,
     merge: bool,
 ) -> Result<ActorRef<SessionMsg>, ActorProcessingErr> {
     let args = SessionArgs {
-        chat_id,
+        key: key.clone(),
         signals,
         merge,
         deps: Arc::clone(&state.deps),
@@ -446,16 +453,21 @@ async fn spawn_session(
     };
     // Session start-up does no I/O, so waiting for it here is short.
     let (session, _) = Actor::spawn_linked(None, Session, args, myself.get_cell()).await?;
-    state.chat_of.insert(session.get_id(), chat_id);
+    state.chat_of.insert(session.get_id(), key.clone());
     metrics::gauge!("llmgram_sessions_active").increment(1.0);
-    tracing::debug!(chat_id = chat_id.0, "session started");
+    tracing::debug!(
+        chat_id = key.chat().0,
+        thread_id = key.thread_number(),
+        "session started"
+    );
     Ok(session)
 }
 
-fn on_turn_finished(state: &mut SessionSupState, chat_id: ChatId, update_id: u32) {
-    let Some(entry) = state.chats.get_mut(&chat_id) else {
+fn on_turn_finished(state: &mut SessionSupState, key: &SessionKey, update_id: u32) {
+    let Some(entry) = state.chats.get_mut(key) else {
         tracing::error!(
-            chat_id = chat_id.0,
+            chat_id = key.chat().0,
+            thread_id = key.thread_number(),
             update_id,
             "turn finished for an unknown chat"
         );
@@ -470,7 +482,8 @@ fn on_turn_finished(state: &mut SessionSupState, chat_id: ChatId, update_id: u32
             answer_drain_waiters(state);
         }
         head => tracing::error!(
-            chat_id = chat_id.0,
+            chat_id = key.chat().0,
+            thread_id = key.thread_number(),
             update_id,
             head = head.map(|h| h.update_id),
             "turn finished out of order"
@@ -481,11 +494,11 @@ fn on_turn_finished(state: &mut SessionSupState, chat_id: ChatId, update_id: u32
 async fn on_session_died(
     myself: &ActorRef<SessionSupMsg>,
     state: &mut SessionSupState,
-    chat_id: ChatId,
+    key: SessionKey,
     session: ActorId,
     exit: Exit,
 ) -> Result<(), ActorProcessingErr> {
-    let Some(entry) = state.chats.get_mut(&chat_id) else {
+    let Some(entry) = state.chats.get_mut(&key) else {
         return Ok(());
     };
     if entry.session.get_id() != session {
@@ -496,13 +509,13 @@ async fn on_session_died(
         Exit::Failed(error) => error.as_str(),
         Exit::Stopped(reason) => reason.as_str(),
     };
-    tracing::warn!(chat_id = chat_id.0, %reason, pending = entry.pending.len(), restart, "session died");
+    tracing::warn!(chat_id = key.chat().0, thread_id = key.thread_number(), %reason, pending = entry.pending.len(), restart, "session died");
     if entry.pending.is_empty() || !restart {
         // Sessions never stop by themselves, so `!restart` with updates
         // pending is not expected; they stay stored as unanswered and the
         // next start of this supervisor replays them.
         let dropped = entry.pending.len();
-        state.chats.remove(&chat_id);
+        state.chats.remove(&key);
         state.pending -= dropped;
         metrics::gauge!("llmgram_sessions_active").decrement(1.0);
         answer_drain_waiters(state);
@@ -517,7 +530,8 @@ async fn on_session_died(
         state.stats.dropped += 1;
         entry.head_crashes = 0;
         tracing::error!(
-            chat_id = chat_id.0,
+            chat_id = key.chat().0,
+            thread_id = key.thread_number(),
             update_id = poison.update_id,
             "update crashed its session too often; dropped"
         );
@@ -527,11 +541,11 @@ async fn on_session_died(
     state.stats.restarted += 1;
     let signals = Arc::clone(&entry.signals);
     // The replacement answers each redelivered update alone.
-    let replacement = spawn_session(myself, state, chat_id, signals, false).await?;
+    let replacement = spawn_session(myself, state, &key, signals, false).await?;
     for inbound in pending {
         let _ = replacement.cast(SessionMsg::Handle(inbound));
     }
-    if let Some(entry) = state.chats.get_mut(&chat_id) {
+    if let Some(entry) = state.chats.get_mut(&key) {
         entry.session = replacement;
     }
     answer_drain_waiters(state);
@@ -541,7 +555,7 @@ async fn on_session_died(
 fn apologise(deps: &SessionDeps, inbound: &Inbound) {
     let texts = deps.locales.for_language(inbound.language_code.as_deref());
     let text = texts.internal_error.clone();
-    let chat_id = inbound.chat_id;
+    let key = inbound.key.clone();
     // Marked answered, so a restart does not replay it into another crash.
     let commit = TurnCommit {
         update_id: inbound.update_id,
@@ -553,10 +567,14 @@ fn apologise(deps: &SessionDeps, inbound: &Inbound) {
     tokio::spawn(async move {
         let sent = directory
             .outbox()
-            .deliver(chat_id, &[Part::plain(text)], Some(&commit))
+            .deliver(&key, &[Part::plain(text)], Some(&commit))
             .await;
         if sent.is_err() {
-            tracing::warn!(chat_id = chat_id.0, "could not send the apology");
+            tracing::warn!(
+                chat_id = key.chat().0,
+                thread_id = key.thread_number(),
+                "could not send the apology"
+            );
         }
     });
 }
@@ -564,26 +582,56 @@ fn apologise(deps: &SessionDeps, inbound: &Inbound) {
 fn on_sweep_idle(state: &mut SessionSupState) {
     let idle_timeout = state.deps.config.session.idle_timeout;
     let now = Instant::now();
-    let idle: Vec<ChatId> = state
+    let idle: Vec<SessionKey> = state
         .chats
         .iter()
         .filter(|(_, entry)| {
             entry.pending.is_empty() && now.duration_since(entry.last_active) >= idle_timeout
         })
-        .map(|(chat_id, _)| *chat_id)
+        .map(|(key, _)| key.clone())
         .collect();
-    for chat_id in idle {
-        if let Some(entry) = state.chats.remove(&chat_id) {
-            state.chat_of.remove(&entry.session.get_id());
-            entry.session.stop(Some("idle".into()));
-            state.stats.evicted += 1;
-            metrics::gauge!("llmgram_sessions_active").decrement(1.0);
-            metrics::counter!("llmgram_session_evictions_total").increment(1);
-            tracing::debug!(chat_id = chat_id.0, "session evicted");
-        }
+    for key in idle {
+        evict(state, &key);
     }
     shrink(&mut state.chats);
     shrink(&mut state.chat_of);
+}
+
+/// Stops the session of `key`, if it has one, as idle.
+fn evict(state: &mut SessionSupState, key: &SessionKey) {
+    if let Some(entry) = state.chats.remove(key) {
+        state.chat_of.remove(&entry.session.get_id());
+        entry.session.stop(Some("idle".into()));
+        state.stats.evicted += 1;
+        metrics::gauge!("llmgram_sessions_active").decrement(1.0);
+        metrics::counter!("llmgram_session_evictions_total").increment(1);
+        tracing::debug!(
+            chat_id = key.chat().0,
+            thread_id = key.thread_number(),
+            "session evicted"
+        );
+    }
+}
+
+/// `/forget` in one conversation of a chat deletes the records of all of
+/// them (every forum topic, and the chat's own): the idle sessions of the
+/// chat's other conversations are evicted, so none writes its history back
+/// from memory. A session busy with updates is left to finish them.
+fn evict_other_topics(state: &mut SessionSupState, key: &SessionKey) {
+    if key.is_user() {
+        return;
+    }
+    let others: Vec<SessionKey> = state
+        .chats
+        .iter()
+        .filter(|(other, entry)| {
+            other.chat() == key.chat() && *other != key && entry.pending.is_empty()
+        })
+        .map(|(other, _)| other.clone())
+        .collect();
+    for other in others {
+        evict(state, &other);
+    }
 }
 
 /// Gives back most of a map's table once it is mostly empty: a `HashMap`

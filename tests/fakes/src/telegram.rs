@@ -97,6 +97,9 @@ pub struct SentMessage {
     pub reply_to: Option<i64>,
     /// `reply_parameters.allow_sending_without_reply`.
     pub reply_without_original: bool,
+    /// `message_thread_id`: the forum topic it was sent to (`None`: the
+    /// chat itself, or a forum's General topic).
+    pub thread_id: Option<i64>,
     /// All request parameters as a JSON object (`parse_mode`,
     /// `reply_parameters`, `entities`, …).
     pub body: Value,
@@ -111,6 +114,8 @@ pub struct ChatActionRecord {
     pub chat_id: i64,
     /// The action, e.g. `"typing"`.
     pub action: String,
+    /// `message_thread_id`: the forum topic it was shown in.
+    pub thread_id: Option<i64>,
     /// When the fake received the call.
     pub at: Instant,
 }
@@ -394,6 +399,44 @@ impl FakeTelegram {
         self.push_user_message(chat_id, user_id, "en", extra)
     }
 
+    /// Queues a text from `user_id` (first name `name`) in the forum
+    /// supergroup `chat_id` (topics enabled): in topic `thread_id`
+    /// (`message_thread_id`, `is_topic_message`), or in the General topic
+    /// for `None` (which carries no thread id). Returns the message's id.
+    pub fn push_topic_text(
+        &self,
+        chat_id: i64,
+        thread_id: Option<i64>,
+        user_id: u64,
+        name: &str,
+        text: &str,
+    ) -> i64 {
+        let mut inner = lock(&self.shared.inner);
+        let message_id = inner.next_message_id(chat_id);
+        let mut message = json!({
+            "message_id": message_id,
+            "date": unix_now(),
+            "chat": forum_chat(chat_id),
+            "from": {"id": user_id, "is_bot": false, "first_name": name, "language_code": "en"},
+            "text": text,
+        });
+        if let (Some(thread_id), Some(obj)) = (thread_id, message.as_object_mut()) {
+            obj.insert("message_thread_id".into(), json!(thread_id));
+            obj.insert("is_topic_message".into(), json!(true));
+        }
+        self.enqueue(&mut inner, message);
+        message_id
+    }
+
+    /// Messages sent to forum topic `thread_id` of `chat_id` (`None`: those
+    /// sent without a thread), in arrival order.
+    pub fn sent_to_topic(&self, chat_id: i64, thread_id: Option<i64>) -> Vec<SentMessage> {
+        self.sent_to(chat_id)
+            .into_iter()
+            .filter(|sent| sent.thread_id == thread_id)
+            .collect()
+    }
+
     /// Wraps `message` (a Telegram `Message` object, used verbatim) into an
     /// update with the next update id. Returns that id.
     pub fn push_raw_message(&self, message: Value) -> i64 {
@@ -615,6 +658,11 @@ impl FakeTelegram {
 }
 
 // ------------------------------------------------------------------ server
+
+/// A supergroup with topics enabled.
+pub fn forum_chat(chat_id: i64) -> Value {
+    json!({"id": chat_id, "type": "supergroup", "title": "Forum", "is_forum": true})
+}
 
 fn private_chat(chat_id: i64) -> Value {
     json!({"id": chat_id, "type": "private", "first_name": "User"})
@@ -847,9 +895,11 @@ async fn handle(
             if action.is_empty() {
                 return error(400, "Bad Request: wrong parameter action in request");
             }
+            let thread_id = param_i64(&params, "message_thread_id");
             lock(&shared.inner).actions.push(ChatActionRecord {
                 chat_id,
                 action,
+                thread_id,
                 at: Instant::now(),
             });
             ok(&Value::Bool(true))
@@ -1011,6 +1061,11 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
     if let (Some(entities), Some(obj)) = (params.get("entities"), message.as_object_mut()) {
         obj.insert("entities".into(), entities.clone());
     }
+    let thread_id = param_i64(&params, "message_thread_id");
+    if let (Some(thread_id), Some(obj)) = (thread_id, message.as_object_mut()) {
+        obj.insert("message_thread_id".into(), json!(thread_id));
+        obj.insert("is_topic_message".into(), json!(true));
+    }
     let reply = params.get("reply_parameters");
     let record = SentMessage {
         chat_id,
@@ -1020,6 +1075,7 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
         reply_without_original: reply
             .and_then(|reply| reply.get("allow_sending_without_reply")?.as_bool())
             .unwrap_or(false),
+        thread_id,
         body: Value::Object(params),
         at: now,
     };

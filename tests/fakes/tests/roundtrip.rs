@@ -9,8 +9,8 @@ use llmgram_fakes::{FakeLlm, FakeTelegram, LlmReply, LlmReplyKind, TelegramFault
 use serde_json::{Value, json};
 use teloxide::prelude::*;
 use teloxide::types::{
-    BotCommand, ChatAction, MessageEntityKind, MessageId, ParseMode, ReplyParameters, Update,
-    UpdateKind,
+    BotCommand, ChatAction, MessageEntityKind, MessageId, ParseMode, ReplyParameters, ThreadId,
+    Update, UpdateKind,
 };
 use teloxide::{ApiError, RequestError};
 
@@ -464,6 +464,63 @@ async fn garbled_answers_hide_calls_that_happened() {
     bot.edit_message_text(ChatId(9), MessageId(1), "again")
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn forum_topics_are_pushed_and_sends_keep_their_thread() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    let in_topic = fake.push_topic_text(-1_009, Some(5), 11, "Alice", "in topic 5");
+    let in_general = fake.push_topic_text(-1_009, None, 12, "Bob", "in General");
+    let updates = bot.get_updates().await.unwrap();
+    assert_eq!(updates.len(), 2);
+    let topic = message(&updates[0]);
+    assert_eq!(topic.id.0 as i64, in_topic);
+    assert!(topic.is_topic_message);
+    assert_eq!(topic.thread_id, Some(ThreadId(MessageId(5))));
+    assert!(topic.chat.is_supergroup());
+    assert!(fake_is_forum(&topic.chat));
+    assert_eq!(topic.from.as_ref().unwrap().first_name, "Alice");
+    let general = message(&updates[1]);
+    assert_eq!(general.id.0 as i64, in_general);
+    assert!(!general.is_topic_message);
+    assert_eq!(general.thread_id, None);
+
+    let sent = bot
+        .send_message(ChatId(-1_009), "to topic 5")
+        .message_thread_id(ThreadId(MessageId(5)))
+        .await
+        .unwrap();
+    assert_eq!(sent.thread_id, Some(ThreadId(MessageId(5))));
+    bot.send_message(ChatId(-1_009), "to General")
+        .await
+        .unwrap();
+    bot.send_chat_action(ChatId(-1_009), ChatAction::Typing)
+        .message_thread_id(ThreadId(MessageId(5)))
+        .await
+        .unwrap();
+    let all = fake.sent_to(-1_009);
+    assert_eq!(
+        all.iter().map(|m| m.thread_id).collect::<Vec<_>>(),
+        vec![Some(5), None]
+    );
+    let topic5 = fake.sent_to_topic(-1_009, Some(5));
+    assert_eq!(topic5.len(), 1);
+    assert_eq!(topic5[0].text, "to topic 5");
+    assert_eq!(fake.sent_to_topic(-1_009, None)[0].text, "to General");
+    assert_eq!(fake.chat_actions_to(-1_009)[0].thread_id, Some(5));
+}
+
+fn fake_is_forum(chat: &teloxide::types::Chat) -> bool {
+    matches!(
+        &chat.kind,
+        teloxide::types::ChatKind::Public(teloxide::types::ChatPublic {
+            kind: teloxide::types::PublicChatKind::Supergroup(
+                teloxide::types::PublicChatSupergroup { is_forum: true, .. }
+            ),
+            ..
+        })
+    )
 }
 
 #[tokio::test]

@@ -46,7 +46,7 @@ fn deliver_in_background(
     parts: Vec<Part>,
 ) -> tokio::task::JoinHandle<super::Delivered> {
     let directory = t.deps.directory.clone();
-    tokio::spawn(async move { directory.outbox().deliver(chat, &parts, None).await })
+    tokio::spawn(async move { directory.outbox().deliver(&chat.into(), &parts, None).await })
 }
 
 fn plain(text: &str) -> Part {
@@ -69,7 +69,7 @@ async fn a_chat_sends_in_order_while_other_chats_go_on() {
     settle().await;
     let second = deliver_in_background(&t, A, vec![plain("a3")]);
     settle().await;
-    let other = outbox(&t).deliver(B, &[plain("b1")], None).await;
+    let other = outbox(&t).deliver(&B.into(), &[plain("b1")], None).await;
     assert!(other.is_ok(), "{other:?}");
     assert!(
         t0.elapsed() < Duration::from_secs(1),
@@ -98,7 +98,7 @@ async fn a_flood_wait_is_waited_out_and_the_message_keeps_its_place() {
         Step::Fail(TelegramError::RetryAfter(Duration::from_secs(7))),
     );
     let sent = outbox(&t)
-        .deliver(A, &[plain("x1"), plain("x2")], None)
+        .deliver(&A.into(), &[plain("x1"), plain("x2")], None)
         .await;
     assert_eq!(sent.expect("sent after the wait").len(), 2);
     let calls = t.telegram.calls();
@@ -130,14 +130,19 @@ async fn a_flood_wait_longer_than_allowed_is_returned_not_waited() {
         A,
         Step::Fail(TelegramError::RetryAfter(Duration::from_secs(61))),
     );
-    let sent = outbox(&t).deliver(A, &[plain("y1")], None).await;
+    let sent = outbox(&t).deliver(&A.into(), &[plain("y1")], None).await;
     assert!(
         matches!(sent, Err(TelegramError::RetryAfter(wait)) if wait == Duration::from_secs(61)),
         "{sent:?}"
     );
     assert!(t0.elapsed() < Duration::from_secs(1));
     // The chat is not stuck behind it.
-    assert!(outbox(&t).deliver(A, &[plain("y2")], None).await.is_ok());
+    assert!(
+        outbox(&t)
+            .deliver(&A.into(), &[plain("y2")], None)
+            .await
+            .is_ok()
+    );
     actor.stop(None);
 }
 
@@ -149,9 +154,9 @@ async fn flush_answers_after_the_chats_earlier_deliveries_only() {
     t.telegram.then(A, Step::Delay(Duration::from_secs(10)));
     let slow = deliver_in_background(&t, A, vec![plain("slow")]);
     settle().await;
-    outbox(&t).flush(B).await.expect("outbox answers");
+    outbox(&t).flush(&B.into()).await.expect("outbox answers");
     assert!(t0.elapsed() < Duration::from_secs(1), "B waited for A");
-    outbox(&t).flush(A).await.expect("outbox answers");
+    outbox(&t).flush(&A.into()).await.expect("outbox answers");
     assert!(
         t0.elapsed() >= Duration::from_secs(10),
         "flushed before A's send"
@@ -175,7 +180,10 @@ async fn a_restarted_outbox_flushes_the_deliveries_its_predecessor_left_running(
     first.kill();
     settle().await;
     let second = start(&t).await;
-    outbox(&t).flush(A).await.expect("successor answers");
+    outbox(&t)
+        .flush(&A.into())
+        .await
+        .expect("successor answers");
     assert!(
         t0.elapsed() >= Duration::from_secs(10),
         "flushed before the predecessor's send ended: {:?}",

@@ -1,12 +1,14 @@
-//! Session: one chat's conversation. Answers the chat's updates one at a
-//! time, in order, and owns its bounded history.
+//! Session: one conversation — a chat, or one topic of a forum supergroup
+//! (its [`SessionKey`]). Answers the conversation's updates one at a time,
+//! in order, and owns its bounded history; every send goes to its chat and
+//! topic, and its record is stored under its key.
 //!
 //! - **Supervised by:** the session supervisor; evicted when idle and
 //!   re-created on the next message, re-created with its pending updates
 //!   when it fails.
 //! - **Messages:** [`SessionMsg::Handle`] (one update of this chat) and
 //!   [`SessionMsg::FlushBurst`] (timer: the merge window closed).
-//! - **State:** [`SessionState`]: the chat id, its [`History`], settings and
+//! - **State:** [`SessionState`]: the session key, its [`History`], settings and
 //!   counters, and the recently answered update ids. Loaded from the
 //!   persistence actor when the session starts; nobody else reads or writes
 //!   it while the session lives. What belongs to one update lives in a
@@ -71,7 +73,7 @@ use crate::input::{self, Rejection};
 use crate::persona::Personas;
 use crate::store::record::{self, ChatCounters, ChatRecord, ChatSettings};
 use crate::telegram::command::Command;
-use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
+use crate::telegram::inbound::{Inbound, InboundKind, SessionKey};
 use crate::telemetry::{SecurityKind, security_event};
 use turn::{Change, Reply, Turn};
 
@@ -112,8 +114,8 @@ pub struct ChatSignals {
 
 /// Arguments of a session.
 pub(crate) struct SessionArgs {
-    /// The chat this session serves.
-    pub(crate) chat_id: ChatId,
+    /// The conversation this session serves: a chat, or a forum topic.
+    pub(crate) key: SessionKey,
     /// Shared dependencies.
     pub(crate) deps: Arc<SessionDeps>,
     /// The personas (system prompts), shared by all sessions.
@@ -134,7 +136,9 @@ pub(crate) struct Session;
 /// A session's state: the chat's, kept from one update to the next. What
 /// belongs to one update is in its `Turn`.
 pub(crate) struct SessionState {
-    chat_id: ChatId,
+    /// The conversation: every send goes to its chat (and topic), and its
+    /// record is stored under it.
+    key: SessionKey,
     history: History,
     /// What the turns that left the history said (stored; written by the
     /// LLM once the history overflows, `summary.rs`).
@@ -202,7 +206,7 @@ impl Actor for Session {
     ) -> Result<SessionState, ActorProcessingErr> {
         let session = &args.deps.config.session;
         Ok(SessionState {
-            chat_id: args.chat_id,
+            key: args.key,
             history: History::new(session.max_messages, session.max_history_chars),
             summary: None,
             unsummarized: Vec::new(),
@@ -241,21 +245,20 @@ impl Actor for Session {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        let chat_id = state.chat_id;
         // A predecessor's deliveries commit their turns when sent; wait for
         // them so the record below includes them.
         state
             .deps
             .directory
             .outbox()
-            .flush(chat_id)
+            .flush(&state.key)
             .await
             .map_err(|_| crate::telegram::TelegramError::OutboxUnavailable)?;
         let loaded = state
             .deps
             .directory
             .persistence()
-            .load_chat(chat_id)
+            .load_chat(&state.key)
             .await?;
         if let Some(stored) = loaded {
             state.is_new = false;
@@ -318,12 +321,13 @@ async fn on_update(
     let span = tracing::info_span!(
         "update",
         update_id = inbound.update_id,
-        chat_id = state.chat_id.0,
+        chat_id = state.key.chat().0,
+        thread_id = state.key.thread_number(),
         merged = earlier.len()
     );
     async {
         #[cfg(feature = "chaos")]
-        if crate::chaos::take_session_panic(&state.deps.directory, state.chat_id) {
+        if crate::chaos::take_session_panic(&state.deps.directory, state.key.chat()) {
             panic!("chaos: session ordered to panic");
         }
         if state.answered_before(inbound.update_id) {

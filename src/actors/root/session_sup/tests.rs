@@ -169,7 +169,7 @@ impl Tree {
     async fn say(&mut self, chat: i64, text: &str) {
         let inbound = Inbound {
             update_id: self.next_update,
-            chat_id: ChatId(chat),
+            key: ChatId(chat).into(),
             user_id: Some(chat.unsigned_abs()),
             language_code: Some("en".into()),
             kind: InboundKind::Text(text.into()),

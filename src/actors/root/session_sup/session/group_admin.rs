@@ -28,7 +28,7 @@ pub(super) struct CachedStatus {
 
 /// Whether `inbound` changes the whole group's conversation or settings.
 fn changes_the_group(inbound: &Inbound) -> bool {
-    if inbound.chat_id.is_user() {
+    if inbound.key.is_user() {
         return false;
     }
     match &inbound.kind {
@@ -82,7 +82,10 @@ async fn is_group_admin(state: &mut SessionState, user_id: u64) -> Result<bool, 
     let timeout = state.deps.config.telegram.admin_check_timeout;
     let is_admin = tokio::time::timeout(
         timeout,
-        state.deps.transport.is_chat_admin(state.chat_id, user_id),
+        state
+            .deps
+            .transport
+            .is_chat_admin(state.key.chat(), user_id),
     )
     .await
     .map_err(|_| TelegramError::Timeout)??;
@@ -105,7 +108,7 @@ mod tests {
     fn inbound(chat_id: i64, name: &str, args: &str) -> Inbound {
         Inbound {
             update_id: 1,
-            chat_id: ChatId(chat_id),
+            key: ChatId(chat_id).into(),
             user_id: Some(5),
             language_code: None,
             kind: InboundKind::Command(Command::from_words(name, args.trim(), &[])),

@@ -451,7 +451,7 @@ async fn await_answer(
     mut deltas: Option<mpsc::Receiver<String>>,
 ) -> (Option<Result<Completion, LlmError>>, LiveAnswer) {
     let deps = &state.deps;
-    let chat_id = state.chat_id;
+    let key = &state.key;
     let telegram = &deps.config.telegram;
     let reply_to = request.reply_to;
     let call = call_llm(deps, request);
@@ -475,7 +475,7 @@ async fn await_answer(
             () = &mut arrived, if !queued => queued = true,
             () = tokio::time::sleep_until(notice_at), if queued && !told => {
                 told = true;
-                deps.directory.outbox().notify(chat_id, &texts.answer_coming);
+                deps.directory.outbox().notify(key, &texts.answer_coming);
             }
             Some(delta) = next_delta(&mut deltas) => live.push(&delta),
             sent = until_done(&mut update) => {
@@ -487,10 +487,10 @@ async fn await_answer(
                 let first = !live.is_showing();
                 let parts = live.begin_update();
                 let parts = Part::reply_first(parts, reply_to.filter(|_| first));
-                update = Some(Box::pin(send_parts(deps, chat_id, parts, None)));
+                update = Some(Box::pin(send_parts(deps, key, parts, None)));
             }
             () = tokio::time::sleep_until(next_typing), if !live.is_showing() => {
-                deps.directory.outbox().show_typing(chat_id);
+                deps.directory.outbox().show_typing(key);
                 next_typing += telegram.typing_interval;
             }
         }

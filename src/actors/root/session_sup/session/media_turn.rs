@@ -336,7 +336,7 @@ async fn photos(
     for photo in &photos[..sent] {
         check_size(&texts, photo, media.max_image_bytes)?;
     }
-    deps.directory.outbox().show_typing(state.chat_id);
+    deps.directory.outbox().show_typing(&state.key);
     // Held until the request is answered: the images live only inside it.
     let held = reserve(&deps, &texts, &photos[..sent], media.max_image_bytes).await?;
     // Boxed and collected first: a lazily mapped stream of borrowing
@@ -555,7 +555,7 @@ async fn recordings(
     }
     let mut transcripts = Vec::with_capacity(recordings.len());
     for recording in &recordings {
-        deps.directory.outbox().show_typing(state.chat_id);
+        deps.directory.outbox().show_typing(&state.key);
         transcripts.push(transcribe(&deps, &texts, recording).await?);
     }
     // What was said is user text like any other.
@@ -702,7 +702,7 @@ async fn documents(
     let mut read = Vec::with_capacity(documents.len());
     let (mut truncated, mut lossy) = (false, false);
     for document in &documents {
-        deps.directory.outbox().show_typing(state.chat_id);
+        deps.directory.outbox().show_typing(&state.key);
         let name = document.file_name.clone();
         let mime = document.mime_type.clone();
         // The text read is bounded by max_chars; the bytes go with the reader.

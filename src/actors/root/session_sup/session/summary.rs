@@ -103,7 +103,7 @@ pub(super) async fn on_summarized(
         .directory
         .persistence()
         .commit_turn(
-            state.chat_id,
+            &state.key,
             update_id,
             &[],
             &crate::actors::root::persistence::RecordChange::Put(record),

@@ -18,7 +18,7 @@ use crate::actors::root::outbox::{Delivered, Part, TurnCommit};
 use crate::actors::root::persistence::RecordChange;
 use crate::actors::root::session_sup::SessionDeps;
 use crate::store::record::{self, ChatSettings, ChatUsage};
-use crate::telegram::inbound::{ChatId, Inbound, InboundKind};
+use crate::telegram::inbound::{Inbound, InboundKind, SessionKey};
 use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
 use crate::texts::Texts;
@@ -149,7 +149,7 @@ impl<'a> Turn<'a> {
             reply: Reply::Silent,
             quote: None,
             // In a private chat the answer follows the question anyway.
-            reply_to: inbound.message_id.filter(|_| !inbound.chat_id.is_user()),
+            reply_to: inbound.message_id.filter(|_| !inbound.key.is_user()),
         }
     }
 
@@ -191,7 +191,7 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
     // A streamed answer's first message replied when it was first shown.
     let parts = Part::reply_first(parts, turn.reply_to.filter(|_| shown.is_empty()));
     let parts_count = parts.len();
-    let delivered = send_parts(&state.deps, state.chat_id, parts, commit).await;
+    let delivered = send_parts(&state.deps, &state.key, parts, commit).await;
     if !turn.ignored_edit {
         state.last_answer = None;
     }
@@ -226,7 +226,7 @@ pub(super) fn finish(
 ) -> Result<(), ActorProcessingErr> {
     for &update_id in earlier.iter().chain([&update_id]) {
         state.supervisor.cast(super::SessionSupMsg::TurnFinished {
-            chat_id: state.chat_id,
+            key: state.key.clone(),
             update_id,
         })?;
     }
@@ -236,13 +236,13 @@ pub(super) fn finish(
 /// Sends parts through the outbox (committing `commit` after them).
 pub(super) async fn send_parts(
     deps: &SessionDeps,
-    chat_id: ChatId,
+    to: &SessionKey,
     parts: Vec<Part>,
     commit: Option<TurnCommit>,
 ) -> Delivered {
     deps.directory
         .outbox()
-        .deliver(chat_id, &parts, commit.as_ref())
+        .deliver(to, &parts, commit.as_ref())
         .await
 }
 

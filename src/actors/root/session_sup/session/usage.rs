@@ -10,7 +10,7 @@ use crate::config::LlmConfig;
 use crate::pricing::format_money;
 use crate::store::record::ChatCounters;
 use crate::telegram::command::UserArg;
-use crate::telegram::inbound::ChatId;
+use crate::telegram::inbound::{ChatId, SessionKey};
 use crate::texts::{Texts, fill};
 
 /// `/usage` (this chat) or `/usage ID` (an admin asking about a user).
@@ -28,14 +28,16 @@ pub(super) async fn on_usage(
         }
         Some(UserArg::Id(user)) => *user,
     };
-    let counters = if ChatId(user) == state.chat_id {
+    // A user's own spend is that of their private chat with the bot.
+    let own = SessionKey::of_chat(ChatId(user));
+    let counters = if own == state.key {
         Ok(Some(state.counters))
     } else {
         state
             .deps
             .directory
             .persistence()
-            .load_chat(ChatId(user))
+            .load_chat(&own)
             .await
             .map(|record| record.map(|record| record.counters))
     };

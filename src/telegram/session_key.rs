@@ -1,0 +1,103 @@
+//! Which conversation a message belongs to: the [`SessionKey`].
+//!
+//! A Telegram chat is not always one conversation. In a forum supergroup
+//! (topics enabled) every topic is its own conversation with its own
+//! history, so the key is the chat plus the topic's thread. Everything that
+//! names a *conversation* (the session supervisor's map, a session, the
+//! chat record's store key, a pending update, a delivery) uses the key;
+//! what names the *Telegram chat* (flood limits, admin checks, the target
+//! of a send) uses [`SessionKey::chat`].
+//!
+//! The fields are private and read through methods, and the store encoding
+//! is a list of tagged fields after the chat ([`crate::store::session_key`]),
+//! so a later field (a Business connection, issue 17) is one more optional
+//! field here and one more tag there, without touching the callers.
+
+use std::fmt;
+
+pub use teloxide::types::{ChatId, ThreadId};
+
+/// One conversation: a chat, or one topic of a forum supergroup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    chat: ChatId,
+    /// The forum topic (`message_thread_id` of a topic message); `None`
+    /// for every other chat and for a forum's General topic.
+    thread: Option<ThreadId>,
+}
+
+impl SessionKey {
+    /// The conversation of a whole chat (private chats, groups, a forum's
+    /// General topic).
+    pub fn of_chat(chat: ChatId) -> Self {
+        Self { chat, thread: None }
+    }
+
+    /// The conversation of `thread`, when given, in `chat`.
+    pub fn new(chat: ChatId, thread: Option<ThreadId>) -> Self {
+        Self { chat, thread }
+    }
+
+    /// The Telegram chat: where its messages are sent.
+    pub fn chat(&self) -> ChatId {
+        self.chat
+    }
+
+    /// The forum topic, if the conversation is one.
+    pub fn thread(&self) -> Option<ThreadId> {
+        self.thread
+    }
+
+    /// The topic's thread id as the Bot API numbers it.
+    pub fn thread_number(&self) -> Option<i32> {
+        self.thread.map(|thread| thread.0.0)
+    }
+
+    /// Whether it is the conversation of a private chat with one user.
+    pub fn is_user(&self) -> bool {
+        self.chat.is_user()
+    }
+
+    /// Whether it is the conversation of the whole of `chat` (not a topic).
+    pub fn is_whole_chat(&self) -> bool {
+        self.thread.is_none()
+    }
+}
+
+impl From<ChatId> for SessionKey {
+    fn from(chat: ChatId) -> Self {
+        Self::of_chat(chat)
+    }
+}
+
+/// `-1001234` for a chat, `-1001234/7` for its topic 7 (logs, the store
+/// inspector).
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.chat.0)?;
+        if let Some(thread) = self.thread_number() {
+            write!(f, "/{thread}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teloxide::types::MessageId;
+
+    #[test]
+    fn a_topic_is_its_own_conversation_of_its_chat() {
+        let chat = ChatId(-1_005);
+        let general = SessionKey::of_chat(chat);
+        let topic = SessionKey::new(chat, Some(ThreadId(MessageId(7))));
+        assert_ne!(general, topic);
+        assert_eq!(topic.chat(), chat);
+        assert_eq!(topic.thread_number(), Some(7));
+        assert!(general.is_whole_chat() && !topic.is_whole_chat());
+        assert_eq!(general.to_string(), "-1005");
+        assert_eq!(topic.to_string(), "-1005/7");
+        assert_eq!(SessionKey::from(chat), general);
+    }
+}
