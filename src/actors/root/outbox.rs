@@ -49,6 +49,7 @@ use super::persistence::RecordChange;
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
+use crate::telegram::draft::DraftSupport;
 use crate::telegram::inbound::ChatId;
 use crate::telegram::render::OutgoingText;
 use crate::telegram::transport::Transport;
@@ -188,6 +189,8 @@ pub(crate) struct OutboxArgs {
     pub(crate) slots: Arc<Semaphore>,
     /// Deliveries in progress per chat.
     pub(crate) deliveries: Arc<Deliveries>,
+    /// Whether `sendMessageDraft` was refused (for the process).
+    pub(crate) drafts: Arc<DraftSupport>,
     /// `[telegram]`.
     pub(crate) config: Arc<TelegramConfig>,
     /// How often idle chat queues are reclaimed (`limits.sweep_interval`).
@@ -220,6 +223,18 @@ pub enum Part {
         /// Its new text.
         text: OutgoingText,
     },
+    /// A streamed answer shown as an animated draft in a private chat
+    /// (`sendMessageDraft`). A draft is no message: it has no id in the
+    /// delivery's ids, and the finished answer is sent as [`Part::New`].
+    /// Refused at once with [`TelegramError::Unsupported`] once the Bot
+    /// API has refused drafts (see [`DraftSupport`]).
+    Draft {
+        /// Non-zero, the same for every draft of one answer (so its
+        /// changes are animated).
+        draft_id: u32,
+        /// The text shown.
+        text: OutgoingText,
+    },
 }
 
 impl Part {
@@ -236,7 +251,7 @@ impl Part {
         };
         if let Some(first) = parts
             .iter_mut()
-            .find(|part| !matches!(part, Part::Edit { .. }))
+            .find(|part| !matches!(part, Part::Edit { .. } | Part::Draft { .. }))
             && let Part::New(text) = first
         {
             *first = Part::Reply {
@@ -286,6 +301,8 @@ pub(crate) struct OutboxState {
     slots: Arc<Semaphore>,
     /// Deliveries being sent, per chat, across restarts of this actor.
     deliveries: Arc<Deliveries>,
+    /// Whether `sendMessageDraft` was refused, across restarts.
+    drafts: Arc<DraftSupport>,
 }
 
 /// The deliveries being sent (and committed), per chat. Created once by
@@ -374,6 +391,7 @@ impl Actor for Outbox {
             chats: HashMap::new(),
             slots: args.slots,
             deliveries: args.deliveries,
+            drafts: args.drafts,
         })
     }
 
@@ -468,6 +486,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     let directory = state.directory.clone();
     let pacing = Arc::clone(&state.pacing);
     let deliveries = Arc::clone(&state.deliveries);
+    let drafts = Arc::clone(&state.drafts);
     // Taken before the task starts, so a `Flush` handled after this job was
     // started waits for it, whichever outbox handles the `Flush`.
     let delivering = matches!(job, Job::Deliver { .. }).then(|| deliveries.begin(chat_id));
@@ -482,6 +501,19 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
             } => {
                 let mut result = Ok(Vec::with_capacity(parts.len()));
                 for part in &parts {
+                    if let Part::Draft { draft_id, text } = part {
+                        match send_draft(
+                            &transport, &config, &pacing, &drafts, chat_id, *draft_id, text,
+                        )
+                        .await
+                        {
+                            Ok(()) => continue,
+                            Err(error) => {
+                                result = Err(error);
+                                break;
+                            }
+                        }
+                    }
                     let mut sent = send_part(&transport, &config, &pacing, chat_id, part).await;
                     // A message that cannot be edited (deleted by the user,
                     // too old) must not cost the rest of the answer: its
@@ -565,6 +597,46 @@ async fn commit_turn(directory: &Directory, chat_id: ChatId, commit: TurnCommit)
     }
 }
 
+/// Shows one draft (`sendMessageDraft`), paced like a message but tried
+/// once: a draft is a passing view, and the next one (an
+/// `telegram.edit_interval` later) carries newer text anyway, so the
+/// session decides when to try again. Once the Bot API has refused drafts
+/// ([`TelegramError::Unsupported`]), the refusal is remembered for the
+/// process (logged once) and later drafts are refused here without a call.
+async fn send_draft(
+    transport: &Transport,
+    config: &TelegramConfig,
+    pacing: &SendPacing,
+    drafts: &DraftSupport,
+    chat_id: ChatId,
+    draft_id: u32,
+    text: &OutgoingText,
+) -> Result<(), TelegramError> {
+    if drafts.is_refused() {
+        return Err(TelegramError::Unsupported("refused before".into()));
+    }
+    pacing.until_ready(chat_id).await;
+    let call = transport.send_draft(chat_id, draft_id, text);
+    let sent = tokio::time::timeout(config.send_timeout, call)
+        .await
+        .unwrap_or(Err(TelegramError::Timeout));
+    match &sent {
+        Ok(()) => metrics::counter!("llmgram_message_drafts_total").increment(1),
+        Err(error @ TelegramError::Unsupported(_)) => {
+            if drafts.refuse() {
+                tracing::warn!(
+                    method = "sendMessageDraft",
+                    class = error.class(),
+                    %error,
+                    "drafts refused; streamed answers are edited messages until restart"
+                );
+            }
+        }
+        Err(_) => {}
+    }
+    sent
+}
+
 /// Sends (or edits) one message, retrying what can succeed later; returns
 /// the message's id.
 async fn send_part(
@@ -587,6 +659,10 @@ async fn send_part(
                     .edit(chat_id, *message_id, text)
                     .await
                     .map(|()| *message_id),
+                // Sent by `send_draft`; never reaches here.
+                Part::Draft { .. } => {
+                    Err(TelegramError::Unsupported("a draft is no message".into()))
+                }
             }
         };
         let error = match (tokio::time::timeout(config.send_timeout, call).await, part) {
@@ -607,6 +683,7 @@ async fn send_part(
                     Part::Edit { .. } => {
                         metrics::counter!("llmgram_message_edits_total").increment(1);
                     }
+                    Part::Draft { .. } => {}
                 }
                 return Ok(id);
             }
