@@ -621,7 +621,9 @@ async fn send_draft(
         .await
         .unwrap_or(Err(TelegramError::Timeout));
     match &sent {
-        Ok(()) => metrics::counter!("llmgram_message_drafts_total").increment(1),
+        Ok(()) => {
+            metrics::counter!(crate::telemetry::families::MESSAGE_DRAFTS).increment(1);
+        }
         Err(error @ TelegramError::Unsupported(_)) => {
             if drafts.refuse() {
                 tracing::warn!(
