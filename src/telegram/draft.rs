@@ -4,9 +4,10 @@
 //!
 //! teloxide 0.17 predates the method, so it is defined here as a typed
 //! payload ([`SendMessageDraft`]) executed by teloxide's own JSON request
-//! machinery ([`JsonRequest`]): the same `Bot`, the same HTTP client and
-//! connection pool, the same error parsing as every other call, and no URL
-//! (it holds the token) built or logged here.
+//! machinery ([`JsonRequest`](teloxide::requests::JsonRequest)): the same
+//! `Bot`, the same HTTP client and connection pool, the same error parsing
+//! as every other call, and no URL (it holds the token) built or logged
+//! here.
 //!
 //! Servers older than 9.5 answer "Not Found" (the method does not exist),
 //! and Telegram refuses drafts in chats that do not support them (400
