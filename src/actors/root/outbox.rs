@@ -16,6 +16,12 @@
 //!   edit whose outcome is unclear (an answer that cannot be parsed) is
 //!   taken as applied: it most likely was, and a new message would show the
 //!   text twice; any other failure is returned like a send's.
+//! - **Drafts:** a [`Part::Draft`] shows a streamed answer as a draft in a
+//!   private chat (`sendMessageDraft`), paced like a send but tried once (the
+//!   next draft follows soon). A refusal of the method is remembered for the
+//!   process ([`DraftSupport`], shared across restarts of this actor), after
+//!   which drafts are refused here without a call, so the session's answers
+//!   go straight to edited messages.
 //! - **Send, then commit:** a delivery carries its turn's commit, which the
 //!   send task makes right after sending. The task is detached from every
 //!   actor, so a session (or its supervisor) dying after handing over an
