@@ -90,6 +90,15 @@
 //! * `LLMGRAM_BENCH_BIN=PATH` (environment): runs that build of the bot
 //!   instead of the one `cargo bench` built, to compare two commits or
 //!   features with the same bench (copy each build aside first);
+//! * `--stream on|off` [the bot's default, on]: streamed answers
+//!   (`llm.stream`). On, each answer arrives in 4 chunks
+//!   `--stream-chunk-ms MS` [0] apart and is shown live: as a draft
+//!   (`sendMessageDraft`: this bench's chats are private), then sent as
+//!   one message, which is the reply measured. (The edited live message of
+//!   `--set telegram.drafts=false` is not measurable here: its first
+//!   `sendMessage` is a partial answer, which the reply check refuses.)
+//!   Off (the setting of every run before issue 16), answers come whole.
+//!   The `telegram calls` line shows what streaming costs in Bot API calls;
 //! * `--set section.key=value` (repeatable): any other bot setting, passed
 //!   as `LLMGRAM_SECTION__KEY=value`, e.g.
 //!   `--set llm.pool_max_idle_per_host=256`.
@@ -210,7 +219,10 @@ struct Options {
     /// Media mode: every message is a photo of this many bytes captioned
     /// with its marker.
     photo_bytes: Option<usize>,
-    /// Extra `LLMGRAM_*` variables for the bot, from `--set section.key=value`.
+    /// Pause between the chunks of a streamed answer (the fake LLM's).
+    stream_chunk: Duration,
+    /// Extra `LLMGRAM_*` variables for the bot, from `--set section.key=value`
+    /// (and `--stream`).
     extra_env: Vec<(String, String)>,
 }
 
@@ -219,7 +231,7 @@ impl Options {
          [--llm-latency-ms MS] [--llm-concurrency N] [--timeout-secs S] [--think-ms MS] \
          [--rate R --duration-secs D] [--idle-secs S] [--startups N] \
          [--chaos-every-ms MS [--chaos-only NAME]...] [--photo-bytes N] \
-         [--set section.key=value]...";
+         [--stream on|off [--stream-chunk-ms MS]] [--set section.key=value]...";
 
     /// Parses `--name value` pairs; ignores the `--bench` flag cargo adds.
     fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -237,6 +249,7 @@ impl Options {
             chaos_every: None,
             chaos_only: Vec::new(),
             photo_bytes: None,
+            stream_chunk: Duration::ZERO,
             extra_env: Vec::new(),
         };
         let mut args = args.into_iter();
@@ -282,6 +295,17 @@ impl Options {
                             .map_err(|_| format!("{flag}: {bytes} is too large"))?,
                     );
                 }
+                "--stream" => {
+                    let on = match value.as_str() {
+                        "on" => "true",
+                        "off" => "false",
+                        _ => return Err(format!("{flag}: expected on or off, got {value:?}")),
+                    };
+                    options
+                        .extra_env
+                        .push(Self::config_env(&format!("llm.stream={on}"))?);
+                }
+                "--stream-chunk-ms" => options.stream_chunk = Duration::from_millis(number(0)?),
                 "--set" => options.extra_env.push(Self::config_env(&value)?),
                 _ => return Err(format!("unknown option {flag}\n{}", Self::USAGE)),
             }
@@ -375,6 +399,7 @@ async fn main() -> ExitCode {
     let telegram = FakeTelegram::start().await;
     let llm = FakeLlm::start().await;
     llm.set_latency(options.llm_latency);
+    llm.set_stream_chunk_delay(options.stream_chunk);
     // Hundreds of megabytes of images would otherwise stay recorded here.
     llm.set_lean_records(options.photo_bytes.is_some());
     let dir = tempfile::tempdir().expect("cannot create a temporary directory");
@@ -468,6 +493,7 @@ async fn main() -> ExitCode {
         "sendMessage",
         "sendChatAction",
         "editMessageText",
+        "sendMessageDraft",
         "getFile",
     ]
     .map(|m| (m, telegram.method_calls(m)));

@@ -191,6 +191,7 @@ async fn start_with(
         send_slots: Arc::new(Semaphore::new(config.telegram.max_concurrent_sends)),
         deliveries: Arc::default(),
         pacing: Arc::new(telegram::SendPacing::new(&config.telegram)),
+        drafts: Arc::default(),
         locales: Locales::load()?,
         store,
         webhook_secret,

@@ -165,6 +165,9 @@ pub struct TelegramConfig {
     /// Time limit for one getChatMember call.
     #[serde(with = "humantime_serde")]
     pub admin_check_timeout: Duration,
+    /// Show a streamed answer in a private chat as an animated draft
+    /// (`sendMessageDraft`) instead of a message edited as it grows.
+    pub drafts: bool,
 }
 
 /// How updates arrive.

@@ -12,7 +12,8 @@
 //!   ([`telegram::command`]), Markdown rendered to
 //!   entities ([`telegram::render`]), long answers split
 //!   ([`telegram::split`]), the calls the outbox makes
-//!   ([`telegram::transport`]), Bot API errors classified.
+//!   ([`telegram::transport`]; `sendMessageDraft`, which teloxide lacks, in
+//!   [`telegram::draft`]), Bot API errors classified.
 //! - [`llm`]: OpenAI-compatible wire types and the classified HTTP call,
 //!   plain or streamed (server-sent events).
 //! - [`ops`]: the operator's HTTP listener (health, readiness, metrics).

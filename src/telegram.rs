@@ -1,11 +1,13 @@
 //! The Telegram side that is not an actor: turning updates into
 //! [`inbound::Inbound`] messages (commands parsed once, [`command`]), splitting long answers, classifying Bot API
-//! errors, and building the one shared client.
+//! errors, the `sendMessageDraft` request teloxide lacks ([`draft`]), and
+//! building the one shared client.
 //!
 //! The actors that talk to Telegram live in the supervision tree:
 //! `actors/root/ingress.rs` (long polling) and `actors/root/outbox.rs` (sends).
 
 pub mod command;
+pub mod draft;
 pub mod error;
 pub mod inbound;
 pub mod render;

@@ -309,6 +309,9 @@ pub struct Deps {
     pub fetcher: crate::media::fetch::Fetcher,
     /// Telegram's flood limits, shared across outbox restarts.
     pub pacing: Arc<crate::telegram::SendPacing>,
+    /// Whether `sendMessageDraft` was refused, remembered across outbox
+    /// restarts for the rest of the process.
+    pub drafts: Arc<crate::telegram::draft::DraftSupport>,
     /// Reply texts.
     pub locales: Locales,
     /// The store's writer; only the persistence actor can use it.
@@ -424,6 +427,7 @@ pub(crate) fn outbox_args(deps: &Deps) -> outbox::OutboxArgs {
         pacing: Arc::clone(&deps.pacing),
         slots: Arc::clone(&deps.send_slots),
         deliveries: Arc::clone(&deps.deliveries),
+        drafts: Arc::clone(&deps.drafts),
         config: Arc::new(deps.config.telegram.clone()),
         reclaim_interval: deps.config.limits.sweep_interval,
         directory: deps.directory.clone(),

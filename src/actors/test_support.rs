@@ -47,6 +47,7 @@ pub(crate) fn deps(instance: &str, overrides: &str) -> TestDeps {
         deliveries: Arc::default(),
         fetcher: crate::media::fetch::Fetcher::new(None, &config.media),
         pacing: Arc::new(crate::telegram::SendPacing::new(&config.telegram)),
+        drafts: Arc::default(),
         locales: Locales::load().expect("locales"),
         store,
         webhook_secret: None,

@@ -46,6 +46,11 @@ pub enum TelegramError {
     /// The console front could not write the answer (stdout closed).
     #[error("cannot write to the console: {0}")]
     Console(String),
+    /// The front end does not offer the method (a Bot API server older
+    /// than it, or a chat where it is not allowed): use another way
+    /// (`sendMessageDraft` falls back to editing a message).
+    #[error("not supported here: {0}")]
+    Unsupported(String),
 }
 
 impl TelegramError {
@@ -75,6 +80,7 @@ impl TelegramError {
             Self::Blocked => "blocked",
             Self::OutboxUnavailable => "outbox_unavailable",
             Self::Console(_) => "console",
+            Self::Unsupported(_) => "unsupported",
         }
     }
 }

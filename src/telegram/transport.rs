@@ -108,6 +108,35 @@ impl Transport {
         }
     }
 
+    /// Shows `part` as draft `draft_id` of a streamed answer in a private
+    /// chat (Bot API `sendMessageDraft`, [`super::draft`]). A draft is not a
+    /// message: it has no id, and the finished answer is sent with
+    /// [`Self::send`]. [`TelegramError::Unsupported`] when the front end
+    /// has no drafts (the console, a Bot API server older than 9.5).
+    pub async fn send_draft(
+        &self,
+        chat_id: ChatId,
+        draft_id: u32,
+        part: &OutgoingText,
+    ) -> Result<(), TelegramError> {
+        match self {
+            Self::Telegram(bot) => {
+                let payload = super::draft::SendMessageDraft {
+                    chat_id,
+                    message_thread_id: None,
+                    draft_id,
+                    text: part.text.clone(),
+                    entities: part.entities.clone(),
+                };
+                super::draft::send_message_draft(bot, payload).await
+            }
+            // A terminal has no drafts: the console edits its live message.
+            Self::Console(_) => Err(TelegramError::Unsupported("the console".into())),
+            #[cfg(test)]
+            Self::Scripted(api) => api.call(chat_id, "draft", &part.text, None).await.map(drop),
+        }
+    }
+
     /// Whether `user_id` is the creator or an administrator of `chat_id`
     /// (Bot API `getChatMember`).
     pub async fn is_chat_admin(

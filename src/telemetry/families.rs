@@ -65,6 +65,8 @@ pub const UPDATES_RECEIVED: &str = "llmgram_updates_received_total";
 pub const REPLIES_SENT: &str = "llmgram_replies_sent_total";
 /// Edits of messages already sent (streamed answers).
 pub const MESSAGE_EDITS: &str = "llmgram_message_edits_total";
+/// Drafts shown (`sendMessageDraft`, streamed answers in private chats).
+pub const MESSAGE_DRAFTS: &str = "llmgram_message_drafts_total";
 /// Chats whose user blocked the bot (403 on send).
 pub const CHATS_BLOCKED: &str = "llmgram_chats_blocked_total";
 /// Telegram 429 answers waited out.
@@ -143,6 +145,11 @@ pub const FAMILIES: &[Family] = &[
         MESSAGE_EDITS,
         Kind::Counter,
         "Edits of sent messages (streamed answers).",
+    ),
+    family(
+        MESSAGE_DRAFTS,
+        Kind::Counter,
+        "Drafts shown (streamed answers in private chats).",
     ),
     family(
         CHATS_BLOCKED,
@@ -359,6 +366,7 @@ pub fn register(known: Known<'_>) {
         UPDATES_RECEIVED,
         REPLIES_SENT,
         MESSAGE_EDITS,
+        MESSAGE_DRAFTS,
         CHATS_BLOCKED,
         FLOOD_WAITS,
         LLM_TOKENS,

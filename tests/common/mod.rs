@@ -47,6 +47,14 @@ pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
     ("telegram.group_per_minute", "1000000"),
 ];
 
+/// Behaviour the suites were written against, kept explicit now that the
+/// defaults changed (issue 16): whole answers (`llm.stream` defaults to
+/// true) and, when a test streams, the edited live message
+/// (`telegram.drafts` defaults to true). A test that sets either key gets
+/// its own value; `tests/suite/drafts.rs` tests the defaults.
+pub const PINNED_BEHAVIOUR: &[(&str, &str)] =
+    &[("llm.stream", "false"), ("telegram.drafts", "false")];
+
 /// The ops API token (`OPS_API_TOKEN`) every test service and test process
 /// gets, so the ops listener's mutating routes (`POST /backup`) are enabled.
 pub const OPS_TOKEN: &str = "test-ops-token";
@@ -100,6 +108,7 @@ impl Harness {
         // limits are raised by config, except those the test sets itself.
         let limits: String = GENEROUS_LIMITS
             .iter()
+            .chain(PINNED_BEHAVIOUR)
             .filter(|(key, _)| !overrides.contains(key))
             .map(|(key, value)| format!("{key} = {value}\n"))
             .collect();

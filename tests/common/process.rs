@@ -106,6 +106,9 @@ impl BotProcess {
             .env("LLMGRAM_TELEGRAM__GROUP_PER_MINUTE", "1000000")
             .env("LLMGRAM_SESSION__MERGE_WINDOW", "0s")
             .env("LLMGRAM_OPS__LISTEN", "127.0.0.1:0")
+            // As the in-process harness pins them (`PINNED_BEHAVIOUR`).
+            .env("LLMGRAM_LLM__STREAM", "false")
+            .env("LLMGRAM_TELEGRAM__DRAFTS", "false")
             .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -6,6 +6,7 @@ mod bursts;
 mod commands;
 mod console;
 mod conversation;
+mod drafts;
 mod edits;
 mod eviction;
 mod groups;

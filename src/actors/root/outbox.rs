@@ -19,6 +19,12 @@
 //!   edit whose outcome is unclear (an answer that cannot be parsed) is
 //!   taken as applied: it most likely was, and a new message would show the
 //!   text twice; any other failure is returned like a send's.
+//! - **Drafts:** a [`Part::Draft`] shows a streamed answer as a draft in a
+//!   private chat (`sendMessageDraft`), paced like a send but tried once (the
+//!   next draft follows soon). A refusal of the method is remembered for the
+//!   process ([`DraftSupport`], shared across restarts of this actor), after
+//!   which drafts are refused here without a call, so the session's answers
+//!   go straight to edited messages.
 //! - **Send, then commit:** a delivery carries its turn's commit, which the
 //!   send task makes right after sending. The task is detached from every
 //!   actor, so a session (or its supervisor) dying after handing over an
@@ -52,6 +58,7 @@ use super::persistence::RecordChange;
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::TelegramConfig;
 use crate::retry::Backoff;
+use crate::telegram::draft::DraftSupport;
 use crate::telegram::inbound::{ChatId, SessionKey};
 use crate::telegram::render::OutgoingText;
 use crate::telegram::transport::Transport;
@@ -196,6 +203,8 @@ pub(crate) struct OutboxArgs {
     pub(crate) slots: Arc<Semaphore>,
     /// Deliveries in progress per chat.
     pub(crate) deliveries: Arc<Deliveries>,
+    /// Whether `sendMessageDraft` was refused (for the process).
+    pub(crate) drafts: Arc<DraftSupport>,
     /// `[telegram]`.
     pub(crate) config: Arc<TelegramConfig>,
     /// How often idle chat queues are reclaimed (`limits.sweep_interval`).
@@ -228,6 +237,18 @@ pub enum Part {
         /// Its new text.
         text: OutgoingText,
     },
+    /// A streamed answer shown as an animated draft in a private chat
+    /// (`sendMessageDraft`). A draft is no message: it has no id in the
+    /// delivery's ids, and the finished answer is sent as [`Part::New`].
+    /// Refused at once with [`TelegramError::Unsupported`] once the Bot
+    /// API has refused drafts (see [`DraftSupport`]).
+    Draft {
+        /// Non-zero, the same for every draft of one answer (so its
+        /// changes are animated).
+        draft_id: u32,
+        /// The text shown.
+        text: OutgoingText,
+    },
 }
 
 impl Part {
@@ -244,7 +265,7 @@ impl Part {
         };
         if let Some(first) = parts
             .iter_mut()
-            .find(|part| !matches!(part, Part::Edit { .. }))
+            .find(|part| !matches!(part, Part::Edit { .. } | Part::Draft { .. }))
             && let Part::New(text) = first
         {
             *first = Part::Reply {
@@ -295,6 +316,8 @@ pub(crate) struct OutboxState {
     slots: Arc<Semaphore>,
     /// Deliveries being sent, per chat, across restarts of this actor.
     deliveries: Arc<Deliveries>,
+    /// Whether `sendMessageDraft` was refused, across restarts.
+    drafts: Arc<DraftSupport>,
 }
 
 /// The deliveries being sent (and committed), per chat. Created once by
@@ -383,6 +406,7 @@ impl Actor for Outbox {
             chats: HashMap::new(),
             slots: args.slots,
             deliveries: args.deliveries,
+            drafts: args.drafts,
         })
     }
 
@@ -478,6 +502,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     let directory = state.directory.clone();
     let pacing = Arc::clone(&state.pacing);
     let deliveries = Arc::clone(&state.deliveries);
+    let drafts = Arc::clone(&state.drafts);
     // Taken before the task starts, so a `Flush` handled after this job was
     // started waits for it, whichever outbox handles the `Flush`.
     let delivering = matches!(job, Job::Deliver { .. }).then(|| deliveries.begin(chat_id));
@@ -493,6 +518,19 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
             } => {
                 let mut result = Ok(Vec::with_capacity(parts.len()));
                 for part in &parts {
+                    if let Part::Draft { draft_id, text } = part {
+                        match send_draft(
+                            &transport, &config, &pacing, &drafts, to.chat(), *draft_id, text,
+                        )
+                        .await
+                        {
+                            Ok(()) => continue,
+                            Err(error) => {
+                                result = Err(error);
+                                break;
+                            }
+                        }
+                    }
                     let mut sent = send_part(&transport, &config, &pacing, &to, part).await;
                     // A message that cannot be edited (deleted by the user,
                     // too old) must not cost the rest of the answer: its
@@ -571,6 +609,48 @@ async fn commit_turn(directory: &Directory, to: &SessionKey, commit: TurnCommit)
     }
 }
 
+/// Shows one draft (`sendMessageDraft`), paced like a message but tried
+/// once: a draft is a passing view, and the next one (an
+/// `telegram.edit_interval` later) carries newer text anyway, so the
+/// session decides when to try again. Once the Bot API has refused drafts
+/// ([`TelegramError::Unsupported`]), the refusal is remembered for the
+/// process (logged once) and later drafts are refused here without a call.
+async fn send_draft(
+    transport: &Transport,
+    config: &TelegramConfig,
+    pacing: &SendPacing,
+    drafts: &DraftSupport,
+    chat_id: ChatId,
+    draft_id: u32,
+    text: &OutgoingText,
+) -> Result<(), TelegramError> {
+    if drafts.is_refused() {
+        return Err(TelegramError::Unsupported("refused before".into()));
+    }
+    pacing.until_ready(chat_id).await;
+    let call = transport.send_draft(chat_id, draft_id, text);
+    let sent = tokio::time::timeout(config.send_timeout, call)
+        .await
+        .unwrap_or(Err(TelegramError::Timeout));
+    match &sent {
+        Ok(()) => {
+            metrics::counter!(crate::telemetry::families::MESSAGE_DRAFTS).increment(1);
+        }
+        Err(error @ TelegramError::Unsupported(_)) => {
+            if drafts.refuse() {
+                tracing::warn!(
+                    method = "sendMessageDraft",
+                    class = error.class(),
+                    %error,
+                    "drafts refused; streamed answers are edited messages until restart"
+                );
+            }
+        }
+        Err(_) => {}
+    }
+    sent
+}
+
 /// Sends (or edits) one message, retrying what can succeed later; returns
 /// the message's id.
 async fn send_part(
@@ -594,6 +674,10 @@ async fn send_part(
                     .edit(chat_id, *message_id, text)
                     .await
                     .map(|()| *message_id),
+                // Sent by `send_draft`; never reaches here.
+                Part::Draft { .. } => {
+                    Err(TelegramError::Unsupported("a draft is no message".into()))
+                }
             }
         };
         let error = match (tokio::time::timeout(config.send_timeout, call).await, part) {
@@ -614,6 +698,7 @@ async fn send_part(
                     Part::Edit { .. } => {
                         metrics::counter!("llmgram_message_edits_total").increment(1);
                     }
+                    Part::Draft { .. } => {}
                 }
                 return Ok(id);
             }

@@ -231,6 +231,9 @@ struct Inner {
     script: VecDeque<LlmReply>,
     responder: Option<Responder>,
     latency: Duration,
+    /// Pause between the chunks of a text reply asked for as a stream
+    /// ([`FakeLlm::set_stream_chunk_delay`]).
+    stream_chunk_delay: Duration,
     /// Record requests without their body and image data
     /// ([`FakeLlm::set_lean_records`]).
     lean_records: bool,
@@ -294,6 +297,14 @@ impl FakeLlm {
     /// Sets the latency of the default (echo) responder.
     pub fn set_latency(&self, d: Duration) {
         lock(&self.shared.inner).latency = d;
+    }
+
+    /// Sets the pause between the 4 chunks of a text reply (the default
+    /// echo's, or a scripted [`LlmReplyKind::Text`]) asked for with
+    /// `"stream": true` (zero by default: the chunks come at once), so a
+    /// streamed answer takes as long as a real one to arrive.
+    pub fn set_stream_chunk_delay(&self, d: Duration) {
+        lock(&self.shared.inner).stream_chunk_delay = d;
     }
 
     /// With `true`, requests received from now on are recorded without
@@ -440,7 +451,7 @@ async fn chat_completions(
         .map(str::to_owned);
     let request = parse_request(body, authorization);
 
-    let (scripted, responder, latency) = {
+    let (scripted, responder, latency, chunk_delay) = {
         let mut inner = lock(&shared.inner);
         let record = if inner.lean_records {
             request.lean()
@@ -452,6 +463,7 @@ async fn chat_completions(
             inner.script.pop_front(),
             inner.responder.clone(),
             inner.latency,
+            inner.stream_chunk_delay,
         )
     };
     shared.arrived.notify_waiters();
@@ -475,7 +487,7 @@ async fn chat_completions(
     match reply.kind {
         LlmReplyKind::Text(text) if request.stream => {
             let chunks = split_chunks(&text, 4);
-            sse_response(id, request.model, chunks, Duration::ZERO, None, guard)
+            sse_response(id, request.model, chunks, chunk_delay, None, guard)
         }
         LlmReplyKind::Text(text) => {
             let prompt_chars: usize = request

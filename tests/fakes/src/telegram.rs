@@ -7,13 +7,15 @@
 //! Supported methods: `getMe`, `setWebhook`, `deleteWebhook`, `setMyCommands`,
 //! `deleteMyCommands`, `getUpdates` (with confirmation by `offset` and long
 //! polling by `timeout`), `sendMessage`, `editMessageText`,
-//! `sendChatAction`, `getChatMember` (everyone is a plain `member` unless
-//! [`FakeTelegram::set_member_status`] says otherwise) and `getFile`; and
-//! Telegram Business (see [`business`]): `getBusinessConnection`,
-//! `deleteBusinessMessages`, `readBusinessMessage` and the business variants
-//! (with `business_connection_id`) of `sendMessage`, `sendChatAction` and
-//! `editMessageText`, with business updates pushed by
-//! [`FakeTelegram::connect_business`] and friends.
+//! `sendMessageDraft` (private chats only, as Telegram; recorded in
+//! [`FakeTelegram::drafts`], refused like a server older than Bot API 9.5
+//! with [`FakeTelegram::refuse_drafts`]), `sendChatAction`, `getChatMember`
+//! (everyone is a plain `member` unless [`FakeTelegram::set_member_status`]
+//! says otherwise) and `getFile`; and Telegram Business (see [`business`]):
+//! `getBusinessConnection`, `deleteBusinessMessages`, `readBusinessMessage`
+//! and the business variants (with `business_connection_id`) of
+//! `sendMessage`, `sendChatAction` and `editMessageText`, with business
+//! updates pushed by [`FakeTelegram::connect_business`] and friends.
 //! Anything else answers `404 Not Found: method not found`. Files registered
 //! with [`FakeTelegram::add_file`] are downloaded from
 //! `GET /file/bot<TOKEN>/<file_path>`, as from the real Bot API.
@@ -133,6 +135,23 @@ pub struct EditRecord {
     pub at: Instant,
 }
 
+/// A successful `sendMessageDraft` call: a streamed answer shown as a draft.
+#[derive(Clone, Debug)]
+pub struct DraftRecord {
+    /// Target chat (private).
+    pub chat_id: i64,
+    /// `message_thread_id`, when given.
+    pub thread_id: Option<i64>,
+    /// `draft_id` (non-zero): updates of one draft share it.
+    pub draft_id: i64,
+    /// The text shown.
+    pub text: String,
+    /// `entities`, when given.
+    pub entities: Option<Value>,
+    /// When the fake received the call.
+    pub at: Instant,
+}
+
 /// Handle to a running fake Telegram Bot API server. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct FakeTelegram {
@@ -170,6 +189,8 @@ struct Inner {
     subscribers: Vec<UnboundedSender<SentMessage>>,
     actions: Vec<ChatActionRecord>,
     edits: Vec<EditRecord>,
+    /// Successful `sendMessageDraft` calls.
+    drafts: Vec<DraftRecord>,
     /// The latest text of each edited message, by `(chat, message id)`.
     current_text: HashMap<(i64, i64), String>,
     my_commands: Vec<Value>,
@@ -268,6 +289,15 @@ impl FakeTelegram {
             Some(fault) => inner.refused.insert(method, fault),
             None => inner.refused.remove(&method),
         };
+    }
+
+    /// When `true`, `sendMessageDraft` answers `404 Not Found: method not
+    /// found`, as a Bot API server older than 9.5 does; `false` serves it
+    /// again.
+    pub fn refuse_drafts(&self, refuse: bool) {
+        let fault =
+            refuse.then(|| TelegramFault::Status(404, "Not Found: method not found".into()));
+        self.refuse_method("sendMessageDraft", fault);
     }
 
     /// When `true`, getUpdates answers at once (with what is queued, or
@@ -641,6 +671,21 @@ impl FakeTelegram {
         lock(&self.shared.inner).edits.clone()
     }
 
+    /// Every successful `sendMessageDraft` call, in arrival order.
+    pub fn drafts(&self) -> Vec<DraftRecord> {
+        lock(&self.shared.inner).drafts.clone()
+    }
+
+    /// `sendMessageDraft` calls for `chat_id`, in arrival order.
+    pub fn drafts_to(&self, chat_id: i64) -> Vec<DraftRecord> {
+        lock(&self.shared.inner)
+            .drafts
+            .iter()
+            .filter(|d| d.chat_id == chat_id)
+            .cloned()
+            .collect()
+    }
+
     /// The parameters of every `setMyCommands` call (a JSON object with
     /// `commands` and optionally `language_code`, `scope`), in order.
     pub fn my_commands(&self) -> Vec<Value> {
@@ -887,6 +932,7 @@ async fn handle(
         "getupdates" => get_updates(&shared, &params).await,
         "sendmessage" => send_message(&shared, params),
         "editmessagetext" => edit_message_text(&shared, &params),
+        "sendmessagedraft" => send_message_draft(&shared, &params),
         "sendchataction" => {
             let Some(chat_id) = param_i64(&params, "chat_id") else {
                 return error(400, "Bad Request: chat not found");
@@ -1093,6 +1139,35 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
         return garbled();
     }
     ok(&message)
+}
+
+/// `sendMessageDraft`: private chats only (Telegram answers
+/// `TEXTDRAFT_PEER_INVALID` elsewhere), a non-zero `draft_id`, and text
+/// checked as a message's.
+fn send_message_draft(shared: &Shared, params: &Map<String, Value>) -> Response {
+    let Some(chat_id) = param_i64(params, "chat_id") else {
+        return error(400, "Bad Request: chat not found");
+    };
+    if chat_id < 0 {
+        return error(400, "Bad Request: TEXTDRAFT_PEER_INVALID");
+    }
+    let draft_id = param_i64(params, "draft_id").unwrap_or(0);
+    if draft_id == 0 {
+        return error(400, "Bad Request: invalid draft_id specified");
+    }
+    let text = param_str(params, "text").unwrap_or_default().to_owned();
+    if let Err(failure) = check_text(&text) {
+        return failure.into_response();
+    }
+    lock(&shared.inner).drafts.push(DraftRecord {
+        chat_id,
+        thread_id: param_i64(params, "message_thread_id"),
+        draft_id,
+        text,
+        entities: params.get("entities").cloned(),
+        at: Instant::now(),
+    });
+    ok(&Value::Bool(true))
 }
 
 fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {

@@ -204,6 +204,7 @@ fn only_the_first_new_message_replies() {
                 Part::New(text) => format!("new:{}", text.text),
                 Part::Reply { to, text } => format!("reply {}:{}", to.0, text.text),
                 Part::Edit { message_id, text } => format!("edit {}:{}", message_id.0, text.text),
+                Part::Draft { draft_id, text } => format!("draft {draft_id}:{}", text.text),
             })
             .collect()
     };
@@ -228,4 +229,50 @@ fn only_the_first_new_message_replies() {
         )),
         ["edit 3:grown", "reply 7:more"]
     );
+}
+
+fn draft(text: &str) -> Part {
+    Part::Draft {
+        draft_id: 9,
+        text: crate::telegram::render::OutgoingText::plain(text),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draft_is_shown_and_has_no_message_id() {
+    let t = test_support::deps("outbox-draft", UNPACED);
+    let actor = start(&t).await;
+    let ids = outbox(&t).deliver(&A.into(), &[draft("Hel")], None).await;
+    assert_eq!(ids.expect("shown"), Vec::new());
+    let calls = t.telegram.calls();
+    assert_eq!((calls[0].method, calls[0].text.as_str()), ("draft", "Hel"));
+    actor.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_of_drafts_is_remembered_and_not_asked_again() {
+    let t = test_support::deps("outbox-draft-refused", UNPACED);
+    let actor = start(&t).await;
+    t.telegram.then(
+        A,
+        Step::Fail(TelegramError::Unsupported(
+            "Not Found: method not found".into(),
+        )),
+    );
+    let refused = outbox(&t).deliver(&A.into(), &[draft("Hel")], None).await;
+    assert!(
+        matches!(refused, Err(TelegramError::Unsupported(_))),
+        "{refused:?}"
+    );
+    assert!(t.deps.drafts.is_refused());
+    // Another chat: refused at once, no call made.
+    let refused = outbox(&t).deliver(&B.into(), &[draft("Hi")], None).await;
+    assert!(
+        matches!(refused, Err(TelegramError::Unsupported(_))),
+        "{refused:?}"
+    );
+    assert_eq!(t.telegram.calls().len(), 1);
+    // Messages go on as before.
+    assert!(outbox(&t).deliver(&B.into(), &[plain("Hi")], None).await.is_ok());
+    actor.stop(None);
 }

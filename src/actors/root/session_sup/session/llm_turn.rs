@@ -1,6 +1,7 @@
 //! Asking the LLM for one answer: the daily and monthly budgets, what the
 //! answer spent (tokens, and their cost at `[[llm.prices]]`), the prompt trimmed to
-//! the context window, "typing…" or the streamed answer shown live while
+//! the context window, "typing…" or the streamed answer shown live (a
+//! draft in private chats, an edited message in groups: `live.rs`) while
 //! the pool works, `/cancel`, the one "still writing" notice, and the
 //! localised reply when no answer could be had.
 
@@ -222,6 +223,7 @@ pub(super) async fn ask(
         model,
         question: Question { remembered, files },
     };
+    turn.drafted = live.drafted();
     turn.streamed = live.into_shown();
     match result {
         Some(result) => outcome(state, &texts, asked, result, started.elapsed()),
@@ -456,7 +458,17 @@ async fn await_answer(
     let reply_to = request.reply_to;
     let call = call_llm(deps, request);
     tokio::pin!(call);
-    let mut live = LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval);
+    // Drafts in private chats of the Bot API (the console edits), unless
+    // switched off; groups always see an edited message.
+    let mut live = if telegram.drafts && key.is_user() && deps.transport.bot().is_some() {
+        LiveAnswer::with_draft(
+            telegram.max_message_chars,
+            telegram.edit_interval,
+            crate::telegram::draft::next_draft_id(),
+        )
+    } else {
+        LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval)
+    };
     let mut update: Option<std::pin::Pin<Box<dyn Future<Output = Delivered> + Send + '_>>> = None;
     let mut next_typing = Instant::now() + telegram.typing_after;
     let cancelled = state.signals.cancel.notified();

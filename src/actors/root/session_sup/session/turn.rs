@@ -111,6 +111,10 @@ pub(super) struct Turn<'a> {
     /// The messages a streamed answer is shown in so far, and their texts;
     /// the final delivery edits them.
     pub(super) streamed: Vec<(MessageId, OutgoingText)>,
+    /// The streamed answer was shown as a draft: the final answer is sent
+    /// as new messages (they replace the draft), never as edits of
+    /// [`Self::replaces`].
+    pub(super) drafted: bool,
     /// A `/cancel` ended this turn's answer (or its admission wait); that
     /// `/cancel`, handled later, then says nothing.
     pub(super) cancelled: bool,
@@ -142,6 +146,7 @@ impl<'a> Turn<'a> {
             texts: Arc::clone(deps.locales.for_language(inbound.language_code.as_deref())),
             budget_exempt: deps.config.is_admin(inbound.user_id),
             streamed: Vec::new(),
+            drafted: false,
             cancelled: false,
             ignored_edit: false,
             replaces: Vec::new(),
@@ -178,7 +183,7 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
             InboundKind::Text(_) | InboundKind::Edited(_)
         );
     let user_message = turn.inbound.message_id.filter(|_| answered_text);
-    let streamed = !turn.streamed.is_empty();
+    let streamed = !turn.streamed.is_empty() || turn.drafted;
     let mut shown = if streamed {
         turn.streamed
     } else {
