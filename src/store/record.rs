@@ -14,7 +14,7 @@ use crate::config::CommandConfig;
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{
     Attachment, AttachmentKind, ChatId, FileRef, Inbound, InboundKind, MediaMessage, MessageId,
-    Quoted,
+    Press, Quoted,
 };
 
 /// Schema version of [`ChatRecord`] written by this build. Version 2 added
@@ -527,6 +527,15 @@ pub enum StoredKind {
     Media(StoredMedia),
     /// A text the user edited, its new text (update entry version 5).
     Edited(String),
+    /// A button press (appended last, so earlier entries read the same).
+    Callback {
+        /// The callback query's id.
+        query_id: String,
+        /// The button's data, as sent.
+        data: String,
+        /// The message pressed on.
+        message_id: i32,
+    },
 }
 
 /// A [`MediaMessage`] as stored: file references, never bytes.
@@ -765,6 +774,11 @@ impl StoredUpdate {
                 InboundKind::Media(media) => StoredKind::Media(StoredMedia::new(media)),
                 InboundKind::NonText => StoredKind::NonText,
                 InboundKind::Edited(text) => StoredKind::Edited(text.clone()),
+                InboundKind::Callback(press) => StoredKind::Callback {
+                    query_id: press.query_id.clone(),
+                    data: press.data.clone(),
+                    message_id: press.message_id.0,
+                },
             },
             message_id: inbound.message_id.map(|id| id.0),
             reply_to: inbound.reply_to.as_ref().map(|quote| {
@@ -793,6 +807,15 @@ impl StoredUpdate {
                 }
                 StoredKind::NonText => InboundKind::NonText,
                 StoredKind::Edited(text) => InboundKind::Edited(text),
+                StoredKind::Callback {
+                    query_id,
+                    data,
+                    message_id,
+                } => InboundKind::Callback(Press {
+                    query_id,
+                    data,
+                    message_id: MessageId(message_id),
+                }),
                 StoredKind::Media(media) => InboundKind::Media(media.into_media(assistants)),
             },
             received_at: std::time::Instant::now(),

@@ -6,12 +6,18 @@
 //! lets the same actors serve another front end without a Bot API.
 
 use teloxide::Bot;
-use teloxide::payloads::{EditMessageTextSetters as _, SendMessageSetters as _};
+use teloxide::payloads::{
+    AnswerCallbackQuerySetters as _, EditMessageTextSetters as _, SendMessageSetters as _,
+};
 use teloxide::prelude::Requester as _;
-use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId, ReplyParameters, UserId};
+use teloxide::types::{
+    CallbackQueryId, ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions,
+    MessageId, ReplyParameters, UserId,
+};
 use teloxide::{ApiError, RequestError};
 
 use super::TelegramError;
+use super::buttons::Keyboard;
 use super::inbound::ChatId;
 use super::render::OutgoingText;
 use crate::front::console::ConsoleOut;
@@ -64,6 +70,9 @@ impl Transport {
                     // can make Telegram refuse the message as unparseable.
                     request = request.entities(part.entities.clone());
                 }
+                if let Some(keyboard) = &part.keyboard {
+                    request = request.reply_markup(markup(keyboard));
+                }
                 Ok(request.await?.id)
             }
             Self::Console(out) => out.send(&part.text).await,
@@ -88,6 +97,10 @@ impl Transport {
                 if !part.entities.is_empty() {
                     request = request.entities(part.entities.clone());
                 }
+                // Without a keyboard the edit removes the one shown.
+                if let Some(keyboard) = &part.keyboard {
+                    request = request.reply_markup(markup(keyboard));
+                }
                 match request.await {
                     Ok(_) | Err(RequestError::Api(ApiError::MessageNotModified)) => Ok(()),
                     Err(error) => Err(error.into()),
@@ -97,6 +110,33 @@ impl Transport {
             #[cfg(test)]
             Self::Scripted(api) => api
                 .call(chat_id, "edit", &part.text, Some(message_id))
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Answers a button press (Bot API `answerCallbackQuery`): `text` as a
+    /// notification, or as an alert the user must dismiss when `alert`.
+    pub async fn answer_callback(
+        &self,
+        query_id: &str,
+        text: Option<&str>,
+        alert: bool,
+    ) -> Result<(), TelegramError> {
+        match self {
+            Self::Telegram(bot) => {
+                let mut request = bot.answer_callback_query(CallbackQueryId(query_id.to_owned()));
+                if let Some(text) = text {
+                    request = request.text(text).show_alert(alert);
+                }
+                request.await?;
+                Ok(())
+            }
+            // The console has no buttons to press.
+            Self::Console(_) => Ok(()),
+            #[cfg(test)]
+            Self::Scripted(api) => api
+                .call(ChatId(0), "answer", text.unwrap_or_default(), None)
                 .await
                 .map(drop),
         }
@@ -135,6 +175,15 @@ impl Transport {
             Self::Scripted(api) => api.call(chat_id, "typing", "", None).await.map(drop),
         }
     }
+}
+
+/// An inline keyboard as the Bot API takes it.
+fn markup(keyboard: &Keyboard) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new(keyboard.iter().map(|row| {
+        row.iter()
+            .map(|button| InlineKeyboardButton::callback(&button.label, &button.data))
+            .collect::<Vec<_>>()
+    }))
 }
 
 /// Link previews would turn an answer quoting a URL into a card the user did

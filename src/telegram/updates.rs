@@ -24,6 +24,14 @@ use serde_json::value::RawValue;
 use teloxide::types::{AllowedUpdate, ResponseParameters, Update, UpdateKind};
 use teloxide::{ApiError, Bot, RequestError};
 
+/// The update kinds the bot asks Telegram for (getUpdates and setWebhook):
+/// exactly those it handles.
+pub const ALLOWED_UPDATES: [AllowedUpdate; 3] = [
+    AllowedUpdate::Message,
+    AllowedUpdate::EditedMessage,
+    AllowedUpdate::CallbackQuery,
+];
+
 /// Why an update was skipped, the `reason` label of
 /// `llmgram_updates_skipped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

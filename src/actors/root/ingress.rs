@@ -36,7 +36,6 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::Bot;
 use teloxide::prelude::Requester;
-use teloxide::types::AllowedUpdate;
 use teloxide::{ApiError, RequestError};
 
 use crate::actors::Directory;
@@ -292,7 +291,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
         state.offset,
         state.config.poll_limit,
         state.config.poll_timeout,
-        &[AllowedUpdate::Message, AllowedUpdate::EditedMessage],
+        &crate::telegram::updates::ALLOWED_UPDATES,
     )
     .await
     .map_err(failed("getUpdates"))?;

@@ -43,7 +43,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use teloxide::Bot;
 use teloxide::payloads::SetWebhookSetters as _;
 use teloxide::prelude::Requester;
-use teloxide::types::AllowedUpdate;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -170,7 +169,7 @@ impl Actor for Webhook {
             .map_err(|e| WebhookError::Bind(config.listen, e))?;
         bot.set_webhook(url.clone())
             .secret_token(args.secret.expose().to_owned())
-            .allowed_updates([AllowedUpdate::Message, AllowedUpdate::EditedMessage])
+            .allowed_updates(crate::telegram::updates::ALLOWED_UPDATES)
             .await
             .map_err(|e| WebhookError::Register(e.into()))?;
         tracing::info!(url = %crate::config::redact_url(&url), listen = %config.listen, "webhook registered");

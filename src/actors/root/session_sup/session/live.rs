@@ -8,7 +8,9 @@
 //! waits `telegram.edit_interval` after it, so a fast stream costs a bounded
 //! number of Bot API calls. Everything is rendered the way the final answer
 //! is (Markdown still open at the end, such as `**E`, closed first, so it
-//! never shows raw), so the final delivery only edits what changed.
+//! never shows raw), so the final delivery only edits what changed. The
+//! last message carries the Stop button while the answer grows
+//! (`buttons.rs`); the final delivery replaces it with Regenerate.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use teloxide::types::MessageId;
 use tokio::time::Instant;
 
 use crate::actors::root::outbox::Part;
+use crate::telegram::buttons::Keyboard;
 use crate::telegram::render::{OutgoingText, complete_partial, render_markdown, to_messages};
 
 /// Shown in a message the final answer no longer needs (it rendered shorter
@@ -39,6 +42,8 @@ pub(super) struct LiveAnswer {
     next_update: Instant,
     max_units: usize,
     interval: Duration,
+    /// The Stop button, under the last message while the answer grows.
+    stop: Option<Keyboard>,
 }
 
 impl LiveAnswer {
@@ -54,7 +59,14 @@ impl LiveAnswer {
             next_update: Instant::now(),
             max_units,
             interval,
+            stop: None,
         }
+    }
+
+    /// Shows `stop` (the Stop button) under the answer while it grows; the
+    /// final delivery replaces it.
+    pub(super) fn set_stop(&mut self, stop: Option<Keyboard>) {
+        self.stop = stop;
     }
 
     /// More text arrived.
@@ -89,10 +101,11 @@ impl LiveAnswer {
     pub(super) fn begin_update(&mut self) -> Vec<Part> {
         self.dirty = false;
         // Rendered as it will be once finished, so no raw `**` shows.
-        let wanted = to_messages(
+        let mut wanted = to_messages(
             &render_markdown(&complete_partial(&self.text)),
             self.max_units,
         );
+        super::turn::with_keyboard_last(&mut wanted, self.stop.clone());
         let (parts, sending) = diff(&self.shown, wanted);
         self.sending = sending;
         parts

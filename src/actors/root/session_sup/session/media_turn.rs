@@ -307,7 +307,7 @@ fn with_note(reply: &mut Reply, note: &str) -> bool {
             text.push_str(note);
             true
         }
-        Reply::Plain(_) | Reply::Silent => false,
+        Reply::Plain(_) | Reply::Buttons(..) | Reply::Silent => false,
     }
 }
 
@@ -674,7 +674,7 @@ fn with_transcript(reply: Reply, transcript: &str) -> Reply {
     match reply {
         Reply::Markdown(answer) => Reply::Markdown(format!("{quoted}\n\n{answer}")),
         Reply::Plain(text) => Reply::Markdown(format!("{quoted}\n\n{}", escape_markdown(&text))),
-        Reply::Silent => Reply::Markdown(quoted),
+        Reply::Silent | Reply::Buttons(..) => Reply::Markdown(quoted),
     }
 }
 
