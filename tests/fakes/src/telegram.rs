@@ -41,8 +41,10 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::{lock, serve, unix_now, wait_until};
 
+mod buttons;
 mod media;
 
+pub use buttons::{CallbackAnswer, MarkupEdit, button_data, button_labels};
 pub use media::{MAX_DOWNLOAD_SIZE, MediaUpdate, jpeg};
 
 /// The fake bot's user id, as returned by `getMe` and used as `from` of sent
@@ -89,6 +91,8 @@ pub struct SentMessage {
     /// All request parameters as a JSON object (`parse_mode`,
     /// `reply_parameters`, `entities`, …).
     pub body: Value,
+    /// `reply_markup` (an inline keyboard), if any.
+    pub reply_markup: Option<Value>,
     /// When the fake received the call.
     pub at: Instant,
 }
@@ -113,6 +117,8 @@ pub struct EditRecord {
     pub message_id: i64,
     /// The new text.
     pub text: String,
+    /// `reply_markup` sent with the edit; `None` removed the keyboard.
+    pub reply_markup: Option<Value>,
     /// When the fake received the call.
     pub at: Instant,
 }
@@ -181,6 +187,8 @@ struct Inner {
     /// Files, downloads and the tokens allowed to download (see
     /// [`media`]).
     media: media::MediaState,
+    /// Keyboards and callback answers (see [`buttons`]).
+    buttons: buttons::ButtonsState,
 }
 
 /// A webhook registered with `setWebhook`.
@@ -429,9 +437,14 @@ impl FakeTelegram {
     }
 
     fn enqueue(&self, inner: &mut Inner, message: Value) -> i64 {
+        self.enqueue_update(inner, "message", message)
+    }
+
+    /// Queues an update of `kind` (`message`, `callback_query`, …).
+    fn enqueue_update(&self, inner: &mut Inner, kind: &str, content: Value) -> i64 {
         let update_id = inner.next_update_id;
         inner.next_update_id += 1;
-        let update = json!({"update_id": update_id, "message": message}).to_string();
+        let update = json!({"update_id": update_id, kind: content}).to_string();
         inner.issued.insert(update_id, update.clone());
         inner.queue.push_back((update_id, update));
         self.shared.updates.notify_waiters();
@@ -823,6 +836,8 @@ async fn handle(
         "getupdates" => get_updates(&shared, &params).await,
         "sendmessage" => send_message(&shared, params),
         "editmessagetext" => edit_message_text(&shared, &params),
+        "answercallbackquery" => buttons::answer_callback_query(&shared, &params),
+        "editmessagereplymarkup" => buttons::edit_message_reply_markup(&shared, &params),
         "sendchataction" => {
             let Some(chat_id) = param_i64(&params, "chat_id") else {
                 return error(400, "Bad Request: chat not found");
@@ -995,6 +1010,10 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
         obj.insert("entities".into(), entities.clone());
     }
     let reply = params.get("reply_parameters");
+    let reply_markup = buttons::markup_param(&params);
+    inner
+        .buttons
+        .set(chat_id, message_id, reply_markup.as_ref());
     let record = SentMessage {
         chat_id,
         message_id,
@@ -1004,6 +1023,7 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
             .and_then(|reply| reply.get("allow_sending_without_reply")?.as_bool())
             .unwrap_or(false),
         body: Value::Object(params),
+        reply_markup,
         at: now,
     };
     if !inner.subscribers.is_empty() {
@@ -1060,7 +1080,8 @@ fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
         .current_text
         .get(&(chat_id, message_id))
         .unwrap_or(&original);
-    if *current == text {
+    let reply_markup = buttons::markup_param(params);
+    if *current == text && inner.buttons.current(chat_id, message_id) == reply_markup.as_ref() {
         return error(
             400,
             "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
@@ -1069,10 +1090,14 @@ fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
     inner
         .current_text
         .insert((chat_id, message_id), text.clone());
+    inner
+        .buttons
+        .set(chat_id, message_id, reply_markup.as_ref());
     inner.edits.push(EditRecord {
         chat_id,
         message_id,
         text: text.clone(),
+        reply_markup,
         at: now,
     });
     drop(inner);
