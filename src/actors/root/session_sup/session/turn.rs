@@ -186,7 +186,9 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
     let mut messages = turn
         .reply
         .into_messages(state.deps.config.telegram.max_message_chars);
-    with_keyboard_last(&mut messages, regenerate);
+    if regenerate.is_some() {
+        with_keyboard_last(&mut messages, regenerate);
+    }
     let (parts, filled) = super::live::diff(&shown, messages);
     // A streamed answer's first message replied when it was first shown.
     let parts = Part::reply_first(parts, turn.reply_to.filter(|_| shown.is_empty()));
