@@ -105,7 +105,9 @@ impl Action {
 fn number(text: &str) -> Option<u64> {
     let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     let canonical = text == "0" || !text.starts_with('0');
-    (digits_only && canonical).then(|| text.parse().ok()).flatten()
+    (digits_only && canonical)
+        .then(|| text.parse().ok())
+        .flatten()
 }
 
 /// The id of the exchange a history ends with: a hash (FNV-1a, stable
@@ -155,8 +157,8 @@ mod tests {
     #[test]
     fn anything_else_is_refused() {
         for data in [
-            "", "r1", "r1:", "r1:zz:1", "r1:10", "r1:10:-1", "r1:10:01", "r2:10:1", "s1:",
-            "s1:+1", "p1:", "p1:a\nb", "m1:x", "m1:-1", "x1:1",
+            "", "r1", "r1:", "r1:zz:1", "r1:10", "r1:10:-1", "r1:10:01", "r2:10:1", "s1:", "s1:+1",
+            "p1:", "p1:a\nb", "m1:x", "m1:-1", "x1:1",
         ] {
             assert_eq!(Action::decode(data), None, "{data:?}");
         }

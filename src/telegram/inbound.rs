@@ -277,9 +277,9 @@ impl Inbound {
                 .any(|attachment| attachment.kind != AttachmentKind::Unsupported),
             InboundKind::NonText => false,
             InboundKind::Edited(_) => true,
-            InboundKind::Callback(press) => press
-                .action()
-                .is_some_and(|action| action.costs_llm_call()),
+            InboundKind::Callback(press) => {
+                press.action().is_some_and(|action| action.costs_llm_call())
+            }
         }
     }
 

@@ -184,9 +184,13 @@ async fn another_members_press_in_a_group_is_refused() {
     let data = regenerate_of(&answer);
     assert!(data.ends_with(&format!(":{ALICE}")), "{data}");
     let requests = h.llm.request_count();
-    h.telegram.push_callback(GROUP, BOB, answer.message_id, &data);
+    h.telegram
+        .push_callback(GROUP, BOB, answer.message_id, &data);
     let answered = answers(&h.telegram, 1).await;
-    assert_eq!(answered[0].text.as_deref(), Some("This button is not yours."));
+    assert_eq!(
+        answered[0].text.as_deref(),
+        Some("This button is not yours.")
+    );
     assert!(answered[0].show_alert);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.llm.request_count(), requests);
@@ -194,7 +198,8 @@ async fn another_members_press_in_a_group_is_refused() {
 
     // A group administrator may.
     h.telegram.set_member_status(GROUP, BOB, "administrator");
-    h.telegram.push_callback(GROUP, BOB, answer.message_id, &data);
+    h.telegram
+        .push_callback(GROUP, BOB, answer.message_id, &data);
     answers(&h.telegram, 2).await;
     h.llm.wait_for_requests(requests + 1, WAIT).await;
     h.stop().await;

@@ -38,15 +38,23 @@ async fn keyboards_are_recorded_and_edits_replace_or_remove_them() {
         .await
         .unwrap();
     let edit = fake.edits().pop().unwrap();
-    assert_eq!(button_data(edit.reply_markup.as_ref().unwrap()), ["r1:ff:5"]);
+    assert_eq!(
+        button_data(edit.reply_markup.as_ref().unwrap()),
+        ["r1:ff:5"]
+    );
     // The same text and keyboard again: not modified.
     let again = bot
         .edit_message_text(ChatId(5), sent.id, "hello")
         .reply_markup(keyboard("🔄 Regenerate", "r1:ff:5"))
         .await;
-    assert!(matches!(again, Err(RequestError::Api(ApiError::MessageNotModified))));
+    assert!(matches!(
+        again,
+        Err(RequestError::Api(ApiError::MessageNotModified))
+    ));
     // An edit without a keyboard removes it.
-    bot.edit_message_text(ChatId(5), sent.id, "hello").await.unwrap();
+    bot.edit_message_text(ChatId(5), sent.id, "hello")
+        .await
+        .unwrap();
     assert_eq!(fake.current_markup(5, i64::from(sent.id.0)), None);
 
     bot.edit_message_reply_markup(ChatId(5), sent.id)
@@ -55,7 +63,10 @@ async fn keyboards_are_recorded_and_edits_replace_or_remove_them() {
         .unwrap();
     let edits = fake.markup_edits();
     assert_eq!(edits.len(), 1);
-    assert_eq!(button_data(edits[0].reply_markup.as_ref().unwrap()), ["p1:x"]);
+    assert_eq!(
+        button_data(edits[0].reply_markup.as_ref().unwrap()),
+        ["p1:x"]
+    );
     assert!(fake.current_markup(5, i64::from(sent.id.0)).is_some());
 }
 
@@ -64,8 +75,7 @@ async fn pushed_callback_queries_parse_and_answers_are_recorded() {
     let fake = FakeTelegram::start().await;
     let bot = bot(&fake);
     let sent = bot.send_message(ChatId(-100), "answer").await.unwrap();
-    let (update_id, query_id) =
-        fake.push_callback(-100, 77, i64::from(sent.id.0), "r1:ab:77");
+    let (update_id, query_id) = fake.push_callback(-100, 77, i64::from(sent.id.0), "r1:ab:77");
     let updates = bot.get_updates().await.unwrap();
     assert_eq!(updates.len(), 1);
     assert_eq!(i64::from(updates[0].id.0), update_id);

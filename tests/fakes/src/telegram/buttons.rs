@@ -181,7 +181,10 @@ impl FakeTelegram {
 /// `answerCallbackQuery`: recorded.
 pub(super) fn answer_callback_query(shared: &Shared, params: &Map<String, Value>) -> Response {
     let Some(query_id) = param_str(params, "callback_query_id").map(str::to_owned) else {
-        return error(400, "Bad Request: query is too old and response timeout expired or query ID is invalid");
+        return error(
+            400,
+            "Bad Request: query is too old and response timeout expired or query ID is invalid",
+        );
     };
     let text = param_str(params, "text").map(str::to_owned);
     if text.as_ref().is_some_and(|text| text.chars().count() > 200) {
@@ -208,10 +211,11 @@ pub(super) fn edit_message_reply_markup(shared: &Shared, params: &Map<String, Va
     };
     let markup = markup_param(params);
     let mut inner = lock(&shared.inner);
-    let known = inner
-        .sent_by_chat
-        .get(&chat_id)
-        .is_some_and(|indexes| indexes.iter().any(|&i| inner.sent[i].message_id == message_id));
+    let known = inner.sent_by_chat.get(&chat_id).is_some_and(|indexes| {
+        indexes
+            .iter()
+            .any(|&i| inner.sent[i].message_id == message_id)
+    });
     if !known {
         return error(400, "Bad Request: message to edit not found");
     }

@@ -29,7 +29,6 @@
 
 use std::time::Instant;
 
-use ractor::ActorProcessingErr;
 use super::SessionState;
 use super::turn::{self, Change, Reply, Turn};
 use crate::llm::Role;
@@ -38,6 +37,7 @@ use crate::telegram::command::Command;
 use crate::telegram::inbound::{Inbound, InboundKind, Press};
 use crate::telegram::render::OutgoingText;
 use crate::texts::Texts;
+use ractor::ActorProcessingErr;
 
 /// A Regenerate that was carried out, kept (in memory) for a second press
 /// of the same button.
@@ -92,8 +92,7 @@ pub(super) async fn on_press(
             return regenerate(state, turn, inbound, press, id, asker).await;
         }
         Action::Persona(name) => {
-            let command =
-                Command::from_words("persona", &name, &state.deps.config.commands);
+            let command = Command::from_words("persona", &name, &state.deps.config.commands);
             return typed(state, inbound, press, command, earlier).await;
         }
         Action::Model(index) => {
@@ -123,7 +122,10 @@ async fn regenerate(
         .regenerated
         .filter(|done| done.replaced == id || (done.new == id && inbound.received_at < done.at));
     if let Some(done) = again {
-        tracing::info!(same_text = done.new == id, "regenerate pressed again; already done");
+        tracing::info!(
+            same_text = done.new == id,
+            "regenerate pressed again; already done"
+        );
         answer(state, press, Some(&texts.button_already_done), false).await;
         return conclude(state, turn, inbound).await;
     }
@@ -210,7 +212,10 @@ async fn conclude(
 /// not retried.
 async fn answer(state: &SessionState, press: &Press, text: Option<&str>, alert: bool) {
     let transport = &state.deps.transport;
-    if let Err(error) = transport.answer_callback(&press.query_id, text, alert).await {
+    if let Err(error) = transport
+        .answer_callback(&press.query_id, text, alert)
+        .await
+    {
         tracing::debug!(class = error.class(), %error, "callback query not answered");
     }
 }
@@ -250,7 +255,10 @@ pub(super) fn regenerate_keyboard(
     asker: u64,
 ) -> Option<Keyboard> {
     let answer = latest_answer_id(state)?;
-    buttons::single(&texts.button_regenerate, &Action::Regenerate { answer, asker })
+    buttons::single(
+        &texts.button_regenerate,
+        &Action::Regenerate { answer, asker },
+    )
 }
 
 /// The Stop button for an answer being written.

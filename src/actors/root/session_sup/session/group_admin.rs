@@ -75,7 +75,10 @@ pub(super) async fn refusal(state: &mut SessionState, turn: &Turn<'_>) -> Option
 }
 
 /// The sender's status, from the cache or from Telegram.
-pub(super) async fn is_group_admin(state: &mut SessionState, user_id: u64) -> Result<bool, TelegramError> {
+pub(super) async fn is_group_admin(
+    state: &mut SessionState,
+    user_id: u64,
+) -> Result<bool, TelegramError> {
     let ttl = state.deps.config.telegram.admin_status_cache;
     let now = Instant::now();
     state
