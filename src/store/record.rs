@@ -1231,6 +1231,43 @@ mod tests {
     }
 
     #[test]
+    fn a_button_press_round_trips_and_earlier_kinds_keep_their_index() {
+        let inbound = Inbound {
+            update_id: 8,
+            chat_id: ChatId(-100),
+            user_id: Some(6),
+            language_code: Some("ru".into()),
+            kind: InboundKind::Callback(Press {
+                query_id: "4411".into(),
+                data: "r1:ff:6".into(),
+                message_id: MessageId(12),
+            }),
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: None,
+            reply_to: None,
+        };
+        let entry = UpdateEntry::Pending(StoredUpdate::new(&inbound, 4));
+        let UpdateEntry::Pending(stored) = decode_update(&encode_update(&entry).unwrap()).unwrap()
+        else {
+            panic!("not pending");
+        };
+        assert_eq!(stored.into_inbound(&[]).kind, inbound.kind);
+        // Appended last: an edit (the variant before it) encodes as before.
+        let edited = codec::encode(&StoredKind::Edited("x".into())).unwrap();
+        assert_eq!(edited[0], 4);
+        let press = codec::encode(&StoredKind::Callback {
+            query_id: String::new(),
+            data: String::new(),
+            message_id: 0,
+        })
+        .unwrap();
+        assert_eq!(press[0], 5);
+    }
+
+    #[test]
     fn the_current_version_is_written() {
         assert_eq!(
             encode_chat(&fixture_record()).unwrap()[0],

@@ -290,3 +290,20 @@ async fn a_regenerate_admitted_before_sigkill_acts_once_after_restart() {
     assert!(!telegram.callback_answers().is_empty());
     bot.kill9().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regenerate_over_the_llm_limit_is_answered_with_the_refusal() {
+    let h = Harness::start_with("limits.user_llm_per_minute = 1\n").await;
+    h.say(7, "a question");
+    let answer = h.replies(7, 1).await[0].clone();
+    h.telegram
+        .push_callback(7, 7, answer.message_id, &regenerate_of(&answer));
+    let answered = answers(&h.telegram, 1).await;
+    let text = answered[0].text.clone().unwrap_or_default();
+    assert!(text.contains("too fast"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.llm.request_count(), 1, "no LLM call");
+    assert!(h.telegram.edits().is_empty());
+    assert_eq!(h.telegram.sent_to(7).len(), 1, "no message either");
+    h.stop().await;
+}

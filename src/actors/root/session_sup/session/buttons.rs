@@ -118,9 +118,11 @@ async fn regenerate(
     asker: u64,
 ) -> Result<(), ActorProcessingErr> {
     let texts = std::sync::Arc::clone(&turn.texts);
-    let again = state
-        .regenerated
-        .filter(|done| done.replaced == id || (done.new == id && inbound.received_at < done.at));
+    // The same button again: its answer was replaced, or (when the new
+    // answer reads the same) the press came before the new answer did.
+    let again = state.regenerated.filter(|done| {
+        (done.replaced == id && done.new != id) || (done.new == id && inbound.received_at < done.at)
+    });
     if let Some(done) = again {
         tracing::info!(
             same_text = done.new == id,
