@@ -307,3 +307,22 @@ async fn a_regenerate_over_the_llm_limit_is_answered_with_the_refusal() {
     assert_eq!(h.telegram.sent_to(7).len(), 1, "no message either");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_picked_by_button_is_the_chats_model() {
+    let h = Harness::start().await;
+    let config = Config::from_defaults_with("").unwrap();
+    let wanted = config.llm.user_models[1].clone();
+    h.say(8, "/model");
+    let picker = h.replies(8, 1).await[0].clone();
+    assert_eq!(data_of(&picker), ["m1:0", "m1:1"]);
+    h.telegram.push_callback(8, 8, picker.message_id, "m1:1");
+    let replies = h.replies(8, 2).await;
+    assert_eq!(replies[1].text, format!("This chat now uses {wanted}."));
+    answers(&h.telegram, 1).await;
+    h.say(8, "hello");
+    h.replies(8, 3).await;
+    let request = h.llm.requests().pop().unwrap();
+    assert_eq!(request.body["model"].as_str(), Some(wanted.as_str()));
+    h.stop().await;
+}
