@@ -2,8 +2,9 @@
 //!
 //! The ingress turns each Telegram update into an [`Inbound`] (the console
 //! front, each line it reads); nothing past the ingress sees teloxide's
-//! update types. Updates that are not for us (edited
-//! messages, channel posts, commands addressed to another bot) become `None`.
+//! update types. Messages, edited texts and button presses (callback
+//! queries, [`InboundKind::Callback`]) are; updates that are not for us
+//! (channel posts, commands addressed to another bot) become `None`.
 //! Commands are parsed here, once, into a [`Command`]
 //! ([`super::command`]).
 

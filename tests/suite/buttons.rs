@@ -326,3 +326,25 @@ async fn a_model_picked_by_button_is_the_chats_model() {
     assert_eq!(request.body["model"].as_str(), Some(wanted.as_str()));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_stream_trades_stop_for_regenerate() {
+    let h = Harness::start_with("llm.stream = true\ntelegram.edit_interval = \"100ms\"\n").await;
+    let chunks: Vec<String> = (0..20).map(|i| format!("w{i} ")).collect();
+    h.llm.script(vec![LlmReply::now(LlmReplyKind::Stream {
+        chunks,
+        chunk_delay: Duration::from_millis(30),
+        break_after: None,
+    })]);
+    h.say(9, "stream it");
+    let live = h.replies(9, 1).await[0].clone();
+    assert_eq!(data_of(&live), ["s1:9"]);
+    eventually("Regenerate in place of Stop", || async {
+        current_regenerate(&h.telegram, 9, live.message_id).is_some()
+    })
+    .await;
+    let shown = settled_transcript(&h, 9, 1).await;
+    assert!(shown[0].contains("w19"), "{shown:?}");
+    assert_eq!(h.telegram.sent_to(9).len(), 1);
+    h.stop().await;
+}
