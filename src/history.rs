@@ -46,7 +46,7 @@ impl History {
     }
 
     /// Messages, oldest first.
-    pub fn messages(&self) -> impl ExactSizeIterator<Item = &ChatMessage> {
+    pub fn messages(&self) -> impl ExactSizeIterator<Item = &ChatMessage> + DoubleEndedIterator {
         self.messages.iter()
     }
 

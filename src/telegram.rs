@@ -6,6 +6,7 @@
 //! The actors that talk to Telegram live in the supervision tree:
 //! `actors/root/ingress.rs` (long polling) and `actors/root/outbox.rs` (sends).
 
+pub mod buttons;
 pub mod command;
 pub mod draft;
 pub mod error;

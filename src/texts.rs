@@ -131,6 +131,26 @@ pub struct Texts {
     /// Above the first answer after `session.new_dialog_after` of silence
     /// (plain text; shown in italics).
     pub new_dialog_notice: String,
+    /// The label of the button under a finished answer.
+    pub button_regenerate: String,
+    /// The label of the button on an answer being written.
+    pub button_stop: String,
+    /// The alert for a press by someone the button is not for.
+    pub button_not_yours: String,
+    /// A press whose data the bot does not know (an old or forged button).
+    pub button_unknown: String,
+    /// Regenerate pressed on an answer that is not the latest.
+    pub button_only_latest: String,
+    /// Regenerate pressed again on an answer already regenerated.
+    pub button_already_done: String,
+    /// Regenerate pressed: the new answer is being written.
+    pub button_working: String,
+    /// Stop pressed and the answer stopped.
+    pub button_stopped: String,
+    /// Stop pressed after the answer was finished.
+    pub button_nothing_to_stop: String,
+    /// A press refused by the rate limits (when they say nothing else).
+    pub button_refused: String,
 }
 
 /// Errors loading the compiled-in locale files.

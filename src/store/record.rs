@@ -14,7 +14,7 @@ use crate::config::CommandConfig;
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{
     Attachment, AttachmentKind, ChatId, FileRef, Inbound, InboundKind, MediaMessage, MessageId,
-    Quoted, SessionKey, ThreadId,
+    Press, Quoted, SessionKey, ThreadId,
 };
 
 /// Schema version of [`ChatRecord`] written by this build. Version 2 added
@@ -664,6 +664,15 @@ pub enum StoredKind {
     Media(StoredMedia),
     /// A text the user edited, its new text (update entry version 5).
     Edited(String),
+    /// A button press (appended last, so earlier entries read the same).
+    Callback {
+        /// The callback query's id.
+        query_id: String,
+        /// The button's data, as sent.
+        data: String,
+        /// The message pressed on.
+        message_id: i32,
+    },
 }
 
 /// A [`MediaMessage`] as stored: file references, never bytes.
@@ -961,6 +970,11 @@ impl StoredUpdate {
                 InboundKind::Media(media) => StoredKind::Media(StoredMedia::new(media)),
                 InboundKind::NonText => StoredKind::NonText,
                 InboundKind::Edited(text) => StoredKind::Edited(text.clone()),
+                InboundKind::Callback(press) => StoredKind::Callback {
+                    query_id: press.query_id.clone(),
+                    data: press.data.clone(),
+                    message_id: press.message_id.0,
+                },
             },
             message_id: inbound.message_id.map(|id| id.0),
             reply_to: inbound.reply_to.as_ref().map(|quote| {
@@ -993,6 +1007,15 @@ impl StoredUpdate {
                 }
                 StoredKind::NonText => InboundKind::NonText,
                 StoredKind::Edited(text) => InboundKind::Edited(text),
+                StoredKind::Callback {
+                    query_id,
+                    data,
+                    message_id,
+                } => InboundKind::Callback(Press {
+                    query_id,
+                    data,
+                    message_id: MessageId(message_id),
+                }),
                 StoredKind::Media(media) => InboundKind::Media(media.into_media(assistants)),
             },
             received_at: std::time::Instant::now(),
@@ -1497,6 +1520,43 @@ mod tests {
         assert_eq!(stored.into_inbound(&[]).kind, inbound.kind);
         // A label from a newer build reads as unsupported, not as an error.
         assert_eq!(kind_from_label("hologram"), AttachmentKind::Unsupported);
+    }
+
+    #[test]
+    fn a_button_press_round_trips_and_earlier_kinds_keep_their_index() {
+        let inbound = Inbound {
+            update_id: 8,
+            key: SessionKey::of_chat(ChatId(-100)),
+            user_id: Some(6),
+            language_code: Some("ru".into()),
+            kind: InboundKind::Callback(Press {
+                query_id: "4411".into(),
+                data: "r1:ff:6".into(),
+                message_id: MessageId(12),
+            }),
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: None,
+            reply_to: None,
+        };
+        let entry = UpdateEntry::Pending(StoredUpdate::new(&inbound, 4));
+        let UpdateEntry::Pending(stored) = decode_update(&encode_update(&entry).unwrap()).unwrap()
+        else {
+            panic!("not pending");
+        };
+        assert_eq!(stored.into_inbound(&[]).kind, inbound.kind);
+        // Appended last: an edit (the variant before it) encodes as before.
+        let edited = codec::encode(&StoredKind::Edited("x".into())).unwrap();
+        assert_eq!(edited[0], 4);
+        let press = codec::encode(&StoredKind::Callback {
+            query_id: String::new(),
+            data: String::new(),
+            message_id: 0,
+        })
+        .unwrap();
+        assert_eq!(press[0], 5);
     }
 
     #[test]

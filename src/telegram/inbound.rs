@@ -2,8 +2,9 @@
 //!
 //! The ingress turns each Telegram update into an [`Inbound`] (the console
 //! front, each line it reads); nothing past the ingress sees teloxide's
-//! update types. Updates that are not for us (edited
-//! messages, channel posts, commands addressed to another bot) become `None`.
+//! update types. Messages, edited texts and button presses (callback
+//! queries, [`InboundKind::Callback`]) are; updates that are not for us
+//! (channel posts, commands addressed to another bot) become `None`.
 //! Commands are parsed here, once, into a [`Command`]
 //! ([`super::command`]).
 
@@ -11,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use teloxide::types::{
-    ChatKind, ChatPublic, FileMeta, Message, PhotoSize, PublicChatKind, PublicChatSupergroup,
-    Update, UpdateKind,
+    CallbackQuery, ChatKind, ChatPublic, FileMeta, Message, PhotoSize, PublicChatKind,
+    PublicChatSupergroup, Update, UpdateKind,
 };
 
 use super::command::{self, Command, Parsed};
@@ -148,6 +149,28 @@ pub enum InboundKind {
     /// A text message the user edited, with its new text (the message is
     /// [`Inbound::message_id`]).
     Edited(String),
+    /// A button of one of the bot's messages was pressed (a callback
+    /// query); [`Inbound::user_id`] is who pressed it.
+    Callback(Press),
+}
+
+/// A button press: a callback query on one of the bot's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Press {
+    /// The query's id, for `answerCallbackQuery`.
+    pub query_id: String,
+    /// The button's callback data, as the client sent it (untrusted; read
+    /// with [`super::buttons::Action::decode`]).
+    pub data: String,
+    /// The message whose button was pressed.
+    pub message_id: MessageId,
+}
+
+impl Press {
+    /// What the press asks for; `None` when the data is not the bot's.
+    pub fn action(&self) -> Option<super::buttons::Action> {
+        super::buttons::Action::decode(&self.data)
+    }
 }
 
 /// A message carrying files: one, or an album's several merged into one
@@ -261,6 +284,9 @@ impl Inbound {
                 .any(|attachment| attachment.kind != AttachmentKind::Unsupported),
             InboundKind::NonText => false,
             InboundKind::Edited(_) => true,
+            InboundKind::Callback(press) => {
+                press.action().is_some_and(|action| action.costs_llm_call())
+            }
         }
     }
 
@@ -281,6 +307,7 @@ impl Inbound {
         let (message, edited) = match &update.kind {
             UpdateKind::Message(message) => (message, false),
             UpdateKind::EditedMessage(message) => (message, true),
+            UpdateKind::CallbackQuery(query) => return Self::from_press(update.id.0, query),
             _ => return None,
         };
         let assistants = &config.commands;
@@ -311,6 +338,36 @@ impl Inbound {
                 .flatten(),
             message_id: Some(message.id),
             reply_to: Quoted::of(message, bot_username, config.input.max_quote_chars).map(Box::new),
+        })
+    }
+}
+
+impl Inbound {
+    /// A button press on one of the bot's messages; `None` for a press
+    /// without data (a game) or without a message (inline mode), which
+    /// this bot never offers.
+    fn from_press(update_id: u32, query: &CallbackQuery) -> Option<Self> {
+        let message = query.message.as_ref()?;
+        let data = query.data.clone()?;
+        let chat = message.chat();
+        Some(Self {
+            update_id,
+            // A press in a forum topic belongs to that topic's conversation.
+            key: SessionKey::new(chat.id, message.regular_message().and_then(topic)),
+            user_id: Some(query.from.id.0),
+            language_code: query.from.language_code.clone(),
+            kind: InboundKind::Callback(Press {
+                query_id: query.id.0.clone(),
+                data,
+                message_id: message.id(),
+            }),
+            received_at: Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: (!chat.is_private()).then(|| query.from.first_name.clone()),
+            // Not a message of the user's: nothing to reply to or quote.
+            message_id: None,
+            reply_to: None,
         })
     }
 }

@@ -9,6 +9,7 @@ use std::ops::Range;
 use pulldown_cmark::{CodeBlockKind, Event, Options, Parser, Tag, TagEnd};
 use teloxide::types::{MessageEntity, MessageEntityKind};
 
+use super::buttons::Keyboard;
 use super::split::{split_ranges, utf16_len};
 
 /// A formatting span over the rendered text (byte offsets).
@@ -49,13 +50,16 @@ pub struct Rendered {
 }
 
 /// One Telegram message: text and entities (UTF-16 offsets, as Telegram
-/// counts).
+/// counts), and the inline keyboard under it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutgoingText {
     /// The text.
     pub text: String,
     /// Its formatting.
     pub entities: Vec<MessageEntity>,
+    /// Buttons under the message. An edit sends it too: an edit without
+    /// one removes the buttons the message had.
+    pub keyboard: Option<Keyboard>,
 }
 
 impl OutgoingText {
@@ -64,7 +68,15 @@ impl OutgoingText {
         Self {
             text: text.into(),
             entities: Vec::new(),
+            keyboard: None,
         }
+    }
+
+    /// The same message with `keyboard` under it.
+    #[must_use]
+    pub fn with_keyboard(mut self, keyboard: Option<Keyboard>) -> Self {
+        self.keyboard = keyboard;
+        self
     }
 }
 
@@ -319,6 +331,7 @@ pub fn to_messages(rendered: &Rendered, max_units: usize) -> Vec<OutgoingText> {
             OutgoingText {
                 text: text[part].to_owned(),
                 entities,
+                keyboard: None,
             }
         })
         .collect()

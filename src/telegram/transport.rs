@@ -7,13 +7,18 @@
 
 use teloxide::Bot;
 use teloxide::payloads::{
-    EditMessageTextSetters as _, SendChatActionSetters as _, SendMessageSetters as _,
+    AnswerCallbackQuerySetters as _, EditMessageTextSetters as _, SendChatActionSetters as _,
+    SendMessageSetters as _,
 };
 use teloxide::prelude::Requester as _;
-use teloxide::types::{ChatAction, LinkPreviewOptions, MessageId, ReplyParameters, UserId};
+use teloxide::types::{
+    CallbackQueryId, ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions,
+    MessageId, ReplyParameters, UserId,
+};
 use teloxide::{ApiError, RequestError};
 
 use super::TelegramError;
+use super::buttons::Keyboard;
 use super::inbound::{ChatId, SessionKey};
 use super::render::OutgoingText;
 use crate::front::console::ConsoleOut;
@@ -70,6 +75,9 @@ impl Transport {
                     // can make Telegram refuse the message as unparseable.
                     request = request.entities(part.entities.clone());
                 }
+                if let Some(keyboard) = &part.keyboard {
+                    request = request.reply_markup(markup(keyboard));
+                }
                 Ok(request.await?.id)
             }
             Self::Console(out) => out.send(&part.text).await,
@@ -93,6 +101,10 @@ impl Transport {
                     .link_preview_options(no_link_preview());
                 if !part.entities.is_empty() {
                     request = request.entities(part.entities.clone());
+                }
+                // Without a keyboard the edit removes the one shown.
+                if let Some(keyboard) = &part.keyboard {
+                    request = request.reply_markup(markup(keyboard));
                 }
                 match request.await {
                     Ok(_) | Err(RequestError::Api(ApiError::MessageNotModified)) => Ok(()),
@@ -137,6 +149,33 @@ impl Transport {
         }
     }
 
+    /// Answers a button press (Bot API `answerCallbackQuery`): `text` as a
+    /// notification, or as an alert the user must dismiss when `alert`.
+    pub async fn answer_callback(
+        &self,
+        query_id: &str,
+        text: Option<&str>,
+        alert: bool,
+    ) -> Result<(), TelegramError> {
+        match self {
+            Self::Telegram(bot) => {
+                let mut request = bot.answer_callback_query(CallbackQueryId(query_id.to_owned()));
+                if let Some(text) = text {
+                    request = request.text(text).show_alert(alert);
+                }
+                request.await?;
+                Ok(())
+            }
+            // The console has no buttons to press.
+            Self::Console(_) => Ok(()),
+            #[cfg(test)]
+            Self::Scripted(api) => api
+                .call(ChatId(0), "answer", text.unwrap_or_default(), None)
+                .await
+                .map(drop),
+        }
+    }
+
     /// Whether `user_id` is the creator or an administrator of `chat_id`
     /// (Bot API `getChatMember`).
     pub async fn is_chat_admin(
@@ -175,6 +214,15 @@ impl Transport {
             Self::Scripted(api) => api.call(to.chat(), "typing", "", None).await.map(drop),
         }
     }
+}
+
+/// An inline keyboard as the Bot API takes it.
+fn markup(keyboard: &Keyboard) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new(keyboard.iter().map(|row| {
+        row.iter()
+            .map(|button| InlineKeyboardButton::callback(&button.label, &button.data))
+            .collect::<Vec<_>>()
+    }))
 }
 
 /// Link previews would turn an answer quoting a URL into a card the user did

@@ -25,10 +25,15 @@ use teloxide::types::{AllowedUpdate, ResponseParameters, Update, UpdateKind};
 use teloxide::{ApiError, Bot, RequestError};
 
 /// The update kinds the bot asks Telegram for (`allowed_updates` of
-/// getUpdates and setWebhook): exactly what it handles. Messages and their
-/// edits always; with `business.enabled`, the Business connections.
+/// getUpdates and setWebhook): exactly those it handles. Messages, their
+/// edits and button presses always; with `business.enabled`, the Business
+/// connections.
 pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
-    let mut kinds = vec![AllowedUpdate::Message, AllowedUpdate::EditedMessage];
+    let mut kinds = vec![
+        AllowedUpdate::Message,
+        AllowedUpdate::EditedMessage,
+        AllowedUpdate::CallbackQuery,
+    ];
     if config.business.enabled {
         kinds.push(AllowedUpdate::BusinessConnection);
     }

@@ -3,6 +3,7 @@
 mod bad_input;
 mod binary;
 mod bursts;
+mod buttons;
 mod commands;
 mod console;
 mod conversation;

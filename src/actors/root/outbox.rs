@@ -520,7 +520,13 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                 for part in &parts {
                     if let Part::Draft { draft_id, text } = part {
                         match send_draft(
-                            &transport, &config, &pacing, &drafts, to.chat(), *draft_id, text,
+                            &transport,
+                            &config,
+                            &pacing,
+                            &drafts,
+                            to.chat(),
+                            *draft_id,
+                            text,
                         )
                         .await
                         {

@@ -59,6 +59,7 @@ use crate::config::Config;
 use crate::llm::LlmClient;
 use crate::ops::Health;
 use crate::persona::Personas;
+use crate::telegram::buttons::Action;
 use crate::telegram::command::Command;
 use crate::telegram::inbound::{Inbound, InboundKind, SessionKey};
 use crate::telegram::transport::Transport;
@@ -420,6 +421,15 @@ async fn on_route(
         InboundKind::Command(Command::Cancel) => {
             entry.signals.cancel.notify_waiters();
         }
+        // A press waits in line like a message but says nothing about it;
+        // Stop wakes the answer in flight at once, as `/cancel` does.
+        InboundKind::Callback(press) => {
+            if let Some(Action::Stop { asker }) = press.action()
+                && inbound.refused.is_none()
+            {
+                stop(&state.deps, &inbound, asker, Arc::clone(&entry.signals));
+            }
+        }
         // Only a session busy answering is waiting for this; it tells the
         // user once that the earlier answer comes first.
         _ if !entry.pending.is_empty() && inbound.refused.is_none() => {
@@ -434,6 +444,29 @@ async fn on_route(
     // to its successor by `on_session_died`.
     let _ = entry.session.cast(SessionMsg::Handle(inbound));
     Ok(())
+}
+
+/// Stop pressed: the answer in flight is woken as by `/cancel` when the
+/// presser may (the chat's user, the asker, a bot admin, or a group
+/// administrator, asked of Telegram in a task of its own so no other chat
+/// waits). The session answers the press when it gets to it.
+fn stop(deps: &Arc<SessionDeps>, inbound: &Inbound, asker: u64, signals: Arc<ChatSignals>) {
+    let Some(presser) = inbound.user_id else {
+        return;
+    };
+    let chat_id = inbound.key.chat();
+    if chat_id.is_user() || presser == asker || deps.config.is_admin(Some(presser)) {
+        signals.cancel.notify_waiters();
+        return;
+    }
+    let transport = deps.transport.clone();
+    let timeout = deps.config.telegram.admin_check_timeout;
+    tokio::spawn(async move {
+        let check = transport.is_chat_admin(chat_id, presser);
+        if let Ok(Ok(true)) = tokio::time::timeout(timeout, check).await {
+            signals.cancel.notify_waiters();
+        }
+    });
 }
 
 async fn spawn_session(

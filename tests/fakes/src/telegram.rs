@@ -49,6 +49,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::{lock, serve, unix_now, wait_until};
 
 pub mod business;
+mod buttons;
 mod media;
 
 pub use business::{
@@ -56,6 +57,7 @@ pub use business::{
     BUSINESS_NOT_PRIVATE_CHAT, BUSINESS_PEER_USAGE_MISSING, BUSINESS_SENT_TO_SELF, BusinessAction,
     BusinessConn, BusinessEdit, BusinessFrom, BusinessRefusal, BusinessSent,
 };
+pub use buttons::{CallbackAnswer, MarkupEdit, button_data, button_labels};
 pub use media::{MAX_DOWNLOAD_SIZE, MediaUpdate, jpeg};
 
 /// The fake bot's user id, as returned by `getMe` and used as `from` of sent
@@ -105,6 +107,8 @@ pub struct SentMessage {
     /// All request parameters as a JSON object (`parse_mode`,
     /// `reply_parameters`, `entities`, …).
     pub body: Value,
+    /// `reply_markup` (an inline keyboard), if any.
+    pub reply_markup: Option<Value>,
     /// When the fake received the call.
     pub at: Instant,
 }
@@ -131,6 +135,8 @@ pub struct EditRecord {
     pub message_id: i64,
     /// The new text.
     pub text: String,
+    /// `reply_markup` sent with the edit; `None` removed the keyboard.
+    pub reply_markup: Option<Value>,
     /// When the fake received the call.
     pub at: Instant,
 }
@@ -220,6 +226,8 @@ struct Inner {
     media: media::MediaState,
     /// Business connections, messages and calls (see [`business`]).
     business: business::BusinessState,
+    /// Keyboards and callback answers (see [`buttons`]).
+    buttons: buttons::ButtonsState,
 }
 
 /// A webhook registered with `setWebhook`.
@@ -515,9 +523,14 @@ impl FakeTelegram {
     }
 
     fn enqueue(&self, inner: &mut Inner, message: Value) -> i64 {
+        self.enqueue_update(inner, "message", message)
+    }
+
+    /// Queues an update of `kind` (`message`, `callback_query`, …).
+    fn enqueue_update(&self, inner: &mut Inner, kind: &str, content: Value) -> i64 {
         let update_id = inner.next_update_id;
         inner.next_update_id += 1;
-        let update = json!({"update_id": update_id, "message": message}).to_string();
+        let update = json!({"update_id": update_id, kind: content}).to_string();
         inner.issued.insert(update_id, update.clone());
         inner.queue.push_back((update_id, update));
         self.shared.updates.notify_waiters();
@@ -933,6 +946,8 @@ async fn handle(
         "sendmessage" => send_message(&shared, params),
         "editmessagetext" => edit_message_text(&shared, &params),
         "sendmessagedraft" => send_message_draft(&shared, &params),
+        "answercallbackquery" => buttons::answer_callback_query(&shared, &params),
+        "editmessagereplymarkup" => buttons::edit_message_reply_markup(&shared, &params),
         "sendchataction" => {
             let Some(chat_id) = param_i64(&params, "chat_id") else {
                 return error(400, "Bad Request: chat not found");
@@ -1113,6 +1128,10 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
         obj.insert("is_topic_message".into(), json!(true));
     }
     let reply = params.get("reply_parameters");
+    let reply_markup = buttons::markup_param(&params);
+    inner
+        .buttons
+        .set(chat_id, message_id, reply_markup.as_ref());
     let record = SentMessage {
         chat_id,
         message_id,
@@ -1123,6 +1142,7 @@ fn send_message(shared: &Shared, params: Map<String, Value>) -> Response {
             .unwrap_or(false),
         thread_id,
         body: Value::Object(params),
+        reply_markup,
         at: now,
     };
     if !inner.subscribers.is_empty() {
@@ -1208,7 +1228,8 @@ fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
         .current_text
         .get(&(chat_id, message_id))
         .unwrap_or(&original);
-    if *current == text {
+    let reply_markup = buttons::markup_param(params);
+    if *current == text && inner.buttons.current(chat_id, message_id) == reply_markup.as_ref() {
         return error(
             400,
             "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
@@ -1217,10 +1238,14 @@ fn edit_message_text(shared: &Shared, params: &Map<String, Value>) -> Response {
     inner
         .current_text
         .insert((chat_id, message_id), text.clone());
+    inner
+        .buttons
+        .set(chat_id, message_id, reply_markup.as_ref());
     inner.edits.push(EditRecord {
         chat_id,
         message_id,
         text: text.clone(),
+        reply_markup,
         at: now,
     });
     drop(inner);

@@ -273,6 +273,11 @@ async fn a_refusal_of_drafts_is_remembered_and_not_asked_again() {
     );
     assert_eq!(t.telegram.calls().len(), 1);
     // Messages go on as before.
-    assert!(outbox(&t).deliver(&B.into(), &[plain("Hi")], None).await.is_ok());
+    assert!(
+        outbox(&t)
+            .deliver(&B.into(), &[plain("Hi")], None)
+            .await
+            .is_ok()
+    );
     actor.stop(None);
 }

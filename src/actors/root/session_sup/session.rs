@@ -47,6 +47,7 @@
 
 mod admin;
 mod admission;
+mod buttons;
 mod commands;
 mod group_admin;
 mod intake;
@@ -181,6 +182,9 @@ pub(crate) struct SessionState {
     /// (`session.edit_window`); not stored, so an edit after a restart or
     /// an eviction is ignored.
     last_answer: Option<turn::LastAnswer>,
+    /// The last Regenerate carried out, for a second press of its button
+    /// (`buttons.rs`); not stored.
+    regenerated: Option<buttons::Regenerated>,
     /// Group members' admin status as Telegram last said it (groups only;
     /// `telegram.admin_status_cache`). Not stored.
     admin_statuses: Vec<group_admin::CachedStatus>,
@@ -220,6 +224,7 @@ impl Actor for Session {
             awaiting_input: None,
             admin_statuses: Vec::new(),
             last_answer: None,
+            regenerated: None,
             signals: Arc::clone(&args.signals),
             burst: Vec::new(),
             burst_generation: 0,
@@ -334,6 +339,9 @@ async fn on_update(
             tracing::info!("update answered before; skipped");
             return turn::finish(state, inbound.update_id, earlier);
         }
+        if let InboundKind::Callback(press) = &inbound.kind {
+            return buttons::on_press(state, inbound, press, earlier).await;
+        }
         let mut turn = Turn::new(&state.deps, inbound, earlier);
         turn.quote = inbound
             .reply_to
@@ -389,6 +397,8 @@ async fn respond(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
         InboundKind::Edited(text) => on_edit(state, turn, text).await,
         InboundKind::Media(media) => media_turn::on_media(state, turn, media).await,
         InboundKind::NonText => Reply::Plain(turn.texts.non_text.clone()),
+        // Presses are handled before (`buttons.rs`); nothing to say here.
+        InboundKind::Callback(_) => Reply::Silent,
     }
 }
 

@@ -13,7 +13,14 @@ use crate::texts::{Texts, fill};
 
 /// `/model` without a name: which model answers this chat, and the choices.
 pub(super) async fn on_model_query(state: &SessionState, turn: &Turn<'_>) -> Reply {
-    Reply::Plain(current_model(state, &turn.texts).await)
+    let (text, model) = current_model(state, &turn.texts).await;
+    // The choices as buttons too (`buttons.rs`); pressed, each runs
+    // `/model <name>`.
+    let picker = super::buttons::model_keyboard(state, &model);
+    if picker.is_empty() {
+        return Reply::Plain(text);
+    }
+    Reply::Buttons(text, picker)
 }
 
 /// `/model NAME` (`command` is its name): an admin sets the bot's model;
@@ -69,7 +76,8 @@ async fn ban(state: &SessionState, texts: &Texts, user: i64, ban: bool) -> Strin
     }
 }
 
-async fn current_model(state: &SessionState, texts: &Texts) -> String {
+/// The `/model` reply, and the model in use.
+async fn current_model(state: &SessionState, texts: &Texts) -> (String, String) {
     let model = match &state.settings.model {
         Some(own) => own.clone(),
         None => state
@@ -86,10 +94,11 @@ async fn current_model(state: &SessionState, texts: &Texts) -> String {
     } else {
         &llm.user_models
     };
-    fill(
+    let text = fill(
         &texts.model_current,
         &[("model", &model), ("models", &choices.join(", "))],
-    )
+    );
+    (text, model)
 }
 
 /// A user picks a model for their own chat among `llm.user_models`; kept in

@@ -37,7 +37,12 @@ fn changes_the_group(inbound: &Inbound) -> bool {
             .command
             .as_ref()
             .is_some_and(Command::changes_the_group),
-        InboundKind::Text(_) | InboundKind::NonText | InboundKind::Edited(_) => false,
+        // A picker's press is checked as the command it stands for
+        // (`buttons.rs`).
+        InboundKind::Text(_)
+        | InboundKind::NonText
+        | InboundKind::Edited(_)
+        | InboundKind::Callback(_) => false,
     }
 }
 
@@ -70,7 +75,10 @@ pub(super) async fn refusal(state: &mut SessionState, turn: &Turn<'_>) -> Option
 }
 
 /// The sender's status, from the cache or from Telegram.
-async fn is_group_admin(state: &mut SessionState, user_id: u64) -> Result<bool, TelegramError> {
+pub(super) async fn is_group_admin(
+    state: &mut SessionState,
+    user_id: u64,
+) -> Result<bool, TelegramError> {
     let ttl = state.deps.config.telegram.admin_status_cache;
     let now = Instant::now();
     state

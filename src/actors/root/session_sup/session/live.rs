@@ -8,17 +8,20 @@
 //! waits `telegram.edit_interval` after it, so a fast stream costs a bounded
 //! number of Bot API calls. Everything is rendered the way the final answer
 //! is (Markdown still open at the end, such as `**E`, closed first, so it
-//! never shows raw), so the final delivery only edits what changed.
+//! never shows raw), so the final delivery only edits what changed. The
+//! last message carries the Stop button while the answer grows
+//! (`buttons.rs`); the final delivery replaces it with Regenerate.
 //!
 //! In a private chat (with `telegram.drafts`) the answer is shown as an
 //! animated draft instead (`sendMessageDraft`, same pacing): nothing is
 //! edited, and the final delivery sends the answer as new messages, which
 //! replace the draft. A draft holds one message: a longer answer's draft
-//! shows the part being written. If the Bot API refuses drafts, the answer
-//! falls back to the edited message at once (the outbox remembers the
-//! refusal, so later answers fall back without a call). A draft that fails
-//! otherwise is tried again at the next update, unless Telegram rejected it
-//! outright.
+//! shows the part being written. A draft has no buttons (the method takes
+//! none), so there Stop is `/cancel`. If the Bot API refuses drafts, the
+//! answer falls back to the edited message at once (the outbox remembers
+//! the refusal, so later answers fall back without a call). A draft that
+//! fails otherwise is tried again at the next update, unless Telegram
+//! rejected it outright.
 
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::actors::root::outbox::{Delivered, Part};
 use crate::telegram::TelegramError;
+use crate::telegram::buttons::Keyboard;
 use crate::telegram::render::{OutgoingText, complete_partial, render_markdown, to_messages};
 
 /// Shown in a message the final answer no longer needs (it rendered shorter
@@ -63,6 +67,8 @@ pub(super) struct LiveAnswer {
     next_update: Instant,
     max_units: usize,
     interval: Duration,
+    /// The Stop button, under the last message while the answer grows.
+    stop: Option<Keyboard>,
 }
 
 impl LiveAnswer {
@@ -80,6 +86,7 @@ impl LiveAnswer {
             next_update: Instant::now(),
             max_units,
             interval,
+            stop: None,
         }
     }
 
@@ -96,6 +103,12 @@ impl LiveAnswer {
     /// it as new messages, whatever it would have edited otherwise).
     pub(super) fn drafted(&self) -> bool {
         self.drafted
+    }
+
+    /// Shows `stop` (the Stop button) under the answer while it grows; the
+    /// final delivery replaces it.
+    pub(super) fn set_stop(&mut self, stop: Option<Keyboard>) {
+        self.stop = stop;
     }
 
     /// More text arrived.
@@ -142,6 +155,7 @@ impl LiveAnswer {
             self.sending = vec![(0, text.clone())];
             return vec![Part::Draft { draft_id, text }];
         }
+        super::turn::with_keyboard_last(&mut wanted, self.stop.clone());
         let (parts, sending) = diff(&self.shown, wanted);
         self.sending = sending;
         parts

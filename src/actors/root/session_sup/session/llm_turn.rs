@@ -25,6 +25,7 @@ use crate::llm::client::StreamTo;
 use crate::llm::{ChatMessage, Completion, LlmError, Role};
 use crate::pricing::format_money;
 use crate::store::record::{ChatCounters, StoredFile};
+use crate::telegram::buttons::Keyboard;
 use crate::texts::{Texts, fill, retry_in_seconds};
 
 /// Characters per token when the provider reports no usage: the usual rule
@@ -214,6 +215,7 @@ pub(super) async fn ask(
         options: &options,
         stream: stream_to,
         reply_to: turn.reply_to,
+        stop: super::buttons::stop_keyboard(&turn.texts, turn.asker),
     };
     let texts = Arc::clone(&turn.texts);
     let (result, live) = await_answer(state, &texts, request, deltas).await;
@@ -441,6 +443,8 @@ struct Request<'a> {
     stream: Option<StreamTo>,
     /// In groups, the message the answer's first message replies to.
     reply_to: Option<MessageId>,
+    /// The Stop button a streamed answer shows while it grows.
+    stop: Option<Keyboard>,
 }
 
 /// Waits for the LLM pool's answer while showing "typing…", or the streamed
@@ -456,6 +460,7 @@ async fn await_answer(
     let key = &state.key;
     let telegram = &deps.config.telegram;
     let reply_to = request.reply_to;
+    let stop = request.stop.clone();
     let call = call_llm(deps, request);
     tokio::pin!(call);
     // Drafts in private chats of the Bot API (the console edits), unless
@@ -469,6 +474,7 @@ async fn await_answer(
     } else {
         LiveAnswer::new(telegram.max_message_chars, telegram.edit_interval)
     };
+    live.set_stop(stop);
     let mut update: Option<std::pin::Pin<Box<dyn Future<Output = Delivered> + Send + '_>>> = None;
     let mut next_typing = Instant::now() + telegram.typing_after;
     let cancelled = state.signals.cancel.notified();

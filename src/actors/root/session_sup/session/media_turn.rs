@@ -307,7 +307,7 @@ fn with_note(reply: &mut Reply, note: &str) -> bool {
             text.push_str(note);
             true
         }
-        Reply::Plain(_) | Reply::Silent => false,
+        Reply::Plain(_) | Reply::Buttons(..) | Reply::Silent => false,
     }
 }
 

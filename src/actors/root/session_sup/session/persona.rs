@@ -61,7 +61,7 @@ pub(super) fn voice(state: &mut SessionState) -> Voice {
 pub(super) fn on_persona(state: &mut SessionState, turn: &Turn<'_>, arg: &PersonaArg) -> Reply {
     let texts = &turn.texts;
     Reply::Plain(match arg {
-        PersonaArg::List => list(state, texts),
+        PersonaArg::List => return Reply::Buttons(list(state, texts), picker(state, texts)),
         PersonaArg::Show => show(state, texts),
         PersonaArg::Default => {
             state.settings.persona = None;
@@ -108,6 +108,21 @@ fn list(state: &SessionState, texts: &Texts) -> String {
         &texts.persona_list,
         &[("current", current), ("personas", &lines.join("\n"))],
     )
+}
+
+/// The `/persona` picker: the default, then the named personas, as
+/// buttons (`buttons.rs`); pressed, each runs `/persona <name>`.
+fn picker(state: &SessionState, texts: &Texts) -> crate::telegram::buttons::Keyboard {
+    let default = &state.personas.default_persona().name;
+    let names = std::iter::once(DEFAULT_NAME).chain(
+        state
+            .personas
+            .named()
+            .iter()
+            .filter(|p| !Arc::ptr_eq(&p.name, default))
+            .map(|p| &*p.name),
+    );
+    super::buttons::persona_keyboard(names, current_name(state, texts))
 }
 
 /// What `/persona` calls the chat's current choice.

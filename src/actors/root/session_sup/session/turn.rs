@@ -18,6 +18,7 @@ use crate::actors::root::outbox::{Delivered, Part, TurnCommit};
 use crate::actors::root::persistence::RecordChange;
 use crate::actors::root::session_sup::SessionDeps;
 use crate::store::record::{self, ChatSettings, ChatUsage};
+use crate::telegram::buttons::Keyboard;
 use crate::telegram::inbound::{Inbound, InboundKind, SessionKey};
 use crate::telegram::render::{OutgoingText, render_markdown, to_messages};
 use crate::telegram::split::split_message;
@@ -33,6 +34,8 @@ pub(super) enum Reply {
     Plain(String),
     /// The LLM's answer: Markdown, sent as text with entities.
     Markdown(String),
+    /// One of the bot's own texts with buttons under it (a picker).
+    Buttons(String, Keyboard),
 }
 
 impl Reply {
@@ -45,6 +48,11 @@ impl Reply {
                 .map(OutgoingText::plain)
                 .collect(),
             Self::Markdown(text) => to_messages(&render_markdown(&text), max),
+            Self::Buttons(text, keyboard) => {
+                let mut messages = Self::Plain(text).into_messages(max);
+                with_keyboard_last(&mut messages, Some(keyboard));
+                messages
+            }
         }
     }
 
@@ -56,7 +64,8 @@ impl Reply {
             Self::Plain(text) => {
                 Self::Markdown(format!("{markdown}\n\n{}", escape_markdown(&text)))
             }
-            Self::Silent => Self::Markdown(markdown.to_owned()),
+            // A picker's text has no room for a note above it.
+            Self::Silent | Self::Buttons(..) => Self::Markdown(markdown.to_owned()),
         }
     }
 }
@@ -72,6 +81,13 @@ pub(super) fn escape_markdown(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Puts `keyboard` under the last of `messages`.
+pub(super) fn with_keyboard_last(messages: &mut [OutgoingText], keyboard: Option<Keyboard>) {
+    if let Some(last) = messages.last_mut() {
+        last.keyboard = keyboard;
+    }
 }
 
 /// The answer to the user's last text as shown, kept for an edit of that
@@ -134,6 +150,10 @@ pub(super) struct Turn<'a> {
     pub(super) quote: Option<String>,
     /// In groups, the message the answer replies to (its first message).
     pub(super) reply_to: Option<MessageId>,
+    /// Who asked what this turn answers: the sender, or for a Regenerate
+    /// press, who asked the question answered again. Named in the answer's
+    /// buttons (they may press them in a group).
+    pub(super) asker: u64,
 }
 
 impl<'a> Turn<'a> {
@@ -155,6 +175,7 @@ impl<'a> Turn<'a> {
             quote: None,
             // In a private chat the answer follows the question anyway.
             reply_to: inbound.message_id.filter(|_| !inbound.key.is_user()),
+            asker: inbound.user_id.unwrap_or_default(),
         }
     }
 
@@ -189,9 +210,16 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
     } else {
         turn.replaces
     };
-    let messages = turn
+    // The LLM's answer, when the history ends with it, gets Regenerate.
+    let regenerate = matches!(turn.reply, Reply::Markdown(_))
+        .then(|| super::buttons::regenerate_keyboard(state, &turn.texts, turn.asker))
+        .flatten();
+    let mut messages = turn
         .reply
         .into_messages(state.deps.config.telegram.max_message_chars);
+    if regenerate.is_some() {
+        with_keyboard_last(&mut messages, regenerate);
+    }
     let (parts, filled) = super::live::diff(&shown, messages);
     // A streamed answer's first message replied when it was first shown.
     let parts = Part::reply_first(parts, turn.reply_to.filter(|_| shown.is_empty()));
