@@ -110,6 +110,8 @@ pub struct OpsState {
     /// The mutating routes' bearer token (`OPS_API_TOKEN`); `None` disables
     /// them.
     pub token: Option<Secret>,
+    /// Deliveries in progress: a backup waits for them to commit.
+    pub deliveries: std::sync::Arc<crate::actors::root::outbox::Deliveries>,
 }
 
 impl OpsState {
@@ -122,6 +124,7 @@ impl OpsState {
             providers: deps.llm.iter().map(|p| p.name().to_owned()).collect(),
             config: std::sync::Arc::clone(&deps.config),
             token,
+            deliveries: std::sync::Arc::clone(&deps.deliveries),
         }
     }
 
@@ -240,6 +243,9 @@ async fn metrics_text() -> Response {
     }
 }
 
+/// Longest a backup waits for deliveries in flight to commit.
+const BACKUP_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The body of `POST /backup`.
 #[derive(Debug, serde::Deserialize)]
 pub struct BackupRequest {
@@ -253,6 +259,16 @@ async fn backup(
 ) -> Response {
     if !request.to.is_absolute() {
         return (StatusCode::BAD_REQUEST, "`to` must be an absolute path\n").into_response();
+    }
+    // An answer the user has already seen commits right after it is sent:
+    // waiting for those in flight (briefly) keeps a restored copy from
+    // answering them again. Past the wait the copy is taken anyway; such an
+    // update is then answered once more after a restore.
+    if tokio::time::timeout(BACKUP_SETTLE, state.deliveries.until_all_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("backup taken with deliveries still committing");
     }
     let copied = state.directory.persistence().backup(&request.to).await;
     match copied {

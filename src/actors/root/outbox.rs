@@ -372,6 +372,23 @@ impl Deliveries {
     }
 }
 
+impl Deliveries {
+    /// Waits until no delivery to any chat is in progress (each has sent
+    /// and committed).
+    pub async fn until_all_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so an end in between wakes it.
+            idle.as_mut().enable();
+            if self.lock().is_empty() {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 impl Drop for Delivering {
     fn drop(&mut self) {
         let mut busy = self.deliveries.lock();
