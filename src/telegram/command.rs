@@ -222,11 +222,7 @@ impl ModeArg {
 
     /// The arguments that parse back to it.
     fn words(&self) -> Cow<'_, str> {
-        let name = |mode: &BusinessMode| match mode {
-            BusinessMode::Draft => "draft",
-            BusinessMode::Auto => "auto",
-            BusinessMode::Off => "off",
-        };
+        let name = |mode: &BusinessMode| super::buttons::mode_word(*mode);
         match self {
             Self::Show => Cow::Borrowed(""),
             Self::Set { fan: None, mode } => Cow::Borrowed(name(mode)),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use llmgram::texts::{Locales, Texts, fill};
-use llmgram_fakes::BusinessConn;
+use llmgram_fakes::{BusinessConn, button_data, button_labels};
 
 use crate::common::Harness;
 
@@ -68,9 +68,34 @@ async fn the_control_room_sets_modes_pauses_and_personas_that_survive_a_restart(
         ask(&h, owner, &format!("/mode {FAN} off"), next()).await,
         fill(&texts.biz_mode_fan_set, &[("fan", "6001"), ("mode", "off")])
     );
-    let shown = ask(&h, owner, "/mode", next()).await;
+    let shown_at = next();
+    let shown = ask(&h, owner, "/mode", shown_at).await;
     assert!(shown.starts_with("Mode for your fans: auto."), "{shown}");
     assert!(shown.contains("6001 · off"), "{shown}");
+
+    // The picker under it: draft · auto · off, the current one marked; a
+    // press runs `/mode <mode>`.
+    let picker = h.telegram.sent_to(owner)[shown_at - 1].clone();
+    let markup = picker.reply_markup.as_ref().expect("a picker");
+    assert_eq!(button_data(markup), ["bm1:draft", "bm1:auto", "bm1:off"]);
+    assert_eq!(button_labels(markup), ["draft", "auto ✓", "off"]);
+    h.telegram
+        .push_callback(owner, OWNER, picker.message_id, "bm1:draft");
+    let k = next();
+    assert_eq!(
+        h.replies(owner, k).await[k - 1].text,
+        fill(&texts.biz_mode_set, &[("mode", "draft")])
+    );
+    // A stranger's made-up press changes nothing of anyone's.
+    h.telegram.push_callback(stranger, STRANGER, 1, "bm1:off");
+    assert_eq!(
+        h.replies(stranger, 2).await[1].text,
+        texts.biz_no_connection
+    );
+    assert_eq!(
+        ask(&h, owner, "/mode auto", next()).await,
+        fill(&texts.biz_mode_set, &[("mode", "auto")])
+    );
     assert_eq!(
         ask(&h, owner, "/mode sometimes", next()).await,
         texts.biz_mode_usage

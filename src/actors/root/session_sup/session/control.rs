@@ -10,7 +10,9 @@
 //! run them: anyone else is told they have no connection (nothing about
 //! anyone's fans is shown outside the control room). With
 //! `business.enabled = false` the session treats them as unknown commands
-//! before they reach this module.
+//! before they reach this module. `/mode` alone comes with a draft · auto ·
+//! off picker (`bm1:` buttons, `buttons.rs`), whose press runs `/mode
+//! <mode>` through the same checks.
 
 use super::SessionState;
 use super::turn::{Reply, Turn};
@@ -37,7 +39,14 @@ pub(super) async fn on_control(
         "control-room command"
     );
     let reply = match command {
-        Command::Mode(ModeArg::Show) => show_mode(state, texts, &connections).await,
+        Command::Mode(ModeArg::Show) => {
+            // A picker under it: each button runs `/mode <mode>` (for every
+            // connection, like the typed command), the first's mode marked.
+            let current = connections.first().map_or(BusinessMode::Draft, |c| c.mode);
+            let keyboard =
+                super::buttons::mode_keyboard(current, |mode| mode_name(texts, mode).to_owned());
+            return Reply::Buttons(show_mode(state, texts, &connections).await, keyboard);
+        }
         Command::Mode(ModeArg::Malformed(_)) => texts.biz_mode_usage.clone(),
         Command::Mode(ModeArg::Set { fan, mode }) => {
             let change = Configure::Mode {
