@@ -53,6 +53,17 @@ async fn the_control_room_sets_modes_pauses_and_personas_that_survive_a_restart(
         texts.biz_no_connection
     );
     assert_eq!(h.telegram.sent_to(stranger).len(), 1, "no welcome");
+    // Counted as a security event (the recorder is the process's: other
+    // tests may add to it, never take away).
+    let metrics = format!("http://{}/metrics", h.service.ops_addr().expect("ops"));
+    let body = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+    let denied = body
+        .lines()
+        .find(|line| {
+            line.starts_with("llmgram_security_events_total{kind=\"business_owner_denied\"}")
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(denied.is_some_and(|n| n >= 1.0), "{body}");
     assert_eq!(ask(&h, NOBODY, "/fans", 1).await, texts.biz_no_connection);
 
     let mut n = 1;
