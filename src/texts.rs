@@ -151,6 +151,50 @@ pub struct Texts {
     pub button_nothing_to_stop: String,
     /// A press refused by the rate limits (when they say nothing else).
     pub button_refused: String,
+    /// A control-room command (`/mode`, `/pause`, `/resume`, `/fans`,
+    /// `/persona fans`) from a user without an enabled Business connection.
+    pub biz_no_connection: String,
+    /// A control-room command from its creator outside their private chat.
+    pub biz_control_room_only: String,
+    /// A control-room change that could not be stored.
+    pub biz_unavailable: String,
+    pub biz_mode_draft: String,
+    pub biz_mode_auto: String,
+    pub biz_mode_off: String,
+    pub biz_mode_paused: String,
+    /// Placeholders: `{mode}`, `{fans}`.
+    pub biz_mode_show: String,
+    pub biz_mode_no_own: String,
+    /// Placeholder: `{mode}`.
+    pub biz_mode_set: String,
+    /// Placeholders: `{fan}`, `{mode}`.
+    pub biz_mode_fan_set: String,
+    pub biz_mode_usage: String,
+    pub biz_pause_usage: String,
+    pub biz_resume_usage: String,
+    pub biz_paused: String,
+    pub biz_resumed: String,
+    /// Placeholder: `{fan}`.
+    pub biz_fan_paused: String,
+    /// Placeholder: `{fan}`.
+    pub biz_fan_resumed: String,
+    /// Placeholder: `{fans}`.
+    pub biz_fans: String,
+    pub biz_fans_none: String,
+    pub biz_ago_now: String,
+    /// Placeholder: `{n}`.
+    pub biz_ago_minutes: String,
+    /// Placeholder: `{n}`.
+    pub biz_ago_hours: String,
+    /// Placeholder: `{n}`.
+    pub biz_ago_days: String,
+    /// Placeholder: `{persona}`.
+    pub biz_persona_fans_set: String,
+    pub biz_persona_fans_default: String,
+    /// Sent to the control room when a connection is enabled.
+    pub biz_welcome: String,
+    /// Sent to the control room when a connection is disabled.
+    pub biz_disabled: String,
 }
 
 /// Errors loading the compiled-in locale files.

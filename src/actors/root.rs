@@ -476,6 +476,7 @@ fn start_business(
     let args = business::BusinessArgs {
         config: Arc::clone(&deps.config),
         directory: deps.directory.clone(),
+        locales: deps.locales.clone(),
     };
     spawn(deps, child, business::Business, args, supervisor)
 }

@@ -13,12 +13,15 @@
 //! | `s1:<asker>` | ⏹ Stop on an answer being written |
 //! | `p1:<persona name>` | a persona in the `/persona` picker |
 //! | `m1:<model index>` | a model in the `/model` picker |
+//! | `bm1:<draft\|auto\|off>` | a mode in the control room's `/mode` picker (Telegram Business) |
 //!
 //! The answer id names the exchange the answer closes ([`answer_id`]): the
 //! session checks it against the history, in memory or as stored, so a
 //! press on any answer but the latest is refused and one after a restart
 //! still works. The asker is the user whose message the answer answers
 //! (who may press it in a group besides the group's admins).
+
+use crate::config::BusinessMode;
 
 /// Telegram's limit on a button's callback data, in bytes.
 pub const MAX_DATA_BYTES: usize = 64;
@@ -54,6 +57,9 @@ pub enum Action {
     Persona(String),
     /// Pick the configured model at this index (`/model <name>`).
     Model(usize),
+    /// Set the Business connection's mode (`/mode <mode>` in the control
+    /// room).
+    BusinessMode(BusinessMode),
 }
 
 impl Action {
@@ -65,6 +71,7 @@ impl Action {
             Self::Stop { asker } => format!("s1:{asker}"),
             Self::Persona(name) => format!("p1:{name}"),
             Self::Model(index) => format!("m1:{index}"),
+            Self::BusinessMode(mode) => format!("bm1:{}", mode_word(*mode)),
         };
         (data.len() <= MAX_DATA_BYTES).then_some(data)
     }
@@ -91,6 +98,10 @@ impl Action {
                 Some(Self::Persona(rest.to_owned()))
             }
             "m1" => Some(Self::Model(usize::try_from(number(rest)?).ok()?)),
+            "bm1" => [BusinessMode::Draft, BusinessMode::Auto, BusinessMode::Off]
+                .into_iter()
+                .find(|mode| mode_word(*mode) == rest)
+                .map(Self::BusinessMode),
             _ => None,
         }
     }
@@ -98,6 +109,15 @@ impl Action {
     /// Whether a press costs an LLM call (against the per-user limit).
     pub fn costs_llm_call(&self) -> bool {
         matches!(self, Self::Regenerate { .. })
+    }
+}
+
+/// A mode as `/mode` and the `bm1:` data write it.
+pub fn mode_word(mode: BusinessMode) -> &'static str {
+    match mode {
+        BusinessMode::Draft => "draft",
+        BusinessMode::Auto => "auto",
+        BusinessMode::Off => "off",
     }
 }
 
@@ -145,6 +165,9 @@ mod tests {
             Action::Stop { asker: 0 },
             Action::Persona("pirate".into()),
             Action::Model(3),
+            Action::BusinessMode(BusinessMode::Draft),
+            Action::BusinessMode(BusinessMode::Auto),
+            Action::BusinessMode(BusinessMode::Off),
         ];
         for action in actions {
             let data = action.encode().expect("fits");
@@ -158,7 +181,7 @@ mod tests {
     fn anything_else_is_refused() {
         for data in [
             "", "r1", "r1:", "r1:zz:1", "r1:10", "r1:10:-1", "r1:10:01", "r2:10:1", "s1:", "s1:+1",
-            "p1:", "p1:a\nb", "m1:x", "m1:-1", "x1:1",
+            "p1:", "p1:a\nb", "m1:x", "m1:-1", "x1:1", "bm1:", "bm1:Auto", "bm2:auto",
         ] {
             assert_eq!(Action::decode(data), None, "{data:?}");
         }

@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use crate::config::{CommandConfig, CommandCost};
+use crate::config::{BusinessMode, CommandConfig, CommandCost};
 use crate::texts::Texts;
 
 /// One command, with the arguments it uses.
@@ -54,6 +54,16 @@ pub enum Command {
     Ban(UserArg),
     /// `/unban ID` (admins).
     Unban(UserArg),
+    /// `/mode …` (a Telegram Business creator's control room): show or set
+    /// the mode of their connection or of one fan.
+    Mode(ModeArg),
+    /// `/pause [fan]` (control room): nothing is drafted or sent for every
+    /// fan, or for one.
+    Pause(FanArg),
+    /// `/resume [fan]` (control room): undoes `/pause`.
+    Resume(FanArg),
+    /// `/fans` (control room): the recently active fans.
+    Fans,
     /// A `[[commands]]` entry of the config: its template is filled with
     /// `args` (or with the next text when `args` is empty).
     Assistant {
@@ -100,6 +110,11 @@ pub enum PersonaArg {
     /// `/persona NAME`: pick a configured persona (lower-cased; the
     /// session checks it exists).
     Pick(String),
+    /// `/persona fans NAME` / `/persona fans default` (a Business creator's
+    /// control room): the persona fans are answered in (lower-cased;
+    /// `None`: back to `business.persona`). Without Business it is a
+    /// [`PersonaArg::Pick`] of the whole text, as before.
+    Fans(Option<String>),
 }
 
 impl PersonaArg {
@@ -110,6 +125,10 @@ impl PersonaArg {
             "show" if rest.is_empty() => Self::Show,
             "default" if rest.is_empty() => Self::Default,
             "custom" => Self::Custom(rest.trim().to_owned()),
+            "fans" if !rest.trim().is_empty() => match rest.trim().to_ascii_lowercase() {
+                default if default == "default" => Self::Fans(None),
+                name => Self::Fans(Some(name)),
+            },
             _ => Self::Pick(args.to_ascii_lowercase()),
         }
     }
@@ -123,6 +142,95 @@ impl PersonaArg {
             Self::Custom(text) if text.is_empty() => Cow::Borrowed("custom"),
             Self::Custom(text) => Cow::Owned(format!("custom {text}")),
             Self::Pick(name) => Cow::Borrowed(name.as_str()),
+            Self::Fans(None) => Cow::Borrowed("fans default"),
+            Self::Fans(Some(name)) => Cow::Owned(format!("fans {name}")),
+        }
+    }
+}
+
+/// A fan, as the control-room commands name one: by the chat id `/fans`
+/// lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanArg {
+    /// No fan named: the whole connection.
+    All,
+    /// The fan's chat id.
+    Fan(i64),
+    /// Not a chat id (answered with the command's usage), as given.
+    Malformed(String),
+}
+
+impl FanArg {
+    fn parse(args: &str) -> Self {
+        if args.is_empty() {
+            return Self::All;
+        }
+        args.parse()
+            .map_or_else(|_| Self::Malformed(args.to_owned()), Self::Fan)
+    }
+
+    /// The arguments that parse back to it.
+    fn words(&self) -> Cow<'_, str> {
+        match self {
+            Self::All => Cow::Borrowed(""),
+            Self::Fan(chat) => Cow::Owned(chat.to_string()),
+            Self::Malformed(given) => Cow::Borrowed(given.as_str()),
+        }
+    }
+}
+
+/// What `/mode` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModeArg {
+    /// `/mode`: the connection's mode and the fans with their own.
+    Show,
+    /// `/mode draft|auto|off` (`fan: None`) or `/mode FAN draft|auto|off`.
+    Set {
+        /// The fan's chat id; `None` for the connection.
+        fan: Option<i64>,
+        /// The new mode.
+        mode: BusinessMode,
+    },
+    /// Anything else (answered with the usage), as given.
+    Malformed(String),
+}
+
+impl ModeArg {
+    fn parse(args: &str) -> Self {
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let mode = |word: &str| match word.to_ascii_lowercase().as_str() {
+            "draft" => Some(BusinessMode::Draft),
+            "auto" => Some(BusinessMode::Auto),
+            "off" => Some(BusinessMode::Off),
+            _ => None,
+        };
+        let parsed = match words.as_slice() {
+            [] => Some(Self::Show),
+            [word] => mode(word).map(|mode| Self::Set { fan: None, mode }),
+            [fan, word] => fan
+                .parse()
+                .ok()
+                .zip(mode(word))
+                .map(|(fan, mode)| Self::Set {
+                    fan: Some(fan),
+                    mode,
+                }),
+            _ => None,
+        };
+        parsed.unwrap_or_else(|| Self::Malformed(args.to_owned()))
+    }
+
+    /// The arguments that parse back to it.
+    fn words(&self) -> Cow<'_, str> {
+        let name = |mode: &BusinessMode| super::buttons::mode_word(*mode);
+        match self {
+            Self::Show => Cow::Borrowed(""),
+            Self::Set { fan: None, mode } => Cow::Borrowed(name(mode)),
+            Self::Set {
+                fan: Some(fan),
+                mode,
+            } => Cow::Owned(format!("{fan} {}", name(mode))),
+            Self::Malformed(given) => Cow::Borrowed(given.as_str()),
         }
     }
 }
@@ -214,6 +322,26 @@ const BUILT_INS: &[BuiltIn] = &[
         parse: |args| Command::Unban(UserArg::parse(args)),
         menu: None,
     },
+    BuiltIn {
+        name: "mode",
+        parse: |args| Command::Mode(ModeArg::parse(args)),
+        menu: None,
+    },
+    BuiltIn {
+        name: "pause",
+        parse: |args| Command::Pause(FanArg::parse(args)),
+        menu: None,
+    },
+    BuiltIn {
+        name: "resume",
+        parse: |args| Command::Resume(FanArg::parse(args)),
+        menu: None,
+    },
+    BuiltIn {
+        name: "fans",
+        parse: |_| Command::Fans,
+        menu: None,
+    },
 ];
 
 /// Parses `text`: a command for this bot (`bot_username`, compared without
@@ -296,6 +424,10 @@ impl Command {
             Self::Health => "health",
             Self::Ban(_) => "ban",
             Self::Unban(_) => "unban",
+            Self::Mode(_) => "mode",
+            Self::Pause(_) => "pause",
+            Self::Resume(_) => "resume",
+            Self::Fans => "fans",
             Self::Assistant { name, .. } | Self::Unknown(name) => name,
         }
     }
@@ -311,6 +443,8 @@ impl Command {
             },
             Self::Assistant { args, .. } => Cow::Borrowed(args.as_str()),
             Self::Persona(arg) => arg.words(),
+            Self::Mode(arg) => arg.words(),
+            Self::Pause(fan) | Self::Resume(fan) => fan.words(),
             Self::Start
             | Self::Help
             | Self::Reset
@@ -321,9 +455,25 @@ impl Command {
             | Self::Model(None)
             | Self::Stats
             | Self::Health
+            | Self::Fans
             | Self::Unknown(_) => Cow::Borrowed(""),
         };
         (self.name(), args)
+    }
+
+    /// Whether it is one of a Telegram Business creator's control-room
+    /// commands (`/mode`, `/pause`, `/resume`, `/fans`, `/persona fans`):
+    /// meaningful only with `business.enabled`, and only for a user who owns
+    /// an enabled connection.
+    pub fn is_business(&self) -> bool {
+        matches!(
+            self,
+            Self::Mode(_)
+                | Self::Pause(_)
+                | Self::Resume(_)
+                | Self::Fans
+                | Self::Persona(PersonaArg::Fans(_))
+        )
     }
 
     /// Whether only admins (`admin_ids`) may run it; anyone else is refused
@@ -354,6 +504,10 @@ impl Command {
             | Self::Health
             | Self::Ban(_)
             | Self::Unban(_)
+            | Self::Mode(_)
+            | Self::Pause(_)
+            | Self::Resume(_)
+            | Self::Fans
             | Self::Unknown(_) => false,
         }
     }
@@ -405,6 +559,10 @@ mod tests {
             ("health", Command::Health),
             ("ban", Command::Ban(UserArg::Malformed(String::new()))),
             ("unban", Command::Unban(UserArg::Malformed(String::new()))),
+            ("mode", Command::Mode(ModeArg::Show)),
+            ("pause", Command::Pause(FanArg::All)),
+            ("resume", Command::Resume(FanArg::All)),
+            ("fans", Command::Fans),
         ];
         assert_eq!(expected.len(), BUILT_INS.len());
         for (name, parsed) in expected {
@@ -520,6 +678,16 @@ mod tests {
             "/persona brand",
             "/persona custom",
             "/persona custom You are Mia.\n\nBe brief.",
+            "/persona fans mia",
+            "/persona fans default",
+            "/mode",
+            "/mode auto",
+            "/mode 6001 off",
+            "/mode sometimes",
+            "/pause",
+            "/pause 6001",
+            "/resume x",
+            "/fans",
         ] {
             let command = command(text);
             let (name, args) = command.words();
@@ -581,6 +749,56 @@ mod tests {
         for reading in ["/persona", "/persona show"] {
             assert!(!command(reading).changes_the_group(), "{reading}");
         }
+    }
+
+    #[test]
+    fn control_room_commands_read_their_arguments() {
+        assert_eq!(command("/mode"), Command::Mode(ModeArg::Show));
+        assert_eq!(
+            command("/mode AUTO"),
+            Command::Mode(ModeArg::Set {
+                fan: None,
+                mode: BusinessMode::Auto
+            })
+        );
+        assert_eq!(
+            command("/mode 6001  off"),
+            Command::Mode(ModeArg::Set {
+                fan: Some(6001),
+                mode: BusinessMode::Off
+            })
+        );
+        for malformed in ["often", "off 6001", "6001", "fan draft", "1 2 3"] {
+            assert_eq!(
+                command(&format!("/mode {malformed}")),
+                Command::Mode(ModeArg::Malformed(malformed.into())),
+                "{malformed}"
+            );
+        }
+        assert_eq!(command("/pause"), Command::Pause(FanArg::All));
+        assert_eq!(command("/pause -42"), Command::Pause(FanArg::Fan(-42)));
+        assert_eq!(
+            command("/resume bob"),
+            Command::Resume(FanArg::Malformed("bob".into()))
+        );
+        assert_eq!(
+            command("/persona fans Mia"),
+            Command::Persona(PersonaArg::Fans(Some("mia".into())))
+        );
+        assert_eq!(
+            command("/persona fans default"),
+            Command::Persona(PersonaArg::Fans(None))
+        );
+        // A persona named "fans" can still be picked.
+        assert_eq!(
+            command("/persona fans"),
+            Command::Persona(PersonaArg::Pick("fans".into()))
+        );
+        for business in ["/mode", "/pause 1", "/resume", "/fans", "/persona fans x"] {
+            assert!(command(business).is_business(), "{business}");
+            assert!(!command(business).changes_the_group(), "{business}");
+        }
+        assert!(!command("/persona mia").is_business());
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //!   when it is. A fan's last activity (for `/fans`) is kept in memory and
 //!   stored with the next write or by the `Flush` timer: losing a few
 //!   seconds of it to a crash costs nothing.
+//! - **Control room:** when a connection is turned on (first stored, or
+//!   re-enabled) the creator gets a welcome in their private chat with the
+//!   bot, and a short note when it is turned off: cast to the outbox after
+//!   the store, so the mailbox never waits on Telegram; best effort.
 //! - **Who may connect:** a connection from a user not allowed
 //!   (`business.allowed_owner_ids`; empty = the bot admins) is not stored,
 //!   counted and logged as a security event: nothing of it is ever acted on.
@@ -43,7 +47,9 @@ use crate::actors::{Child, Directory};
 use crate::config::{BusinessMode, Config};
 use crate::store::record::{BotSetting, StoredConnection, StoredFan, StoredMode};
 use crate::store::{BotKey, StoreError};
+use crate::telegram::session_key::{ChatId, SessionKey};
 use crate::telemetry::{SecurityKind, security_event};
+use crate::texts::Locales;
 
 /// How often the fans' last activity is stored when nothing else was.
 const FLUSH_EVERY: Duration = Duration::from_secs(30);
@@ -179,6 +185,8 @@ pub struct ConnectionUpdate {
     pub can_reply: bool,
     /// `is_enabled`.
     pub enabled: bool,
+    /// The creator's `language_code` (the control-room notes' language).
+    pub language: Option<String>,
 }
 
 impl ConnectionUpdate {
@@ -190,6 +198,7 @@ impl ConnectionUpdate {
             owner_chat_id: i64::try_from(connection.user_chat_id.0).unwrap_or(i64::MAX),
             can_reply: connection.rights.as_ref().is_some_and(|r| r.can_reply),
             enabled: connection.is_enabled,
+            language: connection.user.language_code.clone(),
         }
     }
 }
@@ -259,6 +268,11 @@ impl Connection {
             return BusinessMode::Off;
         }
         own.and_then(|(_, mode, _)| *mode).unwrap_or(self.mode)
+    }
+
+    /// The fans with a mode or pause of their own (`/mode` lists them).
+    pub fn own_choices(&self) -> impl Iterator<Item = i64> + '_ {
+        self.overrides.iter().map(|(chat, _, _)| *chat)
     }
 }
 
@@ -352,12 +366,15 @@ pub struct BusinessArgs {
     pub config: Arc<Config>,
     /// Where the store is.
     pub directory: Directory,
+    /// The control-room notes' texts.
+    pub locales: Locales,
 }
 
 /// The business actor's state.
 pub struct BusinessState {
     config: Arc<Config>,
     directory: Directory,
+    locales: Locales,
     connections: HashMap<Arc<str>, StoredConnection>,
     per_fan: DefaultKeyedRateLimiter<(Arc<str>, i64)>,
     per_connection: DefaultKeyedRateLimiter<Arc<str>>,
@@ -408,6 +425,7 @@ impl Actor for Business {
             per_connection: RateLimiter::keyed(per_minute(config.connection_messages_per_minute)),
             config: Arc::clone(&args.config),
             directory: args.directory,
+            locales: args.locales,
             connections,
             dirty: false,
             flusher,
@@ -499,6 +517,7 @@ async fn on_changed(
     }
     let id: Arc<str> = update.id.as_str().into();
     let before = state.connections.get(&id).cloned();
+    let was_enabled = before.as_ref().is_some_and(|before| before.enabled);
     if before.is_none() && state.connections.len() >= config.max_connections {
         tracing::warn!(
             owner = update.owner_user_id,
@@ -540,7 +559,32 @@ async fn on_changed(
         };
         return Err(error);
     }
+    if update.enabled != was_enabled {
+        notify_owner(state, &update);
+    }
     Ok(Accepted::Stored)
+}
+
+/// Tells the creator, in their control room, that the connection was turned
+/// on (a welcome with the modes and commands) or off. Best effort, through
+/// the outbox without waiting: the mailbox never waits on Telegram, and a
+/// note lost to a restart costs nothing (the connection itself is stored).
+fn notify_owner(state: &BusinessState, update: &ConnectionUpdate) {
+    let texts = state.locales.for_language(update.language.as_deref());
+    let text = if update.enabled {
+        &texts.biz_welcome
+    } else {
+        &texts.biz_disabled
+    };
+    tracing::info!(
+        owner = update.owner_user_id,
+        enabled = update.enabled,
+        "control room told of the connection"
+    );
+    state
+        .directory
+        .outbox()
+        .notify(&SessionKey::of_chat(ChatId(update.owner_chat_id)), text);
 }
 
 /// A number no connection has had: one past the highest (numbers of removed
@@ -739,6 +783,7 @@ mod tests {
             BusinessArgs {
                 config: Arc::clone(&t.deps.config),
                 directory: t.deps.directory.clone(),
+                locales: t.deps.locales.clone(),
             },
         )
         .await
@@ -753,6 +798,7 @@ mod tests {
             owner_chat_id: owner,
             can_reply: true,
             enabled,
+            language: None,
         }
     }
 

@@ -49,6 +49,7 @@ mod admin;
 mod admission;
 mod buttons;
 mod commands;
+mod control;
 mod group_admin;
 mod intake;
 mod live;
@@ -411,6 +412,16 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
         }
         tracing::info!(command = command.name(), "admin command");
     }
+    if command.is_business() {
+        if state.deps.config.business.enabled {
+            return control::on_control(state, turn, command).await;
+        }
+        // Without Business these are what they were before it: unknown
+        // commands, and `/persona fans …` a persona's name (`persona.rs`).
+        if !matches!(command, Command::Persona(_)) {
+            return commands::on_unknown(turn, command.name());
+        }
+    }
     match command {
         Command::Start => commands::on_start(turn),
         Command::Help => commands::on_help(state, turn),
@@ -430,6 +441,8 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
             commands::on_assistant(state, turn, name, args).await
         }
         Command::Unknown(name) => commands::on_unknown(turn, name),
+        // Answered above (`control.rs`).
+        Command::Mode(_) | Command::Pause(_) | Command::Resume(_) | Command::Fans => Reply::Silent,
     }
 }
 

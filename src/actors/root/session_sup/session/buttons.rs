@@ -10,7 +10,8 @@
 //!   message the answer answers (named in the button's data), a group
 //!   administrator or a bot admin; anyone else gets a "not your button"
 //!   alert. A picker press runs the typed command, with its own rule
-//!   (`group_admin.rs`, admin-only commands) and its own reply.
+//!   (`group_admin.rs`, admin-only commands, the control room's owner
+//!   check for `bm1:`) and its own reply.
 //! - **Regenerate** (`r1:<answer id>:<asker>`): answers the chat's last
 //!   question again, as `/retry` does, and edits the pressed message into
 //!   the new answer (`Turn::replaces`, the edited-message path); the history
@@ -31,9 +32,10 @@ use std::time::Instant;
 
 use super::SessionState;
 use super::turn::{self, Change, Reply, Turn};
+use crate::config::BusinessMode;
 use crate::llm::Role;
 use crate::telegram::buttons::{self, Action, Button, Keyboard, answer_id};
-use crate::telegram::command::Command;
+use crate::telegram::command::{Command, ModeArg};
 use crate::telegram::inbound::{Inbound, InboundKind, Press};
 use crate::telegram::render::OutgoingText;
 use crate::texts::Texts;
@@ -101,6 +103,11 @@ pub(super) async fn on_press(
                 return conclude(state, turn, inbound).await;
             };
             let command = Command::from_words("model", &model, &state.deps.config.commands);
+            return typed(state, inbound, press, command, earlier).await;
+        }
+        Action::BusinessMode(mode) => {
+            // Runs `/mode <mode>`, with its own checks (`control.rs`).
+            let command = Command::Mode(ModeArg::Set { fan: None, mode });
             return typed(state, inbound, press, command, earlier).await;
         }
     }
@@ -291,6 +298,25 @@ pub(super) fn model_keyboard(state: &SessionState, current: &str) -> Keyboard {
             }])
         })
         .collect()
+}
+
+/// The control room's `/mode` picker: draft, auto, off, the connection's
+/// current mode marked.
+pub(super) fn mode_keyboard(
+    current: BusinessMode,
+    label: impl Fn(BusinessMode) -> String,
+) -> Keyboard {
+    let buttons = [BusinessMode::Draft, BusinessMode::Auto, BusinessMode::Off]
+        .into_iter()
+        .filter_map(|mode| {
+            let mark = if mode == current { " ✓" } else { "" };
+            Some(Button {
+                label: format!("{}{mark}", label(mode)),
+                data: Action::BusinessMode(mode).encode()?,
+            })
+        })
+        .collect();
+    vec![buttons]
 }
 
 /// The `/persona` picker: a button per persona name (`names`), the current

@@ -71,6 +71,12 @@ pub(super) fn on_persona(state: &mut SessionState, turn: &Turn<'_>, arg: &Person
         }
         PersonaArg::Pick(name) => pick(state, texts, name),
         PersonaArg::Custom(text) => set_own(state, texts, text),
+        // With Business on, the control room answers it (`control.rs`);
+        // without, it is the name of a persona, as before Business.
+        PersonaArg::Fans(name) => {
+            let words = format!("fans {}", name.as_deref().unwrap_or("default"));
+            pick(state, texts, &words)
+        }
     })
 }
 
