@@ -36,7 +36,8 @@ pub const CHAT_RECORD_VERSION: u8 = 6;
 /// ([`StoredKind::Edited`], a new last variant, so version 4 entries read
 /// as they are); version 6 added the forum topic of the message
 /// ([`StoredUpdate::thread_id`]), so a topic message admitted before a
-/// crash is replayed to its topic. Version 1 entries are read through
+/// crash is replayed to its topic, and button presses
+/// ([`StoredKind::Callback`], a new last variant). Version 1 entries are read through
 /// [`v1`], versions 2 and 3 through [`entry_v3`], 4 and 5 through
 /// [`entry_v5`].
 pub const UPDATE_ENTRY_VERSION: u8 = 6;
