@@ -240,15 +240,7 @@ async fn persona_for_fans(
         Some(name) if name == DEFAULT_NAME => None,
         Some(name) => match state.personas.get(name) {
             Some(persona) => Some(persona.name.to_string()),
-            None => {
-                let names: Vec<&str> = std::iter::once(DEFAULT_NAME)
-                    .chain(state.personas.named().iter().map(|p| &*p.name))
-                    .collect();
-                return fill(
-                    &texts.persona_unknown,
-                    &[("persona", name), ("personas", &names.join(", "))],
-                );
-            }
+            None => return super::persona::unknown(state, texts, name),
         },
     };
     let done = match &persona {

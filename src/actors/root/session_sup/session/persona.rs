@@ -153,16 +153,21 @@ fn show(state: &mut SessionState, texts: &Texts) -> String {
     )
 }
 
+/// The reply to a persona name nobody configured: the names there are.
+pub(super) fn unknown(state: &SessionState, texts: &Texts, name: &str) -> String {
+    let names: Vec<&str> = std::iter::once(DEFAULT_NAME)
+        .chain(state.personas.named().iter().map(|p| &*p.name))
+        .collect();
+    fill(
+        &texts.persona_unknown,
+        &[("persona", name), ("personas", &names.join(", "))],
+    )
+}
+
 /// `/persona NAME`: a configured persona (the chat's own prompt goes).
 fn pick(state: &mut SessionState, texts: &Texts, name: &str) -> String {
     let Some(persona) = state.personas.get(name) else {
-        let names: Vec<&str> = std::iter::once(DEFAULT_NAME)
-            .chain(state.personas.named().iter().map(|p| &*p.name))
-            .collect();
-        return fill(
-            &texts.persona_unknown,
-            &[("persona", name), ("personas", &names.join(", "))],
-        );
+        return unknown(state, texts, name);
     };
     tracing::info!(persona = %persona.name, "persona picked");
     let reply = fill(&texts.persona_chosen, &[("persona", &persona.name)]);
