@@ -27,7 +27,7 @@ use teloxide::{ApiError, Bot, RequestError};
 /// The update kinds the bot asks Telegram for (`allowed_updates` of
 /// getUpdates and setWebhook): exactly those it handles. Messages, their
 /// edits and button presses always; with `business.enabled`, the Business
-/// connections.
+/// connections and the fan chats' messages.
 pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
     let mut kinds = vec![
         AllowedUpdate::Message,
@@ -35,7 +35,10 @@ pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
         AllowedUpdate::CallbackQuery,
     ];
     if config.business.enabled {
-        kinds.push(AllowedUpdate::BusinessConnection);
+        kinds.extend([
+            AllowedUpdate::BusinessConnection,
+            AllowedUpdate::BusinessMessage,
+        ]);
     }
     kinds
 }

@@ -49,6 +49,7 @@ mod admin;
 mod admission;
 mod buttons;
 mod commands;
+mod fan_turn;
 mod group_admin;
 mod intake;
 mod live;
@@ -111,6 +112,16 @@ pub struct ChatSignals {
     pub cancel: Notify,
     /// Another message for this chat arrived.
     pub arrived: Notify,
+    /// A Business fan chat: the creator's own messages handed to the
+    /// session so far (counted by the supervisor on arrival).
+    pub owner_arrived: std::sync::atomic::AtomicU64,
+    /// A Business fan chat: the creator's own messages the session has
+    /// taken into the history so far. Fewer than arrived means the creator
+    /// wrote after the message being answered: an automatic answer waiting
+    /// for `business.auto_after` is dropped.
+    pub owner_taken: std::sync::atomic::AtomicU64,
+    /// The creator wrote in this fan chat (wakes an `auto_after` wait).
+    pub owner_spoke: Notify,
 }
 
 /// Arguments of a session.
@@ -342,6 +353,10 @@ async fn on_update(
         if let InboundKind::Callback(press) = &inbound.kind {
             return buttons::on_press(state, inbound, press, earlier).await;
         }
+        if state.key.is_business() {
+            fan_turn::on_fan_update(state, inbound, earlier).await;
+            return turn::finish(state, inbound.update_id, earlier);
+        }
         let mut turn = Turn::new(&state.deps, inbound, earlier);
         turn.quote = inbound
             .reply_to
@@ -397,8 +412,9 @@ async fn respond(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
         InboundKind::Edited(text) => on_edit(state, turn, text).await,
         InboundKind::Media(media) => media_turn::on_media(state, turn, media).await,
         InboundKind::NonText => Reply::Plain(turn.texts.non_text.clone()),
-        // Presses are handled before (`buttons.rs`); nothing to say here.
-        InboundKind::Callback(_) => Reply::Silent,
+        // Presses are handled before (`buttons.rs`), and context only
+        // comes from fan chats (`fan_turn.rs`); nothing to say here.
+        InboundKind::Callback(_) | InboundKind::Context { .. } => Reply::Silent,
     }
 }
 

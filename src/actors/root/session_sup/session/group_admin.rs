@@ -42,7 +42,8 @@ fn changes_the_group(inbound: &Inbound) -> bool {
         InboundKind::Text(_)
         | InboundKind::NonText
         | InboundKind::Edited(_)
-        | InboundKind::Callback(_) => false,
+        | InboundKind::Callback(_)
+        | InboundKind::Context { .. } => false,
     }
 }
 
