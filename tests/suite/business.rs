@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use llmgram::actors::root::business::Configure;
 use llmgram::config::BusinessMode;
-use llmgram_fakes::{BusinessConn, BusinessFrom};
+use llmgram_fakes::{BusinessConn, BusinessFrom, FakeLlm, FakeTelegram, LlmReply, LlmReplyKind};
+
+use crate::common::process::BotProcess;
 
 use crate::common::{Harness, WAIT};
 
@@ -186,4 +188,45 @@ async fn off_mode_answers_nothing_but_keeps_context() {
     h.telegram.wait_for_business_sent("c1", FAN, 1, WAIT).await;
     assert!(mentions(&h.llm.requests()[0], "my size is M"));
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_message_admitted_before_sigkill_is_answered_once_after_restart() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("LLMGRAM_BUSINESS__ENABLED", "true".to_owned()),
+        ("LLMGRAM_BUSINESS__MODE", "auto".to_owned()),
+        ("LLMGRAM_BUSINESS__ALLOWED_OWNER_IDS", format!("[{OWNER}]")),
+    ];
+    llm.set_responder(|request| {
+        if request.last_user_message().contains("hang") {
+            LlmReply::now(LlmReplyKind::Hang)
+        } else {
+            LlmReply::text(format!("answer to: {}", request.last_user_message()))
+        }
+    });
+    let bot = BotProcess::spawn_with(&telegram, &llm, &data, &env);
+    telegram.connect_business(BusinessConn::new("c1", OWNER as u64));
+    telegram.push_business_message("c1", FAN, BusinessFrom::Fan(FAN as u64), "please hang");
+    assert_eq!(llm.wait_for_requests(1, WAIT).await, 1, "{}", bot.log());
+    // Confirmed to Telegram: from now on the store is the only copy.
+    let polls = telegram.get_updates_calls();
+    assert!(telegram.wait_for_get_updates(polls + 1, WAIT).await);
+    bot.kill9().await;
+
+    llm.set_responder(|request| {
+        LlmReply::text(format!("healthy: {}", request.last_user_message()))
+    });
+    let bot = BotProcess::spawn_with(&telegram, &llm, &data, &env);
+    let sent = telegram.wait_for_business_sent("c1", FAN, 1, WAIT).await;
+    assert_eq!(sent.len(), 1, "{}", bot.log());
+    assert_eq!(sent[0].text, "healthy: please hang");
+    let polls = telegram.get_updates_calls();
+    assert!(telegram.wait_for_get_updates(polls + 2, WAIT).await);
+    assert_eq!(telegram.business_sent("c1", FAN).len(), 1);
+    assert!(telegram.sent().is_empty());
+    assert_eq!(bot.terminate().await, Some(0));
 }
