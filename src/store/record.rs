@@ -742,6 +742,11 @@ pub enum StoredKind {
         /// The Business account's owner wrote it.
         by_owner: bool,
     },
+    /// Messages of a fan chat deleted (version 7, appended last).
+    Deleted {
+        /// Their ids.
+        message_ids: Vec<i32>,
+    },
 }
 
 /// A [`MediaMessage`] as stored: file references, never bytes.
@@ -1049,6 +1054,9 @@ impl StoredUpdate {
                     text: text.clone(),
                     by_owner: *by_owner,
                 },
+                InboundKind::Deleted(ids) => StoredKind::Deleted {
+                    message_ids: ids.iter().map(|id| id.0).collect(),
+                },
             },
             message_id: inbound.message_id.map(|id| id.0),
             reply_to: inbound.reply_to.as_ref().map(|quote| {
@@ -1096,6 +1104,9 @@ impl StoredUpdate {
                 }),
                 StoredKind::Media(media) => InboundKind::Media(media.into_media(assistants)),
                 StoredKind::Context { text, by_owner } => InboundKind::Context { text, by_owner },
+                StoredKind::Deleted { message_ids } => {
+                    InboundKind::Deleted(message_ids.into_iter().map(MessageId).collect())
+                }
             },
             received_at: std::time::Instant::now(),
             sent_at: None,

@@ -162,6 +162,9 @@ pub enum InboundKind {
         /// The account's owner (the creator) wrote it.
         by_owner: bool,
     },
+    /// Messages of a Business fan chat were deleted (by the fan or the
+    /// creator): they leave the conversation's history.
+    Deleted(Vec<MessageId>),
 }
 
 /// A button press: a callback query on one of the bot's messages.
@@ -297,7 +300,7 @@ impl Inbound {
             InboundKind::Callback(press) => {
                 press.action().is_some_and(|action| action.costs_llm_call())
             }
-            InboundKind::Context { .. } => false,
+            InboundKind::Context { .. } | InboundKind::Deleted(_) => false,
         }
     }
 
@@ -322,6 +325,7 @@ impl Inbound {
             UpdateKind::BusinessMessage(message) => {
                 return Self::from_business(update.id.0, message, config);
             }
+            UpdateKind::Error(raw) => return Self::from_deleted(update.id.0, raw),
             _ => return None,
         };
         let assistants = &config.commands;
@@ -394,6 +398,40 @@ impl Inbound {
             speaker: user.map(|u| u.first_name.clone()),
             message_id: Some(message.id),
             reply_to: Quoted::of(message, "", config.input.max_quote_chars).map(Box::new),
+        })
+    }
+
+    /// A `deleted_business_messages` update, read from its raw JSON
+    /// (teloxide 0.17 cannot: see [`super::updates::read_update`]); `None`
+    /// for any other unreadable update.
+    fn from_deleted(update_id: u32, raw: &serde_json::Value) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Deleted {
+            business_connection_id: String,
+            chat: ChatRef,
+            message_ids: Vec<i32>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ChatRef {
+            id: i64,
+        }
+        let deleted = raw.get("deleted_business_messages")?;
+        let deleted = <Deleted as serde::Deserialize>::deserialize(deleted).ok()?;
+        Some(Self {
+            update_id,
+            key: SessionKey::business(
+                deleted.business_connection_id,
+                teloxide::types::ChatId(deleted.chat.id),
+            ),
+            user_id: None,
+            language_code: None,
+            kind: InboundKind::Deleted(deleted.message_ids.into_iter().map(MessageId).collect()),
+            received_at: Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: None,
+            reply_to: None,
         })
     }
 

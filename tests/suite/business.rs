@@ -230,3 +230,23 @@ async fn a_fan_message_admitted_before_sigkill_is_answered_once_after_restart() 
     assert!(telegram.sent().is_empty());
     assert_eq!(bot.terminate().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_message_leaves_the_history() {
+    let h = connected(AUTO).await;
+    let deleted =
+        h.telegram
+            .push_business_message("c1", FAN, BusinessFrom::Owner, "call me at 555-0199");
+    h.telegram
+        .push_business_message("c1", FAN, BusinessFrom::Owner, "or write here");
+    settle(&h).await;
+    h.telegram
+        .push_deleted_business_messages("c1", FAN, &[deleted]);
+    settle(&h).await;
+    fan(&h, FAN, "how do I reach you?");
+    h.telegram.wait_for_business_sent("c1", FAN, 1, WAIT).await;
+    let request = &h.llm.requests()[0];
+    assert!(!mentions(request, "555-0199"));
+    assert!(mentions(request, "or write here"));
+    h.stop().await;
+}

@@ -172,6 +172,12 @@ pub(crate) struct SessionState {
     is_new: bool,
     /// Wakes the answer in flight (`/cancel`, new messages).
     signals: Arc<ChatSignals>,
+    /// A Business fan chat: which history message each recent Telegram
+    /// message became (the same allocation), newest last, at most
+    /// [`fan_turn::TRACKED`]; a deletion removes them from the history.
+    /// Not stored: after a restart or eviction older deletions find
+    /// nothing.
+    fan_messages: std::collections::VecDeque<(crate::telegram::inbound::MessageId, Arc<str>)>,
     /// Texts waiting for the merge window to close, oldest first; still
     /// pending at the supervisor, so a crash loses none of them.
     burst: Vec<Arc<Inbound>>,
@@ -237,6 +243,7 @@ impl Actor for Session {
             last_answer: None,
             regenerated: None,
             signals: Arc::clone(&args.signals),
+            fan_messages: std::collections::VecDeque::new(),
             burst: Vec::new(),
             burst_generation: 0,
             merges_albums: args.merge,
@@ -414,7 +421,9 @@ async fn respond(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
         InboundKind::NonText => Reply::Plain(turn.texts.non_text.clone()),
         // Presses are handled before (`buttons.rs`), and context only
         // comes from fan chats (`fan_turn.rs`); nothing to say here.
-        InboundKind::Callback(_) | InboundKind::Context { .. } => Reply::Silent,
+        InboundKind::Callback(_) | InboundKind::Context { .. } | InboundKind::Deleted(_) => {
+            Reply::Silent
+        }
     }
 }
 

@@ -14,13 +14,14 @@
 //! no buttons). Anything but the LLM's answer (a refusal, an error text)
 //! is not sent to the fan.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::SessionState;
 use super::turn::{self, Change, Reply, Turn};
 use crate::config::BusinessMode;
 use crate::llm::Role;
-use crate::telegram::inbound::{Inbound, InboundKind};
+use crate::telegram::inbound::{Inbound, InboundKind, MessageId};
 
 /// The user turn before a fan chat's history that starts with the
 /// creator's message (fixed text, never the fan's).
@@ -31,10 +32,20 @@ pub(super) async fn on_fan_update(state: &mut SessionState, inbound: &Inbound, e
     let mut turn = Turn::new(&state.deps, inbound, earlier);
     turn.reply = match &inbound.kind {
         InboundKind::Context { text, by_owner } => {
-            keep(state, text, *by_owner);
+            let kept = keep(state, text, *by_owner);
+            track(state, inbound.message_id, kept);
             Reply::Silent
         }
-        InboundKind::Text(text) => answer(state, &mut turn, text).await,
+        InboundKind::Text(text) => {
+            let reply = answer(state, &mut turn, text).await;
+            let asked = last_user_turn(state);
+            track(state, inbound.message_id, asked);
+            reply
+        }
+        InboundKind::Deleted(ids) => {
+            forget(state, ids);
+            Reply::Silent
+        }
         // Nothing else comes from a fan chat; it is not answered.
         _ => {
             turn.change = Change::Keep;
@@ -46,14 +57,14 @@ pub(super) async fn on_fan_update(state: &mut SessionState, inbound: &Inbound, e
     super::summary::after_turn(state, inbound.update_id);
 }
 
-/// A message joins the history without an answer.
-fn keep(state: &mut SessionState, text: &str, by_owner: bool) {
+/// A message joins the history without an answer; the turn it became.
+fn keep(state: &mut SessionState, text: &str, by_owner: bool) -> Option<Arc<str>> {
     let role = if by_owner {
         Role::Assistant
     } else {
         Role::User
     };
-    match crate::input::validate(text, state.deps.config.input.max_chars) {
+    let kept = match crate::input::validate(text, state.deps.config.input.max_chars) {
         Ok(cleaned) => {
             // A history never starts with an assistant turn (it would be
             // evicted at once); the creator often writes first, so a fixed
@@ -61,14 +72,65 @@ fn keep(state: &mut SessionState, text: &str, by_owner: bool) {
             if by_owner && state.history.is_empty() {
                 state.history.push(Role::User, EARLIER.into());
             }
-            state.history.push(role, cleaned.as_str().into());
+            let content: Arc<str> = cleaned.as_str().into();
+            state.history.push(role, Arc::clone(&content));
+            Some(content)
         }
-        Err(_) => tracing::debug!("context message not kept (empty or too long)"),
-    }
+        Err(_) => {
+            tracing::debug!("context message not kept (empty or too long)");
+            None
+        }
+    };
     if by_owner {
         state.signals.owner_taken.fetch_add(1, Ordering::SeqCst);
     }
     tracing::debug!(by_owner, "fan chat message kept as context");
+    kept
+}
+
+/// How many recent messages of a fan chat a deletion can find.
+pub(super) const TRACKED: usize = 64;
+
+/// Notes that the Telegram message `message_id` became the history turn
+/// `content` (kept by allocation, so an equal text elsewhere is not
+/// confused with it).
+fn track(state: &mut SessionState, message_id: Option<MessageId>, content: Option<Arc<str>>) {
+    let (Some(message_id), Some(content)) = (message_id, content) else {
+        return;
+    };
+    if state.fan_messages.len() == TRACKED {
+        state.fan_messages.pop_front();
+    }
+    state.fan_messages.push_back((message_id, content));
+}
+
+/// The newest user turn of the history (an answered or kept fan text).
+fn last_user_turn(state: &SessionState) -> Option<Arc<str>> {
+    state
+        .history
+        .messages()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| Arc::clone(&m.content))
+}
+
+/// Deleted messages leave the history (those this session still tracks).
+fn forget(state: &mut SessionState, ids: &[MessageId]) {
+    let mut removed = 0usize;
+    for id in ids {
+        while let Some(index) = state
+            .fan_messages
+            .iter()
+            .position(|(tracked, _)| tracked == id)
+        {
+            if let Some((_, content)) = state.fan_messages.remove(index)
+                && state.history.remove(&content)
+            {
+                removed += 1;
+            }
+        }
+    }
+    tracing::info!(deleted = ids.len(), removed, "fan chat messages deleted");
 }
 
 /// The creator wrote after the message being answered.

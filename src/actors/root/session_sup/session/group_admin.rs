@@ -43,7 +43,8 @@ fn changes_the_group(inbound: &Inbound) -> bool {
         | InboundKind::NonText
         | InboundKind::Edited(_)
         | InboundKind::Callback(_)
-        | InboundKind::Context { .. } => false,
+        | InboundKind::Context { .. }
+        | InboundKind::Deleted(_) => false,
     }
 }
 
