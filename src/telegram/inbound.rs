@@ -419,10 +419,7 @@ impl Inbound {
         let deleted = <Deleted as serde::Deserialize>::deserialize(deleted).ok()?;
         Some(Self {
             update_id,
-            key: SessionKey::business(
-                deleted.business_connection_id,
-                teloxide::types::ChatId(deleted.chat.id),
-            ),
+            key: SessionKey::business(deleted.business_connection_id, ChatId(deleted.chat.id)),
             user_id: None,
             language_code: None,
             kind: InboundKind::Deleted(deleted.message_ids.into_iter().map(MessageId).collect()),
@@ -730,6 +727,29 @@ mod tests {
 
     fn config() -> Config {
         Config::from_defaults_with("media.max_image_bytes = 50000\n").unwrap()
+    }
+
+    #[test]
+    fn business_messages_and_deletions_belong_to_the_fan_chat() {
+        let message = r#"{"update_id":2,"business_message":{"message_id":1,"date":1764650000,
+            "chat":{"id":6001,"type":"private","first_name":"Fan"},
+            "from":{"id":6001,"is_bot":false,"first_name":"Fan"},
+            "text":"hi","business_connection_id":"c1"}}"#;
+        let read = super::super::updates::read_update(message).unwrap();
+        let inbound = Inbound::from_update(&read.update.unwrap(), "bot", &config()).unwrap();
+        assert_eq!(inbound.key, SessionKey::business("c1", ChatId(6001)));
+        assert_eq!(inbound.kind, InboundKind::Text("hi".into()));
+        assert_eq!(inbound.speaker.as_deref(), Some("Fan"));
+
+        let deleted = r#"{"update_id":3,"deleted_business_messages":{"business_connection_id":"c1",
+            "chat":{"id":6001,"type":"private","first_name":"Fan"},"message_ids":[1,2]}}"#;
+        let read = super::super::updates::read_update(deleted).unwrap();
+        let inbound = Inbound::from_update(&read.update.unwrap(), "bot", &config()).unwrap();
+        assert_eq!(inbound.key, SessionKey::business("c1", ChatId(6001)));
+        assert_eq!(
+            inbound.kind,
+            InboundKind::Deleted(vec![MessageId(1), MessageId(2)])
+        );
     }
 
     fn update(chat: &str, fields: &str) -> Update {
