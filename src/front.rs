@@ -15,9 +15,9 @@ pub mod console;
 use crate::actors::Directory;
 use crate::actors::root::business::ConnectionUpdate;
 use crate::actors::root::limiter::{Cost, LimitRequest, Verdict};
-use crate::config::{Config, MediaConfig};
+use crate::config::{BusinessMode, Config, MediaConfig};
 use crate::store::StoreError;
-use crate::telegram::inbound::{Inbound, RefusalReason, Refused};
+use crate::telegram::inbound::{Inbound, InboundKind, RefusalReason, Refused};
 
 /// Where users' messages come from and answers go.
 #[derive(Debug, Clone)]
@@ -76,9 +76,11 @@ pub(crate) async fn take_connections<'a>(
 /// may forget them.
 pub(crate) async fn hand_over(
     directory: &Directory,
-    media: &MediaConfig,
+    config: &Config,
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
+    let inbound = business_gate(directory, config, inbound).await;
+    let media = &config.media;
     // Durable before routing: once Telegram considers them delivered, the
     // store is the only copy of an unanswered update.
     let admitted = directory
@@ -94,6 +96,107 @@ pub(crate) async fn hand_over(
         .map_err(|_| HandOverError::SessionsUnavailable)
 }
 
+/// Decides, for each message of a Business fan chat, what it is before it
+/// is stored: dropped when its connection is unknown (never connected, or
+/// from an owner who may not connect: a security event), disabled, or
+/// `business.enabled` is off; the creator's own message becomes context
+/// (an assistant turn, never answered); a fan's is answered only when the
+/// connection's mode for that fan is `auto` now, the connection may reply,
+/// `business.active_hours` contain the message's time, and the fan's and
+/// the connection's rate limits ([`crate::actors::root::business`]) admit
+/// it; otherwise it is kept as context. The bot's own chats pass as they
+/// are.
+async fn business_gate(
+    directory: &Directory,
+    config: &Config,
+    inbound: Vec<Inbound>,
+) -> Vec<Inbound> {
+    if inbound.iter().all(|item| !item.key.is_business()) {
+        return inbound;
+    }
+    // Validated at start; an invalid window cannot be here.
+    let window = config.business.active_window().ok().flatten();
+    let mut kept = Vec::with_capacity(inbound.len());
+    for mut item in inbound {
+        let Some(connection_id) = item.key.connection().map(str::to_owned) else {
+            kept.push(item);
+            continue;
+        };
+        if !config.business.enabled {
+            tracing::debug!("business message ignored: business.enabled is off");
+            continue;
+        }
+        let update_id = item.update_id;
+        let fan = item.key.chat().0;
+        let Some(connection) = directory.business().get(&connection_id).await else {
+            crate::telemetry::security_event(
+                crate::telemetry::SecurityKind::BusinessUnknownConnection,
+            );
+            tracing::warn!(
+                update_id,
+                connection = %connection_id,
+                "business message through an unknown connection; dropped"
+            );
+            continue;
+        };
+        if !connection.enabled {
+            tracing::info!(update_id, connection = %connection_id, "business message of a disabled connection; dropped");
+            continue;
+        }
+        let by_owner = item
+            .user_id
+            .and_then(|id| i64::try_from(id).ok())
+            .is_some_and(|id| id == connection.owner_user_id);
+        if let (true, InboundKind::Text(text)) = (by_owner, &mut item.kind) {
+            item.kind = InboundKind::Context {
+                text: std::mem::take(text),
+                by_owner: true,
+            };
+        }
+        let InboundKind::Text(text) = &mut item.kind else {
+            kept.push(item);
+            continue;
+        };
+        let at = item
+            .sent_at
+            .unwrap_or_else(|| (crate::clock::unix_millis() / 1000) as i64);
+        // The fan's name is for `/fans` only: it leaves the update here.
+        let name = item.speaker.take().unwrap_or_default();
+        directory
+            .business()
+            .fan_seen(&connection_id, fan, &name, at);
+        let answer = match connection.mode_for(fan) {
+            BusinessMode::Auto if !connection.can_reply => {
+                tracing::info!(update_id, connection = %connection_id, "auto mode without the reply right; kept as context");
+                false
+            }
+            BusinessMode::Auto if window.is_some_and(|hours| !hours.contains(at)) => {
+                tracing::debug!(update_id, "outside business.active_hours; kept as context");
+                false
+            }
+            BusinessMode::Auto => {
+                let admitted = directory.business().admit_fan(&connection_id, fan).await;
+                if !admitted {
+                    tracing::info!(update_id, connection = %connection_id, "fan over the rate limit; kept as context");
+                }
+                admitted
+            }
+            BusinessMode::Draft | BusinessMode::Off => {
+                tracing::debug!(update_id, "not answered in this mode; kept as context");
+                false
+            }
+        };
+        if !answer {
+            item.kind = InboundKind::Context {
+                text: std::mem::take(text),
+                by_owner: false,
+            };
+        }
+        kept.push(item);
+    }
+    kept
+}
+
 /// Asks the rate limiter about the batch and marks the updates it limits.
 /// A limiter that is away (restarting) lets everything through: better an
 /// unlimited minute than unanswered users.
@@ -105,8 +208,11 @@ async fn apply_limits(
     if updates.is_empty() {
         return updates;
     }
+    // Fan chats are limited per fan and per connection by the business
+    // actor instead ([`business_gate`]).
     let requests: Vec<LimitRequest> = updates
         .iter()
+        .filter(|inbound| !inbound.key.is_business())
         .map(|inbound| LimitRequest {
             user: inbound
                 .user_id
@@ -121,7 +227,10 @@ async fn apply_limits(
         .collect();
     let verdicts = directory.limiter().check(requests).await;
     tracing::debug!(?verdicts, "rate limits checked");
-    for (inbound, verdict) in updates.iter_mut().zip(verdicts) {
+    let limited = updates
+        .iter_mut()
+        .filter(|inbound| !inbound.key.is_business());
+    for (inbound, verdict) in limited.zip(verdicts) {
         inbound.refused = match verdict {
             Verdict::Allowed => None,
             Verdict::Limited { retry_in, notify } => Some(Refused {

@@ -117,6 +117,25 @@ impl History {
         removed.into_iter().next().map(|m| m.content)
     }
 
+    /// Removes the message whose content is `content` (the same
+    /// allocation, not an equal text); whether it was there. Bounds hold
+    /// after.
+    pub fn remove(&mut self, content: &Arc<str>) -> bool {
+        let Some(index) = self
+            .messages
+            .iter()
+            .position(|m| Arc::ptr_eq(&m.content, content))
+        else {
+            return false;
+        };
+        if let Some(removed) = self.messages.remove(index) {
+            self.chars -= removed.content.chars().count();
+        }
+        self.files.remove(index);
+        self.enforce_bounds();
+        true
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.messages.clear();

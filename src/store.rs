@@ -123,9 +123,14 @@ pub fn chat_from_key(key: &[u8]) -> Option<ChatId> {
 /// (`i32`, big-endian).
 const TOPIC_TAG: u8 = b't';
 
+/// Tag of a Business connection in a [`session_key`], followed by the
+/// connection id's length (`u16`, big-endian) and its bytes.
+const BUSINESS_TAG: u8 = b'b';
+
 /// The store key of a conversation (chat record, usage): the [`chat_key`],
 /// then one tagged field per part of the key that is set, in a fixed order:
-/// the tag `t` and the thread for a forum topic. A whole chat's key is
+/// the tag `t` and the thread for a forum topic, then the tag `b` and the
+/// length-prefixed connection id for a Business fan chat. A whole chat's key is
 /// exactly its 8-byte [`chat_key`], as it was before topics existed (stores
 /// need no migration); a topic's is longer, so the two never collide, and a
 /// later part of the key is one more tag.
@@ -136,6 +141,14 @@ pub fn session_key(key: &SessionKey) -> Vec<u8> {
         bytes.push(TOPIC_TAG);
         bytes.extend_from_slice(&thread.to_be_bytes());
     }
+    if let Some(connection) = key.connection() {
+        // Telegram's connection ids are short; a longer one is cut at the
+        // prefix's limit rather than written with a wrong length.
+        let id = &connection.as_bytes()[..connection.len().min(usize::from(u16::MAX))];
+        bytes.push(BUSINESS_TAG);
+        bytes.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(id);
+    }
     bytes
 }
 
@@ -145,6 +158,7 @@ pub fn session_from_key(bytes: &[u8]) -> Option<SessionKey> {
     let chat = chat_from_key(bytes)?;
     let mut rest = bytes.get(8..)?;
     let mut thread = None;
+    let mut business: Option<String> = None;
     while let Some((&tag, fields)) = rest.split_first() {
         match tag {
             TOPIC_TAG if thread.is_none() => {
@@ -154,10 +168,22 @@ pub fn session_from_key(bytes: &[u8]) -> Option<SessionKey> {
                 ))));
                 rest = fields.get(4..)?;
             }
+            BUSINESS_TAG if business.is_none() => {
+                let length: [u8; 2] = fields.get(..2)?.try_into().ok()?;
+                let length = usize::from(u16::from_be_bytes(length));
+                let id = fields.get(2..2 + length)?;
+                business = Some(String::from_utf8(id.to_vec()).ok()?);
+                rest = fields.get(2 + length..)?;
+            }
             _ => return None,
         }
     }
-    Some(SessionKey::new(chat, thread))
+    match business {
+        // A fan chat has no topics.
+        Some(_) if thread.is_some() => None,
+        Some(connection) => Some(SessionKey::business(connection, chat)),
+        None => Some(SessionKey::new(chat, thread)),
+    }
 }
 
 /// Key of an update: its id, big-endian, so a range scan visits ids in order.
@@ -237,6 +263,19 @@ mod tests {
         );
         assert_eq!(
             session_from_key(&[&chat_key(chat)[..], b"t\0"].concat()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_fan_chat_has_its_own_key() {
+        let fan = SessionKey::business("c1", ChatId(6001));
+        let bytes = session_key(&fan);
+        assert_eq!(bytes, [&chat_key(ChatId(6001))[..], b"b\0\x02c1"].concat());
+        assert_ne!(bytes, session_key(&SessionKey::of_chat(ChatId(6001))));
+        assert_eq!(session_from_key(&bytes), Some(fan));
+        assert_eq!(
+            session_from_key(&[&chat_key(ChatId(1))[..], b"b\0\x05c1"].concat()),
             None
         );
     }

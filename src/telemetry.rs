@@ -78,11 +78,14 @@ pub enum SecurityKind {
     /// A Telegram Business connection from a user not in
     /// `business.allowed_owner_ids` (ignored).
     BusinessOwnerDenied,
+    /// A fan chat's message through a Business connection the bot does not
+    /// know (never connected, or from a disallowed owner): dropped.
+    BusinessUnknownConnection,
 }
 
 impl SecurityKind {
     /// Every kind, so each counter starts at zero.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::WebhookNetwork,
         Self::WebhookSecret,
         Self::WebhookSecretUnlogged,
@@ -91,6 +94,7 @@ impl SecurityKind {
         Self::NewChatFlood,
         Self::OpsToken,
         Self::BusinessOwnerDenied,
+        Self::BusinessUnknownConnection,
     ];
 
     /// The label value.
@@ -104,6 +108,7 @@ impl SecurityKind {
             Self::NewChatFlood => "new_chat_flood",
             Self::OpsToken => "ops_token",
             Self::BusinessOwnerDenied => "business_owner_denied",
+            Self::BusinessUnknownConnection => "business_unknown_connection",
         }
     }
 }

@@ -240,7 +240,7 @@ impl Conversation {
                 reply_to: None,
             };
             next_update_id = next_update_id.saturating_add(1);
-            hand_over(&self.directory, &self.config.media, vec![inbound]).await?;
+            hand_over(&self.directory, &self.config, vec![inbound]).await?;
             self.wait_for_answers().await?;
         }
         if self.interactive {

@@ -37,10 +37,12 @@ pub const CHAT_RECORD_VERSION: u8 = 6;
 /// as they are); version 6 added the forum topic of the message
 /// ([`StoredUpdate::thread_id`]), so a topic message admitted before a
 /// crash is replayed to its topic, and button presses
-/// ([`StoredKind::Callback`], a new last variant). Version 1 entries are read through
+/// ([`StoredKind::Callback`], a new last variant); version 7 added the
+/// Business connection of a fan chat's message ([`StoredUpdate::business`])
+/// and context-only messages ([`StoredKind::Context`]). Version 1 entries are read through
 /// [`v1`], versions 2 and 3 through [`entry_v3`], 4 and 5 through
-/// [`entry_v5`].
-pub const UPDATE_ENTRY_VERSION: u8 = 6;
+/// [`entry_v5`], 6 through [`entry_v6`].
+pub const UPDATE_ENTRY_VERSION: u8 = 7;
 
 /// How many answered update ids a chat record keeps (besides every id of its
 /// latest turn): enough to recognise any redelivery the restart and replay
@@ -249,6 +251,7 @@ pub mod v1 {
                     message_id: None,
                     reply_to: None,
                     thread_id: None,
+                    business: None,
                 }),
                 UpdateEntry::Answered => Self::Answered,
             }
@@ -316,6 +319,7 @@ pub mod entry_v3 {
                     message_id: None,
                     reply_to: None,
                     thread_id: None,
+                    business: None,
                 }),
                 UpdateEntry::Answered => Self::Answered,
             }
@@ -366,6 +370,61 @@ pub mod entry_v5 {
                     message_id: old.message_id,
                     reply_to: old.reply_to,
                     thread_id: None,
+                    business: None,
+                }),
+                UpdateEntry::Answered => Self::Answered,
+            }
+        }
+    }
+}
+
+/// Version 6 of the update entry, frozen: a pending update had no Business
+/// connection. Migrated on load (such an update was admitted before this
+/// build knew fan chats, so it is the bot's own chat's).
+pub mod entry_v6 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{StoredKind, StoredQuote};
+
+    /// A version 6 update entry.
+    // Decoded one at a time, as the current entry.
+    #[allow(clippy::large_enum_variant)]
+    #[derive(Debug, Serialize, Deserialize)]
+    pub enum UpdateEntry {
+        /// Received and not yet answered.
+        Pending(StoredUpdate),
+        /// Answered.
+        Answered,
+    }
+
+    /// A version 6 stored update.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct StoredUpdate {
+        pub(super) update_id: u32,
+        pub(super) admitted: u64,
+        pub(super) chat_id: i64,
+        pub(super) user_id: Option<u64>,
+        pub(super) language_code: Option<String>,
+        pub(super) kind: StoredKind,
+        pub(super) message_id: Option<i32>,
+        pub(super) reply_to: Option<Box<StoredQuote>>,
+        pub(super) thread_id: Option<i32>,
+    }
+
+    impl From<UpdateEntry> for super::UpdateEntry {
+        fn from(old: UpdateEntry) -> Self {
+            match old {
+                UpdateEntry::Pending(old) => Self::Pending(super::StoredUpdate {
+                    update_id: old.update_id,
+                    admitted: old.admitted,
+                    chat_id: old.chat_id,
+                    user_id: old.user_id,
+                    language_code: old.language_code,
+                    kind: old.kind,
+                    message_id: old.message_id,
+                    reply_to: old.reply_to,
+                    thread_id: old.thread_id,
+                    business: None,
                 }),
                 UpdateEntry::Answered => Self::Answered,
             }
@@ -634,6 +693,9 @@ pub struct StoredUpdate {
     /// The forum topic (`message_thread_id`) the message was sent in
     /// (version 6): with `chat_id`, its [`SessionKey`].
     pub thread_id: Option<i32>,
+    /// The Business connection of a fan chat's message (version 7): with
+    /// `chat_id`, its [`SessionKey`].
+    pub business: Option<String>,
 }
 
 /// A [`Quoted`] as stored.
@@ -673,6 +735,18 @@ pub enum StoredKind {
         data: String,
         /// The message pressed on.
         message_id: i32,
+    },
+    /// A message kept as context only (version 7, appended last).
+    Context {
+        /// Its text.
+        text: String,
+        /// The Business account's owner wrote it.
+        by_owner: bool,
+    },
+    /// Messages of a fan chat deleted (version 7, appended last).
+    Deleted {
+        /// Their ids.
+        message_ids: Vec<i32>,
     },
 }
 
@@ -919,7 +993,8 @@ pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
         // Version 3 only appended a variant: version 2 bytes read as it.
         (version @ (2 | 3), body) => decode_as::<entry_v3::UpdateEntry, _>(version, body),
         (version @ (4 | 5), body) => decode_as::<entry_v5::UpdateEntry, _>(version, body),
-        (6, body) => decode_as::<UpdateEntry, _>(6, body),
+        (6, body) => decode_as::<entry_v6::UpdateEntry, _>(6, body),
+        (7, body) => decode_as::<UpdateEntry, _>(7, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -976,6 +1051,13 @@ impl StoredUpdate {
                     data: press.data.clone(),
                     message_id: press.message_id.0,
                 },
+                InboundKind::Context { text, by_owner } => StoredKind::Context {
+                    text: text.clone(),
+                    by_owner: *by_owner,
+                },
+                InboundKind::Deleted(ids) => StoredKind::Deleted {
+                    message_ids: ids.iter().map(|id| id.0).collect(),
+                },
             },
             message_id: inbound.message_id.map(|id| id.0),
             reply_to: inbound.reply_to.as_ref().map(|quote| {
@@ -986,6 +1068,7 @@ impl StoredUpdate {
                 })
             }),
             thread_id: inbound.key.thread_number(),
+            business: inbound.key.connection().map(str::to_owned),
         }
     }
 
@@ -995,10 +1078,13 @@ impl StoredUpdate {
     pub fn into_inbound(self, assistants: &[CommandConfig]) -> Inbound {
         Inbound {
             update_id: self.update_id,
-            key: SessionKey::new(
-                ChatId(self.chat_id),
-                self.thread_id.map(|thread| ThreadId(MessageId(thread))),
-            ),
+            key: match self.business {
+                Some(connection) => SessionKey::business(connection, ChatId(self.chat_id)),
+                None => SessionKey::new(
+                    ChatId(self.chat_id),
+                    self.thread_id.map(|thread| ThreadId(MessageId(thread))),
+                ),
+            },
             user_id: self.user_id,
             language_code: self.language_code,
             kind: match self.kind {
@@ -1018,6 +1104,10 @@ impl StoredUpdate {
                     message_id: MessageId(message_id),
                 }),
                 StoredKind::Media(media) => InboundKind::Media(media.into_media(assistants)),
+                StoredKind::Context { text, by_owner } => InboundKind::Context { text, by_owner },
+                StoredKind::Deleted { message_ids } => {
+                    InboundKind::Deleted(message_ids.into_iter().map(MessageId).collect())
+                }
             },
             received_at: std::time::Instant::now(),
             sent_at: None,
@@ -1248,6 +1338,7 @@ mod tests {
                 message_id: None,
                 reply_to: None,
                 thread_id: None,
+                business: None,
             })
         );
     }
@@ -1275,6 +1366,7 @@ mod tests {
             message_id: None,
             reply_to: None,
             thread_id: None,
+            business: None,
         };
         assert_eq!(
             decode_update(&bytes).unwrap(),
@@ -1361,7 +1453,7 @@ mod tests {
         let stored = StoredUpdate::new(&inbound, 8);
         assert_eq!(stored.thread_id, Some(12));
         let bytes = encode_update(&UpdateEntry::Pending(stored.clone())).unwrap();
-        assert_eq!(bytes[0], 6);
+        assert_eq!(bytes[0], 7);
         let UpdateEntry::Pending(decoded) = decode_update(&bytes).unwrap() else {
             panic!("not pending");
         };
@@ -1388,6 +1480,56 @@ mod tests {
             decode_update(&answered.unwrap()).unwrap(),
             UpdateEntry::Answered
         );
+    }
+
+    /// Version 7 keeps a fan chat's connection and context-only messages;
+    /// a version 6 entry is the bot's own chat's.
+    #[test]
+    fn version_7_entries_keep_the_business_connection() {
+        let fan = SessionKey::business("c1", ChatId(6001));
+        let inbound = Inbound {
+            update_id: 30,
+            key: fan.clone(),
+            user_id: Some(5000),
+            language_code: None,
+            kind: InboundKind::Context {
+                text: "I'll answer later".into(),
+                by_owner: true,
+            },
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: Some(MessageId(7)),
+            reply_to: None,
+        };
+        let stored = StoredUpdate::new(&inbound, 3);
+        let bytes = encode_update(&UpdateEntry::Pending(stored.clone())).unwrap();
+        let UpdateEntry::Pending(decoded) = decode_update(&bytes).unwrap() else {
+            panic!("not pending");
+        };
+        assert_eq!(decoded, stored);
+        let replayed = decoded.into_inbound(&[]);
+        assert_eq!(replayed.key, fan);
+        assert_eq!(replayed.kind, inbound.kind);
+
+        let old = entry_v6::UpdateEntry::Pending(entry_v6::StoredUpdate {
+            update_id: 31,
+            admitted: 4,
+            chat_id: 6001,
+            user_id: Some(6001),
+            language_code: None,
+            kind: StoredKind::Text("hi".into()),
+            message_id: None,
+            reply_to: None,
+            thread_id: None,
+        });
+        let bytes = with_version(6, codec::encode(&old).unwrap()).unwrap();
+        let UpdateEntry::Pending(old) = decode_update(&bytes).unwrap() else {
+            panic!("not pending");
+        };
+        assert_eq!(old.business, None);
+        assert_eq!(old.into_inbound(&[]).key, SessionKey::of_chat(ChatId(6001)));
     }
 
     /// A version 4 record with a photo, a voice note and a document.
@@ -1585,6 +1727,7 @@ mod tests {
             message_id: Some(3),
             reply_to: None,
             thread_id: Some(4),
+            business: None,
         });
         assert_eq!(
             decode_update(&encode_update(&entry).unwrap()).unwrap(),

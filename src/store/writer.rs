@@ -528,7 +528,11 @@ impl Thread {
         // other chat's does.
         for item in self.store.chats.prefix(chat_key(session.chat())) {
             let (key, value) = item.into_inner()?;
-            if *key == *own {
+            // A Business fan chat shares only its id with the bot's chat of
+            // that id: it is another conversation altogether.
+            let other_namespace = super::session_from_key(&key)
+                .is_some_and(|other| other.connection() != session.connection());
+            if *key == *own || other_namespace {
                 continue;
             }
             let usage = record::decode_chat(&value)

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use teloxide::types::{
-    CallbackQuery, ChatKind, ChatPublic, FileMeta, Message, PhotoSize, PublicChatKind,
+    CallbackQuery, ChatKind, ChatPublic, FileMeta, Message, MessageKind, PhotoSize, PublicChatKind,
     PublicChatSupergroup, Update, UpdateKind,
 };
 
@@ -152,6 +152,19 @@ pub enum InboundKind {
     /// A button of one of the bot's messages was pressed (a callback
     /// query); [`Inbound::user_id`] is who pressed it.
     Callback(Press),
+    /// A message of a Business fan chat kept as context only, never
+    /// answered: the creator's own (`by_owner`, an assistant turn: what
+    /// "the creator" said), or a fan's that is not to be answered (`off`
+    /// mode, outside the active hours, over the fan's limits).
+    Context {
+        /// Its text.
+        text: String,
+        /// The account's owner (the creator) wrote it.
+        by_owner: bool,
+    },
+    /// Messages of a Business fan chat were deleted (by the fan or the
+    /// creator): they leave the conversation's history.
+    Deleted(Vec<MessageId>),
 }
 
 /// A button press: a callback query on one of the bot's messages.
@@ -287,6 +300,7 @@ impl Inbound {
             InboundKind::Callback(press) => {
                 press.action().is_some_and(|action| action.costs_llm_call())
             }
+            InboundKind::Context { .. } | InboundKind::Deleted(_) => false,
         }
     }
 
@@ -308,6 +322,10 @@ impl Inbound {
             UpdateKind::Message(message) => (message, false),
             UpdateKind::EditedMessage(message) => (message, true),
             UpdateKind::CallbackQuery(query) => return Self::from_press(update.id.0, query),
+            UpdateKind::BusinessMessage(message) => {
+                return Self::from_business(update.id.0, message, config);
+            }
+            UpdateKind::Error(raw) => return Self::from_deleted(update.id.0, raw),
             _ => return None,
         };
         let assistants = &config.commands;
@@ -343,6 +361,77 @@ impl Inbound {
 }
 
 impl Inbound {
+    /// A message of a Business fan chat (`business_message`): its text, in
+    /// the conversation of (connection, fan chat). Whether it is the
+    /// creator's own, and whether it is answered, is decided on intake
+    /// against the connection ([`crate::front`]). Only text is read from
+    /// fan chats; files, stickers and other messages are ignored (`None`),
+    /// as are messages without a connection id.
+    fn from_business(update_id: u32, message: &Message, config: &Config) -> Option<Self> {
+        let MessageKind::Common(common) = &message.kind else {
+            return None;
+        };
+        let connection = common.business_connection_id.as_ref()?;
+        let text = message.text()?;
+        let user = message.from.as_ref();
+        // Away, greeting and scheduled messages Telegram sends for the
+        // creator are the creator's, whoever `from` names.
+        let kind = if common.is_from_offline {
+            InboundKind::Context {
+                text: text.to_owned(),
+                by_owner: true,
+            }
+        } else {
+            InboundKind::Text(text.to_owned())
+        };
+        Some(Self {
+            update_id,
+            key: SessionKey::business(connection.0.as_str(), message.chat.id),
+            user_id: user.map(|u| u.id.0),
+            language_code: user.and_then(|u| u.language_code.clone()),
+            kind,
+            received_at: Instant::now(),
+            sent_at: Some(message.date.timestamp()),
+            refused: None,
+            // The fan's name, for the creator's `/fans` list; taken out on
+            // intake, so it is neither stored nor shown to the model.
+            speaker: user.map(|u| u.first_name.clone()),
+            message_id: Some(message.id),
+            reply_to: Quoted::of(message, "", config.input.max_quote_chars).map(Box::new),
+        })
+    }
+
+    /// A `deleted_business_messages` update, read from its raw JSON
+    /// (teloxide 0.17 cannot: see [`super::updates::read_update`]); `None`
+    /// for any other unreadable update.
+    fn from_deleted(update_id: u32, raw: &serde_json::Value) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Deleted {
+            business_connection_id: String,
+            chat: ChatRef,
+            message_ids: Vec<i32>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ChatRef {
+            id: i64,
+        }
+        let deleted = raw.get("deleted_business_messages")?;
+        let deleted = <Deleted as serde::Deserialize>::deserialize(deleted).ok()?;
+        Some(Self {
+            update_id,
+            key: SessionKey::business(deleted.business_connection_id, ChatId(deleted.chat.id)),
+            user_id: None,
+            language_code: None,
+            kind: InboundKind::Deleted(deleted.message_ids.into_iter().map(MessageId).collect()),
+            received_at: Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: None,
+            reply_to: None,
+        })
+    }
+
     /// A button press on one of the bot's messages; `None` for a press
     /// without data (a game) or without a message (inline mode), which
     /// this bot never offers.
@@ -638,6 +727,29 @@ mod tests {
 
     fn config() -> Config {
         Config::from_defaults_with("media.max_image_bytes = 50000\n").unwrap()
+    }
+
+    #[test]
+    fn business_messages_and_deletions_belong_to_the_fan_chat() {
+        let message = r#"{"update_id":2,"business_message":{"message_id":1,"date":1764650000,
+            "chat":{"id":6001,"type":"private","first_name":"Fan"},
+            "from":{"id":6001,"is_bot":false,"first_name":"Fan"},
+            "text":"hi","business_connection_id":"c1"}}"#;
+        let read = super::super::updates::read_update(message).unwrap();
+        let inbound = Inbound::from_update(&read.update.unwrap(), "bot", &config()).unwrap();
+        assert_eq!(inbound.key, SessionKey::business("c1", ChatId(6001)));
+        assert_eq!(inbound.kind, InboundKind::Text("hi".into()));
+        assert_eq!(inbound.speaker.as_deref(), Some("Fan"));
+
+        let deleted = r#"{"update_id":3,"deleted_business_messages":{"business_connection_id":"c1",
+            "chat":{"id":6001,"type":"private","first_name":"Fan"},"message_ids":[1,2]}}"#;
+        let read = super::super::updates::read_update(deleted).unwrap();
+        let inbound = Inbound::from_update(&read.update.unwrap(), "bot", &config()).unwrap();
+        assert_eq!(inbound.key, SessionKey::business("c1", ChatId(6001)));
+        assert_eq!(
+            inbound.kind,
+            InboundKind::Deleted(vec![MessageId(1), MessageId(2)])
+        );
     }
 
     fn update(chat: &str, fields: &str) -> Update {

@@ -14,6 +14,7 @@
 //! field here and one more tag there, without touching the callers.
 
 use std::fmt;
+use std::sync::Arc;
 
 pub use teloxide::types::{ChatId, ThreadId};
 
@@ -24,18 +25,52 @@ pub struct SessionKey {
     /// The forum topic (`message_thread_id` of a topic message); `None`
     /// for every other chat and for a forum's General topic.
     thread: Option<ThreadId>,
+    /// The Telegram Business connection a fan chat is reached through
+    /// (its id); `None` for the bot's own chats. A fan chat's id is in the
+    /// creator's namespace: fan chat 6001 under a connection is not the
+    /// bot's private chat 6001, so the connection is part of the key.
+    business: Option<Arc<str>>,
 }
 
 impl SessionKey {
     /// The conversation of a whole chat (private chats, groups, a forum's
     /// General topic).
     pub fn of_chat(chat: ChatId) -> Self {
-        Self { chat, thread: None }
+        Self {
+            chat,
+            thread: None,
+            business: None,
+        }
     }
 
     /// The conversation of `thread`, when given, in `chat`.
     pub fn new(chat: ChatId, thread: Option<ThreadId>) -> Self {
-        Self { chat, thread }
+        Self {
+            chat,
+            thread,
+            business: None,
+        }
+    }
+
+    /// The conversation of the fan chat `chat` reached through the Business
+    /// connection `connection` (a fan writing to a creator's account).
+    pub fn business(connection: impl Into<Arc<str>>, chat: ChatId) -> Self {
+        Self {
+            chat,
+            thread: None,
+            business: Some(connection.into()),
+        }
+    }
+
+    /// The Business connection id of a fan chat; `None` for the bot's own
+    /// chats. Every send to the conversation carries it.
+    pub fn connection(&self) -> Option<&str> {
+        self.business.as_deref()
+    }
+
+    /// Whether it is a fan chat of a Business connection.
+    pub fn is_business(&self) -> bool {
+        self.business.is_some()
     }
 
     /// The Telegram chat: where its messages are sent.
@@ -53,9 +88,11 @@ impl SessionKey {
         self.thread.map(|thread| thread.0.0)
     }
 
-    /// Whether it is the conversation of a private chat with one user.
+    /// Whether it is the conversation of a private chat of the bot with one
+    /// user (a fan chat of a Business connection is not: the bot is not in
+    /// it, it writes as the creator).
     pub fn is_user(&self) -> bool {
-        self.chat.is_user()
+        self.chat.is_user() && self.business.is_none()
     }
 
     /// Whether it is the conversation of the whole of `chat` (not a topic).
@@ -70,10 +107,13 @@ impl From<ChatId> for SessionKey {
     }
 }
 
-/// `-1001234` for a chat, `-1001234/7` for its topic 7 (logs, the store
-/// inspector).
+/// `-1001234` for a chat, `-1001234/7` for its topic 7, `c1:6001` for fan
+/// chat 6001 of Business connection `c1` (logs, the store inspector).
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(connection) = &self.business {
+            write!(f, "{connection}:")?;
+        }
         write!(f, "{}", self.chat.0)?;
         if let Some(thread) = self.thread_number() {
             write!(f, "/{thread}")?;
@@ -99,5 +139,17 @@ mod tests {
         assert_eq!(general.to_string(), "-1005");
         assert_eq!(topic.to_string(), "-1005/7");
         assert_eq!(SessionKey::from(chat), general);
+    }
+
+    #[test]
+    fn a_fan_chat_is_not_the_bots_chat_of_the_same_id() {
+        let own = SessionKey::of_chat(ChatId(6001));
+        let fan = SessionKey::business("c1", ChatId(6001));
+        assert_ne!(own, fan);
+        assert_ne!(fan, SessionKey::business("c2", ChatId(6001)));
+        assert_eq!(fan.chat(), ChatId(6001));
+        assert_eq!(fan.connection(), Some("c1"));
+        assert!(own.is_user() && !fan.is_user());
+        assert_eq!(fan.to_string(), "c1:6001");
     }
 }

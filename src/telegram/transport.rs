@@ -12,8 +12,8 @@ use teloxide::payloads::{
 };
 use teloxide::prelude::Requester as _;
 use teloxide::types::{
-    CallbackQueryId, ChatAction, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions,
-    MessageId, ReplyParameters, UserId,
+    BusinessConnectionId, CallbackQueryId, ChatAction, InlineKeyboardButton, InlineKeyboardMarkup,
+    LinkPreviewOptions, MessageId, ReplyParameters, UserId,
 };
 use teloxide::{ApiError, RequestError};
 
@@ -64,6 +64,13 @@ impl Transport {
                 if let Some(thread) = to.thread() {
                     request = request.message_thread_id(thread);
                 }
+                // A fan chat is written to as the creator, through their
+                // connection; Telegram takes no keyboard there.
+                let business = to.connection();
+                if let Some(connection) = business {
+                    request =
+                        request.business_connection_id(BusinessConnectionId(connection.to_owned()));
+                }
                 if let Some(message_id) = reply_to {
                     request = request.reply_parameters(ReplyParameters {
                         allow_sending_without_reply: Some(true),
@@ -75,7 +82,7 @@ impl Transport {
                     // can make Telegram refuse the message as unparseable.
                     request = request.entities(part.entities.clone());
                 }
-                if let Some(keyboard) = &part.keyboard {
+                if let Some(keyboard) = part.keyboard.as_ref().filter(|_| business.is_none()) {
                     request = request.reply_markup(markup(keyboard));
                 }
                 Ok(request.await?.id)
@@ -203,6 +210,10 @@ impl Transport {
                 let mut request = bot.send_chat_action(to.chat(), ChatAction::Typing);
                 if let Some(thread) = to.thread() {
                     request = request.message_thread_id(thread);
+                }
+                if let Some(connection) = to.connection() {
+                    request =
+                        request.business_connection_id(BusinessConnectionId(connection.to_owned()));
                 }
                 request.await?;
                 Ok(())

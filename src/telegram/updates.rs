@@ -27,7 +27,7 @@ use teloxide::{ApiError, Bot, RequestError};
 /// The update kinds the bot asks Telegram for (`allowed_updates` of
 /// getUpdates and setWebhook): exactly those it handles. Messages, their
 /// edits and button presses always; with `business.enabled`, the Business
-/// connections.
+/// connections and the fan chats' messages and deletions.
 pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
     let mut kinds = vec![
         AllowedUpdate::Message,
@@ -35,7 +35,11 @@ pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
         AllowedUpdate::CallbackQuery,
     ];
     if config.business.enabled {
-        kinds.push(AllowedUpdate::BusinessConnection);
+        kinds.extend([
+            AllowedUpdate::BusinessConnection,
+            AllowedUpdate::BusinessMessage,
+            AllowedUpdate::DeletedBusinessMessages,
+        ]);
     }
     kinds
 }
@@ -101,6 +105,16 @@ pub fn read_update(json: &str) -> Result<Read, NotAnUpdate> {
     }
 
     match serde_json::from_str::<Update>(json) {
+        // teloxide 0.17 cannot read `deleted_business_messages` (it wants
+        // `message_ids` as objects, Telegram sends integers): its content
+        // is kept for `Inbound::from_update` to read itself.
+        Ok(mut update) if let Some(deleted) = deleted_business_messages(&update.kind, json) => {
+            update.kind = UpdateKind::Error(deleted);
+            Ok(Read {
+                id: update.id.0,
+                update: Some(update),
+            })
+        }
         Ok(update) if matches!(update.kind, UpdateKind::Error(_)) => {
             skipped(update.id.0, SkipReason::UnknownKind, None);
             Ok(Read {
@@ -122,6 +136,24 @@ pub fn read_update(json: &str) -> Result<Read, NotAnUpdate> {
             Ok(Read { id, update: None })
         }
     }
+}
+
+/// The `deleted_business_messages` update teloxide could not parse
+/// (`kind` is its [`UpdateKind::Error`]), read again from `json` as
+/// `{"deleted_business_messages": …}` for `Inbound::from_update`; `None`
+/// for any other update.
+fn deleted_business_messages(kind: &UpdateKind, json: &str) -> Option<serde_json::Value> {
+    if !matches!(kind, UpdateKind::Error(_)) {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Deleted {
+        deleted_business_messages: Option<serde_json::Value>,
+    }
+    let deleted = serde_json::from_str::<Deleted>(json)
+        .ok()?
+        .deleted_business_messages?;
+    Some(serde_json::json!({ "deleted_business_messages": deleted }))
 }
 
 /// Logs and counts a skipped update. The error's position and category

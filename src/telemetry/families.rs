@@ -127,6 +127,9 @@ pub const UPDATES_SKIPPED: &str = "llmgram_updates_skipped_total";
 pub const MEDIA_DOWNLOADS: &str = "llmgram_media_downloads_total";
 /// Media messages answered, per kind and outcome.
 pub const MEDIA_MESSAGES: &str = "llmgram_media_messages_total";
+/// Telegram Business fan messages the bot was to answer automatically, per
+/// outcome.
+pub const BUSINESS_AUTO: &str = "llmgram_business_auto_total";
 
 /// Every family, in the order README's table lists them.
 pub const FAMILIES: &[Family] = &[
@@ -271,6 +274,21 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "File downloads from Telegram, per outcome.",
     ),
+    family(
+        BUSINESS_AUTO,
+        Kind::Counter,
+        "Business fan messages due an automatic answer, per outcome.",
+    ),
+];
+
+/// What became of a fan message due an automatic answer (`outcome` label
+/// of [`BUSINESS_AUTO`]).
+pub const BUSINESS_AUTO_OUTCOMES: &[&str] = &[
+    "answered",
+    "creator_answered",
+    "stopped",
+    "not_answered",
+    "refused",
 ];
 
 /// What a media message was (`kind` label of [`MEDIA_MESSAGES`]).
@@ -433,6 +451,9 @@ pub fn register(known: Known<'_>) {
     }
     for outcome in DOWNLOAD_OUTCOMES {
         metrics::counter!(MEDIA_DOWNLOADS, "outcome" => *outcome).increment(0);
+    }
+    for outcome in BUSINESS_AUTO_OUTCOMES {
+        metrics::counter!(BUSINESS_AUTO, "outcome" => *outcome).increment(0);
     }
     for kind in super::SecurityKind::ALL {
         metrics::counter!(SECURITY_EVENTS, "kind" => kind.as_str()).increment(0);

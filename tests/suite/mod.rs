@@ -3,6 +3,7 @@
 mod bad_input;
 mod binary;
 mod bursts;
+mod business;
 mod business_control;
 mod buttons;
 mod commands;

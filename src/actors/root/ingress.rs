@@ -326,7 +326,7 @@ async fn poll_once(state: &mut IngressState, bot_username: &str) -> Result<usize
     );
     metrics::counter!("llmgram_updates_received_total").increment(batch.received as u64);
 
-    hand_over(&state.directory, &state.full_config.media, inbound)
+    hand_over(&state.directory, &state.full_config, inbound)
         .await
         .map_err(hand_over_failure)?;
     state.offset = next_offset;

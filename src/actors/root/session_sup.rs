@@ -421,6 +421,15 @@ async fn on_route(
         InboundKind::Command(Command::Cancel) => {
             entry.signals.cancel.notify_waiters();
         }
+        // The creator wrote in a fan chat: an automatic answer waiting
+        // there (`business.auto_after`) is not sent.
+        InboundKind::Context { by_owner: true, .. } => {
+            entry
+                .signals
+                .owner_arrived
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            entry.signals.owner_spoke.notify_waiters();
+        }
         // A press waits in line like a message but says nothing about it;
         // Stop wakes the answer in flight at once, as `/cancel` does.
         InboundKind::Callback(press) => {

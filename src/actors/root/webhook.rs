@@ -351,7 +351,7 @@ async fn receive(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
     else {
         return StatusCode::OK;
     };
-    match hand_over(&receiver.directory, &receiver.config.media, vec![inbound]).await {
+    match hand_over(&receiver.directory, &receiver.config, vec![inbound]).await {
         Ok(()) => StatusCode::OK,
         Err(error) => {
             // Telegram delivers it again; the store recognises it if it was

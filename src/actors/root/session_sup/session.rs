@@ -50,6 +50,7 @@ mod admission;
 mod buttons;
 mod commands;
 mod control;
+mod fan_turn;
 mod group_admin;
 mod intake;
 mod live;
@@ -112,6 +113,16 @@ pub struct ChatSignals {
     pub cancel: Notify,
     /// Another message for this chat arrived.
     pub arrived: Notify,
+    /// A Business fan chat: the creator's own messages handed to the
+    /// session so far (counted by the supervisor on arrival).
+    pub owner_arrived: std::sync::atomic::AtomicU64,
+    /// A Business fan chat: the creator's own messages the session has
+    /// taken into the history so far. Fewer than arrived means the creator
+    /// wrote after the message being answered: an automatic answer waiting
+    /// for `business.auto_after` is dropped.
+    pub owner_taken: std::sync::atomic::AtomicU64,
+    /// The creator wrote in this fan chat (wakes an `auto_after` wait).
+    pub owner_spoke: Notify,
 }
 
 /// Arguments of a session.
@@ -162,6 +173,12 @@ pub(crate) struct SessionState {
     is_new: bool,
     /// Wakes the answer in flight (`/cancel`, new messages).
     signals: Arc<ChatSignals>,
+    /// A Business fan chat: which history message each recent Telegram
+    /// message became (the same allocation), newest last, at most
+    /// [`fan_turn::TRACKED`]; a deletion removes them from the history.
+    /// Not stored: after a restart or eviction older deletions find
+    /// nothing.
+    fan_messages: std::collections::VecDeque<(crate::telegram::inbound::MessageId, Arc<str>)>,
     /// Texts waiting for the merge window to close, oldest first; still
     /// pending at the supervisor, so a crash loses none of them.
     burst: Vec<Arc<Inbound>>,
@@ -227,6 +244,7 @@ impl Actor for Session {
             last_answer: None,
             regenerated: None,
             signals: Arc::clone(&args.signals),
+            fan_messages: std::collections::VecDeque::new(),
             burst: Vec::new(),
             burst_generation: 0,
             merges_albums: args.merge,
@@ -343,6 +361,10 @@ async fn on_update(
         if let InboundKind::Callback(press) = &inbound.kind {
             return buttons::on_press(state, inbound, press, earlier).await;
         }
+        if state.key.is_business() {
+            fan_turn::on_fan_update(state, inbound, earlier).await;
+            return turn::finish(state, inbound.update_id, earlier);
+        }
         let mut turn = Turn::new(&state.deps, inbound, earlier);
         turn.quote = inbound
             .reply_to
@@ -398,8 +420,11 @@ async fn respond(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
         InboundKind::Edited(text) => on_edit(state, turn, text).await,
         InboundKind::Media(media) => media_turn::on_media(state, turn, media).await,
         InboundKind::NonText => Reply::Plain(turn.texts.non_text.clone()),
-        // Presses are handled before (`buttons.rs`); nothing to say here.
-        InboundKind::Callback(_) => Reply::Silent,
+        // Presses are handled before (`buttons.rs`), and context only
+        // comes from fan chats (`fan_turn.rs`); nothing to say here.
+        InboundKind::Callback(_) | InboundKind::Context { .. } | InboundKind::Deleted(_) => {
+            Reply::Silent
+        }
     }
 }
 

@@ -208,7 +208,10 @@ pub(super) async fn ask(
         options.model.clone()
     }
     .unwrap_or_else(|| Arc::from(llm.model.as_str()));
-    let (stream_to, deltas) = llm.stream.then(|| stream_channel(llm)).unzip();
+    // A fan chat gets the final answer only: no streamed edits as the
+    // creator.
+    let stream = llm.stream && !state.key.is_business();
+    let (stream_to, deltas) = stream.then(|| stream_channel(llm)).unzip();
     let started = Instant::now();
     let request = Request {
         prompt: &prompt,

@@ -247,7 +247,16 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
                 });
             }
         }
-        Err(error) => tracing::warn!(class = error.class(), %error, "reply not delivered"),
+        Err(error) => {
+            // A fan chat's send refused by Telegram (a 400 on a call with a
+            // business connection: no right, a closed connection, a chat
+            // the creator excluded) is final for that message.
+            if state.key.is_business() && !error.is_retryable() {
+                metrics::counter!(crate::telemetry::families::BUSINESS_AUTO, "outcome" => "refused")
+                    .increment(1);
+            }
+            tracing::warn!(class = error.class(), %error, "reply not delivered");
+        }
     }
 }
 

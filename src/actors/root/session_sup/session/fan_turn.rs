@@ -1,0 +1,230 @@
+//! A turn of a Telegram Business fan chat (issue 17): the bot writes as the
+//! creator (the Business account's owner) to a fan, so nothing of the bot's
+//! own voice is ever sent there.
+//!
+//! What a message is was decided on intake ([`crate::front`]): the
+//! creator's own messages and the fans' messages not to be answered arrive
+//! as [`InboundKind::Context`] and only join the history (the creator's as
+//! assistant turns: they are what "the creator" said). A fan's text that
+//! arrives as [`InboundKind::Text`] is answered in `auto` mode: after
+//! `business.auto_after` (dropped if the creator writes meanwhile), with
+//! the connection's persona (else `business.persona`, else the default),
+//! the mode checked again right before sending (a connection disabled or
+//! paused meanwhile stops at once), the final answer only (no streaming,
+//! no buttons). Anything but the LLM's answer (a refusal, an error text)
+//! is not sent to the fan.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::SessionState;
+use super::turn::{self, Change, Reply, Turn};
+use crate::config::BusinessMode;
+use crate::llm::Role;
+use crate::telegram::inbound::{Inbound, InboundKind, MessageId};
+
+/// The user turn before a fan chat's history that starts with the
+/// creator's message (fixed text, never the fan's).
+const EARLIER: &str = "(earlier messages of this chat are not shown)";
+
+/// Answers (or keeps) one update of a fan chat.
+pub(super) async fn on_fan_update(state: &mut SessionState, inbound: &Inbound, earlier: &[u32]) {
+    let mut turn = Turn::new(&state.deps, inbound, earlier);
+    turn.reply = match &inbound.kind {
+        InboundKind::Context { text, by_owner } => {
+            let kept = keep(state, text, *by_owner);
+            track(state, inbound.message_id, kept);
+            Reply::Silent
+        }
+        InboundKind::Text(text) => {
+            let reply = answer(state, &mut turn, text).await;
+            let asked = last_user_turn(state);
+            track(state, inbound.message_id, asked);
+            reply
+        }
+        InboundKind::Deleted(ids) => {
+            forget(state, ids);
+            Reply::Silent
+        }
+        // Nothing else comes from a fan chat; it is not answered.
+        _ => {
+            turn.change = Change::Keep;
+            Reply::Silent
+        }
+    };
+    state.counters.answered += 1;
+    turn::conclude(state, turn).await;
+    super::summary::after_turn(state, inbound.update_id);
+}
+
+/// A message joins the history without an answer; the turn it became.
+fn keep(state: &mut SessionState, text: &str, by_owner: bool) -> Option<Arc<str>> {
+    let role = if by_owner {
+        Role::Assistant
+    } else {
+        Role::User
+    };
+    let kept = match crate::input::validate(text, state.deps.config.input.max_chars) {
+        Ok(cleaned) => {
+            // A history never starts with an assistant turn (it would be
+            // evicted at once); the creator often writes first, so a fixed
+            // marker stands for the fan's side before it.
+            if by_owner && state.history.is_empty() {
+                state.history.push(Role::User, EARLIER.into());
+            }
+            let content: Arc<str> = cleaned.as_str().into();
+            state.history.push(role, Arc::clone(&content));
+            Some(content)
+        }
+        Err(_) => {
+            tracing::debug!("context message not kept (empty or too long)");
+            None
+        }
+    };
+    if by_owner {
+        state.signals.owner_taken.fetch_add(1, Ordering::SeqCst);
+    }
+    tracing::debug!(by_owner, "fan chat message kept as context");
+    kept
+}
+
+/// How many recent messages of a fan chat a deletion can find.
+pub(super) const TRACKED: usize = 64;
+
+/// Notes that the Telegram message `message_id` became the history turn
+/// `content` (kept by allocation, so an equal text elsewhere is not
+/// confused with it).
+fn track(state: &mut SessionState, message_id: Option<MessageId>, content: Option<Arc<str>>) {
+    let (Some(message_id), Some(content)) = (message_id, content) else {
+        return;
+    };
+    if state.fan_messages.len() == TRACKED {
+        state.fan_messages.pop_front();
+    }
+    state.fan_messages.push_back((message_id, content));
+}
+
+/// The newest user turn of the history (an answered or kept fan text).
+fn last_user_turn(state: &SessionState) -> Option<Arc<str>> {
+    state
+        .history
+        .messages()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| Arc::clone(&m.content))
+}
+
+/// Deleted messages leave the history (those this session still tracks).
+fn forget(state: &mut SessionState, ids: &[MessageId]) {
+    let mut removed = 0usize;
+    for id in ids {
+        while let Some(index) = state
+            .fan_messages
+            .iter()
+            .position(|(tracked, _)| tracked == id)
+        {
+            if let Some((_, content)) = state.fan_messages.remove(index)
+                && state.history.remove(&content)
+            {
+                removed += 1;
+            }
+        }
+    }
+    tracing::info!(deleted = ids.len(), removed, "fan chat messages deleted");
+}
+
+/// The creator wrote after the message being answered.
+fn creator_wrote(state: &SessionState) -> bool {
+    state.signals.owner_arrived.load(Ordering::SeqCst)
+        > state.signals.owner_taken.load(Ordering::SeqCst)
+}
+
+/// The fan's text answered by the LLM as the creator; [`Reply::Silent`]
+/// (the text kept as context) when the answer is no longer wanted.
+async fn answer(state: &mut SessionState, turn: &mut Turn<'_>, text: &str) -> Reply {
+    let wait = state
+        .deps
+        .config
+        .business
+        .auto_after
+        .saturating_sub(turn.inbound.received_at.elapsed());
+    if !wait.is_zero() {
+        let spoke = state.signals.owner_spoke.notified();
+        tokio::pin!(spoke);
+        spoke.as_mut().enable();
+        if !creator_wrote(state) {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut spoke => {}
+            }
+        }
+    }
+    if creator_wrote(state) {
+        tracing::info!("the creator answered the fan; automatic answer dropped");
+        metrics::counter!(crate::telemetry::families::BUSINESS_AUTO, "outcome" => "creator_answered")
+            .increment(1);
+        keep(state, text, false);
+        return Reply::Silent;
+    }
+    if !may_send(state).await {
+        keep(state, text, false);
+        return Reply::Silent;
+    }
+    let persona = persona(state).await;
+    let chosen = std::mem::replace(&mut state.settings.persona, persona);
+    let reply = super::on_text(state, turn, text).await;
+    state.settings.persona = chosen;
+    match reply {
+        Reply::Markdown(answer) if may_send(state).await => {
+            metrics::counter!(crate::telemetry::families::BUSINESS_AUTO, "outcome" => "answered")
+                .increment(1);
+            tracing::info!("fan answered as the creator");
+            Reply::Markdown(answer)
+        }
+        Reply::Markdown(_) => Reply::Silent,
+        _ => {
+            tracing::info!("no answer for the fan (refused or failed); nothing sent");
+            metrics::counter!(crate::telemetry::families::BUSINESS_AUTO, "outcome" => "not_answered")
+                .increment(1);
+            Reply::Silent
+        }
+    }
+}
+
+/// Whether the connection still answers this fan automatically: known,
+/// enabled, not paused, `auto` for the fan, with the reply right. Fails
+/// closed.
+async fn may_send(state: &SessionState) -> bool {
+    let Some(id) = state.key.connection() else {
+        return false;
+    };
+    let fan = state.key.chat().0;
+    let Some(connection) = state.deps.directory.business().get(id).await else {
+        tracing::info!(connection = %id, "connection gone; automatic answer dropped");
+        return false;
+    };
+    let auto = connection.mode_for(fan) == BusinessMode::Auto && connection.can_reply;
+    if !auto {
+        tracing::info!(connection = %id, "connection no longer answers automatically; answer dropped");
+        metrics::counter!(crate::telemetry::families::BUSINESS_AUTO, "outcome" => "stopped")
+            .increment(1);
+    }
+    auto
+}
+
+/// The persona fan answers are written in: the connection's, else
+/// `business.persona`, else (empty) the default.
+async fn persona(state: &SessionState) -> Option<String> {
+    let own = match state.key.connection() {
+        Some(id) => state
+            .deps
+            .directory
+            .business()
+            .get(id)
+            .await
+            .and_then(|connection| connection.persona),
+        None => None,
+    };
+    own.or_else(|| Some(state.deps.config.business.persona.clone()))
+        .filter(|name| !name.trim().is_empty())
+}
