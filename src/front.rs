@@ -79,7 +79,9 @@ pub(crate) async fn hand_over(
     config: &Config,
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
-    let inbound = business_gate(directory, config, inbound).await;
+    let inbound = business_gate(directory, config, inbound)
+        .await
+        .map_err(HandOverError::Store)?;
     let media = &config.media;
     // Durable before routing: once Telegram considers them delivered, the
     // store is the only copy of an unanswered update.
@@ -110,9 +112,9 @@ async fn business_gate(
     directory: &Directory,
     config: &Config,
     inbound: Vec<Inbound>,
-) -> Vec<Inbound> {
+) -> Result<Vec<Inbound>, StoreError> {
     if inbound.iter().all(|item| !item.key.is_business()) {
-        return inbound;
+        return Ok(inbound);
     }
     // Validated at start; an invalid window cannot be here.
     let window = config.business.active_window().ok().flatten();
@@ -128,7 +130,9 @@ async fn business_gate(
         }
         let update_id = item.update_id;
         let fan = item.key.chat().0;
-        let Some(connection) = directory.business().get(&connection_id).await else {
+        // An actor that is away fails the batch (Telegram sends it again);
+        // only a connection it does not know drops the message.
+        let Some(connection) = directory.business().lookup(&connection_id).await? else {
             crate::telemetry::security_event(
                 crate::telemetry::SecurityKind::BusinessUnknownConnection,
             );
@@ -194,7 +198,7 @@ async fn business_gate(
         }
         kept.push(item);
     }
-    kept
+    Ok(kept)
 }
 
 /// Asks the rate limiter about the batch and marks the updates it limits.

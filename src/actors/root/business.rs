@@ -102,6 +102,21 @@ impl BusinessHandle<'_> {
             })
     }
 
+    /// The connection `id` (`Ok(None)` when unknown), or
+    /// [`StoreError::Unavailable`] when the actor cannot be reached: the
+    /// intake then refuses the batch, so Telegram delivers it again rather
+    /// than a fan's message being dropped while the actor restarts.
+    pub async fn lookup(&self, id: &str) -> Result<Option<Connection>, StoreError> {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::Get {
+                id: Arc::clone(&id),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable)
+    }
+
     /// The enabled connections of the creator `owner` (their control room
     /// acts on these). **Fails closed:** empty when unreachable.
     pub async fn owned_by(&self, owner: i64) -> Vec<Connection> {
