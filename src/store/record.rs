@@ -883,9 +883,6 @@ pub enum BotSetting {
 pub struct StoredConnection {
     /// Telegram's connection id.
     pub id: String,
-    /// This bot's short number for it (unique, never reused): fans'
-    /// conversations are keyed by it instead of the long id.
-    pub number: u32,
     /// The creator (the business account's user id).
     pub owner_user_id: i64,
     /// The creator's private chat with the bot: their control room.

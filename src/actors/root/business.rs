@@ -89,17 +89,10 @@ impl BusinessHandle<'_> {
     /// The connection `id`, if it is known. **Fails closed:** `None` when
     /// the actor cannot be reached, so nothing is done for it meanwhile.
     pub async fn get(&self, id: &str) -> Option<Connection> {
-        let id: Arc<str> = id.into();
-        self.directory
-            .call(ADDRESS, |reply| BusinessMsg::Get {
-                id: Arc::clone(&id),
-                reply,
-            })
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "business connections unavailable");
-                None
-            })
+        self.lookup(id).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "business connections unavailable");
+            None
+        })
     }
 
     /// The connection `id` (`Ok(None)` when unknown), or
@@ -254,8 +247,6 @@ pub enum Configure {
 pub struct Connection {
     /// Telegram's connection id.
     pub id: Arc<str>,
-    /// The bot's short number for it (the key of its fans' conversations).
-    pub number: u32,
     /// The creator.
     pub owner_user_id: i64,
     /// The creator's control room (private chat with the bot).
@@ -540,13 +531,11 @@ async fn on_changed(
         );
         return Ok(Accepted::Refused);
     }
-    let number = next_number(state);
     let connection = state
         .connections
         .entry(Arc::clone(&id))
         .or_insert_with(|| StoredConnection {
             id: update.id.clone(),
-            number,
             owner_user_id: update.owner_user_id,
             owner_chat_id: update.owner_chat_id,
             can_reply: false,
@@ -600,17 +589,6 @@ fn notify_owner(state: &BusinessState, update: &ConnectionUpdate) {
         .directory
         .outbox()
         .notify(&SessionKey::of_chat(ChatId(update.owner_chat_id)), text);
-}
-
-/// A number no connection has had: one past the highest (numbers of removed
-/// connections are never reused, as connections are never removed).
-fn next_number(state: &BusinessState) -> u32 {
-    state
-        .connections
-        .values()
-        .map(|connection| connection.number)
-        .max()
-        .map_or(1, |highest| highest.saturating_add(1))
 }
 
 /// A creator's choice, stored before it is confirmed.
@@ -742,7 +720,6 @@ async fn save(state: &mut BusinessState) -> Result<(), StoreError> {
 fn view(stored: &StoredConnection) -> Connection {
     Connection {
         id: stored.id.as_str().into(),
-        number: stored.number,
         owner_user_id: stored.owner_user_id,
         owner_chat_id: stored.owner_chat_id,
         can_reply: stored.can_reply,
@@ -837,7 +814,6 @@ mod tests {
         );
         let stored = business.get("conn-7").await.unwrap();
         assert_eq!(stored.mode_for(100), BusinessMode::Draft);
-        assert_eq!(stored.number, 1);
         assert_eq!(business.owned_by(7).await.len(), 1);
 
         // A fan of their own: auto; everyone else paused.
@@ -925,7 +901,6 @@ mod tests {
         };
         let mut connection = StoredConnection {
             id: "c".into(),
-            number: 1,
             owner_user_id: 1,
             owner_chat_id: 1,
             can_reply: true,

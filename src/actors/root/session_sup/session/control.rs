@@ -132,7 +132,7 @@ async fn configure(
             // Removed in between: nothing to change there.
             Ok(false) => {}
             Err(error) => {
-                tracing::warn!(%error, number = connection.number, "control-room change not stored");
+                tracing::warn!(%error, "control-room change not stored");
                 return texts.biz_unavailable.clone();
             }
         }
