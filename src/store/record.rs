@@ -25,9 +25,12 @@ use crate::telegram::inbound::{
 /// seen" notice; version 5 added the chat's persona and own system prompt,
 /// the month's usage and spend, and the summary of turns that left the
 /// history; version 6 added when the conversation was last active
-/// ([`ChatCounters::last_turn_at`]). Older records are read through
-/// [`v1`], [`v2`], [`v3`], [`v4`] and [`v5`] and migrated.
-pub const CHAT_RECORD_VERSION: u8 = 6;
+/// ([`ChatCounters::last_turn_at`]); version 7 added what a Telegram
+/// Business fan chat keeps besides its history ([`FanRecord`]: the
+/// messages a deletion can find, the suggestion waiting for the creator).
+/// Older records are read through [`v1`], [`v2`], [`v3`], [`v4`], [`v5`]
+/// and [`v6`] and migrated.
+pub const CHAT_RECORD_VERSION: u8 = 7;
 /// Schema version of [`UpdateEntry`] written by this build. Version 2 added
 /// the admission sequence number of a pending update; version 3 added media
 /// ([`StoredKind::Media`], a new last variant, so version 2 entries read as
@@ -39,10 +42,12 @@ pub const CHAT_RECORD_VERSION: u8 = 6;
 /// crash is replayed to its topic, and button presses
 /// ([`StoredKind::Callback`], a new last variant); version 7 added the
 /// Business connection of a fan chat's message ([`StoredUpdate::business`])
-/// and context-only messages ([`StoredKind::Context`]). Version 1 entries are read through
-/// [`v1`], versions 2 and 3 through [`entry_v3`], 4 and 5 through
-/// [`entry_v5`], 6 through [`entry_v6`].
-pub const UPDATE_ENTRY_VERSION: u8 = 7;
+/// and context-only messages ([`StoredKind::Context`]); version 8 added the
+/// creator's own reply to a suggestion ([`StoredKind::CreatorReply`], a new
+/// last variant, so version 7 entries read as they are). Version 1 entries
+/// are read through [`v1`], versions 2 and 3 through [`entry_v3`], 4 and 5
+/// through [`entry_v5`], 6 through [`entry_v6`].
+pub const UPDATE_ENTRY_VERSION: u8 = 8;
 
 /// How many answered update ids a chat record keeps (besides every id of its
 /// latest turn): enough to recognise any redelivery the restart and replay
@@ -66,6 +71,56 @@ pub struct ChatRecord {
     /// What the turns that left the history said, written by the LLM;
     /// `None` until a turn leaves the history (or after `/reset`).
     pub summary: Option<String>,
+    /// A Telegram Business fan chat's own state (version 7); `None` for
+    /// every other conversation.
+    pub fan: Option<FanRecord>,
+}
+
+/// What a Telegram Business fan chat keeps besides its history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanRecord {
+    /// The chat's recent Telegram messages and the history turn each became
+    /// (its message id and a hash of the turn's text: [`text_hash`]),
+    /// oldest first, bounded: a deletion finds its turns with these, also
+    /// after a restart.
+    pub tracked: Vec<(i32, u64)>,
+    /// The suggested reply waiting for the creator's tap (`draft` mode).
+    pub draft: Option<StoredDraft>,
+    /// The number of the newest suggestion made (each new one and each
+    /// 🔄 Another takes the next): a tap names the one it was shown with,
+    /// so a tap on a replaced one is recognised.
+    pub draft_seq: u32,
+}
+
+/// A suggested reply to a fan, shown to the creator in their control room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDraft {
+    /// Its number ([`FanRecord::draft_seq`] when it was made).
+    pub seq: u32,
+    /// The suggestion (Markdown, as the LLM wrote it); empty when writing
+    /// it failed (the creator may ask for another, edit or skip).
+    pub text: String,
+    /// The fan's message it answers, cut for the control room.
+    pub fan_text: String,
+    /// The fan's first name, as the control room shows it.
+    pub fan_name: String,
+    /// The fan's message it answers (its id in the fan chat).
+    pub fan_message: Option<i32>,
+    /// The control-room message showing it, once known.
+    pub shown_in: Option<i32>,
+    /// The creator tapped ✏️ Edit: their next control-room text is the
+    /// reply.
+    pub editing: bool,
+}
+
+/// A hash of a history turn's text (FNV-1a, stable across builds and
+/// restarts), as [`FanRecord::tracked`] names turns.
+pub fn text_hash(text: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    text.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
 }
 
 impl ChatRecord {
@@ -571,6 +626,7 @@ pub mod v4 {
                 },
                 recent_updates: old.recent_updates,
                 summary: None,
+                fan: None,
             }
         }
     }
@@ -642,6 +698,7 @@ pub mod v5 {
                 },
                 recent_updates: old.recent_updates,
                 summary: old.summary,
+                fan: None,
             }
         }
     }
@@ -653,6 +710,37 @@ fn recent_from_last(last_update_id: u32) -> Vec<u32> {
         Vec::new()
     } else {
         vec![last_update_id]
+    }
+}
+
+/// Version 6 of the chat record, frozen: no fan chat state. Migrated on
+/// load.
+pub mod v6 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{ChatCounters, ChatSettings, StoredMessage};
+
+    /// A version 6 chat record.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct ChatRecord {
+        pub(super) history: Vec<StoredMessage>,
+        pub(super) settings: ChatSettings,
+        pub(super) counters: ChatCounters,
+        pub(super) recent_updates: Vec<u32>,
+        pub(super) summary: Option<String>,
+    }
+
+    impl From<ChatRecord> for super::ChatRecord {
+        fn from(old: ChatRecord) -> Self {
+            Self {
+                history: old.history,
+                settings: old.settings,
+                counters: old.counters,
+                recent_updates: old.recent_updates,
+                summary: old.summary,
+                fan: None,
+            }
+        }
     }
 }
 
@@ -747,6 +835,13 @@ pub enum StoredKind {
     Deleted {
         /// Their ids.
         message_ids: Vec<i32>,
+    },
+    /// The creator's own reply to a suggestion (version 8, appended last).
+    CreatorReply {
+        /// The suggestion it replaces.
+        seq: u32,
+        /// What the creator wrote.
+        text: String,
     },
 }
 
@@ -862,8 +957,12 @@ pub fn decode_usage(bytes: &[u8]) -> Result<ChatUsage, RecordError> {
     }
 }
 
-/// Schema version of [`BotSetting`] written by this build.
-pub const BOT_SETTING_VERSION: u8 = 1;
+/// Schema version of [`BotSetting`] written by this build. Version 2 let
+/// a Business connection follow the configured mode until its creator
+/// picks one ([`StoredConnection::mode`] became optional) and added the
+/// suggestion a creator is editing ([`StoredConnection::editing`]);
+/// version 1 settings are read through [`setting_v1`].
+pub const BOT_SETTING_VERSION: u8 = 2;
 
 /// A bot-wide setting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -891,8 +990,9 @@ pub struct StoredConnection {
     pub can_reply: bool,
     /// The connection is on (Telegram's `is_enabled`).
     pub enabled: bool,
-    /// What fans' messages get, unless a fan has their own.
-    pub mode: StoredMode,
+    /// What fans' messages get, unless a fan has their own; `None`: the
+    /// configured `business.mode` (the creator has not picked one).
+    pub mode: Option<StoredMode>,
     /// The creator paused every fan (`/pause`).
     pub paused: bool,
     /// The `[[personas]]` entry fans are answered in; `None` for the
@@ -900,6 +1000,81 @@ pub struct StoredConnection {
     pub persona: Option<String>,
     /// Recently active fans and fans with their own mode.
     pub fans: Vec<StoredFan>,
+    /// The suggestion the creator tapped ✏️ Edit on: their next text in
+    /// the control room is the reply to that fan.
+    pub editing: Option<StoredEdit>,
+}
+
+/// A suggestion being edited by its creator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEdit {
+    /// The fan's chat.
+    pub fan: i64,
+    /// The suggestion's number in that chat ([`FanRecord::draft_seq`]).
+    pub seq: u32,
+    /// The control-room update taken as the reply, once one was (the same
+    /// update delivered again is taken again; any other is not).
+    pub taken_by: Option<u32>,
+}
+
+/// Version 1 of the bot settings, frozen: a connection's mode was always
+/// stored (the configured one when it connected) and nothing was being
+/// edited. Migrated on load (the stored mode is kept as the creator's).
+pub mod setting_v1 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{StoredFan, StoredMode};
+
+    /// A version 1 bot setting.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub enum BotSetting {
+        /// Bans.
+        Bans(Vec<i64>),
+        /// The admins' model.
+        DefaultModel(String),
+        /// Business connections.
+        Business(Vec<StoredConnection>),
+    }
+
+    /// A version 1 connection.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct StoredConnection {
+        pub(super) id: String,
+        pub(super) owner_user_id: i64,
+        pub(super) owner_chat_id: i64,
+        pub(super) can_reply: bool,
+        pub(super) enabled: bool,
+        pub(super) mode: StoredMode,
+        pub(super) paused: bool,
+        pub(super) persona: Option<String>,
+        pub(super) fans: Vec<StoredFan>,
+    }
+
+    impl From<BotSetting> for super::BotSetting {
+        fn from(old: BotSetting) -> Self {
+            match old {
+                BotSetting::Bans(bans) => Self::Bans(bans),
+                BotSetting::DefaultModel(model) => Self::DefaultModel(model),
+                BotSetting::Business(connections) => Self::Business(
+                    connections
+                        .into_iter()
+                        .map(|old| super::StoredConnection {
+                            id: old.id,
+                            owner_user_id: old.owner_user_id,
+                            owner_chat_id: old.owner_chat_id,
+                            can_reply: old.can_reply,
+                            enabled: old.enabled,
+                            mode: Some(old.mode),
+                            paused: old.paused,
+                            persona: old.persona,
+                            fans: old.fans,
+                            editing: None,
+                        })
+                        .collect(),
+                ),
+            }
+        }
+    }
 }
 
 /// A fan's chat under a connection.
@@ -936,7 +1111,8 @@ pub fn encode_setting(setting: &BotSetting) -> Result<Vec<u8>, CodecError> {
 /// Decodes a bot setting of any known version.
 pub fn decode_setting(bytes: &[u8]) -> Result<BotSetting, RecordError> {
     match split_version(bytes)? {
-        (1, body) => decode_as::<BotSetting, _>(1, body),
+        (1, body) => decode_as::<setting_v1::BotSetting, _>(1, body),
+        (2, body) => decode_as::<BotSetting, _>(2, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -973,7 +1149,8 @@ pub fn decode_chat(bytes: &[u8]) -> Result<ChatRecord, RecordError> {
         (3, body) => decode_as::<v3::ChatRecord, _>(3, body),
         (4, body) => decode_as::<v4::ChatRecord, _>(4, body),
         (5, body) => decode_as::<v5::ChatRecord, _>(5, body),
-        (6, body) => decode_as::<ChatRecord, _>(6, body),
+        (6, body) => decode_as::<v6::ChatRecord, _>(6, body),
+        (7, body) => decode_as::<ChatRecord, _>(7, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -991,7 +1168,8 @@ pub fn decode_update(bytes: &[u8]) -> Result<UpdateEntry, RecordError> {
         (version @ (2 | 3), body) => decode_as::<entry_v3::UpdateEntry, _>(version, body),
         (version @ (4 | 5), body) => decode_as::<entry_v5::UpdateEntry, _>(version, body),
         (6, body) => decode_as::<entry_v6::UpdateEntry, _>(6, body),
-        (7, body) => decode_as::<UpdateEntry, _>(7, body),
+        // Version 8 only appended a variant: version 7 bytes read as it.
+        (version @ (7 | 8), body) => decode_as::<UpdateEntry, _>(version, body),
         (version, _) => Err(RecordError::UnknownVersion(version)),
     }
 }
@@ -1055,6 +1233,10 @@ impl StoredUpdate {
                 InboundKind::Deleted(ids) => StoredKind::Deleted {
                     message_ids: ids.iter().map(|id| id.0).collect(),
                 },
+                InboundKind::CreatorReply { seq, text } => StoredKind::CreatorReply {
+                    seq: *seq,
+                    text: text.clone(),
+                },
             },
             message_id: inbound.message_id.map(|id| id.0),
             reply_to: inbound.reply_to.as_ref().map(|quote| {
@@ -1105,6 +1287,7 @@ impl StoredUpdate {
                 StoredKind::Deleted { message_ids } => {
                     InboundKind::Deleted(message_ids.into_iter().map(MessageId).collect())
                 }
+                StoredKind::CreatorReply { seq, text } => InboundKind::CreatorReply { seq, text },
             },
             received_at: std::time::Instant::now(),
             sent_at: None,
@@ -1237,6 +1420,7 @@ mod tests {
             },
             recent_updates: vec![123_456_789],
             summary: None,
+            fan: None,
         }
     }
 
@@ -1450,7 +1634,7 @@ mod tests {
         let stored = StoredUpdate::new(&inbound, 8);
         assert_eq!(stored.thread_id, Some(12));
         let bytes = encode_update(&UpdateEntry::Pending(stored.clone())).unwrap();
-        assert_eq!(bytes[0], 7);
+        assert_eq!(bytes[0], UPDATE_ENTRY_VERSION);
         let UpdateEntry::Pending(decoded) = decode_update(&bytes).unwrap() else {
             panic!("not pending");
         };
@@ -1620,6 +1804,112 @@ mod tests {
         }
         assert_eq!(FIXTURE_V6[0], 6);
         assert_eq!(decode_chat(FIXTURE_V6).unwrap(), v6_record());
+    }
+
+    /// A version 7 record: a fan chat's tracked messages and suggestion.
+    fn v7_record() -> ChatRecord {
+        let mut record = v6_record();
+        record.fan = Some(FanRecord {
+            tracked: vec![(41, text_hash("Golden hour, golden mood ✨"))],
+            draft: Some(StoredDraft {
+                seq: 3,
+                text: "Sure, tomorrow!".into(),
+                fan_text: "can we talk?".into(),
+                fan_name: "Ann".into(),
+                fan_message: Some(42),
+                shown_in: Some(900),
+                editing: true,
+            }),
+            draft_seq: 3,
+        });
+        record
+    }
+
+    const FIXTURE_V7: &[u8] = include_bytes!("../../tests/fixtures/chat_record_v7.bin");
+
+    /// Writes the version 7 fixture (run once, with
+    /// `LLMGRAM_WRITE_FIXTURE=1`, when version 7 was introduced); the
+    /// fixture then stays as it is, for every later version to decode.
+    #[test]
+    fn version_7_fixture_decodes() {
+        if std::env::var_os("LLMGRAM_WRITE_FIXTURE").is_some() {
+            std::fs::write(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/chat_record_v7.bin"
+                ),
+                encode_chat(&v7_record()).unwrap(),
+            )
+            .unwrap();
+        }
+        assert_eq!(FIXTURE_V7[0], 7);
+        assert_eq!(decode_chat(FIXTURE_V7).unwrap(), v7_record());
+        // Hashes are the stored names of turns: they must never change.
+        assert_eq!(text_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(text_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn version_1_business_settings_keep_their_mode_as_the_creators() {
+        let old = setting_v1::BotSetting::Business(vec![setting_v1::StoredConnection {
+            id: "c1".into(),
+            owner_user_id: 5,
+            owner_chat_id: 5,
+            can_reply: true,
+            enabled: true,
+            mode: StoredMode::Auto,
+            paused: false,
+            persona: None,
+            fans: Vec::new(),
+        }]);
+        let bytes = with_version(1, codec::encode(&old).unwrap()).unwrap();
+        let BotSetting::Business(connections) = decode_setting(&bytes).unwrap() else {
+            panic!("not business");
+        };
+        assert_eq!(connections[0].mode, Some(StoredMode::Auto));
+        assert_eq!(connections[0].editing, None);
+        let again = encode_setting(&BotSetting::Business(connections.clone())).unwrap();
+        assert_eq!(again[0], 2);
+        assert_eq!(
+            decode_setting(&again).unwrap(),
+            BotSetting::Business(connections)
+        );
+    }
+
+    #[test]
+    fn a_creators_reply_round_trips_and_version_7_entries_still_read() {
+        let inbound = Inbound {
+            update_id: 9,
+            key: SessionKey::business("c1", ChatId(6001)),
+            user_id: Some(5),
+            language_code: None,
+            kind: InboundKind::CreatorReply {
+                seq: 4,
+                text: "see you at 5".into(),
+            },
+            received_at: std::time::Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: None,
+            reply_to: None,
+        };
+        let bytes = encode_update(&UpdateEntry::Pending(StoredUpdate::new(&inbound, 1))).unwrap();
+        assert_eq!(bytes[0], 8);
+        let UpdateEntry::Pending(stored) = decode_update(&bytes).unwrap() else {
+            panic!("not pending");
+        };
+        let back = stored.into_inbound(&[]);
+        assert_eq!(back.kind, inbound.kind);
+        assert_eq!(back.key, inbound.key);
+        // A version 7 entry (no such variant yet) reads the same.
+        let text = Inbound {
+            kind: InboundKind::Text("hi".into()),
+            ..inbound
+        };
+        let mut old = encode_update(&UpdateEntry::Pending(StoredUpdate::new(&text, 2))).unwrap();
+        old[0] = 7;
+        assert!(matches!(decode_update(&old), Ok(UpdateEntry::Pending(_))));
     }
 
     #[test]

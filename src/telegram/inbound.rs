@@ -165,6 +165,15 @@ pub enum InboundKind {
     /// Messages of a Business fan chat were deleted (by the fan or the
     /// creator): they leave the conversation's history.
     Deleted(Vec<MessageId>),
+    /// The creator's own reply to a suggestion they tapped ✏️ Edit on:
+    /// their next text in the control room, routed to the fan's
+    /// conversation by the front.
+    CreatorReply {
+        /// The suggestion it replaces.
+        seq: u32,
+        /// What the creator wrote.
+        text: String,
+    },
 }
 
 /// A button press: a callback query on one of the bot's messages.
@@ -300,7 +309,9 @@ impl Inbound {
             InboundKind::Callback(press) => {
                 press.action().is_some_and(|action| action.costs_llm_call())
             }
-            InboundKind::Context { .. } | InboundKind::Deleted(_) => false,
+            InboundKind::Context { .. }
+            | InboundKind::Deleted(_)
+            | InboundKind::CreatorReply { .. } => false,
         }
     }
 

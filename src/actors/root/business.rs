@@ -464,14 +464,19 @@ impl Actor for Business {
                 let _ = reply.send(on_changed(state, update).await);
             }
             BusinessMsg::Get { id, reply } => {
-                let _ = reply.send(state.connections.get(&id).map(view));
+                let _ = reply.send(
+                    state
+                        .connections
+                        .get(&id)
+                        .map(|c| view(c, state.config.business.mode)),
+                );
             }
             BusinessMsg::OwnedBy { owner, reply } => {
                 let mut owned: Vec<Connection> = state
                     .connections
                     .values()
                     .filter(|c| c.owner_user_id == owner && c.enabled)
-                    .map(view)
+                    .map(|c| view(c, state.config.business.mode))
                     .collect();
                 owned.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(owned);
@@ -540,10 +545,11 @@ async fn on_changed(
             owner_chat_id: update.owner_chat_id,
             can_reply: false,
             enabled: false,
-            mode: stored_mode(config.mode),
+            mode: None,
             paused: false,
             persona: None,
             fans: Vec::new(),
+            editing: None,
         });
     connection.owner_user_id = update.owner_user_id;
     connection.owner_chat_id = update.owner_chat_id;
@@ -602,7 +608,7 @@ async fn on_configure(
     };
     let before = connection.clone();
     match change {
-        Configure::Mode { fan: None, mode } => connection.mode = stored_mode(mode),
+        Configure::Mode { fan: None, mode } => connection.mode = Some(stored_mode(mode)),
         Configure::Paused { fan: None, paused } => {
             connection.paused = paused;
             if !paused {
@@ -649,7 +655,7 @@ fn fans(state: &BusinessState, id: &Arc<str>) -> Vec<FanView> {
     let Some(connection) = state.connections.get(id) else {
         return Vec::new();
     };
-    let view = view(connection);
+    let view = view(connection, state.config.business.mode);
     let mut fans: Vec<FanView> = connection
         .fans
         .iter()
@@ -716,15 +722,17 @@ async fn save(state: &mut BusinessState) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What callers see of a stored connection.
-fn view(stored: &StoredConnection) -> Connection {
+/// What callers see of a stored connection; `configured` is
+/// `business.mode`, which a connection follows until its creator picks a
+/// mode (so a changed config reaches connections made before).
+fn view(stored: &StoredConnection, configured: BusinessMode) -> Connection {
     Connection {
         id: stored.id.as_str().into(),
         owner_user_id: stored.owner_user_id,
         owner_chat_id: stored.owner_chat_id,
         can_reply: stored.can_reply,
         enabled: stored.enabled,
-        mode: config_mode(stored.mode),
+        mode: stored.mode.map_or(configured, config_mode),
         paused: stored.paused,
         persona: stored.persona.clone(),
         overrides: stored
@@ -905,9 +913,10 @@ mod tests {
             owner_chat_id: 1,
             can_reply: true,
             enabled: true,
-            mode: StoredMode::Draft,
+            mode: Some(StoredMode::Draft),
             paused: false,
             persona: None,
+            editing: None,
             fans: vec![
                 fan(1, 1, Some(StoredMode::Auto)),
                 fan(2, 2, None),

@@ -176,9 +176,14 @@ pub(crate) struct SessionState {
     /// A Business fan chat: which history message each recent Telegram
     /// message became (the same allocation), newest last, at most
     /// [`fan_turn::TRACKED`]; a deletion removes them from the history.
-    /// Not stored: after a restart or eviction older deletions find
-    /// nothing.
+    /// Stored as hashes of the turns' texts ([`record::FanRecord`]) and
+    /// matched to the history again on load.
     fan_messages: std::collections::VecDeque<(crate::telegram::inbound::MessageId, Arc<str>)>,
+    /// A Business fan chat: the suggestion waiting for the creator
+    /// (`draft.rs`; stored).
+    draft: Option<record::StoredDraft>,
+    /// A Business fan chat: the newest suggestion's number (stored).
+    draft_seq: u32,
     /// Texts waiting for the merge window to close, oldest first; still
     /// pending at the supervisor, so a crash loses none of them.
     burst: Vec<Arc<Inbound>>,
@@ -245,6 +250,8 @@ impl Actor for Session {
             regenerated: None,
             signals: Arc::clone(&args.signals),
             fan_messages: std::collections::VecDeque::new(),
+            draft: None,
+            draft_seq: 0,
             burst: Vec::new(),
             burst_generation: 0,
             merges_albums: args.merge,
@@ -296,6 +303,9 @@ impl Actor for Session {
             state.summary = stored.summary;
             state.counters = stored.counters;
             state.recent_updates = stored.recent_updates;
+            if let Some(fan) = stored.fan {
+                fan_turn::restore(state, fan);
+            }
         }
         Ok(())
     }
@@ -422,9 +432,10 @@ async fn respond(state: &mut SessionState, turn: &mut Turn<'_>) -> Reply {
         InboundKind::NonText => Reply::Plain(turn.texts.non_text.clone()),
         // Presses are handled before (`buttons.rs`), and context only
         // comes from fan chats (`fan_turn.rs`); nothing to say here.
-        InboundKind::Callback(_) | InboundKind::Context { .. } | InboundKind::Deleted(_) => {
-            Reply::Silent
-        }
+        InboundKind::Callback(_)
+        | InboundKind::Context { .. }
+        | InboundKind::Deleted(_)
+        | InboundKind::CreatorReply { .. } => Reply::Silent,
     }
 }
 
@@ -555,6 +566,7 @@ impl SessionState {
             counters: self.counters,
             recent_updates: self.recent_updates.clone(),
             summary: self.summary.clone(),
+            fan: self.key.is_business().then(|| fan_turn::to_record(self)),
         };
         match record::encode_chat(&record) {
             Ok(bytes) => Some(bytes),

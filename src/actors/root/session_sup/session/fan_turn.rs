@@ -21,6 +21,7 @@ use super::SessionState;
 use super::turn::{self, Change, Reply, Turn};
 use crate::config::BusinessMode;
 use crate::llm::Role;
+use crate::store::record::{FanRecord, text_hash};
 use crate::telegram::inbound::{Inbound, InboundKind, MessageId};
 
 /// The user turn before a fan chat's history that starts with the
@@ -102,6 +103,44 @@ fn track(state: &mut SessionState, message_id: Option<MessageId>, content: Optio
         state.fan_messages.pop_front();
     }
     state.fan_messages.push_back((message_id, content));
+}
+
+/// What the fan chat keeps besides its history, as stored.
+pub(super) fn to_record(state: &SessionState) -> FanRecord {
+    FanRecord {
+        tracked: state
+            .fan_messages
+            .iter()
+            .map(|(id, content)| (id.0, text_hash(content)))
+            .collect(),
+        draft: state.draft.clone(),
+        draft_seq: state.draft_seq,
+    }
+}
+
+/// Takes back what [`to_record`] stored: each tracked message is matched to
+/// the newest history turn with its text that no later message took (a
+/// turn that left the history since matches nothing and is dropped).
+pub(super) fn restore(state: &mut SessionState, fan: FanRecord) {
+    let turns: Vec<Arc<str>> = state
+        .history
+        .messages()
+        .map(|m| Arc::clone(&m.content))
+        .collect();
+    let mut taken = vec![false; turns.len()];
+    let mut restored = std::collections::VecDeque::with_capacity(fan.tracked.len());
+    for (id, hash) in fan.tracked.into_iter().rev() {
+        let found = (0..turns.len())
+            .rev()
+            .find(|&i| !taken[i] && text_hash(&turns[i]) == hash);
+        if let Some(i) = found {
+            taken[i] = true;
+            restored.push_front((MessageId(id), Arc::clone(&turns[i])));
+        }
+    }
+    state.fan_messages = restored;
+    state.draft = fan.draft;
+    state.draft_seq = fan.draft_seq;
 }
 
 /// The newest user turn of the history (an answered or kept fan text).

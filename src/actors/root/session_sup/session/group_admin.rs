@@ -44,7 +44,8 @@ fn changes_the_group(inbound: &Inbound) -> bool {
         | InboundKind::Edited(_)
         | InboundKind::Callback(_)
         | InboundKind::Context { .. }
-        | InboundKind::Deleted(_) => false,
+        | InboundKind::Deleted(_)
+        | InboundKind::CreatorReply { .. } => false,
     }
 }
 
