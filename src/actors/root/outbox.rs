@@ -280,6 +280,10 @@ impl Part {
 /// A turn to commit after its answer is sent.
 #[derive(Debug, Clone)]
 pub struct TurnCommit {
+    /// The conversation whose record it writes, when that is not the one
+    /// the answer goes to (a Business fan chat's suggestion is shown in
+    /// the creator's control room); `None`: the delivery's own.
+    pub key: Option<SessionKey>,
     /// The answered update.
     pub update_id: u32,
     /// Earlier updates answered by the same turn (merged messages).
@@ -293,6 +297,10 @@ enum Job {
         to: SessionKey,
         parts: Vec<Part>,
         commit: Option<TurnCommit>,
+        /// Marks the commit's own conversation busy from the moment it is
+        /// queued, when it is not `to`: a session of that conversation
+        /// starting meanwhile waits for the commit ([`Deliveries`]).
+        committing: Option<Delivering>,
         reply: RpcReplyPort<Result<Vec<MessageId>, TelegramError>>,
     },
     Typing(SessionKey),
@@ -450,17 +458,25 @@ impl Actor for Outbox {
                 parts,
                 commit,
                 reply,
-            } => on_job(
-                &myself,
-                state,
-                to.chat(),
-                Job::Deliver {
-                    to,
-                    parts,
-                    commit,
-                    reply,
-                },
-            ),
+            } => {
+                let committing = commit
+                    .as_ref()
+                    .and_then(|commit| commit.key.as_ref())
+                    .filter(|key| **key != to)
+                    .map(|key| state.deliveries.begin(key.chat()));
+                on_job(
+                    &myself,
+                    state,
+                    to.chat(),
+                    Job::Deliver {
+                        to,
+                        parts,
+                        commit,
+                        committing,
+                        reply,
+                    },
+                );
+            }
             OutboxMsg::Flush { chat_id, reply } => {
                 if state.chats.contains_key(&chat_id) || state.deliveries.is_busy(chat_id) {
                     on_job(&myself, state, chat_id, Job::Flush(reply));
@@ -531,6 +547,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                 to,
                 parts,
                 commit,
+                committing,
                 reply,
             } => {
                 let mut result = Ok(Vec::with_capacity(parts.len()));
@@ -591,8 +608,10 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                     metrics::counter!("llmgram_chats_blocked_total").increment(1);
                 }
                 if let Some(commit) = commit {
-                    commit_turn(&directory, &to, commit).await;
+                    let key = commit.key.clone().unwrap_or_else(|| to.clone());
+                    commit_turn(&directory, &key, commit).await;
                 }
+                drop(committing);
                 drop(delivering);
                 let _ = reply.send(result);
             }

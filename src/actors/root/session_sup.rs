@@ -600,16 +600,24 @@ fn apologise(deps: &SessionDeps, inbound: &Inbound) {
     let key = inbound.key.clone();
     // Marked answered, so a restart does not replay it into another crash.
     let commit = TurnCommit {
+        key: None,
         update_id: inbound.update_id,
         also_answered: Vec::new(),
         change: RecordChange::Keep,
     };
     let directory = deps.directory.clone();
+    // A Business fan chat is written in as the creator: the bot's own
+    // apology never goes there (the update is only marked answered).
+    let parts = if key.is_business() {
+        Vec::new()
+    } else {
+        vec![Part::plain(text)]
+    };
     // Not awaited: this actor must not wait on Telegram.
     tokio::spawn(async move {
         let sent = directory
             .outbox()
-            .deliver(&key, &[Part::plain(text)], Some(&commit))
+            .deliver(&key, &parts, Some(&commit))
             .await;
         if sent.is_err() {
             tracing::warn!(

@@ -154,6 +154,13 @@ pub(super) struct Turn<'a> {
     /// press, who asked the question answered again. Named in the answer's
     /// buttons (they may press them in a group).
     pub(super) asker: u64,
+    /// Where the reply goes when not to this conversation: a Business fan
+    /// chat's suggestions and notes go to the creator's control room. The
+    /// commit still writes this conversation's record.
+    pub(super) deliver_to: Option<SessionKey>,
+    /// The buttons under the reply's last message, in place of the ones it
+    /// would get (Regenerate under an LLM answer).
+    pub(super) keyboard: Option<Keyboard>,
 }
 
 impl<'a> Turn<'a> {
@@ -176,6 +183,8 @@ impl<'a> Turn<'a> {
             // In a private chat the answer follows the question anyway.
             reply_to: inbound.message_id.filter(|_| !inbound.key.is_user()),
             asker: inbound.user_id.unwrap_or_default(),
+            deliver_to: None,
+            keyboard: None,
         }
     }
 
@@ -196,7 +205,19 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
     if turn.cancelled {
         state.cancel_answered = true;
     }
-    let commit = prepare_commit(state, turn.inbound.update_id, turn.earlier, turn.change);
+    let mut commit = prepare_commit(state, turn.inbound.update_id, turn.earlier, turn.change);
+    let to = match turn.deliver_to.clone() {
+        Some(to) => {
+            if let Some(commit) = &mut commit {
+                commit.key = Some(state.key.clone());
+            }
+            to
+        }
+        None => state.key.clone(),
+    };
+    // Nothing sent into a Business fan chat (as the creator) carries the
+    // bot's buttons.
+    let as_creator = to.is_business();
     // An answer to a text may be replaced when the user edits that text.
     let answered_text = matches!(turn.reply, Reply::Markdown(_))
         && matches!(
@@ -211,9 +232,13 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
         turn.replaces
     };
     // The LLM's answer, when the history ends with it, gets Regenerate.
-    let regenerate = matches!(turn.reply, Reply::Markdown(_))
-        .then(|| super::buttons::regenerate_keyboard(state, &turn.texts, turn.asker))
-        .flatten();
+    let regenerate = match turn.keyboard {
+        Some(keyboard) => Some(keyboard),
+        None => matches!(turn.reply, Reply::Markdown(_))
+            .then(|| super::buttons::regenerate_keyboard(state, &turn.texts, turn.asker))
+            .flatten(),
+    }
+    .filter(|_| !as_creator);
     let mut messages = turn
         .reply
         .into_messages(state.deps.config.telegram.max_message_chars);
@@ -224,7 +249,7 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
     // A streamed answer's first message replied when it was first shown.
     let parts = Part::reply_first(parts, turn.reply_to.filter(|_| shown.is_empty()));
     let parts_count = parts.len();
-    let delivered = send_parts(&state.deps, &state.key, parts, commit).await;
+    let delivered = send_parts(&state.deps, &to, parts, commit).await;
     if !turn.ignored_edit {
         state.last_answer = None;
     }
@@ -251,7 +276,7 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
             // A fan chat's send refused by Telegram (a 400 on a call with a
             // business connection: no right, a closed connection, a chat
             // the creator excluded) is final for that message.
-            if state.key.is_business() && !error.is_retryable() {
+            if as_creator && !error.is_retryable() {
                 metrics::counter!(crate::telemetry::families::BUSINESS_AUTO, "outcome" => "refused")
                     .increment(1);
             }
@@ -303,6 +328,7 @@ fn prepare_commit(
         Change::Update => RecordChange::Put(state.encoded_record()?),
     };
     Some(TurnCommit {
+        key: None,
         update_id,
         also_answered: earlier.to_vec(),
         change,
