@@ -17,7 +17,10 @@ use crate::actors::root::business::ConnectionUpdate;
 use crate::actors::root::limiter::{Cost, LimitRequest, Verdict};
 use crate::config::{BusinessMode, Config, MediaConfig};
 use crate::store::StoreError;
-use crate::telegram::inbound::{Inbound, InboundKind, RefusalReason, Refused};
+use std::sync::Arc;
+
+use crate::telegram::buttons::{Action, DraftOp};
+use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason, Refused, SessionKey};
 
 /// Where users' messages come from and answers go.
 #[derive(Debug, Clone)]
@@ -80,6 +83,9 @@ pub(crate) async fn hand_over(
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
     let inbound = business_gate(directory, config, inbound)
+        .await
+        .map_err(HandOverError::Store)?;
+    let inbound = route_creators(directory, config, inbound)
         .await
         .map_err(HandOverError::Store)?;
     let media = &config.media;
@@ -169,27 +175,27 @@ async fn business_gate(
         directory
             .business()
             .fan_seen(&connection_id, fan, &name, at);
+        // Whether it may cost an LLM call (an answer, or a suggestion: the
+        // session decides which by the mode when it gets there).
         let answer = match connection.mode_for(fan) {
-            BusinessMode::Auto if !connection.can_reply => {
-                tracing::info!(update_id, connection = %connection_id, "auto mode without the reply right; kept as context");
+            BusinessMode::Off => {
+                tracing::debug!(update_id, "off or paused; kept as context");
                 false
             }
-            BusinessMode::Auto if window.is_some_and(|hours| !hours.contains(at)) => {
-                tracing::debug!(update_id, "outside business.active_hours; kept as context");
-                false
-            }
-            BusinessMode::Auto => {
+            BusinessMode::Auto | BusinessMode::Draft => {
                 let admitted = directory.business().admit_fan(&connection_id, fan).await;
                 if !admitted {
                     tracing::info!(update_id, connection = %connection_id, "fan over the rate limit; kept as context");
                 }
                 admitted
             }
-            BusinessMode::Draft | BusinessMode::Off => {
-                tracing::debug!(update_id, "not answered in this mode; kept as context");
-                false
-            }
         };
+        if answer && window.is_some_and(|hours| !hours.contains(at)) {
+            tracing::debug!(
+                update_id,
+                "outside business.active_hours; a suggestion, not an answer"
+            );
+        }
         if !answer {
             item.kind = InboundKind::Context {
                 text: std::mem::take(text),
@@ -199,6 +205,70 @@ async fn business_gate(
         kept.push(item);
     }
     Ok(kept)
+}
+
+/// Routes what a Business creator does about a suggestion to the fan's
+/// conversation, where it is kept in order with that fan's messages: a
+/// press of a suggestion's button (✅ Send, 🔄 Another, ✏️ Edit, 🚫 Skip)
+/// goes to the fan named in it under the presser's enabled connection (✏️
+/// Edit is noted with the business actor first, durably), and the
+/// creator's next text in the control room after ✏️ Edit becomes their
+/// own reply ([`InboundKind::CreatorReply`]). Anything else, and everything
+/// with `business.enabled` off, passes as it is.
+async fn route_creators(
+    directory: &Directory,
+    config: &Config,
+    mut inbound: Vec<Inbound>,
+) -> Result<Vec<Inbound>, StoreError> {
+    if !config.business.enabled {
+        return Ok(inbound);
+    }
+    for item in &mut inbound {
+        // The control room is the creator's private chat with the bot.
+        let Some(user) = item.user_id.and_then(|id| i64::try_from(id).ok()) else {
+            continue;
+        };
+        if !item.key.is_user() || item.key.chat().0 != user || item.refused.is_some() {
+            continue;
+        }
+        match &mut item.kind {
+            InboundKind::Callback(press) => {
+                let Some(Action::Draft { op, fan, seq }) = press.action() else {
+                    continue;
+                };
+                let Some(connection) = directory.business().owned_by(user).await.into_iter().next()
+                else {
+                    continue;
+                };
+                let Ok(fan) = i64::try_from(fan) else {
+                    continue;
+                };
+                if op == DraftOp::Edit {
+                    directory
+                        .business()
+                        .begin_edit(&connection.id, fan, seq)
+                        .await?;
+                }
+                tracing::debug!(update_id = item.update_id, connection = %connection.id, fan, "suggestion button routed to the fan chat");
+                item.key = SessionKey::business(Arc::clone(&connection.id), ChatId(fan));
+            }
+            InboundKind::Text(text) => {
+                let Some((connection, fan, seq)) =
+                    directory.business().take_edit(user, item.update_id).await?
+                else {
+                    continue;
+                };
+                tracing::info!(update_id = item.update_id, connection = %connection, fan, "the creator's own reply routed to the fan chat");
+                item.kind = InboundKind::CreatorReply {
+                    seq,
+                    text: std::mem::take(text),
+                };
+                item.key = SessionKey::business(connection, ChatId(fan));
+            }
+            _ => {}
+        }
+    }
+    Ok(inbound)
 }
 
 /// Asks the rate limiter about the batch and marks the updates it limits.

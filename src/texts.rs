@@ -195,6 +195,46 @@ pub struct Texts {
     pub biz_welcome: String,
     /// Sent to the control room when a connection is disabled.
     pub biz_disabled: String,
+    /// The control room's suggestion header. Placeholders: `{fan}` (name), `{text}` (the fan's message).
+    pub draft_from: String,
+    /// Shown instead of a suggestion when none could be written. Placeholder: `{reason}`.
+    pub draft_failed: String,
+    pub draft_send: String,
+    pub draft_another: String,
+    pub draft_edit: String,
+    pub draft_skip: String,
+    /// Status line under a suggestion that was sent.
+    pub draft_sent: String,
+    /// Status line under a suggestion replaced by the creator's own text, and the confirmation. Placeholder: `{fan}`.
+    pub draft_sent_yours: String,
+    /// Status line under a skipped suggestion.
+    pub draft_skipped: String,
+    /// Status line: the fan wrote again. Placeholder: `{fan}`.
+    pub draft_outdated: String,
+    /// Status line: the creator answered the fan themselves.
+    pub draft_answered: String,
+    /// Status line: the fan's message was deleted.
+    pub draft_deleted: String,
+    /// Status line while the creator writes their own reply. Placeholder: `{fan}`.
+    pub draft_editing: String,
+    /// The button answer to Edit.
+    pub draft_edit_toast: String,
+    /// The button answer to Another.
+    pub draft_writing: String,
+    /// The button answer to Send.
+    pub draft_sending: String,
+    /// A tap on a suggestion that is no longer open.
+    pub draft_gone: String,
+    /// Send without the reply right.
+    pub draft_no_right: String,
+    /// Send while the connection is off or gone.
+    pub draft_connection_off: String,
+    /// Status line: Telegram refused or failed to deliver it (the suggestion stays open).
+    pub draft_not_sent: String,
+    /// The creator's own reply came for a suggestion no longer open. Placeholder: `{fan}`.
+    pub draft_reply_late: String,
+    /// Another over the fan's or connection's rate limit.
+    pub draft_slow_down: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -1003,6 +1003,9 @@ pub struct StoredConnection {
     /// The suggestion the creator tapped ✏️ Edit on: their next text in
     /// the control room is the reply to that fan.
     pub editing: Option<StoredEdit>,
+    /// The creator's `language_code` as Telegram last said: the control
+    /// room's texts about fans are in it.
+    pub language: Option<String>,
 }
 
 /// A suggestion being edited by its creator.
@@ -1069,6 +1072,7 @@ pub mod setting_v1 {
                             persona: old.persona,
                             fans: old.fans,
                             editing: None,
+                            language: None,
                         })
                         .collect(),
                 ),

@@ -14,6 +14,7 @@
 //! | `p1:<persona name>` | a persona in the `/persona` picker |
 //! | `m1:<model index>` | a model in the `/model` picker |
 //! | `bm1:<draft\|auto\|off>` | a mode in the control room's `/mode` picker (Telegram Business) |
+//! | `bd1:<s\|a\|e\|k>:<fan>:<n>` | ✅ Send, 🔄 Another, ✏️ Edit, 🚫 Skip under suggestion `n` for a fan (Telegram Business) |
 //!
 //! The answer id names the exchange the answer closes ([`answer_id`]): the
 //! session checks it against the history, in memory or as stored, so a
@@ -60,6 +61,42 @@ pub enum Action {
     /// Set the Business connection's mode (`/mode <mode>` in the control
     /// room).
     BusinessMode(BusinessMode),
+    /// A button under a suggested reply to a fan (Telegram Business `draft`
+    /// mode), in the creator's control room.
+    Draft {
+        /// What to do with it.
+        op: DraftOp,
+        /// The fan's chat (under the presser's connection).
+        fan: u64,
+        /// The suggestion's number in that chat.
+        seq: u32,
+    },
+}
+
+/// What a button under a suggestion does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DraftOp {
+    /// ✅ Send it to the fan as the creator.
+    Send,
+    /// 🔄 Write another one.
+    Another,
+    /// ✏️ The creator's next message is the reply.
+    Edit,
+    /// 🚫 Send nothing.
+    Skip,
+}
+
+impl DraftOp {
+    const ALL: [Self; 4] = [Self::Send, Self::Another, Self::Edit, Self::Skip];
+
+    fn letter(self) -> &'static str {
+        match self {
+            Self::Send => "s",
+            Self::Another => "a",
+            Self::Edit => "e",
+            Self::Skip => "k",
+        }
+    }
 }
 
 impl Action {
@@ -72,6 +109,7 @@ impl Action {
             Self::Persona(name) => format!("p1:{name}"),
             Self::Model(index) => format!("m1:{index}"),
             Self::BusinessMode(mode) => format!("bm1:{}", mode_word(*mode)),
+            Self::Draft { op, fan, seq } => format!("bd1:{}:{fan}:{seq}", op.letter()),
         };
         (data.len() <= MAX_DATA_BYTES).then_some(data)
     }
@@ -102,11 +140,24 @@ impl Action {
                 .into_iter()
                 .find(|mode| mode_word(*mode) == rest)
                 .map(Self::BusinessMode),
+            "bd1" => {
+                let mut fields = rest.split(':');
+                let letter = fields.next()?;
+                let op = DraftOp::ALL.into_iter().find(|op| op.letter() == letter)?;
+                let fan = number(fields.next()?).filter(|fan| *fan > 0)?;
+                let seq = u32::try_from(number(fields.next()?)?).ok()?;
+                fields
+                    .next()
+                    .is_none()
+                    .then_some(Self::Draft { op, fan, seq })
+            }
             _ => None,
         }
     }
 
     /// Whether a press costs an LLM call (against the per-user limit).
+    /// 🔄 Another does too, but is limited as a fan message is (per fan
+    /// and per connection), so it is not counted here.
     pub fn costs_llm_call(&self) -> bool {
         matches!(self, Self::Regenerate { .. })
     }
@@ -168,6 +219,16 @@ mod tests {
             Action::BusinessMode(BusinessMode::Draft),
             Action::BusinessMode(BusinessMode::Auto),
             Action::BusinessMode(BusinessMode::Off),
+            Action::Draft {
+                op: DraftOp::Send,
+                fan: u64::MAX,
+                seq: u32::MAX,
+            },
+            Action::Draft {
+                op: DraftOp::Skip,
+                fan: 1,
+                seq: 0,
+            },
         ];
         for action in actions {
             let data = action.encode().expect("fits");
@@ -180,8 +241,30 @@ mod tests {
     #[test]
     fn anything_else_is_refused() {
         for data in [
-            "", "r1", "r1:", "r1:zz:1", "r1:10", "r1:10:-1", "r1:10:01", "r2:10:1", "s1:", "s1:+1",
-            "p1:", "p1:a\nb", "m1:x", "m1:-1", "x1:1", "bm1:", "bm1:Auto", "bm2:auto",
+            "",
+            "r1",
+            "r1:",
+            "r1:zz:1",
+            "r1:10",
+            "r1:10:-1",
+            "r1:10:01",
+            "r2:10:1",
+            "s1:",
+            "s1:+1",
+            "p1:",
+            "p1:a\nb",
+            "m1:x",
+            "m1:-1",
+            "x1:1",
+            "bm1:",
+            "bm1:Auto",
+            "bm2:auto",
+            "bd1:s:1",
+            "bd1:x:1:1",
+            "bd1:s:0:1",
+            "bd1:s:1:1:1",
+            "bd1:s:-1:1",
+            "bd1:a:1:4294967296",
         ] {
             assert_eq!(Action::decode(data), None, "{data:?}");
         }

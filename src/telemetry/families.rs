@@ -130,6 +130,8 @@ pub const MEDIA_MESSAGES: &str = "llmgram_media_messages_total";
 /// Telegram Business fan messages the bot was to answer automatically, per
 /// outcome.
 pub const BUSINESS_AUTO: &str = "llmgram_business_auto_total";
+/// Telegram Business suggestions (`draft` mode), per outcome.
+pub const BUSINESS_DRAFTS: &str = "llmgram_business_drafts_total";
 
 /// Every family, in the order README's table lists them.
 pub const FAMILIES: &[Family] = &[
@@ -279,6 +281,11 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "Business fan messages due an automatic answer, per outcome.",
     ),
+    family(
+        BUSINESS_DRAFTS,
+        Kind::Counter,
+        "Business suggestions shown to creators and what became of them, per outcome.",
+    ),
 ];
 
 /// What became of a fan message due an automatic answer (`outcome` label
@@ -289,6 +296,17 @@ pub const BUSINESS_AUTO_OUTCOMES: &[&str] = &[
     "stopped",
     "not_answered",
     "refused",
+];
+
+/// What became of a suggestion (`outcome` label of [`BUSINESS_DRAFTS`]).
+pub const BUSINESS_DRAFT_OUTCOMES: &[&str] = &[
+    "suggested",
+    "failed",
+    "sent",
+    "sent_own",
+    "not_sent",
+    "skipped",
+    "outdated",
 ];
 
 /// What a media message was (`kind` label of [`MEDIA_MESSAGES`]).
@@ -454,6 +472,9 @@ pub fn register(known: Known<'_>) {
     }
     for outcome in BUSINESS_AUTO_OUTCOMES {
         metrics::counter!(BUSINESS_AUTO, "outcome" => *outcome).increment(0);
+    }
+    for outcome in BUSINESS_DRAFT_OUTCOMES {
+        metrics::counter!(BUSINESS_DRAFTS, "outcome" => *outcome).increment(0);
     }
     for kind in super::SecurityKind::ALL {
         metrics::counter!(SECURITY_EVENTS, "kind" => kind.as_str()).increment(0);

@@ -8,7 +8,9 @@
 //!   from the front, answered once it is durable), [`BusinessMsg::Get`],
 //!   [`BusinessMsg::OwnedBy`], [`BusinessMsg::Configure`] (the creator's
 //!   `/mode`, `/pause`, `/resume`, `/persona`), [`BusinessMsg::FanSeen`]
-//!   (a fan wrote), [`BusinessMsg::Fans`] (`/fans`),
+//!   (a fan wrote), [`BusinessMsg::Fans`] (`/fans`), [`BusinessMsg::Edit`]
+//!   and [`BusinessMsg::TakeEdit`] (the suggestion a creator is writing
+//!   their own reply to: ✏️ Edit, then their next control-room text),
 //!   [`BusinessMsg::AdmitFan`] (a fan's message may cost an LLM call) and
 //!   [`BusinessMsg::Flush`] (timer). Callers use [`BusinessHandle`].
 //! - **State:** every connection (at most `business.max_connections`), each
@@ -45,7 +47,7 @@ use tokio::task::JoinHandle;
 use crate::actors::directory::Address;
 use crate::actors::{Child, Directory};
 use crate::config::{BusinessMode, Config};
-use crate::store::record::{BotSetting, StoredConnection, StoredFan, StoredMode};
+use crate::store::record::{BotSetting, StoredConnection, StoredEdit, StoredFan, StoredMode};
 use crate::store::{BotKey, StoreError};
 use crate::telegram::session_key::{ChatId, SessionKey};
 use crate::telemetry::{SecurityKind, security_event};
@@ -173,6 +175,56 @@ impl BusinessHandle<'_> {
             .unwrap_or(false)
     }
 
+    /// The creator tapped ✏️ Edit under suggestion `seq` for `fan`: their
+    /// next text in the control room is the reply. `Ok` once durable.
+    pub async fn begin_edit(&self, id: &str, fan: i64, seq: u32) -> Result<(), StoreError> {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::Edit {
+                id: Arc::clone(&id),
+                change: EditChange::Begin { fan, seq },
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// The suggestion the creator `owner` is writing their own reply to, if
+    /// any, taken by the control-room update `update_id` (durably: the same
+    /// update delivered again is taken again, any other is not): the
+    /// connection, the fan and the suggestion's number. **Fails closed:**
+    /// [`StoreError::Unavailable`] when the actor cannot be reached, so the
+    /// batch is refused and comes again rather than the creator's reply
+    /// going astray.
+    pub async fn take_edit(
+        &self,
+        owner: i64,
+        update_id: u32,
+    ) -> Result<Option<EditTarget>, StoreError> {
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::TakeEdit {
+                owner,
+                update_id,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// The suggestion `seq` for `fan` is no longer being edited (sent,
+    /// skipped, outdated); nothing changes when another one is.
+    pub async fn end_edit(&self, id: &str, fan: i64, seq: u32) -> Result<(), StoreError> {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::Edit {
+                id: Arc::clone(&id),
+                change: EditChange::End { fan, seq },
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
     /// Makes the actor panic (tests only); `false` if it is not running.
     #[cfg(feature = "chaos")]
     pub fn panic(&self) -> bool {
@@ -242,6 +294,29 @@ pub enum Configure {
     Persona(Option<String>),
 }
 
+/// The suggestion a creator is writing their own reply to: the
+/// connection, the fan's chat and the suggestion's number.
+pub type EditTarget = (Arc<str>, i64, u32);
+
+/// A change to the suggestion a creator is editing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditChange {
+    /// ✏️ Edit tapped under suggestion `seq` for `fan`.
+    Begin {
+        /// The fan's chat.
+        fan: i64,
+        /// The suggestion.
+        seq: u32,
+    },
+    /// That suggestion is closed.
+    End {
+        /// The fan's chat.
+        fan: i64,
+        /// The suggestion.
+        seq: u32,
+    },
+}
+
 /// A connection as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
@@ -261,6 +336,8 @@ pub struct Connection {
     pub paused: bool,
     /// The persona fans are answered in (`None`: `business.persona`).
     pub persona: Option<String>,
+    /// The creator's language (the control room's texts).
+    pub language: Option<String>,
     /// Fans with a mode or pause of their own: (chat, mode, paused).
     overrides: Vec<(i64, Option<BusinessMode>, bool)>,
 }
@@ -353,6 +430,24 @@ pub enum BusinessMsg {
         fan: i64,
         /// The verdict.
         reply: RpcReplyPort<bool>,
+    },
+    /// ✏️ Edit began or ended.
+    Edit {
+        /// The connection.
+        id: Arc<str>,
+        /// Which.
+        change: EditChange,
+        /// `Ok` once durable.
+        reply: RpcReplyPort<Result<(), StoreError>>,
+    },
+    /// A creator's control-room text: is it the reply they are editing?
+    TakeEdit {
+        /// The creator.
+        owner: i64,
+        /// The text's update.
+        update_id: u32,
+        /// The connection, fan and suggestion, if so.
+        reply: RpcReplyPort<Result<Option<EditTarget>, StoreError>>,
     },
     /// Timer: store the fans' activity if it changed.
     Flush,
@@ -496,6 +591,16 @@ impl Actor for Business {
                 }
                 let _ = reply.send(admitted);
             }
+            BusinessMsg::Edit { id, change, reply } => {
+                let _ = reply.send(on_edit(state, &id, change).await);
+            }
+            BusinessMsg::TakeEdit {
+                owner,
+                update_id,
+                reply,
+            } => {
+                let _ = reply.send(on_take_edit(state, owner, update_id).await);
+            }
             BusinessMsg::Flush => {
                 if state.dirty {
                     save(state).await?;
@@ -550,11 +655,13 @@ async fn on_changed(
             persona: None,
             fans: Vec::new(),
             editing: None,
+            language: None,
         });
     connection.owner_user_id = update.owner_user_id;
     connection.owner_chat_id = update.owner_chat_id;
     connection.can_reply = update.can_reply;
     connection.enabled = update.enabled;
+    connection.language.clone_from(&update.language);
     tracing::info!(
         owner = update.owner_user_id,
         enabled = update.enabled,
@@ -635,6 +742,72 @@ async fn on_configure(
         return Err(error);
     }
     Ok(true)
+}
+
+/// ✏️ Edit began (replacing any earlier one: a creator writes one reply at
+/// a time) or ended; stored before it is confirmed.
+async fn on_edit(
+    state: &mut BusinessState,
+    id: &Arc<str>,
+    change: EditChange,
+) -> Result<(), StoreError> {
+    let Some(connection) = state.connections.get_mut(id) else {
+        return Ok(());
+    };
+    let before = connection.editing;
+    connection.editing = match change {
+        EditChange::Begin { fan, seq } => Some(StoredEdit {
+            fan,
+            seq,
+            taken_by: None,
+        }),
+        EditChange::End { fan, seq } => before.filter(|edit| edit.fan != fan || edit.seq != seq),
+    };
+    if connection.editing == before {
+        return Ok(());
+    }
+    if let Err(error) = save(state).await {
+        if let Some(connection) = state.connections.get_mut(id) {
+            connection.editing = before;
+        }
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// A creator's control-room text: taken as the reply they are editing, if
+/// they are (the first such update, or the same one delivered again).
+async fn on_take_edit(
+    state: &mut BusinessState,
+    owner: i64,
+    update_id: u32,
+) -> Result<Option<EditTarget>, StoreError> {
+    let Some((id, edit)) = state
+        .connections
+        .iter()
+        .filter(|(_, c)| c.owner_user_id == owner && c.enabled)
+        .find_map(|(id, c)| Some((Arc::clone(id), c.editing?)))
+    else {
+        return Ok(None);
+    };
+    match edit.taken_by {
+        Some(taken) if taken == update_id => return Ok(Some((id, edit.fan, edit.seq))),
+        Some(_) => return Ok(None),
+        None => {}
+    }
+    if let Some(connection) = state.connections.get_mut(&id) {
+        connection.editing = Some(StoredEdit {
+            taken_by: Some(update_id),
+            ..edit
+        });
+    }
+    if let Err(error) = save(state).await {
+        if let Some(connection) = state.connections.get_mut(&id) {
+            connection.editing = Some(edit);
+        }
+        return Err(error);
+    }
+    Ok(Some((id, edit.fan, edit.seq)))
 }
 
 /// A fan wrote: kept first in the connection's list.
@@ -735,6 +908,7 @@ fn view(stored: &StoredConnection, configured: BusinessMode) -> Connection {
         mode: stored.mode.map_or(configured, config_mode),
         paused: stored.paused,
         persona: stored.persona.clone(),
+        language: stored.language.clone(),
         overrides: stored
             .fans
             .iter()
@@ -917,6 +1091,7 @@ mod tests {
             paused: false,
             persona: None,
             editing: None,
+            language: None,
             fans: vec![
                 fan(1, 1, Some(StoredMode::Auto)),
                 fan(2, 2, None),

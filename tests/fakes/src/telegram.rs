@@ -217,6 +217,8 @@ struct Inner {
     webhook: Option<Webhook>,
     /// Methods (lower-case) answered with a fault on every call.
     refused: HashMap<String, TelegramFault>,
+    /// Methods whose calls wait this long before being served.
+    stalled: HashMap<String, Duration>,
     /// getUpdates answers at once, whatever `timeout` asks for.
     instant_polls: bool,
     /// getChatMember's `status` per `(chat, user)`; `member` when absent.
@@ -296,6 +298,19 @@ impl FakeTelegram {
         match fault {
             Some(fault) => inner.refused.insert(method, fault),
             None => inner.refused.remove(&method),
+        };
+    }
+
+    /// Makes every call of `method` (case-insensitive) wait `delay` before
+    /// it is served (then served as usual), until called again with
+    /// `None`: a Bot API that stops answering one method, e.g. to hold a
+    /// session inside a turn while a test kills the process.
+    pub fn stall_method(&self, method: &str, delay: Option<Duration>) {
+        let mut inner = lock(&self.shared.inner);
+        let method = method.to_ascii_lowercase();
+        match delay {
+            Some(delay) => inner.stalled.insert(method, delay),
+            None => inner.stalled.remove(&method),
         };
     }
 
@@ -899,6 +914,10 @@ async fn handle(
                 inner.method_calls.insert(method.clone(), 1);
             }
         }
+    }
+    let stalled = lock(&shared.inner).stalled.get(&method).copied();
+    if let Some(delay) = stalled {
+        tokio::time::sleep(delay).await;
     }
     if let Some(fault) = lock(&shared.inner).refused.get(&method).cloned() {
         return fault_response(&fault);

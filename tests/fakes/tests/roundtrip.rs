@@ -373,6 +373,23 @@ async fn refused_methods_and_instant_polls() {
 }
 
 #[tokio::test]
+async fn a_stalled_method_waits_then_is_served_and_others_are_not_held() {
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    fake.stall_method("getMe", Some(Duration::from_millis(400)));
+    let start = Instant::now();
+    bot.get_me().await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(390));
+    let start = Instant::now();
+    bot.get_updates().timeout(0).await.unwrap();
+    assert!(start.elapsed() < Duration::from_millis(300));
+    fake.stall_method("GETME", None);
+    let start = Instant::now();
+    bot.get_me().await.unwrap();
+    assert!(start.elapsed() < Duration::from_millis(300));
+}
+
+#[tokio::test]
 async fn injected_faults() {
     let fake = FakeTelegram::start().await;
     let bot = bot(&fake);

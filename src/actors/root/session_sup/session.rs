@@ -50,6 +50,7 @@ mod admission;
 mod buttons;
 mod commands;
 mod control;
+mod draft;
 mod fan_turn;
 mod group_admin;
 mod intake;
@@ -368,12 +369,11 @@ async fn on_update(
             tracing::info!("update answered before; skipped");
             return turn::finish(state, inbound.update_id, earlier);
         }
+        if state.key.is_business() {
+            return fan_turn::on_fan_update(state, inbound, earlier).await;
+        }
         if let InboundKind::Callback(press) = &inbound.kind {
             return buttons::on_press(state, inbound, press, earlier).await;
-        }
-        if state.key.is_business() {
-            fan_turn::on_fan_update(state, inbound, earlier).await;
-            return turn::finish(state, inbound.update_id, earlier);
         }
         let mut turn = Turn::new(&state.deps, inbound, earlier);
         turn.quote = inbound

@@ -110,6 +110,13 @@ pub(super) async fn on_press(
             let command = Command::Mode(ModeArg::Set { fan: None, mode });
             return typed(state, inbound, press, command, earlier).await;
         }
+        // A suggestion's button reaches the fan's conversation (the front
+        // routes it there by the presser's connection); here it came from
+        // someone with no enabled connection.
+        Action::Draft { .. } => {
+            tracing::info!("suggestion button pressed without a connection");
+            answer(state, press, Some(&turn.texts.draft_gone), false).await;
+        }
     }
     conclude(state, turn, inbound).await
 }

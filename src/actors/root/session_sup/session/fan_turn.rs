@@ -17,8 +17,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use ractor::ActorProcessingErr;
+
 use super::SessionState;
+use super::draft::Closed;
 use super::turn::{self, Change, Reply, Turn};
+use crate::actors::root::business::Connection;
 use crate::config::BusinessMode;
 use crate::llm::Role;
 use crate::store::record::{FanRecord, text_hash};
@@ -28,22 +32,55 @@ use crate::telegram::inbound::{Inbound, InboundKind, MessageId};
 /// creator's message (fixed text, never the fan's).
 const EARLIER: &str = "(earlier messages of this chat are not shown)";
 
-/// Answers (or keeps) one update of a fan chat.
-pub(super) async fn on_fan_update(state: &mut SessionState, inbound: &Inbound, earlier: &[u32]) {
+/// Answers (or keeps) one update of a fan chat; a suggestion's button
+/// press or the creator's own reply goes to `draft.rs`.
+pub(super) async fn on_fan_update(
+    state: &mut SessionState,
+    inbound: &Inbound,
+    earlier: &[u32],
+) -> Result<(), ActorProcessingErr> {
+    match &inbound.kind {
+        InboundKind::Callback(press) => {
+            return super::draft::on_press(state, inbound, press, earlier).await;
+        }
+        InboundKind::CreatorReply { seq, text } => {
+            return super::draft::on_creator_reply(state, inbound, *seq, text, earlier).await;
+        }
+        _ => {}
+    }
     let mut turn = Turn::new(&state.deps, inbound, earlier);
     turn.reply = match &inbound.kind {
         InboundKind::Context { text, by_owner } => {
+            let why = if *by_owner {
+                Closed::CreatorAnswered
+            } else {
+                Closed::FanWrote
+            };
+            super::draft::close(state, why).await;
             let kept = keep(state, text, *by_owner);
             track(state, inbound.message_id, kept);
             Reply::Silent
         }
         InboundKind::Text(text) => {
-            let reply = answer(state, &mut turn, text).await;
+            super::draft::close(state, Closed::FanWrote).await;
+            let reply = match decide(state, inbound).await {
+                Decision::Answer => answer(state, &mut turn, text).await,
+                Decision::Suggest(connection) => {
+                    super::draft::suggest(state, &mut turn, text, &connection).await
+                }
+                Decision::Keep => {
+                    keep(state, text, false);
+                    Reply::Silent
+                }
+            };
             let asked = last_user_turn(state);
             track(state, inbound.message_id, asked);
             reply
         }
         InboundKind::Deleted(ids) => {
+            if super::draft::answers_one_of(state, ids) {
+                super::draft::close(state, Closed::Deleted).await;
+            }
             forget(state, ids);
             Reply::Silent
         }
@@ -54,8 +91,43 @@ pub(super) async fn on_fan_update(state: &mut SessionState, inbound: &Inbound, e
         }
     };
     state.counters.answered += 1;
-    turn::conclude(state, turn).await;
+    let sent = turn::conclude(state, turn).await;
+    super::draft::shown(state, sent.as_deref(), inbound.update_id).await;
     super::summary::after_turn(state, inbound.update_id);
+    turn::finish(state, inbound.update_id, earlier)
+}
+
+/// What a fan's message admitted for an LLM call gets, decided when it is
+/// answered (the creator may have changed the mode since it arrived).
+enum Decision {
+    /// `auto`, with the reply right, within `business.active_hours`: the
+    /// bot answers the fan itself.
+    Answer,
+    /// `draft`, or `auto` outside the active hours or without the reply
+    /// right: a suggestion in the control room.
+    Suggest(Connection),
+    /// `off`, paused, disabled or gone: context only.
+    Keep,
+}
+
+async fn decide(state: &SessionState, inbound: &Inbound) -> Decision {
+    let Some(id) = state.key.connection() else {
+        return Decision::Keep;
+    };
+    let Some(connection) = state.deps.directory.business().get(id).await else {
+        return Decision::Keep;
+    };
+    let at = inbound
+        .sent_at
+        .unwrap_or_else(|| (crate::clock::unix_millis() / 1000) as i64);
+    // Validated at start; an invalid window cannot be here.
+    let window = state.deps.config.business.active_window().ok().flatten();
+    let in_hours = window.is_none_or(|hours| hours.contains(at));
+    match connection.mode_for(state.key.chat().0) {
+        BusinessMode::Off => Decision::Keep,
+        BusinessMode::Auto if connection.can_reply && in_hours => Decision::Answer,
+        BusinessMode::Auto | BusinessMode::Draft => Decision::Suggest(connection),
+    }
 }
 
 /// A message joins the history without an answer; the turn it became.
@@ -95,7 +167,11 @@ pub(super) const TRACKED: usize = 64;
 /// Notes that the Telegram message `message_id` became the history turn
 /// `content` (kept by allocation, so an equal text elsewhere is not
 /// confused with it).
-fn track(state: &mut SessionState, message_id: Option<MessageId>, content: Option<Arc<str>>) {
+pub(super) fn track(
+    state: &mut SessionState,
+    message_id: Option<MessageId>,
+    content: Option<Arc<str>>,
+) {
     let (Some(message_id), Some(content)) = (message_id, content) else {
         return;
     };
@@ -253,7 +329,7 @@ async fn may_send(state: &SessionState) -> bool {
 
 /// The persona fan answers are written in: the connection's, else
 /// `business.persona`, else (empty) the default.
-async fn persona(state: &SessionState) -> Option<String> {
+pub(super) async fn persona(state: &SessionState) -> Option<String> {
     let own = match state.key.connection() {
         Some(id) => state
             .deps

@@ -26,6 +26,7 @@ use crate::llm::{ChatMessage, Completion, LlmError, Role};
 use crate::pricing::format_money;
 use crate::store::record::{ChatCounters, StoredFile};
 use crate::telegram::buttons::Keyboard;
+use crate::telegram::inbound::SessionKey;
 use crate::texts::{Texts, fill, retry_in_seconds};
 
 /// Characters per token when the provider reports no usage: the usual rule
@@ -219,6 +220,7 @@ pub(super) async fn ask(
         stream: stream_to,
         reply_to: turn.reply_to,
         stop: super::buttons::stop_keyboard(&turn.texts, turn.asker),
+        show_to: turn.deliver_to.clone(),
     };
     let texts = Arc::clone(&turn.texts);
     let (result, live) = await_answer(state, &texts, request, deltas).await;
@@ -448,6 +450,10 @@ struct Request<'a> {
     reply_to: Option<MessageId>,
     /// The Stop button a streamed answer shows while it grows.
     stop: Option<Keyboard>,
+    /// Where "typing…" and notices go when the answer is not for this
+    /// conversation ([`super::turn::Turn::deliver_to`]: a fan chat's
+    /// suggestion is written for the creator's control room).
+    show_to: Option<SessionKey>,
 }
 
 /// Waits for the LLM pool's answer while showing "typing…", or the streamed
@@ -460,7 +466,11 @@ async fn await_answer(
     mut deltas: Option<mpsc::Receiver<String>>,
 ) -> (Option<Result<Completion, LlmError>>, LiveAnswer) {
     let deps = &state.deps;
-    let key = &state.key;
+    let shown_to = request.show_to.clone();
+    let key = shown_to.as_ref().unwrap_or(&state.key);
+    // The bot's own notices never go into a Business fan chat (what is
+    // sent there reads as the creator's).
+    let may_notify = !key.is_business();
     let telegram = &deps.config.telegram;
     let reply_to = request.reply_to;
     let stop = request.stop.clone();
@@ -494,7 +504,7 @@ async fn await_answer(
             result = &mut call => break Some(result),
             () = &mut cancelled => break None,
             () = &mut arrived, if !queued => queued = true,
-            () = tokio::time::sleep_until(notice_at), if queued && !told => {
+            () = tokio::time::sleep_until(notice_at), if queued && !told && may_notify => {
                 told = true;
                 deps.directory.outbox().notify(key, &texts.answer_coming);
             }

@@ -40,7 +40,7 @@ pub(super) enum Reply {
 
 impl Reply {
     /// The reply as Telegram messages of at most `max` UTF-16 units.
-    fn into_messages(self, max: usize) -> Vec<OutgoingText> {
+    pub(super) fn into_messages(self, max: usize) -> Vec<OutgoingText> {
         match self {
             Self::Silent => Vec::new(),
             Self::Plain(text) => split_message(&text, max)
@@ -201,7 +201,9 @@ impl<'a> Turn<'a> {
 /// Ends the turn: its commit prepared, its reply handed to the outbox
 /// (which commits after sending) and waited for until delivered or given
 /// up. A streamed answer's messages are edited into the final text.
-pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
+/// Returns the ids of the messages sent (or edited), or `None` when the
+/// reply was not delivered.
+pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) -> Option<Vec<MessageId>> {
     if turn.cancelled {
         state.cancel_answered = true;
     }
@@ -232,8 +234,12 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
         turn.replaces
     };
     // The LLM's answer, when the history ends with it, gets Regenerate.
+    // An empty keyboard asks for none (an edit without one removes the
+    // buttons the message had).
     let regenerate = match turn.keyboard {
-        Some(keyboard) => Some(keyboard),
+        Some(keyboard) => Some(keyboard).filter(|keyboard| !keyboard.is_empty()),
+        // A fan chat's messages are never the bot's answers to regenerate.
+        None if state.key.is_business() => None,
         None => matches!(turn.reply, Reply::Markdown(_))
             .then(|| super::buttons::regenerate_keyboard(state, &turn.texts, turn.asker))
             .flatten(),
@@ -256,6 +262,7 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
     match delivered {
         Ok(ids) => {
             tracing::debug!(parts = parts_count, "delivered");
+            let sent = ids.clone();
             if let Some(user_message) = user_message
                 && ids.len() == filled.len()
             {
@@ -271,6 +278,7 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
                     shown,
                 });
             }
+            Some(sent)
         }
         Err(error) => {
             // A fan chat's send refused by Telegram (a 400 on a call with a
@@ -281,6 +289,7 @@ pub(super) async fn conclude(state: &mut SessionState, turn: Turn<'_>) {
                     .increment(1);
             }
             tracing::warn!(class = error.class(), %error, "reply not delivered");
+            None
         }
     }
 }
