@@ -108,11 +108,12 @@ pub(crate) async fn hand_over(
 /// is stored: dropped when its connection is unknown (never connected, or
 /// from an owner who may not connect: a security event), disabled, or
 /// `business.enabled` is off; the creator's own message becomes context
-/// (an assistant turn, never answered); a fan's is answered only when the
-/// connection's mode for that fan is `auto` now, the connection may reply,
-/// `business.active_hours` contain the message's time, and the fan's and
-/// the connection's rate limits ([`crate::actors::root::business`]) admit
-/// it; otherwise it is kept as context. The bot's own chats pass as they
+/// (an assistant turn, never answered); a fan's may cost an LLM call (an
+/// answer or a suggestion, which the session decides by the mode when it
+/// gets there) unless the connection's mode for that fan is `off` (or
+/// paused) or the fan's and the connection's rate limits
+/// ([`crate::actors::root::business`]) refuse it; then it is kept as
+/// context. The bot's own chats pass as they
 /// are.
 async fn business_gate(
     directory: &Directory,

@@ -6,7 +6,10 @@
 //! creator's own messages and the fans' messages not to be answered arrive
 //! as [`InboundKind::Context`] and only join the history (the creator's as
 //! assistant turns: they are what "the creator" said). A fan's text that
-//! arrives as [`InboundKind::Text`] is answered in `auto` mode: after
+//! arrives as [`InboundKind::Text`] gets a suggestion in the creator's
+//! control room (`draft` mode, and `auto` outside `business.active_hours`
+//! or without the reply right: `draft.rs`), or is answered in `auto` mode:
+//! after
 //! `business.auto_after` (dropped if the creator writes meanwhile), with
 //! the connection's persona (else `business.persona`, else the default),
 //! the mode checked again right before sending (a connection disabled or
