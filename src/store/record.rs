@@ -929,6 +929,26 @@ impl ChatUsage {
             && self.cost_month == 0
     }
 
+    /// Adds `tokens` costing `cost` on UTC day `day` (days since the
+    /// epoch), starting a new day's and month's count first.
+    pub fn add(&mut self, day: u32, tokens: u64, cost: u64) {
+        let month = crate::clock::month_of_day(day);
+        if self.usage_day != day {
+            self.usage_day = day;
+            self.tokens_today = 0;
+            self.cost_today = 0;
+        }
+        if self.usage_month != month {
+            self.usage_month = month;
+            self.tokens_month = 0;
+            self.cost_month = 0;
+        }
+        self.tokens_today = self.tokens_today.saturating_add(tokens);
+        self.tokens_month = self.tokens_month.saturating_add(tokens);
+        self.cost_today = self.cost_today.saturating_add(cost);
+        self.cost_month = self.cost_month.saturating_add(cost);
+    }
+
     /// Counters holding this spend and nothing else.
     pub fn counters(&self) -> ChatCounters {
         ChatCounters {
@@ -1006,6 +1026,10 @@ pub struct StoredConnection {
     /// The creator's `language_code` as Telegram last said: the control
     /// room's texts about fans are in it.
     pub language: Option<String>,
+    /// What the LLM calls for this connection's fans spent today and this
+    /// month: the creator's budget (`llm.daily_token_budget` and the
+    /// monthly ones apply to it, across all their fans).
+    pub spent: ChatUsage,
 }
 
 /// A suggestion being edited by its creator.
@@ -1073,6 +1097,7 @@ pub mod setting_v1 {
                             fans: old.fans,
                             editing: None,
                             language: None,
+                            spent: super::ChatUsage::default(),
                         })
                         .collect(),
                 ),
@@ -1851,6 +1876,26 @@ mod tests {
         // Hashes are the stored names of turns: they must never change.
         assert_eq!(text_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(text_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn usage_adds_up_within_a_day_and_month_and_starts_over_after() {
+        let mut usage = ChatUsage::default();
+        usage.add(20_000, 10, 5);
+        usage.add(20_000, 7, 1);
+        assert_eq!((usage.tokens_today, usage.tokens_month), (17, 17));
+        assert_eq!((usage.cost_today, usage.cost_month), (6, 6));
+        // The next day of the same month.
+        let next = if crate::clock::month_of_day(20_001) == crate::clock::month_of_day(20_000) {
+            20_001
+        } else {
+            19_999
+        };
+        usage.add(next, 3, 0);
+        assert_eq!((usage.tokens_today, usage.tokens_month), (3, 20));
+        // A day of another month.
+        usage.add(20_000 + 40, 2, 0);
+        assert_eq!((usage.tokens_today, usage.tokens_month), (2, 2));
     }
 
     #[test]

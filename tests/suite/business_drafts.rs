@@ -342,3 +342,33 @@ async fn a_send_tapped_before_sigkill_is_delivered_once_after_restart() {
     );
     assert_eq!(bot.terminate().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_token_budget_is_the_creators_across_their_fans() {
+    let texts = english();
+    // The creator may connect but is no admin: the budget applies.
+    let config = "business.enabled = true\nbusiness.allowed_owner_ids = [5000]\n\
+                  llm.daily_token_budget = 5\n";
+    let h = Harness::start_with(config).await;
+    h.telegram
+        .connect_business(BusinessConn::new("c1", OWNER as u64));
+    h.replies(OWNER, 1).await;
+    fan(
+        &h,
+        FAN,
+        "a question long enough to spend the whole budget at once",
+    );
+    let first = control(&h, 2).await;
+    assert_eq!(buttons(&first).len(), 4, "{}", first.text);
+    // Another fan, a fan chat of their own: the creator's budget is spent.
+    fan(&h, OTHER_FAN, "and mine?");
+    let second = control(&h, 3).await;
+    let refused = fill(&texts.budget_exceeded, &[("budget", "5")]);
+    assert!(second.text.contains(&refused[..30]), "{}", second.text);
+    assert_eq!(h.llm.request_count(), 1);
+    assert_eq!(
+        buttons(&second),
+        ["bd1:a:6002:1", "bd1:e:6002:1", "bd1:k:6002:1"]
+    );
+    h.stop().await;
+}

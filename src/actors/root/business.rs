@@ -11,6 +11,8 @@
 //!   (a fan wrote), [`BusinessMsg::Fans`] (`/fans`), [`BusinessMsg::Edit`]
 //!   and [`BusinessMsg::TakeEdit`] (the suggestion a creator is writing
 //!   their own reply to: ✏️ Edit, then their next control-room text),
+//!   [`BusinessMsg::Charge`] (what a fan's LLM call spent: the creator's
+//!   budget),
 //!   [`BusinessMsg::AdmitFan`] (a fan's message may cost an LLM call) and
 //!   [`BusinessMsg::Flush`] (timer). Callers use [`BusinessHandle`].
 //! - **State:** every connection (at most `business.max_connections`), each
@@ -47,7 +49,9 @@ use tokio::task::JoinHandle;
 use crate::actors::directory::Address;
 use crate::actors::{Child, Directory};
 use crate::config::{BusinessMode, Config};
-use crate::store::record::{BotSetting, StoredConnection, StoredEdit, StoredFan, StoredMode};
+use crate::store::record::{
+    BotSetting, ChatUsage, StoredConnection, StoredEdit, StoredFan, StoredMode,
+};
 use crate::store::{BotKey, StoreError};
 use crate::telegram::session_key::{ChatId, SessionKey};
 use crate::telemetry::{SecurityKind, security_event};
@@ -225,6 +229,22 @@ impl BusinessHandle<'_> {
             .unwrap_or(Err(StoreError::Unavailable))
     }
 
+    /// Adds what an LLM call for one of the connection's fans spent to the
+    /// creator's budget (`day`: the UTC day, days since the epoch). Best
+    /// effort: stored with the next write or by the flush timer, so a crash
+    /// forgets at most that many seconds of spend.
+    pub fn charge(&self, id: &str, day: u32, tokens: u64, cost: u64) {
+        self.directory.cast_now(
+            ADDRESS,
+            BusinessMsg::Charge {
+                id: id.into(),
+                day,
+                tokens,
+                cost,
+            },
+        );
+    }
+
     /// Makes the actor panic (tests only); `false` if it is not running.
     #[cfg(feature = "chaos")]
     pub fn panic(&self) -> bool {
@@ -338,6 +358,9 @@ pub struct Connection {
     pub persona: Option<String>,
     /// The creator's language (the control room's texts).
     pub language: Option<String>,
+    /// What this connection's fans cost today and this month (the
+    /// creator's budget), as last counted.
+    pub spent: ChatUsage,
     /// Fans with a mode or pause of their own: (chat, mode, paused).
     overrides: Vec<(i64, Option<BusinessMode>, bool)>,
 }
@@ -448,6 +471,17 @@ pub enum BusinessMsg {
         update_id: u32,
         /// The connection, fan and suggestion, if so.
         reply: RpcReplyPort<Result<Option<EditTarget>, StoreError>>,
+    },
+    /// An LLM call for a fan spent this.
+    Charge {
+        /// The connection.
+        id: Arc<str>,
+        /// The UTC day (days since the epoch).
+        day: u32,
+        /// Tokens.
+        tokens: u64,
+        /// Their cost (millionths of the currency unit).
+        cost: u64,
     },
     /// Timer: store the fans' activity if it changed.
     Flush,
@@ -601,6 +635,17 @@ impl Actor for Business {
             } => {
                 let _ = reply.send(on_take_edit(state, owner, update_id).await);
             }
+            BusinessMsg::Charge {
+                id,
+                day,
+                tokens,
+                cost,
+            } => {
+                if let Some(connection) = state.connections.get_mut(&id) {
+                    connection.spent.add(day, tokens, cost);
+                    state.dirty = true;
+                }
+            }
             BusinessMsg::Flush => {
                 if state.dirty {
                     save(state).await?;
@@ -656,6 +701,7 @@ async fn on_changed(
             fans: Vec::new(),
             editing: None,
             language: None,
+            spent: ChatUsage::default(),
         });
     connection.owner_user_id = update.owner_user_id;
     connection.owner_chat_id = update.owner_chat_id;
@@ -909,6 +955,7 @@ fn view(stored: &StoredConnection, configured: BusinessMode) -> Connection {
         paused: stored.paused,
         persona: stored.persona.clone(),
         language: stored.language.clone(),
+        spent: stored.spent,
         overrides: stored
             .fans
             .iter()
@@ -1092,6 +1139,7 @@ mod tests {
             persona: None,
             editing: None,
             language: None,
+            spent: ChatUsage::default(),
             fans: vec![
                 fan(1, 1, Some(StoredMode::Auto)),
                 fan(2, 2, None),

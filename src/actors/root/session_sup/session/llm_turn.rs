@@ -153,7 +153,12 @@ pub(super) async fn ask(
     question: Ask,
     options: Overrides,
 ) -> Reply {
-    if let Some(refusal) = over_budget(state, turn) {
+    let refusal = if state.key.is_business() {
+        over_creators_budget(state, turn).await
+    } else {
+        over_budget(state, turn)
+    };
+    if let Some(refusal) = refusal {
         return refusal;
     }
     // The chat's persona (or own prompt) is the system message, whatever
@@ -249,9 +254,31 @@ fn over_budget(state: &mut SessionState, turn: &Turn<'_>) -> Option<Reply> {
     if turn.budget_exempt {
         return None;
     }
-    let llm = &state.deps.config.llm;
-    let counters = &state.counters;
-    let texts = &turn.texts;
+    budget_refusal(&state.deps.config.llm, &state.counters, &turn.texts)
+}
+
+/// A Business fan chat's budget is its creator's: what every fan of the
+/// connection spent today and this month (the business actor counts it),
+/// against the same limits; none for a creator who is a bot admin. The
+/// fan's own spend is still counted in the fan chat's record. Fails
+/// closed with the connection: no call when it cannot be read.
+async fn over_creators_budget(state: &mut SessionState, turn: &Turn<'_>) -> Option<Reply> {
+    roll_over(&mut state.counters, unix_day());
+    let id = state.key.connection()?;
+    let Some(connection) = state.deps.directory.business().get(id).await else {
+        return Some(Reply::Plain(turn.texts.llm_unavailable.clone()));
+    };
+    let owner = u64::try_from(connection.owner_user_id).ok();
+    if state.deps.config.is_admin(owner) {
+        return None;
+    }
+    let mut counters = connection.spent.counters();
+    roll_over(&mut counters, unix_day());
+    budget_refusal(&state.deps.config.llm, &counters, &turn.texts)
+}
+
+/// The reply when `counters` have used up one of the budgets in `llm`.
+fn budget_refusal(llm: &LlmConfig, counters: &ChatCounters, texts: &Texts) -> Option<Reply> {
     let budget = llm.daily_token_budget;
     if budget > 0 && counters.tokens_today >= budget {
         tracing::info!(budget, "daily token budget used up");
@@ -423,6 +450,14 @@ pub(super) fn charge(state: &mut SessionState, spent: &Spent<'_>) {
         .price(spent.model)
         .map_or(0, |price| price.cost(spent.input, spent.output));
     add_spend(&mut state.counters, unix_day(), spent, cost);
+    if let Some(id) = state.key.connection() {
+        let tokens = spent.input.saturating_add(spent.output);
+        state
+            .deps
+            .directory
+            .business()
+            .charge(id, unix_day(), tokens, cost);
+    }
     metrics::counter!("llmgram_llm_tokens_total").increment(spent.input + spent.output);
 }
 
