@@ -195,6 +195,10 @@ pub struct Texts {
     pub biz_welcome: String,
     /// Sent to the control room when a connection is disabled.
     pub biz_disabled: String,
+    /// `/forget <fan>` done (`{fan}`: the fan's chat id).
+    pub biz_forgot_fan: String,
+    /// `/forget` with something that is not a fan's chat id.
+    pub biz_forget_usage: String,
 }
 
 /// Errors loading the compiled-in locale files.
