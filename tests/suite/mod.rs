@@ -5,6 +5,7 @@ mod binary;
 mod bursts;
 mod business;
 mod business_control;
+mod business_more;
 mod buttons;
 mod commands;
 mod console;
