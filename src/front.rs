@@ -111,8 +111,8 @@ pub(crate) async fn hand_over(
 /// connection's mode for that fan is `auto` now, the connection may reply,
 /// `business.active_hours` contain the message's time, and the fan's and
 /// the connection's rate limits ([`crate::actors::root::business`]) admit
-/// it; otherwise it is kept as context. The bot's own chats pass as they
-/// are.
+/// it; otherwise it is kept as context. A file becomes context as its
+/// marker (`keep_media`). The bot's own chats pass as they are.
 async fn business_gate(
     directory: &Directory,
     config: &Config,
@@ -224,11 +224,12 @@ fn keep_media(directory: &Directory, connection_id: &str, item: &mut Inbound, by
         text: media.marker(),
         by_owner,
     };
+    // The sender's name is for `/fans` only: it leaves the update here.
+    let name = item.speaker.take().unwrap_or_default();
     if !by_owner {
         let at = item
             .sent_at
             .unwrap_or_else(|| (crate::clock::unix_millis() / 1000) as i64);
-        let name = item.speaker.take().unwrap_or_default();
         directory
             .business()
             .fan_seen(connection_id, item.key.chat().0, &name, at);
