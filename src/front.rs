@@ -12,15 +12,18 @@
 
 pub mod console;
 
+use std::sync::Arc;
+
 use crate::actors::Directory;
 use crate::actors::root::business::ConnectionUpdate;
 use crate::actors::root::limiter::{Cost, LimitRequest, Verdict};
 use crate::config::{BusinessMode, Config, MediaConfig};
 use crate::store::StoreError;
-use std::sync::Arc;
 
 use crate::telegram::buttons::{Action, DraftOp};
-use crate::telegram::inbound::{ChatId, Inbound, InboundKind, RefusalReason, Refused, SessionKey};
+use crate::telegram::command::{Command, FanArg};
+use crate::telegram::inbound::{Inbound, InboundKind, RefusalReason, Refused};
+use crate::telegram::session_key::{ChatId, SessionKey};
 
 /// Where users' messages come from and answers go.
 #[derive(Debug, Clone)]
@@ -82,6 +85,7 @@ pub(crate) async fn hand_over(
     config: &Config,
     inbound: Vec<Inbound>,
 ) -> Result<(), HandOverError> {
+    let inbound = route_forget_fan(directory, config, inbound).await;
     let inbound = business_gate(directory, config, inbound)
         .await
         .map_err(HandOverError::Store)?;
@@ -113,8 +117,8 @@ pub(crate) async fn hand_over(
 /// gets there) unless the connection's mode for that fan is `off` (or
 /// paused) or the fan's and the connection's rate limits
 /// ([`crate::actors::root::business`]) refuse it; then it is kept as
-/// context. The bot's own chats pass as they
-/// are.
+/// context. A file becomes context as its marker (`keep_media`). The bot's
+/// own chats pass as they are.
 async fn business_gate(
     directory: &Directory,
     config: &Config,
@@ -163,6 +167,11 @@ async fn business_gate(
                 text: std::mem::take(text),
                 by_owner: true,
             };
+        }
+        if matches!(item.kind, InboundKind::Media(_)) {
+            keep_media(directory, &connection_id, &mut item, by_owner);
+            kept.push(item);
+            continue;
         }
         let InboundKind::Text(text) = &mut item.kind else {
             kept.push(item);
@@ -270,6 +279,93 @@ async fn route_creators(
         }
     }
     Ok(inbound)
+}
+
+/// A file in a fan chat (a photo, voice note, document …): kept as context
+/// only, as its marker and caption (`[photo] at the beach`, or `[photo]`
+/// alone), never downloaded and never answered, in any mode: the model
+/// cannot see it, so an answer would pretend it had. A fan's file counts
+/// as their activity for `/fans`.
+fn keep_media(directory: &Directory, connection_id: &str, item: &mut Inbound, by_owner: bool) {
+    let InboundKind::Media(media) = &item.kind else {
+        return;
+    };
+    item.kind = InboundKind::Context {
+        text: media.marker(),
+        by_owner,
+    };
+    // The sender's name is for `/fans` only: it leaves the update here.
+    let name = item.speaker.take().unwrap_or_default();
+    if !by_owner {
+        let at = item
+            .sent_at
+            .unwrap_or_else(|| (crate::clock::unix_millis() / 1000) as i64);
+        directory
+            .business()
+            .fan_seen(connection_id, item.key.chat().0, &name, at);
+    }
+    tracing::debug!(
+        update_id = item.update_id,
+        by_owner,
+        "file in a fan chat kept as a marker"
+    );
+}
+
+/// `/forget FAN` sent by a Business creator in their control room (their
+/// own private chat with the bot): handed to that fan's conversation under
+/// the creator's connection instead, so the fan's session forgets its
+/// conversation itself (a record deleted underneath a live session would
+/// come back with its next commit). With several connections (a reconnect)
+/// the one the fan is listed under, else the first. Anything else, and a
+/// sender with no enabled connection whose control room this is, stays
+/// where it is: the control room answers it (usage, "no connection").
+async fn route_forget_fan(
+    directory: &Directory,
+    config: &Config,
+    mut inbound: Vec<Inbound>,
+) -> Vec<Inbound> {
+    if !config.business.enabled {
+        return inbound;
+    }
+    for item in &mut inbound {
+        let InboundKind::Command(Command::ForgetFan(FanArg::Fan(fan))) = &item.kind else {
+            continue;
+        };
+        let fan = *fan;
+        let Some(owner) = item.user_id.and_then(|id| i64::try_from(id).ok()) else {
+            continue;
+        };
+        let business = directory.business();
+        let here: Vec<_> = business
+            .owned_by(owner)
+            .await
+            .into_iter()
+            .filter(|connection| item.key == SessionKey::of_chat(ChatId(connection.owner_chat_id)))
+            .collect();
+        let mut chosen = here.first();
+        for connection in &here {
+            if business
+                .fans(&connection.id)
+                .await
+                .iter()
+                .any(|listed| listed.chat_id == fan)
+            {
+                chosen = Some(connection);
+                break;
+            }
+        }
+        let Some(connection) = chosen else {
+            continue;
+        };
+        tracing::info!(
+            update_id = item.update_id,
+            connection = %connection.id,
+            fan,
+            "/forget of a fan handed to the fan's conversation"
+        );
+        item.key = SessionKey::business(Arc::clone(&connection.id), ChatId(fan));
+    }
+    inbound
 }
 
 /// Asks the rate limiter about the batch and marks the updates it limits.

@@ -136,6 +136,24 @@ impl History {
         true
     }
 
+    /// Replaces the text of the message whose content is `content` (the
+    /// same allocation, not an equal text) with `now`, keeping its place
+    /// and role (an edited message); whether it was there. Bounds hold
+    /// after.
+    pub fn replace(&mut self, content: &Arc<str>, now: Arc<str>) -> bool {
+        let Some(message) = self
+            .messages
+            .iter_mut()
+            .find(|m| Arc::ptr_eq(&m.content, content))
+        else {
+            return false;
+        };
+        self.chars = self.chars - message.content.chars().count() + now.chars().count();
+        message.content = now;
+        self.enforce_bounds();
+        true
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.messages.clear();
@@ -316,5 +334,21 @@ mod tests {
         );
         assert_eq!(&*prompt[0].content, "sys");
         assert_eq!(&*prompt[3].content, "new");
+    }
+
+    #[test]
+    fn replace_finds_the_turn_by_allocation_not_by_text() {
+        let mut history = History::new(10, 100);
+        let first: Arc<str> = "same".into();
+        let second: Arc<str> = "same".into();
+        history.push(Role::User, Arc::clone(&first));
+        history.push(Role::Assistant, "a".into());
+        history.push(Role::User, Arc::clone(&second));
+        assert!(history.replace(&second, "edited text".into()));
+        assert_eq!(text(&history), ["same", "a", "edited text"]);
+        assert_eq!(history.chars(), 4 + 1 + 11);
+        // The replaced allocation is no longer there.
+        assert!(!history.replace(&second, "again".into()));
+        assert!(!history.replace(&"same".into(), "other".into()));
     }
 }

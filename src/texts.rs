@@ -235,6 +235,10 @@ pub struct Texts {
     pub draft_reply_late: String,
     /// Another over the fan's or connection's rate limit.
     pub draft_slow_down: String,
+    /// `/forget <fan>` done (`{fan}`: the fan's chat id).
+    pub biz_forgot_fan: String,
+    /// `/forget` with something that is not a fan's chat id.
+    pub biz_forget_usage: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -64,6 +64,11 @@ pub enum Command {
     Resume(FanArg),
     /// `/fans` (control room): the recently active fans.
     Fans,
+    /// `/forget FAN` (control room): everything about one fan goes (the
+    /// front routes it to that fan's conversation). Never
+    /// [`FanArg::All`]: `/forget` alone is [`Command::Forget`]. Without
+    /// Business it is `/forget`, as before.
+    ForgetFan(FanArg),
     /// A `[[commands]]` entry of the config: its template is filled with
     /// `args` (or with the next text when `args` is empty).
     Assistant {
@@ -284,7 +289,10 @@ const BUILT_INS: &[BuiltIn] = &[
     },
     BuiltIn {
         name: "forget",
-        parse: |_| Command::Forget,
+        parse: |args| match FanArg::parse(args) {
+            FanArg::All => Command::Forget,
+            fan => Command::ForgetFan(fan),
+        },
         menu: Some(|texts| &texts.menu_forget),
     },
     BuiltIn {
@@ -428,6 +436,7 @@ impl Command {
             Self::Pause(_) => "pause",
             Self::Resume(_) => "resume",
             Self::Fans => "fans",
+            Self::ForgetFan(_) => "forget",
             Self::Assistant { name, .. } | Self::Unknown(name) => name,
         }
     }
@@ -444,7 +453,7 @@ impl Command {
             Self::Assistant { args, .. } => Cow::Borrowed(args.as_str()),
             Self::Persona(arg) => arg.words(),
             Self::Mode(arg) => arg.words(),
-            Self::Pause(fan) | Self::Resume(fan) => fan.words(),
+            Self::Pause(fan) | Self::Resume(fan) | Self::ForgetFan(fan) => fan.words(),
             Self::Start
             | Self::Help
             | Self::Reset
@@ -462,7 +471,8 @@ impl Command {
     }
 
     /// Whether it is one of a Telegram Business creator's control-room
-    /// commands (`/mode`, `/pause`, `/resume`, `/fans`, `/persona fans`):
+    /// commands (`/mode`, `/pause`, `/resume`, `/fans`, `/persona fans`,
+    /// `/forget FAN`):
     /// meaningful only with `business.enabled`, and only for a user who owns
     /// an enabled connection.
     pub fn is_business(&self) -> bool {
@@ -472,6 +482,7 @@ impl Command {
                 | Self::Pause(_)
                 | Self::Resume(_)
                 | Self::Fans
+                | Self::ForgetFan(_)
                 | Self::Persona(PersonaArg::Fans(_))
         )
     }
@@ -508,6 +519,7 @@ impl Command {
             | Self::Pause(_)
             | Self::Resume(_)
             | Self::Fans
+            | Self::ForgetFan(_)
             | Self::Unknown(_) => false,
         }
     }
@@ -518,6 +530,7 @@ impl Command {
         matches!(
             self,
             Self::Forget
+                | Self::ForgetFan(_)
                 | Self::Reset
                 | Self::Model(Some(_))
                 | Self::Persona(PersonaArg::Default | PersonaArg::Custom(_) | PersonaArg::Pick(_))
@@ -688,6 +701,9 @@ mod tests {
             "/pause 6001",
             "/resume x",
             "/fans",
+            "/forget",
+            "/forget 6001",
+            "/forget bob",
         ] {
             let command = command(text);
             let (name, args) = command.words();
@@ -781,6 +797,16 @@ mod tests {
             command("/resume bob"),
             Command::Resume(FanArg::Malformed("bob".into()))
         );
+        assert_eq!(command("/forget"), Command::Forget);
+        assert_eq!(
+            command("/forget 6001"),
+            Command::ForgetFan(FanArg::Fan(6001))
+        );
+        assert_eq!(
+            command("/forget bob"),
+            Command::ForgetFan(FanArg::Malformed("bob".into()))
+        );
+        assert!(command("/forget 6001").changes_the_group());
         assert_eq!(
             command("/persona fans Mia"),
             Command::Persona(PersonaArg::Fans(Some("mia".into())))

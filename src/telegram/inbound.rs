@@ -278,6 +278,29 @@ pub enum FileRef {
 }
 
 impl MediaMessage {
+    /// What a Business fan chat's history keeps of it (the file itself is
+    /// never fetched): `[photo]`, `[voice message]` … one per file, then
+    /// the caption, as in `[photo] at the beach`. Fixed English words: the
+    /// model reads them, nobody else.
+    pub fn marker(&self) -> String {
+        let mut marker: Vec<&str> = self
+            .attachments
+            .iter()
+            .map(|attachment| match attachment.kind {
+                AttachmentKind::Photo => "[photo]",
+                AttachmentKind::Voice => "[voice message]",
+                AttachmentKind::Audio => "[audio]",
+                AttachmentKind::VideoNote => "[video message]",
+                AttachmentKind::Document => "[file]",
+                AttachmentKind::Unsupported => "[video]",
+            })
+            .collect();
+        if let Some(caption) = &self.caption {
+            marker.push(caption);
+        }
+        marker.join(" ")
+    }
+
     /// What answering it costs against the per-user LLM limit (LLM calls):
     /// its most expensive file's `media.*_cost`, or one call for a command
     /// or a caption alone.
@@ -336,6 +359,9 @@ impl Inbound {
             UpdateKind::BusinessMessage(message) => {
                 return Self::from_business(update.id.0, message, config);
             }
+            UpdateKind::EditedBusinessMessage(message) => {
+                return Self::from_business_edit(update.id.0, message, config);
+            }
             UpdateKind::Error(raw) => return Self::from_deleted(update.id.0, raw),
             _ => return None,
         };
@@ -375,25 +401,36 @@ impl Inbound {
     /// A message of a Business fan chat (`business_message`): its text, in
     /// the conversation of (connection, fan chat). Whether it is the
     /// creator's own, and whether it is answered, is decided on intake
-    /// against the connection ([`crate::front`]). Only text is read from
-    /// fan chats; files, stickers and other messages are ignored (`None`),
-    /// as are messages without a connection id.
+    /// against the connection ([`crate::front`]). Text is read; a photo,
+    /// voice note, file and the like comes as [`InboundKind::Media`] (only
+    /// what it is and its caption: the intake keeps it as a marker, never
+    /// downloaded); stickers and other messages are ignored (`None`), as
+    /// are messages without a connection id.
     fn from_business(update_id: u32, message: &Message, config: &Config) -> Option<Self> {
         let MessageKind::Common(common) = &message.kind else {
             return None;
         };
         let connection = common.business_connection_id.as_ref()?;
-        let text = message.text()?;
         let user = message.from.as_ref();
-        // Away, greeting and scheduled messages Telegram sends for the
-        // creator are the creator's, whoever `from` names.
-        let kind = if common.is_from_offline {
-            InboundKind::Context {
+        let kind = match message.text() {
+            // Away, greeting and scheduled messages Telegram sends for the
+            // creator are the creator's, whoever `from` names.
+            Some(text) if common.is_from_offline => InboundKind::Context {
                 text: text.to_owned(),
                 by_owner: true,
+            },
+            Some(text) => InboundKind::Text(text.to_owned()),
+            None => {
+                let media = fan_chat_media(message, &config.media)?;
+                if common.is_from_offline {
+                    InboundKind::Context {
+                        text: media.marker(),
+                        by_owner: true,
+                    }
+                } else {
+                    InboundKind::Media(media)
+                }
             }
-        } else {
-            InboundKind::Text(text.to_owned())
         };
         Some(Self {
             update_id,
@@ -410,6 +447,24 @@ impl Inbound {
             message_id: Some(message.id),
             reply_to: Quoted::of(message, "", config.input.max_quote_chars).map(Box::new),
         })
+    }
+
+    /// An `edited_business_message`: the message's new text (a file's:
+    /// its marker with the new caption, as [`MediaMessage::marker`]) as
+    /// [`InboundKind::Edited`] in the fan chat's conversation, which
+    /// replaces the history turn it became, if it still has it. The name of
+    /// whoever edited it is not kept (`/fans` is fed by new messages).
+    fn from_business_edit(update_id: u32, message: &Message, config: &Config) -> Option<Self> {
+        let mut inbound = Self::from_business(update_id, message, config)?;
+        inbound.kind = match std::mem::replace(&mut inbound.kind, InboundKind::NonText) {
+            InboundKind::Text(text) | InboundKind::Context { text, .. } => {
+                InboundKind::Edited(text)
+            }
+            InboundKind::Media(media) => InboundKind::Edited(media.marker()),
+            _ => return None,
+        };
+        inbound.speaker = None;
+        Some(inbound)
     }
 
     /// A `deleted_business_messages` update, read from its raw JSON
@@ -470,6 +525,23 @@ impl Inbound {
             reply_to: None,
         })
     }
+}
+
+/// A fan chat's file (or the creator's there): what it is and its
+/// caption, never a command (a fan does not command the bot). `None` for
+/// what the bot does not read (stickers, locations, …).
+fn fan_chat_media(message: &Message, media: &MediaConfig) -> Option<MediaMessage> {
+    let attachment = attachment(message, media)?;
+    Some(MediaMessage {
+        attachments: vec![attachment],
+        caption: message
+            .caption()
+            .map(str::trim)
+            .filter(|caption| !caption.is_empty())
+            .map(str::to_owned),
+        command: None,
+        media_group: message.media_group_id().map(|id| id.0.clone()),
+    })
 }
 
 /// The forum topic `message` was sent in: its thread, only for a topic
@@ -760,6 +832,55 @@ mod tests {
         assert_eq!(
             inbound.kind,
             InboundKind::Deleted(vec![MessageId(1), MessageId(2)])
+        );
+    }
+
+    #[test]
+    fn fan_chat_files_and_edits_are_read_as_markers_and_edits() {
+        let business = |kind: &str, fields: &str| {
+            let raw = format!(
+                r#"{{"update_id":4,"{kind}":{{"message_id":5,"date":1764650000,
+                "chat":{{"id":6001,"type":"private","first_name":"Fan"}},
+                "from":{{"id":6001,"is_bot":false,"first_name":"Fan"}},
+                "business_connection_id":"c1",{fields}}}}}"#
+            );
+            let read = super::super::updates::read_update(&raw).unwrap();
+            Inbound::from_update(&read.update.unwrap(), "bot", &config())
+        };
+        let captioned = format!(
+            r#"{},"caption":" /start at the beach ""#,
+            photo(&[("p", 90, 1_000)])
+        );
+        let media = media_of(business("business_message", &captioned));
+        assert_eq!(media.caption.as_deref(), Some("/start at the beach"));
+        assert_eq!(media.command, None, "a fan's caption is never a command");
+        assert_eq!(media.marker(), "[photo] /start at the beach");
+        let voice = r#""voice":{"file_id":"v","file_unique_id":"uv","duration":3,"mime_type":"audio/ogg","file_size":3000}"#;
+        assert_eq!(
+            media_of(business("business_message", voice)).marker(),
+            "[voice message]"
+        );
+        let sticker = r#""sticker":{"file_id":"s","file_unique_id":"us","type":"regular","width":1,"height":1,"is_animated":false,"is_video":false}"#;
+        assert!(business("business_message", sticker).is_none());
+
+        let edited = business(
+            "edited_business_message",
+            r#""text":"hi again","edit_date":1764650100"#,
+        )
+        .unwrap();
+        assert_eq!(edited.key, SessionKey::business("c1", ChatId(6001)));
+        assert_eq!(edited.kind, InboundKind::Edited("hi again".into()));
+        assert_eq!(edited.message_id, Some(MessageId(5)));
+        assert_eq!(edited.speaker, None);
+        let recaptioned = format!(
+            r#"{},"caption":"sunset","edit_date":1764650100"#,
+            photo(&[("p", 90, 1_000)])
+        );
+        assert_eq!(
+            business("edited_business_message", &recaptioned)
+                .unwrap()
+                .kind,
+            InboundKind::Edited("[photo] sunset".into())
         );
     }
 

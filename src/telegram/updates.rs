@@ -27,7 +27,7 @@ use teloxide::{ApiError, Bot, RequestError};
 /// The update kinds the bot asks Telegram for (`allowed_updates` of
 /// getUpdates and setWebhook): exactly those it handles. Messages, their
 /// edits and button presses always; with `business.enabled`, the Business
-/// connections and the fan chats' messages and deletions.
+/// connections and the fan chats' messages, their edits and deletions.
 pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
     let mut kinds = vec![
         AllowedUpdate::Message,
@@ -38,6 +38,7 @@ pub fn allowed_updates(config: &crate::config::Config) -> Vec<AllowedUpdate> {
         kinds.extend([
             AllowedUpdate::BusinessConnection,
             AllowedUpdate::BusinessMessage,
+            AllowedUpdate::EditedBusinessMessage,
             AllowedUpdate::DeletedBusinessMessages,
         ]);
     }

@@ -6,6 +6,7 @@ mod bursts;
 mod business;
 mod business_control;
 mod business_drafts;
+mod business_more;
 mod buttons;
 mod commands;
 mod console;

@@ -12,7 +12,7 @@
 //!   and [`BusinessMsg::TakeEdit`] (the suggestion a creator is writing
 //!   their own reply to: ✏️ Edit, then their next control-room text),
 //!   [`BusinessMsg::Charge`] (what a fan's LLM call spent: the creator's
-//!   budget),
+//!   budget), [`BusinessMsg::ForgetFan`] (`/forget <fan>`),
 //!   [`BusinessMsg::AdmitFan`] (a fan's message may cost an LLM call) and
 //!   [`BusinessMsg::Flush`] (timer). Callers use [`BusinessHandle`].
 //! - **State:** every connection (at most `business.max_connections`), each
@@ -133,6 +133,22 @@ impl BusinessHandle<'_> {
             .call(ADDRESS, |reply| BusinessMsg::Configure {
                 id: Arc::clone(&id),
                 change: change.clone(),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Forgets everything the connection `id` keeps about the fan `fan`
+    /// (`/forget <fan>` in the control room): their place in `/fans`, their
+    /// own mode and pause, and the suggestion being edited for them.
+    /// `Ok(true)` once durable, `Ok(false)` when the connection is unknown.
+    pub async fn forget_fan(&self, id: &str, fan: i64) -> Result<bool, StoreError> {
+        let id: Arc<str> = id.into();
+        self.directory
+            .call(ADDRESS, |reply| BusinessMsg::ForgetFan {
+                id: Arc::clone(&id),
+                fan,
                 reply,
             })
             .await
@@ -485,6 +501,15 @@ pub enum BusinessMsg {
     },
     /// Timer: store the fans' activity if it changed.
     Flush,
+    /// `/forget <fan>`: everything kept about one fan goes.
+    ForgetFan {
+        /// The connection.
+        id: Arc<str>,
+        /// The fan's chat.
+        fan: i64,
+        /// `Ok(false)`: unknown connection.
+        reply: RpcReplyPort<Result<bool, StoreError>>,
+    },
     /// Chaos: panic (tests only).
     #[cfg(feature = "chaos")]
     Panic,
@@ -645,6 +670,9 @@ impl Actor for Business {
                     connection.spent.add(day, tokens, cost);
                     state.dirty = true;
                 }
+            }
+            BusinessMsg::ForgetFan { id, fan, reply } => {
+                let _ = reply.send(on_forget_fan(state, &id, fan).await);
             }
             BusinessMsg::Flush => {
                 if state.dirty {
@@ -854,6 +882,30 @@ async fn on_take_edit(
         return Err(error);
     }
     Ok(Some((id, edit.fan, edit.seq)))
+}
+
+/// `/forget <fan>`: the fan leaves the connection's list with their own
+/// mode and pause (they follow the connection again), and a suggestion
+/// for them being edited is no longer; stored before it is confirmed.
+async fn on_forget_fan(
+    state: &mut BusinessState,
+    id: &Arc<str>,
+    fan: i64,
+) -> Result<bool, StoreError> {
+    let Some(connection) = state.connections.get_mut(id) else {
+        return Ok(false);
+    };
+    let before = connection.clone();
+    connection.fans.retain(|entry| entry.chat_id != fan);
+    if connection.editing.is_some_and(|editing| editing.fan == fan) {
+        connection.editing = None;
+    }
+    if let Err(error) = save(state).await {
+        state.connections.insert(Arc::clone(id), before);
+        return Err(error);
+    }
+    tracing::info!(connection = %id, fan, "fan forgotten");
+    Ok(true)
 }
 
 /// A fan wrote: kept first in the connection's list.
@@ -1117,6 +1169,98 @@ mod tests {
         assert!(business.admit_fan("conn-7", 2).await);
         assert!(!business.admit_fan("conn-7", 2).await);
         assert!(business.admit_fan("conn-7", 3).await);
+    }
+
+    async fn start_with(t: &TestDeps, config: Config) -> ActorRef<BusinessMsg> {
+        let (actor, _) = Actor::spawn(
+            Some(t.deps.directory.name(Child::Business)),
+            Business,
+            BusinessArgs {
+                config: Arc::new(config),
+                directory: t.deps.directory.clone(),
+                locales: t.deps.locales.clone(),
+            },
+        )
+        .await
+        .expect("business starts");
+        actor
+    }
+
+    #[tokio::test]
+    async fn a_connection_follows_the_configured_mode_until_its_creator_picks_one() {
+        let t = test_support::deps("business-follows", CONFIG);
+        t.start_persistence().await;
+        let mut config = (*t.deps.config).clone();
+        config.business.mode = BusinessMode::Draft;
+        let actor = start_with(&t, config.clone()).await;
+        let business = t.deps.directory.business();
+        business.changed(connection(7, true)).await.unwrap();
+        assert_eq!(
+            business.get("conn-7").await.unwrap().mode_for(100),
+            BusinessMode::Draft
+        );
+
+        // The operator changes business.mode: the connection follows.
+        actor.stop(None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        config.business.mode = BusinessMode::Auto;
+        let actor = start_with(&t, config.clone()).await;
+        let connection_now = business.get("conn-7").await.unwrap();
+        assert_eq!(connection_now.mode, BusinessMode::Auto);
+        assert_eq!(connection_now.mode_for(100), BusinessMode::Auto);
+
+        // The creator picks one: it sticks whatever the config says.
+        let off = Configure::Mode {
+            fan: None,
+            mode: BusinessMode::Off,
+        };
+        assert_eq!(business.configure("conn-7", off).await, Ok(true));
+        actor.stop(None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        config.business.mode = BusinessMode::Draft;
+        start_with(&t, config).await;
+        assert_eq!(
+            business.get("conn-7").await.unwrap().mode_for(100),
+            BusinessMode::Off
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_fan_leaves_the_list_with_their_own_choices() {
+        let t = test_support::deps("business-forget", CONFIG);
+        t.start_persistence().await;
+        let actor = start(&t).await;
+        let business = t.deps.directory.business();
+        business.changed(connection(7, true)).await.unwrap();
+        business.fan_seen("conn-7", 100, "fan", 10);
+        business.fan_seen("conn-7", 101, "other", 20);
+        let auto = Configure::Mode {
+            fan: Some(100),
+            mode: BusinessMode::Auto,
+        };
+        business.configure("conn-7", auto).await.unwrap();
+
+        assert_eq!(business.forget_fan("conn-7", 100).await, Ok(true));
+        assert_eq!(business.forget_fan("conn-8", 100).await, Ok(false));
+        let listed: Vec<i64> = business
+            .fans("conn-7")
+            .await
+            .iter()
+            .map(|fan| fan.chat_id)
+            .collect();
+        assert_eq!(listed, [101]);
+        let connection_now = business.get("conn-7").await.unwrap();
+        assert_eq!(connection_now.mode_for(100), BusinessMode::Draft);
+        assert_eq!(connection_now.own_choices().count(), 0);
+
+        // Durable: the same after a restart.
+        actor.stop(None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        start(&t).await;
+        assert_eq!(
+            business.get("conn-7").await.unwrap().own_choices().count(),
+            0
+        );
     }
 
     #[test]

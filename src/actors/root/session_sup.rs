@@ -388,7 +388,12 @@ async fn on_route(
     inbound: Arc<Inbound>,
 ) -> Result<(), ActorProcessingErr> {
     let key = &inbound.key;
-    if matches!(inbound.kind, InboundKind::Command(Command::Forget)) && inbound.refused.is_none() {
+    if matches!(
+        inbound.kind,
+        InboundKind::Command(Command::Forget | Command::ForgetFan(_))
+    ) && inbound.refused.is_none()
+        && !key.is_business()
+    {
         evict_other_topics(state, key);
     }
     if !state.chats.contains_key(key) {

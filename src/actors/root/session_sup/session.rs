@@ -453,8 +453,9 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
             return control::on_control(state, turn, command).await;
         }
         // Without Business these are what they were before it: unknown
-        // commands, and `/persona fans …` a persona's name (`persona.rs`).
-        if !matches!(command, Command::Persona(_)) {
+        // commands, `/persona fans …` a persona's name (`persona.rs`), and
+        // `/forget …` the chat's `/forget`.
+        if !matches!(command, Command::Persona(_) | Command::ForgetFan(_)) {
             return commands::on_unknown(turn, command.name());
         }
     }
@@ -464,7 +465,8 @@ async fn on_command(state: &mut SessionState, turn: &mut Turn<'_>, command: &Com
         Command::Reset => commands::on_reset(state, turn),
         Command::Retry => commands::on_retry(state, turn).await,
         Command::Cancel => commands::on_cancel(state, turn),
-        Command::Forget => commands::on_forget(turn),
+        // `/forget FAN` without Business: `/forget`, as before.
+        Command::Forget | Command::ForgetFan(_) => commands::on_forget(turn),
         Command::Usage(user) => usage::on_usage(state, turn, user.as_ref()).await,
         Command::Model(None) => admin::on_model_query(state, turn).await,
         Command::Model(Some(model)) => admin::on_model(state, turn, command.name(), model).await,

@@ -1,6 +1,8 @@
 //! The control room: a Telegram Business creator's private chat with the
 //! bot, where `/mode`, `/pause`, `/resume`, `/fans` and `/persona fans`
-//! choose what the bot does for their fans.
+//! choose what the bot does for their fans. (`/forget FAN` is carried out
+//! in the fan's own conversation, `fan_turn.rs`; only its usage and
+//! failure are answered here.)
 //!
 //! The choices live in the business actor (`directory.business()`), which
 //! stores them before it confirms: "done" is said only once they are
@@ -86,6 +88,11 @@ pub(super) async fn on_control(
             .await
         }
         Command::Fans => list_fans(state, texts, &connections).await,
+        // `/forget FAN` reaches the control room only when the front could
+        // not route it to the fan's conversation (the business actor was
+        // away then): nothing was forgotten.
+        Command::ForgetFan(FanArg::Fan(_)) => texts.biz_unavailable.clone(),
+        Command::ForgetFan(FanArg::All | FanArg::Malformed(_)) => texts.biz_forget_usage.clone(),
         Command::Persona(PersonaArg::Fans(name)) => {
             persona_for_fans(state, texts, &connections, name.as_deref()).await
         }

@@ -16,6 +16,13 @@
 //! paused meanwhile stops at once), the final answer only (no streaming,
 //! no buttons). Anything but the LLM's answer (a refusal, an error text)
 //! is not sent to the fan.
+//!
+//! Files (photos, voice notes, documents …) arrive as context with a
+//! marker (`[photo] caption`, decided in [`crate::front`]): kept, never
+//! answered, never downloaded. An edit ([`InboundKind::Edited`]) of a
+//! tracked message replaces its history turn; never answered. `/forget
+//! FAN` from the creator's control room arrives here as a command (the
+//! front routes it) and deletes this conversation's record.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,7 +36,10 @@ use crate::actors::root::business::Connection;
 use crate::config::BusinessMode;
 use crate::llm::Role;
 use crate::store::record::{FanRecord, text_hash};
+use crate::telegram::command::{Command, FanArg};
 use crate::telegram::inbound::{Inbound, InboundKind, MessageId};
+use crate::telegram::session_key::{ChatId, SessionKey};
+use crate::texts::fill;
 
 /// The user turn before a fan chat's history that starts with the
 /// creator's message (fixed text, never the fan's).
@@ -86,6 +96,15 @@ pub(super) async fn on_fan_update(
             }
             forget(state, ids);
             Reply::Silent
+        }
+        InboundKind::Edited(text) => {
+            if !edit(state, inbound.message_id, text) {
+                turn.change = Change::Keep;
+            }
+            Reply::Silent
+        }
+        InboundKind::Command(Command::ForgetFan(FanArg::Fan(fan))) => {
+            forget_fan(state, &mut turn, *fan).await
         }
         // Nothing else comes from a fan chat; it is not answered.
         _ => {
@@ -206,9 +225,21 @@ pub(super) fn restore(state: &mut SessionState, fan: FanRecord) {
         .messages()
         .map(|m| Arc::clone(&m.content))
         .collect();
+    state.fan_messages = rematch(&turns, fan.tracked);
+    state.draft = fan.draft;
+    state.draft_seq = fan.draft_seq;
+}
+
+/// The matching of [`restore`]: each tracked `(message id, text hash)`,
+/// newest first, takes the newest turn of `turns` with that text not taken
+/// yet.
+fn rematch(
+    turns: &[Arc<str>],
+    tracked: Vec<(i32, u64)>,
+) -> std::collections::VecDeque<(MessageId, Arc<str>)> {
     let mut taken = vec![false; turns.len()];
-    let mut restored = std::collections::VecDeque::with_capacity(fan.tracked.len());
-    for (id, hash) in fan.tracked.into_iter().rev() {
+    let mut restored = std::collections::VecDeque::with_capacity(tracked.len());
+    for (id, hash) in tracked.into_iter().rev() {
         let found = (0..turns.len())
             .rev()
             .find(|&i| !taken[i] && text_hash(&turns[i]) == hash);
@@ -217,9 +248,7 @@ pub(super) fn restore(state: &mut SessionState, fan: FanRecord) {
             restored.push_front((MessageId(id), Arc::clone(&turns[i])));
         }
     }
-    state.fan_messages = restored;
-    state.draft = fan.draft;
-    state.draft_seq = fan.draft_seq;
+    restored
 }
 
 /// The newest user turn of the history (an answered or kept fan text).
@@ -249,6 +278,87 @@ fn forget(state: &mut SessionState, ids: &[MessageId]) {
         }
     }
     tracing::info!(deleted = ids.len(), removed, "fan chat messages deleted");
+}
+
+/// An edited message (the fan's or the creator's) replaces the history
+/// turn it became, in place and with its role, and stays tracked (a later
+/// deletion or edit still finds it); never answered. Whether the history
+/// changed: an untracked message (older than [`TRACKED`], or one the
+/// history no longer has) or an empty or too long new text changes
+/// nothing.
+fn edit(state: &mut SessionState, message_id: Option<MessageId>, text: &str) -> bool {
+    let Some(slot) = message_id.and_then(|id| {
+        state
+            .fan_messages
+            .iter_mut()
+            .rev()
+            .find(|(tracked, _)| *tracked == id)
+    }) else {
+        tracing::debug!("edit of an untracked fan chat message ignored");
+        return false;
+    };
+    let Ok(cleaned) = crate::input::validate(text, state.deps.config.input.max_chars) else {
+        tracing::debug!("edited fan chat message not kept (empty or too long)");
+        return false;
+    };
+    let now: Arc<str> = cleaned.as_str().into();
+    if !state.history.replace(&slot.1, Arc::clone(&now)) {
+        tracing::debug!("edited fan chat message no longer in the history");
+        return false;
+    }
+    slot.1 = now;
+    tracing::info!("fan chat message edited in the history");
+    true
+}
+
+/// `/forget FAN` from the creator's control room, routed here by the front
+/// (`front::route_forget_fan`): the conversation's history, summary,
+/// tracked messages and the suggestion waiting for the creator go (its
+/// spend and the suggestions' numbering stay), and the business actor
+/// forgets the fan (their place in `/fans`, their own mode and pause). The
+/// confirmation goes to the control room. Only the connection's owner can
+/// have sent it, for this very fan; anything else is ignored.
+async fn forget_fan(state: &mut SessionState, turn: &mut Turn<'_>, fan: i64) -> Reply {
+    turn.change = Change::Keep;
+    let Some(id) = state.key.connection().map(str::to_owned) else {
+        return Reply::Silent;
+    };
+    let id = id.as_str();
+    let deps = Arc::clone(&state.deps);
+    let business = deps.directory.business();
+    let Some(connection) = business.get(id).await else {
+        tracing::info!(connection = %id, "connection gone; fan not forgotten");
+        return Reply::Silent;
+    };
+    let owner = turn
+        .inbound
+        .user_id
+        .and_then(|user| i64::try_from(user).ok());
+    if owner != Some(connection.owner_user_id) || fan != state.key.chat().0 {
+        tracing::warn!(connection = %id, "/forget of a fan not from the creator; ignored");
+        return Reply::Silent;
+    }
+    turn.deliver_to = Some(SessionKey::of_chat(ChatId(connection.owner_chat_id)));
+    if let Err(error) = business.forget_fan(id, fan).await {
+        tracing::warn!(connection = %id, %error, "fan not forgotten");
+        return Reply::Plain(turn.texts.biz_unavailable.clone());
+    }
+    // The record is rewritten empty rather than deleted: the suggestions'
+    // numbering (`draft_seq`) must go on, or a tap on a suggestion shown
+    // before could be taken for a new one with the same number; its spend
+    // stays as `/forget` keeps it. (A deletion would also drop the bot's own
+    // chat of the same id's quarantined updates: they are keyed by chat id.)
+    state.history.clear();
+    super::summary::clear(state);
+    state.settings = crate::store::record::ChatSettings::default();
+    state.fan_messages.clear();
+    state.draft = None;
+    turn.change = Change::Update;
+    tracing::info!(connection = %id, fan, "fan chat forgotten");
+    Reply::Plain(fill(
+        &turn.texts.biz_forgot_fan,
+        &[("fan", &fan.to_string())],
+    ))
 }
 
 /// The creator wrote after the message being answered.
@@ -345,4 +455,35 @@ pub(super) async fn persona(state: &SessionState) -> Option<String> {
     };
     own.or_else(|| Some(state.deps.config.business.persona.clone()))
         .filter(|name| !name.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_matches_equal_texts_newest_first_and_drops_evicted_turns() {
+        // History after a restart: "ok" twice (the fan's, then the
+        // creator's), "hi" once; the first "hi" (message 1) was evicted.
+        let turns: Vec<Arc<str>> = ["ok", "fine", "ok", "hi"]
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        let tracked = vec![
+            (1, text_hash("hi")),
+            (2, text_hash("ok")),
+            (3, text_hash("fine")),
+            (4, text_hash("ok")),
+            (5, text_hash("hi")),
+        ];
+        let restored = rematch(&turns, tracked);
+        let ids: Vec<i32> = restored.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(ids, [2, 3, 4, 5], "message 1's turn left the history");
+        // Equal texts: each message has its own turn (by allocation).
+        assert!(Arc::ptr_eq(&restored[0].1, &turns[0]));
+        assert!(Arc::ptr_eq(&restored[2].1, &turns[2]));
+        assert!(Arc::ptr_eq(&restored[3].1, &turns[3]));
+        // A tracked message whose text the history does not have is dropped.
+        assert!(rematch(&turns, vec![(9, text_hash("gone"))]).is_empty());
+    }
 }
