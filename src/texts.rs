@@ -239,6 +239,8 @@ pub struct Texts {
     pub biz_forgot_fan: String,
     /// `/forget` with something that is not a fan's chat id.
     pub biz_forget_usage: String,
+    /// Status line under a suggestion whose fan was forgotten.
+    pub draft_forgotten: String,
 }
 
 /// Errors loading the compiled-in locale files.

@@ -372,3 +372,27 @@ async fn the_daily_token_budget_is_the_creators_across_their_fans() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_fan_closes_their_open_suggestion() {
+    let texts = english();
+    let h = connected().await;
+    fan(&h, FAN, "remember me?");
+    let suggestion = control(&h, 2).await;
+    h.say(OWNER, "/forget 6001");
+    assert_eq!(
+        control(&h, 3).await.text,
+        fill(&texts.biz_forgot_fan, &[("fan", "6001")])
+    );
+    let (_, has_buttons) = shown(&h, suggestion.message_id, &texts.draft_forgotten[..12]).await;
+    assert!(!has_buttons);
+    tap(&h, &suggestion, "bd1:s:6001:1");
+    assert!(h.telegram.wait_for_callback_answers(1, WAIT).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.telegram.business_sent_all().is_empty());
+    // The next suggestion goes on numbering: the old button never matches.
+    fan(&h, FAN, "hello again");
+    let next = control(&h, 4).await;
+    assert_eq!(buttons(&next)[0], "bd1:s:6001:2");
+    h.stop().await;
+}

@@ -61,6 +61,8 @@ pub(super) enum Closed {
     CreatorAnswered,
     /// The fan's message was deleted.
     Deleted,
+    /// The creator forgot the fan (`/forget <fan>`).
+    Forgotten,
 }
 
 /// The creator's control room.
@@ -355,6 +357,7 @@ pub(super) async fn close(state: &mut SessionState, why: Closed) {
         Closed::FanWrote => fill(&texts.draft_outdated, &[("fan", &draft.fan_name)]),
         Closed::CreatorAnswered => texts.draft_answered.clone(),
         Closed::Deleted => texts.draft_deleted.clone(),
+        Closed::Forgotten => texts.draft_forgotten.clone(),
     };
     let view = compose(&texts, &draft, &body_of(&draft), Some(&status));
     restate(state, &connection, MessageId(shown_in), &view, None).await;

@@ -352,7 +352,8 @@ async fn forget_fan(state: &mut SessionState, turn: &mut Turn<'_>, fan: i64) -> 
     super::summary::clear(state);
     state.settings = crate::store::record::ChatSettings::default();
     state.fan_messages.clear();
-    state.draft = None;
+    // An open suggestion loses its buttons and says why.
+    super::draft::close(state, Closed::Forgotten).await;
     turn.change = Change::Update;
     tracing::info!(connection = %id, fan, "fan chat forgotten");
     Reply::Plain(fill(
