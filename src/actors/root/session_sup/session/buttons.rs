@@ -210,7 +210,7 @@ async fn refuse(
 
 /// Ends a press that changed nothing: no message, the update marked
 /// answered.
-async fn conclude(
+pub(super) async fn conclude(
     state: &mut SessionState,
     mut turn: Turn<'_>,
     inbound: &Inbound,
@@ -226,7 +226,7 @@ async fn conclude(
 /// Answers the press (`answerCallbackQuery`). A press replayed after a
 /// restart may have expired: that failure is expected, logged at debug and
 /// not retried.
-async fn answer(state: &SessionState, press: &Press, text: Option<&str>, alert: bool) {
+pub(super) async fn answer(state: &SessionState, press: &Press, text: Option<&str>, alert: bool) {
     let transport = &state.deps.transport;
     if let Err(error) = transport
         .answer_callback(&press.query_id, text, alert)

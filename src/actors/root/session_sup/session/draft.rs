@@ -35,6 +35,7 @@ use std::sync::Arc;
 use ractor::ActorProcessingErr;
 
 use super::SessionState;
+use super::buttons::{answer, conclude as done};
 use super::turn::{self, Change, Reply, Turn, escape_markdown};
 use crate::actors::root::business::Connection;
 use crate::actors::root::outbox::Part;
@@ -347,7 +348,7 @@ pub(super) async fn close(state: &mut SessionState, why: Closed) {
         return;
     };
     if draft.editing {
-        end_edit(state, &connection, &draft).await;
+        end_edit(state, &connection, draft.seq).await;
     }
     let Some(shown_in) = draft.shown_in else {
         return;
@@ -373,15 +374,15 @@ pub(super) fn answers_one_of(state: &SessionState, ids: &[MessageId]) -> bool {
         .is_some_and(|answered| ids.iter().any(|id| id.0 == answered))
 }
 
-/// Ends the creator's ✏️ Edit of `draft` (logged if it cannot be stored:
-/// their next text then comes here and is told it is late).
-async fn end_edit(state: &SessionState, connection: &Connection, draft: &StoredDraft) {
+/// Ends the creator's ✏️ Edit of suggestion `seq` (logged if it cannot be
+/// stored: their next text then comes here and is told it is late).
+async fn end_edit(state: &SessionState, connection: &Connection, seq: u32) {
     let fan = state.key.chat().0;
     let ended = state
         .deps
         .directory
         .business()
-        .end_edit(&connection.id, fan, draft.seq)
+        .end_edit(&connection.id, fan, seq)
         .await;
     if let Err(error) = ended {
         tracing::warn!(%error, "the end of an edit was not stored");
@@ -436,16 +437,7 @@ pub(super) async fn on_press(
         tracing::info!(seq, "button of a closed suggestion pressed");
         if op == DraftOp::Edit {
             // The front began an edit for it; it must not catch a text.
-            let closed = StoredDraft {
-                seq,
-                text: String::new(),
-                fan_text: String::new(),
-                fan_name: String::new(),
-                fan_message: None,
-                shown_in: None,
-                editing: true,
-            };
-            end_edit(state, &connection, &closed).await;
+            end_edit(state, &connection, seq).await;
         }
         answer(state, press, Some(&texts.draft_gone), false).await;
         return done(state, turn, inbound).await;
@@ -477,7 +469,7 @@ pub(super) async fn on_press(
                 return done(state, turn, inbound).await;
             };
             if draft.editing {
-                end_edit(state, &connection, &draft).await;
+                end_edit(state, &connection, draft.seq).await;
             }
             tracing::info!(seq, "suggestion skipped");
             metrics::counter!(crate::telemetry::families::BUSINESS_DRAFTS, "outcome" => "skipped")
@@ -562,7 +554,7 @@ async fn delivered(
                 .increment(1);
             super::fan_turn::track(state, ids.last().copied(), Some(content));
             if draft.editing {
-                end_edit(state, connection, &draft).await;
+                end_edit(state, connection, draft.seq).await;
             }
             let status = if own {
                 fill(&texts.draft_sent_yours, &[("fan", &draft.fan_name)])
@@ -638,7 +630,7 @@ async fn another(
         return done(state, turn, inbound).await;
     };
     if old.editing {
-        end_edit(state, connection, &old).await;
+        end_edit(state, connection, old.seq).await;
     }
     let Some(question) = state.history.take_last_question() else {
         return done(state, turn, inbound).await;
@@ -709,20 +701,12 @@ pub(super) async fn on_creator_reply(
             seq,
             "the creator's reply came for a closed suggestion; not sent"
         );
-        let closed = StoredDraft {
-            seq,
-            text: String::new(),
-            fan_text: String::new(),
-            fan_name: state.key.chat().0.to_string(),
-            fan_message: None,
-            shown_in: None,
-            editing: true,
-        };
-        end_edit(state, &connection, &closed).await;
+        end_edit(state, &connection, seq).await;
+        let fan = state.key.chat().0.to_string();
         tell(
             state,
             &connection,
-            &fill(&texts.draft_reply_late, &[("fan", &closed.fan_name)]),
+            &fill(&texts.draft_reply_late, &[("fan", &fan)]),
         );
         return done(state, turn, inbound).await;
     };
@@ -748,7 +732,7 @@ pub(super) async fn on_creator_reply(
         if let Some(open) = state.draft.as_mut() {
             open.editing = false;
         }
-        end_edit(state, &connection, &draft).await;
+        end_edit(state, &connection, draft.seq).await;
         tell(state, &connection, &refusal);
         turn.change = Change::Update;
         turn::conclude(state, turn).await;
@@ -791,7 +775,7 @@ async fn delivered_unshown(
             metrics::counter!(crate::telemetry::families::BUSINESS_DRAFTS, "outcome" => "sent_own")
                 .increment(1);
             super::fan_turn::track(state, ids.last().copied(), Some(content));
-            end_edit(state, connection, &draft).await;
+            end_edit(state, connection, draft.seq).await;
             tell(
                 state,
                 connection,
@@ -805,32 +789,6 @@ async fn delivered_unshown(
             store_now(state, inbound.update_id).await;
             tell(state, connection, &texts.draft_not_sent);
         }
-    }
-}
-
-/// Ends a press (or reply) that changed nothing: no message, the update
-/// marked answered.
-async fn done(
-    state: &mut SessionState,
-    mut turn: Turn<'_>,
-    inbound: &Inbound,
-) -> Result<(), ActorProcessingErr> {
-    turn.reply = Reply::Silent;
-    turn.change = Change::Keep;
-    turn::conclude(state, turn).await;
-    turn::finish(state, inbound.update_id, &[])
-}
-
-/// Answers the press (`answerCallbackQuery`); a press replayed after a
-/// restart may have expired: logged at debug, not retried.
-async fn answer(state: &SessionState, press: &Press, text: Option<&str>, alert: bool) {
-    if let Err(error) = state
-        .deps
-        .transport
-        .answer_callback(&press.query_id, text, alert)
-        .await
-    {
-        tracing::debug!(class = error.class(), %error, "callback query not answered");
     }
 }
 
