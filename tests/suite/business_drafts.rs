@@ -396,3 +396,52 @@ async fn forgetting_a_fan_closes_their_open_suggestion() {
     assert_eq!(buttons(&next)[0], "bd1:s:6001:2");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_message_admitted_before_sigkill_is_suggested_once_after_restart() {
+    let telegram = FakeTelegram::start().await;
+    let llm = FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("LLMGRAM_BUSINESS__ENABLED", "true".to_owned()),
+        ("LLMGRAM_BUSINESS__ALLOWED_OWNER_IDS", format!("[{OWNER}]")),
+    ];
+    llm.set_responder(|_| LlmReply::now(llmgram_fakes::LlmReplyKind::Hang));
+    let bot = BotProcess::spawn_with(&telegram, &llm, &data, &env);
+    telegram.connect_business(BusinessConn::new("c1", OWNER as u64));
+    assert_eq!(telegram.wait_for_sent_to(OWNER, 1, WAIT).await.len(), 1);
+    telegram.push_business_message("c1", FAN, BusinessFrom::Fan(FAN as u64), "still open?");
+    assert_eq!(llm.wait_for_requests(1, WAIT).await, 1, "{}", bot.log());
+    let polls = telegram.get_updates_calls();
+    assert!(telegram.wait_for_get_updates(polls + 1, WAIT).await);
+    bot.kill9().await;
+
+    llm.set_responder(|request| LlmReply::text(format!("yes: {}", request.last_user_message())));
+    let bot = BotProcess::spawn_with(&telegram, &llm, &data, &env);
+    let room = telegram.wait_for_sent_to(OWNER, 2, WAIT).await;
+    assert_eq!(room.len(), 2, "{}", bot.log());
+    assert!(
+        room[1].text.contains("yes: still open?"),
+        "{}",
+        room[1].text
+    );
+    let polls = telegram.get_updates_calls();
+    assert!(telegram.wait_for_get_updates(polls + 2, WAIT).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(telegram.sent_to(OWNER).len(), 2, "suggested once");
+    assert!(
+        telegram.business_sent_all().is_empty(),
+        "never sent untapped"
+    );
+    // Its buttons work after the restart.
+    telegram.push_callback(
+        OWNER,
+        OWNER as u64,
+        room[1].message_id,
+        &button_data(room[1].reply_markup.as_ref().unwrap())[0],
+    );
+    let sent = telegram.wait_for_business_sent("c1", FAN, 1, WAIT).await;
+    assert_eq!(sent[0].text, "yes: still open?");
+    assert_eq!(bot.terminate().await, Some(0));
+}
