@@ -1,7 +1,9 @@
 //! Everything that touches the fjall database, and what is stored in it:
 //! versioned records ([`record`]) encoded with bincode ([`codec`]), the key
 //! layout of the keyspaces (below), the database and its reads and
-//! quarantine (`db`), the group-commit writer thread ([`writer`]), backup
+//! quarantine (`db`), the storage backend boundary the writer runs on
+//! (`backend`, implemented by `db`), the group-commit writer thread
+//! ([`writer`]), backup
 //! and restore ([`backup`]), and, for tests and benchmarks only, a raw
 //! inspector (`inspect`, feature `test-support`).
 //!
@@ -13,6 +15,7 @@
 //! the inspector open a database only while the service is not running on
 //! it.
 
+pub(crate) mod backend;
 pub mod backup;
 pub mod codec;
 pub(crate) mod db;

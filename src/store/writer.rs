@@ -1,5 +1,7 @@
 //! The store's writer: one dedicated OS thread that owns the open database
-//! and serves every [`StoreOp`] in arrival order, group-committing.
+//! and serves every [`StoreOp`] in arrival order, group-committing. It
+//! reaches the database only through the storage backend boundary
+//! (`super::backend::Backend`, today the fjall database).
 //!
 //! **Single-writer invariant:** only this thread writes to the live
 //! database, and only the persistence actor
@@ -15,8 +17,8 @@
 //!   given and persisting the journal.
 //! - **Group commit:** it gathers operations for up to
 //!   `storage.commit_interval` or `storage.commit_max_batch` operations,
-//!   applies every write as one atomic batch persisted with
-//!   `storage.persist_mode`, answers the writers (their data is now
+//!   applies every write as one atomic group (one backend commit) persisted
+//!   with `storage.persist_mode`, answers the writers (their data is now
 //!   durable), then serves the batch's reads ([`ReadOp`]), which so see
 //!   every earlier write.
 //! - **Backups** ([`ReadOp::Backup`]): a snapshot taken in the writer's
@@ -28,7 +30,6 @@
 //!   [`StoreError::Unavailable`] and calls the failure listener (the
 //!   persistence actor, which then fails with [`StoreError::Poisoned`]).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -36,14 +37,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fjall::PersistMode;
 use ractor::RpcReplyPort;
 
-use super::backup::{self, BackupError, BackupReport};
-use super::db::OpenStore;
-use super::record::{self, BotSetting, ChatRecord, UpdateEntry};
-use super::{BotKey, StoreError, chat_key, session_key, update_key};
-use crate::config::{PersistModeConfig, StorageConfig};
+use super::backend::{Backend, Committed};
+use super::backup::{BackupError, BackupReport};
+use super::db::FjallBackend;
+use super::record::{self, BotSetting, ChatRecord};
+use super::{BotKey, StoreError};
+use crate::config::StorageConfig;
 use crate::error::lock_unpoisoned;
 use crate::telegram::inbound::{Inbound, SessionKey};
 
@@ -118,7 +119,7 @@ pub enum ReadOp {
         reply: RpcReplyPort<Result<Option<BotSetting>, StoreError>>,
     },
     /// A consistent copy of the store written to `to` (see
-    /// [`backup::prepare_target`]); [`BackupError::Busy`] while another
+    /// [`super::backup::prepare_target`]); [`BackupError::Busy`] while another
     /// backup is being written.
     Backup {
         /// Where the copy goes.
@@ -205,19 +206,14 @@ impl StoreWriter {
     /// writer thread. Blocking: call it from a blocking context. Fails when
     /// the directory cannot be used or another process holds it.
     pub fn start(config: &StorageConfig) -> Result<(Self, JoinHandle<()>), StoreError> {
-        let store = OpenStore::open_with(&config.path, Some(config.memtable_mib * 1024 * 1024))?;
+        let backend = FjallBackend::open(config)?;
         let (ops, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let listener = Arc::new(Mutex::new(None));
-        let next_admitted = store.next_admission()?;
         let thread = Thread {
-            store,
-            pruned_below: 0,
-            next_admitted,
+            backend,
             receiver,
-            data_dir: config.path.clone(),
             backup_running: Arc::new(AtomicBool::new(false)),
-            mode: persist_mode(config.persist_mode),
             commit_interval: config.commit_interval,
             max_batch: config.commit_max_batch.max(1),
             counters: Arc::clone(&counters),
@@ -286,14 +282,6 @@ impl ReadOp {
     }
 }
 
-fn persist_mode(mode: PersistModeConfig) -> PersistMode {
-    match mode {
-        PersistModeConfig::SyncAll => PersistMode::SyncAll,
-        PersistModeConfig::SyncData => PersistMode::SyncData,
-        PersistModeConfig::Buffer => PersistMode::Buffer,
-    }
-}
-
 /// Clears the one-backup-at-a-time flag when the backup that set it ends,
 /// however it ends.
 struct BackupSlot(Arc<AtomicBool>);
@@ -326,28 +314,20 @@ impl Done {
     }
 }
 
-/// The writer thread's state.
-struct Thread {
-    store: OpenStore,
-    /// Updates below this id have been confirmed to Telegram (it will not
-    /// send them again) and their answered markers removed.
-    pruned_below: u32,
-    /// The admission sequence number of the next update received.
-    next_admitted: u64,
+/// The writer thread's state, over the database `B`.
+struct Thread<B> {
+    backend: B,
     receiver: Receiver<StoreOp>,
-    /// `storage.path`: no backup may be written inside it.
-    data_dir: PathBuf,
     /// Set while a backup is being written: one at a time, as each is a
     /// full copy of the store competing with the bot for the disk.
     backup_running: Arc<AtomicBool>,
-    mode: PersistMode,
     commit_interval: Duration,
     max_batch: usize,
     counters: Arc<Counters>,
     listener: Arc<Mutex<Option<FailureListener>>>,
 }
 
-impl Thread {
+impl<B: Backend> Thread<B> {
     fn run(mut self) {
         while let Ok(first) = self.receiver.recv() {
             let mut batch = vec![first];
@@ -365,8 +345,8 @@ impl Thread {
                 return;
             }
         }
-        if let Err(error) = self.store.db.persist(PersistMode::SyncAll) {
-            tracing::error!(error = %StoreError::from(error), "final persist failed");
+        if let Err(error) = self.backend.persist_all() {
+            tracing::error!(%error, "final persist failed");
         }
         tracing::debug!("store writer stopped");
     }
@@ -387,8 +367,7 @@ impl Thread {
     fn execute(&mut self, batch: Vec<StoreOp>) -> Result<(), StoreError> {
         let started = Instant::now();
         let size = batch.len() as u64;
-        let mut write = self.store.db.batch().durability(Some(self.mode));
-        let mut admitted_now: HashSet<u32> = HashSet::new();
+        let mut group = self.backend.begin();
         let mut after_commit = Vec::new();
         let mut turns = 0;
         let mut reads = Vec::new();
@@ -400,7 +379,13 @@ impl Thread {
                     also_answered,
                     change,
                     reply,
-                } => match self.commit_turn(&mut write, &key, update_id, also_answered, change) {
+                } => match self.backend.commit_turn(
+                    &mut group,
+                    &key,
+                    update_id,
+                    also_answered,
+                    change,
+                ) {
                     Ok(()) => {
                         turns += 1;
                         after_commit.push(Done::Commit(reply));
@@ -408,13 +393,13 @@ impl Thread {
                     Err(error) => drop(reply.send(Err(error))),
                 },
                 StoreOp::Admit { updates, reply } => {
-                    match self.admit(&mut write, &mut admitted_now, updates) {
+                    match self.backend.admit(&mut group, updates) {
                         Ok(new) => after_commit.push(Done::Admit(reply, new)),
                         Err(error) => drop(reply.send(Err(error))),
                     }
                 }
                 StoreOp::Prune { below } => {
-                    if let Err(error) = self.prune(&mut write, below) {
+                    if let Err(error) = self.backend.confirm(&mut group, below) {
                         tracing::warn!(%error, "pruning answered updates failed");
                     }
                 }
@@ -422,20 +407,16 @@ impl Thread {
                     key,
                     setting,
                     reply,
-                } => match record::encode_setting(&setting) {
-                    Ok(bytes) => {
-                        write.insert(&self.store.bot, key.as_bytes(), bytes);
-                        after_commit.push(Done::Commit(reply));
-                    }
-                    Err(e) => drop(reply.send(Err(StoreError::Storage(e.to_string())))),
+                } => match self.backend.save_setting(&mut group, key, &setting) {
+                    Ok(()) => after_commit.push(Done::Commit(reply)),
+                    Err(error) => drop(reply.send(Err(error))),
                 },
                 StoreOp::Read(read) => reads.push(read),
             }
         }
 
-        if !write.is_empty() {
-            if let Err(error) = write.commit() {
-                let error = StoreError::from(error);
+        match self.backend.commit(group) {
+            Err(error) => {
                 for done in after_commit {
                     done.fail(&error);
                 }
@@ -450,17 +431,8 @@ impl Thread {
                     }
                 };
             }
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.counters.commits.fetch_add(1, Ordering::Relaxed);
-            self.counters.turns.fetch_add(turns, Ordering::Relaxed);
-            self.counters.last_batch.store(size, Ordering::Relaxed);
-            metrics::histogram!(crate::telemetry::families::STORE_COMMIT)
-                .record(started.elapsed().as_secs_f64());
-            #[allow(clippy::cast_precision_loss)] // a batch is far below 2^52
-            metrics::histogram!(crate::telemetry::families::STORE_BATCH).record(size as f64);
-            self.counters
-                .last_commit_micros
-                .store(micros, Ordering::Relaxed);
+            Ok(Committed::Nothing) => {}
+            Ok(Committed::Written) => self.count_commit(started, turns, size),
         }
         for done in after_commit {
             done.succeed();
@@ -471,141 +443,20 @@ impl Thread {
         Ok(())
     }
 
-    /// Adds one answered turn to `write`.
-    fn commit_turn(
-        &self,
-        write: &mut fjall::OwnedWriteBatch,
-        session: &SessionKey,
-        update_id: u32,
-        also_answered: Vec<u32>,
-        change: RecordChange,
-    ) -> Result<(), StoreError> {
-        let answered = record::encode_update(&UpdateEntry::Answered)
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
-        let updates = &self.store.updates;
-        for id in also_answered.into_iter().chain([update_id]) {
-            if id < self.pruned_below {
-                // Telegram will not send it again: no marker needed.
-                write.remove(updates, update_key(id));
-            } else {
-                write.insert(updates, update_key(id), answered.clone());
-            }
-        }
-        let key = session_key(session);
-        match change {
-            RecordChange::Put(bytes) => write.insert(&self.store.chats, key, bytes),
-            RecordChange::Delete => write.remove(&self.store.chats, key),
-            RecordChange::Forget(usage) => {
-                write.remove(&self.store.chats, key.as_slice());
-                if let Err(error) = self.forget_other_topics(write, session) {
-                    tracing::error!(chat_id = session.chat().0, %error, "cannot list the chat's topics to forget");
-                }
-                match usage {
-                    Some(bytes) => write.insert(&self.store.usage, key, bytes),
-                    None => write.remove(&self.store.usage, key),
-                }
-                if let Err(error) = self.store.forget_quarantined(write, session.chat()) {
-                    tracing::error!(chat_id = session.chat().0, %error, "cannot list the quarantined records to forget");
-                }
-            }
-            RecordChange::Keep => {}
-        }
-        Ok(())
-    }
-
-    /// Adds to `write` the deletion of every other record of `session`'s
-    /// chat (its forum topics, or the chat's own when `session` is a
-    /// topic), each keeping its spend in the `usage` keyspace as `/forget`
-    /// keeps the forgetting conversation's. A record that does not decode
-    /// goes without its spend (it could not have been read anyway).
-    fn forget_other_topics(
-        &self,
-        write: &mut fjall::OwnedWriteBatch,
-        session: &SessionKey,
-    ) -> Result<(), StoreError> {
-        let own = session_key(session);
-        // Every key of the chat starts with its 8-byte chat key, and no
-        // other chat's does.
-        for item in self.store.chats.prefix(chat_key(session.chat())) {
-            let (key, value) = item.into_inner()?;
-            // A Business fan chat shares only its id with the bot's chat of
-            // that id: it is another conversation altogether.
-            let other_namespace = super::session_from_key(&key)
-                .is_some_and(|other| other.connection() != session.connection());
-            if *key == *own || other_namespace {
-                continue;
-            }
-            let usage = record::decode_chat(&value)
-                .ok()
-                .map(|other| record::ChatUsage::of(&other.counters))
-                .filter(|usage| !usage.is_nothing());
-            if let Some(usage) = usage {
-                match record::encode_usage(&usage) {
-                    Ok(bytes) => write.insert(&self.store.usage, key.clone(), bytes),
-                    Err(error) => tracing::error!(%error, "cannot encode a topic's usage"),
-                }
-            }
-            write.remove(&self.store.chats, key);
-        }
-        Ok(())
-    }
-
-    fn admit(
-        &mut self,
-        write: &mut fjall::OwnedWriteBatch,
-        admitted_now: &mut HashSet<u32>,
-        updates: Vec<Inbound>,
-    ) -> Result<Vec<Inbound>, StoreError> {
-        let mut new = Vec::with_capacity(updates.len());
-        for inbound in updates {
-            let id = inbound.update_id;
-            if admitted_now.contains(&id) || self.store.updates.contains_key(update_key(id))? {
-                tracing::debug!(update_id = id, "update already received; skipped");
-                continue;
-            }
-            let admitted = self.next_admitted;
-            self.next_admitted += 1;
-            let entry = UpdateEntry::Pending(record::StoredUpdate::new(&inbound, admitted));
-            let bytes =
-                record::encode_update(&entry).map_err(|e| StoreError::Storage(e.to_string()))?;
-            write.insert(&self.store.updates, update_key(id), bytes);
-            admitted_now.insert(id);
-            new.push(inbound);
-        }
-        Ok(new)
-    }
-
-    /// Removes the answered markers between the previous prune point and
-    /// `below`. Scanning only that stretch keeps each prune proportional to
-    /// the updates since the last one, instead of walking every deleted
-    /// entry since the store was created. Entries still pending stay.
-    ///
-    /// An offset below the previous one means Telegram started its ids over
-    /// (it picks a random next id after a week without updates): every
-    /// update of the old sequence was confirmed long ago, so the prune point
-    /// simply moves down to the new sequence.
-    fn prune(&mut self, write: &mut fjall::OwnedWriteBatch, below: u32) -> Result<(), StoreError> {
-        let from = self.pruned_below;
-        if below < from {
-            tracing::info!(below, from, "update ids started over");
-            self.pruned_below = below;
-            return Ok(());
-        }
-        if below == from {
-            return Ok(());
-        }
-        for item in self
-            .store
-            .updates
-            .range(update_key(from)..update_key(below))
-        {
-            let (key, value) = item.into_inner()?;
-            if matches!(record::decode_update(&value), Ok(UpdateEntry::Answered)) {
-                write.remove(&self.store.updates, key);
-            }
-        }
-        self.pruned_below = below;
-        Ok(())
+    /// Counts one committed group of `size` operations holding `turns`
+    /// turns, begun at `started`.
+    fn count_commit(&self, started: Instant, turns: u64, size: u64) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.turns.fetch_add(turns, Ordering::Relaxed);
+        self.counters.last_batch.store(size, Ordering::Relaxed);
+        metrics::histogram!(crate::telemetry::families::STORE_COMMIT)
+            .record(started.elapsed().as_secs_f64());
+        #[allow(clippy::cast_precision_loss)] // a batch is far below 2^52
+        metrics::histogram!(crate::telemetry::families::STORE_BATCH).record(size as f64);
+        self.counters
+            .last_commit_micros
+            .store(micros, Ordering::Relaxed);
     }
 
     /// Serves one read. Only a poisoned store is returned as an error.
@@ -613,7 +464,7 @@ impl Thread {
         let quarantined = &self.counters.quarantined;
         match read {
             ReadOp::LoadChat { key, reply } => {
-                let loaded = self.store.load_chat(&key, self.mode, quarantined);
+                let loaded = self.backend.load_chat(&key, quarantined);
                 let poisoned = matches!(loaded, Err(StoreError::Poisoned(_)));
                 let _ = reply.send(loaded.clone());
                 if poisoned {
@@ -621,13 +472,13 @@ impl Thread {
                 }
             }
             ReadOp::PendingUpdates { reply } => {
-                let _ = reply.send(self.store.pending(self.mode, quarantined));
+                let _ = reply.send(self.backend.pending_updates(quarantined));
             }
             ReadOp::NewestUpdateId { reply } => {
-                let _ = reply.send(self.store.newest_update_id());
+                let _ = reply.send(self.backend.newest_update_id());
             }
             ReadOp::LoadSetting { key, reply } => {
-                let _ = reply.send(self.store.setting(key, quarantined));
+                let _ = reply.send(self.backend.load_setting(key, quarantined));
             }
             ReadOp::Backup { to, reply } => self.backup(to, reply),
         }
@@ -644,14 +495,13 @@ impl Thread {
             return;
         }
         let slot = BackupSlot(Arc::clone(&self.backup_running));
-        let source = self.store.view();
-        let data_dir = self.data_dir.clone();
+        let source = self.backend.snapshot();
         let spawned = std::thread::Builder::new()
             .name("llmgram-backup".into())
             .spawn(move || {
                 let _slot = slot;
                 let started = Instant::now();
-                let copied = backup::write_backup(&source, &to, &data_dir);
+                let copied = B::write_backup(&source, &to);
                 match &copied {
                     Ok(report) => tracing::info!(to = %to.display(), records = report.records, ms = started.elapsed().as_millis() as u64, "backup written"),
                     Err(error @ BackupError::Target(_)) => tracing::warn!(to = %to.display(), class = error.class(), %error, "backup refused"),
@@ -674,7 +524,9 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::store::db::OpenStore;
     use crate::store::record::ChatRecord;
+    use crate::store::{chat_key, session_key};
     use crate::telegram::inbound::{ChatId, InboundKind};
 
     type TestResult = Result<(), Box<dyn Error>>;
