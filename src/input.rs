@@ -56,6 +56,15 @@ pub enum Rejection {
     },
 }
 
+/// `text` cut to `max_chars` characters, an ellipsis marking the cut (the
+/// text before it trimmed at its end); `text` itself when it fits.
+pub fn cut_chars(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", text[..cut].trim_end()),
+        None => text.to_owned(),
+    }
+}
+
 /// Cleans `text` and checks it against `max_chars`.
 pub fn validate(text: &str, max_chars: usize) -> Result<String, Rejection> {
     let cleaned = clean(text);

@@ -123,6 +123,34 @@ pub fn text_hash(text: &str) -> u64 {
     })
 }
 
+impl ChatCounters {
+    /// Starts a new count for a new UTC day (`day`, days since the epoch)
+    /// and a new calendar month: what was spent before counts no more.
+    pub fn roll_over(&mut self, day: u32) {
+        if self.usage_day != day {
+            self.usage_day = day;
+            self.tokens_today = 0;
+            self.cost_today = 0;
+        }
+        let month = crate::clock::month_of_day(day);
+        if self.usage_month != month {
+            self.usage_month = month;
+            self.tokens_month = 0;
+            self.cost_month = 0;
+        }
+    }
+
+    /// Adds `tokens` costing `cost` (millionths of the currency unit) to
+    /// the counts of UTC day `day`, rolled over first.
+    pub fn spend(&mut self, day: u32, tokens: u64, cost: u64) {
+        self.roll_over(day);
+        self.tokens_today = self.tokens_today.saturating_add(tokens);
+        self.tokens_month = self.tokens_month.saturating_add(tokens);
+        self.cost_today = self.cost_today.saturating_add(cost);
+        self.cost_month = self.cost_month.saturating_add(cost);
+    }
+}
+
 impl ChatRecord {
     /// The highest update id in [`ChatRecord::recent_updates`], if any.
     pub fn newest_known_update(&self) -> Option<u32> {
@@ -930,23 +958,12 @@ impl ChatUsage {
     }
 
     /// Adds `tokens` costing `cost` on UTC day `day` (days since the
-    /// epoch), starting a new day's and month's count first.
+    /// epoch), starting a new day's and month's count first
+    /// ([`ChatCounters::spend`]).
     pub fn add(&mut self, day: u32, tokens: u64, cost: u64) {
-        let month = crate::clock::month_of_day(day);
-        if self.usage_day != day {
-            self.usage_day = day;
-            self.tokens_today = 0;
-            self.cost_today = 0;
-        }
-        if self.usage_month != month {
-            self.usage_month = month;
-            self.tokens_month = 0;
-            self.cost_month = 0;
-        }
-        self.tokens_today = self.tokens_today.saturating_add(tokens);
-        self.tokens_month = self.tokens_month.saturating_add(tokens);
-        self.cost_today = self.cost_today.saturating_add(cost);
-        self.cost_month = self.cost_month.saturating_add(cost);
+        let mut counters = self.counters();
+        counters.spend(day, tokens, cost);
+        *self = Self::of(&counters);
     }
 
     /// Counters holding this spend and nothing else.

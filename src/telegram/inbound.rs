@@ -89,10 +89,7 @@ impl Quoted {
         if cleaned.is_empty() || max_chars == 0 {
             return None;
         }
-        let text = match cleaned.char_indices().nth(max_chars) {
-            Some((cut, _)) => format!("{}…", cleaned[..cut].trim_end()),
-            None => cleaned,
-        };
+        let text = input::cut_chars(&cleaned, max_chars);
         Some(Self {
             text,
             from_bot,

@@ -40,6 +40,7 @@ use super::turn::{self, Change, Reply, Turn, escape_markdown};
 use crate::actors::root::business::Connection;
 use crate::actors::root::outbox::Part;
 use crate::actors::root::persistence::RecordChange;
+use crate::input::cut_chars;
 use crate::llm::Role;
 use crate::store::record::StoredDraft;
 use crate::telegram::buttons::{Action, Button, DraftOp, Keyboard};
@@ -105,7 +106,7 @@ pub(super) async fn suggest(
     let draft = StoredDraft {
         seq: next_seq(state),
         text: String::new(),
-        fan_text: cut(&crate::input::clean(text), FAN_TEXT_SHOWN),
+        fan_text: cut_chars(&crate::input::clean(text), FAN_TEXT_SHOWN),
         fan_name: name,
         fan_message: turn.inbound.message_id.map(|id| id.0),
         shown_in: None,
@@ -225,17 +226,9 @@ async fn fan_name(state: &SessionState, connection: &Connection) -> String {
         .map_or_else(|| fan.to_string(), |seen| seen.name)
 }
 
-/// `text` cut to `max` characters, an ellipsis marking the cut.
-fn cut(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", text[..at].trim_end()),
-        None => text.to_owned(),
-    }
-}
-
 /// The suggestion as the control room shows it (Markdown, bounded).
 fn shown_suggestion(text: &str) -> String {
-    cut(text, SUGGESTION_SHOWN)
+    cut_chars(text, SUGGESTION_SHOWN)
 }
 
 /// The control room's message about a suggestion (Markdown): who wrote
@@ -526,7 +519,7 @@ async fn send(
         draft,
         content,
         sent,
-        press.message_id,
+        Some(press.message_id),
     )
     .await;
     turn::finish(state, inbound.update_id, &[])
@@ -535,7 +528,9 @@ async fn send(
 /// After a send to the fan (the suggestion, or the creator's own text):
 /// delivered, the control room shows it sent; not, the history and the
 /// suggestion are as before it (stored again) and the control room says it
-/// was not sent.
+/// was not sent. `shown_in` is the suggestion's control-room message, when
+/// known (its id can be lost to a restart: then only the creator's own
+/// text gets its confirmation).
 async fn delivered(
     state: &mut SessionState,
     inbound: &Inbound,
@@ -543,7 +538,7 @@ async fn delivered(
     mut draft: StoredDraft,
     content: Arc<str>,
     sent: Option<Vec<MessageId>>,
-    shown_in: MessageId,
+    shown_in: Option<MessageId>,
 ) {
     let texts = creator_texts(state, connection);
     let own = matches!(inbound.kind, InboundKind::CreatorReply { .. });
@@ -553,7 +548,7 @@ async fn delivered(
             metrics::counter!(crate::telemetry::families::BUSINESS_DRAFTS, "outcome" => if own { "sent_own" } else { "sent" })
                 .increment(1);
             super::fan_turn::track(state, ids.last().copied(), Some(content));
-            if draft.editing {
+            if draft.editing || own {
                 end_edit(state, connection, draft.seq).await;
             }
             let status = if own {
@@ -561,8 +556,10 @@ async fn delivered(
             } else {
                 texts.draft_sent.clone()
             };
-            let view = compose(&texts, &draft, &body_of(&draft), Some(&status));
-            restate(state, connection, shown_in, &view, None).await;
+            if let Some(shown_in) = shown_in {
+                let view = compose(&texts, &draft, &body_of(&draft), Some(&status));
+                restate(state, connection, shown_in, &view, None).await;
+            }
             if own {
                 tell(state, connection, &status);
             }
@@ -585,7 +582,9 @@ async fn delivered(
             let keyboard = keyboard(&texts, state.key.chat().0, &draft);
             state.draft = Some(draft);
             store_now(state, inbound.update_id).await;
-            restate(state, connection, shown_in, &view, Some(keyboard)).await;
+            if let Some(shown_in) = shown_in {
+                restate(state, connection, shown_in, &view, Some(keyboard)).await;
+            }
             if own {
                 tell(state, connection, &texts.draft_not_sent);
             }
@@ -746,50 +745,8 @@ pub(super) async fn on_creator_reply(
     turn.change = Change::Update;
     let sent = turn::conclude(state, turn).await;
     let shown_in = draft.shown_in.map(MessageId);
-    match shown_in {
-        Some(shown_in) => {
-            delivered(state, inbound, &connection, draft, content, sent, shown_in).await;
-        }
-        None => {
-            // Not known (lost to a restart): only the confirmation.
-            let mut draft = draft;
-            draft.shown_in = None;
-            delivered_unshown(state, inbound, &connection, draft, content, sent).await;
-        }
-    }
+    delivered(state, inbound, &connection, draft, content, sent, shown_in).await;
     turn::finish(state, inbound.update_id, earlier)
-}
-
-/// [`delivered`] for a suggestion whose control-room message is not known.
-async fn delivered_unshown(
-    state: &mut SessionState,
-    inbound: &Inbound,
-    connection: &Connection,
-    mut draft: StoredDraft,
-    content: Arc<str>,
-    sent: Option<Vec<MessageId>>,
-) {
-    let texts = creator_texts(state, connection);
-    match sent {
-        Some(ids) => {
-            metrics::counter!(crate::telemetry::families::BUSINESS_DRAFTS, "outcome" => "sent_own")
-                .increment(1);
-            super::fan_turn::track(state, ids.last().copied(), Some(content));
-            end_edit(state, connection, draft.seq).await;
-            tell(
-                state,
-                connection,
-                &fill(&texts.draft_sent_yours, &[("fan", &draft.fan_name)]),
-            );
-        }
-        None => {
-            state.history.remove(&content);
-            draft.editing = false;
-            state.draft = Some(draft);
-            store_now(state, inbound.update_id).await;
-            tell(state, connection, &texts.draft_not_sent);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -837,8 +794,8 @@ mod tests {
 
     #[test]
     fn long_texts_are_cut_with_an_ellipsis() {
-        assert_eq!(cut("abcdef", 3), "abc…");
-        assert_eq!(cut("abc", 3), "abc");
-        assert_eq!(cut("ab cd", 3), "ab…");
+        assert_eq!(cut_chars("abcdef", 3), "abc…");
+        assert_eq!(cut_chars("abc", 3), "abc");
+        assert_eq!(cut_chars("ab cd", 3), "ab…");
     }
 }

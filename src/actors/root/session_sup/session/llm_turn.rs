@@ -19,7 +19,6 @@ use crate::actors::root::limiter::Slot;
 use crate::actors::root::llm_pool::Overrides;
 use crate::actors::root::outbox::{Delivered, Part};
 use crate::actors::root::session_sup::SessionDeps;
-use crate::clock::month_of_day;
 use crate::config::LlmConfig;
 use crate::llm::client::StreamTo;
 use crate::llm::{ChatMessage, Completion, LlmError, Role};
@@ -310,17 +309,7 @@ fn budget_refusal(llm: &LlmConfig, counters: &ChatCounters, texts: &Texts) -> Op
 /// Starts a new count for a new UTC day (`day`, days since the epoch) and
 /// a new calendar month: what was spent before counts no more.
 pub(super) fn roll_over(counters: &mut ChatCounters, day: u32) {
-    if counters.usage_day != day {
-        counters.usage_day = day;
-        counters.tokens_today = 0;
-        counters.cost_today = 0;
-    }
-    let month = month_of_day(day);
-    if counters.usage_month != month {
-        counters.usage_month = month;
-        counters.tokens_month = 0;
-        counters.cost_month = 0;
-    }
+    counters.roll_over(day);
 }
 
 /// The channel a streamed answer's text arrives through.
@@ -463,12 +452,7 @@ pub(super) fn charge(state: &mut SessionState, spent: &Spent<'_>) {
 
 /// Adds `spent` (costing `cost` micros) to the counters of `day`.
 fn add_spend(counters: &mut ChatCounters, day: u32, spent: &Spent<'_>, cost: u64) {
-    roll_over(counters, day);
-    let tokens = spent.input.saturating_add(spent.output);
-    counters.tokens_today = counters.tokens_today.saturating_add(tokens);
-    counters.tokens_month = counters.tokens_month.saturating_add(tokens);
-    counters.cost_today = counters.cost_today.saturating_add(cost);
-    counters.cost_month = counters.cost_month.saturating_add(cost);
+    counters.spend(day, spent.input.saturating_add(spent.output), cost);
 }
 
 /// Capacity of the channel a streamed answer's text arrives through
