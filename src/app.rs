@@ -41,6 +41,10 @@ pub enum AppError {
     /// Telegram answered getMe with "Unauthorized".
     #[error("Telegram rejected the bot token: check TELEGRAM_BOT_TOKEN")]
     TokenRejected,
+    /// The shared PostgreSQL store cannot be used: unreachable, its schema
+    /// newer than this build, or the instance cannot register.
+    #[error("storage.backend = \"postgres\": {0}")]
+    Database(String),
     /// The Telegram front was started without a bot token.
     #[error("TELEGRAM_BOT_TOKEN is not set")]
     TokenMissing,
@@ -98,6 +102,64 @@ pub struct Service {
     ops: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
+/// This instance in a deployment sharing a PostgreSQL store.
+#[cfg(feature = "postgres")]
+type Membership = crate::actors::root::cluster::Membership;
+/// Without the `postgres` feature no store is shared.
+#[cfg(not(feature = "postgres"))]
+#[derive(Debug)]
+struct Membership {
+    clock: Arc<crate::lease::LeaseClock>,
+}
+
+/// Starts the store's writer on the configured backend: fjall, or the
+/// shared PostgreSQL, where this instance registers and holds a lease.
+async fn start_store(
+    config: &Arc<Config>,
+    secrets: &Secrets,
+) -> Result<(StoreWriter, std::thread::JoinHandle<()>, Option<Membership>), AppError> {
+    let storage = config.storage.clone();
+    #[cfg(feature = "postgres")]
+    if storage.backend == crate::config::StorageBackend::Postgres {
+        let url = secrets.postgres_url.clone().ok_or_else(|| {
+            AppError::Database(format!("{} is not set", crate::config::POSTGRES_URL_VAR))
+        })?;
+        let bot = crate::store::postgres::bot_id(secrets.telegram_token.as_ref().map(Secret::expose));
+        // Before the registration is sent: the lease cannot count from
+        // earlier than this.
+        let sent = tokio::time::Instant::now();
+        let opening = url.clone();
+        let (store, thread, instance) = tokio::task::spawn_blocking(move || {
+            StoreWriter::start_postgres(&storage, opening, bot)
+        })
+        .await
+        .map_err(|e| AppError::Spawn(e.to_string()))?
+        .map_err(|error| AppError::Database(error.to_string()))?;
+        let postgres = &config.storage.postgres;
+        let clock = Arc::new(crate::lease::LeaseClock::new(
+            sent,
+            postgres.lease,
+            postgres.send_margin,
+        ));
+        let membership = Membership {
+            instance,
+            bot,
+            url,
+            clock,
+        };
+        return Ok((store, thread, Some(membership)));
+    }
+    let _ = secrets;
+    let (store, thread) = tokio::task::spawn_blocking(move || StoreWriter::start(&storage))
+        .await
+        .map_err(|e| AppError::Spawn(e.to_string()))?
+        .map_err(|error| AppError::Storage {
+            path: config.storage.path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+    Ok((store, thread, None))
+}
+
 /// Starts the service: checks the storage directory and the bot token, then
 /// spawns the supervision tree. `instance` names this service's actors (one
 /// process may run several in tests).
@@ -131,14 +193,7 @@ async fn start_with(
         );
     }
     let config = Arc::new(config);
-    let storage = config.storage.clone();
-    let (store, store_thread) = tokio::task::spawn_blocking(move || StoreWriter::start(&storage))
-        .await
-        .map_err(|e| AppError::Spawn(e.to_string()))?
-        .map_err(|error| AppError::Storage {
-            path: config.storage.path.display().to_string(),
-            reason: error.to_string(),
-        })?;
+    let (store, store_thread, membership) = start_store(&config, &secrets).await?;
     let (transport, bot_username) = match front {
         Front::Telegram => {
             let token = secrets
@@ -196,6 +251,9 @@ async fn start_with(
         store,
         webhook_secret,
         health: Arc::clone(&health),
+        lease: membership.as_ref().map(|member| Arc::clone(&member.clock)),
+        #[cfg(feature = "postgres")]
+        cluster: membership,
         config: Arc::clone(&config),
     };
     let ops_state = OpsState::new(&deps, secrets.ops_token.clone());

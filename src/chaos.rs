@@ -20,6 +20,10 @@ pub fn panic_child(directory: &Directory, child: Child) -> bool {
         Child::Outbox => directory.outbox().panic(),
         Child::SessionSup => directory.session_sup().panic(),
         Child::Business => directory.business().panic(),
+        #[cfg(feature = "postgres")]
+        Child::Cluster => directory.cluster().panic(),
+        #[cfg(not(feature = "postgres"))]
+        Child::Cluster => false,
         Child::Front => directory.front().panic(),
     }
 }

@@ -33,6 +33,10 @@ pub const TOKEN_VAR: &str = "TELEGRAM_BOT_TOKEN";
 pub const WEBHOOK_SECRET_VAR: &str = "TELEGRAM_WEBHOOK_SECRET";
 /// Environment variable holding the LLM provider's API key.
 pub const LLM_KEY_VAR: &str = "LLM_API_KEY";
+/// Environment variable holding `storage.postgres.url`, the PostgreSQL
+/// connection URL (a secret: it may carry a password), for
+/// `storage.backend = "postgres"`.
+pub const POSTGRES_URL_VAR: &str = "LLMGRAM_STORAGE__POSTGRES__URL";
 /// Environment variable holding the bearer token of the ops listener's
 /// mutating routes (`POST /backup`); without it they are disabled.
 pub const OPS_TOKEN_VAR: &str = "OPS_API_TOKEN";
@@ -505,11 +509,14 @@ pub struct SupervisionConfig {
     pub lookup_interval: Duration,
 }
 
-/// `[storage]`: where the embedded store lives.
+/// `[storage]`: where the store lives: the embedded fjall database, or a
+/// PostgreSQL shared by several instances.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct StorageConfig {
+    pub backend: StorageBackend,
+    pub postgres: PostgresConfig,
     pub path: PathBuf,
     pub persist_mode: PersistModeConfig,
     #[serde(with = "humantime_serde")]
@@ -517,6 +524,42 @@ pub struct StorageConfig {
     pub commit_max_batch: usize,
     /// Size at which a keyspace's memtable is flushed to disk, in MiB.
     pub memtable_mib: u64,
+}
+
+/// Which database the store's writer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The embedded fjall database at `storage.path`: one instance.
+    Fjall,
+    /// A PostgreSQL database shared by several instances (cargo feature
+    /// `postgres`), its URL from [`POSTGRES_URL_VAR`].
+    Postgres,
+}
+
+/// `[storage.postgres]`: the shared database's leases and sweeps (see
+/// supervision.md, "Running several instances").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct PostgresConfig {
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub send_margin: Duration,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub sweep_after: Duration,
+    pub sweep_batch: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 /// How far a commit is pushed to disk before writers are told it is done.
@@ -874,6 +917,9 @@ pub struct Secrets {
     /// The bearer token of the ops listener's mutating routes
     /// (`OPS_API_TOKEN`); `None` disables those routes.
     pub ops_token: Option<Secret>,
+    /// `storage.postgres.url` ([`POSTGRES_URL_VAR`]): required with
+    /// `storage.backend = "postgres"`.
+    pub postgres_url: Option<Secret>,
 }
 
 /// A configuration that cannot be used. Its `Display` is the one line printed
@@ -929,12 +975,19 @@ impl Config {
             figment = figment.merge(Toml::string(&text));
         }
         let top_level = Figment::from(Toml::string(DEFAULT_TOML));
-        let is_setting = move |key: &str| env_key_is_setting(key, |name| top_level.contains(name));
+        // The database URL is a secret ([`Secrets::postgres_url`]), read
+        // from its variable, never a setting of the file.
+        let is_setting = move |key: &str| {
+            key != &POSTGRES_URL_VAR[ENV_PREFIX.len()..]
+                && env_key_is_setting(key, |name| top_level.contains(name))
+        };
         let ignored_env: Vec<String> = std::env::vars_os()
             .filter_map(|(name, _)| name.into_string().ok())
             .filter(|name| {
-                name.strip_prefix(ENV_PREFIX)
-                    .is_some_and(|key| !is_setting(key))
+                name != POSTGRES_URL_VAR
+                    && name
+                        .strip_prefix(ENV_PREFIX)
+                        .is_some_and(|key| !is_setting(key))
             })
             .collect();
         figment = figment.merge(
@@ -1517,6 +1570,63 @@ impl StorageConfig {
                 reason: "must not be empty".into(),
             });
         }
+        if self.backend == StorageBackend::Postgres && !cfg!(feature = "postgres") {
+            return Err(ConfigError::Invalid {
+                key: "storage.backend",
+                reason: "\"postgres\" needs a build with the cargo feature `postgres` \
+                         (cargo build --release --features postgres)"
+                    .into(),
+            });
+        }
+        self.postgres.validate()
+    }
+}
+
+impl PostgresConfig {
+    /// Checks `storage.postgres`: the lease must outlast several renewals,
+    /// and an instance must stop sending before another may take its chats.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
+        for (key, value) in [
+            ("storage.postgres.lease", self.lease),
+            ("storage.postgres.renew_interval", self.renew_interval),
+            ("storage.postgres.sweep_interval", self.sweep_interval),
+            ("storage.postgres.connect_timeout", self.connect_timeout),
+            ("storage.postgres.statement_timeout", self.statement_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        positive("storage.postgres.sweep_batch", u64::from(self.sweep_batch))?;
+        if self.renew_interval * 3 > self.lease {
+            // Two renewals may fail (a slow query, a database restart)
+            // before the lease lapses.
+            return invalid(
+                "storage.postgres.renew_interval",
+                "must be at most a third of storage.postgres.lease",
+            );
+        }
+        if self.send_margin < self.renew_interval || self.send_margin >= self.lease {
+            // The margin covers the time a renewal takes to come back; a
+            // margin as long as the lease would never let a reply out.
+            return invalid(
+                "storage.postgres.send_margin",
+                "must be at least storage.postgres.renew_interval and less than storage.postgres.lease",
+            );
+        }
+        if self.statement_timeout >= self.lease {
+            // A renewal stuck longer than the lease is a lapsed lease.
+            return invalid(
+                "storage.postgres.statement_timeout",
+                "must be less than storage.postgres.lease",
+            );
+        }
         Ok(())
     }
 }
@@ -1537,6 +1647,7 @@ impl Secrets {
             TOKEN_VAR: if self.telegram_token.is_some() { "set (redacted)" } else { "not set" },
             LLM_KEY_VAR: if self.llm_api_key.is_some() { "set (redacted)" } else { "not set" },
             OPS_TOKEN_VAR: if self.ops_token.is_some() { "set (redacted)" } else { "not set: POST /backup disabled" },
+            POSTGRES_URL_VAR: if self.postgres_url.is_some() { "set (redacted)" } else { "not set" },
             "fallback keys": self.fallback_keys.keys().collect::<Vec<_>>(),
         })
     }
@@ -1549,6 +1660,12 @@ impl Secrets {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let secrets = Self::without_token(config, &lookup);
+        if config.storage.backend == StorageBackend::Postgres && secrets.postgres_url.is_none() {
+            return Err(ConfigError::MissingSecret {
+                var: POSTGRES_URL_VAR,
+                reason: "storage.backend = \"postgres\" needs the database URL",
+            });
+        }
         let token = non_empty(&lookup, TOKEN_VAR).ok_or(ConfigError::MissingSecret {
             var: TOKEN_VAR,
             reason: "the bot token from @BotFather is required",
@@ -1581,6 +1698,7 @@ impl Secrets {
             fallback_keys,
             webhook_secret: non_empty(lookup, WEBHOOK_SECRET_VAR).map(Secret::new),
             ops_token: non_empty(lookup, OPS_TOKEN_VAR).map(Secret::new),
+            postgres_url: non_empty(lookup, POSTGRES_URL_VAR).map(Secret::new),
         }
     }
 }

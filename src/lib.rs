@@ -63,6 +63,7 @@ pub mod error;
 pub mod front;
 pub mod history;
 pub mod input;
+pub mod lease;
 pub mod listener;
 pub mod llm;
 pub mod media;

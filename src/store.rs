@@ -19,6 +19,8 @@ pub(crate) mod backend;
 pub mod backup;
 pub mod codec;
 pub(crate) mod db;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(any(test, feature = "test-support"))]
 pub mod inspect;
 pub mod record;
@@ -85,6 +87,11 @@ pub enum StoreError {
     /// The persistence actor was not reachable (restarting, or stopped).
     #[error("the persistence actor is unavailable")]
     Unavailable,
+    /// Another instance owns the conversation (shared PostgreSQL store): a
+    /// load could not take it, or a commit found it taken. Nothing was
+    /// written; the session stops and the owner answers. Never retried.
+    #[error("another instance owns this conversation")]
+    Fenced,
 }
 
 impl StoreError {
@@ -95,6 +102,7 @@ impl StoreError {
             Self::Locked => "locked",
             Self::Storage(_) => "storage",
             Self::Unavailable => "unavailable",
+            Self::Fenced => "fenced",
         }
     }
 }

@@ -44,6 +44,9 @@ pub enum Child {
     /// `root/business.rs`: the Telegram Business connections (only with
     /// `business.enabled`).
     Business,
+    /// `root/cluster.rs`: the lease and sweeps on a shared PostgreSQL (only
+    /// with `storage.backend = "postgres"`).
+    Cluster,
     /// The front end taking updates in: long polling (`root/ingress.rs`) or
     /// the webhook (`root/webhook.rs`), by `telegram.mode`; none for the
     /// console front. Registered, logged and counted as `ingress`, the name

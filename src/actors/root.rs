@@ -29,6 +29,8 @@
 
 pub mod breaker;
 pub mod business;
+#[cfg(feature = "postgres")]
+pub mod cluster;
 pub mod ingress;
 pub mod limiter;
 pub mod llm_pool;
@@ -150,14 +152,38 @@ pub(crate) fn with_business(mut specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
     specs
 }
 
+/// `specs` with the cluster actor's row, right after the session
+/// supervisor (it hands swept updates to it) and before the front.
+#[cfg(feature = "postgres")]
+pub(crate) fn with_cluster(mut specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
+    let at = specs
+        .iter()
+        .position(|spec| spec.child == Child::SessionSup)
+        .map_or(specs.len(), |index| index + 1);
+    specs.insert(
+        at,
+        ChildSpec {
+            child: Child::Cluster,
+            restart: Restart::Permanent,
+            start: start_cluster,
+        },
+    );
+    specs
+}
+
 /// The rows of [`child_specs`] for these dependencies.
 fn specs_for(deps: &Deps) -> Vec<ChildSpec> {
     let specs = child_specs(deps.llm.len(), deps.transport.bot().is_some());
-    if deps.config.business.enabled {
+    let specs = if deps.config.business.enabled {
         with_business(specs)
     } else {
         specs
+    };
+    #[cfg(feature = "postgres")]
+    if deps.cluster.is_some() {
+        return with_cluster(specs);
     }
+    specs
 }
 
 /// Why the root stopped the service on its own.
@@ -179,6 +205,10 @@ pub enum Fatal {
     /// data, so the process must start afresh.
     #[error("the store is poisoned: {0}")]
     StorePoisoned(String),
+    /// This instance's lease on the shared database lapsed: other
+    /// instances may own its chats now, so it starts afresh under a new id.
+    #[error("the lease on the shared database lapsed: {0}")]
+    LeaseLost(String),
     /// A child could not be started at all.
     #[error("cannot start {child}: {reason}")]
     StartFailed {
@@ -321,6 +351,13 @@ pub struct Deps {
     pub webhook_secret: Option<Secret>,
     /// Timestamps for readiness, stamped by the front and the pool.
     pub health: Arc<crate::ops::Health>,
+    /// This instance's lease on a shared store (`storage.backend =
+    /// "postgres"`), read before each send; `None` on fjall.
+    pub lease: Option<Arc<crate::lease::LeaseClock>>,
+    /// What the cluster actor is started with; `None` on fjall (no such
+    /// actor).
+    #[cfg(feature = "postgres")]
+    pub cluster: Option<cluster::Membership>,
 }
 
 /// Arguments of the root.
@@ -428,6 +465,7 @@ pub(crate) fn outbox_args(deps: &Deps) -> outbox::OutboxArgs {
         slots: Arc::clone(&deps.send_slots),
         deliveries: Arc::clone(&deps.deliveries),
         drafts: Arc::clone(&deps.drafts),
+        lease: deps.lease.clone(),
         config: Arc::new(deps.config.telegram.clone()),
         reclaim_interval: deps.config.limits.sweep_interval,
         directory: deps.directory.clone(),
@@ -455,6 +493,7 @@ pub(crate) fn session_sup_args(deps: &Deps) -> session_sup::SessionSupArgs {
             health: Arc::clone(&deps.health),
             locales: deps.locales.clone(),
             fetcher: deps.fetcher.clone(),
+            shared_store: deps.lease.is_some(),
         },
     }
 }
@@ -479,6 +518,23 @@ fn start_business(
         locales: deps.locales.clone(),
     };
     spawn(deps, child, business::Business, args, supervisor)
+}
+
+#[cfg(feature = "postgres")]
+fn start_cluster(
+    deps: &Deps,
+    child: Child,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    let Some(membership) = deps.cluster.clone() else {
+        return cannot_start("no shared store to be a member of");
+    };
+    let args = cluster::ClusterArgs {
+        membership,
+        config: Arc::clone(&deps.config),
+        directory: deps.directory.clone(),
+    };
+    spawn(deps, child, cluster::Cluster, args, supervisor)
 }
 
 /// The polling ingress or the webhook, by `telegram.mode`.
@@ -622,6 +678,11 @@ impl Actor for Root {
             SupervisionEvent::ActorFailed(cell, error) => {
                 if let Some(StoreError::Poisoned(reason)) = error.downcast_ref::<StoreError>() {
                     escalate(&myself, state, Fatal::StorePoisoned(reason.clone()));
+                    return Ok(());
+                }
+                #[cfg(feature = "postgres")]
+                if let Some(lost) = error.downcast_ref::<cluster::ClusterError>() {
+                    escalate(&myself, state, Fatal::LeaseLost(lost.to_string()));
                     return Ok(());
                 }
                 (cell, Exit::Failed(error.to_string()))

@@ -52,6 +52,9 @@ pub(crate) fn deps(instance: &str, overrides: &str) -> TestDeps {
         store,
         webhook_secret: None,
         health: Arc::new(crate::ops::Health::new(0)),
+        lease: None,
+        #[cfg(feature = "postgres")]
+        cluster: None,
         config: Arc::new(config),
     };
     TestDeps {
@@ -72,6 +75,7 @@ impl TestDeps {
             fallback_keys: std::collections::HashMap::new(),
             webhook_secret: None,
             ops_token: None,
+            postgres_url: None,
         };
         let providers = crate::llm::client::providers(&self.deps.config, &secrets)
             .expect("providers from config");

@@ -39,14 +39,14 @@
 //! - **Failures:** [`StoreError::Poisoned`] means the backend must not be
 //!   written again in this process: the writer stops for good. Any other
 //!   error fails only the operations concerned.
-//! - **Fencing (later, not implemented):** with several instances on a
-//!   shared database, a backend will write only what its instance still
-//!   owns: each turn commit becomes conditional on the chat's owner row
-//!   naming this instance under a live lease. A commit that no longer owns
-//!   its chat is *fenced*: it applies nothing, is reported with a distinct
-//!   error (counted, never retried), and the session stops; the other
-//!   writes of the group are unaffected. fjall, being single-instance, is
-//!   never fenced.
+//! - **Fencing:** with several instances on a shared database
+//!   ([`super::postgres`]), a backend writes only what its instance still
+//!   owns: loading a conversation takes it, and each turn commit is
+//!   conditional on the chat's owner row naming this instance. A commit
+//!   that no longer owns its chat is *fenced*: it applies nothing, fails
+//!   with [`StoreError::Fenced`] (counted, never retried), and the session
+//!   stops; the other writes of the group are unaffected. fjall, being
+//!   single-instance, is never fenced.
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -120,22 +120,22 @@ pub(crate) trait Backend: Send + 'static {
     /// decode (quarantined, counted in `quarantined`). A forgotten chat
     /// comes back as a fresh record keeping what it spent.
     fn load_chat(
-        &self,
+        &mut self,
         key: &SessionKey,
         quarantined: &AtomicU64,
     ) -> Result<Option<ChatRecord>, StoreError>;
 
     /// Every update received and not answered, in admission order; entries
     /// that do not decode are quarantined and counted in `quarantined`.
-    fn pending_updates(&self, quarantined: &AtomicU64) -> Result<Vec<StoredUpdate>, StoreError>;
+    fn pending_updates(&mut self, quarantined: &AtomicU64) -> Result<Vec<StoredUpdate>, StoreError>;
 
     /// The highest update id held (pending or answered); `None` if none.
-    fn newest_update_id(&self) -> Result<Option<u32>, StoreError>;
+    fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError>;
 
     /// A bot-wide setting; `None` if never set or unreadable (counted in
     /// `quarantined`).
     fn load_setting(
-        &self,
+        &mut self,
         key: BotKey,
         quarantined: &AtomicU64,
     ) -> Result<Option<BotSetting>, StoreError>;
@@ -148,8 +148,28 @@ pub(crate) trait Backend: Send + 'static {
     fn write_backup(snapshot: &Self::Snapshot, to: &Path) -> Result<BackupReport, BackupError>;
 
     /// Makes everything committed durable whatever `storage.persist_mode`
-    /// (the writer's last call, on a clean stop).
-    fn persist_all(&self) -> Result<(), StoreError>;
+    /// (the writer's last call, on a clean stop); a shared database also
+    /// gives up this instance's chats and lease there.
+    fn persist_all(&mut self) -> Result<(), StoreError>;
+
+    /// The unanswered updates of one conversation, in admission order
+    /// (taking a conversation over answers these first).
+    fn pending_of(
+        &mut self,
+        key: &SessionKey,
+        quarantined: &AtomicU64,
+    ) -> Result<Vec<StoredUpdate>, StoreError> {
+        let mut pending = self.pending_updates(quarantined)?;
+        pending.retain(|update| update.key() == *key);
+        Ok(pending)
+    }
+
+    /// Adds to `group` giving up the conversation (its session was evicted),
+    /// so another instance may take it at once. Nothing to do on a store
+    /// only this instance uses.
+    fn release(&mut self, _group: &mut Self::Group, _key: &SessionKey) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Contract tests any [`Backend`] can run: each takes a function opening
@@ -188,7 +208,7 @@ pub(crate) mod contract {
         updates.iter().map(|u| u.update_id).collect()
     }
 
-    fn pending<B: Backend>(backend: &B) -> Result<Vec<u32>, Box<dyn Error>> {
+    fn pending<B: Backend>(backend: &mut B) -> Result<Vec<u32>, Box<dyn Error>> {
         let counted = AtomicU64::new(0);
         Ok(backend
             .pending_updates(&counted)?
@@ -219,7 +239,7 @@ pub(crate) mod contract {
         let again = backend.admit(&mut group, vec![update(11, 2), update(5, 1)])?;
         assert_eq!((ids(&first), ids(&again)), (vec![10, 11], vec![5]));
         assert_eq!(backend.commit(group)?, Committed::Written);
-        assert_eq!(pending(&backend)?, vec![10, 11, 5]);
+        assert_eq!(pending(&mut backend)?, vec![10, 11, 5]);
         assert_eq!(backend.newest_update_id()?, Some(11));
 
         let mut group = backend.begin();
@@ -227,19 +247,19 @@ pub(crate) mod contract {
         let change = RecordChange::Put(record::encode_chat(&record(11))?);
         backend.commit_turn(&mut group, &key, 11, Vec::new(), change)?;
         backend.commit(group)?;
-        assert_eq!(pending(&backend)?, vec![10, 5]);
+        assert_eq!(pending(&mut backend)?, vec![10, 5]);
         backend.persist_all()?;
         drop(backend);
 
         let mut backend = open()?;
-        assert_eq!(pending(&backend)?, vec![10, 5]);
+        assert_eq!(pending(&mut backend)?, vec![10, 5]);
         let counted = AtomicU64::new(0);
         assert_eq!(backend.load_chat(&key, &counted)?, Some(record(11)));
         let mut group = backend.begin();
         let late = backend.admit(&mut group, vec![update(3, 3), update(11, 2)])?;
         assert_eq!(ids(&late), vec![3]);
         backend.commit(group)?;
-        assert_eq!(pending(&backend)?, vec![10, 5, 3]);
+        assert_eq!(pending(&mut backend)?, vec![10, 5, 3]);
         assert_eq!(counted.load(Ordering::Relaxed), 0);
         Ok(())
     }
@@ -271,7 +291,7 @@ pub(crate) mod contract {
         )?;
         backend.commit_turn(&mut group, &key, 3, Vec::new(), RecordChange::Delete)?;
         backend.commit(group)?;
-        assert_eq!(pending(&backend)?, vec![4]);
+        assert_eq!(pending(&mut backend)?, vec![4]);
         assert_eq!(backend.load_chat(&key, &counted)?, None);
         assert_eq!(
             backend.load_setting(BotKey::DefaultModel, &counted)?,

@@ -467,7 +467,7 @@ impl Backend for FjallBackend {
     }
 
     fn load_chat(
-        &self,
+        &mut self,
         key: &SessionKey,
         quarantined: &AtomicU64,
     ) -> Result<Option<ChatRecord>, StoreError> {
@@ -475,18 +475,18 @@ impl Backend for FjallBackend {
     }
 
     fn pending_updates(
-        &self,
+        &mut self,
         quarantined: &AtomicU64,
     ) -> Result<Vec<record::StoredUpdate>, StoreError> {
         self.store.pending(self.mode, quarantined)
     }
 
-    fn newest_update_id(&self) -> Result<Option<u32>, StoreError> {
+    fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError> {
         self.store.newest_update_id()
     }
 
     fn load_setting(
-        &self,
+        &mut self,
         key: BotKey,
         quarantined: &AtomicU64,
     ) -> Result<Option<BotSetting>, StoreError> {
@@ -504,7 +504,7 @@ impl Backend for FjallBackend {
         backup::write_backup(&snapshot.view, to, &snapshot.data_dir)
     }
 
-    fn persist_all(&self) -> Result<(), StoreError> {
+    fn persist_all(&mut self) -> Result<(), StoreError> {
         Ok(self.store.db.persist(PersistMode::SyncAll)?)
     }
 }

@@ -1297,19 +1297,36 @@ impl StoredUpdate {
         }
     }
 
+    /// Its conversation.
+    pub fn key(&self) -> SessionKey {
+        match &self.business {
+            Some(connection) => SessionKey::business(connection.clone(), ChatId(self.chat_id)),
+            None => SessionKey::new(
+                ChatId(self.chat_id),
+                self.thread_id.map(|thread| ThreadId(MessageId(thread))),
+            ),
+        }
+    }
+
+    /// Its admission number: the order received, across restarts.
+    pub fn admitted(&self) -> u64 {
+        self.admitted
+    }
+
+    /// The same update with the admission number a database assigned when
+    /// it stored it (PostgreSQL numbers admissions with a sequence, so the
+    /// encoded copy carries 0).
+    pub fn admitted_as(self, admitted: u64) -> Self {
+        Self { admitted, ..self }
+    }
+
     /// The update as the actors use it; `received_at` is now, since the
     /// original instant did not survive the restart. A command is parsed
     /// again against today's configured commands (`assistants`).
     pub fn into_inbound(self, assistants: &[CommandConfig]) -> Inbound {
         Inbound {
             update_id: self.update_id,
-            key: match self.business {
-                Some(connection) => SessionKey::business(connection, ChatId(self.chat_id)),
-                None => SessionKey::new(
-                    ChatId(self.chat_id),
-                    self.thread_id.map(|thread| ThreadId(MessageId(thread))),
-                ),
-            },
+            key: self.key(),
             user_id: self.user_id,
             language_code: self.language_code,
             kind: match self.kind {

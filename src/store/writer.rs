@@ -87,6 +87,12 @@ pub enum StoreOp {
         /// `Ok` once durable.
         reply: RpcReplyPort<Result<(), StoreError>>,
     },
+    /// Give up the conversation (its session was evicted) so another
+    /// instance of a shared store may take it at once; nothing on fjall.
+    Release {
+        /// The conversation.
+        key: SessionKey,
+    },
     /// A read, served after the writes of its batch.
     Read(ReadOp),
 }
@@ -103,6 +109,13 @@ pub enum ReadOp {
     },
     /// Every update received and not answered, in the order received.
     PendingUpdates {
+        /// The updates, as stored.
+        reply: RpcReplyPort<Result<Vec<record::StoredUpdate>, StoreError>>,
+    },
+    /// The unanswered updates of one conversation, in the order received.
+    PendingOf {
+        /// The conversation.
+        key: SessionKey,
         /// The updates, as stored.
         reply: RpcReplyPort<Result<Vec<record::StoredUpdate>, StoreError>>,
     },
@@ -206,23 +219,72 @@ impl StoreWriter {
     /// writer thread. Blocking: call it from a blocking context. Fails when
     /// the directory cannot be used or another process holds it.
     pub fn start(config: &StorageConfig) -> Result<(Self, JoinHandle<()>), StoreError> {
-        let backend = FjallBackend::open(config)?;
+        let opening = config.clone();
+        let (writer, thread, ()) = Self::start_on(config, move || {
+            FjallBackend::open(&opening).map(|backend| (backend, ()))
+        })?;
+        Ok((writer, thread))
+    }
+
+    /// Connects to the shared PostgreSQL at `url`, migrates its schema,
+    /// registers this instance and starts the writer thread on it, keyed by
+    /// bot `bot`. Blocking. Returns this instance's id too.
+    #[cfg(feature = "postgres")]
+    pub fn start_postgres(
+        config: &StorageConfig,
+        url: crate::config::Secret,
+        bot: i64,
+    ) -> Result<(Self, JoinHandle<()>, i64), StoreError> {
+        let opening = config.clone();
+        Self::start_on(config, move || {
+            let backend = super::postgres::PgBackend::open(url.expose(), &opening, bot)?;
+            let instance = backend.instance();
+            Ok((backend, instance))
+        })
+    }
+
+    /// Starts the writer thread, which opens its backend with `open` (so
+    /// the database is only ever touched from that thread) and reports
+    /// whether it could, with what `open` returns beside the backend.
+    fn start_on<B: Backend, T: Send + 'static>(
+        config: &StorageConfig,
+        open: impl FnOnce() -> Result<(B, T), StoreError> + Send + 'static,
+    ) -> Result<(Self, JoinHandle<()>, T), StoreError> {
         let (ops, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let listener = Arc::new(Mutex::new(None));
-        let thread = Thread {
-            backend,
-            receiver,
-            backup_running: Arc::new(AtomicBool::new(false)),
-            commit_interval: config.commit_interval,
-            max_batch: config.commit_max_batch.max(1),
-            counters: Arc::clone(&counters),
-            listener: Arc::clone(&listener),
-        };
+        let (commit_interval, max_batch) = (config.commit_interval, config.commit_max_batch.max(1));
+        let thread_counters = Arc::clone(&counters);
+        let thread_listener = Arc::clone(&listener);
+        let (opened, opening) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("llmgram-store".into())
-            .spawn(move || thread.run())
+            .spawn(move || {
+                let backend = match open() {
+                    Ok((backend, extra)) => {
+                        let _ = opened.send(Ok(extra));
+                        backend
+                    }
+                    Err(error) => {
+                        let _ = opened.send(Err(error));
+                        return;
+                    }
+                };
+                Thread {
+                    backend,
+                    receiver,
+                    backup_running: Arc::new(AtomicBool::new(false)),
+                    commit_interval,
+                    max_batch,
+                    counters: thread_counters,
+                    listener: thread_listener,
+                }
+                .run();
+            })
             .map_err(|e| StoreError::Storage(format!("cannot start the store thread: {e}")))?;
+        let extra = opening
+            .recv()
+            .map_err(|_| StoreError::Storage("the store thread ended while opening".into()))??;
         Ok((
             Self {
                 ops,
@@ -230,6 +292,7 @@ impl StoreWriter {
                 listener,
             },
             handle,
+            extra,
         ))
     }
 
@@ -265,6 +328,9 @@ impl StoreOp {
             Self::Admit { reply, .. } => drop(reply.send(Err(error.clone()))),
             // Nobody waits for a prune; the next confirmed offset covers it.
             Self::Prune { .. } => {}
+            // Nobody waits for a release: an unreleased chat is taken once
+            // this instance's lease lapses, or released at a clean stop.
+            Self::Release { .. } => {}
             Self::Read(read) => read.fail(error),
         }
     }
@@ -274,7 +340,9 @@ impl ReadOp {
     fn fail(self, error: &StoreError) {
         match self {
             Self::LoadChat { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Self::PendingUpdates { reply } => drop(reply.send(Err(error.clone()))),
+            Self::PendingUpdates { reply } | Self::PendingOf { reply, .. } => {
+                drop(reply.send(Err(error.clone())));
+            }
             Self::NewestUpdateId { reply } => drop(reply.send(Err(error.clone()))),
             Self::LoadSetting { reply, .. } => drop(reply.send(Err(error.clone()))),
             Self::Backup { reply, .. } => drop(reply.send(Err(error.clone().into()))),
@@ -403,6 +471,11 @@ impl<B: Backend> Thread<B> {
                         tracing::warn!(%error, "pruning answered updates failed");
                     }
                 }
+                StoreOp::Release { key } => {
+                    if let Err(error) = self.backend.release(&mut group, &key) {
+                        tracing::warn!(chat_id = key.chat().0, %error, "releasing a chat failed");
+                    }
+                }
                 StoreOp::SaveSetting {
                     key,
                     setting,
@@ -460,7 +533,7 @@ impl<B: Backend> Thread<B> {
     }
 
     /// Serves one read. Only a poisoned store is returned as an error.
-    fn read(&self, read: ReadOp) -> Result<(), StoreError> {
+    fn read(&mut self, read: ReadOp) -> Result<(), StoreError> {
         let quarantined = &self.counters.quarantined;
         match read {
             ReadOp::LoadChat { key, reply } => {
@@ -473,6 +546,9 @@ impl<B: Backend> Thread<B> {
             }
             ReadOp::PendingUpdates { reply } => {
                 let _ = reply.send(self.backend.pending_updates(quarantined));
+            }
+            ReadOp::PendingOf { key, reply } => {
+                let _ = reply.send(self.backend.pending_of(&key, quarantined));
             }
             ReadOp::NewestUpdateId { reply } => {
                 let _ = reply.send(self.backend.newest_update_id());

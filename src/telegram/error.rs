@@ -51,6 +51,11 @@ pub enum TelegramError {
     /// (`sendMessageDraft` falls back to editing a message).
     #[error("not supported here: {0}")]
     Unsupported(String),
+    /// This instance's lease on the shared database is not known to be
+    /// valid (`storage.postgres.send_margin`): nothing is sent, and the turn
+    /// is left unanswered for the chat's owner.
+    #[error("not sent: this instance's lease is not known to be valid")]
+    LeaseLost,
 }
 
 impl TelegramError {
@@ -81,6 +86,7 @@ impl TelegramError {
             Self::OutboxUnavailable => "outbox_unavailable",
             Self::Console(_) => "console",
             Self::Unsupported(_) => "unsupported",
+            Self::LeaseLost => "lease_lost",
         }
     }
 }

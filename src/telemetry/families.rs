@@ -106,6 +106,15 @@ pub const STORE_COMMIT: &str = "llmgram_store_commit_seconds";
 /// Requests in one store commit.
 pub const STORE_BATCH: &str = "llmgram_store_batch_size";
 
+/// Shared store: turns not sent or not committed because another instance
+/// owns the chat, per where it was found (`load`, `send`, `commit`).
+pub const CLUSTER_FENCED: &str = "llmgram_cluster_fenced_total";
+/// Shared store: lease renewals, per outcome (`renewed`, `failed`).
+pub const CLUSTER_RENEWALS: &str = "llmgram_cluster_renewals_total";
+/// Shared store: unanswered updates a sweep handed to this instance's
+/// sessions (hand-overs and take-overs).
+pub const CLUSTER_SWEPT: &str = "llmgram_cluster_swept_total";
+
 /// Connections a listener closed, per listener and reason.
 pub const CONNECTIONS_CLOSED: &str = "llmgram_connections_closed_total";
 
@@ -260,6 +269,21 @@ pub const FAMILIES: &[Family] = &[
         STORE_BATCH,
         Kind::Histogram,
         "Requests served by one group commit of the store.",
+    ),
+    family(
+        CLUSTER_FENCED,
+        Kind::Counter,
+        "Turns dropped because another instance owns the chat, per where (load, send, commit).",
+    ),
+    family(
+        CLUSTER_RENEWALS,
+        Kind::Counter,
+        "Lease renewals on the shared database, per outcome.",
+    ),
+    family(
+        CLUSTER_SWEPT,
+        Kind::Counter,
+        "Unanswered updates handed to this instance by a sweep (hand-overs, take-overs).",
     ),
     family(
         CONNECTIONS_CLOSED,

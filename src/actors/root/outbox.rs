@@ -57,6 +57,8 @@ use tokio::sync::Semaphore;
 use super::persistence::RecordChange;
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::TelegramConfig;
+use crate::lease::LeaseClock;
+use crate::store::StoreError;
 use crate::retry::Backoff;
 use crate::telegram::draft::DraftSupport;
 use crate::telegram::inbound::{ChatId, SessionKey};
@@ -205,6 +207,9 @@ pub(crate) struct OutboxArgs {
     pub(crate) deliveries: Arc<Deliveries>,
     /// Whether `sendMessageDraft` was refused (for the process).
     pub(crate) drafts: Arc<DraftSupport>,
+    /// This instance's lease on a shared store, checked before each send;
+    /// `None` on a store only this instance uses.
+    pub(crate) lease: Option<Arc<LeaseClock>>,
     /// `[telegram]`.
     pub(crate) config: Arc<TelegramConfig>,
     /// How often idle chat queues are reclaimed (`limits.sweep_interval`).
@@ -326,6 +331,8 @@ pub(crate) struct OutboxState {
     deliveries: Arc<Deliveries>,
     /// Whether `sendMessageDraft` was refused, across restarts.
     drafts: Arc<DraftSupport>,
+    /// This instance's lease on a shared store; `None` without one.
+    lease: Option<Arc<LeaseClock>>,
 }
 
 /// The deliveries being sent (and committed), per chat. Created once by
@@ -432,6 +439,7 @@ impl Actor for Outbox {
             slots: args.slots,
             deliveries: args.deliveries,
             drafts: args.drafts,
+            lease: args.lease,
         })
     }
 
@@ -536,6 +544,7 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     let pacing = Arc::clone(&state.pacing);
     let deliveries = Arc::clone(&state.deliveries);
     let drafts = Arc::clone(&state.drafts);
+    let lease = state.lease.clone();
     // Taken before the task starts, so a `Flush` handled after this job was
     // started waits for it, whichever outbox handles the `Flush`.
     let delivering = matches!(job, Job::Deliver { .. }).then(|| deliveries.begin(chat_id));
@@ -552,6 +561,12 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
             } => {
                 let mut result = Ok(Vec::with_capacity(parts.len()));
                 for part in &parts {
+                    // A paused or cut-off instance may have lost its chats
+                    // to another one: it sends nothing more.
+                    if lease.as_ref().is_some_and(|lease| !lease.is_valid()) {
+                        result = Err(TelegramError::LeaseLost);
+                        break;
+                    }
                     if let Part::Draft { draft_id, text } = part {
                         match send_draft(
                             &transport,
@@ -609,7 +624,13 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
                 }
                 if let Some(commit) = commit {
                     let key = commit.key.clone().unwrap_or_else(|| to.clone());
-                    commit_turn(&directory, &key, commit).await;
+                    if matches!(result, Err(TelegramError::LeaseLost)) {
+                        // Not committed: the update stays unanswered for
+                        // whichever instance owns the chat now.
+                        fenced(&directory, &key, "send");
+                    } else {
+                        commit_turn(&directory, &key, commit).await;
+                    }
                 }
                 drop(committing);
                 drop(delivering);
@@ -646,9 +667,27 @@ async fn commit_turn(directory: &Directory, to: &SessionKey, commit: TurnCommit)
         .persistence()
         .commit_turn(to, commit.update_id, &commit.also_answered, &commit.change)
         .await;
-    if let Err(error) = committed {
-        tracing::error!(chat_id = to.chat().0, thread_id = to.thread_number(), update_id = commit.update_id, class = error.class(), %error, "turn not stored");
+    match committed {
+        Ok(()) => {}
+        Err(StoreError::Fenced) => fenced(directory, to, "commit"),
+        Err(error) => {
+            tracing::error!(chat_id = to.chat().0, thread_id = to.thread_number(), update_id = commit.update_id, class = error.class(), %error, "turn not stored");
+        }
     }
+}
+
+/// Another instance owns the conversation now (its commit was fenced, or
+/// this instance's lease was not valid to send, `at`): counted, never
+/// retried; the session is stopped and the owner answers what is left.
+fn fenced(directory: &Directory, key: &SessionKey, at: &'static str) {
+    tracing::warn!(
+        chat_id = key.chat().0,
+        thread_id = key.thread_number(),
+        at,
+        "fenced: another instance owns this chat; session stopped"
+    );
+    metrics::counter!(crate::telemetry::families::CLUSTER_FENCED, "at" => at).increment(1);
+    directory.session_sup().fenced(key);
 }
 
 /// Shows one draft (`sendMessageDraft`), paced like a message but tried

@@ -6,6 +6,7 @@
 //! - **Messages:** [`PersistenceMsg::LoadChat`], [`PersistenceMsg::AdmitUpdates`],
 //!   [`PersistenceMsg::CommitTurn`], [`PersistenceMsg::PendingUpdates`],
 //!   [`PersistenceMsg::NewestUpdateId`], [`PersistenceMsg::Confirmed`],
+//!   [`PersistenceMsg::PendingOf`], [`PersistenceMsg::Release`],
 //!   [`PersistenceMsg::LoadSetting`], [`PersistenceMsg::SaveSetting`],
 //!   [`PersistenceMsg::Backup`], [`PersistenceMsg::Stats`], and
 //!   [`PersistenceMsg::WriterFailed`] from its writer.
@@ -127,6 +128,34 @@ impl PersistenceHandle<'_> {
             .collect())
     }
 
+    /// The unanswered updates of one conversation, in the order received
+    /// (a conversation taken over from another instance answers these
+    /// first).
+    pub async fn pending_of(
+        &self,
+        key: &SessionKey,
+        assistants: &[CommandConfig],
+    ) -> Result<Vec<Inbound>, StoreError> {
+        let stored = self
+            .request(|reply| PersistenceMsg::PendingOf {
+                key: key.clone(),
+                reply,
+            })
+            .await?;
+        Ok(stored
+            .into_iter()
+            .map(|update| update.into_inbound(assistants))
+            .collect())
+    }
+
+    /// Gives up the conversation (its session was evicted), so another
+    /// instance of a shared store may take it at once. Best effort: a lost
+    /// release only makes another instance wait for this one's lease.
+    pub fn release(&self, key: &SessionKey) {
+        self.directory
+            .cast_now(ADDRESS, PersistenceMsg::Release { key: key.clone() });
+    }
+
     /// The highest update id the store holds, if any.
     pub async fn newest_update_id(&self) -> Result<Option<u32>, StoreError> {
         self.request(|reply| PersistenceMsg::NewestUpdateId { reply })
@@ -238,6 +267,18 @@ pub(crate) enum PersistenceMsg {
     PendingUpdates {
         /// The updates, as stored.
         reply: RpcReplyPort<Result<Vec<record::StoredUpdate>, StoreError>>,
+    },
+    /// The unanswered updates of one conversation, in the order received.
+    PendingOf {
+        /// The conversation.
+        key: SessionKey,
+        /// The updates, as stored.
+        reply: RpcReplyPort<Result<Vec<record::StoredUpdate>, StoreError>>,
+    },
+    /// Give up the conversation: its session was evicted.
+    Release {
+        /// The conversation.
+        key: SessionKey,
     },
     /// The highest update id the store holds (pending, or answered and not
     /// yet pruned); `None` if it holds none. The console front numbers its
@@ -354,6 +395,10 @@ impl Actor for Persistence {
             PersistenceMsg::NewestUpdateId { reply } => {
                 StoreOp::Read(ReadOp::NewestUpdateId { reply })
             }
+            PersistenceMsg::PendingOf { key, reply } => {
+                StoreOp::Read(ReadOp::PendingOf { key, reply })
+            }
+            PersistenceMsg::Release { key } => StoreOp::Release { key },
             PersistenceMsg::Confirmed { below } => StoreOp::Prune { below },
             PersistenceMsg::LoadSetting { key, reply } => {
                 StoreOp::Read(ReadOp::LoadSetting { key, reply })

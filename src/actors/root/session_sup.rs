@@ -102,6 +102,14 @@ impl SessionSupHandle<'_> {
         Ok(())
     }
 
+    /// Another instance owns the conversation (a shared store fenced its
+    /// session's load, send or commit): its session is stopped and what
+    /// it had pending is left to the owner. Best effort.
+    pub fn fenced(&self, key: &SessionKey) {
+        self.directory
+            .cast_now(ADDRESS, SessionSupMsg::Fenced { key: key.clone() });
+    }
+
     /// The supervisor's counters; `Err` when it cannot be reached.
     pub async fn stats(&self) -> Result<SessionStats, Unavailable> {
         self.directory
@@ -164,6 +172,13 @@ pub(crate) enum SessionSupMsg {
         /// How it ended: a failure is restarted ([`SESSION_RESTART`]).
         exit: Exit,
     },
+    /// Another instance owns the conversation: stop its session and drop
+    /// what it had pending (still unanswered in the shared store, where
+    /// the owner finds it).
+    Fenced {
+        /// The conversation.
+        key: SessionKey,
+    },
     /// Timer: evict sessions idle for `session.idle_timeout`.
     SweepIdle,
     /// Counters for health checks and tests.
@@ -217,6 +232,9 @@ pub(crate) struct SessionDeps {
     pub(crate) locales: Locales,
     /// Fetches the files of media messages (bounded downloads).
     pub(crate) fetcher: crate::media::fetch::Fetcher,
+    /// Whether the store is shared with other instances (PostgreSQL):
+    /// conversations are then taken and released.
+    pub(crate) shared_store: bool,
 }
 
 /// What the session supervisor is built from.
@@ -340,6 +358,7 @@ impl Actor for SessionSup {
             SessionSupMsg::SessionDied { key, session, exit } => {
                 on_session_died(&myself, state, key, session, exit).await?;
             }
+            SessionSupMsg::Fenced { key } => on_fenced(state, &key),
             SessionSupMsg::SweepIdle => on_sweep_idle(state),
             SessionSupMsg::Stats { reply } => {
                 let stats = SessionStats {
@@ -409,6 +428,9 @@ async fn on_route(
                 head_crashes: 0,
             },
         );
+        if state.deps.shared_store {
+            take_over_earlier(state, key, inbound.update_id).await;
+        }
     }
     let Some(entry) = state.chats.get_mut(key) else {
         return Ok(());
@@ -652,9 +674,66 @@ fn on_sweep_idle(state: &mut SessionSupState) {
     shrink(&mut state.chat_of);
 }
 
+/// A conversation new to this supervisor, on a shared store, may have
+/// been another instance's, or received there: its unanswered updates
+/// admitted before `update_id` are handed to the new session first, in the
+/// order received, so a take-over answers in order. A failed read leaves
+/// them to the next sweep.
+async fn take_over_earlier(state: &mut SessionSupState, key: &SessionKey, update_id: u32) {
+    let earlier = state
+        .deps
+        .directory
+        .persistence()
+        .pending_of(key, &state.deps.config.commands)
+        .await;
+    let earlier = match earlier {
+        Ok(earlier) => earlier,
+        Err(error) => {
+            tracing::warn!(chat_id = key.chat().0, class = error.class(), %error, "cannot read the chat's unanswered updates; the sweep hands them over");
+            return;
+        }
+    };
+    let Some(entry) = state.chats.get_mut(key) else {
+        return;
+    };
+    for inbound in earlier
+        .into_iter()
+        .take_while(|inbound| inbound.update_id != update_id)
+    {
+        let inbound = Arc::new(inbound);
+        entry.pending.push_back(Arc::clone(&inbound));
+        state.pending += 1;
+        let _ = entry.session.cast(SessionMsg::Handle(inbound));
+    }
+}
+
+/// Another instance owns `key`: its session stops without answering, and
+/// the updates it had pending stay unanswered in the shared store for the
+/// owner (or for this instance's sweep, should the chat come back).
+fn on_fenced(state: &mut SessionSupState, key: &SessionKey) {
+    if let Some(entry) = state.chats.remove(key) {
+        state.chat_of.remove(&entry.session.get_id());
+        entry.session.stop(Some("fenced".into()));
+        state.pending -= entry.pending.len();
+        metrics::gauge!("llmgram_sessions_active").decrement(1.0);
+        answer_drain_waiters(state);
+        tracing::info!(
+            chat_id = key.chat().0,
+            thread_id = key.thread_number(),
+            dropped = entry.pending.len(),
+            "session stopped: another instance owns the chat"
+        );
+    }
+}
+
 /// Stops the session of `key`, if it has one, as idle.
 fn evict(state: &mut SessionSupState, key: &SessionKey) {
     if let Some(entry) = state.chats.remove(key) {
+        if state.deps.shared_store {
+            // Queued behind the session's last commit (the writer runs in
+            // order), so it never releases a turn still being written.
+            state.deps.directory.persistence().release(key);
+        }
         state.chat_of.remove(&entry.session.get_id());
         entry.session.stop(Some("idle".into()));
         state.stats.evicted += 1;

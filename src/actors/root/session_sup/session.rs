@@ -172,6 +172,10 @@ pub(crate) struct SessionState {
     /// The store has no record of this chat yet: its first answer waits for
     /// the new-chat admission limit.
     is_new: bool,
+    /// Another instance owns the conversation (a shared store refused to
+    /// give it to this one): the session answers nothing and is being
+    /// stopped by its supervisor.
+    fenced: bool,
     /// Wakes the answer in flight (`/cancel`, new messages).
     signals: Arc<ChatSignals>,
     /// A Business fan chat: which history message each recent Telegram
@@ -244,6 +248,7 @@ impl Actor for Session {
             settings: ChatSettings::default(),
             counters: ChatCounters::default(),
             recent_updates: Vec::new(),
+            fenced: false,
             is_new: true,
             awaiting_input: None,
             admin_statuses: Vec::new(),
@@ -291,7 +296,25 @@ impl Actor for Session {
             .directory
             .persistence()
             .load_chat(&state.key)
-            .await?;
+            .await;
+        let loaded = match loaded {
+            Err(crate::store::StoreError::Fenced) => {
+                // Its owner was told; the supervisor stops this session and
+                // leaves the updates routed here to the owner.
+                state.fenced = true;
+                metrics::counter!(crate::telemetry::families::CLUSTER_FENCED, "at" => "load")
+                    .increment(1);
+                tracing::debug!(
+                    chat_id = state.key.chat().0,
+                    "chat owned by another instance; handed over"
+                );
+                state.supervisor.cast(SessionSupMsg::Fenced {
+                    key: state.key.clone(),
+                })?;
+                return Ok(());
+            }
+            other => other?,
+        };
         if let Some(stored) = loaded {
             state.is_new = false;
             let session = &state.deps.config.session;
@@ -322,6 +345,10 @@ impl Actor for Session {
         // answer's state machine (~5.7 KB) would stay allocated in every
         // idle session. Boxed, it exists only while a message is handled
         // (BENCHMARKS.md, "Memory").
+        if state.fenced {
+            // Another instance answers this conversation.
+            return Ok(());
+        }
         match message {
             SessionMsg::Handle(inbound) => {
                 Box::pin(intake::on_arrival(&myself, state, inbound)).await?;

@@ -1,0 +1,907 @@
+//! The PostgreSQL backend (cargo feature `postgres`): one database shared
+//! by several instances of the bot, each with a lease, each chat owned by
+//! one instance at a time, every write to a chat fenced on that ownership.
+//! The protocol is in supervision.md, "Running several instances"; this
+//! module is its SQL.
+//!
+//! - **Runs on** the store's writer thread, like fjall: [`PgBackend`] is a
+//!   [`Backend`] on the blocking `postgres` client (one connection, one
+//!   transaction per group commit). The cluster actor
+//!   (`actors/root/cluster.rs`) has its own connection for leases, sweeps
+//!   and `LISTEN/NOTIFY`, through the functions below that take a client.
+//! - **Records** are stored exactly as fjall stores them: the versioned
+//!   bincode encodings of [`super::record`], one `bytea` each, so both
+//!   backends read and write one format and a record's schema version
+//!   stays inside it. Keys are [`super::session_key`] bytes.
+//! - **Tables** (migration 1, `llmgram_schema` holds the version): every
+//!   row carries the bot's id, so several bots can share a database.
+//!   `llmgram_instances` (a row per process start, with its lease),
+//!   `llmgram_chats` (record, what a forgotten chat spent, and the owner),
+//!   `llmgram_updates` (received updates: pending with their encoding and
+//!   admission number from a sequence, or answered), `llmgram_settings`,
+//!   `llmgram_failed` (records that did not decode).
+//! - **Ownership:** loading a chat takes it ([`Backend::load_chat`]): an
+//!   instance may take a chat that is new, unowned, its own, or whose
+//!   owner's lease lapsed more than `storage.postgres.grace` ago, judged on
+//!   the database's clock. Otherwise the load fails with
+//!   [`StoreError::Fenced`] and the owner is notified to answer what is
+//!   waiting. Every turn's commit is conditional on still owning the chat;
+//!   if it does not, nothing of that turn is written and it fails with
+//!   [`StoreError::Fenced`] (the other turns of the group go on).
+//! - **Durability:** a commit is durable when PostgreSQL says so:
+//!   `storage.persist_mode = "Buffer"` sets `synchronous_commit = off` (a
+//!   database crash may lose the last commits, a bot crash none), the others
+//!   `on`. Across a database failover, only a synchronous standby keeps
+//!   every acknowledged commit (deploy/postgresql.md).
+//! - **Failures:** a statement that fails aborts the group's transaction, so
+//!   the whole group fails (its callers are told; the webhook answers 500
+//!   and Telegram sends again) and the writer goes on; a lost connection is
+//!   opened again at the next group. Nothing here poisons the store.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+use super::backend::{Backend, Committed};
+use super::backup::{BackupError, BackupReport};
+use super::record::{self, BotSetting, ChatRecord, UpdateEntry};
+use super::writer::RecordChange;
+use super::{BotKey, StoreError, chat_key, session_key};
+use crate::config::{PersistModeConfig, PostgresConfig, StorageConfig};
+use crate::telegram::inbound::{Inbound, SessionKey};
+
+/// The schema version this build writes; a database at a newer one is
+/// refused (an older build must not write a newer schema).
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The migrations, in order: each takes the schema from the version before
+/// it to its own. Never edit one that has shipped; add the next.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE llmgram_instances (
+        id bigserial PRIMARY KEY,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        lease_until timestamptz NOT NULL
+    );
+    CREATE TABLE llmgram_chats (
+        bot bigint NOT NULL,
+        key bytea NOT NULL,
+        record bytea,
+        usage bytea,
+        owner bigint,
+        PRIMARY KEY (bot, key)
+    );
+    CREATE INDEX llmgram_chats_owner ON llmgram_chats (owner) WHERE owner IS NOT NULL;
+    CREATE SEQUENCE llmgram_admission;
+    CREATE TABLE llmgram_updates (
+        bot bigint NOT NULL,
+        update_id bigint NOT NULL,
+        admitted bigint NOT NULL DEFAULT nextval('llmgram_admission'),
+        admitted_at timestamptz NOT NULL DEFAULT now(),
+        admitted_by bigint,
+        key bytea NOT NULL,
+        entry bytea,
+        answered boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (bot, update_id)
+    );
+    CREATE INDEX llmgram_updates_pending ON llmgram_updates (bot, admitted) WHERE NOT answered;
+    CREATE TABLE llmgram_settings (
+        bot bigint NOT NULL,
+        name text NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (bot, name)
+    );
+    CREATE TABLE llmgram_failed (
+        id bigserial PRIMARY KEY,
+        bot bigint NOT NULL,
+        kind text NOT NULL,
+        key bytea NOT NULL,
+        value bytea NOT NULL,
+        at timestamptz NOT NULL DEFAULT now()
+    );",
+)];
+
+/// Serialises migrations of concurrently starting instances (an arbitrary
+/// constant: `pg_advisory_xact_lock` takes any 64-bit key).
+const MIGRATION_LOCK: i64 = 0x6c6c_6d67_7261_6d00;
+
+/// The notification channel of one instance: another instance that
+/// received an update for a chat this one owns says so here.
+pub fn channel(instance: i64) -> String {
+    format!("llmgram_instance_{instance}")
+}
+
+/// Seconds as PostgreSQL's `make_interval(secs => …)` takes them.
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+/// A statement's error as a store error: the cause chain, never the URL.
+fn storage(error: postgres::Error) -> StoreError {
+    StoreError::Storage(crate::error::error_chain(&error))
+}
+
+fn codec(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(error.to_string())
+}
+
+/// The connection settings of `url` with this deployment's timeouts:
+/// connecting within `connect_timeout`, statements within
+/// `statement_timeout`, TCP keepalives so a vanished database is noticed,
+/// and the commit durability of `mode`.
+pub fn connection_config(
+    url: &str,
+    config: &PostgresConfig,
+    mode: PersistModeConfig,
+) -> Result<tokio_postgres::Config, StoreError> {
+    let mut settings: tokio_postgres::Config = url.parse().map_err(|e: postgres::Error| {
+        // The parse error names the bad part, not the URL (which may carry
+        // a password).
+        StoreError::Storage(format!("storage.postgres.url does not parse: {e}"))
+    })?;
+    let synchronous = match mode {
+        PersistModeConfig::Buffer => "off",
+        PersistModeConfig::SyncAll | PersistModeConfig::SyncData => "on",
+    };
+    settings
+        .connect_timeout(config.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .application_name("llmgram")
+        .options(format!(
+            "-c statement_timeout={} -c synchronous_commit={synchronous}",
+            config.statement_timeout.as_millis()
+        ));
+    Ok(settings)
+}
+
+/// What [`migrate`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// The schema version before (0: a database llmgram never used).
+    pub from: i32,
+    /// The schema version now: [`SCHEMA_VERSION`].
+    pub to: i32,
+}
+
+/// Brings the database to [`SCHEMA_VERSION`] in one transaction, holding
+/// an advisory lock so instances starting together migrate once. A
+/// database at a newer version is refused.
+pub fn migrate(client: &mut Client) -> Result<Migration, StoreError> {
+    let mut tx = client.transaction().map_err(storage)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(storage)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS llmgram_schema (version integer NOT NULL)")
+        .map_err(storage)?;
+    let from: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM llmgram_schema", &[])
+        .map_err(storage)?
+        .get(0);
+    if from > SCHEMA_VERSION {
+        return Err(StoreError::Storage(format!(
+            "the database's schema is version {from}, newer than this build's {SCHEMA_VERSION}: \
+             run a newer llmgram"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > from) {
+        tx.batch_execute(sql).map_err(storage)?;
+        tx.execute(
+            "INSERT INTO llmgram_schema (version) VALUES ($1)",
+            &[version],
+        )
+        .map_err(storage)?;
+        tracing::info!(version, "database schema migrated");
+    }
+    tx.commit().map_err(storage)?;
+    Ok(Migration {
+        from,
+        to: SCHEMA_VERSION,
+    })
+}
+
+/// The database's schema version without changing anything (`llmgram
+/// check-config`); 0 when llmgram never used it.
+pub fn schema_version(client: &mut Client) -> Result<i32, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('llmgram_schema') IS NOT NULL", &[])
+        .map_err(storage)?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one("SELECT coalesce(max(version), 0) FROM llmgram_schema", &[])
+        .map_err(storage)?
+        .get(0))
+}
+
+/// Registers a new instance with a lease of `lease` from now (database
+/// time); returns its id. Each process start gets a fresh id: an instance
+/// that lost its lease never comes back under the old one.
+pub fn register(client: &mut Client, lease: Duration) -> Result<i64, StoreError> {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    let row = client
+        .query_one(
+            "INSERT INTO llmgram_instances (host, pid, lease_until)
+             VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id",
+            &[&host, &pid, &secs(lease)],
+        )
+        .map_err(storage)?;
+    Ok(row.get(0))
+}
+
+/// The bot id a store is keyed by: the numeric prefix of the bot token
+/// (`123456:ABC…`), which is the bot's user id; 0 without a token (the
+/// console front).
+pub fn bot_id(token: Option<&str>) -> i64 {
+    token
+        .and_then(|token| token.split(':').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The PostgreSQL database as the writer's [`Backend`].
+pub struct PgBackend {
+    client: Client,
+    /// To connect again after the connection was lost.
+    settings: postgres::Config,
+    /// The bot whose rows these are.
+    bot: i64,
+    /// This process's instance id: the owner every commit is fenced on.
+    me: i64,
+    /// `storage.postgres.grace`: how long after a lease lapsed its chats
+    /// may be taken.
+    grace: Duration,
+    /// Updates below this id have been confirmed to Telegram and their
+    /// answered markers removed (long polling only).
+    pruned_below: u32,
+}
+
+/// One group commit on PostgreSQL: a transaction, opened by its first
+/// write.
+#[derive(Debug, Default)]
+pub struct PgGroup {
+    open: bool,
+    /// The first statement that failed: the transaction is aborted, so the
+    /// whole group fails at commit.
+    failed: Option<StoreError>,
+    admitted_now: HashSet<u32>,
+}
+
+impl PgBackend {
+    /// Connects, migrates the schema and registers this instance with a
+    /// lease; blocking (the writer thread calls it). Returns the backend
+    /// and this instance's id.
+    pub fn open(url: &str, storage_config: &StorageConfig, bot: i64) -> Result<Self, StoreError> {
+        let config = &storage_config.postgres;
+        let settings = postgres::Config::from(connection_config(
+            url,
+            config,
+            storage_config.persist_mode,
+        )?);
+        let mut client = settings.connect(NoTls).map_err(storage)?;
+        let migration = migrate(&mut client)?;
+        let me = register(&mut client, config.lease)?;
+        tracing::info!(
+            instance = me,
+            bot,
+            schema = migration.to,
+            "registered with the shared database"
+        );
+        Ok(Self {
+            client,
+            settings,
+            bot,
+            me,
+            grace: config.grace,
+            pruned_below: 0,
+        })
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> i64 {
+        self.me
+    }
+
+    /// The connection, opened again if it was lost.
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.is_closed() {
+            tracing::warn!("database connection lost; connecting again");
+            self.client = self.settings.connect(NoTls).map_err(storage)?;
+        }
+        Ok(&mut self.client)
+    }
+
+    /// Opens the group's transaction at its first write; `Err` if an
+    /// earlier write of the group failed (its transaction is aborted).
+    fn open_group(&mut self, group: &mut PgGroup) -> Result<(), StoreError> {
+        if let Some(error) = &group.failed {
+            return Err(error.clone());
+        }
+        if !group.open {
+            let opened = self
+                .client()
+                .and_then(|client| client.batch_execute("BEGIN").map_err(storage));
+            if let Err(error) = opened {
+                group.failed = Some(error.clone());
+                return Err(error);
+            }
+            group.open = true;
+        }
+        Ok(())
+    }
+
+    /// Runs `write` inside the group's transaction; a failure marks the
+    /// group failed (except [`StoreError::Fenced`], which writes nothing
+    /// and leaves the transaction usable).
+    fn in_group<T>(
+        &mut self,
+        group: &mut PgGroup,
+        write: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.open_group(group)?;
+        let result = write(self);
+        if let Err(error) = &result
+            && *error != StoreError::Fenced
+        {
+            group.failed = Some(error.clone());
+        }
+        result
+    }
+
+    /// Writes the conversation's row as `change` says, only while this
+    /// instance owns it (or nobody has it yet); `Fenced` otherwise.
+    fn write_chat(&mut self, key: &SessionKey, change: RecordChange) -> Result<(), StoreError> {
+        let (bot, me) = (self.bot, self.me);
+        let bytes = session_key(key);
+        let client = &mut self.client;
+        let written = match change {
+            RecordChange::Put(record) => client.execute(
+                "INSERT INTO llmgram_chats AS c (bot, key, record, owner) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (bot, key) DO UPDATE SET record = excluded.record
+                 WHERE c.owner = $4",
+                &[&bot, &bytes, &record, &me],
+            ),
+            RecordChange::Delete => client.execute(
+                "INSERT INTO llmgram_chats AS c (bot, key, owner) VALUES ($1, $2, $3)
+                 ON CONFLICT (bot, key) DO UPDATE SET record = NULL WHERE c.owner = $3",
+                &[&bot, &bytes, &me],
+            ),
+            RecordChange::Keep => client.execute(
+                "INSERT INTO llmgram_chats AS c (bot, key, owner) VALUES ($1, $2, $3)
+                 ON CONFLICT (bot, key) DO UPDATE SET owner = c.owner WHERE c.owner = $3",
+                &[&bot, &bytes, &me],
+            ),
+            RecordChange::Forget(usage) => {
+                let written = client.execute(
+                    "INSERT INTO llmgram_chats AS c (bot, key, usage, owner) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (bot, key) DO UPDATE SET record = NULL, usage = excluded.usage
+                     WHERE c.owner = $4",
+                    &[&bot, &bytes, &usage, &me],
+                );
+                if matches!(written, Ok(1)) {
+                    self.forget_rest_of_chat(key)?;
+                }
+                written
+            }
+        }
+        .map_err(storage)?;
+        if written == 0 {
+            return Err(StoreError::Fenced);
+        }
+        Ok(())
+    }
+
+    /// `/forget`: the chat's other records (its forum topics, or the chat's
+    /// own when `session` is a topic) are emptied, each keeping its spend,
+    /// and every quarantined copy of the chat's records goes (as on fjall).
+    fn forget_rest_of_chat(&mut self, session: &SessionKey) -> Result<(), StoreError> {
+        let own = session_key(session);
+        let prefix = chat_key(session.chat()).to_vec();
+        let rows = self
+            .client
+            .query(
+                "SELECT key, record FROM llmgram_chats
+                 WHERE bot = $1 AND substring(key from 1 for 8) = $2 AND key <> $3
+                   AND record IS NOT NULL",
+                &[&self.bot, &prefix, &own],
+            )
+            .map_err(storage)?;
+        for row in rows {
+            let key: Vec<u8> = row.get(0);
+            // A Business fan chat shares only its id with the bot's chat
+            // of that id: another conversation altogether.
+            let other_namespace = super::session_from_key(&key)
+                .is_some_and(|other| other.connection() != session.connection());
+            if other_namespace {
+                continue;
+            }
+            let value: Vec<u8> = row.get(1);
+            let usage = record::decode_chat(&value)
+                .ok()
+                .map(|other| record::ChatUsage::of(&other.counters))
+                .filter(|usage| !usage.is_nothing())
+                .map(|usage| record::encode_usage(&usage))
+                .transpose()
+                .map_err(codec)?;
+            self.client
+                .execute(
+                    "UPDATE llmgram_chats SET record = NULL, usage = coalesce($3, usage)
+                     WHERE bot = $1 AND key = $2",
+                    &[&self.bot, &key, &usage],
+                )
+                .map_err(storage)?;
+        }
+        self.client
+            .execute(
+                "DELETE FROM llmgram_failed WHERE bot = $1 AND kind = 'chat'
+                 AND substring(key from 1 for 8) = $2",
+                &[&self.bot, &prefix],
+            )
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Moves a record that does not decode to `llmgram_failed` (autocommit:
+    /// reads run outside any group).
+    fn quarantine(&mut self, kind: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO llmgram_failed (bot, kind, key, value) VALUES ($1, $2, $3, $4)",
+                &[&self.bot, &kind, &key, &value],
+            )
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Tells the owner of a chat this instance could not take that an
+    /// update of it is waiting (best effort: its sweep finds it anyway).
+    fn notify_owner(&mut self, key: &[u8]) {
+        let notified = self.client.execute(
+            "SELECT pg_notify('llmgram_instance_' || owner::text, '') FROM llmgram_chats
+             WHERE bot = $1 AND key = $2 AND owner IS NOT NULL",
+            &[&self.bot, &key],
+        );
+        if let Err(error) = notified {
+            tracing::debug!(error = %crate::error::error_chain(&error), "owner not notified; its sweep finds the update");
+        }
+    }
+}
+
+impl Backend for PgBackend {
+    type Group = PgGroup;
+    type Snapshot = ();
+
+    fn begin(&mut self) -> PgGroup {
+        PgGroup::default()
+    }
+
+    fn admit(
+        &mut self,
+        group: &mut PgGroup,
+        updates: Vec<Inbound>,
+    ) -> Result<Vec<Inbound>, StoreError> {
+        let mut ids = Vec::with_capacity(updates.len());
+        let mut keys = Vec::with_capacity(updates.len());
+        let mut entries = Vec::with_capacity(updates.len());
+        let mut seen = HashSet::new();
+        for inbound in &updates {
+            if group.admitted_now.contains(&inbound.update_id) || !seen.insert(inbound.update_id) {
+                continue;
+            }
+            // The admission number comes from the table's sequence.
+            let entry = UpdateEntry::Pending(record::StoredUpdate::new(inbound, 0));
+            ids.push(i64::from(inbound.update_id));
+            keys.push(session_key(&inbound.key));
+            entries.push(record::encode_update(&entry).map_err(codec)?);
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (bot, me) = (self.bot, self.me);
+        let new: HashSet<u32> = self.in_group(group, |this| {
+            let rows = this
+                .client
+                .query(
+                    "INSERT INTO llmgram_updates (bot, update_id, key, entry, admitted_by)
+                     SELECT $1, u.id, u.key, u.entry, $5
+                     FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) WITH ORDINALITY
+                          AS u(id, key, entry, n)
+                     ORDER BY u.n
+                     ON CONFLICT (bot, update_id) DO NOTHING
+                     RETURNING update_id",
+                    &[&bot, &ids, &keys, &entries, &me],
+                )
+                .map_err(storage)?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| u32::try_from(row.get::<_, i64>(0)).ok())
+                .collect())
+        })?;
+        let mut admitted = Vec::with_capacity(new.len());
+        for inbound in updates {
+            if new.contains(&inbound.update_id) && group.admitted_now.insert(inbound.update_id) {
+                admitted.push(inbound);
+            } else {
+                tracing::debug!(
+                    update_id = inbound.update_id,
+                    "update already received; skipped"
+                );
+            }
+        }
+        Ok(admitted)
+    }
+
+    fn commit_turn(
+        &mut self,
+        group: &mut PgGroup,
+        key: &SessionKey,
+        update_id: u32,
+        also_answered: Vec<u32>,
+        change: RecordChange,
+    ) -> Result<(), StoreError> {
+        let (bot, pruned_below) = (self.bot, self.pruned_below);
+        self.in_group(group, |this| {
+            // The fence first: nothing of the turn is written unless this
+            // instance still owns the chat.
+            this.write_chat(key, change)?;
+            let (gone, answered): (Vec<i64>, Vec<i64>) = also_answered
+                .into_iter()
+                .chain([update_id])
+                .map(i64::from)
+                .partition(|id| *id < i64::from(pruned_below));
+            this.client
+                .execute(
+                    "UPDATE llmgram_updates SET answered = true, entry = NULL
+                     WHERE bot = $1 AND update_id = ANY($2)",
+                    &[&bot, &answered],
+                )
+                .map_err(storage)?;
+            if !gone.is_empty() {
+                // Telegram will not send them again: no marker needed.
+                this.client
+                    .execute(
+                        "DELETE FROM llmgram_updates WHERE bot = $1 AND update_id = ANY($2)",
+                        &[&bot, &gone],
+                    )
+                    .map_err(storage)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the answered markers below `below` (long polling confirms
+    /// offsets; see [`super::db::FjallBackend`] for ids starting over).
+    fn confirm(&mut self, group: &mut PgGroup, below: u32) -> Result<(), StoreError> {
+        let from = self.pruned_below;
+        if below <= from {
+            if below < from {
+                tracing::info!(below, from, "update ids started over");
+            }
+            self.pruned_below = below;
+            return Ok(());
+        }
+        let bot = self.bot;
+        self.in_group(group, |this| {
+            this.client
+                .execute(
+                    "DELETE FROM llmgram_updates
+                     WHERE bot = $1 AND answered AND update_id >= $2 AND update_id < $3",
+                    &[&bot, &i64::from(from), &i64::from(below)],
+                )
+                .map_err(storage)
+        })?;
+        self.pruned_below = below;
+        Ok(())
+    }
+
+    fn save_setting(
+        &mut self,
+        group: &mut PgGroup,
+        key: BotKey,
+        setting: &BotSetting,
+    ) -> Result<(), StoreError> {
+        let bytes = record::encode_setting(setting).map_err(codec)?;
+        let name = String::from_utf8_lossy(key.as_bytes()).into_owned();
+        let bot = self.bot;
+        self.in_group(group, |this| {
+            this.client
+                .execute(
+                    "INSERT INTO llmgram_settings (bot, name, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (bot, name) DO UPDATE SET value = excluded.value",
+                    &[&bot, &name, &bytes],
+                )
+                .map_err(storage)?;
+            Ok(())
+        })
+    }
+
+    fn commit(&mut self, group: PgGroup) -> Result<Committed, StoreError> {
+        if !group.open {
+            return match group.failed {
+                Some(error) => Err(error),
+                None => Ok(Committed::Nothing),
+            };
+        }
+        if let Some(error) = group.failed {
+            // The transaction is aborted; end it so the connection is
+            // usable again (a lost connection is reopened next time).
+            if let Err(rollback) = self.client.batch_execute("ROLLBACK") {
+                tracing::debug!(error = %crate::error::error_chain(&rollback), "rollback failed");
+            }
+            return Err(error);
+        }
+        self.client.batch_execute("COMMIT").map_err(storage)?;
+        Ok(Committed::Written)
+    }
+
+    /// Takes the conversation for this instance (see the module doc) and
+    /// returns its record.
+    fn load_chat(
+        &mut self,
+        key: &SessionKey,
+        quarantined: &AtomicU64,
+    ) -> Result<Option<ChatRecord>, StoreError> {
+        let bytes = session_key(key);
+        let (bot, me, grace) = (self.bot, self.me, secs(self.grace));
+        let row = self
+            .client()?
+            .query_opt(
+                "INSERT INTO llmgram_chats AS c (bot, key, owner) VALUES ($1, $2, $3)
+                 ON CONFLICT (bot, key) DO UPDATE SET owner = $3
+                 WHERE c.owner IS NULL OR c.owner = $3 OR NOT EXISTS (
+                     SELECT 1 FROM llmgram_instances i WHERE i.id = c.owner
+                     AND i.lease_until > now() - make_interval(secs => $4))
+                 RETURNING c.record, c.usage",
+                &[&bot, &bytes, &me, &grace],
+            )
+            .map_err(storage)?;
+        let Some(row) = row else {
+            self.notify_owner(&bytes);
+            return Err(StoreError::Fenced);
+        };
+        let record: Option<Vec<u8>> = row.get(0);
+        let usage: Option<Vec<u8>> = row.get(1);
+        if let Some(value) = record {
+            return match record::decode_chat(&value) {
+                Ok(record) => Ok(Some(record)),
+                Err(error) => {
+                    tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat record does not decode; quarantined, chat starts fresh");
+                    self.quarantine("chat", &bytes, &value)?;
+                    self.client
+                        .execute(
+                            "UPDATE llmgram_chats SET record = NULL
+                             WHERE bot = $1 AND key = $2 AND owner = $3",
+                            &[&bot, &bytes, &me],
+                        )
+                        .map_err(storage)?;
+                    quarantined.fetch_add(1, Ordering::Relaxed);
+                    Ok(None)
+                }
+            };
+        }
+        // A forgotten chat keeps only what it spent.
+        let Some(value) = usage else {
+            return Ok(None);
+        };
+        match record::decode_usage(&value) {
+            Ok(usage) => Ok(Some(ChatRecord {
+                counters: usage.counters(),
+                ..ChatRecord::default()
+            })),
+            Err(error) => {
+                tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat usage does not decode; ignored");
+                quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The unanswered updates this instance may answer now: of chats it
+    /// owns, nobody owns, or whose owner's lease lapsed more than the
+    /// grace ago (see [`claimable_pending`]).
+    fn pending_updates(
+        &mut self,
+        quarantined: &AtomicU64,
+    ) -> Result<Vec<record::StoredUpdate>, StoreError> {
+        let (bot, me, grace) = (self.bot, self.me, self.grace);
+        let rows = claimable_pending(self.client()?, bot, me, grace, Duration::ZERO, i64::MAX)?;
+        self.decode_pending(rows, quarantined)
+    }
+
+    fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError> {
+        let bot = self.bot;
+        let row = self
+            .client()?
+            .query_one(
+                "SELECT max(update_id) FROM llmgram_updates WHERE bot = $1",
+                &[&bot],
+            )
+            .map_err(storage)?;
+        Ok(row
+            .get::<_, Option<i64>>(0)
+            .and_then(|id| u32::try_from(id).ok()))
+    }
+
+    fn load_setting(
+        &mut self,
+        key: BotKey,
+        quarantined: &AtomicU64,
+    ) -> Result<Option<BotSetting>, StoreError> {
+        let bot = self.bot;
+        load_setting(self.client()?, bot, key, quarantined)
+    }
+
+    fn snapshot(&self) {}
+
+    /// Backups of a shared database are PostgreSQL's own (`pg_dump`,
+    /// `pg_basebackup`): one instance cannot copy what the others write.
+    fn write_backup(_snapshot: &(), _to: &Path) -> Result<BackupReport, BackupError> {
+        Err(BackupError::Target(
+            "storage.backend is \"postgres\": back the database up with pg_dump or \
+             pg_basebackup (deploy/postgresql.md)"
+                .into(),
+        ))
+    }
+
+    /// On a clean stop: gives up every chat this instance owns and ends its
+    /// lease, so the others take its chats at once instead of after the
+    /// lease and the grace.
+    fn persist_all(&mut self) -> Result<(), StoreError> {
+        let me = self.me;
+        let client = self.client()?;
+        client
+            .execute(
+                "UPDATE llmgram_chats SET owner = NULL WHERE owner = $1",
+                &[&me],
+            )
+            .map_err(storage)?;
+        client
+            .execute("DELETE FROM llmgram_instances WHERE id = $1", &[&me])
+            .map_err(storage)?;
+        tracing::info!(instance = me, "released every chat and the lease");
+        Ok(())
+    }
+
+    fn release(&mut self, group: &mut PgGroup, key: &SessionKey) -> Result<(), StoreError> {
+        let (bot, me, bytes) = (self.bot, self.me, session_key(key));
+        self.in_group(group, |this| {
+            this.client
+                .execute(
+                    "UPDATE llmgram_chats SET owner = NULL WHERE bot = $1 AND key = $2 AND owner = $3",
+                    &[&bot, &bytes, &me],
+                )
+                .map_err(storage)?;
+            Ok(())
+        })
+    }
+}
+
+impl PgBackend {
+    fn decode_pending(
+        &mut self,
+        rows: Vec<PendingRow>,
+        quarantined: &AtomicU64,
+    ) -> Result<Vec<record::StoredUpdate>, StoreError> {
+        let mut pending = Vec::with_capacity(rows.len());
+        for (update_id, key, entry, admitted) in rows {
+            match decode_pending_entry(entry.as_deref(), admitted) {
+                Ok(Some(update)) => pending.push(update),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(update_id, %error, "stored update does not decode; quarantined");
+                    self.quarantine("update", &key, entry.as_deref().unwrap_or_default())?;
+                    self.client
+                        .execute(
+                            "UPDATE llmgram_updates SET answered = true, entry = NULL
+                             WHERE bot = $1 AND update_id = $2",
+                            &[&self.bot, &update_id],
+                        )
+                        .map_err(storage)?;
+                    quarantined.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(pending)
+    }
+}
+
+/// An unanswered update's row: its id, conversation key, encoded entry
+/// (`None` once answered) and admission number.
+pub type PendingRow = (i64, Vec<u8>, Option<Vec<u8>>, i64);
+
+/// A pending row's update with its admission number; `None` for a row
+/// holding no pending update.
+pub fn decode_pending_entry(
+    entry: Option<&[u8]>,
+    admitted: i64,
+) -> Result<Option<record::StoredUpdate>, record::RecordError> {
+    let Some(bytes) = entry else {
+        return Ok(None);
+    };
+    Ok(match record::decode_update(bytes)? {
+        UpdateEntry::Pending(update) => {
+            Some(update.admitted_as(u64::try_from(admitted).unwrap_or_default()))
+        }
+        UpdateEntry::Answered => None,
+    })
+}
+
+/// Unanswered updates (id, conversation key, entry, admission number), in
+/// admission order, at most `limit`, that instance `me` should answer and
+/// may not be answering yet: of chats it owns, those another instance
+/// received (handed over), and its own once older than `after` (lost
+/// locally, or a long answer: its sessions skip what they already have);
+/// of chats nobody owns, those older than `after` (the receiving instance
+/// is usually answering them); and of chats whose owner's lease lapsed
+/// more than `grace` ago (or whose owner is gone), all. Judged on the
+/// database's clock.
+pub fn claimable_pending(
+    client: &mut Client,
+    bot: i64,
+    me: i64,
+    grace: Duration,
+    after: Duration,
+    limit: i64,
+) -> Result<Vec<PendingRow>, StoreError> {
+    let rows = client
+        .query(
+            CLAIMABLE_PENDING,
+            &[&bot, &me, &secs(grace), &secs(after), &limit],
+        )
+        .map_err(storage)?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect())
+}
+
+/// The query of [`claimable_pending`] (also run by the cluster actor on its
+/// own connection).
+pub const CLAIMABLE_PENDING: &str = "
+    SELECT u.update_id, u.key, u.entry, u.admitted
+    FROM llmgram_updates u
+    LEFT JOIN llmgram_chats c ON c.bot = u.bot AND c.key = u.key
+    LEFT JOIN llmgram_instances i ON i.id = c.owner
+    WHERE u.bot = $1 AND NOT u.answered
+      AND ((c.owner = $2 AND (u.admitted_by IS DISTINCT FROM $2
+                              OR u.admitted_at <= now() - make_interval(secs => $4)))
+           OR (c.owner IS NULL AND u.admitted_at <= now() - make_interval(secs => $4))
+           OR (c.owner IS NOT NULL AND c.owner <> $2
+               AND (i.id IS NULL OR i.lease_until <= now() - make_interval(secs => $3))))
+    ORDER BY u.admitted
+    LIMIT $5";
+
+/// A bot-wide setting; `None` if never set or unreadable (counted).
+fn load_setting(
+    client: &mut Client,
+    bot: i64,
+    key: BotKey,
+    quarantined: &AtomicU64,
+) -> Result<Option<BotSetting>, StoreError> {
+    let name = String::from_utf8_lossy(key.as_bytes()).into_owned();
+    let row = client
+        .query_opt(
+            "SELECT value FROM llmgram_settings WHERE bot = $1 AND name = $2",
+            &[&bot, &name],
+        )
+        .map_err(storage)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let value: Vec<u8> = row.get(0);
+    match record::decode_setting(&value) {
+        Ok(setting) => Ok(Some(setting)),
+        Err(error) => {
+            tracing::error!(key = ?key, %error, "bot setting does not decode; ignored");
+            quarantined.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+    }
+}
