@@ -28,10 +28,9 @@
 //! # Leftovers
 //! Every directory is named `llmgram-pg-<pid>-…` after the test process that
 //! owns it. The template outlives its process (statics are never dropped), as
-//! does everything of a process killed outright (`SIGKILL`, an abort); the
-//! first [`TempPostgres::start`] of a later process stops any server left in
-//! such a directory whose process is gone and removes it (Linux only: it asks
-//! `/proc`).
+//! does everything of a process killed outright (`SIGKILL`, an abort); every
+//! [`TempPostgres::start`] stops any server left in such a directory whose
+//! process is gone and removes it (Linux only: it asks `/proc`).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -108,6 +107,7 @@ impl TempPostgres {
     pub fn start() -> io::Result<TempPostgres> {
         let bins = bins()?;
         let owner = owner()?;
+        sweep_leftovers(bins, owner);
         let template = template(bins, owner)?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
@@ -273,10 +273,13 @@ impl TempPostgres {
 
 impl Drop for TempPostgres {
     /// Stops the server at once (the data is thrown away) and removes the
-    /// directory; if `pg_ctl` fails, kills the server process outright.
+    /// directory. Also stops a server whose start failed half-way; if
+    /// `pg_ctl` fails, kills the server process outright.
     fn drop(&mut self) {
-        if self.try_shut_down("immediate").is_err()
-            && let Some(pid) = self.pid()
+        let data = self.data_dir();
+        if (self.running || server_left(&data).is_some())
+            && pg_ctl_stop(self.bins, self.owner, &data, "immediate").is_err()
+            && let Some(pid) = server_left(&data)
             && let Ok(pid) = i32::try_from(pid)
             && let Some(pid) = rustix::process::Pid::from_raw(pid)
         {
@@ -434,7 +437,6 @@ fn template(bins: &Bins, owner: &Owner) -> io::Result<PathBuf> {
     if let Some(dir) = template.as_ref() {
         return Ok(dir.path().join("data"));
     }
-    sweep_leftovers(bins, owner);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{DIR_PREFIX}{}-template-", std::process::id()))
         .tempdir()?;
@@ -490,7 +492,9 @@ fn template(bins: &Bins, owner: &Owner) -> io::Result<PathBuf> {
 }
 
 /// Removes the directories of test processes that are gone, stopping a
-/// server still running in one. Best effort, Linux only (it asks `/proc`).
+/// server still running in one. Best effort, Linux only (it asks `/proc`);
+/// cheap (one listing of the temporary directory), so every
+/// [`TempPostgres::start`] runs it.
 fn sweep_leftovers(bins: &Bins, owner: &Owner) {
     if !Path::new("/proc/self").exists() {
         return;
@@ -512,14 +516,19 @@ fn sweep_leftovers(bins: &Bins, owner: &Owner) {
             continue;
         }
         let data = entry.path().join("data");
-        let server_left = read_pid(&data).is_some_and(|server| {
-            fs::read_to_string(format!("/proc/{server}/comm")).is_ok_and(|c| c.trim() == "postgres")
-        });
-        if server_left {
+        if server_left(&data).is_some() {
             let _ = pg_ctl_stop(bins, owner, &data, "immediate");
         }
         let _ = fs::remove_dir_all(entry.path());
     }
+}
+
+/// The pid of a server still running on `data`: its `postmaster.pid` names a
+/// live `postgres` process (not a recycled pid). Linux only (`/proc`).
+fn server_left(data: &Path) -> Option<u32> {
+    let pid = read_pid(data)?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "postgres").then_some(pid)
 }
 
 /// `pg_ctl stop -m <mode>`, waiting until the server is gone.

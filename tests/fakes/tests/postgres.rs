@@ -163,3 +163,49 @@ async fn starts_from_an_async_test_through_spawn_blocking() {
     .unwrap();
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
 }
+
+/// Set on the child process of
+/// [`leftovers_of_a_killed_test_process_are_swept_by_the_next_start`].
+const ABORT_HELPER: &str = "LLMGRAM_FAKES_PG_ABORT_HELPER";
+
+/// Not a test on its own: the child process of
+/// [`leftovers_of_a_killed_test_process_are_swept_by_the_next_start`] starts
+/// a cluster, says where, and aborts, so no `Drop` runs.
+#[test]
+#[ignore = "helper run as a child process by another test"]
+fn abort_helper_owning_a_cluster() {
+    if std::env::var_os(ABORT_HELPER).is_none() {
+        return;
+    }
+    let pg = start();
+    println!("LEFT {} {}", pg.pid().unwrap(), pg.data_dir().display());
+    std::process::abort();
+}
+
+#[test]
+fn leftovers_of_a_killed_test_process_are_swept_by_the_next_start() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "abort_helper_owning_a_cluster"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env(ABORT_HELPER, "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the helper aborted");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("LEFT ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("helper said where: {stdout}"));
+    let (pid, data) = line.split_once(' ').unwrap();
+    let pid: u32 = pid.parse().unwrap();
+    let dir = Path::new(data).parent().unwrap().to_path_buf();
+    assert!(
+        !process_gone(pid),
+        "the aborted process left its server running"
+    );
+    assert!(dir.exists());
+
+    let _pg = start();
+    assert!(process_gone(pid), "the leftover server {pid} is stopped");
+    assert!(!dir.exists(), "{} is removed", dir.display());
+}
