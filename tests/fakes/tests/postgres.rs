@@ -101,6 +101,22 @@ fn an_immediate_shutdown_recovers_every_committed_row() {
 }
 
 #[test]
+fn start_again_on_a_taken_port_fails_with_the_server_log_and_can_retry() {
+    let mut pg = start();
+    pg.psql("create table t (x int); insert into t values (7)")
+        .unwrap();
+    pg.stop();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", pg.port())).unwrap();
+    let err = pg.start_again().unwrap_err().to_string();
+    // `start` retries on a new port when it sees this.
+    assert!(err.contains("already in use"), "{err}");
+    assert!(pg.pid().is_none(), "no server after a failed start");
+    drop(squatter);
+    pg.start_again().unwrap();
+    assert_eq!(pg.psql("select x from t").unwrap(), "7");
+}
+
+#[test]
 fn two_clusters_run_side_by_side_on_their_own_ports_and_data() {
     let a = start();
     let b = start();
