@@ -17,11 +17,17 @@
 //!
 //! Both handles are cheap to clone (an `Arc` inside) and the server keeps
 //! running until the runtime that started it shuts down.
+//!
+//! Besides the fakes, [`TempPostgres`] runs a real, throwaway PostgreSQL
+//! server (the distribution's binaries) for the tests of the shared-database
+//! backend; it is blocking and owned by the test, not tied to a runtime.
 
 pub mod llm;
+pub mod postgres;
 pub mod telegram;
 
 pub use llm::*;
+pub use postgres::TempPostgres;
 pub use telegram::*;
 
 use std::sync::{Mutex, MutexGuard};
