@@ -15,12 +15,19 @@
 //!   is scripted per request, and `POST /v1/audio/transcriptions`, scripted
 //!   likewise with [`TranscriptionReply`].
 //!
-//! Both handles are cheap to clone (an `Arc` inside) and the server keeps
+//! And one real program: [`TempHaproxy`] runs the `haproxy` binary with the
+//! routing rules of `deploy/haproxy.cfg` in front of several loopback
+//! backends, for tests of several llmgram instances ([`haproxy::available`]
+//! says whether the binary is installed).
+//!
+//! Both fake servers' handles are cheap to clone (an `Arc` inside) and the server keeps
 //! running until the runtime that started it shuts down.
 
+pub mod haproxy;
 pub mod llm;
 pub mod telegram;
 
+pub use haproxy::TempHaproxy;
 pub use llm::*;
 pub use telegram::*;
 
