@@ -1,8 +1,9 @@
 //! The shipped HAProxy rules (`deploy/haproxy.cfg`, run by [`TempHaproxy`])
 //! in front of loopback backends that record which updates reach them: a
 //! chat's updates of every kind go to one backend, chats spread over all,
-//! an unready backend's chats move to the others and come back, and an
-//! update without a chat still goes somewhere.
+//! an unready backend's chats move to the others and come back, an update
+//! without a chat still goes somewhere, a post to a dead backend is sent to
+//! another, and the whole shipped file passes `haproxy -c`.
 //!
 //! Each test skips, saying so, when no `haproxy` binary is installed
 //! (`.ci/run` installs it).
@@ -248,6 +249,26 @@ async fn every_update_of_a_chat_lands_on_one_backend_and_chats_spread() {
                     .await,
             ];
             if chat > 0 && round == 0 {
+                // A Business connection goes where its creator's private
+                // chat goes; a deletion in a fan chat where the fan chat goes.
+                ids.push(
+                    poster
+                        .post(
+                            "business_connection",
+                            json!({ "id": "c1", "user": user(chat), "user_chat_id": chat,
+                                    "date": 1, "is_enabled": true }),
+                        )
+                        .await,
+                );
+                ids.push(
+                    poster
+                        .post(
+                            "deleted_business_messages",
+                            json!({ "business_connection_id": "c1",
+                                    "chat": message(chat)["chat"], "message_ids": [7] }),
+                        )
+                        .await,
+                );
                 // A button under an inline-mode message has no chat: it
                 // goes where its presser's private chat goes.
                 ids.push(
@@ -431,5 +452,33 @@ async fn a_post_to_a_dead_instance_is_sent_to_another() {
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
         start.elapsed()
+    );
+}
+
+#[test]
+fn the_shipped_file_is_valid_as_a_whole() {
+    if !haproxy::available() {
+        eprintln!("skipped: no haproxy binary (apt-get install haproxy)");
+        return;
+    }
+    // Everything as shipped (global, stats, TLS defaults) but the
+    // certificate, which exists only on the proxy host.
+    let tls = " ssl crt /etc/haproxy/certs/llmgram.pem alpn http/1.1";
+    assert!(haproxy::SHIPPED_CONFIG.contains(tls));
+    let config = haproxy::SHIPPED_CONFIG.replace(tls, "");
+    let path =
+        std::env::temp_dir().join(format!("llmgram-haproxy-check-{}.cfg", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new("haproxy")
+        .args(["-c", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
