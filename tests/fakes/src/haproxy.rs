@@ -5,8 +5,10 @@
 //! that cannot run in a test are replaced, so a test exercises the rules an
 //! operator deploys, not a copy that can drift:
 //!
-//! * `global` keeps only `maxconn` and the `tune.*` lines (no chroot, user,
-//!   daemon, syslog, stats socket or TLS defaults);
+//! * `global` keeps only the `tune.*` lines (no chroot, user, daemon,
+//!   syslog, stats socket or TLS defaults), with `maxconn 256`: haproxy
+//!   refuses to start when it cannot get two descriptors per connection,
+//!   and a non-root user's `ulimit -n` is often 1024;
 //! * `defaults` is kept whole;
 //! * `frontend telegram` keeps every rule; its `bind` lines become one plain
 //!   HTTP `bind` on `127.0.0.1` and a free port (no TLS), and the networks of
@@ -130,10 +132,9 @@ pub fn render(
     for (header, body) in sections(shipped) {
         match header.trim_end() {
             "global" => {
-                out.push_str("global\n");
+                out.push_str("global\n    maxconn 256\n");
                 for line in body {
-                    let key = first_word(line);
-                    if key == "maxconn" || key.starts_with("tune.") {
+                    if first_word(line).starts_with("tune.") {
                         push_line(&mut out, line);
                     }
                 }
