@@ -15,17 +15,24 @@
 //!   is scripted per request, and `POST /v1/audio/transcriptions`, scripted
 //!   likewise with [`TranscriptionReply`].
 //!
-//! Both handles are cheap to clone (an `Arc` inside) and the server keeps
+//! And one real program: [`TempHaproxy`] runs the `haproxy` binary with the
+//! routing rules of `deploy/haproxy.cfg` in front of several loopback
+//! backends, for tests of several llmgram instances ([`haproxy::available`]
+//! says whether the binary is installed).
+//!
+//! Both fake servers' handles are cheap to clone (an `Arc` inside) and the server keeps
 //! running until the runtime that started it shuts down.
 //!
 //! Besides the fakes, [`TempPostgres`] runs a real, throwaway PostgreSQL
 //! server (the distribution's binaries) for the tests of the shared-database
 //! backend; it is blocking and owned by the test, not tied to a runtime.
 
+pub mod haproxy;
 pub mod llm;
 pub mod postgres;
 pub mod telegram;
 
+pub use haproxy::TempHaproxy;
 pub use llm::*;
 pub use postgres::TempPostgres;
 pub use telegram::*;
