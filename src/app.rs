@@ -124,7 +124,8 @@ async fn start_store(
         let url = secrets.postgres_url.clone().ok_or_else(|| {
             AppError::Database(format!("{} is not set", crate::config::POSTGRES_URL_VAR))
         })?;
-        let bot = crate::store::postgres::bot_id(secrets.telegram_token.as_ref().map(Secret::expose));
+        let bot =
+            crate::store::postgres::bot_id(secrets.telegram_token.as_ref().map(Secret::expose));
         // Before the registration is sent: the lease cannot count from
         // earlier than this.
         let sent = tokio::time::Instant::now();

@@ -19,10 +19,10 @@ pub(crate) mod backend;
 pub mod backup;
 pub mod codec;
 pub(crate) mod db;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 #[cfg(any(test, feature = "test-support"))]
 pub mod inspect;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod record;
 pub mod writer;
 

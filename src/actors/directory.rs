@@ -252,6 +252,7 @@ mod tests {
                 "outbox",
                 "session_sup",
                 "business",
+                "cluster",
                 "ingress"
             ]
         );

@@ -127,7 +127,8 @@ pub(crate) trait Backend: Send + 'static {
 
     /// Every update received and not answered, in admission order; entries
     /// that do not decode are quarantined and counted in `quarantined`.
-    fn pending_updates(&mut self, quarantined: &AtomicU64) -> Result<Vec<StoredUpdate>, StoreError>;
+    fn pending_updates(&mut self, quarantined: &AtomicU64)
+    -> Result<Vec<StoredUpdate>, StoreError>;
 
     /// The highest update id held (pending or answered); `None` if none.
     fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError>;

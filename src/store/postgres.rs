@@ -280,11 +280,8 @@ impl PgBackend {
     /// and this instance's id.
     pub fn open(url: &str, storage_config: &StorageConfig, bot: i64) -> Result<Self, StoreError> {
         let config = &storage_config.postgres;
-        let settings = postgres::Config::from(connection_config(
-            url,
-            config,
-            storage_config.persist_mode,
-        )?);
+        let settings =
+            postgres::Config::from(connection_config(url, config, storage_config.persist_mode)?);
         let mut client = settings.connect(NoTls).map_err(storage)?;
         let migration = migrate(&mut client)?;
         let me = register(&mut client, config.lease)?;
@@ -903,5 +900,216 @@ fn load_setting(
             quarantined.fetch_add(1, Ordering::Relaxed);
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::time::Instant;
+
+    use llmgram_fakes::TempPostgres;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::backend::contract;
+    use crate::telegram::inbound::{ChatId, InboundKind};
+
+    type TestResult = Result<(), Box<dyn Error>>;
+
+    /// A real PostgreSQL for one test (the tests need the distribution's
+    /// server; `.ci/run` installs it).
+    fn server() -> TempPostgres {
+        #![allow(clippy::expect_used)] // a test's setup failing is a test failure
+        TempPostgres::start().expect("a throwaway PostgreSQL (install the postgresql package)")
+    }
+
+    fn storage() -> Result<StorageConfig, Box<dyn Error>> {
+        Ok(Config::from_defaults_with("storage.backend = \"postgres\"")?.storage)
+    }
+
+    /// Opens a backend on `url` (again after the previous one is dropped):
+    /// a new instance each time, as a restarted process is.
+    fn postgres_on(url: String) -> impl FnMut() -> Result<PgBackend, Box<dyn Error>> {
+        move || Ok(PgBackend::open(&url, &storage()?, 1)?)
+    }
+
+    fn update(update_id: u32, chat_id: i64) -> Inbound {
+        Inbound {
+            update_id,
+            key: SessionKey::of_chat(ChatId(chat_id)),
+            user_id: Some(7),
+            language_code: None,
+            kind: InboundKind::Text("x".into()),
+            received_at: Instant::now(),
+            sent_at: None,
+            refused: None,
+            speaker: None,
+            message_id: None,
+            reply_to: None,
+        }
+    }
+
+    fn record(marker: u32) -> Result<RecordChange, Box<dyn Error>> {
+        Ok(RecordChange::Put(record::encode_chat(&ChatRecord {
+            recent_updates: vec![marker],
+            ..ChatRecord::default()
+        })?))
+    }
+
+    #[test]
+    fn postgres_keeps_the_backend_contract_on_groups_and_admission() -> TestResult {
+        let db = server();
+        contract::groups_are_atomic_and_admission_ordered(postgres_on(db.url()))
+    }
+
+    #[test]
+    fn postgres_keeps_the_backend_contract_on_confirmations_settings_and_deletes() -> TestResult {
+        let db = server();
+        contract::confirmations_settings_and_deletes(postgres_on(db.url()))
+    }
+
+    #[test]
+    fn migrations_run_once_and_a_newer_schema_is_refused() -> TestResult {
+        let db = server();
+        let config = storage()?;
+        let settings = postgres::Config::from(connection_config(
+            &db.url(),
+            &config.postgres,
+            config.persist_mode,
+        )?);
+        let mut client = settings.connect(NoTls)?;
+        assert_eq!(schema_version(&mut client)?, 0);
+        assert_eq!(
+            migrate(&mut client)?,
+            Migration {
+                from: 0,
+                to: SCHEMA_VERSION
+            }
+        );
+        assert_eq!(
+            migrate(&mut client)?,
+            Migration {
+                from: SCHEMA_VERSION,
+                to: SCHEMA_VERSION
+            }
+        );
+        assert_eq!(schema_version(&mut client)?, SCHEMA_VERSION);
+        client.execute("INSERT INTO llmgram_schema (version) VALUES (99)", &[])?;
+        let refused = migrate(&mut client).expect_err("a newer schema is refused");
+        assert!(refused.to_string().contains("newer"), "{refused}");
+        Ok(())
+    }
+
+    /// The ownership protocol between two instances: a live owner's chat
+    /// cannot be taken (the load is fenced and the owner notified); once
+    /// its lease has lapsed for longer than the grace, it is, and the old
+    /// owner's next commit is fenced without spoiling the rest of its group.
+    #[test]
+    fn a_chat_moves_only_after_its_owners_lease_lapses_and_the_old_owner_is_fenced() -> TestResult {
+        let db = server();
+        let mut first = postgres_on(db.url())()?;
+        let mut second = postgres_on(db.url())()?;
+        assert_ne!(first.instance(), second.instance(), "a fresh id per start");
+        let counted = AtomicU64::new(0);
+        let (chat, other) = (
+            SessionKey::of_chat(ChatId(10)),
+            SessionKey::of_chat(ChatId(11)),
+        );
+
+        // Admitted anywhere: the second instance receives the update.
+        let mut group = second.begin();
+        assert_eq!(
+            second
+                .admit(&mut group, vec![update(1, 10), update(2, 11)])?
+                .len(),
+            2
+        );
+        second.commit(group)?;
+        assert_eq!(first.load_chat(&chat, &counted)?, None, "new: taken");
+        assert_eq!(second.load_chat(&chat, &counted), Err(StoreError::Fenced));
+        let mut group = first.begin();
+        first.commit_turn(&mut group, &chat, 1, Vec::new(), record(1)?)?;
+        first.commit(group)?;
+
+        // The first instance's lease lapses (paused, cut off): after the
+        // grace the second takes the chat.
+        db.psql(&format!(
+            "UPDATE llmgram_instances SET lease_until = now() - interval '1 hour' WHERE id = {}",
+            first.instance()
+        ))?;
+        assert!(second.load_chat(&chat, &counted)?.is_some());
+
+        // The old owner wakes: its turn on the chat is fenced, counted by
+        // the caller, and another turn of the same group still commits.
+        let mut group = first.begin();
+        let fenced = first.commit_turn(&mut group, &chat, 3, Vec::new(), record(3)?);
+        assert_eq!(fenced, Err(StoreError::Fenced));
+        first.commit_turn(&mut group, &other, 2, Vec::new(), record(2)?)?;
+        assert_eq!(first.commit(group)?, Committed::Written);
+        let record_of = |key: &str| {
+            db.psql(&format!(
+                "SELECT encode(record, 'hex') FROM llmgram_chats WHERE key = '\\x{key}'"
+            ))
+        };
+        let stored = record_of(&hex(&session_key(&chat)))?;
+        let expected = match record(1)? {
+            RecordChange::Put(bytes) => hex(&bytes),
+            _ => unreachable!(),
+        };
+        assert_eq!(stored, expected, "no stale write");
+        assert!(!record_of(&hex(&session_key(&other)))?.is_empty());
+        Ok(())
+    }
+
+    /// Released on a clean stop: another instance takes the chats at once,
+    /// and updates left unanswered are offered to it, in the order received.
+    #[test]
+    fn a_clean_stop_releases_every_chat_and_the_pending_updates_move() -> TestResult {
+        let db = server();
+        let mut first = postgres_on(db.url())()?;
+        let counted = AtomicU64::new(0);
+        let mut group = first.begin();
+        first.admit(
+            &mut group,
+            vec![update(7, 20), update(5, 20), update(6, 21)],
+        )?;
+        first.commit(group)?;
+        first.load_chat(&SessionKey::of_chat(ChatId(20)), &counted)?;
+        let mut second = postgres_on(db.url())()?;
+        let offered: Vec<u32> = second
+            .pending_updates(&counted)?
+            .iter()
+            .map(|u| u.update_id)
+            .collect();
+        assert_eq!(
+            offered,
+            vec![6],
+            "a live owner's chat is not offered; a chat nobody owns is"
+        );
+        first.persist_all()?;
+        drop(first);
+        let pending: Vec<u32> = second
+            .pending_updates(&counted)?
+            .iter()
+            .map(|u| u.update_id)
+            .collect();
+        assert_eq!(pending, vec![7, 5, 6]);
+        let of_20: Vec<u32> = second
+            .pending_of(&SessionKey::of_chat(ChatId(20)), &counted)?
+            .iter()
+            .map(|u| u.update_id)
+            .collect();
+        assert_eq!(of_20, vec![7, 5]);
+        assert!(
+            second
+                .load_chat(&SessionKey::of_chat(ChatId(20)), &counted)
+                .is_ok()
+        );
+        Ok(())
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

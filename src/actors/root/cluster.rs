@@ -277,10 +277,8 @@ async fn connect(
         storage.persist_mode,
     )
     .map_err(|e| e.to_string())?;
-    let connecting = tokio::time::timeout(
-        storage.postgres.connect_timeout,
-        settings.connect(NoTls),
-    );
+    let connecting =
+        tokio::time::timeout(storage.postgres.connect_timeout, settings.connect(NoTls));
     let (client, mut connection) = connecting
         .await
         .map_err(|_| "connecting timed out".to_owned())?
@@ -307,11 +305,17 @@ async fn connect(
             }
         }
     }));
-    let listen = format!("LISTEN {}", postgres::channel(state.args.membership.instance));
-    tokio::time::timeout(storage.postgres.statement_timeout, client.batch_execute(&listen))
-        .await
-        .map_err(|_| "LISTEN timed out".to_owned())?
-        .map_err(|e| crate::error::error_chain(&e))?;
+    let listen = format!(
+        "LISTEN {}",
+        postgres::channel(state.args.membership.instance)
+    );
+    tokio::time::timeout(
+        storage.postgres.statement_timeout,
+        client.batch_execute(&listen),
+    )
+    .await
+    .map_err(|_| "LISTEN timed out".to_owned())?
+    .map_err(|e| crate::error::error_chain(&e))?;
     tracing::info!(
         instance = state.args.membership.instance,
         "connected to the shared database"
