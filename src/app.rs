@@ -217,6 +217,9 @@ async fn start_with(
         actors: &crate::actors::Child::names(),
     });
     let health = Arc::new(Health::new(llm.len()));
+    if let Some(member) = &membership {
+        let _ = health.lease.set(Arc::clone(&member.clock));
+    }
     let ops_listener = match &transport {
         Transport::Telegram(_) => Some(
             TcpListener::bind(config.ops.listen)

@@ -79,6 +79,9 @@ pub struct Health {
     pub telegram_ok_ms: AtomicU64,
     /// Per provider (index), the last answered call.
     pub provider_ok_ms: Vec<AtomicU64>,
+    /// This instance's lease on a shared store, once registered; unset on
+    /// fjall.
+    pub lease: std::sync::OnceLock<std::sync::Arc<crate::lease::LeaseClock>>,
 }
 
 impl Health {
@@ -87,6 +90,7 @@ impl Health {
         Self {
             telegram_ok_ms: AtomicU64::new(0),
             provider_ok_ms: (0..providers).map(|_| AtomicU64::new(0)).collect(),
+            lease: std::sync::OnceLock::new(),
         }
     }
 
@@ -392,6 +396,16 @@ pub async fn readiness(
     }
     let sessions = snapshot.sessions;
 
+    // A shared store: this instance may answer only while its lease is
+    // known to be valid, which also says the database answered recently.
+    let database = health.lease.get().map(|lease| {
+        let left = lease.remaining();
+        if left.is_zero() {
+            failing.push("database".to_owned());
+        }
+        json!({ "ok": !left.is_zero(), "lease_ms_left": left.as_millis() as u64 })
+    });
+
     let mut actors = Vec::new();
     if snapshot.root_running {
         for child in snapshot.tree.map(|t| t.children).unwrap_or_default() {
@@ -422,6 +436,7 @@ pub async fn readiness(
             "last_commit_ms": s.last_commit_micros as f64 / 1000.0,
             "quarantined": s.quarantined,
         })),
+        "database": database,
         "actors": actors,
         "system": {
             "rss_bytes": rss_bytes(),

@@ -162,6 +162,26 @@ impl BotProcess {
             .code()
     }
 
+    /// Sends the signal named `name` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `within` for the process to exit by itself and returns
+    /// its exit code (`None` also when killed by a signal).
+    pub async fn exit_code_within(mut self, within: Duration) -> Option<i32> {
+        let log = self.log();
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.expect("wait").code(),
+            Err(_) => panic!("the process did not exit; log:\n{log}"),
+        }
+    }
+
     /// Waits for the process to exit by itself and returns its exit code.
     pub async fn exit_code(mut self) -> Option<i32> {
         tokio::time::timeout(WAIT, self.child.wait())

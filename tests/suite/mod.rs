@@ -8,6 +8,7 @@ mod business_control;
 mod business_drafts;
 mod business_more;
 mod buttons;
+mod cluster;
 mod commands;
 mod console;
 mod conversation;
