@@ -1,5 +1,6 @@
 //! Starting the service against the loopback fakes, and small waiting helpers.
 
+pub mod cluster;
 pub mod process;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
