@@ -1676,6 +1676,22 @@ impl Secrets {
         })
     }
 
+    /// The secrets a storage command (`llmgram migrate`) needs: the
+    /// database URL; no bot token.
+    pub fn for_storage(
+        config: &Config,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let secrets = Self::without_token(config, &lookup);
+        if config.storage.backend == StorageBackend::Postgres && secrets.postgres_url.is_none() {
+            return Err(ConfigError::MissingSecret {
+                var: POSTGRES_URL_VAR,
+                reason: "storage.backend = \"postgres\" needs the database URL",
+            });
+        }
+        Ok(secrets)
+    }
+
     /// The secrets of the console front (`llmgram chat`): the LLM keys as for
     /// the bot, and no bot token, which is not even read.
     pub fn for_console(config: &Config, lookup: impl Fn(&str) -> Option<String>) -> Self {

@@ -28,8 +28,14 @@ struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Validate the configuration and print the effective values (secrets
-    /// redacted); exit 0 if it is usable, 2 if not.
+    /// redacted), with `storage.backend = "postgres"` also the database's
+    /// schema version; exit 0 if it is usable, 2 if not, 1 if the database
+    /// cannot be reached.
     CheckConfig,
+    /// Bring the shared PostgreSQL's schema to this build's version
+    /// (`storage.backend = "postgres"`; instances also do it at start) and
+    /// print the versions before and after.
+    Migrate,
     /// Ask the running bot (through `ops.listen`, with the bearer token from
     /// OPS_API_TOKEN) to write a consistent copy of its store into DIR, a new
     /// or empty directory outside storage.path whose parent exists.
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::CheckConfig) => return check_config(args.config.as_deref()),
+        Some(Command::Migrate) => return migrate(args.config.as_deref()),
         Some(Command::Backup { to }) => return backup(args.config.as_deref(), &to),
         Some(Command::Restore { from }) => return restore(args.config.as_deref(), &from),
         Some(Command::Chat { data_dir, language }) => {
@@ -182,11 +189,19 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         );
     }
     let secrets = Secrets::from_lookup(&config, |var| std::env::var(var).ok());
+    let database = match &secrets {
+        Ok(secrets) => database_report(&config, secrets, false),
+        Err(_) => Ok(serde_json::Value::Null),
+    };
     let report = serde_json::json!({
         "config": config,
         "secrets": match &secrets {
             Ok(secrets) => secrets.describe(),
             Err(error) => serde_json::Value::String(error.to_string()),
+        },
+        "database": match &database {
+            Ok(report) => report.clone(),
+            Err((_, error)) => serde_json::Value::String(error.clone()),
         },
     });
     match serde_json::to_string_pretty(&report) {
@@ -196,12 +211,92 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     }
-    match secrets {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(error) => {
+    match (secrets, database) {
+        (Ok(_), Ok(_)) => ExitCode::SUCCESS,
+        (Err(error), _) => {
             eprintln!("llmgram: {error}");
             ExitCode::from(EXIT_CONFIG)
         }
+        (Ok(_), Err((code, error))) => {
+            eprintln!("llmgram: {error}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// `llmgram migrate`: the shared database's schema brought to this build's.
+fn migrate(file: Option<&std::path::Path>) -> ExitCode {
+    let config = match load_config(file) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let secrets = match Secrets::for_storage(&config, |var| std::env::var(var).ok()) {
+        Ok(secrets) => secrets,
+        Err(error) => {
+            eprintln!("llmgram: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match database_report(&config, &secrets, true) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err((code, error)) => {
+            eprintln!("llmgram: {error}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// With `storage.backend = "postgres"`: the database's schema version
+/// against this build's, after migrating when `migrate`; `Null` on fjall.
+/// The error carries its exit code: 2 for a schema newer than this build
+/// or a build without the backend, 1 for a database that cannot be reached.
+fn database_report(
+    config: &Config,
+    secrets: &Secrets,
+    migrate: bool,
+) -> Result<serde_json::Value, (u8, String)> {
+    if config.storage.backend != llmgram::config::StorageBackend::Postgres {
+        return if migrate {
+            Err((
+                EXIT_CONFIG,
+                "storage.backend is \"fjall\": there is no schema to migrate".into(),
+            ))
+        } else {
+            Ok(serde_json::Value::Null)
+        };
+    }
+    #[cfg(feature = "postgres")]
+    {
+        let Some(url) = &secrets.postgres_url else {
+            return Err((
+                EXIT_CONFIG,
+                format!("{} is not set", llmgram::config::POSTGRES_URL_VAR),
+            ));
+        };
+        let report =
+            llmgram::store::postgres::schema_report(url.expose(), &config.storage, migrate);
+        match report {
+            Ok(report) => Ok(serde_json::json!({
+                "schema_version": report.to,
+                "schema_version_before": report.from,
+                "this_build": llmgram::store::postgres::SCHEMA_VERSION,
+            })),
+            Err(error) if error.to_string().contains("newer") => {
+                Err((EXIT_CONFIG, error.to_string()))
+            }
+            Err(error) => Err((EXIT_RUNTIME, error.to_string())),
+        }
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (secrets, migrate);
+        Err((
+            EXIT_CONFIG,
+            "this build has no PostgreSQL backend (cargo feature `postgres`)".into(),
+        ))
     }
 }
 

@@ -220,6 +220,36 @@ pub fn schema_version(client: &mut Client) -> Result<i32, StoreError> {
         .get(0))
 }
 
+/// The schema version of the database at `url` (after migrating it to
+/// [`SCHEMA_VERSION`] when `migrate`): `from` is the version found, `to`
+/// the version now. Blocking; for `llmgram check-config` and `llmgram
+/// migrate`, never inside the async runtime.
+pub fn schema_report(
+    url: &str,
+    storage_config: &StorageConfig,
+    migrate: bool,
+) -> Result<Migration, StoreError> {
+    let settings = postgres::Config::from(connection_config(
+        url,
+        &storage_config.postgres,
+        storage_config.persist_mode,
+    )?);
+    let mut client = settings.connect(NoTls).map_err(storage)?;
+    if migrate {
+        return self::migrate(&mut client);
+    }
+    let version = schema_version(&mut client)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Storage(format!(
+            "the database's schema is version {version}, newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    Ok(Migration {
+        from: version,
+        to: version,
+    })
+}
+
 /// Registers a new instance with a lease of `lease` from now (database
 /// time); returns its id. Each process start gets a fresh id: an instance
 /// that lost its lease never comes back under the old one.

@@ -273,3 +273,62 @@ async fn a_paused_owner_wakes_up_fenced_and_sends_nothing() {
         .unwrap();
     assert_eq!(stale, "1", "the chat has one owner");
 }
+
+/// The binary as an operator runs its storage commands.
+fn command(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_llmgram"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TELEGRAM_BOT_TOKEN", "123456:test")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `check-config` reports the database's schema version, `migrate` brings
+/// it to the build's, the URL never shows, and unusable combinations exit
+/// 2: no URL, or a schema newer than the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_commands_report_and_migrate_the_schema() {
+    let db = tokio::task::spawn_blocking(llmgram_fakes::TempPostgres::start)
+        .await
+        .unwrap()
+        .expect("a throwaway PostgreSQL (install the postgresql package)");
+    let postgres = || {
+        vec![
+            ("LLMGRAM_STORAGE__BACKEND", "postgres".to_owned()),
+            ("LLMGRAM_STORAGE__POSTGRES__URL", db.url()),
+        ]
+    };
+    let check = || command(&["check-config"], &postgres());
+    let output = check();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains(&db.url()), "the database URL was printed");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["database"]["schema_version"], 0);
+    assert_eq!(
+        report["secrets"]["LLMGRAM_STORAGE__POSTGRES__URL"],
+        "set (redacted)"
+    );
+
+    let output = command(&["migrate"], &postgres());
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let migrated: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(migrated["schema_version_before"], 0);
+    assert_eq!(migrated["schema_version"], migrated["this_build"]);
+    let report: serde_json::Value = serde_json::from_slice(&check().stdout).unwrap();
+    assert_eq!(report["database"]["schema_version"], migrated["this_build"]);
+
+    let no_url = command(
+        &["check-config"],
+        &[("LLMGRAM_STORAGE__BACKEND", "postgres".to_owned())],
+    );
+    assert_eq!(no_url.status.code(), Some(2), "{no_url:?}");
+    db.psql("INSERT INTO llmgram_schema (version) VALUES (999)")
+        .unwrap();
+    let newer = check();
+    assert_eq!(newer.status.code(), Some(2), "{newer:?}");
+    assert!(String::from_utf8_lossy(&newer.stderr).contains("newer"));
+}
