@@ -371,7 +371,7 @@ async fn route_forget_fan(
 /// Asks the rate limiter about the batch and marks the updates it limits.
 /// A limiter that is away (restarting) lets everything through: better an
 /// unlimited minute than unanswered users.
-async fn apply_limits(
+pub(crate) async fn apply_limits(
     directory: &Directory,
     media: &MediaConfig,
     mut updates: Vec<Inbound>,

@@ -110,6 +110,10 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 /// constant: `pg_advisory_xact_lock` takes any 64-bit key).
 const MIGRATION_LOCK: i64 = 0x6c6c_6d67_7261_6d00;
 
+/// The notification channel of bot-wide settings: the payload is
+/// `<bot>:<name>` of the setting an instance changed.
+pub const SETTINGS_CHANNEL: &str = "llmgram_settings";
+
 /// The notification channel of one instance: another instance that
 /// received an update for a chat this one owns says so here.
 pub fn channel(instance: i64) -> String {
@@ -645,6 +649,14 @@ impl Backend for PgBackend {
                     &[&bot, &name, &bytes],
                 )
                 .map_err(storage)?;
+            // Delivered at commit: every instance's cluster actor has its
+            // owner read the setting again.
+            this.client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&SETTINGS_CHANNEL, &format!("{bot}:{name}")],
+                )
+                .map_err(storage)?;
             Ok(())
         })
     }
@@ -817,7 +829,7 @@ impl PgBackend {
         quarantined: &AtomicU64,
     ) -> Result<Vec<record::StoredUpdate>, StoreError> {
         let mut pending = Vec::with_capacity(rows.len());
-        for (update_id, key, entry, admitted) in rows {
+        for (update_id, key, entry, admitted, _) in rows {
             match decode_pending_entry(entry.as_deref(), admitted) {
                 Ok(Some(update)) => pending.push(update),
                 Ok(None) => {}
@@ -840,8 +852,9 @@ impl PgBackend {
 }
 
 /// An unanswered update's row: its id, conversation key, encoded entry
-/// (`None` once answered) and admission number.
-pub type PendingRow = (i64, Vec<u8>, Option<Vec<u8>>, i64);
+/// (`None` once answered), admission number and the instance that received
+/// it.
+pub type PendingRow = (i64, Vec<u8>, Option<Vec<u8>>, i64, Option<i64>);
 
 /// A pending row's update with its admission number; `None` for a row
 /// holding no pending update.
@@ -885,14 +898,14 @@ pub fn claimable_pending(
         .map_err(storage)?;
     Ok(rows
         .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
         .collect())
 }
 
 /// The query of [`claimable_pending`] (also run by the cluster actor on its
 /// own connection).
 pub const CLAIMABLE_PENDING: &str = "
-    SELECT u.update_id, u.key, u.entry, u.admitted
+    SELECT u.update_id, u.key, u.entry, u.admitted, u.admitted_by
     FROM llmgram_updates u
     LEFT JOIN llmgram_chats c ON c.bot = u.bot AND c.key = u.key
     LEFT JOIN llmgram_instances i ON i.id = c.owner

@@ -30,12 +30,19 @@ pub struct Cluster {
     pub telegram: FakeTelegram,
     pub llm: FakeLlm,
     pub nodes: Vec<Node>,
+    /// Environment every instance gets on top of the cluster's.
+    pub extra_env: Vec<(&'static str, String)>,
     _dirs: tempfile::TempDir,
     client: reqwest::Client,
 }
 
 impl Cluster {
     pub async fn start(instances: usize) -> Self {
+        Self::start_with(instances, &[]).await
+    }
+
+    /// Like [`start`](Self::start), every instance with `extra_env` too.
+    pub async fn start_with(instances: usize, extra_env: &[(&'static str, String)]) -> Self {
         let db = tokio::task::spawn_blocking(TempPostgres::start)
             .await
             .unwrap()
@@ -55,6 +62,7 @@ impl Cluster {
             telegram,
             llm,
             nodes,
+            extra_env: extra_env.to_vec(),
             _dirs: dirs,
             client: reqwest::Client::new(),
         };
@@ -84,6 +92,9 @@ impl Cluster {
             ("LLMGRAM_WEBHOOK__PER_IP_PER_SECOND", "1000000".into()),
             ("TELEGRAM_WEBHOOK_SECRET", SECRET.into()),
         ]
+        .into_iter()
+        .chain(self.extra_env.iter().cloned())
+        .collect()
     }
 
     /// Starts instance `index` and waits until its webhook listens.
@@ -137,6 +148,24 @@ impl Cluster {
     }
 
     /// How many times the bot sent `text` to `chat`.
+    /// Waits until the bot sent `chat` a message containing `part`.
+    pub async fn wait_for(&self, chat: i64, part: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .telegram
+            .sent_to(chat)
+            .iter()
+            .any(|message| message.text.contains(part))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "chat {chat} never got {part:?}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn answered(&self, chat: i64, text: &str) -> usize {
         self.telegram
             .sent_to(chat)

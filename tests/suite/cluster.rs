@@ -332,3 +332,50 @@ async fn storage_commands_report_and_migrate_the_schema() {
     assert_eq!(newer.status.code(), Some(2), "{newer:?}");
     assert!(String::from_utf8_lossy(&newer.stderr).contains("newer"));
 }
+
+/// Bans and the admin's default model are shared: set through one
+/// instance, they hold at once on another, also for an update handed over
+/// from an instance that received it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_ban_and_model_reach_every_instance() {
+    let cluster = Cluster::start_with(2, &[("LLMGRAM_ADMIN_IDS", "900".into())]).await;
+    let say = |chat: i64, text: &str| cluster.telegram.text_update(chat, chat as u64, text).1;
+    // 901's chat lives on instance 1 before the ban.
+    cluster.post(1, &say(901, "before")).await;
+    cluster.wait_for(901, "answer to: before").await;
+
+    cluster.post(0, &say(900, "/ban 901")).await;
+    cluster.wait_for(900, "901 is banned").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = cluster.llm.request_count();
+    cluster.post(1, &say(901, "after the ban")).await;
+    // Received by the other instance and handed over: judged where answered.
+    cluster.post(0, &say(901, "misrouted after the ban")).await;
+    cluster.wait_for(901, "no longer").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        cluster.llm.request_count(),
+        asked,
+        "a banned user costs no call"
+    );
+    assert!(
+        !cluster
+            .telegram
+            .sent_to(901)
+            .iter()
+            .any(|m| m.text.contains("after the ban")),
+        "nothing answered after the ban"
+    );
+
+    cluster
+        .post(0, &say(900, "/model llama-3.3-70b-versatile"))
+        .await;
+    cluster
+        .wait_for(900, "set to llama-3.3-70b-versatile")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.post(1, &say(903, "which model?")).await;
+    cluster.wait_for(903, "answer to: which model?").await;
+    let last = cluster.llm.requests().pop().unwrap();
+    assert_eq!(last.model, "llama-3.3-70b-versatile");
+}

@@ -24,6 +24,9 @@
 //!   which root escalates at once, and the process exits non-zero; its
 //!   service manager starts it again with a new instance id (an instance
 //!   never revives a lapsed id).
+//! - **Settings:** a bot-wide setting saved by any instance is announced on
+//!   the `llmgram_settings` channel; the ban list and the default model are
+//!   then read again by their owners (limiter, LLM pool) on every instance.
 //! - **Sweep:** reads the unanswered updates this instance may answer
 //!   (handed over by the instance that received them, or left by an
 //!   instance whose lease lapsed more than `storage.postgres.grace` ago, or
@@ -50,7 +53,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::{Config, Secret};
 use crate::lease::LeaseClock;
-use crate::store::postgres::{self, CLAIMABLE_PENDING};
+use crate::store::postgres::{self, CLAIMABLE_PENDING, SETTINGS_CHANNEL};
 
 /// How often old answered markers are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
@@ -141,6 +144,10 @@ pub(crate) enum ClusterMsg {
     /// Timer or notification: hand this instance's unanswered updates to
     /// the sessions.
     Sweep,
+    /// Another instance (or this one) changed a bot-wide setting, named
+    /// in the notification's payload `<bot>:<name>`: its owner reads it
+    /// again.
+    SettingChanged(String),
     /// Counters.
     Stats {
         /// The answer.
@@ -192,7 +199,7 @@ impl Actor for Cluster {
             myself.send_interval(postgres.renew_interval, || ClusterMsg::Renew),
             myself.send_interval(postgres.sweep_interval, || ClusterMsg::Sweep),
         ];
-        Ok(ClusterState {
+        let mut state = ClusterState {
             stats: ClusterStats {
                 instance: args.membership.instance,
                 ..ClusterStats::default()
@@ -204,7 +211,12 @@ impl Actor for Cluster {
             timers,
             last_purge: Instant::now(),
             swept: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        // Listening before the front starts taking updates, so no setting
+        // changed or hand-over announced from then on is missed (if the
+        // database is away now, the first tick connects).
+        let _ = connection(&myself, &mut state).await;
+        Ok(state)
     }
 
     async fn post_stop(
@@ -232,6 +244,7 @@ impl Actor for Cluster {
             ClusterMsg::Panic => panic!("chaos: ordered to panic"),
             ClusterMsg::Renew => renew(&myself, state).await?,
             ClusterMsg::Sweep => sweep(&myself, state).await,
+            ClusterMsg::SettingChanged(payload) => on_setting_changed(state, &payload),
             ClusterMsg::Stats { reply } => {
                 let stats = ClusterStats {
                     connected: state.client.as_ref().is_some_and(|c| !c.is_closed()),
@@ -292,6 +305,9 @@ async fn connect(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
+                Ok(AsyncMessage::Notification(note)) if note.channel() == SETTINGS_CHANNEL => {
+                    let _ = notify.cast(ClusterMsg::SettingChanged(note.payload().to_owned()));
+                }
                 Ok(AsyncMessage::Notification(_)) => {
                     if !asked.swap(true, Ordering::AcqRel) {
                         let _ = notify.cast(ClusterMsg::Sweep);
@@ -306,7 +322,7 @@ async fn connect(
         }
     }));
     let listen = format!(
-        "LISTEN {}",
+        "LISTEN {}; LISTEN {SETTINGS_CHANNEL}",
         postgres::channel(state.args.membership.instance)
     );
     tokio::time::timeout(
@@ -320,7 +336,31 @@ async fn connect(
         instance = state.args.membership.instance,
         "connected to the shared database"
     );
+    // Changes announced while this connection was not listening were
+    // missed: read the shared settings again.
+    state.args.directory.limiter().reload_bans();
+    state.args.directory.llm_pool().reload_model();
     Ok(client)
+}
+
+/// A bot-wide setting changed in the shared store: its owner reads it
+/// again. The business connections are read only at start (their owner
+/// keeps fan activity in memory): an instance sees another's change after
+/// its restart (supervision.md, "Running several instances").
+fn on_setting_changed(state: &ClusterState, payload: &str) {
+    let Some((bot, name)) = payload.split_once(':') else {
+        return;
+    };
+    if bot != state.args.membership.bot.to_string() {
+        return;
+    }
+    let directory = &state.args.directory;
+    tracing::info!(setting = name, "shared setting changed; read again");
+    match name {
+        "bans" => directory.limiter().reload_bans(),
+        "default_model" => directory.llm_pool().reload_model(),
+        other => tracing::debug!(setting = other, "setting changed elsewhere; read at start"),
+    }
 }
 
 /// Renews the lease; fails only when it had lapsed (see the module doc).
@@ -424,17 +464,33 @@ async fn sweep(myself: &ActorRef<ClusterMsg>, state: &mut ClusterState) {
         }
         state.last_purge = Instant::now();
     }
-    let mut updates = Vec::with_capacity(rows.len());
-    for row in rows {
+    let (mut own, mut received_elsewhere) = (Vec::new(), Vec::new());
+    // The admission order, kept across the split below.
+    let mut order = std::collections::HashMap::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
         let update_id: i64 = row.get(0);
+        if let Ok(id) = u32::try_from(update_id) {
+            order.insert(id, index);
+        }
         let entry: Option<Vec<u8>> = row.get(2);
+        let by: Option<i64> = row.get(4);
         match postgres::decode_pending_entry(entry.as_deref(), row.get(3)) {
-            Ok(Some(update)) => updates.push(update.into_inbound(&config.commands)),
+            Ok(Some(update)) if by == Some(me) => own.push(update.into_inbound(&config.commands)),
+            Ok(Some(update)) => received_elsewhere.push(update.into_inbound(&config.commands)),
             Ok(None) => {}
             // Quarantined by the writer when it reads it for a replay.
             Err(error) => tracing::error!(update_id, %error, "swept update does not decode"),
         }
     }
+    // The stored copy carries no rate-limit verdict: what another instance
+    // received is judged here, where it is answered (bans are shared), so a
+    // hand-over is no way around a ban or a limit. This instance's own were
+    // judged when it received them.
+    let received_elsewhere =
+        crate::front::apply_limits(&state.args.directory, &config.media, received_elsewhere).await;
+    let mut updates = own;
+    updates.extend(received_elsewhere);
+    updates.sort_by_key(|update| order.get(&update.update_id).copied());
     if updates.is_empty() {
         return;
     }

@@ -122,6 +122,12 @@ impl LimiterHandle<'_> {
             .unwrap_or(Err(StoreError::Unavailable))
     }
 
+    /// The ban list changed in a store shared with other instances: read it
+    /// again. Best effort (the next change or restart reads it anyway).
+    pub fn reload_bans(&self) {
+        self.directory.cast_now(ADDRESS, LimiterMsg::ReloadBans);
+    }
+
     /// Makes the limiter panic (tests only); `false` if it is not running.
     #[cfg(feature = "chaos")]
     pub fn panic(&self) -> bool {
@@ -166,6 +172,8 @@ pub(crate) enum LimiterMsg {
         /// `Ok` once durable.
         reply: RpcReplyPort<Result<(), StoreError>>,
     },
+    /// Another instance changed the ban list (shared store): read it again.
+    ReloadBans,
     /// Timer: reclaim the state of idle keys.
     Sweep,
 }
@@ -355,15 +363,7 @@ impl Actor for Limiter {
         myself: ActorRef<LimiterMsg>,
         args: LimiterArgs,
     ) -> Result<LimiterState, ActorProcessingErr> {
-        let bans = match args
-            .directory
-            .persistence()
-            .load_setting(BotKey::Bans)
-            .await?
-        {
-            Some(BotSetting::Bans(users)) => users.into_iter().collect(),
-            _ => HashSet::new(),
-        };
+        let bans = stored_bans(&args.directory).await?;
         let config = &args.config.limits;
         let (global_llm, new_chats) = pacers(config);
         Ok(LimiterState {
@@ -411,14 +411,32 @@ impl Actor for Limiter {
                 let _ = reply.send(slot);
             }
             LimiterMsg::Ban { user, reply } => {
-                state.bans.insert(user);
-                let _ = reply.send(save_bans(state).await);
+                let saved = match refresh_shared_bans(state).await {
+                    Ok(()) => {
+                        state.bans.insert(user);
+                        save_bans(state).await
+                    }
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(saved);
             }
             LimiterMsg::Unban { user, reply } => {
-                state.bans.remove(&user);
-                state.notified_until.remove(&user);
-                let _ = reply.send(save_bans(state).await);
+                let saved = match refresh_shared_bans(state).await {
+                    Ok(()) => {
+                        state.bans.remove(&user);
+                        state.notified_until.remove(&user);
+                        save_bans(state).await
+                    }
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(saved);
             }
+            LimiterMsg::ReloadBans => match stored_bans(&state.directory).await {
+                Ok(bans) => state.bans = bans,
+                Err(error) => {
+                    tracing::warn!(class = error.class(), %error, "bans not reloaded; kept as they were");
+                }
+            },
             LimiterMsg::Sweep => on_sweep(state),
         }
         Ok(())
@@ -457,6 +475,26 @@ fn reserve(pacer: &mut Pacer, limit: &'static str) -> Slot {
     metrics::gauge!(crate::telemetry::families::LIMIT_WAITING, "limit" => limit)
         .set(pacer.waiting(now) as f64);
     slot
+}
+
+/// The ban list as stored.
+async fn stored_bans(directory: &Directory) -> Result<HashSet<i64>, StoreError> {
+    Ok(
+        match directory.persistence().load_setting(BotKey::Bans).await? {
+            Some(BotSetting::Bans(users)) => users.into_iter().collect(),
+            _ => HashSet::new(),
+        },
+    )
+}
+
+/// With a store shared by several instances, another one may have changed
+/// the list since it was read: read it again before changing it, so its
+/// change is not written over.
+async fn refresh_shared_bans(state: &mut LimiterState) -> Result<(), StoreError> {
+    if state.config.storage.backend == crate::config::StorageBackend::Postgres {
+        state.bans = stored_bans(&state.directory).await?;
+    }
+    Ok(())
 }
 
 /// Stores the ban list; the persistence actor answers once it is durable.

@@ -136,6 +136,12 @@ impl LlmPoolHandle<'_> {
             .await
     }
 
+    /// Another instance changed the default model (shared store): read it
+    /// again. Best effort.
+    pub fn reload_model(&self) {
+        self.directory.cast_now(ADDRESS, LlmPoolMsg::ReloadModel);
+    }
+
     /// Makes the pool panic (tests only); `false` if it is not running.
     #[cfg(feature = "chaos")]
     pub fn panic(&self) -> bool {
@@ -145,6 +151,9 @@ impl LlmPoolHandle<'_> {
 
 /// Messages of the LLM pool.
 pub(crate) enum LlmPoolMsg {
+    /// Another instance changed the default model (shared store): read it
+    /// again.
+    ReloadModel,
     /// Use `model` on the primary provider for everyone (admin `/model`);
     /// answered once the choice is stored.
     SetModel {
@@ -229,15 +238,7 @@ impl Actor for LlmPool {
             slots = args.config.max_concurrency,
             "llm pool started"
         );
-        let model = match args
-            .directory
-            .persistence()
-            .load_setting(BotKey::DefaultModel)
-            .await?
-        {
-            Some(BotSetting::DefaultModel(model)) => Some(Arc::from(model.as_str())),
-            _ => None,
-        };
+        let model = stored_model(&args.directory).await?;
         Ok(LlmPoolState {
             model,
             health: args.health,
@@ -269,6 +270,12 @@ impl Actor for LlmPool {
                 mime,
                 reply,
             } => on_transcribe(state, audio, file_name, mime, reply),
+            LlmPoolMsg::ReloadModel => match stored_model(&state.directory).await {
+                Ok(model) => state.model = model,
+                Err(error) => {
+                    tracing::warn!(class = error.class(), %error, "default model not reloaded; kept");
+                }
+            },
             LlmPoolMsg::SetModel { model, reply } => {
                 let stored = state
                     .directory
@@ -613,3 +620,17 @@ where
 
 #[cfg(test)]
 mod tests;
+
+/// The default model an admin chose, as stored; `None` if none.
+async fn stored_model(directory: &Directory) -> Result<Option<Arc<str>>, StoreError> {
+    Ok(
+        match directory
+            .persistence()
+            .load_setting(BotKey::DefaultModel)
+            .await?
+        {
+            Some(BotSetting::DefaultModel(model)) => Some(Arc::from(model.as_str())),
+            _ => None,
+        },
+    )
+}

@@ -86,6 +86,7 @@ impl Actor for StandInPool {
             }
             LlmPoolMsg::CurrentModel { reply } => drop(reply.send("stand-in".into())),
             LlmPoolMsg::SetModel { reply, .. } => drop(reply.send(Ok(()))),
+            LlmPoolMsg::ReloadModel => {}
             LlmPoolMsg::Transcribe { reply, .. } => {
                 drop(reply.send(Err(crate::llm::LlmError::NoTranscription)));
             }
