@@ -224,6 +224,10 @@ struct Options {
     /// Extra `LLMGRAM_*` variables for the bot, from `--set section.key=value`
     /// (and `--stream`).
     extra_env: Vec<(String, String)>,
+    /// `--backend postgres`: the bot's store is a throwaway PostgreSQL
+    /// (`llmgram_fakes::TempPostgres`, on this disk, fsync on) instead of
+    /// fjall.
+    postgres: bool,
 }
 
 impl Options {
@@ -231,7 +235,8 @@ impl Options {
          [--llm-latency-ms MS] [--llm-concurrency N] [--timeout-secs S] [--think-ms MS] \
          [--rate R --duration-secs D] [--idle-secs S] [--startups N] \
          [--chaos-every-ms MS [--chaos-only NAME]...] [--photo-bytes N] \
-         [--stream on|off [--stream-chunk-ms MS]] [--set section.key=value]...";
+         [--stream on|off [--stream-chunk-ms MS]] [--backend fjall|postgres] \
+         [--set section.key=value]...";
 
     /// Parses `--name value` pairs; ignores the `--bench` flag cargo adds.
     fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -251,6 +256,7 @@ impl Options {
             photo_bytes: None,
             stream_chunk: Duration::ZERO,
             extra_env: Vec::new(),
+            postgres: false,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -307,6 +313,13 @@ impl Options {
                 }
                 "--stream-chunk-ms" => options.stream_chunk = Duration::from_millis(number(0)?),
                 "--set" => options.extra_env.push(Self::config_env(&value)?),
+                "--backend" => {
+                    options.postgres = match value.as_str() {
+                        "fjall" => false,
+                        "postgres" => true,
+                        _ => return Err(format!("{flag}: expected fjall or postgres, got {value:?}")),
+                    };
+                }
                 _ => return Err(format!("unknown option {flag}\n{}", Self::USAGE)),
             }
         }
@@ -395,7 +408,25 @@ async fn main() -> ExitCode {
         return startup_series(&options, runs).await;
     }
 
-    // Set-up: both fakes here, the bot as a child process.
+    // Set-up: both fakes here, the bot as a child process (and its
+    // PostgreSQL, with `--backend postgres`).
+    let mut options = options;
+    let _postgres = if options.postgres {
+        let db = tokio::task::spawn_blocking(llmgram_fakes::TempPostgres::start)
+            .await
+            .expect("the PostgreSQL start task")
+            .expect("a throwaway PostgreSQL (install the postgresql package)");
+        println!("store: postgres on 127.0.0.1:{}", db.port());
+        options
+            .extra_env
+            .push(("LLMGRAM_STORAGE__BACKEND".into(), "postgres".into()));
+        options
+            .extra_env
+            .push(("LLMGRAM_STORAGE__POSTGRES__URL".into(), db.url()));
+        Some(db)
+    } else {
+        None
+    };
     let telegram = FakeTelegram::start().await;
     let llm = FakeLlm::start().await;
     llm.set_latency(options.llm_latency);
@@ -410,6 +441,9 @@ async fn main() -> ExitCode {
         llm.base_url()
     );
     for (name, value) in &options.extra_env {
+        if name.ends_with("POSTGRES__URL") {
+            continue;
+        }
         println!("bot config: {name}={value}");
     }
     let ops_addr = free_loopback_addr();
