@@ -494,6 +494,14 @@ pub fn register(known: Known<'_>) {
     for outcome in DOWNLOAD_OUTCOMES {
         metrics::counter!(MEDIA_DOWNLOADS, "outcome" => *outcome).increment(0);
     }
+    // Zero on fjall too: one alert rule fits either backend.
+    for at in ["load", "send", "commit"] {
+        metrics::counter!(CLUSTER_FENCED, "at" => at).increment(0);
+    }
+    for outcome in ["renewed", "failed"] {
+        metrics::counter!(CLUSTER_RENEWALS, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(CLUSTER_SWEPT).increment(0);
     for outcome in BUSINESS_AUTO_OUTCOMES {
         metrics::counter!(BUSINESS_AUTO, "outcome" => *outcome).increment(0);
     }
