@@ -317,7 +317,11 @@ impl Options {
                     options.postgres = match value.as_str() {
                         "fjall" => false,
                         "postgres" => true,
-                        _ => return Err(format!("{flag}: expected fjall or postgres, got {value:?}")),
+                        _ => {
+                            return Err(format!(
+                                "{flag}: expected fjall or postgres, got {value:?}"
+                            ));
+                        }
                     };
                 }
                 _ => return Err(format!("unknown option {flag}\n{}", Self::USAGE)),
