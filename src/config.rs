@@ -2140,4 +2140,36 @@ mod tests {
         assert!(console.telegram_token.is_none());
         assert_eq!(console.llm_api_key.unwrap().expose(), "sk-SECRET");
     }
+
+    #[test]
+    fn a_shared_store_needs_its_url_from_the_environment_and_sane_timings() {
+        let config = Config::from_defaults_with("storage.backend = \"postgres\"").unwrap();
+        let token = |var: &str| (var == TOKEN_VAR).then(|| "1:x".to_owned());
+        let err = Secrets::from_lookup(&config, token).unwrap_err();
+        assert!(err.to_string().contains(POSTGRES_URL_VAR), "{err}");
+        let secrets = Secrets::from_lookup(&config, |var| match var {
+            POSTGRES_URL_VAR => Some("postgres://u:SECRET@db/x".into()),
+            other => token(other),
+        })
+        .unwrap();
+        assert!(!format!("{secrets:?}").contains("SECRET"));
+        // The URL is a secret, never a key of a file.
+        let err =
+            Config::from_defaults_with("[storage.postgres]\nurl = \"postgres://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("storage.postgres"), "{err}");
+        for (bad, key) in [
+            ("renew_interval = \"3s\"", "storage.postgres.renew_interval"),
+            ("send_margin = \"500ms\"", "storage.postgres.send_margin"),
+            ("send_margin = \"6s\"", "storage.postgres.send_margin"),
+            (
+                "statement_timeout = \"6s\"",
+                "storage.postgres.statement_timeout",
+            ),
+            ("sweep_batch = 0", "storage.postgres.sweep_batch"),
+        ] {
+            let err =
+                Config::from_defaults_with(&format!("[storage.postgres]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
 }
