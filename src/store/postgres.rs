@@ -90,6 +90,7 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (bot, update_id)
     );
     CREATE INDEX llmgram_updates_pending ON llmgram_updates (bot, admitted) WHERE NOT answered;
+    CREATE INDEX llmgram_updates_pending_by_chat ON llmgram_updates (bot, key) WHERE NOT answered;
     CREATE TABLE llmgram_settings (
         bot bigint NOT NULL,
         name text NOT NULL,
@@ -577,31 +578,38 @@ impl Backend for PgBackend {
         also_answered: Vec<u32>,
         change: RecordChange,
     ) -> Result<(), StoreError> {
-        let (bot, pruned_below) = (self.bot, self.pruned_below);
+        let (bot, me, pruned_below) = (self.bot, self.me, self.pruned_below);
+        let (gone, answered): (Vec<i64>, Vec<i64>) = also_answered
+            .into_iter()
+            .chain([update_id])
+            .map(i64::from)
+            // Below the confirmed offset Telegram will not send them again:
+            // no marker needed.
+            .partition(|id| *id < i64::from(pruned_below));
+        let (record, replace) = match change {
+            RecordChange::Put(record) => (Some(record), true),
+            RecordChange::Delete => (None, true),
+            RecordChange::Keep => (None, false),
+            forget @ RecordChange::Forget(_) => {
+                return self.in_group(group, |this| {
+                    this.write_chat(key, forget)?;
+                    this.mark_answered(&answered, &gone)
+                });
+            }
+        };
+        let bytes = session_key(key);
         self.in_group(group, |this| {
-            // The fence first: nothing of the turn is written unless this
-            // instance still owns the chat.
-            this.write_chat(key, change)?;
-            let (gone, answered): (Vec<i64>, Vec<i64>) = also_answered
-                .into_iter()
-                .chain([update_id])
-                .map(i64::from)
-                .partition(|id| *id < i64::from(pruned_below));
-            this.client
-                .execute(
-                    "UPDATE llmgram_updates SET answered = true, entry = NULL
-                     WHERE bot = $1 AND update_id = ANY($2)",
-                    &[&bot, &answered],
+            // One round trip: the fenced write of the record, and the
+            // markers only if it was written.
+            let row = this
+                .client
+                .query_one(
+                    COMMIT_TURN,
+                    &[&bot, &bytes, &record, &me, &answered, &gone, &replace],
                 )
                 .map_err(storage)?;
-            if !gone.is_empty() {
-                // Telegram will not send them again: no marker needed.
-                this.client
-                    .execute(
-                        "DELETE FROM llmgram_updates WHERE bot = $1 AND update_id = ANY($2)",
-                        &[&bot, &gone],
-                    )
-                    .map_err(storage)?;
+            if row.get::<_, i64>(0) == 0 {
+                return Err(StoreError::Fenced);
             }
             Ok(())
         })
@@ -754,6 +762,29 @@ impl Backend for PgBackend {
         self.decode_pending(rows, quarantined)
     }
 
+    /// One conversation's unanswered updates, through its own index (a
+    /// new session asks this, so it must not scan the others').
+    fn pending_of(
+        &mut self,
+        key: &SessionKey,
+        quarantined: &AtomicU64,
+    ) -> Result<Vec<record::StoredUpdate>, StoreError> {
+        let (bot, bytes) = (self.bot, session_key(key));
+        let rows = self
+            .client()?
+            .query(
+                "SELECT update_id, key, entry, admitted, admitted_by FROM llmgram_updates
+                 WHERE bot = $1 AND key = $2 AND NOT answered ORDER BY admitted",
+                &[&bot, &bytes],
+            )
+            .map_err(storage)?;
+        let rows = rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+            .collect();
+        self.decode_pending(rows, quarantined)
+    }
+
     fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError> {
         let bot = self.bot;
         let row = self
@@ -822,7 +853,51 @@ impl Backend for PgBackend {
     }
 }
 
+/// A turn's commit in one statement: the conversation's record written
+/// (`$7`: replaced by `$3`, `NULL` deleting it; else kept) only while this
+/// instance (`$4`) owns it or nobody has it yet, and its updates (`$5`)
+/// marked answered, or removed (`$6`), only if it was. Returns how many
+/// records were written: 0 means fenced.
+const COMMIT_TURN: &str = "
+    WITH chat AS (
+        INSERT INTO llmgram_chats AS c (bot, key, record, owner) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (bot, key) DO UPDATE
+            SET record = CASE WHEN $7 THEN excluded.record ELSE c.record END
+            WHERE c.owner = $4
+        RETURNING 1
+    ), answered AS (
+        UPDATE llmgram_updates SET answered = true, entry = NULL
+        WHERE bot = $1 AND update_id = ANY($5) AND EXISTS (SELECT 1 FROM chat)
+        RETURNING 1
+    ), gone AS (
+        DELETE FROM llmgram_updates
+        WHERE bot = $1 AND update_id = ANY($6) AND EXISTS (SELECT 1 FROM chat)
+        RETURNING 1
+    )
+    SELECT count(*) FROM chat";
+
 impl PgBackend {
+    /// Marks `answered` answered and removes `gone` (a `/forget` turn, after
+    /// its fenced write).
+    fn mark_answered(&mut self, answered: &[i64], gone: &[i64]) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "UPDATE llmgram_updates SET answered = true, entry = NULL
+                 WHERE bot = $1 AND update_id = ANY($2)",
+                &[&self.bot, &answered],
+            )
+            .map_err(storage)?;
+        if !gone.is_empty() {
+            self.client
+                .execute(
+                    "DELETE FROM llmgram_updates WHERE bot = $1 AND update_id = ANY($2)",
+                    &[&self.bot, &gone],
+                )
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
     fn decode_pending(
         &mut self,
         rows: Vec<PendingRow>,
