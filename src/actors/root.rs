@@ -874,6 +874,9 @@ async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: R
     if let Some(front) = state.record(Child::Front).and_then(|r| r.cell.take()) {
         front.kill();
     }
+    // Nothing new is routed (a shared store's sweep would otherwise keep a
+    // busy instance's drain from ever ending): it stays pending in the store.
+    state.deps.directory.session_sup().close();
     if !state.deps.directory.session_sup().drain_within(grace).await {
         tracing::warn!(
             ?grace,

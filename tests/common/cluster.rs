@@ -387,6 +387,8 @@ pub struct Outcome {
     pub lost: usize,
     /// Extra copies of answers.
     pub repeated: usize,
+    /// The slowest answer: its time, chat and message index.
+    pub slowest: (Duration, i64, usize),
 }
 
 impl Outcome {
@@ -474,7 +476,11 @@ where
                 if cluster.answered(chat, &answer) == 0 {
                     outcome.lost += 1;
                 } else {
-                    outcome.latencies.push(posted.elapsed());
+                    let took = posted.elapsed();
+                    outcome.latencies.push(took);
+                    if took > outcome.slowest.0 {
+                        outcome.slowest = (took, chat, i);
+                    }
                 }
             }
         }));

@@ -130,7 +130,7 @@ async fn behind_haproxy_a_killed_instance_loses_nothing() {
 async fn a_rolling_sigterm_restart_repeats_nothing() {
     let cluster = Arc::new(Cluster::start(3).await);
     cluster.llm.set_latency(Duration::from_millis(50));
-    let (chats, messages) = (60, 12);
+    let (chats, messages) = (30, 16);
     let roller = {
         let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
@@ -154,11 +154,14 @@ async fn a_rolling_sigterm_restart_repeats_nothing() {
     let times = outcome.times();
     eprintln!(
         "cluster rolling SIGTERM restart: 3 restarts, {} messages, lost {}, repeated {}, \
-         stop times {stops:?}, posts retried by the driver {retried} ({server_errors} 5xx), \
+         stop times {stops:?}, slowest answer {:?} (chat {}, message {}), posts retried by the driver {retried} ({server_errors} 5xx), \
          {times}",
         outcome.messages(),
         outcome.lost,
         outcome.repeated,
+        outcome.slowest.0,
+        outcome.slowest.1,
+        outcome.slowest.2,
     );
     assert_eq!(
         outcome.lost,
@@ -167,16 +170,24 @@ async fn a_rolling_sigterm_restart_repeats_nothing() {
         cluster.logs()
     );
     assert_eq!(outcome.repeated, 0, "a graceful stop repeats nothing");
+    // The drain ends once what was routed is answered: it does not wait
+    // for the chats this instance owns to fall quiet (they never do in a
+    // busy deployment), i.e. for `shutdown.grace` (10 s).
+    assert!(
+        stops.iter().all(|stop| *stop < Duration::from_secs(5)),
+        "a stop took {stops:?}"
+    );
     assert!(
         codes.iter().all(|code| *code == Some(0)),
         "each instance stops cleanly: {codes:?}"
     );
-    // A crash costs the lease and the grace (3 s); a clean stop hands the
-    // chats over at once: a sweep, a turn and slack for a loaded machine.
+    // A crash costs the lease and the grace (3 s) before a sweep even
+    // looks; a clean stop hands the chats over once its drain is done.
     assert!(
-        times.max < LEASE,
-        "a stopped instance's chats waited {:?} (a lease is {LEASE:?})",
-        times.max
+        times.max < LEASE + GRACE,
+        "a stopped instance's chats waited {:?} (a crash costs {:?})",
+        times.max,
+        LEASE + GRACE
     );
     cluster.stop_all().await;
 }
