@@ -44,6 +44,12 @@ pub enum Route {
     Proxy,
 }
 
+/// One deployment at a time in this test process: each runs PostgreSQL and
+/// several instances with a 2 s lease, and two at once on a small CI
+/// machine starve each other's lease renewals (an instance whose lease
+/// lapses exits, as it must, and the scenario measures the machine).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A deployment: PostgreSQL, the fakes, the instances and optionally an
 /// HAProxy in front of them. Shared (`Arc`) between the drivers and the
 /// fault injector: every method takes `&self`.
@@ -59,13 +65,25 @@ pub struct Cluster {
     retried_posts: AtomicUsize,
     /// Of those, the ones answered 500.
     server_errors: AtomicUsize,
+    /// Added to every instance's environment.
+    extra_env: Vec<(&'static str, String)>,
     _dirs: tempfile::TempDir,
     client: reqwest::Client,
+    /// Held while this deployment exists (see [`ONE_AT_A_TIME`]); dropped
+    /// last.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     /// PostgreSQL, the fakes and `instances` instances, each listening.
     pub async fn start(instances: usize) -> Self {
+        Self::start_with(instances, Vec::new()).await
+    }
+
+    /// As [`start`](Self::start), with `extra` environment variables for
+    /// every instance (they win over [`env`](Self::env)'s).
+    pub async fn start_with(instances: usize, extra: Vec<(&'static str, String)>) -> Self {
+        let turn = ONE_AT_A_TIME.lock().await;
         let db = tokio::task::spawn_blocking(TempPostgres::start)
             .await
             .unwrap()
@@ -90,8 +108,10 @@ impl Cluster {
             proxy: None,
             retried_posts: AtomicUsize::new(0),
             server_errors: AtomicUsize::new(0),
+            extra_env: extra,
             _dirs: dirs,
             client: reqwest::Client::new(),
+            _turn: turn,
         };
         for index in 0..instances {
             cluster.launch(index).await;
@@ -136,7 +156,7 @@ impl Cluster {
     /// port, its ops listener on its fixed port, the short timings.
     pub fn env(&self, index: usize) -> Vec<(&'static str, String)> {
         let node = &self.nodes[index];
-        vec![
+        let mut env = vec![
             ("LLMGRAM_STORAGE__BACKEND", "postgres".into()),
             ("LLMGRAM_STORAGE__POSTGRES__URL", self.db_url.clone()),
             ("LLMGRAM_STORAGE__POSTGRES__LEASE", "2s".into()),
@@ -161,7 +181,9 @@ impl Cluster {
                 format!("127.0.0.1:{}", node.ops_port),
             ),
             ("TELEGRAM_WEBHOOK_SECRET", SECRET.into()),
-        ]
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     /// Starts instance `index` without waiting for anything.
@@ -251,10 +273,11 @@ impl Cluster {
     }
 
     /// Stops PostgreSQL (a fast shutdown), keeps it down for `down`, starts
-    /// it again on the same port; returns how long it refused connections.
-    pub async fn restart_db(&self, down: Duration) -> Duration {
+    /// it again on the same port.
+    pub async fn restart_db(&self, down: Duration) -> DbRestart {
         let db = Arc::clone(&self.db);
         let stopped_at = Instant::now();
+        let down_mark = self.telegram.sent().len();
         tokio::task::spawn_blocking(move || db.lock().unwrap().stop())
             .await
             .unwrap();
@@ -264,7 +287,11 @@ impl Cluster {
             .await
             .unwrap()
             .expect("PostgreSQL starts again");
-        stopped_at.elapsed()
+        DbRestart {
+            outage: stopped_at.elapsed(),
+            down_mark,
+            up_mark: self.telegram.sent().len(),
+        }
     }
 
     /// Runs `sql` with psql (see [`TempPostgres::psql`]).
@@ -376,6 +403,17 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A database restart ([`Cluster::restart_db`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DbRestart {
+    /// From asking it to stop to accepting connections again.
+    pub outage: Duration,
+    /// Messages the bot had sent when it was asked to stop, and when it was
+    /// back (marks for [`repeats_around`]).
+    pub down_mark: usize,
+    pub up_mark: usize,
 }
 
 /// What a closed-loop run saw.
