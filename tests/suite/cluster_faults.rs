@@ -109,8 +109,12 @@ async fn behind_haproxy_a_killed_instance_loses_nothing() {
         repeats.outside
     );
     assert_eq!(late, 0, "HAProxy kept sending to a dead instance");
+    // Failover: the victim's chats wait for its lease to lapse, the grace
+    // and a sweep; the rest is slack for a loaded CI machine (100 chats on
+    // three instances and HAProxy: the median answer alone takes ~2 s when
+    // the whole suite runs beside it).
     assert!(
-        times.max <= LEASE + GRACE + SWEEP + Duration::from_secs(4),
+        times.max <= LEASE + GRACE + SWEEP + Duration::from_secs(6),
         "failover took {:?}",
         times.max
     );
