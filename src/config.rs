@@ -1659,13 +1659,7 @@ impl Secrets {
         config: &Config,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let secrets = Self::without_token(config, &lookup);
-        if config.storage.backend == StorageBackend::Postgres && secrets.postgres_url.is_none() {
-            return Err(ConfigError::MissingSecret {
-                var: POSTGRES_URL_VAR,
-                reason: "storage.backend = \"postgres\" needs the database URL",
-            });
-        }
+        let secrets = Self::without_token(config, &lookup).with_storage(config)?;
         let token = non_empty(&lookup, TOKEN_VAR).ok_or(ConfigError::MissingSecret {
             var: TOKEN_VAR,
             reason: "the bot token from @BotFather is required",
@@ -1682,13 +1676,7 @@ impl Secrets {
         config: &Config,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let secrets = Self::without_token(config, &lookup);
-        if config.storage.backend == StorageBackend::Postgres && secrets.postgres_url.is_none() {
-            return Err(ConfigError::MissingSecret {
-                var: POSTGRES_URL_VAR,
-                reason: "storage.backend = \"postgres\" needs the database URL",
-            });
-        }
+        let secrets = Self::without_token(config, &lookup).with_storage(config)?;
         Ok(secrets)
     }
 
@@ -1696,6 +1684,17 @@ impl Secrets {
     /// the bot, and no bot token, which is not even read.
     pub fn for_console(config: &Config, lookup: impl Fn(&str) -> Option<String>) -> Self {
         Self::without_token(config, &lookup)
+    }
+
+    /// `self`, unless the configured store needs a secret it lacks.
+    fn with_storage(self, config: &Config) -> Result<Self, ConfigError> {
+        if config.storage.backend == StorageBackend::Postgres && self.postgres_url.is_none() {
+            return Err(ConfigError::MissingSecret {
+                var: POSTGRES_URL_VAR,
+                reason: "storage.backend = \"postgres\" needs the database URL",
+            });
+        }
+        Ok(self)
     }
 
     fn without_token(config: &Config, lookup: &impl Fn(&str) -> Option<String>) -> Self {

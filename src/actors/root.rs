@@ -136,7 +136,13 @@ pub(crate) fn child_specs(providers: usize, front: bool) -> Vec<ChildSpec> {
 /// `specs` with the business actor's row, right after the session
 /// supervisor (fans' sessions ask it) and before the front (which hands it
 /// `business_connection` updates).
-pub(crate) fn with_business(mut specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
+pub(crate) fn with_business(specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
+    after_session_sup(specs, Child::Business, start_business)
+}
+
+/// `specs` with a permanent row for `child` right after the session
+/// supervisor.
+fn after_session_sup(mut specs: Vec<ChildSpec>, child: Child, start: StartFn) -> Vec<ChildSpec> {
     let at = specs
         .iter()
         .position(|spec| spec.child == Child::SessionSup)
@@ -144,9 +150,9 @@ pub(crate) fn with_business(mut specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
     specs.insert(
         at,
         ChildSpec {
-            child: Child::Business,
+            child,
             restart: Restart::Permanent,
-            start: start_business,
+            start,
         },
     );
     specs
@@ -155,20 +161,8 @@ pub(crate) fn with_business(mut specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
 /// `specs` with the cluster actor's row, right after the session
 /// supervisor (it hands swept updates to it) and before the front.
 #[cfg(feature = "postgres")]
-pub(crate) fn with_cluster(mut specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
-    let at = specs
-        .iter()
-        .position(|spec| spec.child == Child::SessionSup)
-        .map_or(specs.len(), |index| index + 1);
-    specs.insert(
-        at,
-        ChildSpec {
-            child: Child::Cluster,
-            restart: Restart::Permanent,
-            start: start_cluster,
-        },
-    );
-    specs
+pub(crate) fn with_cluster(specs: Vec<ChildSpec>) -> Vec<ChildSpec> {
+    after_session_sup(specs, Child::Cluster, start_cluster)
 }
 
 /// The rows of [`child_specs`] for these dependencies.
@@ -874,6 +868,9 @@ async fn on_shutdown(myself: &ActorRef<RootMsg>, state: &mut RootState, reply: R
     if let Some(front) = state.record(Child::Front).and_then(|r| r.cell.take()) {
         front.kill();
     }
+    // Nothing new is routed (a shared store's sweep would otherwise keep a
+    // busy instance's drain from ever ending): it stays pending in the store.
+    state.deps.directory.session_sup().close();
     if !state.deps.directory.session_sup().drain_within(grace).await {
         tracing::warn!(
             ?grace,

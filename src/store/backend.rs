@@ -189,7 +189,8 @@ pub(crate) mod contract {
     /// A contract test's outcome.
     pub(crate) type Outcome = Result<(), Box<dyn Error>>;
 
-    fn update(update_id: u32, chat_id: i64) -> Inbound {
+    /// A text update `update_id` of chat `chat_id`.
+    pub(crate) fn update(update_id: u32, chat_id: i64) -> Inbound {
         Inbound {
             update_id,
             key: SessionKey::of_chat(ChatId(chat_id)),

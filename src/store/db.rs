@@ -133,18 +133,7 @@ impl OpenStore {
         let Some(bytes) = self.usage.get(session_key(key))? else {
             return Ok(None);
         };
-        match record::decode_usage(&bytes) {
-            Ok(usage) => Ok(Some(ChatRecord {
-                counters: usage.counters(),
-                ..ChatRecord::default()
-            })),
-            Err(error) => {
-                // Nothing to quarantine worth keeping: the chat starts fresh.
-                tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat usage does not decode; ignored");
-                quarantined.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-        }
+        Ok(forgotten_record(key, &bytes, quarantined))
     }
 
     /// A bot-wide setting; `None` if never set or unreadable (logged,
@@ -240,6 +229,28 @@ impl OpenStore {
             }
         }
         Ok(next)
+    }
+}
+
+/// A forgotten conversation's record: fresh, keeping only what it spent
+/// (its encoded [`record::ChatUsage`]); `None` when that does not decode
+/// (logged, counted in `quarantined`: nothing worth keeping, the chat
+/// starts fresh). Both backends store a forgotten chat's spend this way.
+pub(crate) fn forgotten_record(
+    key: &SessionKey,
+    usage: &[u8],
+    quarantined: &AtomicU64,
+) -> Option<ChatRecord> {
+    match record::decode_usage(usage) {
+        Ok(usage) => Some(ChatRecord {
+            counters: usage.counters(),
+            ..ChatRecord::default()
+        }),
+        Err(error) => {
+            tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat usage does not decode; ignored");
+            quarantined.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 

@@ -734,20 +734,7 @@ impl Backend for PgBackend {
             };
         }
         // A forgotten chat keeps only what it spent.
-        let Some(value) = usage else {
-            return Ok(None);
-        };
-        match record::decode_usage(&value) {
-            Ok(usage) => Ok(Some(ChatRecord {
-                counters: usage.counters(),
-                ..ChatRecord::default()
-            })),
-            Err(error) => {
-                tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat usage does not decode; ignored");
-                quarantined.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-        }
+        Ok(usage.and_then(|value| super::db::forgotten_record(key, &value, quarantined)))
     }
 
     /// The unanswered updates this instance may answer now: of chats it
@@ -1024,14 +1011,13 @@ fn load_setting(
 #[cfg(test)]
 mod tests {
     use std::error::Error;
-    use std::time::Instant;
 
     use llmgram_fakes::TempPostgres;
 
     use super::*;
     use crate::config::Config;
-    use crate::store::backend::contract;
-    use crate::telegram::inbound::{ChatId, InboundKind};
+    use crate::store::backend::contract::{self, update};
+    use crate::telegram::inbound::ChatId;
 
     type TestResult = Result<(), Box<dyn Error>>;
 
@@ -1050,22 +1036,6 @@ mod tests {
     /// a new instance each time, as a restarted process is.
     fn postgres_on(url: String) -> impl FnMut() -> Result<PgBackend, Box<dyn Error>> {
         move || Ok(PgBackend::open(&url, &storage()?, 1)?)
-    }
-
-    fn update(update_id: u32, chat_id: i64) -> Inbound {
-        Inbound {
-            update_id,
-            key: SessionKey::of_chat(ChatId(chat_id)),
-            user_id: Some(7),
-            language_code: None,
-            kind: InboundKind::Text("x".into()),
-            received_at: Instant::now(),
-            sent_at: None,
-            refused: None,
-            speaker: None,
-            message_id: None,
-            reply_to: None,
-        }
     }
 
     fn record(marker: u32) -> Result<RecordChange, Box<dyn Error>> {

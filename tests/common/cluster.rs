@@ -1,10 +1,18 @@
 //! Several instances of the real binary on one real PostgreSQL, behind
-//! their webhooks, with the loopback fakes (issue 18's tests).
+//! their webhooks, with the loopback fakes (issue 18's tests): starting
+//! them (optionally behind a real HAProxy), posting updates as Telegram
+//! does, killing, stopping and restarting instances and the database, and
+//! the accounting every fault scenario shares (a closed loop of chats,
+//! repeats straddling a fault, answer-time percentiles).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llmgram_fakes::{FakeLlm, FakeTelegram, TempPostgres};
+use llmgram_fakes::{FakeLlm, FakeTelegram, SentMessage, TempHaproxy, TempPostgres};
 use tokio::time::Instant;
 
 use super::free_port;
@@ -17,32 +25,65 @@ pub const LEASE: Duration = Duration::from_secs(2);
 pub const GRACE: Duration = Duration::from_secs(1);
 pub const SWEEP: Duration = Duration::from_millis(300);
 
-/// One instance: its webhook port and its process, while it runs.
+/// One instance: its webhook and ops ports (fixed across restarts, so a
+/// load balancer in front keeps finding it) and its process, while it runs.
 pub struct Node {
     pub port: u16,
+    pub ops_port: u16,
     pub dir: PathBuf,
-    pub process: Option<BotProcess>,
+    process: Mutex<Option<BotProcess>>,
 }
 
-/// A deployment: PostgreSQL, the fakes and the instances.
+/// Where a driver posts an update.
+#[derive(Clone, Copy, Debug)]
+pub enum Route {
+    /// Straight to instance `n` (falling over to the next one while it
+    /// refuses).
+    Instance(usize),
+    /// Through the HAProxy in front ([`Cluster::start_behind_haproxy`]).
+    Proxy,
+}
+
+/// One deployment at a time in this test process: each runs PostgreSQL and
+/// several instances with a 2 s lease, and two at once on a small CI
+/// machine starve each other's lease renewals (an instance whose lease
+/// lapses exits, as it must, and the scenario measures the machine).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A deployment: PostgreSQL, the fakes, the instances and optionally an
+/// HAProxy in front of them. Shared (`Arc`) between the drivers and the
+/// fault injector: every method takes `&self`.
 pub struct Cluster {
-    pub db: TempPostgres,
+    db: Arc<Mutex<TempPostgres>>,
+    db_url: String,
     pub telegram: FakeTelegram,
     pub llm: FakeLlm,
     pub nodes: Vec<Node>,
-    /// Environment every instance gets on top of the cluster's.
-    pub extra_env: Vec<(&'static str, String)>,
+    pub proxy: Option<TempHaproxy>,
+    /// Posts answered with something else than a success (or not at all)
+    /// and delivered again by [`post`](Self::post), as Telegram would.
+    retried_posts: AtomicUsize,
+    /// Of those, the ones answered 500.
+    server_errors: AtomicUsize,
+    /// Added to every instance's environment.
+    extra_env: Vec<(&'static str, String)>,
     _dirs: tempfile::TempDir,
     client: reqwest::Client,
+    /// Held while this deployment exists (see [`ONE_AT_A_TIME`]); dropped
+    /// last.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
+    /// PostgreSQL, the fakes and `instances` instances, each listening.
     pub async fn start(instances: usize) -> Self {
-        Self::start_with(instances, &[]).await
+        Self::start_with(instances, Vec::new()).await
     }
 
-    /// Like [`start`](Self::start), every instance with `extra_env` too.
-    pub async fn start_with(instances: usize, extra_env: &[(&'static str, String)]) -> Self {
+    /// As [`start`](Self::start), with `extra` environment variables for
+    /// every instance (they win over [`env`](Self::env)'s).
+    pub async fn start_with(instances: usize, extra: Vec<(&'static str, String)>) -> Self {
+        let turn = ONE_AT_A_TIME.lock().await;
         let db = tokio::task::spawn_blocking(TempPostgres::start)
             .await
             .unwrap()
@@ -53,18 +94,24 @@ impl Cluster {
         let nodes = (0..instances)
             .map(|index| Node {
                 port: free_port(),
+                ops_port: free_port(),
                 dir: dirs.path().join(format!("node{index}")),
-                process: None,
+                process: Mutex::new(None),
             })
             .collect();
-        let mut cluster = Self {
-            db,
+        let cluster = Self {
+            db_url: db.url(),
+            db: Arc::new(Mutex::new(db)),
             telegram,
             llm,
             nodes,
-            extra_env: extra_env.to_vec(),
+            proxy: None,
+            retried_posts: AtomicUsize::new(0),
+            server_errors: AtomicUsize::new(0),
+            extra_env: extra,
             _dirs: dirs,
             client: reqwest::Client::new(),
+            _turn: turn,
         };
         for index in 0..instances {
             cluster.launch(index).await;
@@ -72,10 +119,46 @@ impl Cluster {
         cluster
     }
 
-    pub fn env(&self, port: u16) -> Vec<(&'static str, String)> {
-        vec![
+    /// As [`start`](Self::start), with a real HAProxy running
+    /// `deploy/haproxy.cfg`'s rules in front (health checks on each
+    /// instance's `/readyz`), once every instance is ready. `None` (with the
+    /// reason printed) when no `haproxy` binary can run.
+    pub async fn start_behind_haproxy(instances: usize) -> Option<Self> {
+        if !llmgram_fakes::haproxy::available() {
+            eprintln!("skipped: no haproxy binary (install the haproxy package)");
+            return None;
+        }
+        let mut cluster = Self::start(instances).await;
+        for index in 0..instances {
+            cluster.wait_ready(index, Duration::from_secs(20)).await;
+        }
+        let pairs: Vec<(SocketAddr, SocketAddr)> = cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                (
+                    SocketAddr::from(([127, 0, 0, 1], node.port)),
+                    SocketAddr::from(([127, 0, 0, 1], node.ops_port)),
+                )
+            })
+            .collect();
+        let proxy = tokio::task::spawn_blocking(move || TempHaproxy::start(&pairs))
+            .await
+            .unwrap()
+            .expect("haproxy starts");
+        cluster.proxy = Some(proxy);
+        // Its health checks must see every instance up (rise 2 × 200 ms).
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Some(cluster)
+    }
+
+    /// The environment of instance `index`: PostgreSQL, webhook mode on its
+    /// port, its ops listener on its fixed port, the short timings.
+    pub fn env(&self, index: usize) -> Vec<(&'static str, String)> {
+        let node = &self.nodes[index];
+        let mut env = vec![
             ("LLMGRAM_STORAGE__BACKEND", "postgres".into()),
-            ("LLMGRAM_STORAGE__POSTGRES__URL", self.db.url()),
+            ("LLMGRAM_STORAGE__POSTGRES__URL", self.db_url.clone()),
             ("LLMGRAM_STORAGE__POSTGRES__LEASE", "2s".into()),
             ("LLMGRAM_STORAGE__POSTGRES__RENEW_INTERVAL", "500ms".into()),
             ("LLMGRAM_STORAGE__POSTGRES__GRACE", "1s".into()),
@@ -84,25 +167,40 @@ impl Cluster {
             ("LLMGRAM_STORAGE__POSTGRES__SWEEP_AFTER", "1s".into()),
             ("LLMGRAM_STORAGE__POSTGRES__STATEMENT_TIMEOUT", "1s".into()),
             ("LLMGRAM_TELEGRAM__MODE", "webhook".into()),
-            ("LLMGRAM_WEBHOOK__LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "LLMGRAM_WEBHOOK__LISTEN",
+                format!("127.0.0.1:{}", node.port),
+            ),
             (
                 "LLMGRAM_WEBHOOK__URL",
-                format!("http://127.0.0.1:{port}/tg-hook"),
+                format!("http://127.0.0.1:{}/tg-hook", node.port),
             ),
             ("LLMGRAM_WEBHOOK__PER_IP_PER_SECOND", "1000000".into()),
+            (
+                "LLMGRAM_OPS__LISTEN",
+                format!("127.0.0.1:{}", node.ops_port),
+            ),
             ("TELEGRAM_WEBHOOK_SECRET", SECRET.into()),
-        ]
-        .into_iter()
-        .chain(self.extra_env.iter().cloned())
-        .collect()
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    /// Starts instance `index` without waiting for anything.
+    pub fn spawn(&self, index: usize) {
+        let process = BotProcess::spawn_with(
+            &self.telegram,
+            &self.llm,
+            &self.nodes[index].dir,
+            &self.env(index),
+        );
+        *self.nodes[index].process.lock().unwrap() = Some(process);
     }
 
     /// Starts instance `index` and waits until its webhook listens.
-    pub async fn launch(&mut self, index: usize) {
+    pub async fn launch(&self, index: usize) {
+        self.spawn(index);
         let port = self.nodes[index].port;
-        let env = self.env(port);
-        let process =
-            BotProcess::spawn_with(&self.telegram, &self.llm, &self.nodes[index].dir, &env);
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -111,26 +209,119 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "instance {index} did not listen; log:\n{}",
-                process.log()
+                self.log(index)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.nodes[index].process = Some(process);
+    }
+
+    /// Waits until instance `index` answers `/readyz` with 200 (it holds
+    /// its lease).
+    pub async fn wait_ready(&self, index: usize, within: Duration) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.nodes[index].ops_port);
+        let deadline = Instant::now() + within;
+        loop {
+            let ready = self
+                .client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {index} not ready; log:\n{}",
+                self.log(index)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Takes instance `index`'s process out of the cluster (to signal it).
+    pub fn take_process(&self, index: usize) -> Option<BotProcess> {
+        self.nodes[index].process.lock().unwrap().take()
+    }
+
+    /// SIGKILLs instance `index` and returns how many messages the bot had
+    /// sent when the kill landed (the victim sends nothing after it): the
+    /// mark [`repeats_around`] splits repeats by.
+    pub async fn kill9(&self, index: usize) -> usize {
+        let process = self.take_process(index).expect("instance running");
+        process.kill9().await;
+        self.telegram.sent().len()
+    }
+
+    /// SIGTERMs instance `index` and waits for it to stop; returns the mark
+    /// (messages sent when it had stopped) and its exit code.
+    pub async fn terminate(&self, index: usize) -> (usize, Option<i32>) {
+        let process = self.take_process(index).expect("instance running");
+        let code = process.terminate().await;
+        (self.telegram.sent().len(), code)
+    }
+
+    /// Whether instance `index` still runs (it has not exited by itself).
+    pub fn running(&self, index: usize) -> bool {
+        self.nodes[index]
+            .process
+            .lock()
+            .unwrap()
+            .as_mut()
+            .is_some_and(BotProcess::running)
+    }
+
+    /// Stops PostgreSQL (a fast shutdown), keeps it down for `down`, starts
+    /// it again on the same port.
+    pub async fn restart_db(&self, down: Duration) -> DbRestart {
+        let db = Arc::clone(&self.db);
+        let stopped_at = Instant::now();
+        let down_mark = self.telegram.sent().len();
+        tokio::task::spawn_blocking(move || db.lock().unwrap().stop())
+            .await
+            .unwrap();
+        tokio::time::sleep(down).await;
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || db.lock().unwrap().start_again())
+            .await
+            .unwrap()
+            .expect("PostgreSQL starts again");
+        DbRestart {
+            outage: stopped_at.elapsed(),
+            down_mark,
+            up_mark: self.telegram.sent().len(),
+        }
+    }
+
+    /// Runs `sql` with psql (see [`TempPostgres::psql`]).
+    pub fn psql(&self, sql: &str) -> String {
+        self.db.lock().unwrap().psql(sql).expect("psql")
     }
 
     pub fn url(&self, index: usize) -> String {
         format!("http://127.0.0.1:{}/tg-hook", self.nodes[index].port)
     }
 
-    /// Posts `update` as Telegram does to instance `index`, falling over to
-    /// the next instance while one refuses (down, restarting), as a load
-    /// balancer's health checks would; retries a 5xx as Telegram does.
-    pub async fn post(&self, mut index: usize, update: &serde_json::Value) {
+    /// Posts `update` along `route` as Telegram does, delivering it again
+    /// until it is acknowledged (Telegram retries a failed delivery): to an
+    /// instance, falling over to the next while one refuses (down,
+    /// restarting, its database down), as a load balancer's health checks
+    /// would; through the proxy, to the proxy again.
+    pub async fn deliver(&self, route: Route, update: &serde_json::Value) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut route = route;
         loop {
+            let url = match route {
+                Route::Instance(index) => self.url(index),
+                Route::Proxy => format!(
+                    "http://{}/tg-hook",
+                    self.proxy.as_ref().expect("an haproxy in front").addr()
+                ),
+            };
             let sent = self
                 .client
-                .post(self.url(index))
+                .post(url)
                 .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
                 .json(update)
                 .timeout(Duration::from_secs(5))
@@ -138,13 +329,33 @@ impl Cluster {
                 .await;
             match sent {
                 Ok(response) if response.status().is_success() => return,
-                _ => {
+                failed => {
+                    self.retried_posts.fetch_add(1, Ordering::Relaxed);
+                    if failed.is_ok_and(|r| r.status().is_server_error()) {
+                        self.server_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     assert!(Instant::now() < deadline, "no instance took the update");
-                    index = (index + 1) % self.nodes.len();
+                    if let Route::Instance(index) = route {
+                        route = Route::Instance((index + 1) % self.nodes.len());
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
+    }
+
+    /// Posts `update` to instance `index` (see [`deliver`](Self::deliver)).
+    pub async fn post(&self, index: usize, update: &serde_json::Value) {
+        self.deliver(Route::Instance(index), update).await;
+    }
+
+    /// Posts delivered again after a failed attempt, and of those the ones
+    /// answered with a 5xx.
+    pub fn retried_posts(&self) -> (usize, usize) {
+        (
+            self.retried_posts.load(Ordering::Relaxed),
+            self.server_errors.load(Ordering::Relaxed),
+        )
     }
 
     /// How many times the bot sent `text` to `chat`.
@@ -157,11 +368,7 @@ impl Cluster {
             .iter()
             .any(|message| message.text.contains(part))
         {
-            assert!(
-                Instant::now() < deadline,
-                "chat {chat} never got {part:?}; logs:\n{}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "chat {chat} never got {part:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -174,15 +381,224 @@ impl Cluster {
             .count()
     }
 
+    /// What instance `index` logged (empty when it does not run).
+    pub fn log(&self, index: usize) -> String {
+        self.nodes[index]
+            .process
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(BotProcess::log)
+            .unwrap_or_default()
+    }
+
+    /// The logs of every running instance.
     pub fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(index, node)| {
-                node.process
-                    .as_ref()
-                    .map(|p| format!("--- instance {index}\n{}", p.log()))
-            })
+        (0..self.nodes.len())
+            .map(|index| format!("--- instance {index}\n{}", self.log(index)))
             .collect()
     }
+
+    /// Which instances still run (those that exited by themselves, e.g.
+    /// for a lost lease, do not).
+    pub fn running_all(&self) -> Vec<bool> {
+        (0..self.nodes.len())
+            .map(|index| self.running(index))
+            .collect()
+    }
+
+    /// SIGKILLs every instance still running.
+    pub async fn stop_all(&self) {
+        for index in 0..self.nodes.len() {
+            if let Some(mut process) = self.take_process(index)
+                && process.running()
+            {
+                process.kill9().await;
+            }
+        }
+    }
+}
+
+/// A database restart ([`Cluster::restart_db`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DbRestart {
+    /// From asking it to stop to accepting connections again.
+    pub outage: Duration,
+    /// Messages the bot had sent when it was asked to stop, and when it was
+    /// back (marks for [`repeats_around`]).
+    pub down_mark: usize,
+    pub up_mark: usize,
+}
+
+/// What a closed-loop run saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Post-to-answer times, one per answered message.
+    pub latencies: Vec<Duration>,
+    /// Messages never answered.
+    pub lost: usize,
+    /// Extra copies of answers.
+    pub repeated: usize,
+    /// The slowest answer: its time, chat and message index.
+    pub slowest: (Duration, i64, usize),
+}
+
+impl Outcome {
+    /// Messages posted.
+    pub fn messages(&self) -> usize {
+        self.latencies.len() + self.lost
+    }
+
+    /// The answer times' p50, p99 and maximum.
+    pub fn times(&self) -> Times {
+        Times::of(&self.latencies)
+    }
+}
+
+/// Percentiles of answer times.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Times {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Times {
+    pub fn of(latencies: &[Duration]) -> Self {
+        let mut sorted = latencies.to_vec();
+        sorted.sort();
+        let at = |p: f64| {
+            if sorted.is_empty() {
+                Duration::ZERO
+            } else {
+                sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        Self {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: sorted.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for Times {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "answer time p50 {:?} p99 {:?} max {:?}",
+            self.p50, self.p99, self.max
+        )
+    }
+}
+
+/// `chats` chats (ids `1..=chats`) each send `messages` messages, each
+/// after the previous one's answer (waiting up to 30 s), message `i` of
+/// chat `c` posted along `route(c, i)`. Asserts every chat's answers came
+/// in order; waits for late repeats (a pending update answered again) once
+/// the loop ends, then counts them.
+pub async fn closed_loop<F>(
+    cluster: &Arc<Cluster>,
+    chats: i64,
+    messages: usize,
+    route: F,
+) -> Outcome
+where
+    F: Fn(i64, usize) -> Route + Send + Sync + 'static,
+{
+    let route = Arc::new(route);
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let mut tasks = Vec::new();
+    for chat in 1..=chats {
+        let cluster = Arc::clone(cluster);
+        let outcome = Arc::clone(&outcome);
+        let route = Arc::clone(&route);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..messages {
+                let text = format!("c{chat}m{i}");
+                let (_, update) = cluster.telegram.text_update(chat, chat as u64, &text);
+                let posted = Instant::now();
+                cluster.deliver(route(chat, i), &update).await;
+                let answer = format!("answer to: {text}");
+                let deadline = posted + Duration::from_secs(30);
+                while cluster.answered(chat, &answer) == 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let mut outcome = outcome.lock().unwrap();
+                if cluster.answered(chat, &answer) == 0 {
+                    outcome.lost += 1;
+                } else {
+                    let took = posted.elapsed();
+                    outcome.latencies.push(took);
+                    if took > outcome.slowest.0 {
+                        outcome.slowest = (took, chat, i);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Late repeats (a pending update answered again) show up after the
+    // loop: give sweeps time to run.
+    tokio::time::sleep(LEASE + GRACE + SWEEP * 3).await;
+    let mut outcome = std::mem::take(&mut *outcome.lock().unwrap());
+    for chat in 1..=chats {
+        let texts: Vec<String> = cluster
+            .telegram
+            .sent_to(chat)
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for text in &texts {
+            *counts.entry(text).or_default() += 1;
+        }
+        outcome.repeated += counts.values().map(|n| n - 1).sum::<usize>();
+        // In order: each answer after the one before it.
+        let firsts: Vec<usize> = (0..messages)
+            .filter_map(|i| {
+                let answer = format!("answer to: c{chat}m{i}");
+                texts.iter().position(|t| *t == answer)
+            })
+            .collect();
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "chat {chat} answered out of order: {texts:?}"
+        );
+    }
+    outcome
+}
+
+/// Repeated answers split by the faults they straddle.
+#[derive(Debug, Default)]
+pub struct Repeats {
+    /// Per mark: repeats whose first copy was sent before it and the copy
+    /// after it (a turn sent, then killed before its commit).
+    pub per_mark: Vec<usize>,
+    /// Repeats straddling no mark (the texts).
+    pub outside: Vec<String>,
+}
+
+/// Splits the repeats among `sent` by `marks` (each the number of messages
+/// sent when a fault landed, see [`Cluster::kill9`]).
+pub fn repeats_around(sent: &[SentMessage], marks: &[usize]) -> Repeats {
+    let mut first: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut repeats = Repeats {
+        per_mark: vec![0; marks.len()],
+        outside: Vec::new(),
+    };
+    for (index, message) in sent.iter().enumerate() {
+        match first.get(&(message.chat_id, message.text.as_str())) {
+            None => {
+                first.insert((message.chat_id, message.text.as_str()), index);
+            }
+            Some(&original) => match marks.iter().position(|&m| original < m && m <= index) {
+                Some(mark) => repeats.per_mark[mark] += 1,
+                None => repeats.outside.push(message.text.clone()),
+            },
+        }
+    }
+    repeats
 }

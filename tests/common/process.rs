@@ -172,6 +172,11 @@ impl BotProcess {
         assert!(status.success());
     }
 
+    /// Whether the process still runs (it has not exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits up to `within` for the process to exit by itself and returns
     /// its exit code (`None` also when killed by a signal).
     pub async fn exit_code_within(mut self, within: Duration) -> Option<i32> {

@@ -7,98 +7,20 @@
 //! then killed before its commit (the one window no engine closes), and is
 //! counted and reported.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::common::cluster::{Cluster, GRACE, LEASE, SWEEP};
-use crate::common::process::BotProcess;
+use crate::common::cluster::{Cluster, GRACE, LEASE, Route, SWEEP, closed_loop, repeats_around};
 
-/// What a closed-loop run saw.
-#[derive(Debug, Default)]
-struct Outcome {
-    /// Post-to-answer times, one per message.
-    latencies: Vec<Duration>,
-    /// Messages never answered.
-    lost: usize,
-    /// Extra copies of answers.
-    repeated: usize,
-}
-
-/// `chats` chats each send `messages` messages, each after the previous
-/// one's answer; chat `c` goes to instance `c % n`, every fifth message to
-/// the next instance instead (misrouted).
-async fn closed_loop(cluster: &Arc<Cluster>, chats: i64, messages: usize) -> Outcome {
-    let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let mut tasks = Vec::new();
-    for chat in 1..=chats {
-        let cluster = Arc::clone(cluster);
-        let outcome = Arc::clone(&outcome);
-        tasks.push(tokio::spawn(async move {
-            let n = cluster.nodes.len();
-            for i in 0..messages {
-                let text = format!("c{chat}m{i}");
-                let (_, update) = cluster.telegram.text_update(chat, chat as u64, &text);
-                let home = usize::try_from(chat).unwrap() % n;
-                let target = if i % 5 == 4 { (home + 1) % n } else { home };
-                let posted = Instant::now();
-                cluster.post(target, &update).await;
-                let answer = format!("answer to: {text}");
-                let deadline = posted + Duration::from_secs(30);
-                while cluster.answered(chat, &answer) == 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let mut outcome = outcome.lock().unwrap();
-                if cluster.answered(chat, &answer) == 0 {
-                    outcome.lost += 1;
-                } else {
-                    outcome.latencies.push(posted.elapsed());
-                }
-            }
-        }));
+/// Chat `c` goes to instance `c % n`, every fifth message to the next
+/// instance instead (misrouted).
+fn home_or_next(n: usize) -> impl Fn(i64, usize) -> Route + Send + Sync + 'static {
+    move |chat, i| {
+        let home = usize::try_from(chat).unwrap() % n;
+        Route::Instance(if i % 5 == 4 { (home + 1) % n } else { home })
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    // Late repeats (a pending update answered again) show up after the
-    // loop: give sweeps time to run.
-    tokio::time::sleep(LEASE + GRACE + SWEEP * 3).await;
-    let mut outcome = std::mem::take(&mut *outcome.lock().unwrap());
-    for chat in 1..=chats {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for message in cluster.telegram.sent_to(chat) {
-            *counts.entry(message.text).or_default() += 1;
-        }
-        outcome.repeated += counts.values().map(|n| n - 1).sum::<usize>();
-        // In order: each answer after the one before it.
-        let texts: Vec<String> = cluster
-            .telegram
-            .sent_to(chat)
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
-        let firsts: Vec<usize> = (0..messages)
-            .filter_map(|i| {
-                let answer = format!("answer to: c{chat}m{i}");
-                texts.iter().position(|t| *t == answer)
-            })
-            .collect();
-        assert!(
-            firsts.windows(2).all(|w| w[0] < w[1]),
-            "chat {chat} answered out of order: {texts:?}"
-        );
-    }
-    outcome
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index]
 }
 
 /// Three instances, a closed loop of chats with misrouted updates, and
@@ -114,22 +36,12 @@ async fn three_instances_survive_repeated_kills_with_nothing_lost() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(3);
-    let mut cluster = Cluster::start(3).await;
+    let cluster = Arc::new(Cluster::start(3).await);
     cluster.llm.set_latency(Duration::from_millis(50));
     let chats = 60;
     let messages = 4 + kills * 2;
-    // The killer needs `&mut` to restart instances: it takes the nodes'
-    // processes out of the shared cluster by index.
-    let processes: Vec<Option<BotProcess>> = cluster
-        .nodes
-        .iter_mut()
-        .map(|node| node.process.take())
-        .collect();
-    let cluster = Arc::new(cluster);
-    let processes = Arc::new(tokio::sync::Mutex::new(processes));
     let killer = {
         let cluster = Arc::clone(&cluster);
-        let processes = Arc::clone(&processes);
         tokio::spawn(async move {
             // How many messages the bot had sent when each kill landed
             // (the victim sends nothing after it).
@@ -137,66 +49,31 @@ async fn three_instances_survive_repeated_kills_with_nothing_lost() {
             for kill in 0..kills {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 let victim = (kill * 7 + 1) % 3;
-                let process = processes.lock().await[victim].take().unwrap();
-                process.kill9().await;
-                marks.push(cluster.telegram.sent().len());
+                marks.push(cluster.kill9(victim).await);
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let node = &cluster.nodes[victim];
-                let env = cluster.env(node.port);
-                let restarted =
-                    BotProcess::spawn_with(&cluster.telegram, &cluster.llm, &node.dir, &env);
-                processes.lock().await[victim] = Some(restarted);
+                cluster.spawn(victim);
             }
             marks
         })
     };
-    let outcome = closed_loop(&cluster, chats, messages).await;
+    let outcome = closed_loop(&cluster, chats, messages, home_or_next(3)).await;
     let marks = killer.await.unwrap();
     // Every repeat must straddle a kill: its first copy sent before the
     // kill landed, the repeat after (the turn was sent, then killed before
     // its commit). Counted per kill.
-    let sent = cluster.telegram.sent();
-    let mut first: HashMap<(i64, &str), usize> = HashMap::new();
-    let mut per_kill = vec![0usize; marks.len()];
-    let mut outside = Vec::new();
-    for (index, message) in sent.iter().enumerate() {
-        match first.get(&(message.chat_id, message.text.as_str())) {
-            None => {
-                first.insert((message.chat_id, message.text.as_str()), index);
-            }
-            Some(&original) => match marks.iter().position(|&m| original < m && m <= index) {
-                Some(kill) => per_kill[kill] += 1,
-                None => outside.push(message.text.clone()),
-            },
-        }
-    }
-    let mut latencies = outcome.latencies.clone();
-    latencies.sort();
-    let (p50, p99, max) = (
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default(),
-    );
+    let repeats = repeats_around(&cluster.telegram.sent(), &marks);
+    let (per_kill, outside) = (repeats.per_mark, repeats.outside);
+    let times = outcome.times();
+    let max = times.max;
     eprintln!(
         "cluster: {kills} kills, {} messages, lost {}, repeated {} (sent, then killed \
-         before the commit; per kill {per_kill:?}), repeated outside that window {}, \
-         answer time p50 {p50:?} p99 {p99:?} max {max:?}",
-        latencies.len() + outcome.lost,
+         before the commit; per kill {per_kill:?}), repeated outside that window {}, {times}",
+        outcome.messages(),
         outcome.lost,
         outcome.repeated,
         outside.len()
     );
-    let logs = || {
-        let mut text = String::new();
-        if let Ok(processes) = processes.try_lock() {
-            for (index, process) in processes.iter().enumerate() {
-                if let Some(process) = process {
-                    text.push_str(&format!("--- instance {index}\n{}", process.log()));
-                }
-            }
-        }
-        text
-    };
+    let logs = || cluster.logs();
     assert_eq!(
         outcome.lost,
         0,
@@ -213,10 +90,7 @@ async fn three_instances_survive_repeated_kills_with_nothing_lost() {
         max <= LEASE + GRACE + SWEEP + Duration::from_secs(4),
         "failover took {max:?}"
     );
-    for process in processes.lock().await.iter_mut().filter_map(Option::take) {
-        process.kill9().await;
-    }
-    let _ = cluster.logs();
+    cluster.stop_all().await;
 }
 
 /// An owner paused (SIGSTOP) with an answer in flight: after its lease
@@ -226,7 +100,7 @@ async fn three_instances_survive_repeated_kills_with_nothing_lost() {
 /// it exits non-zero to come back under a new id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_wakes_up_fenced_and_sends_nothing() {
-    let mut cluster = Cluster::start(2).await;
+    let cluster = Cluster::start(2).await;
     cluster.llm.set_latency(Duration::from_millis(1500));
     let (_, first) = cluster.telegram.text_update(7, 7, "before the pause");
     cluster.post(0, &first).await;
@@ -237,7 +111,7 @@ async fn a_paused_owner_wakes_up_fenced_and_sends_nothing() {
             .await,
         1
     );
-    let paused = cluster.nodes[0].process.take().unwrap();
+    let paused = cluster.take_process(0).unwrap();
     paused.signal("STOP");
     cluster.llm.set_latency(Duration::from_millis(10));
     tokio::time::sleep(LEASE + GRACE + Duration::from_millis(500)).await;
@@ -267,10 +141,7 @@ async fn a_paused_owner_wakes_up_fenced_and_sends_nothing() {
         "answered once each, in order, by the new owner"
     );
     assert_ne!(code, Some(0), "the woken owner exits to start afresh");
-    let stale: String = cluster
-        .db
-        .psql("SELECT count(*) FROM llmgram_chats WHERE owner IS NOT NULL")
-        .unwrap();
+    let stale: String = cluster.psql("SELECT count(*) FROM llmgram_chats WHERE owner IS NOT NULL");
     assert_eq!(stale, "1", "the chat has one owner");
 }
 
@@ -338,7 +209,7 @@ async fn storage_commands_report_and_migrate_the_schema() {
 /// from an instance that received it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_ban_and_model_reach_every_instance() {
-    let cluster = Cluster::start_with(2, &[("LLMGRAM_ADMIN_IDS", "900".into())]).await;
+    let cluster = Cluster::start_with(2, vec![("LLMGRAM_ADMIN_IDS", "900".into())]).await;
     let say = |chat: i64, text: &str| cluster.telegram.text_update(chat, chat as u64, text).1;
     // 901's chat lives on instance 1 before the ban.
     cluster.post(1, &say(901, "before")).await;

@@ -9,6 +9,7 @@ mod business_drafts;
 mod business_more;
 mod buttons;
 mod cluster;
+mod cluster_faults;
 mod commands;
 mod console;
 mod conversation;

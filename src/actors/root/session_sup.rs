@@ -10,7 +10,8 @@
 //!   [`SessionSupMsg::TurnFinished`] (a session answered an update),
 //!   [`SessionSupMsg::SessionDied`] (a session crashed; queued behind the
 //!   session's own earlier messages), [`SessionSupMsg::SweepIdle`] (timer),
-//!   [`SessionSupMsg::Stats`], [`SessionSupMsg::Drain`] (shutdown).
+//!   [`SessionSupMsg::Stats`], [`SessionSupMsg::Close`] and
+//!   [`SessionSupMsg::Drain`] (shutdown).
 //! - **State:** per conversation: the session's reference, the updates
 //!   routed to it and not yet answered (`pending`), and when it was last
 //!   active. This map is the only place user state is indexed, and only this
@@ -117,6 +118,16 @@ impl SessionSupHandle<'_> {
             .await
     }
 
+    /// Shutdown: route nothing more. What still arrives (a shared store's
+    /// sweep, a hand-over from another instance) stays pending in the
+    /// store: for the next start's replay or, once this instance has
+    /// released its chats, for the other instances. Without it a drain in a
+    /// busy deployment would never end, as the chats this instance owns
+    /// keep receiving updates. What was routed before is still answered.
+    pub fn close(&self) {
+        self.directory.cast_now(ADDRESS, SessionSupMsg::Close);
+    }
+
     /// Waits until no routed update is pending (every answer delivered),
     /// waiting for a restarting supervisor as any request does.
     pub async fn drain(&self) -> Result<(), Unavailable> {
@@ -191,6 +202,8 @@ pub(crate) enum SessionSupMsg {
         /// Answered when the last pending update is finished.
         reply: RpcReplyPort<()>,
     },
+    /// Shutdown: route nothing more (see [`SessionSupHandle::close`]).
+    Close,
 }
 
 /// Counters of the session supervisor.
@@ -275,6 +288,9 @@ pub(crate) struct SessionSupState {
     pending: usize,
     stats: SessionStats,
     drain_waiters: Vec<RpcReplyPort<()>>,
+    /// Set on [`SessionSupMsg::Close`]: updates routed from then on are
+    /// left in the store.
+    closing: bool,
     sweep_timer: JoinHandle<()>,
     /// Unanswered updates read from the store at start, routed in post_start.
     replay: Vec<Inbound>,
@@ -311,6 +327,7 @@ impl Actor for SessionSup {
             pending: 0,
             stats: SessionStats::default(),
             drain_waiters: Vec::new(),
+            closing: false,
             sweep_timer,
             replay,
         })
@@ -372,6 +389,7 @@ impl Actor for SessionSup {
                 state.drain_waiters.push(reply);
                 answer_drain_waiters(state);
             }
+            SessionSupMsg::Close => state.closing = true,
         }
         Ok(())
     }
@@ -406,6 +424,13 @@ async fn on_route(
     state: &mut SessionSupState,
     inbound: Arc<Inbound>,
 ) -> Result<(), ActorProcessingErr> {
+    if state.closing {
+        tracing::debug!(
+            update_id = inbound.update_id,
+            "shutting down: left pending in the store"
+        );
+        return Ok(());
+    }
     let key = &inbound.key;
     if matches!(
         inbound.kind,

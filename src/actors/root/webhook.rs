@@ -103,7 +103,9 @@ pub(crate) struct WebhookArgs {
 /// The webhook ingress actor.
 pub(crate) struct Webhook;
 
-/// Its state.
+/// Its state. Dropping it aborts its tasks: root's shutdown *kills* the
+/// front (`post_stop` does not run then), and a listener left running
+/// would keep admitting updates into a draining instance.
 pub(crate) struct WebhookState {
     listener: JoinHandle<()>,
     /// The per-address limiters, reclaimed on [`WebhookMsg::Reclaim`].
@@ -225,17 +227,6 @@ impl Actor for Webhook {
             reclaim_timer,
             menu,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<WebhookMsg>,
-        state: &mut WebhookState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.listener.abort();
-        state.reclaim_timer.abort();
-        state.menu.abort();
-        Ok(())
     }
 
     async fn handle(
@@ -368,9 +359,67 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl Drop for WebhookState {
+    fn drop(&mut self) {
+        self.listener.abort();
+        self.reclaim_timer.abort();
+        self.menu.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An actor holding a [`WebhookState`], as the webhook does.
+    struct Holder;
+
+    impl Actor for Holder {
+        type Msg = ();
+        type State = WebhookState;
+        type Arguments = WebhookState;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<()>,
+            state: WebhookState,
+        ) -> Result<WebhookState, ActorProcessingErr> {
+            Ok(state)
+        }
+    }
+
+    /// A task that never ends by itself; `closed` resolves once it is gone.
+    fn endless() -> (JoinHandle<()>, tokio::sync::oneshot::Receiver<()>) {
+        let (guard, closed) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        (task, closed)
+    }
+
+    /// Root's shutdown kills the front (no `post_stop`): the listener must
+    /// stop with it, or a draining instance keeps admitting updates.
+    #[tokio::test]
+    async fn killing_the_webhook_stops_its_listener() {
+        let (listener, listener_gone) = endless();
+        let (reclaim_timer, timer_gone) = endless();
+        let (menu, menu_gone) = endless();
+        let state = WebhookState {
+            listener,
+            limiters: [per_address(1), per_address(1)],
+            reclaim_timer,
+            menu,
+        };
+        let (actor, handle) = Actor::spawn(None, Holder, state).await.unwrap();
+        actor.kill();
+        handle.await.unwrap();
+        let within = std::time::Duration::from_secs(5);
+        for gone in [listener_gone, timer_gone, menu_gone] {
+            // The sender is dropped (not sent): an error means "gone".
+            assert!(tokio::time::timeout(within, gone).await.unwrap().is_err());
+        }
+    }
 
     #[test]
     fn secrets_compare_exactly() {

@@ -283,6 +283,39 @@ async fn a_chat_is_answered_in_order_while_other_chats_run_beside_it() {
     tree.stop();
 }
 
+/// Shutdown closes the supervisor before draining it: an update routed
+/// afterwards (a shared store's sweep keeps routing to a busy instance) is
+/// left pending in the store instead of holding the drain up, and what was
+/// routed before is still answered.
+#[tokio::test(start_paused = true)]
+async fn a_closed_supervisor_routes_nothing_more_and_drains() {
+    let mut tree = Tree::start("sup-close", "", Duration::from_millis(100)).await;
+    tree.hold_answers();
+    tree.say(1, "before").await;
+    assert!(tree.until_asked("before").await);
+    tree.t.deps.directory.session_sup().close();
+    tree.say(1, "after").await;
+    tree.say(2, "elsewhere").await;
+    tree.answer(3);
+    tree.drain().await;
+    assert_eq!(tree.t.telegram.texts(ChatId(1)), ["answer to: before"]);
+    assert!(tree.t.telegram.texts(ChatId(2)).is_empty());
+    assert_eq!(tree.stats().await.pending, 0);
+    let left: Vec<u32> = tree
+        .t
+        .deps
+        .directory
+        .persistence()
+        .pending_updates(&tree.t.deps.config.commands)
+        .await
+        .expect("pending updates")
+        .iter()
+        .map(|inbound| inbound.update_id)
+        .collect();
+    assert_eq!(left, [2, 3], "left pending in the store");
+    tree.stop();
+}
+
 #[tokio::test(start_paused = true)]
 async fn eviction_never_drops_a_queued_message_and_a_new_session_reloads_the_chat() {
     // Answers take longer than the idle timeout: a session with messages
