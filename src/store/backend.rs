@@ -45,8 +45,11 @@
 //!   conditional on the chat's owner row naming this instance. A commit
 //!   that no longer owns its chat is *fenced*: it applies nothing, fails
 //!   with [`StoreError::Fenced`] (counted, never retried), and the session
-//!   stops; the other writes of the group are unaffected. fjall, being
-//!   single-instance, is never fenced.
+//!   stops; the other writes of the group are unaffected. A backend may
+//!   find it at [`Backend::commit_turn`] or, applying the group's turns
+//!   together, only at [`Backend::commit`], and then reports it by
+//!   [`Backend::take_fenced`]. fjall, being single-instance, is never
+//!   fenced.
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -163,6 +166,15 @@ pub(crate) trait Backend: Send + 'static {
         let mut pending = self.pending_updates(quarantined)?;
         pending.retain(|update| update.key() == *key);
         Ok(pending)
+    }
+
+    /// The turns of the group just committed that wrote nothing because
+    /// another instance owns their chat, by their number among the group's
+    /// `commit_turn` calls (from 0, every call counted): a backend that
+    /// applies turns only at commit learns it then. Empty on a store only
+    /// this instance uses.
+    fn take_fenced(&mut self) -> Vec<usize> {
+        Vec::new()
     }
 
     /// Adds to `group` giving up the conversation (its session was evicted),

@@ -296,6 +296,9 @@ pub struct PgBackend {
     /// Updates below this id have been confirmed to Telegram and their
     /// answered markers removed (long polling only).
     pruned_below: u32,
+    /// The turns of the last committed group that were fenced, until the
+    /// writer takes them.
+    fenced: Vec<usize>,
 }
 
 /// One group commit on PostgreSQL: a transaction, opened by its first
@@ -307,6 +310,28 @@ pub struct PgGroup {
     /// whole group fails at commit.
     failed: Option<StoreError>,
     admitted_now: HashSet<u32>,
+    /// Turns added and not yet written: written together, a few
+    /// statements for the whole group (before any other write that could
+    /// depend on them, and at commit).
+    turns: Vec<DeferredTurn>,
+    /// How many `commit_turn` calls the group has had.
+    next_turn: usize,
+    /// The numbers of the group's turns found fenced.
+    fenced: Vec<usize>,
+}
+
+/// A turn waiting to be written with the rest of its group.
+#[derive(Debug)]
+struct DeferredTurn {
+    /// Its number among the group's `commit_turn` calls.
+    index: usize,
+    /// The conversation's [`session_key`].
+    key: Vec<u8>,
+    /// `Some(record)` replaces it (`None` inside: deletes it); `None`
+    /// keeps it.
+    change: Option<Option<Vec<u8>>>,
+    answered: Vec<i64>,
+    gone: Vec<i64>,
 }
 
 impl PgBackend {
@@ -333,6 +358,7 @@ impl PgBackend {
             me,
             grace: config.grace,
             pruned_below: 0,
+            fenced: Vec::new(),
         })
     }
 
@@ -578,41 +604,40 @@ impl Backend for PgBackend {
         also_answered: Vec<u32>,
         change: RecordChange,
     ) -> Result<(), StoreError> {
-        let (bot, me, pruned_below) = (self.bot, self.me, self.pruned_below);
+        let index = group.next_turn;
+        group.next_turn += 1;
         let (gone, answered): (Vec<i64>, Vec<i64>) = also_answered
             .into_iter()
             .chain([update_id])
             .map(i64::from)
             // Below the confirmed offset Telegram will not send them again:
             // no marker needed.
-            .partition(|id| *id < i64::from(pruned_below));
-        let (record, replace) = match change {
-            RecordChange::Put(record) => (Some(record), true),
-            RecordChange::Delete => (None, true),
-            RecordChange::Keep => (None, false),
+            .partition(|id| *id < i64::from(self.pruned_below));
+        let change = match change {
+            RecordChange::Put(record) => Some(Some(record)),
+            RecordChange::Delete => Some(None),
+            RecordChange::Keep => None,
             forget @ RecordChange::Forget(_) => {
+                // Touches the chat's other records too: written now, after
+                // the turns before it.
+                self.flush_turns(group)?;
                 return self.in_group(group, |this| {
                     this.write_chat(key, forget)?;
                     this.mark_answered(&answered, &gone)
                 });
             }
         };
-        let bytes = session_key(key);
-        self.in_group(group, |this| {
-            // One round trip: the fenced write of the record, and the
-            // markers only if it was written.
-            let row = this
-                .client
-                .query_one(
-                    COMMIT_TURN,
-                    &[&bot, &bytes, &record, &me, &answered, &gone, &replace],
-                )
-                .map_err(storage)?;
-            if row.get::<_, i64>(0) == 0 {
-                return Err(StoreError::Fenced);
-            }
-            Ok(())
-        })
+        if let Some(error) = &group.failed {
+            return Err(error.clone());
+        }
+        group.turns.push(DeferredTurn {
+            index,
+            key: session_key(key),
+            change,
+            answered,
+            gone,
+        });
+        Ok(())
     }
 
     /// Removes the answered markers below `below` (long polling confirms
@@ -626,6 +651,7 @@ impl Backend for PgBackend {
             self.pruned_below = below;
             return Ok(());
         }
+        self.flush_turns(group)?;
         let bot = self.bot;
         self.in_group(group, |this| {
             this.client
@@ -646,6 +672,7 @@ impl Backend for PgBackend {
         key: BotKey,
         setting: &BotSetting,
     ) -> Result<(), StoreError> {
+        self.flush_turns(group)?;
         let bytes = record::encode_setting(setting).map_err(codec)?;
         let name = String::from_utf8_lossy(key.as_bytes()).into_owned();
         let bot = self.bot;
@@ -669,7 +696,9 @@ impl Backend for PgBackend {
         })
     }
 
-    fn commit(&mut self, group: PgGroup) -> Result<Committed, StoreError> {
+    fn commit(&mut self, mut group: PgGroup) -> Result<Committed, StoreError> {
+        // The group's turns, if nothing failed before them.
+        let _ = self.flush_turns(&mut group);
         if !group.open {
             return match group.failed {
                 Some(error) => Err(error),
@@ -685,7 +714,12 @@ impl Backend for PgBackend {
             return Err(error);
         }
         self.client.batch_execute("COMMIT").map_err(storage)?;
+        self.fenced = group.fenced;
         Ok(Committed::Written)
+    }
+
+    fn take_fenced(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.fenced)
     }
 
     /// Takes the conversation for this instance (see the module doc) and
@@ -827,6 +861,8 @@ impl Backend for PgBackend {
     }
 
     fn release(&mut self, group: &mut PgGroup, key: &SessionKey) -> Result<(), StoreError> {
+        // Never ahead of the chat's last turn.
+        self.flush_turns(group)?;
         let (bot, me, bytes) = (self.bot, self.me, session_key(key));
         self.in_group(group, |this| {
             this.client
@@ -840,40 +876,93 @@ impl Backend for PgBackend {
     }
 }
 
-/// A turn's commit in one statement: the conversation's record written
-/// (`$7`: replaced by `$3`, `NULL` deleting it; else kept) only while this
-/// instance (`$4`) owns it or nobody has it yet, and its updates (`$5`)
-/// marked answered, or removed (`$6`), only if it was. Returns how many
-/// records were written: 0 means fenced.
-const COMMIT_TURN: &str = "
-    WITH chat AS (
-        INSERT INTO llmgram_chats AS c (bot, key, record, owner) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (bot, key) DO UPDATE
-            SET record = CASE WHEN $7 THEN excluded.record ELSE c.record END
-            WHERE c.owner = $4
-        RETURNING 1
-    ), answered AS (
-        UPDATE llmgram_updates SET answered = true, entry = NULL
-        WHERE bot = $1 AND update_id = ANY($5) AND EXISTS (SELECT 1 FROM chat)
-        RETURNING 1
-    ), gone AS (
-        DELETE FROM llmgram_updates
-        WHERE bot = $1 AND update_id = ANY($6) AND EXISTS (SELECT 1 FROM chat)
-        RETURNING 1
-    )
-    SELECT count(*) FROM chat";
-
 impl PgBackend {
+    /// Writes the group's waiting turns: per wave of distinct chats (a
+    /// chat's second turn in one group goes in the next wave, in order),
+    /// one fenced upsert of the records replaced, one of those kept, then
+    /// the markers of the turns written. A turn whose chat another
+    /// instance owns writes nothing and is noted as fenced.
+    fn flush_turns(&mut self, group: &mut PgGroup) -> Result<(), StoreError> {
+        let mut rest = std::mem::take(&mut group.turns);
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let (bot, me) = (self.bot, self.me);
+        while !rest.is_empty() {
+            let mut seen = HashSet::new();
+            let (wave, later): (Vec<DeferredTurn>, Vec<DeferredTurn>) = rest
+                .into_iter()
+                .partition(|turn| seen.insert(turn.key.clone()));
+            rest = later;
+            let written: HashSet<Vec<u8>> = self.in_group(group, |this| {
+                let (mut keys, mut records, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+                for turn in &wave {
+                    match &turn.change {
+                        Some(record) => {
+                            keys.push(turn.key.clone());
+                            records.push(record.clone());
+                        }
+                        None => kept.push(turn.key.clone()),
+                    }
+                }
+                let mut written = HashSet::new();
+                if !keys.is_empty() {
+                    let rows = this
+                        .client
+                        .query(
+                            "INSERT INTO llmgram_chats AS c (bot, key, record, owner)
+                             SELECT $1, t.key, t.record, $2
+                             FROM unnest($3::bytea[], $4::bytea[]) AS t(key, record)
+                             ON CONFLICT (bot, key) DO UPDATE SET record = excluded.record
+                             WHERE c.owner = $2
+                             RETURNING c.key",
+                            &[&bot, &me, &keys, &records],
+                        )
+                        .map_err(storage)?;
+                    written.extend(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)));
+                }
+                if !kept.is_empty() {
+                    let rows = this
+                        .client
+                        .query(
+                            "INSERT INTO llmgram_chats AS c (bot, key, owner)
+                             SELECT $1, k, $2 FROM unnest($3::bytea[]) AS k
+                             ON CONFLICT (bot, key) DO UPDATE SET owner = c.owner
+                             WHERE c.owner = $2
+                             RETURNING c.key",
+                            &[&bot, &me, &kept],
+                        )
+                        .map_err(storage)?;
+                    written.extend(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)));
+                }
+                Ok(written)
+            })?;
+            let (mut answered, mut gone) = (Vec::new(), Vec::new());
+            for turn in wave {
+                if written.contains(&turn.key) {
+                    answered.extend(turn.answered);
+                    gone.extend(turn.gone);
+                } else {
+                    group.fenced.push(turn.index);
+                }
+            }
+            self.in_group(group, |this| this.mark_answered(&answered, &gone))?;
+        }
+        Ok(())
+    }
+
     /// Marks `answered` answered and removes `gone` (a `/forget` turn, after
     /// its fenced write).
     fn mark_answered(&mut self, answered: &[i64], gone: &[i64]) -> Result<(), StoreError> {
-        self.client
-            .execute(
-                "UPDATE llmgram_updates SET answered = true, entry = NULL
+        if !answered.is_empty() {
+            self.client
+                .execute(
+                    "UPDATE llmgram_updates SET answered = true, entry = NULL
                  WHERE bot = $1 AND update_id = ANY($2)",
-                &[&self.bot, &answered],
-            )
-            .map_err(storage)?;
+                    &[&self.bot, &answered],
+                )
+                .map_err(storage)?;
+        }
         if !gone.is_empty() {
             self.client
                 .execute(
@@ -1131,10 +1220,11 @@ mod tests {
         // The old owner wakes: its turn on the chat is fenced, counted by
         // the caller, and another turn of the same group still commits.
         let mut group = first.begin();
-        let fenced = first.commit_turn(&mut group, &chat, 3, Vec::new(), record(3)?);
-        assert_eq!(fenced, Err(StoreError::Fenced));
+        first.commit_turn(&mut group, &chat, 3, Vec::new(), record(3)?)?;
         first.commit_turn(&mut group, &other, 2, Vec::new(), record(2)?)?;
         assert_eq!(first.commit(group)?, Committed::Written);
+        assert_eq!(first.take_fenced(), vec![0], "the first turn of the group");
+        assert!(first.take_fenced().is_empty(), "taken once");
         let record_of = |key: &str| {
             db.psql(&format!(
                 "SELECT encode(record, 'hex') FROM llmgram_chats WHERE key = '\\x{key}'"
@@ -1147,6 +1237,44 @@ mod tests {
         };
         assert_eq!(stored, expected, "no stale write");
         assert!(!record_of(&hex(&session_key(&other)))?.is_empty());
+        let pending =
+            db.psql("SELECT update_id FROM llmgram_updates WHERE NOT answered ORDER BY 1")?;
+        assert_eq!(
+            pending, "",
+            "the fenced turn's update is not marked answered here"
+        );
+        Ok(())
+    }
+
+    /// A chat's second turn in one group is written after its first, and
+    /// a `/forget` after the turns before it.
+    #[test]
+    fn turns_of_one_chat_in_one_group_keep_their_order() -> TestResult {
+        let db = server();
+        let mut backend = postgres_on(db.url())()?;
+        let counted = AtomicU64::new(0);
+        let chat = SessionKey::of_chat(ChatId(30));
+        let mut group = backend.begin();
+        backend.admit(
+            &mut group,
+            vec![update(1, 30), update(2, 30), update(3, 30)],
+        )?;
+        backend.commit(group)?;
+        let mut group = backend.begin();
+        backend.commit_turn(&mut group, &chat, 1, Vec::new(), record(1)?)?;
+        backend.commit_turn(&mut group, &chat, 2, Vec::new(), record(2)?)?;
+        backend.commit(group)?;
+        assert_eq!(backend.take_fenced(), Vec::<usize>::new());
+        let loaded = backend
+            .load_chat(&chat, &counted)?
+            .map(|r| r.recent_updates);
+        assert_eq!(loaded, Some(vec![2]));
+        let mut group = backend.begin();
+        backend.commit_turn(&mut group, &chat, 3, Vec::new(), record(3)?)?;
+        backend.commit_turn(&mut group, &chat, 3, Vec::new(), RecordChange::Forget(None))?;
+        backend.commit(group)?;
+        assert_eq!(backend.load_chat(&chat, &counted)?, None, "forgotten last");
+        assert!(backend.pending_updates(&counted)?.is_empty());
         Ok(())
     }
 

@@ -363,20 +363,28 @@ impl Drop for BackupSlot {
 /// A write whose answer waits for the commit: the completion of a batch.
 enum Done {
     Commit(RpcReplyPort<Result<(), StoreError>>),
+    /// A turn, with its number among the group's turns (a backend that
+    /// applies turns at commit says then which were fenced).
+    Turn(RpcReplyPort<Result<(), StoreError>>, usize),
     Admit(RpcReplyPort<Result<Vec<Inbound>, StoreError>>, Vec<Inbound>),
 }
 
 impl Done {
-    fn succeed(self) {
+    /// Answers a write of a group that committed; `fenced` numbers the
+    /// turns that wrote nothing (another instance owns their chat).
+    fn succeed(self, fenced: &[usize]) {
         match self {
-            Self::Commit(reply) => drop(reply.send(Ok(()))),
+            Self::Turn(reply, index) if fenced.contains(&index) => {
+                drop(reply.send(Err(StoreError::Fenced)));
+            }
+            Self::Commit(reply) | Self::Turn(reply, _) => drop(reply.send(Ok(()))),
             Self::Admit(reply, new) => drop(reply.send(Ok(new))),
         }
     }
 
     fn fail(self, error: &StoreError) {
         match self {
-            Self::Commit(reply) => drop(reply.send(Err(error.clone()))),
+            Self::Commit(reply) | Self::Turn(reply, _) => drop(reply.send(Err(error.clone()))),
             Self::Admit(reply, _) => drop(reply.send(Err(error.clone()))),
         }
     }
@@ -438,6 +446,8 @@ impl<B: Backend> Thread<B> {
         let mut group = self.backend.begin();
         let mut after_commit = Vec::new();
         let mut turns = 0;
+        // Every call of `commit_turn` numbers a turn, whatever it returns.
+        let mut turn_index = 0;
         let mut reads = Vec::new();
         for op in batch {
             match op {
@@ -447,19 +457,23 @@ impl<B: Backend> Thread<B> {
                     also_answered,
                     change,
                     reply,
-                } => match self.backend.commit_turn(
-                    &mut group,
-                    &key,
-                    update_id,
-                    also_answered,
-                    change,
-                ) {
-                    Ok(()) => {
-                        turns += 1;
-                        after_commit.push(Done::Commit(reply));
+                } => {
+                    let index = turn_index;
+                    turn_index += 1;
+                    match self.backend.commit_turn(
+                        &mut group,
+                        &key,
+                        update_id,
+                        also_answered,
+                        change,
+                    ) {
+                        Ok(()) => {
+                            turns += 1;
+                            after_commit.push(Done::Turn(reply, index));
+                        }
+                        Err(error) => drop(reply.send(Err(error))),
                     }
-                    Err(error) => drop(reply.send(Err(error))),
-                },
+                }
                 StoreOp::Admit { updates, reply } => {
                     match self.backend.admit(&mut group, updates) {
                         Ok(new) => after_commit.push(Done::Admit(reply, new)),
@@ -507,8 +521,9 @@ impl<B: Backend> Thread<B> {
             Ok(Committed::Nothing) => {}
             Ok(Committed::Written) => self.count_commit(started, turns, size),
         }
+        let fenced = self.backend.take_fenced();
         for done in after_commit {
-            done.succeed();
+            done.succeed(&fenced);
         }
         for read in reads {
             self.read(read)?;
