@@ -65,13 +65,28 @@ async fn three_instances_survive_repeated_kills_with_nothing_lost() {
     let (per_kill, outside) = (repeats.per_mark, repeats.outside);
     let times = outcome.times();
     let max = times.max;
+    // The messages that waited for a failover: those answered later than a
+    // healthy answer ever takes here (one sweep interval past the lease
+    // would do; 1 s leaves the healthy ones out under CI load).
+    let waited: Vec<Duration> = outcome
+        .latencies
+        .iter()
+        .copied()
+        .filter(|latency| *latency > Duration::from_secs(1))
+        .collect();
+    let failover = crate::common::cluster::Times::of(&waited);
     eprintln!(
         "cluster: {kills} kills, {} messages, lost {}, repeated {} (sent, then killed \
-         before the commit; per kill {per_kill:?}), repeated outside that window {}, {times}",
+         before the commit; per kill {per_kill:?}), repeated outside that window {}, {times}; \
+         {} waited for a failover: p50 {:?} p99 {:?} max {:?}",
         outcome.messages(),
         outcome.lost,
         outcome.repeated,
-        outside.len()
+        outside.len(),
+        waited.len(),
+        failover.p50,
+        failover.p99,
+        failover.max
     );
     let logs = || cluster.logs();
     assert_eq!(

@@ -183,6 +183,14 @@ pub(crate) enum SessionSupMsg {
         /// How it ended: a failure is restarted ([`SESSION_RESTART`]).
         exit: Exit,
     },
+    /// A new conversation's earlier unanswered updates (shared store), read
+    /// off this actor: they go first.
+    Earlier {
+        /// The conversation.
+        key: SessionKey,
+        /// Its unanswered updates, in the order received.
+        earlier: Vec<Inbound>,
+    },
     /// Another instance owns the conversation: stop its session and drop
     /// what it had pending (still unanswered in the shared store, where
     /// the owner finds it).
@@ -271,6 +279,10 @@ struct Entry {
     last_active: Instant,
     /// How many sessions have crashed on the oldest pending update.
     head_crashes: u32,
+    /// A shared store: the chat's earlier unanswered updates are being
+    /// read (`take_over_earlier`); updates wait here, unsent to the
+    /// session, until they are in front of them.
+    awaiting_earlier: bool,
 }
 
 /// The session supervisor's state.
@@ -376,6 +388,7 @@ impl Actor for SessionSup {
                 on_session_died(&myself, state, key, session, exit).await?;
             }
             SessionSupMsg::Fenced { key } => on_fenced(state, &key),
+            SessionSupMsg::Earlier { key, earlier } => on_earlier(state, &key, earlier),
             SessionSupMsg::SweepIdle => on_sweep_idle(state),
             SessionSupMsg::Stats { reply } => {
                 let stats = SessionStats {
@@ -451,10 +464,11 @@ async fn on_route(
                 pending: VecDeque::new(),
                 last_active: Instant::now(),
                 head_crashes: 0,
+                awaiting_earlier: state.deps.shared_store,
             },
         );
         if state.deps.shared_store {
-            take_over_earlier(state, key, inbound.update_id).await;
+            take_over_earlier(myself, state, key);
         }
     }
     let Some(entry) = state.chats.get_mut(key) else {
@@ -503,7 +517,9 @@ async fn on_route(
     state.pending += 1;
     // If the session has just died, the update stays pending and is handed
     // to its successor by `on_session_died`.
-    let _ = entry.session.cast(SessionMsg::Handle(inbound));
+    if !entry.awaiting_earlier {
+        let _ = entry.session.cast(SessionMsg::Handle(inbound));
+    }
     Ok(())
 }
 
@@ -636,8 +652,16 @@ async fn on_session_died(
     let signals = Arc::clone(&entry.signals);
     // The replacement answers each redelivered update alone.
     let replacement = spawn_session(myself, state, &key, signals, false).await?;
-    for inbound in pending {
-        let _ = replacement.cast(SessionMsg::Handle(inbound));
+    // While the chat's earlier updates are read, nothing is handed over:
+    // `on_earlier` hands everything, in order, to this replacement.
+    if !state
+        .chats
+        .get(&key)
+        .is_some_and(|entry| entry.awaiting_earlier)
+    {
+        for inbound in pending {
+            let _ = replacement.cast(SessionMsg::Handle(inbound));
+        }
     }
     if let Some(entry) = state.chats.get_mut(&key) {
         entry.session = replacement;
@@ -700,36 +724,49 @@ fn on_sweep_idle(state: &mut SessionSupState) {
 }
 
 /// A conversation new to this supervisor, on a shared store, may have
-/// been another instance's, or received there: its unanswered updates
-/// admitted before `update_id` are handed to the new session first, in the
-/// order received, so a take-over answers in order. A failed read leaves
-/// them to the next sweep.
-async fn take_over_earlier(state: &mut SessionSupState, key: &SessionKey, update_id: u32) {
-    let earlier = state
-        .deps
-        .directory
-        .persistence()
-        .pending_of(key, &state.deps.config.commands)
-        .await;
-    let earlier = match earlier {
-        Ok(earlier) => earlier,
-        Err(error) => {
+/// been another instance's, or received there: its unanswered updates are
+/// read (off this actor: the read waits for the store's writer) and put in
+/// front of the ones routed meanwhile, which wait unsent, so a take-over
+/// answers in the order received ([`SessionSupMsg::Earlier`]).
+fn take_over_earlier(myself: &ActorRef<SessionSupMsg>, state: &SessionSupState, key: &SessionKey) {
+    let deps = Arc::clone(&state.deps);
+    let (myself, key) = (myself.clone(), key.clone());
+    tokio::spawn(async move {
+        let earlier = deps
+            .directory
+            .persistence()
+            .pending_of(&key, &deps.config.commands)
+            .await;
+        let earlier = earlier.unwrap_or_else(|error| {
             tracing::warn!(chat_id = key.chat().0, class = error.class(), %error, "cannot read the chat's unanswered updates; the sweep hands them over");
-            return;
-        }
-    };
+            Vec::new()
+        });
+        let _ = myself.cast(SessionSupMsg::Earlier { key, earlier });
+    });
+}
+
+/// The chat's earlier unanswered updates were read: they go in front of
+/// what was routed meanwhile (without repeats), and all of it to the
+/// session, in order.
+fn on_earlier(state: &mut SessionSupState, key: &SessionKey, earlier: Vec<Inbound>) {
     let Some(entry) = state.chats.get_mut(key) else {
         return;
     };
-    for inbound in earlier
+    let routed = std::mem::take(&mut entry.pending);
+    let mut pending: VecDeque<Arc<Inbound>> = earlier
         .into_iter()
-        .take_while(|inbound| inbound.update_id != update_id)
-    {
-        let inbound = Arc::new(inbound);
-        entry.pending.push_back(Arc::clone(&inbound));
-        state.pending += 1;
-        let _ = entry.session.cast(SessionMsg::Handle(inbound));
+        .filter(|update| !routed.iter().any(|r| r.update_id == update.update_id))
+        .map(Arc::new)
+        .collect();
+    state.pending += pending.len();
+    pending.extend(routed);
+    // Until now nothing was handed to the session (nor to a replacement,
+    // should it have died meanwhile: `on_session_died` waits for this).
+    for inbound in &pending {
+        let _ = entry.session.cast(SessionMsg::Handle(Arc::clone(inbound)));
     }
+    entry.pending = pending;
+    entry.awaiting_earlier = false;
 }
 
 /// Another instance owns `key`: its session stops without answering, and
