@@ -144,6 +144,14 @@ pub(crate) struct SessionArgs {
     pub(crate) merge: bool,
 }
 
+/// First wait before loading the chat's record is tried again.
+const LOAD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest wait between tries to load it.
+const LOAD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long loading it is tried before the session fails (and is restarted
+/// by its supervisor).
+const LOAD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The session actor.
 pub(crate) struct Session;
 
@@ -291,12 +299,32 @@ impl Actor for Session {
             .flush(&state.key)
             .await
             .map_err(|_| crate::telegram::TelegramError::OutboxUnavailable)?;
-        let loaded = state
-            .deps
-            .directory
-            .persistence()
-            .load_chat(&state.key)
-            .await;
+        // A store away for a moment (a database restarting) is waited for
+        // rather than failed on: a session failing at once would be
+        // re-created at once, use up its redeliveries within the outage and
+        // apologise for an update that is answered once the store is back.
+        let mut backoff = crate::retry::Backoff::new(LOAD_RETRY_FIRST, LOAD_RETRY_MAX);
+        let deadline = tokio::time::Instant::now() + LOAD_RETRY_FOR;
+        let loaded = loop {
+            let loaded = state
+                .deps
+                .directory
+                .persistence()
+                .load_chat(&state.key)
+                .await;
+            match &loaded {
+                Err(
+                    crate::store::StoreError::Storage(_) | crate::store::StoreError::Unavailable,
+                ) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(
+                        chat_id = state.key.chat().0,
+                        "chat not loaded yet; trying again"
+                    );
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                _ => break loaded,
+            }
+        };
         let loaded = match loaded {
             Err(crate::store::StoreError::Fenced) => {
                 // Its owner was told; the supervisor stops this session and
