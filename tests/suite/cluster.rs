@@ -100,9 +100,11 @@ async fn three_instances_survive_repeated_kills_with_nothing_lost() {
         "answers repeated without a kill between them: {outside:?}"
     );
     // Failover: a message for a dead instance's chat waits for its lease
-    // to lapse, the grace and a sweep; the rest is slack for CI.
+    // to lapse, the grace and a sweep. Not a figure (BENCHMARKS.md has
+    // those, from a quiet machine): a bound that catches a chat never
+    // taken over, with room for a loaded CI machine.
     assert!(
-        max <= LEASE + GRACE + SWEEP + Duration::from_secs(4),
+        max <= LEASE + GRACE + SWEEP + Duration::from_secs(12),
         "failover took {max:?}"
     );
     cluster.stop_all().await;
