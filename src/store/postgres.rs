@@ -38,12 +38,13 @@
 //!   and Telegram sends again) and the writer goes on; a lost connection is
 //!   opened again at the next group. Nothing here poisons the store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
 
 use super::backend::{Backend, Committed};
 use super::backup::{BackupError, BackupReport};
@@ -299,6 +300,8 @@ pub struct PgBackend {
     /// The turns of the last committed group that were fenced, until the
     /// writer takes them.
     fenced: Vec<usize>,
+    /// Statements prepared on this connection, by their text.
+    prepared: HashMap<&'static str, Statement>,
 }
 
 /// One group commit on PostgreSQL: a transaction, opened by its first
@@ -359,6 +362,7 @@ impl PgBackend {
             grace: config.grace,
             pruned_below: 0,
             fenced: Vec::new(),
+            prepared: HashMap::new(),
         })
     }
 
@@ -372,8 +376,60 @@ impl PgBackend {
         if self.client.is_closed() {
             tracing::warn!("database connection lost; connecting again");
             self.client = self.settings.connect(NoTls).map_err(storage)?;
+            self.prepared.clear();
         }
         Ok(&mut self.client)
+    }
+
+    /// `sql` prepared on this connection, once: a statement given as text
+    /// costs a round trip (and a plan) to prepare it at every call.
+    fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs the prepared `sql`; rows changed.
+    fn run(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.execute(&statement, params)
+    }
+
+    /// Runs the prepared `sql`; its rows.
+    fn rows(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    /// Runs the prepared `sql`; its one row.
+    fn row(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query_one(&statement, params)
+    }
+
+    /// Runs the prepared `sql`; its row, if any.
+    fn maybe_row(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query_opt(&statement, params)
     }
 
     /// Opens the group's transaction at its first write; `Err` if an
@@ -468,7 +524,7 @@ impl PgBackend {
                 "SELECT key, record FROM llmgram_chats
                  WHERE bot = $1 AND substring(key from 1 for 8) = $2 AND key <> $3
                    AND record IS NOT NULL",
-                &[&self.bot, &prefix, &own],
+                &[&{ self.bot }, &prefix, &own],
             )
             .map_err(storage)?;
         for row in rows {
@@ -488,43 +544,40 @@ impl PgBackend {
                 .map(|usage| record::encode_usage(&usage))
                 .transpose()
                 .map_err(codec)?;
-            self.client
-                .execute(
-                    "UPDATE llmgram_chats SET record = NULL, usage = coalesce($3, usage)
+            self.run(
+                "UPDATE llmgram_chats SET record = NULL, usage = coalesce($3, usage)
                      WHERE bot = $1 AND key = $2",
-                    &[&self.bot, &key, &usage],
-                )
-                .map_err(storage)?;
-        }
-        self.client
-            .execute(
-                "DELETE FROM llmgram_failed WHERE bot = $1 AND kind = 'chat'
-                 AND substring(key from 1 for 8) = $2",
-                &[&self.bot, &prefix],
+                &[&{ self.bot }, &key, &usage],
             )
             .map_err(storage)?;
+        }
+        self.run(
+            "DELETE FROM llmgram_failed WHERE bot = $1 AND kind = 'chat'
+                 AND substring(key from 1 for 8) = $2",
+            &[&{ self.bot }, &prefix],
+        )
+        .map_err(storage)?;
         Ok(())
     }
 
     /// Moves a record that does not decode to `llmgram_failed` (autocommit:
     /// reads run outside any group).
     fn quarantine(&mut self, kind: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.client
-            .execute(
-                "INSERT INTO llmgram_failed (bot, kind, key, value) VALUES ($1, $2, $3, $4)",
-                &[&self.bot, &kind, &key, &value],
-            )
-            .map_err(storage)?;
+        self.run(
+            "INSERT INTO llmgram_failed (bot, kind, key, value) VALUES ($1, $2, $3, $4)",
+            &[&{ self.bot }, &kind, &key, &value],
+        )
+        .map_err(storage)?;
         Ok(())
     }
 
     /// Tells the owner of a chat this instance could not take that an
     /// update of it is waiting (best effort: its sweep finds it anyway).
     fn notify_owner(&mut self, key: &[u8]) {
-        let notified = self.client.execute(
+        let notified = self.run(
             "SELECT pg_notify('llmgram_instance_' || owner::text, '') FROM llmgram_chats
              WHERE bot = $1 AND key = $2 AND owner IS NOT NULL",
-            &[&self.bot, &key],
+            &[&{ self.bot }, &key],
         );
         if let Err(error) = notified {
             tracing::debug!(error = %crate::error::error_chain(&error), "owner not notified; its sweep finds the update");
@@ -654,13 +707,12 @@ impl Backend for PgBackend {
         self.flush_turns(group)?;
         let bot = self.bot;
         self.in_group(group, |this| {
-            this.client
-                .execute(
-                    "DELETE FROM llmgram_updates
+            this.run(
+                "DELETE FROM llmgram_updates
                      WHERE bot = $1 AND answered AND update_id >= $2 AND update_id < $3",
-                    &[&bot, &i64::from(from), &i64::from(below)],
-                )
-                .map_err(storage)
+                &[&bot, &i64::from(from), &i64::from(below)],
+            )
+            .map_err(storage)
         })?;
         self.pruned_below = below;
         Ok(())
@@ -677,21 +729,19 @@ impl Backend for PgBackend {
         let name = String::from_utf8_lossy(key.as_bytes()).into_owned();
         let bot = self.bot;
         self.in_group(group, |this| {
-            this.client
-                .execute(
-                    "INSERT INTO llmgram_settings (bot, name, value) VALUES ($1, $2, $3)
+            this.run(
+                "INSERT INTO llmgram_settings (bot, name, value) VALUES ($1, $2, $3)
                      ON CONFLICT (bot, name) DO UPDATE SET value = excluded.value",
-                    &[&bot, &name, &bytes],
-                )
-                .map_err(storage)?;
+                &[&bot, &name, &bytes],
+            )
+            .map_err(storage)?;
             // Delivered at commit: every instance's cluster actor has its
             // owner read the setting again.
-            this.client
-                .execute(
-                    "SELECT pg_notify($1, $2)",
-                    &[&SETTINGS_CHANNEL, &format!("{bot}:{name}")],
-                )
-                .map_err(storage)?;
+            this.run(
+                "SELECT pg_notify($1, $2)",
+                &[&SETTINGS_CHANNEL, &format!("{bot}:{name}")],
+            )
+            .map_err(storage)?;
             Ok(())
         })
     }
@@ -731,9 +781,9 @@ impl Backend for PgBackend {
     ) -> Result<Option<ChatRecord>, StoreError> {
         let bytes = session_key(key);
         let (bot, me, grace) = (self.bot, self.me, secs(self.grace));
+        self.client()?;
         let row = self
-            .client()?
-            .query_opt(
+            .maybe_row(
                 "INSERT INTO llmgram_chats AS c (bot, key, owner) VALUES ($1, $2, $3)
                  ON CONFLICT (bot, key) DO UPDATE SET owner = $3
                  WHERE c.owner IS NULL OR c.owner = $3 OR NOT EXISTS (
@@ -755,13 +805,12 @@ impl Backend for PgBackend {
                 Err(error) => {
                     tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat record does not decode; quarantined, chat starts fresh");
                     self.quarantine("chat", &bytes, &value)?;
-                    self.client
-                        .execute(
-                            "UPDATE llmgram_chats SET record = NULL
+                    self.run(
+                        "UPDATE llmgram_chats SET record = NULL
                              WHERE bot = $1 AND key = $2 AND owner = $3",
-                            &[&bot, &bytes, &me],
-                        )
-                        .map_err(storage)?;
+                        &[&bot, &bytes, &me],
+                    )
+                    .map_err(storage)?;
                     quarantined.fetch_add(1, Ordering::Relaxed);
                     Ok(None)
                 }
@@ -791,9 +840,9 @@ impl Backend for PgBackend {
         quarantined: &AtomicU64,
     ) -> Result<Vec<record::StoredUpdate>, StoreError> {
         let (bot, bytes) = (self.bot, session_key(key));
+        self.client()?;
         let rows = self
-            .client()?
-            .query(
+            .rows(
                 "SELECT update_id, key, entry, admitted, admitted_by FROM llmgram_updates
                  WHERE bot = $1 AND key = $2 AND NOT answered ORDER BY admitted",
                 &[&bot, &bytes],
@@ -808,9 +857,9 @@ impl Backend for PgBackend {
 
     fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError> {
         let bot = self.bot;
+        self.client()?;
         let row = self
-            .client()?
-            .query_one(
+            .row(
                 "SELECT max(update_id) FROM llmgram_updates WHERE bot = $1",
                 &[&bot],
             )
@@ -865,12 +914,11 @@ impl Backend for PgBackend {
         self.flush_turns(group)?;
         let (bot, me, bytes) = (self.bot, self.me, session_key(key));
         self.in_group(group, |this| {
-            this.client
-                .execute(
-                    "UPDATE llmgram_chats SET owner = NULL WHERE bot = $1 AND key = $2 AND owner = $3",
-                    &[&bot, &bytes, &me],
-                )
-                .map_err(storage)?;
+            this.run(
+                "UPDATE llmgram_chats SET owner = NULL WHERE bot = $1 AND key = $2 AND owner = $3",
+                &[&bot, &bytes, &me],
+            )
+            .map_err(storage)?;
             Ok(())
         })
     }
@@ -955,21 +1003,19 @@ impl PgBackend {
     /// its fenced write).
     fn mark_answered(&mut self, answered: &[i64], gone: &[i64]) -> Result<(), StoreError> {
         if !answered.is_empty() {
-            self.client
-                .execute(
-                    "UPDATE llmgram_updates SET answered = true, entry = NULL
+            self.run(
+                "UPDATE llmgram_updates SET answered = true, entry = NULL
                  WHERE bot = $1 AND update_id = ANY($2)",
-                    &[&self.bot, &answered],
-                )
-                .map_err(storage)?;
+                &[&{ self.bot }, &answered],
+            )
+            .map_err(storage)?;
         }
         if !gone.is_empty() {
-            self.client
-                .execute(
-                    "DELETE FROM llmgram_updates WHERE bot = $1 AND update_id = ANY($2)",
-                    &[&self.bot, &gone],
-                )
-                .map_err(storage)?;
+            self.run(
+                "DELETE FROM llmgram_updates WHERE bot = $1 AND update_id = ANY($2)",
+                &[&{ self.bot }, &gone],
+            )
+            .map_err(storage)?;
         }
         Ok(())
     }
@@ -987,13 +1033,12 @@ impl PgBackend {
                 Err(error) => {
                     tracing::error!(update_id, %error, "stored update does not decode; quarantined");
                     self.quarantine("update", &key, entry.as_deref().unwrap_or_default())?;
-                    self.client
-                        .execute(
-                            "UPDATE llmgram_updates SET answered = true, entry = NULL
+                    self.run(
+                        "UPDATE llmgram_updates SET answered = true, entry = NULL
                              WHERE bot = $1 AND update_id = $2",
-                            &[&self.bot, &update_id],
-                        )
-                        .map_err(storage)?;
+                        &[&{ self.bot }, &update_id],
+                    )
+                    .map_err(storage)?;
                     quarantined.fetch_add(1, Ordering::Relaxed);
                 }
             }
