@@ -575,12 +575,22 @@ async fn spawn_session(
 
 fn on_turn_finished(state: &mut SessionSupState, key: &SessionKey, update_id: u32) {
     let Some(entry) = state.chats.get_mut(key) else {
-        tracing::error!(
-            chat_id = key.chat().0,
-            thread_id = key.thread_number(),
-            update_id,
-            "turn finished for an unknown chat"
-        );
+        if state.deps.shared_store {
+            // A fenced chat's session was dropped with its turn in flight
+            // (another instance owns the chat): expected, not a bug.
+            tracing::debug!(
+                chat_id = key.chat().0,
+                update_id,
+                "turn finished for a chat handed to another instance"
+            );
+        } else {
+            tracing::error!(
+                chat_id = key.chat().0,
+                thread_id = key.thread_number(),
+                update_id,
+                "turn finished for an unknown chat"
+            );
+        }
         return;
     };
     match entry.pending.front() {
