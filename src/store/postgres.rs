@@ -469,47 +469,25 @@ impl PgBackend {
         result
     }
 
-    /// Writes the conversation's row as `change` says, only while this
-    /// instance owns it (or nobody has it yet); `Fenced` otherwise.
-    fn write_chat(&mut self, key: &SessionKey, change: RecordChange) -> Result<(), StoreError> {
+    /// `/forget`: empties the conversation's record, keeping what it spent
+    /// (`usage`), and the rest of the chat's records, only while this
+    /// instance owns it (or nobody has it yet); `Fenced` otherwise. Other
+    /// turns are written by [`Self::flush_turns`].
+    fn forget_chat(&mut self, key: &SessionKey, usage: Option<Vec<u8>>) -> Result<(), StoreError> {
         let (bot, me) = (self.bot, self.me);
         let bytes = session_key(key);
-        let client = &mut self.client;
-        let written = match change {
-            RecordChange::Put(record) => client.execute(
-                "INSERT INTO llmgram_chats AS c (bot, key, record, owner) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (bot, key) DO UPDATE SET record = excluded.record
+        let written = self
+            .run(
+                "INSERT INTO llmgram_chats AS c (bot, key, usage, owner) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (bot, key) DO UPDATE SET record = NULL, usage = excluded.usage
                  WHERE c.owner = $4",
-                &[&bot, &bytes, &record, &me],
-            ),
-            RecordChange::Delete => client.execute(
-                "INSERT INTO llmgram_chats AS c (bot, key, owner) VALUES ($1, $2, $3)
-                 ON CONFLICT (bot, key) DO UPDATE SET record = NULL WHERE c.owner = $3",
-                &[&bot, &bytes, &me],
-            ),
-            RecordChange::Keep => client.execute(
-                "INSERT INTO llmgram_chats AS c (bot, key, owner) VALUES ($1, $2, $3)
-                 ON CONFLICT (bot, key) DO UPDATE SET owner = c.owner WHERE c.owner = $3",
-                &[&bot, &bytes, &me],
-            ),
-            RecordChange::Forget(usage) => {
-                let written = client.execute(
-                    "INSERT INTO llmgram_chats AS c (bot, key, usage, owner) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (bot, key) DO UPDATE SET record = NULL, usage = excluded.usage
-                     WHERE c.owner = $4",
-                    &[&bot, &bytes, &usage, &me],
-                );
-                if matches!(written, Ok(1)) {
-                    self.forget_rest_of_chat(key)?;
-                }
-                written
-            }
-        }
-        .map_err(storage)?;
+                &[&bot, &bytes, &usage, &me],
+            )
+            .map_err(storage)?;
         if written == 0 {
             return Err(StoreError::Fenced);
         }
-        Ok(())
+        self.forget_rest_of_chat(key)
     }
 
     /// `/forget`: the chat's other records (its forum topics, or the chat's
@@ -670,12 +648,12 @@ impl Backend for PgBackend {
             RecordChange::Put(record) => Some(Some(record)),
             RecordChange::Delete => Some(None),
             RecordChange::Keep => None,
-            forget @ RecordChange::Forget(_) => {
+            RecordChange::Forget(usage) => {
                 // Touches the chat's other records too: written now, after
                 // the turns before it.
                 self.flush_turns(group)?;
                 return self.in_group(group, |this| {
-                    this.write_chat(key, forget)?;
+                    this.forget_chat(key, usage)?;
                     this.mark_answered(&answered, &gone)
                 });
             }
@@ -999,8 +977,8 @@ impl PgBackend {
         Ok(())
     }
 
-    /// Marks `answered` answered and removes `gone` (a `/forget` turn, after
-    /// its fenced write).
+    /// Marks `answered` answered and removes `gone` (the updates of turns
+    /// whose fenced write went through).
     fn mark_answered(&mut self, answered: &[i64], gone: &[i64]) -> Result<(), StoreError> {
         if !answered.is_empty() {
             self.run(

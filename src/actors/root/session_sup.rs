@@ -11,7 +11,10 @@
 //!   [`SessionSupMsg::SessionDied`] (a session crashed; queued behind the
 //!   session's own earlier messages), [`SessionSupMsg::SweepIdle`] (timer),
 //!   [`SessionSupMsg::Stats`], [`SessionSupMsg::Close`] and
-//!   [`SessionSupMsg::Drain`] (shutdown).
+//!   [`SessionSupMsg::Drain`] (shutdown); on a shared store also
+//!   [`SessionSupMsg::Fenced`] (another instance owns a conversation: its
+//!   session stops) and [`SessionSupMsg::Earlier`] (a new conversation's
+//!   earlier unanswered updates, read off this actor, go first).
 //! - **State:** per conversation: the session's reference, the updates
 //!   routed to it and not yet answered (`pending`), and when it was last
 //!   active. This map is the only place user state is indexed, and only this
