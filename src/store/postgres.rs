@@ -300,27 +300,50 @@ pub struct PgBackend {
     /// The turns of the last committed group that were fenced, until the
     /// writer takes them.
     fenced: Vec<usize>,
+    /// The updates of the last committed group already held, until the
+    /// writer takes them.
+    known: Vec<u32>,
     /// Statements prepared on this connection, by their text.
     prepared: HashMap<&'static str, Statement>,
 }
 
-/// One group commit on PostgreSQL: a transaction, opened by its first
-/// write.
+/// One group commit on PostgreSQL. Admissions and turns wait in the group
+/// and are written together by one statement ([`WRITE_GROUP`]): at commit,
+/// alone and in autocommit, one round trip and one WAL flush for the
+/// whole group (the common case: webhooks admitting, sessions committing
+/// turns); or, when the group also holds a write that statement does not
+/// cover (`/forget`, a setting, a confirmed offset, a release), inside an
+/// explicit transaction opened by that write, before it.
 #[derive(Debug, Default)]
 pub struct PgGroup {
+    /// An explicit transaction is open.
     open: bool,
     /// The first statement that failed: the transaction is aborted, so the
     /// whole group fails at commit.
     failed: Option<StoreError>,
+    /// Update ids admitted earlier in the group (each is written once).
     admitted_now: HashSet<u32>,
-    /// Turns added and not yet written: written together, a few
-    /// statements for the whole group (before any other write that could
-    /// depend on them, and at commit).
+    /// Admissions not yet written.
+    admits: Vec<DeferredAdmit>,
+    /// Turns added and not yet written.
     turns: Vec<DeferredTurn>,
     /// How many `commit_turn` calls the group has had.
     next_turn: usize,
     /// The numbers of the group's turns found fenced.
     fenced: Vec<usize>,
+    /// Admitted updates the store already held (received before this
+    /// group): found when the admissions are written.
+    known: Vec<u32>,
+}
+
+/// An update waiting to be admitted with the rest of its group.
+#[derive(Debug)]
+struct DeferredAdmit {
+    update_id: i64,
+    /// The conversation's [`session_key`].
+    key: Vec<u8>,
+    /// Its pending [`UpdateEntry`], encoded.
+    entry: Vec<u8>,
 }
 
 /// A turn waiting to be written with the rest of its group.
@@ -333,6 +356,58 @@ struct DeferredTurn {
     /// `Some(record)` replaces it (`None` inside: deletes it); `None`
     /// keeps it.
     change: Option<Option<Vec<u8>>>,
+    answered: Vec<i64>,
+    gone: Vec<i64>,
+}
+
+/// A group's admissions and turns in one statement, so a group costs one
+/// round trip: the updates admitted (`ON CONFLICT DO NOTHING`: those
+/// returned are new), each chat's record replaced (`put`) or kept
+/// (`kept`, which writes nothing but proves ownership) only while this
+/// instance owns the chat, and the markers of the turns whose chat was
+/// written. Returns the new update ids, then the keys of the chats
+/// written; a turn whose chat is missing was fenced. The parts cannot
+/// interfere: a chat appears once (its turns folded in order), and a
+/// turn's update was admitted by an earlier, committed group (a session
+/// gets an update only after its admission commits).
+const WRITE_GROUP: &str = "WITH admitted AS (
+        INSERT INTO llmgram_updates (bot, update_id, key, entry, admitted_by)
+        SELECT $1, u.id, u.key, u.entry, $2
+        FROM unnest($3::bigint[], $4::bytea[], $5::bytea[]) WITH ORDINALITY AS u(id, key, entry, n)
+        ORDER BY u.n
+        ON CONFLICT (bot, update_id) DO NOTHING
+        RETURNING update_id
+    ), put AS (
+        INSERT INTO llmgram_chats AS c (bot, key, record, owner)
+        SELECT $1, t.key, t.record, $2 FROM unnest($6::bytea[], $7::bytea[]) AS t(key, record)
+        ON CONFLICT (bot, key) DO UPDATE SET record = excluded.record WHERE c.owner = $2
+        RETURNING c.key
+    ), kept AS (
+        INSERT INTO llmgram_chats AS c (bot, key, owner)
+        SELECT $1, k, $2 FROM unnest($8::bytea[]) AS k
+        ON CONFLICT (bot, key) DO UPDATE SET owner = c.owner WHERE c.owner = $2
+        RETURNING c.key
+    ), written AS (
+        SELECT key FROM put UNION ALL SELECT key FROM kept
+    ), answered AS (
+        UPDATE llmgram_updates u SET answered = true, entry = NULL
+        FROM unnest($9::bytea[], $10::bigint[]) AS m(key, id)
+        WHERE u.bot = $1 AND u.update_id = m.id AND m.key IN (SELECT key FROM written)
+        RETURNING 1
+    ), gone AS (
+        DELETE FROM llmgram_updates u USING unnest($11::bytea[], $12::bigint[]) AS g(key, id)
+        WHERE u.bot = $1 AND u.update_id = g.id AND g.key IN (SELECT key FROM written)
+        RETURNING 1
+    )
+    SELECT update_id, NULL::bytea FROM admitted
+    UNION ALL SELECT NULL::bigint, key FROM written";
+
+/// One chat's turns of a group, folded: the last record change wins, and
+/// every turn's markers and number are kept.
+#[derive(Debug, Default)]
+struct ChatWrite {
+    change: Option<Option<Vec<u8>>>,
+    indices: Vec<usize>,
     answered: Vec<i64>,
     gone: Vec<i64>,
 }
@@ -362,6 +437,7 @@ impl PgBackend {
             grace: config.grace,
             pruned_below: 0,
             fenced: Vec::new(),
+            known: Vec::new(),
             prepared: HashMap::new(),
         })
     }
@@ -451,15 +527,17 @@ impl PgBackend {
         Ok(())
     }
 
-    /// Runs `write` inside the group's transaction; a failure marks the
-    /// group failed (except [`StoreError::Fenced`], which writes nothing
-    /// and leaves the transaction usable).
+    /// Runs `write` inside the group's transaction, after the group's
+    /// waiting admissions and turns (so it sees them, in the group's order);
+    /// a failure marks the group failed (except [`StoreError::Fenced`],
+    /// which writes nothing and leaves the transaction usable).
     fn in_group<T>(
         &mut self,
         group: &mut PgGroup,
         write: impl FnOnce(&mut Self) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.open_group(group)?;
+        self.flush(group)?;
         let result = write(self);
         if let Err(error) = &result
             && *error != StoreError::Fenced
@@ -472,7 +550,7 @@ impl PgBackend {
     /// `/forget`: empties the conversation's record, keeping what it spent
     /// (`usage`), and the rest of the chat's records, only while this
     /// instance owns it (or nobody has it yet); `Fenced` otherwise. Other
-    /// turns are written by [`Self::flush_turns`].
+    /// turns are written by [`Self::flush`].
     fn forget_chat(&mut self, key: &SessionKey, usage: Option<Vec<u8>>) -> Result<(), StoreError> {
         let (bot, me) = (self.bot, self.me);
         let bytes = session_key(key);
@@ -571,58 +649,34 @@ impl Backend for PgBackend {
         PgGroup::default()
     }
 
+    /// Adds the updates not admitted earlier in the group; those the store
+    /// already holds are found when the group is written and reported by
+    /// [`Backend::take_known`].
     fn admit(
         &mut self,
         group: &mut PgGroup,
         updates: Vec<Inbound>,
     ) -> Result<Vec<Inbound>, StoreError> {
-        let mut ids = Vec::with_capacity(updates.len());
-        let mut keys = Vec::with_capacity(updates.len());
-        let mut entries = Vec::with_capacity(updates.len());
-        let mut seen = HashSet::new();
-        for inbound in &updates {
-            if group.admitted_now.contains(&inbound.update_id) || !seen.insert(inbound.update_id) {
-                continue;
-            }
-            // The admission number comes from the table's sequence.
-            let entry = UpdateEntry::Pending(record::StoredUpdate::new(inbound, 0));
-            ids.push(i64::from(inbound.update_id));
-            keys.push(session_key(&inbound.key));
-            entries.push(record::encode_update(&entry).map_err(codec)?);
+        if let Some(error) = &group.failed {
+            return Err(error.clone());
         }
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (bot, me) = (self.bot, self.me);
-        let new: HashSet<u32> = self.in_group(group, |this| {
-            let rows = this
-                .client
-                .query(
-                    "INSERT INTO llmgram_updates (bot, update_id, key, entry, admitted_by)
-                     SELECT $1, u.id, u.key, u.entry, $5
-                     FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) WITH ORDINALITY
-                          AS u(id, key, entry, n)
-                     ORDER BY u.n
-                     ON CONFLICT (bot, update_id) DO NOTHING
-                     RETURNING update_id",
-                    &[&bot, &ids, &keys, &entries, &me],
-                )
-                .map_err(storage)?;
-            Ok(rows
-                .iter()
-                .filter_map(|row| u32::try_from(row.get::<_, i64>(0)).ok())
-                .collect())
-        })?;
-        let mut admitted = Vec::with_capacity(new.len());
+        let mut admitted = Vec::with_capacity(updates.len());
         for inbound in updates {
-            if new.contains(&inbound.update_id) && group.admitted_now.insert(inbound.update_id) {
-                admitted.push(inbound);
-            } else {
+            if !group.admitted_now.insert(inbound.update_id) {
                 tracing::debug!(
                     update_id = inbound.update_id,
                     "update already received; skipped"
                 );
+                continue;
             }
+            // The admission number comes from the table's sequence.
+            let entry = UpdateEntry::Pending(record::StoredUpdate::new(&inbound, 0));
+            group.admits.push(DeferredAdmit {
+                update_id: i64::from(inbound.update_id),
+                key: session_key(&inbound.key),
+                entry: record::encode_update(&entry).map_err(codec)?,
+            });
+            admitted.push(inbound);
         }
         Ok(admitted)
     }
@@ -651,7 +705,6 @@ impl Backend for PgBackend {
             RecordChange::Forget(usage) => {
                 // Touches the chat's other records too: written now, after
                 // the turns before it.
-                self.flush_turns(group)?;
                 return self.in_group(group, |this| {
                     this.forget_chat(key, usage)?;
                     this.mark_answered(&answered, &gone)
@@ -682,7 +735,6 @@ impl Backend for PgBackend {
             self.pruned_below = below;
             return Ok(());
         }
-        self.flush_turns(group)?;
         let bot = self.bot;
         self.in_group(group, |this| {
             this.run(
@@ -702,7 +754,6 @@ impl Backend for PgBackend {
         key: BotKey,
         setting: &BotSetting,
     ) -> Result<(), StoreError> {
-        self.flush_turns(group)?;
         let bytes = record::encode_setting(setting).map_err(codec)?;
         let name = String::from_utf8_lossy(key.as_bytes()).into_owned();
         let bot = self.bot;
@@ -725,29 +776,40 @@ impl Backend for PgBackend {
     }
 
     fn commit(&mut self, mut group: PgGroup) -> Result<Committed, StoreError> {
-        // The group's turns, if nothing failed before them.
-        let _ = self.flush_turns(&mut group);
         if !group.open {
-            return match group.failed {
-                Some(error) => Err(error),
-                None => Ok(Committed::Nothing),
-            };
-        }
-        if let Some(error) = group.failed {
-            // The transaction is aborted; end it so the connection is
-            // usable again (a lost connection is reopened next time).
-            if let Err(rollback) = self.client.batch_execute("ROLLBACK") {
-                tracing::debug!(error = %crate::error::error_chain(&rollback), "rollback failed");
+            if let Some(error) = group.failed {
+                return Err(error);
             }
-            return Err(error);
+            if group.admits.is_empty() && group.turns.is_empty() {
+                return Ok(Committed::Nothing);
+            }
+            // The whole group is one statement: autocommit, one round trip.
+            self.client()?;
+            self.flush(&mut group)?;
+        } else {
+            // The rest of the group, if nothing failed before it.
+            let _ = self.flush(&mut group);
+            if let Some(error) = group.failed {
+                // The transaction is aborted; end it so the connection is
+                // usable again (a lost connection is reopened next time).
+                if let Err(rollback) = self.client.batch_execute("ROLLBACK") {
+                    tracing::debug!(error = %crate::error::error_chain(&rollback), "rollback failed");
+                }
+                return Err(error);
+            }
+            self.client.batch_execute("COMMIT").map_err(storage)?;
         }
-        self.client.batch_execute("COMMIT").map_err(storage)?;
         self.fenced = group.fenced;
+        self.known = group.known;
         Ok(Committed::Written)
     }
 
     fn take_fenced(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.fenced)
+    }
+
+    fn take_known(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.known)
     }
 
     /// Takes the conversation for this instance (see the module doc) and
@@ -760,9 +822,15 @@ impl Backend for PgBackend {
         let bytes = session_key(key);
         let (bot, me, grace) = (self.bot, self.me, secs(self.grace));
         self.client()?;
+        // The claim commits without waiting for the disk (`set_config`
+        // local to its transaction): a claim a database crash loses only
+        // fences this instance's next commit of the chat, and the chat's
+        // first durable commit flushes the WAL holding the claim anyway.
+        // It saves a WAL flush per new conversation on the writer thread.
         let row = self
             .maybe_row(
-                "INSERT INTO llmgram_chats AS c (bot, key, owner) VALUES ($1, $2, $3)
+                "INSERT INTO llmgram_chats AS c (bot, key, owner)
+                 SELECT $1, $2, $3 FROM (SELECT set_config('synchronous_commit', 'off', true)) s
                  ON CONFLICT (bot, key) DO UPDATE SET owner = $3
                  WHERE c.owner IS NULL OR c.owner = $3 OR NOT EXISTS (
                      SELECT 1 FROM llmgram_instances i WHERE i.id = c.owner
@@ -888,8 +956,7 @@ impl Backend for PgBackend {
     }
 
     fn release(&mut self, group: &mut PgGroup, key: &SessionKey) -> Result<(), StoreError> {
-        // Never ahead of the chat's last turn.
-        self.flush_turns(group)?;
+        // Never ahead of the chat's last turn: `in_group` writes it first.
         let (bot, me, bytes) = (self.bot, self.me, session_key(key));
         self.in_group(group, |this| {
             this.run(
@@ -903,76 +970,118 @@ impl Backend for PgBackend {
 }
 
 impl PgBackend {
-    /// Writes the group's waiting turns: per wave of distinct chats (a
-    /// chat's second turn in one group goes in the next wave, in order),
-    /// one fenced upsert of the records replaced, one of those kept, then
-    /// the markers of the turns written. A turn whose chat another
-    /// instance owns writes nothing and is noted as fenced.
-    fn flush_turns(&mut self, group: &mut PgGroup) -> Result<(), StoreError> {
-        let mut rest = std::mem::take(&mut group.turns);
-        if rest.is_empty() {
+    /// Writes the group's waiting admissions and turns with
+    /// [`WRITE_GROUP`] (inside the group's transaction when one is open,
+    /// else on its own), and notes the updates already held and the turns
+    /// fenced. A failure marks the group failed.
+    fn flush(&mut self, group: &mut PgGroup) -> Result<(), StoreError> {
+        if let Some(error) = &group.failed {
+            return Err(error.clone());
+        }
+        if group.admits.is_empty() && group.turns.is_empty() {
             return Ok(());
         }
-        let (bot, me) = (self.bot, self.me);
-        while !rest.is_empty() {
-            let mut seen = HashSet::new();
-            let (wave, later): (Vec<DeferredTurn>, Vec<DeferredTurn>) = rest
-                .into_iter()
-                .partition(|turn| seen.insert(turn.key.clone()));
-            rest = later;
-            let written: HashSet<Vec<u8>> = self.in_group(group, |this| {
-                let (mut keys, mut records, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-                for turn in &wave {
-                    match &turn.change {
-                        Some(record) => {
-                            keys.push(turn.key.clone());
-                            records.push(record.clone());
-                        }
-                        None => kept.push(turn.key.clone()),
-                    }
-                }
-                let mut written = HashSet::new();
-                if !keys.is_empty() {
-                    let rows = this
-                        .client
-                        .query(
-                            "INSERT INTO llmgram_chats AS c (bot, key, record, owner)
-                             SELECT $1, t.key, t.record, $2
-                             FROM unnest($3::bytea[], $4::bytea[]) AS t(key, record)
-                             ON CONFLICT (bot, key) DO UPDATE SET record = excluded.record
-                             WHERE c.owner = $2
-                             RETURNING c.key",
-                            &[&bot, &me, &keys, &records],
-                        )
-                        .map_err(storage)?;
-                    written.extend(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)));
-                }
-                if !kept.is_empty() {
-                    let rows = this
-                        .client
-                        .query(
-                            "INSERT INTO llmgram_chats AS c (bot, key, owner)
-                             SELECT $1, k, $2 FROM unnest($3::bytea[]) AS k
-                             ON CONFLICT (bot, key) DO UPDATE SET owner = c.owner
-                             WHERE c.owner = $2
-                             RETURNING c.key",
-                            &[&bot, &me, &kept],
-                        )
-                        .map_err(storage)?;
-                    written.extend(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)));
-                }
-                Ok(written)
-            })?;
-            let (mut answered, mut gone) = (Vec::new(), Vec::new());
-            for turn in wave {
-                if written.contains(&turn.key) {
-                    answered.extend(turn.answered);
-                    gone.extend(turn.gone);
-                } else {
-                    group.fenced.push(turn.index);
-                }
+        let admits = std::mem::take(&mut group.admits);
+        let (mut ids, mut admit_keys, mut entries) = (
+            Vec::with_capacity(admits.len()),
+            Vec::with_capacity(admits.len()),
+            Vec::with_capacity(admits.len()),
+        );
+        for admit in admits {
+            ids.push(admit.update_id);
+            admit_keys.push(admit.key);
+            entries.push(admit.entry);
+        }
+        // Each chat once, its turns folded in order.
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut chats: HashMap<Vec<u8>, ChatWrite> = HashMap::new();
+        for turn in std::mem::take(&mut group.turns) {
+            let chat = chats.entry(turn.key.clone()).or_insert_with(|| {
+                order.push(turn.key.clone());
+                ChatWrite::default()
+            });
+            if turn.change.is_some() {
+                chat.change = turn.change;
             }
-            self.in_group(group, |this| this.mark_answered(&answered, &gone))?;
+            chat.indices.push(turn.index);
+            chat.answered.extend(turn.answered);
+            chat.gone.extend(turn.gone);
+        }
+        let (mut put_keys, mut records, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut answered_keys, mut answered) = (Vec::new(), Vec::new());
+        let (mut gone_keys, mut gone) = (Vec::new(), Vec::new());
+        for key in &order {
+            let Some(chat) = chats.get_mut(key) else {
+                continue;
+            };
+            match chat.change.take() {
+                Some(record) => {
+                    put_keys.push(key.clone());
+                    records.push(record);
+                }
+                None => kept.push(key.clone()),
+            }
+            for id in &chat.answered {
+                answered_keys.push(key.clone());
+                answered.push(*id);
+            }
+            for id in &chat.gone {
+                gone_keys.push(key.clone());
+                gone.push(*id);
+            }
+        }
+        let (bot, me) = (self.bot, self.me);
+        let rows = self.rows(
+            WRITE_GROUP,
+            &[
+                &bot,
+                &me,
+                &ids,
+                &admit_keys,
+                &entries,
+                &put_keys,
+                &records,
+                &kept,
+                &answered_keys,
+                &answered,
+                &gone_keys,
+                &gone,
+            ],
+        );
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                let error = storage(error);
+                group.failed = Some(error.clone());
+                return Err(error);
+            }
+        };
+        let mut new = HashSet::new();
+        let mut written = HashSet::new();
+        for row in &rows {
+            match (
+                row.get::<_, Option<i64>>(0),
+                row.get::<_, Option<Vec<u8>>>(1),
+            ) {
+                (Some(id), _) => {
+                    new.insert(id);
+                }
+                (None, Some(key)) => {
+                    written.insert(key);
+                }
+                (None, None) => {}
+            }
+        }
+        for id in ids {
+            if !new.contains(&id) {
+                tracing::debug!(update_id = id, "update already received; skipped");
+                group.known.extend(u32::try_from(id).ok());
+            }
+        }
+        for (key, chat) in chats {
+            if !written.contains(&key) {
+                group.fenced.extend(chat.indices);
+            }
         }
         Ok(())
     }
@@ -1298,6 +1407,59 @@ mod tests {
         backend.commit(group)?;
         assert_eq!(backend.load_chat(&chat, &counted)?, None, "forgotten last");
         assert!(backend.pending_updates(&counted)?.is_empty());
+        Ok(())
+    }
+
+    /// A group's admissions and turns are written together (by one
+    /// statement alone, or inside the transaction a setting opens): an
+    /// update the store already held is reported at commit, not answered
+    /// again; a fenced turn marks nothing; a kept record proves ownership.
+    #[test]
+    fn admissions_and_turns_written_together_report_known_updates_and_fenced_turns() -> TestResult {
+        for with_setting in [false, true] {
+            let db = server();
+            let mut first = postgres_on(db.url())()?;
+            let mut second = postgres_on(db.url())()?;
+            let counted = AtomicU64::new(0);
+            let (mine, theirs) = (
+                SessionKey::of_chat(ChatId(40)),
+                SessionKey::of_chat(ChatId(41)),
+            );
+            let mut group = first.begin();
+            first.admit(&mut group, vec![update(1, 40), update(2, 41)])?;
+            first.commit(group)?;
+            assert!(first.take_known().is_empty());
+            first.load_chat(&mine, &counted)?;
+            second.load_chat(&theirs, &counted)?;
+
+            let mut group = first.begin();
+            let admitted = first.admit(&mut group, vec![update(1, 40), update(3, 40)])?;
+            assert_eq!(admitted.len(), 2, "held updates are known only at commit");
+            first.commit_turn(&mut group, &mine, 1, Vec::new(), RecordChange::Keep)?;
+            first.commit_turn(&mut group, &theirs, 2, Vec::new(), record(2)?)?;
+            if with_setting {
+                first.save_setting(
+                    &mut group,
+                    BotKey::DefaultModel,
+                    &BotSetting::DefaultModel("m".into()),
+                )?;
+            }
+            assert_eq!(first.commit(group)?, Committed::Written);
+            assert_eq!(first.take_known(), vec![1], "{with_setting}");
+            assert_eq!(first.take_fenced(), vec![1], "{with_setting}");
+            let pending: Vec<u32> = first
+                .pending_updates(&counted)?
+                .iter()
+                .map(|u| u.update_id)
+                .collect();
+            // Update 2's chat is the second instance's: not offered here.
+            assert_eq!(pending, vec![3], "{with_setting}");
+            let answered =
+                db.psql("SELECT update_id FROM llmgram_updates WHERE answered ORDER BY 1")?;
+            assert_eq!(answered, "1", "{with_setting}");
+            let setting = first.load_setting(BotKey::DefaultModel, &counted)?;
+            assert_eq!(setting.is_some(), with_setting);
+        }
         Ok(())
     }
 

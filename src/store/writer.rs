@@ -371,14 +371,18 @@ enum Done {
 
 impl Done {
     /// Answers a write of a group that committed; `fenced` numbers the
-    /// turns that wrote nothing (another instance owns their chat).
-    fn succeed(self, fenced: &[usize]) {
+    /// turns that wrote nothing (another instance owns their chat), and
+    /// `known` the admitted updates the store turned out to hold already.
+    fn succeed(self, fenced: &[usize], known: &[u32]) {
         match self {
             Self::Turn(reply, index) if fenced.contains(&index) => {
                 drop(reply.send(Err(StoreError::Fenced)));
             }
             Self::Commit(reply) | Self::Turn(reply, _) => drop(reply.send(Ok(()))),
-            Self::Admit(reply, new) => drop(reply.send(Ok(new))),
+            Self::Admit(reply, mut new) => {
+                new.retain(|update| !known.contains(&update.update_id));
+                drop(reply.send(Ok(new)));
+            }
         }
     }
 
@@ -521,9 +525,9 @@ impl<B: Backend> Thread<B> {
             Ok(Committed::Nothing) => {}
             Ok(Committed::Written) => self.count_commit(started, turns, size),
         }
-        let fenced = self.backend.take_fenced();
+        let (fenced, known) = (self.backend.take_fenced(), self.backend.take_known());
         for done in after_commit {
-            done.succeed(&fenced);
+            done.succeed(&fenced, &known);
         }
         for read in reads {
             self.read(read)?;
