@@ -13,7 +13,7 @@
 //!   bincode encodings of [`super::record`], one `bytea` each, so both
 //!   backends read and write one format and a record's schema version
 //!   stays inside it. Keys are [`super::session_key`] bytes.
-//! - **Tables** (migration 1, `llmgram_schema` holds the version): every
+//! - **Tables** (migrations 1–2, `llmgram_schema` holds the version): every
 //!   row carries the bot's id, so several bots can share a database.
 //!   `llmgram_instances` (a row per process start, with its lease),
 //!   `llmgram_chats` (record, what a forgotten chat spent, and the owner),
@@ -56,13 +56,14 @@ use crate::telegram::inbound::{Inbound, SessionKey};
 
 /// The schema version this build writes; a database at a newer one is
 /// refused (an older build must not write a newer schema).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: each takes the schema from the version before
 /// it to its own. Never edit one that has shipped; add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE llmgram_instances (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE llmgram_instances (
         id bigserial PRIMARY KEY,
         host text NOT NULL,
         pid integer NOT NULL,
@@ -106,7 +107,17 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         value bytea NOT NULL,
         at timestamptz NOT NULL DEFAULT now()
     );",
-)];
+    ),
+    // An update is found by its id (markers, duplicates): with the id first
+    // in the key, every plan looks it up in the index, whatever the
+    // statistics say (`bot` first let a plan made before the first ANALYZE
+    // read every row of the bot and filter the ids).
+    (
+        2,
+        "ALTER TABLE llmgram_updates DROP CONSTRAINT llmgram_updates_pkey,
+            ADD PRIMARY KEY (update_id, bot);",
+    ),
+];
 
 /// Serialises migrations of concurrently starting instances (an arbitrary
 /// constant: `pg_advisory_xact_lock` takes any 64-bit key).
@@ -156,11 +167,23 @@ pub fn connection_config(
     };
     settings
         .connect_timeout(config.connect_timeout)
+        // A database cut off silently (a partition drops packets; nothing
+        // closes the connection) must fail a statement in seconds, not
+        // after TCP's retransmissions (about 15 minutes): data unacked for
+        // the statement timeout ends the connection, and an idle one is
+        // probed every second after 5 s of silence, 3 times.
+        .tcp_user_timeout(config.statement_timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(3)
         .application_name("llmgram")
+        // Statements are prepared once per connection and run with a
+        // generic plan: planning a group's statement anew at each run (a
+        // custom plan) cost more than running it.
         .options(format!(
-            "-c statement_timeout={} -c synchronous_commit={synchronous}",
+            "-c statement_timeout={} -c synchronous_commit={synchronous} \
+             -c plan_cache_mode=force_generic_plan",
             config.statement_timeout.as_millis()
         ));
     Ok(settings)
@@ -369,7 +392,9 @@ struct DeferredTurn {
 /// written; a turn whose chat is missing was fenced. The parts cannot
 /// interfere: a chat appears once (its turns folded in order), and a
 /// turn's update was admitted by an earlier, committed group (a session
-/// gets an update only after its admission commits).
+/// gets an update only after its admission commits). The markers are found
+/// by `update_id = ANY(…)`, an index lookup in any plan: a join on the
+/// unnested ids let the cached generic plan scan every row of the bot.
 const WRITE_GROUP: &str = "WITH admitted AS (
         INSERT INTO llmgram_updates (bot, update_id, key, entry, admitted_by)
         SELECT $1, u.id, u.key, u.entry, $2
@@ -390,13 +415,16 @@ const WRITE_GROUP: &str = "WITH admitted AS (
     ), written AS (
         SELECT key FROM put UNION ALL SELECT key FROM kept
     ), answered AS (
-        UPDATE llmgram_updates u SET answered = true, entry = NULL
-        FROM unnest($9::bytea[], $10::bigint[]) AS m(key, id)
-        WHERE u.bot = $1 AND u.update_id = m.id AND m.key IN (SELECT key FROM written)
+        UPDATE llmgram_updates SET answered = true, entry = NULL
+        WHERE bot = $1 AND update_id = ANY(ARRAY(
+            SELECT m.id FROM unnest($9::bytea[], $10::bigint[]) AS m(key, id)
+            WHERE m.key IN (SELECT key FROM written)))
         RETURNING 1
     ), gone AS (
-        DELETE FROM llmgram_updates u USING unnest($11::bytea[], $12::bigint[]) AS g(key, id)
-        WHERE u.bot = $1 AND u.update_id = g.id AND g.key IN (SELECT key FROM written)
+        DELETE FROM llmgram_updates
+        WHERE bot = $1 AND update_id = ANY(ARRAY(
+            SELECT g.id FROM unnest($11::bytea[], $12::bigint[]) AS g(key, id)
+            WHERE g.key IN (SELECT key FROM written)))
         RETURNING 1
     )
     SELECT update_id, NULL::bytea FROM admitted
@@ -1307,6 +1335,41 @@ mod tests {
         client.execute("INSERT INTO llmgram_schema (version) VALUES (99)", &[])?;
         let refused = migrate(&mut client).expect_err("a newer schema is refused");
         assert!(refused.to_string().contains("newer"), "{refused}");
+        Ok(())
+    }
+
+    /// A database of schema 1 (a build before migration 2) keeps its rows,
+    /// and its updates are then keyed by id first.
+    #[test]
+    fn a_version_1_database_migrates_keeping_its_rows() -> TestResult {
+        let db = server();
+        db.psql(&format!(
+            "CREATE TABLE llmgram_schema (version integer NOT NULL);
+             INSERT INTO llmgram_schema VALUES (1);
+             {}
+             INSERT INTO llmgram_updates (bot, update_id, key) VALUES (1, 5, '\\x01');",
+            MIGRATIONS[0].1
+        ))?;
+        let config = storage()?;
+        let settings = postgres::Config::from(connection_config(
+            &db.url(),
+            &config.postgres,
+            config.persist_mode,
+        )?);
+        let mut client = settings.connect(NoTls)?;
+        assert_eq!(
+            migrate(&mut client)?,
+            Migration {
+                from: 1,
+                to: SCHEMA_VERSION
+            }
+        );
+        assert_eq!(db.psql("SELECT update_id FROM llmgram_updates")?, "5");
+        let key = db.psql(
+            "SELECT pg_get_indexdef(indexrelid) FROM pg_index
+             WHERE indrelid = 'llmgram_updates'::regclass AND indisprimary",
+        )?;
+        assert!(key.ends_with("(update_id, bot)"), "{key}");
         Ok(())
     }
 
