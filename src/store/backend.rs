@@ -131,6 +131,19 @@ pub(crate) trait Backend: Send + 'static {
         quarantined: &AtomicU64,
     ) -> Result<Option<ChatRecord>, StoreError>;
 
+    /// Several conversations' records, each as [`Backend::load_chat`] would
+    /// return it, in the order of `keys` (the writer gathers the loads of a
+    /// batch: a shared database answers them with one statement).
+    fn load_chats(
+        &mut self,
+        keys: &[SessionKey],
+        quarantined: &AtomicU64,
+    ) -> Vec<Result<Option<ChatRecord>, StoreError>> {
+        keys.iter()
+            .map(|key| self.load_chat(key, quarantined))
+            .collect()
+    }
+
     /// Every update received and not answered, in admission order; entries
     /// that do not decode are quarantined and counted in `quarantined`.
     fn pending_updates(&mut self, quarantined: &AtomicU64)
@@ -169,6 +182,18 @@ pub(crate) trait Backend: Send + 'static {
         let mut pending = self.pending_updates(quarantined)?;
         pending.retain(|update| update.key() == *key);
         Ok(pending)
+    }
+
+    /// Several conversations' unanswered updates, each as
+    /// [`Backend::pending_of`] would return them, in the order of `keys`.
+    fn pending_of_chats(
+        &mut self,
+        keys: &[SessionKey],
+        quarantined: &AtomicU64,
+    ) -> Vec<Result<Vec<StoredUpdate>, StoreError>> {
+        keys.iter()
+            .map(|key| self.pending_of(key, quarantined))
+            .collect()
     }
 
     /// The turns of the group just committed that wrote nothing because

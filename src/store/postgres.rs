@@ -655,19 +655,96 @@ impl PgBackend {
         Ok(())
     }
 
-    /// Tells the owner of a chat this instance could not take that an
-    /// update of it is waiting (best effort: its sweep finds it anyway).
-    fn notify_owner(&mut self, key: &[u8]) {
-        let notified = self.run(
-            "SELECT pg_notify('llmgram_instance_' || owner::text, '') FROM llmgram_chats
-             WHERE bot = $1 AND key = $2 AND owner IS NOT NULL",
-            &[&{ self.bot }, &key],
-        );
-        if let Err(error) = notified {
-            tracing::debug!(error = %crate::error::error_chain(&error), "owner not notified; its sweep finds the update");
+    /// Claims the conversations `keys` for this instance with one
+    /// statement, in key order (two instances claiming the same chats lock
+    /// them in one order); the record and spend of each taken, by key. The
+    /// owners of those not taken are told an update of theirs is waiting
+    /// (best effort: their sweep finds it anyway).
+    ///
+    /// The claim commits without waiting for the disk (`set_config` local
+    /// to its transaction): a claim a database crash loses only fences this
+    /// instance's next commit of the chat, and the chat's first durable
+    /// commit flushes the WAL holding the claim anyway. It saves a WAL
+    /// flush per new conversation on the writer thread.
+    fn claim(&mut self, keys: &[SessionKey]) -> Result<HashMap<Vec<u8>, Claimed>, StoreError> {
+        let mut bytes: Vec<Vec<u8>> = keys.iter().map(session_key).collect();
+        bytes.sort_unstable();
+        bytes.dedup();
+        let (bot, me, grace) = (self.bot, self.me, secs(self.grace));
+        self.client()?;
+        let rows = self
+            .rows(
+                "INSERT INTO llmgram_chats AS c (bot, key, owner)
+                 SELECT $1, k.key, $3
+                 FROM unnest($2::bytea[]) WITH ORDINALITY AS k(key, n),
+                      (SELECT set_config('synchronous_commit', 'off', true)) s
+                 ORDER BY k.n
+                 ON CONFLICT (bot, key) DO UPDATE SET owner = $3
+                 WHERE c.owner IS NULL OR c.owner = $3 OR NOT EXISTS (
+                     SELECT 1 FROM llmgram_instances i WHERE i.id = c.owner
+                     AND i.lease_until > now() - make_interval(secs => $4))
+                 RETURNING c.key, c.record, c.usage",
+                &[&bot, &bytes, &me, &grace],
+            )
+            .map_err(storage)?;
+        let claimed: HashMap<Vec<u8>, Claimed> = rows
+            .iter()
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
+            .collect();
+        let refused: Vec<Vec<u8>> = bytes
+            .into_iter()
+            .filter(|key| !claimed.contains_key(key))
+            .collect();
+        if !refused.is_empty() {
+            let notified = self.run(
+                "SELECT pg_notify('llmgram_instance_' || owner::text, '') FROM llmgram_chats
+                 WHERE bot = $1 AND key = ANY($2) AND owner IS NOT NULL",
+                &[&bot, &refused],
+            );
+            if let Err(error) = notified {
+                tracing::debug!(error = %crate::error::error_chain(&error), "owners not notified; their sweep finds the updates");
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// A claimed conversation's record: a record that does not decode is
+    /// quarantined and the chat starts fresh; a forgotten chat keeps only
+    /// what it spent.
+    fn decode_claimed(
+        &mut self,
+        key: &SessionKey,
+        bytes: &[u8],
+        record: Option<Vec<u8>>,
+        usage: Option<Vec<u8>>,
+        quarantined: &AtomicU64,
+    ) -> Result<Option<ChatRecord>, StoreError> {
+        let Some(value) = record else {
+            return Ok(
+                usage.and_then(|value| super::db::forgotten_record(key, &value, quarantined))
+            );
+        };
+        match record::decode_chat(&value) {
+            Ok(record) => Ok(Some(record)),
+            Err(error) => {
+                tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat record does not decode; quarantined, chat starts fresh");
+                self.quarantine("chat", bytes, &value)?;
+                let (bot, me) = (self.bot, self.me);
+                self.run(
+                    "UPDATE llmgram_chats SET record = NULL
+                         WHERE bot = $1 AND key = $2 AND owner = $3",
+                    &[&bot, &bytes, &me],
+                )
+                .map_err(storage)?;
+                quarantined.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
         }
     }
 }
+
+/// A claimed conversation's stored record and spend.
+type Claimed = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl Backend for PgBackend {
     type Group = PgGroup;
@@ -847,51 +924,41 @@ impl Backend for PgBackend {
         key: &SessionKey,
         quarantined: &AtomicU64,
     ) -> Result<Option<ChatRecord>, StoreError> {
-        let bytes = session_key(key);
-        let (bot, me, grace) = (self.bot, self.me, secs(self.grace));
-        self.client()?;
-        // The claim commits without waiting for the disk (`set_config`
-        // local to its transaction): a claim a database crash loses only
-        // fences this instance's next commit of the chat, and the chat's
-        // first durable commit flushes the WAL holding the claim anyway.
-        // It saves a WAL flush per new conversation on the writer thread.
-        let row = self
-            .maybe_row(
-                "INSERT INTO llmgram_chats AS c (bot, key, owner)
-                 SELECT $1, $2, $3 FROM (SELECT set_config('synchronous_commit', 'off', true)) s
-                 ON CONFLICT (bot, key) DO UPDATE SET owner = $3
-                 WHERE c.owner IS NULL OR c.owner = $3 OR NOT EXISTS (
-                     SELECT 1 FROM llmgram_instances i WHERE i.id = c.owner
-                     AND i.lease_until > now() - make_interval(secs => $4))
-                 RETURNING c.record, c.usage",
-                &[&bot, &bytes, &me, &grace],
-            )
-            .map_err(storage)?;
-        let Some(row) = row else {
-            self.notify_owner(&bytes);
-            return Err(StoreError::Fenced);
+        self.load_chats(std::slice::from_ref(key), quarantined)
+            .pop()
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Takes the conversations for this instance with one statement and
+    /// returns their records (a batch's loads: hundreds of new chats at
+    /// once after a start or a failover).
+    fn load_chats(
+        &mut self,
+        keys: &[SessionKey],
+        quarantined: &AtomicU64,
+    ) -> Vec<Result<Option<ChatRecord>, StoreError>> {
+        let mut claimed = match self.claim(keys) {
+            Ok(claimed) => claimed,
+            Err(error) => return keys.iter().map(|_| Err(error.clone())).collect(),
         };
-        let record: Option<Vec<u8>> = row.get(0);
-        let usage: Option<Vec<u8>> = row.get(1);
-        if let Some(value) = record {
-            return match record::decode_chat(&value) {
-                Ok(record) => Ok(Some(record)),
-                Err(error) => {
-                    tracing::error!(chat_id = key.chat().0, thread_id = key.thread_number(), %error, "chat record does not decode; quarantined, chat starts fresh");
-                    self.quarantine("chat", &bytes, &value)?;
-                    self.run(
-                        "UPDATE llmgram_chats SET record = NULL
-                             WHERE bot = $1 AND key = $2 AND owner = $3",
-                        &[&bot, &bytes, &me],
-                    )
-                    .map_err(storage)?;
-                    quarantined.fetch_add(1, Ordering::Relaxed);
-                    Ok(None)
+        let mut loaded: HashMap<Vec<u8>, Result<Option<ChatRecord>, StoreError>> = HashMap::new();
+        keys.iter()
+            .map(|key| {
+                let bytes = session_key(key);
+                if let Some(done) = loaded.get(&bytes) {
+                    // The same conversation twice in one batch.
+                    return done.clone();
                 }
-            };
-        }
-        // A forgotten chat keeps only what it spent.
-        Ok(usage.and_then(|value| super::db::forgotten_record(key, &value, quarantined)))
+                let result = match claimed.remove(&bytes) {
+                    Some((record, usage)) => {
+                        self.decode_claimed(key, &bytes, record, usage, quarantined)
+                    }
+                    None => Err(StoreError::Fenced),
+                };
+                loaded.insert(bytes, result.clone());
+                result
+            })
+            .collect()
     }
 
     /// The unanswered updates this instance may answer now: of chats it
@@ -913,20 +980,53 @@ impl Backend for PgBackend {
         key: &SessionKey,
         quarantined: &AtomicU64,
     ) -> Result<Vec<record::StoredUpdate>, StoreError> {
-        let (bot, bytes) = (self.bot, session_key(key));
-        self.client()?;
-        let rows = self
-            .rows(
-                "SELECT update_id, key, entry, admitted, admitted_by FROM llmgram_updates
-                 WHERE bot = $1 AND key = $2 AND NOT answered ORDER BY admitted",
-                &[&bot, &bytes],
-            )
-            .map_err(storage)?;
-        let rows = rows
-            .iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
-            .collect();
-        self.decode_pending(rows, quarantined)
+        self.pending_of_chats(std::slice::from_ref(key), quarantined)
+            .pop()
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Several conversations' unanswered updates with one statement,
+    /// through their index.
+    fn pending_of_chats(
+        &mut self,
+        keys: &[SessionKey],
+        quarantined: &AtomicU64,
+    ) -> Vec<Result<Vec<record::StoredUpdate>, StoreError>> {
+        let bot = self.bot;
+        let bytes: Vec<Vec<u8>> = keys.iter().map(session_key).collect();
+        let rows = match self.client() {
+            Ok(_) => self
+                .rows(
+                    "SELECT update_id, key, entry, admitted, admitted_by FROM llmgram_updates
+                     WHERE bot = $1 AND key = ANY($2) AND NOT answered ORDER BY admitted",
+                    &[&bot, &bytes],
+                )
+                .map_err(storage),
+            Err(error) => Err(error),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => return keys.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let mut by_chat: HashMap<Vec<u8>, Vec<PendingRow>> = HashMap::new();
+        for row in &rows {
+            let pending: PendingRow = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            by_chat.entry(pending.1.clone()).or_default().push(pending);
+        }
+        let mut decoded: HashMap<Vec<u8>, Result<Vec<record::StoredUpdate>, StoreError>> =
+            HashMap::new();
+        bytes
+            .into_iter()
+            .map(|key| {
+                if let Some(done) = decoded.get(&key) {
+                    return done.clone();
+                }
+                let rows = by_chat.remove(&key).unwrap_or_default();
+                let result = self.decode_pending(rows, quarantined);
+                decoded.insert(key, result.clone());
+                result
+            })
+            .collect()
     }
 
     fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError> {
@@ -1523,6 +1623,51 @@ mod tests {
             let setting = first.load_setting(BotKey::DefaultModel, &counted)?;
             assert_eq!(setting.is_some(), with_setting);
         }
+        Ok(())
+    }
+
+    /// A batch's loads are one claim: each conversation answered as
+    /// `load_chat` would (taken, fenced by a live owner, the same one
+    /// twice), and their unanswered updates one read, each its own.
+    #[test]
+    fn loads_and_pending_reads_of_a_batch_answer_each_conversation() -> TestResult {
+        let db = server();
+        let mut first = postgres_on(db.url())()?;
+        let mut second = postgres_on(db.url())()?;
+        let counted = AtomicU64::new(0);
+        let (a, b, c) = (
+            SessionKey::of_chat(ChatId(50)),
+            SessionKey::of_chat(ChatId(51)),
+            SessionKey::of_chat(ChatId(52)),
+        );
+        let mut group = first.begin();
+        first.admit(
+            &mut group,
+            vec![update(1, 50), update(2, 51), update(3, 50), update(4, 52)],
+        )?;
+        first.commit(group)?;
+        second.load_chat(&b, &counted)?;
+        let mut group = second.begin();
+        second.commit_turn(&mut group, &b, 2, Vec::new(), record(2)?)?;
+        second.commit(group)?;
+
+        let loaded = first.load_chats(&[a.clone(), b.clone(), a.clone()], &counted);
+        assert_eq!(loaded, vec![Ok(None), Err(StoreError::Fenced), Ok(None)]);
+        assert_eq!(second.load_chat(&a, &counted), Err(StoreError::Fenced));
+
+        let ids = |pending: &Result<Vec<record::StoredUpdate>, StoreError>| {
+            pending
+                .as_ref()
+                .map(|updates| updates.iter().map(|u| u.update_id).collect::<Vec<_>>())
+                .map_err(Clone::clone)
+        };
+        let pending = first.pending_of_chats(&[a.clone(), b, c.clone(), a], &counted);
+        let pending: Vec<_> = pending.iter().map(ids).collect();
+        assert_eq!(
+            pending,
+            vec![Ok(vec![1, 3]), Ok(vec![]), Ok(vec![4]), Ok(vec![1, 3])]
+        );
+        assert_eq!(counted.load(Ordering::Relaxed), 0);
         Ok(())
     }
 

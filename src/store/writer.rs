@@ -529,7 +529,45 @@ impl<B: Backend> Thread<B> {
         for done in after_commit {
             done.succeed(&fenced, &known);
         }
+        self.serve(reads)
+    }
+
+    /// Serves a batch's reads: the conversations' loads together, then
+    /// their unanswered updates together, then the rest in order (no read
+    /// depends on another's order). Only a poisoned store is returned as an
+    /// error.
+    fn serve(&mut self, reads: Vec<ReadOp>) -> Result<(), StoreError> {
+        let (mut loads, mut pendings, mut rest) = (Vec::new(), Vec::new(), Vec::new());
         for read in reads {
+            match read {
+                ReadOp::LoadChat { key, reply } => loads.push((key, reply)),
+                ReadOp::PendingOf { key, reply } => pendings.push((key, reply)),
+                other => rest.push(other),
+            }
+        }
+        let quarantined = &self.counters.quarantined;
+        if !loads.is_empty() {
+            let keys: Vec<SessionKey> = loads.iter().map(|(key, _)| key.clone()).collect();
+            let loaded = self.backend.load_chats(&keys, quarantined);
+            let mut poisoned = None;
+            for ((_, reply), loaded) in loads.into_iter().zip(loaded) {
+                if let Err(error @ StoreError::Poisoned(_)) = &loaded {
+                    poisoned = Some(error.clone());
+                }
+                let _ = reply.send(loaded);
+            }
+            if let Some(error) = poisoned {
+                return Err(error);
+            }
+        }
+        if !pendings.is_empty() {
+            let keys: Vec<SessionKey> = pendings.iter().map(|(key, _)| key.clone()).collect();
+            let pending = self.backend.pending_of_chats(&keys, quarantined);
+            for ((_, reply), pending) in pendings.into_iter().zip(pending) {
+                let _ = reply.send(pending);
+            }
+        }
+        for read in rest {
             self.read(read)?;
         }
         Ok(())
