@@ -526,16 +526,6 @@ impl PgBackend {
         self.client.query_one(&statement, params)
     }
 
-    /// Runs the prepared `sql`; its row, if any.
-    fn maybe_row(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, postgres::Error> {
-        let statement = self.prepared(sql)?;
-        self.client.query_opt(&statement, params)
-    }
-
     /// Opens the group's transaction at its first write; `Err` if an
     /// earlier write of the group failed (its transaction is aborted).
     fn open_group(&mut self, group: &mut PgGroup) -> Result<(), StoreError> {
