@@ -5,8 +5,12 @@
 //! module is its SQL.
 //!
 //! - **Runs on** the store's writer thread, like fjall: [`PgBackend`] is a
-//!   [`Backend`] on the blocking `postgres` client (one connection, one
-//!   transaction per group commit). The cluster actor
+//!   [`Backend`] on the blocking `postgres` client (one connection). A
+//!   group commit is one statement in the common case (admissions and
+//!   turns: one round trip, one WAL flush), else one transaction
+//!   ([`PgGroup`]); a batch's chat loads are one claim, and their
+//!   unanswered updates one read. Statements are prepared once per
+//!   connection and planned generically. The cluster actor
 //!   (`actors/root/cluster.rs`) has its own connection for leases, sweeps
 //!   and `LISTEN/NOTIFY`, through the functions below that take a client.
 //! - **Records** are stored exactly as fjall stores them: the versioned
