@@ -115,11 +115,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
     // An update is found by its id (markers, duplicates): with the id first
     // in the key, every plan looks it up in the index, whatever the
     // statistics say (`bot` first let a plan made before the first ANALYZE
-    // read every row of the bot and filter the ids).
+    // read every row of the bot and filter the ids). A chat's record is
+    // rewritten at every turn: room left in each page lets the new version
+    // stay on it without touching the indexes (a HOT update).
     (
         2,
         "ALTER TABLE llmgram_updates DROP CONSTRAINT llmgram_updates_pkey,
-            ADD PRIMARY KEY (update_id, bot);",
+            ADD PRIMARY KEY (update_id, bot);
+         ALTER TABLE llmgram_chats SET (fillfactor = 70);",
     ),
 ];
 
