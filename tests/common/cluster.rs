@@ -70,8 +70,8 @@ pub struct Cluster {
     _dirs: tempfile::TempDir,
     client: reqwest::Client,
     /// Held while this deployment exists (see [`ONE_AT_A_TIME`]); dropped
-    /// last.
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+    /// last. `None` for a deployment sharing another's database (and turn).
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl Cluster {
@@ -88,6 +88,42 @@ impl Cluster {
             .await
             .unwrap()
             .expect("a throwaway PostgreSQL (install the postgresql package)");
+        let db_url = db.url();
+        Self::assemble(
+            Arc::new(Mutex::new(db)),
+            db_url,
+            instances,
+            extra,
+            Some(turn),
+        )
+        .await
+    }
+
+    /// Another deployment on this one's database, with fakes of its own:
+    /// another bot (give it its own `TELEGRAM_BOT_TOKEN` in `extra`).
+    pub async fn start_sharing(
+        &self,
+        instances: usize,
+        extra: Vec<(&'static str, String)>,
+    ) -> Self {
+        Self::assemble(
+            Arc::clone(&self.db),
+            self.db_url.clone(),
+            instances,
+            extra,
+            None,
+        )
+        .await
+    }
+
+    /// The fakes and `instances` instances on `db`, each listening.
+    async fn assemble(
+        db: Arc<Mutex<TempPostgres>>,
+        db_url: String,
+        instances: usize,
+        extra: Vec<(&'static str, String)>,
+        turn: Option<tokio::sync::MutexGuard<'static, ()>>,
+    ) -> Self {
         let telegram = FakeTelegram::start().await;
         let llm = FakeLlm::start().await;
         let dirs = tempfile::tempdir().unwrap();
@@ -100,8 +136,8 @@ impl Cluster {
             })
             .collect();
         let cluster = Self {
-            db_url: db.url(),
-            db: Arc::new(Mutex::new(db)),
+            db_url,
+            db,
             telegram,
             llm,
             nodes,

@@ -267,3 +267,72 @@ async fn an_admins_ban_and_model_reach_every_instance() {
     let last = cluster.llm.requests().pop().unwrap();
     assert_eq!(last.model, "llama-3.3-70b-versatile");
 }
+
+/// Two bots on one database (one group of instances per bot): the same
+/// chat id and the same update id under each token are two conversations,
+/// each answered by its own bot from its own history, and a ban through
+/// one bot is not the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bots_share_one_database_and_nothing_else() {
+    let first = Cluster::start_with(
+        1,
+        vec![
+            ("TELEGRAM_BOT_TOKEN", "111:first".into()),
+            ("LLMGRAM_ADMIN_IDS", "900".into()),
+        ],
+    )
+    .await;
+    let second = first
+        .start_sharing(1, vec![("TELEGRAM_BOT_TOKEN", "222:second".into())])
+        .await;
+    let (one, one_id) = {
+        let (id, update) = first.telegram.text_update(5, 5, "first bot, one");
+        (update, id)
+    };
+    let (two, two_id) = {
+        let (id, update) = second.telegram.text_update(5, 5, "second bot, one");
+        (update, id)
+    };
+    assert_eq!(one_id, two_id, "the same update id under both tokens");
+    first.post(0, &one).await;
+    second.post(0, &two).await;
+    first.wait_for(5, "answer to: first bot, one").await;
+    second.wait_for(5, "answer to: second bot, one").await;
+
+    second
+        .post(0, &second.telegram.text_update(5, 5, "second bot, two").1)
+        .await;
+    second.wait_for(5, "answer to: second bot, two").await;
+    let asked: Vec<String> = second
+        .llm
+        .requests()
+        .iter()
+        .map(|request| request.body.to_string())
+        .collect();
+    let last = asked.last().unwrap();
+    assert!(last.contains("second bot, one"), "its own history: {last}");
+    assert!(!asked.iter().any(|body| body.contains("first bot")));
+
+    first
+        .post(0, &first.telegram.text_update(900, 900, "/ban 901").1)
+        .await;
+    first.wait_for(900, "901 is banned").await;
+    second
+        .post(
+            0,
+            &second.telegram.text_update(901, 901, "not banned here").1,
+        )
+        .await;
+    second.wait_for(901, "answer to: not banned here").await;
+
+    let bots = first.psql("SELECT DISTINCT bot FROM llmgram_chats ORDER BY bot");
+    assert_eq!(bots, "111\n222");
+    let held = first.psql(&format!(
+        "SELECT count(*) FROM llmgram_updates WHERE update_id = {one_id}"
+    ));
+    assert_eq!(held, "2", "one update id, one row per bot");
+    assert_eq!(first.answered(5, "answer to: first bot, one"), 1);
+    assert_eq!(second.answered(5, "answer to: first bot, one"), 0);
+    second.stop_all().await;
+    first.stop_all().await;
+}
