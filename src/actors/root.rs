@@ -510,6 +510,7 @@ fn start_business(
         config: Arc::clone(&deps.config),
         directory: deps.directory.clone(),
         locales: deps.locales.clone(),
+        shared: deps.lease.is_some(),
     };
     spawn(deps, child, business::Business, args, supervisor)
 }

@@ -13,8 +13,9 @@
 //!   their own reply to: ✏️ Edit, then their next control-room text),
 //!   [`BusinessMsg::Charge`] (what a fan's LLM call spent: the creator's
 //!   budget), [`BusinessMsg::ForgetFan`] (`/forget <fan>`),
-//!   [`BusinessMsg::AdmitFan`] (a fan's message may cost an LLM call) and
-//!   [`BusinessMsg::Flush`] (timer). Callers use [`BusinessHandle`].
+//!   [`BusinessMsg::AdmitFan`] (a fan's message may cost an LLM call),
+//!   [`BusinessMsg::Flush`] (timer) and [`BusinessMsg::Reload`] (another
+//!   instance stored a change). Callers use [`BusinessHandle`].
 //! - **State:** every connection (at most `business.max_connections`), each
 //!   with its recently active fans (`business.max_fans_listed`, plus the
 //!   fans with a mode of their own), loaded from the store's `business`
@@ -32,6 +33,17 @@
 //! - **Who may connect:** a connection from a user not allowed
 //!   (`business.allowed_owner_ids`; empty = the bot admins) is not stored,
 //!   counted and logged as a security event: nothing of it is ever acted on.
+//! - **Several instances** (a shared store, issue 18): every instance has
+//!   this actor, and any of them may store a change (the update or the
+//!   creator's command reached it). So with a shared store, each change
+//!   first reads the stored connections again and applies itself to them
+//!   (keeping the fans seen and the spend charged here since the last
+//!   write), and a change stored elsewhere is read again at once
+//!   ([`BusinessMsg::Reload`], from the cluster actor's notification): a
+//!   connection turned off or losing `can_reply` anywhere stops the drafts
+//!   and sends everywhere. Two instances storing at the same moment can
+//!   still lose one of the two writes (no lock across instances): the next
+//!   `business_connection` update or command repeats it.
 //! - **Failures:** restarted by root and reloaded from the store (the fans'
 //!   last activity since the last write is lost, and the rate limits start
 //!   full). While it is away, lookups **fail closed**: nothing is drafted or
@@ -259,6 +271,13 @@ impl BusinessHandle<'_> {
                 cost,
             },
         );
+    }
+
+    /// Another instance stored a change of the connections (a shared
+    /// store): read them again. Best effort (the next change reads them
+    /// anyway).
+    pub fn reload(&self) {
+        self.directory.cast_now(ADDRESS, BusinessMsg::Reload);
     }
 
     /// Makes the actor panic (tests only); `false` if it is not running.
@@ -501,6 +520,8 @@ pub enum BusinessMsg {
     },
     /// Timer: store the fans' activity if it changed.
     Flush,
+    /// Another instance stored a change: read the connections again.
+    Reload,
     /// `/forget <fan>`: everything kept about one fan goes.
     ForgetFan {
         /// The connection.
@@ -528,6 +549,9 @@ pub struct BusinessArgs {
     pub directory: Directory,
     /// The control-room notes' texts.
     pub locales: Locales,
+    /// The store is shared with other instances (PostgreSQL): read the
+    /// connections again before each change.
+    pub shared: bool,
 }
 
 /// The business actor's state.
@@ -541,6 +565,31 @@ pub struct BusinessState {
     /// Fans' activity changed since the last write.
     dirty: bool,
     flusher: JoinHandle<()>,
+    /// See [`BusinessArgs::shared`].
+    shared: bool,
+    /// With a shared store, what happened here since the last write, to
+    /// apply again to the connections read back: fans seen and spend
+    /// charged.
+    unsaved: Vec<Unsaved>,
+}
+
+/// Something kept in memory until the next write (with a shared store).
+#[derive(Debug, Clone)]
+enum Unsaved {
+    /// A fan wrote.
+    Seen {
+        id: Arc<str>,
+        fan: i64,
+        name: String,
+        at: i64,
+    },
+    /// An LLM call for a fan spent this.
+    Charged {
+        id: Arc<str>,
+        day: u32,
+        tokens: u64,
+        cost: u64,
+    },
 }
 
 impl Actor for Business {
@@ -589,6 +638,8 @@ impl Actor for Business {
             connections,
             dirty: false,
             flusher,
+            shared: args.shared,
+            unsaved: Vec::new(),
         })
     }
 
@@ -669,6 +720,14 @@ impl Actor for Business {
                 if let Some(connection) = state.connections.get_mut(&id) {
                     connection.spent.add(day, tokens, cost);
                     state.dirty = true;
+                    if state.shared {
+                        state.unsaved.push(Unsaved::Charged {
+                            id,
+                            day,
+                            tokens,
+                            cost,
+                        });
+                    }
                 }
             }
             BusinessMsg::ForgetFan { id, fan, reply } => {
@@ -676,10 +735,16 @@ impl Actor for Business {
             }
             BusinessMsg::Flush => {
                 if state.dirty {
+                    refresh(state).await?;
                     save(state).await?;
                 }
                 state.per_fan.retain_recent();
                 state.per_connection.retain_recent();
+            }
+            BusinessMsg::Reload => {
+                if let Err(error) = refresh(state).await {
+                    tracing::warn!(%error, "business connections not read again; the next change reads them");
+                }
             }
             #[cfg(feature = "chaos")]
             BusinessMsg::Panic => panic!("chaos: business ordered to panic"),
@@ -695,6 +760,7 @@ async fn on_changed(
     state: &mut BusinessState,
     update: ConnectionUpdate,
 ) -> Result<Accepted, StoreError> {
+    refresh(state).await?;
     let config = &state.config.business;
     if !config.may_connect(&state.config.admin_ids, update.owner_user_id) {
         security_event(SecurityKind::BusinessOwnerDenied);
@@ -784,6 +850,7 @@ async fn on_configure(
     id: &Arc<str>,
     change: Configure,
 ) -> Result<bool, StoreError> {
+    refresh(state).await?;
     let Some(connection) = state.connections.get_mut(id) else {
         return Ok(false);
     };
@@ -825,6 +892,7 @@ async fn on_edit(
     id: &Arc<str>,
     change: EditChange,
 ) -> Result<(), StoreError> {
+    refresh(state).await?;
     let Some(connection) = state.connections.get_mut(id) else {
         return Ok(());
     };
@@ -856,6 +924,7 @@ async fn on_take_edit(
     owner: i64,
     update_id: u32,
 ) -> Result<Option<EditTarget>, StoreError> {
+    refresh(state).await?;
     let Some((id, edit)) = state
         .connections
         .iter()
@@ -892,6 +961,7 @@ async fn on_forget_fan(
     id: &Arc<str>,
     fan: i64,
 ) -> Result<bool, StoreError> {
+    refresh(state).await?;
     let Some(connection) = state.connections.get_mut(id) else {
         return Ok(false);
     };
@@ -910,15 +980,71 @@ async fn on_forget_fan(
 
 /// A fan wrote: kept first in the connection's list.
 fn on_fan_seen(state: &mut BusinessState, id: &Arc<str>, fan: i64, name: String, at: i64) {
+    if state.shared && state.connections.contains_key(id) {
+        state.unsaved.push(Unsaved::Seen {
+            id: Arc::clone(id),
+            fan,
+            name: name.clone(),
+            at,
+        });
+    }
+    if apply_seen(state, id, fan, name, at) {
+        state.dirty = true;
+    }
+}
+
+/// Puts a fan first in the connection's list; `false` if the connection is
+/// unknown.
+fn apply_seen(state: &mut BusinessState, id: &Arc<str>, fan: i64, name: String, at: i64) -> bool {
     let max = state.config.business.max_fans_listed;
     let Some(connection) = state.connections.get_mut(id) else {
-        return;
+        return false;
     };
     let entry = fan_entry(connection, fan);
     entry.name = name;
     entry.last_at = entry.last_at.max(at);
     bound_fans(connection, max);
-    state.dirty = true;
+    true
+}
+
+/// With a shared store, reads the connections again (another instance may
+/// have stored a change) and applies what happened here since the last
+/// write on top. Nothing to do when only this instance writes.
+async fn refresh(state: &mut BusinessState) -> Result<(), StoreError> {
+    if !state.shared {
+        return Ok(());
+    }
+    let stored = match state
+        .directory
+        .persistence()
+        .load_setting(BotKey::Business)
+        .await?
+    {
+        Some(BotSetting::Business(connections)) => connections,
+        _ => Vec::new(),
+    };
+    state.connections = stored
+        .into_iter()
+        .map(|connection| (Arc::from(connection.id.as_str()), connection))
+        .collect();
+    for unsaved in state.unsaved.clone() {
+        match unsaved {
+            Unsaved::Seen { id, fan, name, at } => {
+                apply_seen(state, &id, fan, name, at);
+            }
+            Unsaved::Charged {
+                id,
+                day,
+                tokens,
+                cost,
+            } => {
+                if let Some(connection) = state.connections.get_mut(&id) {
+                    connection.spent.add(day, tokens, cost);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The connection's fans, most recently active first.
@@ -990,6 +1116,7 @@ async fn save(state: &mut BusinessState) -> Result<(), StoreError> {
         .save_setting(BotKey::Business, &BotSetting::Business(connections))
         .await?;
     state.dirty = false;
+    state.unsaved.clear();
     Ok(())
 }
 
@@ -1050,6 +1177,11 @@ mod tests {
                           business.max_fans_listed = 2\n";
 
     async fn start(t: &TestDeps) -> ActorRef<BusinessMsg> {
+        start_on(t, false).await
+    }
+
+    /// `shared`: as on a store other instances write too.
+    async fn start_on(t: &TestDeps, shared: bool) -> ActorRef<BusinessMsg> {
         let (actor, _) = Actor::spawn(
             Some(t.deps.directory.name(Child::Business)),
             Business,
@@ -1057,11 +1189,93 @@ mod tests {
                 config: Arc::clone(&t.deps.config),
                 directory: t.deps.directory.clone(),
                 locales: t.deps.locales.clone(),
+                shared,
             },
         )
         .await
         .expect("business starts");
         actor
+    }
+
+    /// What another instance stores: the connections, as it sees them.
+    async fn stored_elsewhere(t: &TestDeps, connections: Vec<StoredConnection>) {
+        t.deps
+            .directory
+            .persistence()
+            .save_setting(BotKey::Business, &BotSetting::Business(connections))
+            .await
+            .unwrap();
+    }
+
+    async fn stored(t: &TestDeps) -> Vec<StoredConnection> {
+        match t
+            .deps
+            .directory
+            .persistence()
+            .load_setting(BotKey::Business)
+            .await
+            .unwrap()
+        {
+            Some(BotSetting::Business(connections)) => connections,
+            other => panic!("no connections stored: {other:?}"),
+        }
+    }
+
+    /// With a shared store: a connection stored by another instance is
+    /// known here once announced, a connection turned off there is off
+    /// here, and a change made here applies to what the others stored
+    /// (their persona stays), keeping the fans seen and the spend charged
+    /// here since the last write.
+    #[tokio::test]
+    async fn with_a_shared_store_changes_made_elsewhere_are_read_and_kept() {
+        let t = test_support::deps("business-shared", CONFIG);
+        t.start_persistence().await;
+        start_on(&t, true).await;
+        let business = t.deps.directory.business();
+        assert_eq!(business.get("conn-7").await, None);
+
+        let elsewhere = |enabled: bool, persona: Option<&str>| StoredConnection {
+            id: "conn-7".into(),
+            owner_user_id: 7,
+            owner_chat_id: 7,
+            can_reply: true,
+            enabled,
+            mode: None,
+            paused: false,
+            persona: persona.map(str::to_owned),
+            fans: Vec::new(),
+            editing: None,
+            language: None,
+            spent: ChatUsage::default(),
+        };
+        stored_elsewhere(&t, vec![elsewhere(true, None)]).await;
+        business.reload();
+        assert!(business.get("conn-7").await.is_some_and(|c| c.enabled));
+
+        stored_elsewhere(&t, vec![elsewhere(false, None)]).await;
+        business.reload();
+        assert!(business.get("conn-7").await.is_some_and(|c| !c.enabled));
+
+        // Seen and charged here, then a persona chosen elsewhere (not yet
+        // announced), then a mode chosen here.
+        business.fan_seen("conn-7", 100, "Ann", 1_000);
+        business.charge("conn-7", 20_000, 30, 5);
+        stored_elsewhere(&t, vec![elsewhere(true, Some("pirate"))]).await;
+        let auto = Configure::Mode {
+            fan: None,
+            mode: BusinessMode::Auto,
+        };
+        assert_eq!(business.configure("conn-7", auto).await, Ok(true));
+        let [kept] = stored(&t).await.try_into().unwrap();
+        assert_eq!(kept.persona.as_deref(), Some("pirate"), "not overwritten");
+        assert!(kept.enabled);
+        assert_eq!(kept.mode, Some(StoredMode::Auto));
+        assert_eq!(kept.fans.len(), 1, "the fan seen here");
+        assert_eq!(kept.spent.tokens_today, 30, "the spend charged here");
+        assert_eq!(
+            business.get("conn-7").await.unwrap().mode_for(100),
+            BusinessMode::Auto
+        );
     }
 
     fn connection(owner: i64, enabled: bool) -> ConnectionUpdate {
@@ -1179,6 +1393,7 @@ mod tests {
                 config: Arc::new(config),
                 directory: t.deps.directory.clone(),
                 locales: t.deps.locales.clone(),
+                shared: false,
             },
         )
         .await

@@ -340,6 +340,7 @@ async fn connect(
     // missed: read the shared settings again.
     state.args.directory.limiter().reload_bans();
     state.args.directory.llm_pool().reload_model();
+    state.args.directory.business().reload();
     Ok(client)
 }
 
@@ -359,6 +360,7 @@ fn on_setting_changed(state: &ClusterState, payload: &str) {
     match name {
         "bans" => directory.limiter().reload_bans(),
         "default_model" => directory.llm_pool().reload_model(),
+        "business" => directory.business().reload(),
         other => tracing::debug!(setting = other, "setting changed elsewhere; read at start"),
     }
 }
