@@ -743,6 +743,27 @@ impl PgBackend {
 /// A claimed conversation's stored record and spend.
 type Claimed = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// `answer` for each conversation of `keys` (given it and its
+/// [`session_key`]), in their order; a conversation asked twice in one
+/// batch gets the first answer again.
+fn each_once<T: Clone>(
+    keys: &[SessionKey],
+    mut answer: impl FnMut(&SessionKey, &[u8]) -> T,
+) -> Vec<T> {
+    let mut answered: HashMap<Vec<u8>, T> = HashMap::new();
+    keys.iter()
+        .map(|key| {
+            let bytes = session_key(key);
+            if let Some(done) = answered.get(&bytes) {
+                return done.clone();
+            }
+            let result = answer(key, &bytes);
+            answered.insert(bytes, result.clone());
+            result
+        })
+        .collect()
+}
+
 impl Backend for PgBackend {
     type Group = PgGroup;
     type Snapshot = ();
@@ -938,24 +959,10 @@ impl Backend for PgBackend {
             Ok(claimed) => claimed,
             Err(error) => return keys.iter().map(|_| Err(error.clone())).collect(),
         };
-        let mut loaded: HashMap<Vec<u8>, Result<Option<ChatRecord>, StoreError>> = HashMap::new();
-        keys.iter()
-            .map(|key| {
-                let bytes = session_key(key);
-                if let Some(done) = loaded.get(&bytes) {
-                    // The same conversation twice in one batch.
-                    return done.clone();
-                }
-                let result = match claimed.remove(&bytes) {
-                    Some((record, usage)) => {
-                        self.decode_claimed(key, &bytes, record, usage, quarantined)
-                    }
-                    None => Err(StoreError::Fenced),
-                };
-                loaded.insert(bytes, result.clone());
-                result
-            })
-            .collect()
+        each_once(keys, |key, bytes| match claimed.remove(bytes) {
+            Some((record, usage)) => self.decode_claimed(key, bytes, record, usage, quarantined),
+            None => Err(StoreError::Fenced),
+        })
     }
 
     /// The unanswered updates this instance may answer now: of chats it
@@ -1010,20 +1017,10 @@ impl Backend for PgBackend {
             let pending: PendingRow = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
             by_chat.entry(pending.1.clone()).or_default().push(pending);
         }
-        let mut decoded: HashMap<Vec<u8>, Result<Vec<record::StoredUpdate>, StoreError>> =
-            HashMap::new();
-        bytes
-            .into_iter()
-            .map(|key| {
-                if let Some(done) = decoded.get(&key) {
-                    return done.clone();
-                }
-                let rows = by_chat.remove(&key).unwrap_or_default();
-                let result = self.decode_pending(rows, quarantined);
-                decoded.insert(key, result.clone());
-                result
-            })
-            .collect()
+        each_once(keys, |_, bytes| {
+            let rows = by_chat.remove(bytes).unwrap_or_default();
+            self.decode_pending(rows, quarantined)
+        })
     }
 
     fn newest_update_id(&mut self) -> Result<Option<u32>, StoreError> {

@@ -602,19 +602,7 @@ impl Actor for Business {
         myself: ActorRef<BusinessMsg>,
         args: BusinessArgs,
     ) -> Result<BusinessState, ActorProcessingErr> {
-        let stored = match args
-            .directory
-            .persistence()
-            .load_setting(BotKey::Business)
-            .await?
-        {
-            Some(BotSetting::Business(connections)) => connections,
-            _ => Vec::new(),
-        };
-        let connections = stored
-            .into_iter()
-            .map(|connection| (Arc::from(connection.id.as_str()), connection))
-            .collect();
+        let connections = stored_connections(&args.directory).await?;
         let config = &args.config.business;
         let flusher = {
             let myself = myself.clone();
@@ -1007,15 +995,11 @@ fn apply_seen(state: &mut BusinessState, id: &Arc<str>, fan: i64, name: String, 
     true
 }
 
-/// With a shared store, reads the connections again (another instance may
-/// have stored a change) and applies what happened here since the last
-/// write on top. Nothing to do when only this instance writes.
-async fn refresh(state: &mut BusinessState) -> Result<(), StoreError> {
-    if !state.shared {
-        return Ok(());
-    }
-    let stored = match state
-        .directory
+/// The connections as stored, by id.
+async fn stored_connections(
+    directory: &Directory,
+) -> Result<HashMap<Arc<str>, StoredConnection>, StoreError> {
+    let stored = match directory
         .persistence()
         .load_setting(BotKey::Business)
         .await?
@@ -1023,10 +1007,20 @@ async fn refresh(state: &mut BusinessState) -> Result<(), StoreError> {
         Some(BotSetting::Business(connections)) => connections,
         _ => Vec::new(),
     };
-    state.connections = stored
+    Ok(stored
         .into_iter()
         .map(|connection| (Arc::from(connection.id.as_str()), connection))
-        .collect();
+        .collect())
+}
+
+/// With a shared store, reads the connections again (another instance may
+/// have stored a change) and applies what happened here since the last
+/// write on top. Nothing to do when only this instance writes.
+async fn refresh(state: &mut BusinessState) -> Result<(), StoreError> {
+    if !state.shared {
+        return Ok(());
+    }
+    state.connections = stored_connections(&state.directory).await?;
     for unsaved in state.unsaved.clone() {
         match unsaved {
             Unsaved::Seen { id, fan, name, at } => {
