@@ -336,3 +336,51 @@ async fn two_bots_share_one_database_and_nothing_else() {
     second.stop_all().await;
     first.stop_all().await;
 }
+
+/// Telegram Business with two instances: a connection stored through one
+/// instance is answered for on the other, and once turned off through the
+/// first, the other answers its fans no more (the announcement has every
+/// instance read the connections again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_connection_changed_on_one_instance_holds_on_the_other() {
+    use llmgram_fakes::{BusinessConn, BusinessFrom};
+    let cluster = Cluster::start_with(
+        2,
+        vec![
+            ("LLMGRAM_ADMIN_IDS", "5000".into()),
+            ("LLMGRAM_BUSINESS__ENABLED", "true".into()),
+            ("LLMGRAM_BUSINESS__MODE", "auto".into()),
+        ],
+    )
+    .await;
+    let telegram = &cluster.telegram;
+    let issued = |id: i64| telegram.issued_update(id).unwrap();
+    let connected = telegram.connect_business(BusinessConn::new("c1", 5000));
+    cluster.post(0, &issued(connected)).await;
+    // The announcement reaches the other instance.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    telegram.push_business_message("c1", 6001, BusinessFrom::Fan(6001), "do you ship?");
+    cluster.post(1, &issued(telegram.last_update_id())).await;
+    let sent = telegram
+        .wait_for_business_sent("c1", 6001, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        sent.len(),
+        1,
+        "answered by the instance that did not store it"
+    );
+
+    let off = telegram.disable_business("c1").unwrap();
+    cluster.post(0, &issued(off)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    telegram.push_business_message("c1", 6001, BusinessFrom::Fan(6001), "still there?");
+    cluster.post(1, &issued(telegram.last_update_id())).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        telegram.business_sent("c1", 6001).len(),
+        1,
+        "turned off on one instance, silent on the other"
+    );
+    cluster.stop_all().await;
+}
