@@ -407,6 +407,16 @@ impl Cluster {
         (self.telegram.sent().len(), code)
     }
 
+    /// The process id of instance `index`, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes[index]
+            .process
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(BotProcess::pid)
+    }
+
     /// Whether instance `index` still runs (it has not exited by itself).
     pub fn running(&self, index: usize) -> bool {
         self.nodes[index]

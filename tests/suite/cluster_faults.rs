@@ -374,6 +374,9 @@ struct Partition {
     /// The victim's exit code, and how long after the heal it exited.
     code: Option<i32>,
     exit_after_heal: Duration,
+    /// The victim's instance id before the cut, and the restarted one's.
+    old_id: String,
+    new_id: String,
 }
 
 /// Three instances, PostgreSQL in a network namespace, a closed loop of 60
@@ -404,6 +407,7 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
     let injector = {
         let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
+            let old_id = instance_id(&cluster, victim).await;
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let cut_mark = cluster.telegram.sent().len();
             cluster.cut_from_db(victim).await;
@@ -423,6 +427,7 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
             let restarted_at = std::time::Instant::now();
             cluster.launch(victim).await;
             cluster.wait_ready(victim, Duration::from_secs(20)).await;
+            let new_id = instance_id(&cluster, victim).await;
             Partition {
                 cut_mark,
                 lapse_mark,
@@ -431,6 +436,8 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
                 fenced_at_send,
                 code,
                 exit_after_heal,
+                old_id,
+                new_id,
             }
         })
     };
@@ -461,6 +468,13 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
         .filter(|c| c.at > cut.cut_at + LEASE && c.at < cut.restarted_at)
         .map(|c| (c.method.clone(), c.chat_id, c.at - cut.cut_at))
         .collect();
+    // The victim's last send after the cut (before its restart).
+    let last_send = calls
+        .iter()
+        .filter(|c| c.token == victim_token && sends(&c.method))
+        .filter(|c| c.at > cut.cut_at && c.at < cut.restarted_at)
+        .map(|c| c.at - cut.cut_at)
+        .max();
     // Failover: per chat of the victim's, from the cut to the first answer
     // another instance sent it.
     let victims_chats: Vec<i64> = (1..=chats).filter(|c| c % 3 == 0).collect();
@@ -490,8 +504,8 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
         "cluster partition: instance {victim} cut off for {cut_for:?}, {} messages, lost {}, \
          repeated {} (first sent before the cut {}, during the lease's last {:?} {}), repeated \
          outside that window {}, failover p50 {:?} p99 {:?} max {:?} ({} chats, not taken \
-         over {}), sends by the cut-off instance after its lease lapsed {}, its fenced at send \
-         {:?}, its exit code {:?} {:?} after the heal, posts it failed and retried elsewhere \
+         over {}), sends by the cut-off instance after its lease lapsed {} (its last send {:?} \
+         after the cut), its fenced at send {:?}, its exit code {:?} {:?} after the heal, posts it failed and retried elsewhere \
          {failed_at_victim}, posts retried by the driver {retried} ({server_errors} 5xx), {}",
         outcome.messages(),
         outcome.lost,
@@ -506,6 +520,7 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
         failovers.len(),
         not_taken_over.len(),
         stale.len(),
+        last_send,
         cut.fenced_at_send,
         cut.code,
         cut.exit_after_heal,
@@ -557,7 +572,26 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
         Some(victim_token),
         "started again, it serves a new chat"
     );
-    let instances = cluster.psql("SELECT count(*) FROM llmgram_instances");
-    eprintln!("lease rows at the end: {instances}");
+    // It never revived its old id: no lease under it, and started again
+    // it registered anew.
+    let old_lease = cluster.psql(&format!(
+        "SELECT count(*) FROM llmgram_instances WHERE id = {} AND lease_until > now()",
+        cut.old_id
+    ));
+    assert_eq!(old_lease, "0", "the old id holds no lease");
+    assert_ne!(cut.new_id, cut.old_id, "started again under a new id");
     cluster.stop_all().await;
+}
+
+/// The id instance `index` registered under (found by its process id).
+async fn instance_id(cluster: &Arc<Cluster>, index: usize) -> String {
+    let pid = cluster.pid(index).expect("the instance runs");
+    let cluster = Arc::clone(cluster);
+    tokio::task::spawn_blocking(move || {
+        cluster.psql(&format!(
+            "SELECT id FROM llmgram_instances WHERE pid = {pid}"
+        ))
+    })
+    .await
+    .unwrap()
 }
