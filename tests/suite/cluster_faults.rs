@@ -546,10 +546,11 @@ async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
         "chats of the cut-off instance never answered elsewhere: {not_taken_over:?}"
     );
     // Its lease lapses at most a lease after the cut, the grace later a
-    // sweep takes its chats; 2 s for the answer, and as much again for a
-    // loaded CI machine.
+    // sweep takes its chats; 2 s for the answer (a post the victim failed
+    // is delivered again within its statement timeout), and 4 s of slack
+    // for a loaded CI machine (quiet: 2.3 to 4.7 s).
     assert!(
-        failover.max <= LEASE + GRACE + Duration::from_secs(4),
+        failover.max <= LEASE + GRACE + Duration::from_secs(2 + 4),
         "failover took {:?}",
         failover.max
     );
