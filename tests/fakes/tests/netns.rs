@@ -2,7 +2,8 @@
 //! paths that can each be cut silently and healed — two paths both
 //! working; one cut (an established connection stalls without being
 //! closed, a new one times out) while the other still works; healed (a new
-//! connection works); nothing left once dropped.
+//! connection works); nothing left once dropped, nor after the test process
+//! was killed outright (the next start sweeps it).
 //!
 //! Skipped, with the reason printed, where network namespaces cannot be
 //! made (not root, no `ip`); PostgreSQL itself must be installed, as for
@@ -150,20 +151,83 @@ fn drop_stops_the_server_and_deletes_the_namespace() {
         !String::from_utf8_lossy(&list.stdout).contains(&namespace),
         "{namespace} is deleted"
     );
-    // Its interfaces go with it (asynchronously, in the kernel).
+    // Its paths go with it.
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let route = Command::new("ip")
-            .args(["-4", "route", "show", "table", "all"])
-            .output()
-            .unwrap();
-        let routes = String::from_utf8_lossy(&route.stdout).into_owned();
-        let prefix = addr.to_string();
-        let prefix = &prefix[..prefix.rfind('.').unwrap()];
-        if !routes.contains(&format!("{prefix}.")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "routes left: {routes}");
+    while route_exists(&addr.to_string()) {
+        assert!(Instant::now() < deadline, "the path to {addr} is left");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Set on the child process of
+/// [`leftovers_of_a_killed_test_process_are_swept_by_the_next_start`].
+const ABORT_HELPER: &str = "LLMGRAM_FAKES_NETNS_ABORT_HELPER";
+
+/// Not a test on its own: the child process of
+/// [`leftovers_of_a_killed_test_process_are_swept_by_the_next_start`] starts
+/// a server in a namespace, says which, and aborts, so no `Drop` runs.
+#[test]
+#[ignore = "helper run as a child process by another test"]
+fn abort_helper_owning_a_namespace() {
+    if std::env::var_os(ABORT_HELPER).is_none() {
+        return;
+    }
+    let pg = PartitionablePostgres::start(1).unwrap();
+    println!("LEFT {} {}", pg.namespace(), pg.addr_via(0));
+    std::process::abort();
+}
+
+#[test]
+fn leftovers_of_a_killed_test_process_are_swept_by_the_next_start() {
+    if let Some(why) = PartitionablePostgres::unavailable_because() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "abort_helper_owning_a_namespace"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env(ABORT_HELPER, "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the helper aborted");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("LEFT ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("helper said where: {stdout}"));
+    let (namespace, addr) = line.split_once(' ').unwrap();
+    let namespaces = || {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(
+        namespaces().contains(namespace),
+        "the aborted process left it"
+    );
+
+    let _pg = start(1).unwrap();
+    assert!(!namespaces().contains(namespace), "{namespace} is deleted");
+    // Its server stopped (by TempPostgres's own sweep), nothing holds the
+    // namespace, and its path goes with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while route_exists(addr) {
+        assert!(Instant::now() < deadline, "the path to {addr} is left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the host still routes to `addr` over one of the paths.
+fn route_exists(addr: &str) -> bool {
+    let routes = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .unwrap();
+    let prefix = &addr[..addr.rfind('.').unwrap()];
+    String::from_utf8_lossy(&routes.stdout).contains(&format!("{prefix}."))
 }
