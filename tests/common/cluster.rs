@@ -1,9 +1,11 @@
 //! Several instances of the real binary on one real PostgreSQL, behind
 //! their webhooks, with the loopback fakes (issue 18's tests): starting
 //! them (optionally behind a real HAProxy), posting updates as Telegram
-//! does, killing, stopping and restarting instances and the database, and
-//! the accounting every fault scenario shares (a closed loop of chats,
-//! repeats straddling a fault, answer-time percentiles).
+//! does, killing, stopping and restarting instances and the database,
+//! cutting an instance off from the database (on network namespaces,
+//! where the machine allows them), and the accounting every fault scenario
+//! shares (a closed loop of chats, repeats straddling a fault, answer-time
+//! percentiles).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llmgram_fakes::{FakeLlm, FakeTelegram, SentMessage, TempHaproxy, TempPostgres};
+use llmgram_fakes::{
+    FakeLlm, FakeTelegram, PartitionablePostgres, SentMessage, TempHaproxy, TempPostgres,
+};
 use tokio::time::Instant;
 
 use super::free_port;
@@ -24,6 +28,55 @@ pub const SECRET: &str = "cluster-test-secret";
 pub const LEASE: Duration = Duration::from_secs(2);
 pub const GRACE: Duration = Duration::from_secs(1);
 pub const SWEEP: Duration = Duration::from_millis(300);
+/// Sends stop this long before the lease lapses.
+pub const SEND_MARGIN: Duration = Duration::from_millis(700);
+
+/// The database of a deployment.
+enum Db {
+    /// On the host's loopback, one URL for every instance.
+    Plain(TempPostgres),
+    /// In a network namespace, each instance on its own path (path `n` for
+    /// instance `n`).
+    Partitionable(PartitionablePostgres),
+}
+
+impl Db {
+    fn psql(&self, sql: &str) -> std::io::Result<String> {
+        match self {
+            Db::Plain(db) => db.psql(sql),
+            Db::Partitionable(db) => db.psql(sql),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Db::Plain(db) => db.stop(),
+            Db::Partitionable(db) => db.stop(),
+        }
+    }
+
+    fn start_again(&mut self) -> std::io::Result<()> {
+        match self {
+            Db::Plain(db) => db.start_again(),
+            Db::Partitionable(db) => db.start_again(),
+        }
+    }
+
+    /// The URL instance `index` connects to.
+    fn url_for(&self, index: usize) -> String {
+        match self {
+            Db::Plain(db) => db.url(),
+            Db::Partitionable(db) => db.url_via(index),
+        }
+    }
+
+    fn partitionable(&self) -> &PartitionablePostgres {
+        match self {
+            Db::Partitionable(db) => db,
+            Db::Plain(_) => panic!("not started with Cluster::start_partitionable"),
+        }
+    }
+}
 
 /// One instance: its webhook and ops ports (fixed across restarts, so a
 /// load balancer in front keeps finding it) and its process, while it runs.
@@ -54,8 +107,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// HAProxy in front of them. Shared (`Arc`) between the drivers and the
 /// fault injector: every method takes `&self`.
 pub struct Cluster {
-    db: Arc<Mutex<TempPostgres>>,
-    db_url: String,
+    db: Arc<Mutex<Db>>,
+    /// Per instance, the URL it connects to the database on.
+    db_urls: Vec<String>,
+    /// Each instance has its own bot token ([`Cluster::token`]).
+    own_tokens: bool,
     pub telegram: FakeTelegram,
     pub llm: FakeLlm,
     pub nodes: Vec<Node>,
@@ -65,6 +121,9 @@ pub struct Cluster {
     retried_posts: AtomicUsize,
     /// Of those, the ones answered 500.
     server_errors: AtomicUsize,
+    /// Per instance, the posts to it that failed (and were delivered again
+    /// elsewhere).
+    failed_posts: Vec<AtomicUsize>,
     /// Added to every instance's environment.
     extra_env: Vec<(&'static str, String)>,
     _dirs: tempfile::TempDir,
@@ -88,13 +147,11 @@ impl Cluster {
             .await
             .unwrap()
             .expect("a throwaway PostgreSQL (install the postgresql package)");
-        let db_url = db.url();
-        Self::assemble(
-            Arc::new(Mutex::new(db)),
-            db_url,
+        Self::start_on(
+            Some(turn),
+            Arc::new(Mutex::new(Db::Plain(db))),
             instances,
             extra,
-            Some(turn),
         )
         .await
     }
@@ -106,23 +163,41 @@ impl Cluster {
         instances: usize,
         extra: Vec<(&'static str, String)>,
     ) -> Self {
-        Self::assemble(
-            Arc::clone(&self.db),
-            self.db_url.clone(),
-            instances,
-            extra,
-            None,
-        )
-        .await
+        Self::start_on(None, Arc::clone(&self.db), instances, extra).await
     }
 
-    /// The fakes and `instances` instances on `db`, each listening.
-    async fn assemble(
-        db: Arc<Mutex<TempPostgres>>,
-        db_url: String,
+    /// As [`start`](Self::start) with PostgreSQL in a network namespace,
+    /// instance `n` reaching it over its own path, which
+    /// [`cut_from_db`](Self::cut_from_db) cuts silently. Each instance has
+    /// its own bot token (`123456:node<n>`, the same bot), so
+    /// [`FakeTelegram::calls`] tells who sent what. `None` (with the reason
+    /// printed) where network namespaces cannot be made.
+    pub async fn start_partitionable(instances: usize) -> Option<Self> {
+        if let Some(why) = PartitionablePostgres::unavailable_because() {
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let turn = ONE_AT_A_TIME.lock().await;
+        let db = tokio::task::spawn_blocking(move || PartitionablePostgres::start(instances))
+            .await
+            .unwrap()
+            .expect("PostgreSQL in a network namespace (install the postgresql package)");
+        // Connecting times out as fast as a statement: the store's writer
+        // connects again on its own thread, and admissions wait for it, so
+        // the default (5 s) would hold every post to a cut-off instance
+        // that long.
+        let extra = vec![("LLMGRAM_STORAGE__POSTGRES__CONNECT_TIMEOUT", "1s".into())];
+        let db = Arc::new(Mutex::new(Db::Partitionable(db)));
+        Some(Self::start_on(Some(turn), db, instances, extra).await)
+    }
+
+    /// The fakes and `instances` instances on `db`, each listening; `turn`
+    /// is `None` for a deployment sharing another's database (and turn).
+    async fn start_on(
+        turn: Option<tokio::sync::MutexGuard<'static, ()>>,
+        db: Arc<Mutex<Db>>,
         instances: usize,
         extra: Vec<(&'static str, String)>,
-        turn: Option<tokio::sync::MutexGuard<'static, ()>>,
     ) -> Self {
         let telegram = FakeTelegram::start().await;
         let llm = FakeLlm::start().await;
@@ -135,8 +210,16 @@ impl Cluster {
                 process: Mutex::new(None),
             })
             .collect();
+        let (db_urls, own_tokens) = {
+            let db = db.lock().unwrap();
+            (
+                (0..instances).map(|index| db.url_for(index)).collect(),
+                matches!(*db, Db::Partitionable(_)),
+            )
+        };
         let cluster = Self {
-            db_url,
+            db_urls,
+            own_tokens,
             db,
             telegram,
             llm,
@@ -144,6 +227,7 @@ impl Cluster {
             proxy: None,
             retried_posts: AtomicUsize::new(0),
             server_errors: AtomicUsize::new(0),
+            failed_posts: (0..instances).map(|_| AtomicUsize::new(0)).collect(),
             extra_env: extra,
             _dirs: dirs,
             client: reqwest::Client::new(),
@@ -194,7 +278,10 @@ impl Cluster {
         let node = &self.nodes[index];
         let mut env = vec![
             ("LLMGRAM_STORAGE__BACKEND", "postgres".into()),
-            ("LLMGRAM_STORAGE__POSTGRES__URL", self.db_url.clone()),
+            (
+                "LLMGRAM_STORAGE__POSTGRES__URL",
+                self.db_urls[index].clone(),
+            ),
             ("LLMGRAM_STORAGE__POSTGRES__LEASE", "2s".into()),
             ("LLMGRAM_STORAGE__POSTGRES__RENEW_INTERVAL", "500ms".into()),
             ("LLMGRAM_STORAGE__POSTGRES__GRACE", "1s".into()),
@@ -218,8 +305,56 @@ impl Cluster {
             ),
             ("TELEGRAM_WEBHOOK_SECRET", SECRET.into()),
         ];
+        if self.own_tokens {
+            env.push(("TELEGRAM_BOT_TOKEN", Self::token(index)));
+        }
         env.extend(self.extra_env.iter().cloned());
         env
+    }
+
+    /// The bot token of instance `index` in a deployment started with
+    /// [`start_partitionable`](Self::start_partitionable).
+    pub fn token(index: usize) -> String {
+        format!("123456:node{index}")
+    }
+
+    /// Cuts instance `index` off from the database, silently (packets
+    /// dropped, nothing closed; see [`PartitionablePostgres::cut`]).
+    pub async fn cut_from_db(&self, index: usize) {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || db.lock().unwrap().partitionable().cut(index))
+            .await
+            .unwrap()
+            .expect("ip link set down");
+    }
+
+    /// Heals instance `index`'s path to the database.
+    pub async fn heal(&self, index: usize) {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || db.lock().unwrap().partitionable().heal(index))
+            .await
+            .unwrap()
+            .expect("ip link set up");
+    }
+
+    /// The value of the metric line starting with `series` (a family and
+    /// its labels, e.g. `llmgram_cluster_fenced_total{at="send"}`) on
+    /// instance `index`'s `/metrics`; `None` when it cannot be read or has
+    /// no such line.
+    pub async fn metric(&self, index: usize, series: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.nodes[index].ops_port);
+        let text = self
+            .client
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
     }
 
     /// Starts instance `index` without waiting for anything.
@@ -298,6 +433,16 @@ impl Cluster {
         (self.telegram.sent().len(), code)
     }
 
+    /// The process id of instance `index`, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes[index]
+            .process
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(BotProcess::pid)
+    }
+
     /// Whether instance `index` still runs (it has not exited by itself).
     pub fn running(&self, index: usize) -> bool {
         self.nodes[index]
@@ -370,6 +515,9 @@ impl Cluster {
                     if failed.is_ok_and(|r| r.status().is_server_error()) {
                         self.server_errors.fetch_add(1, Ordering::Relaxed);
                     }
+                    if let Route::Instance(index) = route {
+                        self.failed_posts[index].fetch_add(1, Ordering::Relaxed);
+                    }
                     assert!(Instant::now() < deadline, "no instance took the update");
                     if let Route::Instance(index) = route {
                         route = Route::Instance((index + 1) % self.nodes.len());
@@ -394,7 +542,12 @@ impl Cluster {
         )
     }
 
-    /// How many times the bot sent `text` to `chat`.
+    /// Posts to instance `index` that failed (and were delivered again,
+    /// to the next instance).
+    pub fn failed_posts(&self, index: usize) -> usize {
+        self.failed_posts[index].load(Ordering::Relaxed)
+    }
+
     /// Waits until the bot sent `chat` a message containing `part`.
     pub async fn wait_for(&self, chat: i64, part: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -409,6 +562,7 @@ impl Cluster {
         }
     }
 
+    /// How many times the bot sent `text` to `chat`.
     pub fn answered(&self, chat: i64, text: &str) -> usize {
         self.telegram
             .sent_to(chat)

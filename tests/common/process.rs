@@ -172,6 +172,11 @@ impl BotProcess {
         assert!(status.success());
     }
 
+    /// The process id (`None` once it has been waited for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Whether the process still runs (it has not exited).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

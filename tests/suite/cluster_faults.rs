@@ -1,8 +1,9 @@
 //! Fault scenarios of several instances on one shared PostgreSQL (issue
 //! 18, item 6), with real processes: behind a real HAProxy with an
 //! instance SIGKILLed, a rolling SIGTERM restart, out-of-order and
-//! duplicated webhook deliveries, and a database restart. Each prints its
-//! figures in one line (BENCHMARKS.md copies them).
+//! duplicated webhook deliveries, a database restart, and (where network
+//! namespaces can be made) an instance cut off from the database. Each
+//! prints its figures in one line (BENCHMARKS.md copies them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::common::cluster::{
-    Cluster, GRACE, LEASE, Route, SWEEP, Times, closed_loop, repeats_around,
+    Cluster, GRACE, LEASE, Route, SEND_MARGIN, SWEEP, Times, closed_loop, repeats_around,
 };
 
 /// Chat `c` goes to instance `c % n`, every fifth message to the next
@@ -354,4 +355,244 @@ async fn a_database_restart_is_ridden_out() {
     );
     assert_eq!(instances, "3", "no instance came back under a new id");
     cluster.stop_all().await;
+}
+
+/// What the fault injector of
+/// [`an_instance_cut_off_from_the_database_stops_sending_and_exits`] saw.
+struct Partition {
+    /// Messages sent when the cut landed, and when the victim's lease could
+    /// last be valid locally (the cut plus the lease minus the send
+    /// margin): marks for [`repeats_around`].
+    cut_mark: usize,
+    lapse_mark: usize,
+    cut_at: std::time::Instant,
+    /// When the victim was started again (its token is the old one's).
+    restarted_at: std::time::Instant,
+    /// The victim's `llmgram_cluster_fenced_total{at="send"}` just before
+    /// the heal.
+    fenced_at_send: Option<f64>,
+    /// The victim's exit code, and how long after the heal it exited.
+    code: Option<i32>,
+    exit_after_heal: Duration,
+    /// The victim's instance id before the cut, and the restarted one's.
+    old_id: String,
+    new_id: String,
+}
+
+/// Three instances, PostgreSQL in a network namespace, a closed loop of 60
+/// chats (every fifth message misrouted); instance 0 is cut off from the
+/// database (packets dropped, nothing closed) for longer than its lease
+/// and the grace, then healed. Its webhook fails the posts it cannot
+/// admit, and they are delivered again elsewhere; its chats are taken over
+/// once its lease lapsed and the grace passed; it sends nothing once its
+/// lease lapsed (each instance has its own bot token, so the fake Bot API
+/// tells who sent what); healed, its renewal finds the lease lapsed and it
+/// exits 1, and started again it serves. Nothing is lost, answers come in
+/// order, and an answer is sent twice only when its first copy went out
+/// before the victim's lease ran out and its commit never reached the
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_the_database_stops_sending_and_exits() {
+    let Some(cluster) = Cluster::start_partitionable(3).await else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    for index in 0..3 {
+        cluster.wait_ready(index, Duration::from_secs(20)).await;
+    }
+    cluster.llm.set_latency(Duration::from_millis(50));
+    let (chats, messages) = (60, 16);
+    let victim = 0;
+    let cut_for = Duration::from_millis(5500);
+    let injector = {
+        let cluster = Arc::clone(&cluster);
+        tokio::spawn(async move {
+            let old_id = instance_id(&cluster, victim).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let cut_mark = cluster.telegram.sent().len();
+            cluster.cut_from_db(victim).await;
+            let cut_at = std::time::Instant::now();
+            let cut = Instant::now();
+            tokio::time::sleep_until(cut + LEASE - SEND_MARGIN).await;
+            let lapse_mark = cluster.telegram.sent().len();
+            tokio::time::sleep_until(cut + cut_for).await;
+            let fenced_at_send = cluster
+                .metric(victim, "llmgram_cluster_fenced_total{at=\"send\"}")
+                .await;
+            let process = cluster.take_process(victim).expect("the victim runs");
+            cluster.heal(victim).await;
+            let healed = Instant::now();
+            let code = process.exit_code_within(Duration::from_secs(15)).await;
+            let exit_after_heal = healed.elapsed();
+            let restarted_at = std::time::Instant::now();
+            cluster.launch(victim).await;
+            cluster.wait_ready(victim, Duration::from_secs(20)).await;
+            let new_id = instance_id(&cluster, victim).await;
+            Partition {
+                cut_mark,
+                lapse_mark,
+                cut_at,
+                restarted_at,
+                fenced_at_send,
+                code,
+                exit_after_heal,
+                old_id,
+                new_id,
+            }
+        })
+    };
+    let outcome = closed_loop(&cluster, chats, messages, home_or_next(3)).await;
+    let cut = injector.await.unwrap();
+
+    // Started again, the victim serves: a new chat posted to it is claimed
+    // and answered by it.
+    let (_, fresh) = cluster
+        .telegram
+        .text_update(1000, 1000, "after the restart");
+    cluster.post(victim, &fresh).await;
+    cluster.wait_for(1000, "answer to: after the restart").await;
+
+    let calls = cluster.telegram.calls();
+    let victim_token = Cluster::token(victim);
+    let sends = |method: &str| {
+        matches!(
+            method,
+            "sendmessage" | "editmessagetext" | "sendmessagedraft" | "deletemessage"
+        )
+    };
+    // The victim's sends once its lease had lapsed in the database (the
+    // cut plus the lease, at the latest), until it was started again.
+    let stale: Vec<(String, Option<i64>, Duration)> = calls
+        .iter()
+        .filter(|c| c.token == victim_token && sends(&c.method))
+        .filter(|c| c.at > cut.cut_at + LEASE && c.at < cut.restarted_at)
+        .map(|c| (c.method.clone(), c.chat_id, c.at - cut.cut_at))
+        .collect();
+    // The victim's last send after the cut (before its restart).
+    let last_send = calls
+        .iter()
+        .filter(|c| c.token == victim_token && sends(&c.method))
+        .filter(|c| c.at > cut.cut_at && c.at < cut.restarted_at)
+        .map(|c| c.at - cut.cut_at)
+        .max();
+    // Failover: per chat of the victim's, from the cut to the first answer
+    // another instance sent it.
+    let victims_chats: Vec<i64> = (1..=chats).filter(|c| c % 3 == 0).collect();
+    let mut failovers = Vec::new();
+    let mut not_taken_over = Vec::new();
+    for chat in &victims_chats {
+        let first_elsewhere = calls.iter().find(|c| {
+            c.chat_id == Some(*chat)
+                && c.method == "sendmessage"
+                && c.token != victim_token
+                && c.at > cut.cut_at
+        });
+        match first_elsewhere {
+            Some(call) => failovers.push(call.at - cut.cut_at),
+            None => not_taken_over.push(*chat),
+        }
+    }
+    let failover = Times::of(&failovers);
+    let restarted_answer = calls
+        .iter()
+        .find(|c| c.chat_id == Some(1000) && c.method == "sendmessage")
+        .map(|c| c.token.clone());
+    let repeats = repeats_around(&cluster.telegram.sent(), &[cut.cut_mark, cut.lapse_mark]);
+    let failed_at_victim = cluster.failed_posts(victim);
+    let (retried, server_errors) = cluster.retried_posts();
+    eprintln!(
+        "cluster partition: instance {victim} cut off for {cut_for:?}, {} messages, lost {}, \
+         repeated {} (first sent before the cut {}, during the lease's last {:?} {}), repeated \
+         outside that window {}, failover p50 {:?} p99 {:?} max {:?} ({} chats, not taken \
+         over {}), sends by the cut-off instance after its lease lapsed {} (its last send {:?} \
+         after the cut), its fenced at send {:?}, its exit code {:?} {:?} after the heal, posts it failed and retried elsewhere \
+         {failed_at_victim}, posts retried by the driver {retried} ({server_errors} 5xx), {}",
+        outcome.messages(),
+        outcome.lost,
+        outcome.repeated,
+        repeats.per_mark[0],
+        LEASE - SEND_MARGIN,
+        repeats.per_mark[1],
+        repeats.outside.len(),
+        failover.p50,
+        failover.p99,
+        failover.max,
+        failovers.len(),
+        not_taken_over.len(),
+        stale.len(),
+        last_send,
+        cut.fenced_at_send,
+        cut.code,
+        cut.exit_after_heal,
+        outcome.times(),
+    );
+    assert_eq!(
+        outcome.lost,
+        0,
+        "every message is answered; logs:\n{}",
+        cluster.logs()
+    );
+    assert!(
+        repeats.outside.is_empty(),
+        "answers repeated away from the cut: {:?}",
+        repeats.outside
+    );
+    assert!(
+        stale.is_empty(),
+        "the cut-off instance sent after its lease lapsed (method, chat, after the cut): {stale:?}"
+    );
+    assert!(
+        not_taken_over.is_empty(),
+        "chats of the cut-off instance never answered elsewhere: {not_taken_over:?}"
+    );
+    // Its lease lapses at most a lease after the cut, the grace later a
+    // sweep takes its chats; 2 s for the answer (a post the victim failed
+    // is delivered again within its statement timeout), and 4 s of slack
+    // for a loaded CI machine (quiet: 2.3 to 4.7 s).
+    assert!(
+        failover.max <= LEASE + GRACE + Duration::from_secs(2 + 4),
+        "failover took {:?}",
+        failover.max
+    );
+    assert!(
+        failed_at_victim > 0,
+        "the cut-off instance's webhook failed no post (it admitted without its database?)"
+    );
+    assert_eq!(
+        cut.code,
+        Some(1),
+        "healed, the cut-off instance finds its lease lapsed and exits 1"
+    );
+    assert!(
+        cut.exit_after_heal <= Duration::from_secs(5),
+        "it took {:?} to exit after the heal",
+        cut.exit_after_heal
+    );
+    assert_eq!(
+        restarted_answer,
+        Some(victim_token),
+        "started again, it serves a new chat"
+    );
+    // It never revived its old id: no lease under it, and started again
+    // it registered anew.
+    let old_lease = cluster.psql(&format!(
+        "SELECT count(*) FROM llmgram_instances WHERE id = {} AND lease_until > now()",
+        cut.old_id
+    ));
+    assert_eq!(old_lease, "0", "the old id holds no lease");
+    assert_ne!(cut.new_id, cut.old_id, "started again under a new id");
+    cluster.stop_all().await;
+}
+
+/// The id instance `index` registered under (found by its process id).
+async fn instance_id(cluster: &Arc<Cluster>, index: usize) -> String {
+    let pid = cluster.pid(index).expect("the instance runs");
+    let cluster = Arc::clone(cluster);
+    tokio::task::spawn_blocking(move || {
+        cluster.psql(&format!(
+            "SELECT id FROM llmgram_instances WHERE pid = {pid}"
+        ))
+    })
+    .await
+    .unwrap()
 }

@@ -26,14 +26,19 @@
 //! Besides the fakes, [`TempPostgres`] runs a real, throwaway PostgreSQL
 //! server (the distribution's binaries) for the tests of the shared-database
 //! backend; it is blocking and owned by the test, not tied to a runtime.
+//! [`PartitionablePostgres`] runs one in a network namespace of its own,
+//! reached over paths that can each be cut silently and healed (a network
+//! partition between some instances and the database; root only).
 
 pub mod haproxy;
 pub mod llm;
+pub mod netns;
 pub mod postgres;
 pub mod telegram;
 
 pub use haproxy::TempHaproxy;
 pub use llm::*;
+pub use netns::PartitionablePostgres;
 pub use postgres::TempPostgres;
 pub use telegram::*;
 

@@ -31,10 +31,18 @@
 //! does everything of a process killed outright (`SIGKILL`, an abort); every
 //! [`TempPostgres::start`] stops any server left in such a directory whose
 //! process is gone and removes it (Linux only: it asks `/proc`).
+//!
+//! # In a network namespace
+//! [`PartitionablePostgres`](crate::PartitionablePostgres) runs the same
+//! cluster with its server (and `psql`) inside a network namespace
+//! (`ip netns exec`), listening on extra addresses there:
+//! `TempPostgres::start_in` is the constructor it shares with
+//! [`TempPostgres::start`].
 
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -82,6 +90,9 @@ pub struct TempPostgres {
     port: u16,
     /// Whether the server was started and not stopped since.
     running: bool,
+    /// The network namespace the server and `psql` run in (`ip netns
+    /// exec`); `None`: the host's.
+    netns: Option<String>,
 }
 
 impl TempPostgres {
@@ -105,6 +116,13 @@ impl TempPostgres {
     /// `postgres` user, or when `initdb` or the server fails; the message
     /// includes the server log's tail.
     pub fn start() -> io::Result<TempPostgres> {
+        Self::start_in(None, &[])
+    }
+
+    /// As [`start`](Self::start), with the server and `psql` run inside the
+    /// network namespace `netns` (which must exist) when given, listening
+    /// on `listen` besides that namespace's `127.0.0.1`.
+    pub(crate) fn start_in(netns: Option<&str>, listen: &[Ipv4Addr]) -> io::Result<TempPostgres> {
         let bins = bins()?;
         let owner = owner()?;
         sweep_leftovers(bins, owner);
@@ -123,12 +141,28 @@ impl TempPostgres {
             &data,
             &format!("unix_socket_directories = '{socket_dir}'\n"),
         )?;
+        if !listen.is_empty() {
+            let addresses: Vec<String> = std::iter::once(Ipv4Addr::LOCALHOST)
+                .chain(listen.iter().copied())
+                .map(|a| a.to_string())
+                .collect();
+            append_conf(
+                &data,
+                &format!("listen_addresses = '{}'\n", addresses.join(",")),
+            )?;
+            // Clients on those addresses' networks, as on the loopback.
+            OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))?
+                .write_all(b"host all all samenet trust\n")?;
+        }
         let mut pg = TempPostgres {
             bins,
             owner,
             dir,
             port: 0,
             running: false,
+            netns: netns.map(str::to_owned),
         };
         let mut attempt = 1;
         loop {
@@ -143,7 +177,8 @@ impl TempPostgres {
         }
     }
 
-    /// The connection URL: `postgres://llmgram@127.0.0.1:<port>/llmgram`.
+    /// The connection URL: `postgres://llmgram@127.0.0.1:<port>/llmgram`
+    /// (for a server in a network namespace, that namespace's loopback).
     pub fn url(&self) -> String {
         format!("postgres://{NAME}@127.0.0.1:{}/{NAME}", self.port)
     }
@@ -201,8 +236,7 @@ impl TempPostgres {
         let log = self.dir.path().join("server.log");
         let log_start = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let result = run(
-            self.owner
-                .command(&self.bins.pg_ctl)
+            in_netns(self.netns.as_deref(), self.owner.argv(&self.bins.pg_ctl))
                 .current_dir(self.dir.path())
                 .args(["start", "-w", "-s", "-t", "60", "-D"])
                 .arg(self.data_dir())
@@ -234,7 +268,7 @@ impl TempPostgres {
     /// (`ON_ERROR_STOP`); the message includes its standard error.
     pub fn psql(&self, sql: &str) -> io::Result<String> {
         let out = run(
-            Command::new(&self.bins.psql)
+            in_netns(self.netns.as_deref(), vec![self.bins.psql.clone().into()])
                 .current_dir(self.dir.path())
                 .env("PGCONNECT_TIMEOUT", "10")
                 .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
@@ -376,13 +410,18 @@ enum Owner {
 impl Owner {
     /// A command running `program` as this user.
     fn command(&self, program: &Path) -> Command {
+        in_netns(None, self.argv(program))
+    }
+
+    /// The words of a command line running `program` as this user.
+    fn argv(&self, program: &Path) -> Vec<OsString> {
         match self {
-            Owner::Me => Command::new(program),
-            Owner::Postgres => {
-                let mut cmd = Command::new("runuser");
-                cmd.args(["-u", "postgres", "--"]).arg(program);
-                cmd
-            }
+            Owner::Me => vec![program.into()],
+            Owner::Postgres => ["runuser", "-u", "postgres", "--"]
+                .iter()
+                .map(OsString::from)
+                .chain([program.into()])
+                .collect(),
         }
     }
 
@@ -397,6 +436,23 @@ impl Owner {
             .map(drop),
         }
     }
+}
+
+/// A command running `program` with `args` in the network namespace
+/// `netns` (`ip netns exec`, as root), or in this process's when `None`.
+fn in_netns(netns: Option<&str>, argv: Vec<OsString>) -> Command {
+    let mut args = argv.into_iter();
+    let program = args.next().unwrap_or_default();
+    let mut cmd = match netns {
+        Some(netns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", netns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args);
+    cmd
 }
 
 /// Decides once per process who runs the server.
@@ -579,7 +635,7 @@ fn log_tail(log: &Path, from: u64) -> String {
 
 /// Runs `cmd` with no input; its output, or an error naming `what` with its
 /// exit status and standard error.
-fn run(cmd: &mut Command, what: &str) -> io::Result<Output> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> io::Result<Output> {
     let out = cmd
         .stdin(Stdio::null())
         .output()

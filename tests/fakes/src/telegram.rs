@@ -113,6 +113,21 @@ pub struct SentMessage {
     pub at: Instant,
 }
 
+/// A Bot API call, as received (failed and refused ones included).
+#[derive(Clone, Debug)]
+pub struct CallRecord {
+    /// The bot token in the call's path: several processes of one bot can
+    /// each be given their own (`<bot id>:<anything>`) to tell their calls
+    /// apart.
+    pub token: String,
+    /// The method, lower-case (`sendmessage`).
+    pub method: String,
+    /// Its `chat_id` parameter, if any (and numeric).
+    pub chat_id: Option<i64>,
+    /// When the fake received it.
+    pub at: Instant,
+}
+
 /// A `sendChatAction` call.
 #[derive(Clone, Debug)]
 pub struct ChatActionRecord {
@@ -201,6 +216,8 @@ struct Inner {
     current_text: HashMap<(i64, i64), String>,
     my_commands: Vec<Value>,
     method_calls: HashMap<String, usize>,
+    /// Every call, in the order received.
+    calls: Vec<CallRecord>,
     faults: VecDeque<TelegramFault>,
     /// Telegram's per-chat flood limit, when enabled: the shortest interval
     /// between two messages to one chat, and the `retry_after` to answer.
@@ -720,6 +737,11 @@ impl FakeTelegram {
         lock(&self.shared.inner).my_commands.clone()
     }
 
+    /// Every Bot API call received so far, in order (see [`CallRecord`]).
+    pub fn calls(&self) -> Vec<CallRecord> {
+        lock(&self.shared.inner).calls.clone()
+    }
+
     /// Number of calls of `method` (case-insensitive), failed ones included.
     pub fn method_calls(&self, method: &str) -> usize {
         lock(&self.shared.inner)
@@ -905,8 +927,19 @@ async fn handle(
         return error(404, "Not Found");
     };
     let method = method.to_ascii_lowercase();
+    let params = parse_params(query.as_deref(), &headers, &body);
     {
         let mut inner = lock(&shared.inner);
+        inner.calls.push(CallRecord {
+            token: token.to_owned(),
+            method: method.clone(),
+            chat_id: params
+                .as_ref()
+                .ok()
+                .and_then(|p| p.get("chat_id"))
+                .and_then(|id| id.as_i64().or_else(|| id.as_str()?.parse().ok())),
+            at: Instant::now(),
+        });
         inner.media.saw_token(token);
         match inner.method_calls.get_mut(&method) {
             Some(n) => *n += 1,
@@ -922,7 +955,7 @@ async fn handle(
     if let Some(fault) = lock(&shared.inner).refused.get(&method).cloned() {
         return fault_response(&fault);
     }
-    let params = match parse_params(query.as_deref(), &headers, &body) {
+    let params = match params {
         Ok(p) => p,
         Err(failure) => return failure.into_response(),
     };

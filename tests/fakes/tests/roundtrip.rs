@@ -43,6 +43,36 @@ async fn get_me_parses() {
 }
 
 #[tokio::test]
+async fn calls_are_recorded_with_their_token_and_chat() {
+    let fake = FakeTelegram::start().await;
+    let one = Bot::new("123:one").set_api_url(fake.api_url().parse().unwrap());
+    let two = Bot::new("123:two").set_api_url(fake.api_url().parse().unwrap());
+    one.get_me().await.unwrap();
+    two.send_message(ChatId(42), "hi").await.unwrap();
+    fake.refuse_method(
+        "sendMessage",
+        Some(TelegramFault::Status(
+            400,
+            "Bad Request: chat not found".into(),
+        )),
+    );
+    one.send_message(ChatId(43), "refused").await.unwrap_err();
+    let calls: Vec<(String, String, Option<i64>)> = fake
+        .calls()
+        .into_iter()
+        .map(|c| (c.token, c.method, c.chat_id))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("123:one".into(), "getme".into(), None),
+            ("123:two".into(), "sendmessage".into(), Some(42)),
+            ("123:one".into(), "sendmessage".into(), Some(43)),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn pushed_updates_parse() {
     let fake = FakeTelegram::start().await;
     let bot = bot(&fake);
