@@ -340,10 +340,11 @@ pub struct PgBackend {
 /// One group commit on PostgreSQL. Admissions and turns wait in the group
 /// and are written together by one statement ([`WRITE_GROUP`]): at commit,
 /// alone and in autocommit, one round trip and one WAL flush for the
-/// whole group (the common case: webhooks admitting, sessions committing
-/// turns); or, when the group also holds a write that statement does not
-/// cover (`/forget`, a setting, a confirmed offset, a release), inside an
-/// explicit transaction opened by that write, before it.
+/// whole group (the common case: webhooks or polling admitting, sessions
+/// committing turns, polling confirming offsets); or, when the group also
+/// holds a write that statement does not cover (`/forget`, a setting, a
+/// release), inside an explicit transaction opened by that write, before
+/// it.
 #[derive(Debug, Default)]
 pub struct PgGroup {
     /// An explicit transaction is open.
@@ -357,6 +358,9 @@ pub struct PgGroup {
     admits: Vec<DeferredAdmit>,
     /// Turns added and not yet written.
     turns: Vec<DeferredTurn>,
+    /// Answered markers to remove, `[from, below)`, not yet written (a
+    /// confirmed offset).
+    prune: Option<(i64, i64)>,
     /// How many `commit_turn` calls the group has had.
     next_turn: usize,
     /// The numbers of the group's turns found fenced.
@@ -399,9 +403,12 @@ struct DeferredTurn {
 /// written; a turn whose chat is missing was fenced. The parts cannot
 /// interfere: a chat appears once (its turns folded in order), and a
 /// turn's update was admitted by an earlier, committed group (a session
-/// gets an update only after its admission commits). The markers are found
-/// by `update_id = ANY(…)`, an index lookup in any plan: a join on the
-/// unnested ids let the cached generic plan scan every row of the bot.
+/// gets an update only after its admission commits). A confirmed offset
+/// removes the answered markers below it (`pruned`; the group's own
+/// markers below it go by `gone` instead, as `pruned` does not see this
+/// statement's writes). The markers are found by `update_id = ANY(…)`, an
+/// index lookup in any plan: a join on the unnested ids let the cached
+/// generic plan scan every row of the bot.
 const WRITE_GROUP: &str = "WITH admitted AS (
         INSERT INTO llmgram_updates (bot, update_id, key, entry, admitted_by)
         SELECT $1, u.id, u.key, u.entry, $2
@@ -432,6 +439,10 @@ const WRITE_GROUP: &str = "WITH admitted AS (
         WHERE bot = $1 AND update_id = ANY(ARRAY(
             SELECT g.id FROM unnest($11::bytea[], $12::bigint[]) AS g(key, id)
             WHERE g.key IN (SELECT key FROM written)))
+        RETURNING 1
+    ), pruned AS (
+        DELETE FROM llmgram_updates
+        WHERE bot = $1 AND answered AND update_id >= $13 AND update_id < $14
         RETURNING 1
     )
     SELECT update_id, NULL::bytea FROM admitted
@@ -858,15 +869,13 @@ impl Backend for PgBackend {
             self.pruned_below = below;
             return Ok(());
         }
-        let bot = self.bot;
-        self.in_group(group, |this| {
-            this.run(
-                "DELETE FROM llmgram_updates
-                     WHERE bot = $1 AND answered AND update_id >= $2 AND update_id < $3",
-                &[&bot, &i64::from(from), &i64::from(below)],
-            )
-            .map_err(storage)
-        })?;
+        if let Some(error) = &group.failed {
+            return Err(error.clone());
+        }
+        // Written with the group's admissions and turns (long polling
+        // confirms an offset after every poll: no transaction of its own).
+        let from = group.prune.map_or(i64::from(from), |(first, _)| first);
+        group.prune = Some((from, i64::from(below)));
         self.pruned_below = below;
         Ok(())
     }
@@ -903,7 +912,7 @@ impl Backend for PgBackend {
             if let Some(error) = group.failed {
                 return Err(error);
             }
-            if group.admits.is_empty() && group.turns.is_empty() {
+            if group.admits.is_empty() && group.turns.is_empty() && group.prune.is_none() {
                 return Ok(Committed::Nothing);
             }
             // The whole group is one statement: autocommit, one round trip.
@@ -1100,9 +1109,10 @@ impl PgBackend {
         if let Some(error) = &group.failed {
             return Err(error.clone());
         }
-        if group.admits.is_empty() && group.turns.is_empty() {
+        if group.admits.is_empty() && group.turns.is_empty() && group.prune.is_none() {
             return Ok(());
         }
+        let (prune_from, prune_below) = group.prune.take().unwrap_or((0, 0));
         let admits = std::mem::take(&mut group.admits);
         let (mut ids, mut admit_keys, mut entries) = (
             Vec::with_capacity(admits.len()),
@@ -1144,8 +1154,14 @@ impl PgBackend {
                 None => kept.push(key.clone()),
             }
             for id in &chat.answered {
-                answered_keys.push(key.clone());
-                answered.push(*id);
+                // Below a confirmed offset: no marker needed.
+                if (prune_from..prune_below).contains(id) {
+                    gone_keys.push(key.clone());
+                    gone.push(*id);
+                } else {
+                    answered_keys.push(key.clone());
+                    answered.push(*id);
+                }
             }
             for id in &chat.gone {
                 gone_keys.push(key.clone());
@@ -1168,6 +1184,8 @@ impl PgBackend {
                 &answered,
                 &gone_keys,
                 &gone,
+                &prune_from,
+                &prune_below,
             ],
         );
         let rows = match rows {
@@ -1617,6 +1635,39 @@ mod tests {
             let setting = first.load_setting(BotKey::DefaultModel, &counted)?;
             assert_eq!(setting.is_some(), with_setting);
         }
+        Ok(())
+    }
+
+    /// A confirmed offset is written with the group's turns: the markers
+    /// below it go, those the same group answers below it too, and the
+    /// unanswered updates stay.
+    #[test]
+    fn a_confirmed_offset_goes_with_the_groups_turns() -> TestResult {
+        let db = server();
+        let mut backend = postgres_on(db.url())()?;
+        let counted = AtomicU64::new(0);
+        let chat = SessionKey::of_chat(ChatId(60));
+        let mut group = backend.begin();
+        backend.admit(&mut group, (1..=4).map(|id| update(id, 60)).collect())?;
+        backend.commit(group)?;
+        backend.load_chat(&chat, &counted)?;
+        let mut group = backend.begin();
+        backend.commit_turn(&mut group, &chat, 1, Vec::new(), record(1)?)?;
+        backend.commit(group)?;
+        let ids = || db.psql("SELECT update_id FROM llmgram_updates ORDER BY 1");
+        assert_eq!(ids()?, "1\n2\n3\n4", "1 answered, its marker kept");
+
+        let mut group = backend.begin();
+        backend.commit_turn(&mut group, &chat, 2, Vec::new(), record(2)?)?;
+        backend.confirm(&mut group, 3)?;
+        assert_eq!(backend.commit(group)?, Committed::Written);
+        assert_eq!(ids()?, "3\n4");
+        let pending: Vec<u32> = backend
+            .pending_updates(&counted)?
+            .iter()
+            .map(|u| u.update_id)
+            .collect();
+        assert_eq!(pending, vec![3, 4]);
         Ok(())
     }
 
