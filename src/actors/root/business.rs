@@ -705,8 +705,7 @@ impl Actor for Business {
                 tokens,
                 cost,
             } => {
-                if let Some(connection) = state.connections.get_mut(&id) {
-                    connection.spent.add(day, tokens, cost);
+                if apply_charge(state, &id, day, tokens, cost) {
                     state.dirty = true;
                     if state.shared {
                         state.unsaved.push(Unsaved::Charged {
@@ -1013,6 +1012,21 @@ async fn stored_connections(
         .collect())
 }
 
+/// Adds an LLM call's spend to the connection; `false` if it is unknown.
+fn apply_charge(
+    state: &mut BusinessState,
+    id: &Arc<str>,
+    day: u32,
+    tokens: u64,
+    cost: u64,
+) -> bool {
+    let Some(connection) = state.connections.get_mut(id) else {
+        return false;
+    };
+    connection.spent.add(day, tokens, cost);
+    true
+}
+
 /// With a shared store, reads the connections again (another instance may
 /// have stored a change) and applies what happened here since the last
 /// write on top. Nothing to do when only this instance writes.
@@ -1032,9 +1046,7 @@ async fn refresh(state: &mut BusinessState) -> Result<(), StoreError> {
                 tokens,
                 cost,
             } => {
-                if let Some(connection) = state.connections.get_mut(&id) {
-                    connection.spent.add(day, tokens, cost);
-                }
+                apply_charge(state, &id, day, tokens, cost);
             }
         }
     }
