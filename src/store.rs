@@ -95,6 +95,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A failure that may pass by itself (a database restarting, the
+    /// persistence actor restarting): worth trying again for a while.
+    pub fn is_passing(&self) -> bool {
+        matches!(self, Self::Storage(_) | Self::Unavailable)
+    }
+
     /// A short stable name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {

@@ -54,7 +54,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use teloxide::types::MessageId;
 use tokio::sync::Semaphore;
 
-use super::persistence::RecordChange;
+use super::persistence::{RecordChange, patiently};
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::TelegramConfig;
 use crate::lease::LeaseClock;
@@ -657,14 +657,6 @@ fn run(myself: &ActorRef<OutboxMsg>, state: &OutboxState, chat_id: ChatId, job: 
     });
 }
 
-/// First wait before a failed turn commit is tried again.
-const COMMIT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
-/// Longest wait between tries of a turn commit.
-const COMMIT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
-/// How long a turn commit is tried: past it the update stays pending and is
-/// answered again (a database away this long has cost the lease anyway).
-const COMMIT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Commits an answered turn: the chat's record and the update marked
 /// answered, atomically and durably. Committed even when sending failed, so
 /// an update Telegram rejected is not replayed forever. A failure is logged:
@@ -674,27 +666,13 @@ async fn commit_turn(directory: &Directory, to: &SessionKey, commit: TurnCommit)
     // The answer is out: a commit failing on a passing storage error (a
     // database restarting, the persistence actor restarting) is tried
     // again for a while, as giving up means answering the update again.
-    let mut backoff = Backoff::new(COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX);
-    let deadline = tokio::time::Instant::now() + COMMIT_RETRY_FOR;
-    let committed = loop {
-        let committed = directory
+    let committed = patiently(to, "turn commit", || async {
+        directory
             .persistence()
             .commit_turn(to, commit.update_id, &commit.also_answered, &commit.change)
-            .await;
-        match &committed {
-            Err(StoreError::Storage(_) | StoreError::Unavailable)
-                if tokio::time::Instant::now() < deadline =>
-            {
-                tracing::warn!(
-                    chat_id = to.chat().0,
-                    update_id = commit.update_id,
-                    "turn not stored yet; trying again"
-                );
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            _ => break committed,
-        }
-    };
+            .await
+    })
+    .await;
     match committed {
         Ok(()) => {}
         Err(StoreError::Fenced) => fenced(directory, to, "commit"),

@@ -26,12 +26,15 @@
 //!   failure of the actor restarts it; requests in its mailbox are lost and
 //!   their callers send them again.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::actors::directory::{Address, Child, Directory, Unavailable};
 use crate::config::CommandConfig;
+use crate::retry::Backoff;
 use crate::store::backup::{BackupError, BackupReport};
 use crate::store::record::{self, BotSetting, ChatRecord};
 use crate::store::writer::{ReadOp, StoreOp, StoreStats, StoreWriter};
@@ -53,6 +56,46 @@ pub struct PersistenceHandle<'a> {
 }
 
 const ADDRESS: Address<PersistenceMsg> = Address::new(Child::Persistence);
+
+/// First wait before [`patiently`] tries again.
+const PATIENCE_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between its tries.
+const PATIENCE_MAX: Duration = Duration::from_secs(1);
+/// How long it tries: a store away longer has cost a shared store's lease
+/// anyway.
+const PATIENCE_FOR: Duration = Duration::from_secs(10);
+
+/// Runs `call` (a request about conversation `key`; `what` names it in the
+/// log), trying again with backoff for up to 10 s while it fails on a
+/// passing error ([`StoreError::is_passing`]): for callers that must not
+/// give up at once, as a turn already sent (giving up answers it again) or
+/// a session starting (failing at once would spend its redeliveries within
+/// a database restart). Success and other errors return at once.
+pub async fn patiently<T, F>(
+    key: &SessionKey,
+    what: &'static str,
+    mut call: impl FnMut() -> F,
+) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Backoff::new(PATIENCE_FIRST, PATIENCE_MAX);
+    let deadline = tokio::time::Instant::now() + PATIENCE_FOR;
+    loop {
+        match call().await {
+            Err(error) if error.is_passing() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    chat_id = key.chat().0,
+                    what,
+                    class = error.class(),
+                    "store not answering yet; trying again"
+                );
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            done => return done,
+        }
+    }
+}
 
 impl Directory {
     /// The persistence actor: the only door to the store.

@@ -72,6 +72,7 @@ use tracing::Instrument;
 
 use super::SessionDeps;
 use super::SessionSupMsg;
+use crate::actors::root::persistence::patiently;
 use crate::history::History;
 use crate::input::{self, Rejection};
 use crate::persona::Personas;
@@ -143,14 +144,6 @@ pub(crate) struct SessionArgs {
     /// take innocent messages down with it, so each is retried alone.
     pub(crate) merge: bool,
 }
-
-/// First wait before loading the chat's record is tried again.
-const LOAD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
-/// Longest wait between tries to load it.
-const LOAD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
-/// How long loading it is tried before the session fails (and is restarted
-/// by its supervisor).
-const LOAD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The session actor.
 pub(crate) struct Session;
@@ -303,28 +296,15 @@ impl Actor for Session {
         // rather than failed on: a session failing at once would be
         // re-created at once, use up its redeliveries within the outage and
         // apologise for an update that is answered once the store is back.
-        let mut backoff = crate::retry::Backoff::new(LOAD_RETRY_FIRST, LOAD_RETRY_MAX);
-        let deadline = tokio::time::Instant::now() + LOAD_RETRY_FOR;
-        let loaded = loop {
-            let loaded = state
+        let loaded = patiently(&state.key, "chat load", || async {
+            state
                 .deps
                 .directory
                 .persistence()
                 .load_chat(&state.key)
-                .await;
-            match &loaded {
-                Err(
-                    crate::store::StoreError::Storage(_) | crate::store::StoreError::Unavailable,
-                ) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(
-                        chat_id = state.key.chat().0,
-                        "chat not loaded yet; trying again"
-                    );
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                _ => break loaded,
-            }
-        };
+                .await
+        })
+        .await;
         let loaded = match loaded {
             Err(crate::store::StoreError::Fenced) => {
                 // Its owner was told; the supervisor stops this session and
