@@ -593,19 +593,12 @@ impl<B: Backend> Thread<B> {
     fn read(&mut self, read: ReadOp) -> Result<(), StoreError> {
         let quarantined = &self.counters.quarantined;
         match read {
-            ReadOp::LoadChat { key, reply } => {
-                let loaded = self.backend.load_chat(&key, quarantined);
-                let poisoned = matches!(loaded, Err(StoreError::Poisoned(_)));
-                let _ = reply.send(loaded.clone());
-                if poisoned {
-                    return loaded.map(|_| ());
-                }
+            // Served together with the batch's others (`serve`).
+            read @ (ReadOp::LoadChat { .. } | ReadOp::PendingOf { .. }) => {
+                return self.serve(vec![read]);
             }
             ReadOp::PendingUpdates { reply } => {
                 let _ = reply.send(self.backend.pending_updates(quarantined));
-            }
-            ReadOp::PendingOf { key, reply } => {
-                let _ = reply.send(self.backend.pending_of(&key, quarantined));
             }
             ReadOp::NewestUpdateId { reply } => {
                 let _ = reply.send(self.backend.newest_update_id());
