@@ -1226,8 +1226,9 @@ impl PgBackend {
         Ok(())
     }
 
-    /// Marks `answered` answered and removes `gone` (the updates of turns
-    /// whose fenced write went through).
+    /// Marks `answered` answered and removes `gone`: a `/forget` turn's
+    /// updates, once its fenced write went through (other turns' markers
+    /// are part of [`WRITE_GROUP`]).
     fn mark_answered(&mut self, answered: &[i64], gone: &[i64]) -> Result<(), StoreError> {
         if !answered.is_empty() {
             self.run(
